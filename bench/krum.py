@@ -1,0 +1,148 @@
+"""Benchmark: exact Multi-Krum against the usual inexact float32 ``X @ X.T`` on the same data.
+
+Prints one JSON object per configuration. ``exact_s`` is ``multi_krum`` end to end (validation,
+Gram matrix, distances, scores, ranking, flags), best of 3 after a warm-up; ``float32_matmul_s`` is
+``X @ X.T`` of the same updates as float32 (the conversion is not timed). For comparison it also
+times the int64-only kernel and the float64-BLAS-over-column-blocks route that ``mpsnode.krum``
+decided against. Peak memory is measured in a separate untimed run, both with tracemalloc (numpy
+buffers) and as the process's peak RSS above its RSS before the call (Linux: reset with
+/proc/self/clear_refs).
+
+    python bench/krum.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numba
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mpsnode import krum
+
+MIB = 1 << 20
+WORK_BUDGET = 64 * MIB  # beyond the input and the k x k result
+RATIO_TARGET = 2.0  # at k=100, d=10^6
+
+
+def best_of(fn: Callable[[], Any], reps: int) -> float:
+    # OpenBLAS and OpenMP worker threads busy-wait for a while after a call; on 2 cores they would
+    # steal time from whichever library runs next, so let them fall asleep first.
+    time.sleep(0.5)
+    fn()  # warm-up: numba load from cache, BLAS thread start, page faults
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def peak_rss_extra(fn: Callable[[], Any]) -> int | None:
+    """Peak RSS during ``fn`` above the RSS before it, in bytes; None where Linux's knobs are absent."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    except OSError:
+        return None
+    before = _status_kib("VmRSS")
+    fn()
+    peak = _status_kib("VmHWM")
+    if before is None or peak is None:
+        return None
+    return (peak - before) * 1024
+
+
+def peak_traced_extra(fn: Callable[[], Any]) -> int:
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        fn()
+        return tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+
+
+def gram_float64_blas(Q: np.ndarray, block_cols: int = 1 << 15) -> np.ndarray:
+    """The rejected route: float64 BLAS over column blocks, exact since every partial sum < 2^45."""
+    k, d = Q.shape
+    buf = np.empty((k, block_cols))
+    G = np.zeros((k, k), dtype=np.int64)
+    for c0 in range(0, d, block_cols):
+        c1 = min(c0 + block_cols, d)
+        B = buf[:, : c1 - c0]
+        np.copyto(B, Q[:, c0:c1])
+        G += (B @ B.T).astype(np.int64)
+    return G
+
+
+def time_float32_matmul(Q: np.ndarray, reps: int) -> float:
+    """The usual inexact shortcut; the float32 copy is made before timing and freed on return."""
+    X = Q.astype(np.float32)
+    return best_of(lambda: X @ X.T, reps)
+
+
+def run(k: int, d: int, reps: int, compare: bool) -> dict[str, Any]:
+    rng = np.random.default_rng(k * 1_000_003 + d)
+    Q = rng.integers(-2000, 2001, size=(k, d), dtype=np.int16)
+    addresses = [rng.bytes(32) for _ in range(k)]
+    f = (k - 3) // 4
+    pct = 400
+
+    def exact() -> krum.KrumResult:
+        return krum.multi_krum(Q, f, addresses, pct)
+
+    out: dict[str, Any] = {"bench": "krum", "k": k, "d": d, "f": f, "values": "uniform int16 in [-2000, 2000]",
+                           "threads": numba.get_num_threads(), "cpus": os.cpu_count()}
+    out["exact_s"] = round(best_of(exact, reps), 4)
+    out["peak_extra_tracemalloc_bytes"] = peak_traced_extra(exact)
+    out["peak_extra_rss_bytes"] = peak_rss_extra(exact)
+    if compare:
+        out["int64_kernel_only_s"] = round(best_of(lambda: krum.distance_matrix_from_gram(
+            krum.gram_matrix(Q, int32_chunk_min=1 << 30)), reps), 4)
+        out["float64_blas_blocks_s"] = round(best_of(lambda: gram_float64_blas(Q), reps), 4)
+        if not np.array_equal(gram_float64_blas(Q), krum.gram_matrix(Q)):
+            raise SystemExit("float64 BLAS route disagrees with the integer kernel")
+    out["float32_matmul_s"] = round(time_float32_matmul(Q, reps), 4)
+    out["ratio"] = round(out["exact_s"] / out["float32_matmul_s"], 3)
+    budget = k * k * 8 + WORK_BUDGET  # beyond the input, which is not counted as extra
+    out["memory_budget_extra_bytes"] = budget
+    out["memory_ok"] = out["peak_extra_tracemalloc_bytes"] <= budget and (
+        out["peak_extra_rss_bytes"] is None or out["peak_extra_rss_bytes"] <= budget)
+    if (k, d) == (100, 10**6):
+        out["ratio_target"] = RATIO_TARGET
+        out["ratio_ok"] = out["ratio"] <= RATIO_TARGET
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, one timed repetition")
+    args = ap.parse_args()
+    configs = [(20, 10**5), (10, 10**4)] if args.quick else [(100, 10**6), (50, 10**6), (20, 10**5)]
+    reps = 1 if args.quick else 3
+    for k, d in configs:
+        print(json.dumps(run(k, d, reps, compare=not args.quick)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,343 @@
+"""Krum scoring: the fast integer kernels equal their plain-Python twins, and the selection rule."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from mpsnode import krum
+from mpsnode.krum import (
+    KrumResult,
+    compute_krum_result,
+    distance_matrix,
+    distance_matrix_reference,
+    gram_matrix,
+    gram_matrix_reference,
+    krum_scores,
+    krum_scores_reference,
+    multi_krum,
+)
+
+I16_MIN, I16_MAX = -32768, 32767
+
+SETTINGS = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+values = st.one_of(
+    st.integers(I16_MIN, I16_MAX),
+    st.sampled_from([I16_MIN, I16_MIN + 1, I16_MAX, -1, 0, 1]),
+    st.integers(-2000, 2000),
+)
+
+
+@st.composite
+def updates(draw: st.DrawFn, max_k: int = 12, max_d: int = 40, min_k: int = 1) -> np.ndarray:
+    k = draw(st.integers(min_k, max_k))
+    d = draw(st.integers(1, max_d))
+    kind = draw(st.sampled_from(["mixed", "extreme", "small", "one_extreme_row"]))
+    if kind == "extreme":
+        Q = draw(arrays(np.int16, (k, d), elements=st.sampled_from([I16_MIN, -I16_MAX, I16_MAX])))
+    elif kind == "small":
+        Q = draw(arrays(np.int16, (k, d), elements=st.integers(-2000, 2000)))
+    else:
+        Q = draw(arrays(np.int16, (k, d), elements=values))
+        if kind == "one_extreme_row":
+            Q = (Q // 16).astype(np.int16)  # small everywhere but one row: both kernels in one product
+            Q[draw(st.integers(0, k - 1))] = draw(st.sampled_from([I16_MIN, I16_MAX]))
+    # Identical rows make ties in distances and scores.
+    for _ in range(draw(st.integers(0, k - 1))):
+        Q[draw(st.integers(0, k - 1))] = Q[draw(st.integers(0, k - 1))]
+    return Q
+
+
+# Speed knobs that must never change a result: block width, int32 run length, kernel choice, split.
+knobs = st.fixed_dictionaries({}, optional={
+    "block_cols": st.sampled_from([1, 2, 3, 5, 16, 64, 8192]),
+    "int32_chunk_max": st.integers(1, 1 << 16),
+    "int32_chunk_min": st.sampled_from([1, 2, 64, 1 << 30]),
+    "parts": st.integers(1, 5),
+})
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast == reference
+
+
+@SETTINGS
+@given(updates(), knobs)
+def test_gram_matches_reference(Q: np.ndarray, kw: dict[str, int]) -> None:
+    G = gram_matrix(Q, **kw)
+    assert G.dtype == np.int64
+    assert np.array_equal(G, gram_matrix_reference(Q))
+
+
+@SETTINGS
+@given(updates())
+def test_distances_match_reference(Q: np.ndarray) -> None:
+    D = distance_matrix(Q)
+    assert D.dtype == np.int64
+    assert np.array_equal(D, distance_matrix_reference(Q))
+    assert np.array_equal(D, D.T)
+    assert not np.diagonal(D).any()
+
+
+@st.composite
+def scores_case(draw: st.DrawFn) -> tuple[np.ndarray, int]:
+    f = draw(st.integers(0, 5))
+    k = draw(st.integers(2 * f + 3, 2 * f + 3 + draw(st.sampled_from([0, 0, 1, 4]))))
+    if draw(st.booleans()):
+        top = draw(st.sampled_from([3, 100, krum.MAX_DISTANCE - 1]))  # small values tie a lot
+        D = draw(arrays(np.int64, (k, k), elements=st.integers(0, top)))
+    else:
+        D = distance_matrix(draw(updates(min_k=k, max_k=k)))
+    return D, f
+
+
+@SETTINGS
+@given(scores_case())
+def test_scores_match_reference(case: tuple[np.ndarray, int]) -> None:
+    D, f = case
+    s = krum_scores(D, f)
+    assert s.dtype == np.int64
+    assert np.array_equal(s, krum_scores_reference(D, f))
+
+
+def test_256_updates_small_d() -> None:
+    rng = np.random.default_rng(256)
+    Q = rng.integers(I16_MIN, I16_MAX + 1, size=(256, 3), dtype=np.int16)
+    Q[7] = I16_MIN
+    Q[200] = Q[3]
+    D = distance_matrix(Q)
+    assert np.array_equal(gram_matrix(Q), gram_matrix_reference(Q))
+    assert np.array_equal(D, distance_matrix_reference(Q))
+    assert np.array_equal(krum_scores(D, 126), krum_scores_reference(D, 126))  # k = 2f + 4
+    assert np.array_equal(krum_scores(D, 10), krum_scores_reference(D, 10))
+
+
+def test_one_parameter() -> None:
+    Q = np.array([[I16_MIN], [I16_MAX], [0], [-1], [I16_MAX]], dtype=np.int16)
+    assert distance_matrix(Q)[0, 1] == 65535**2
+    assert np.array_equal(distance_matrix(Q), distance_matrix_reference(Q))
+    assert gram_matrix(Q)[0, 0] == 1 << 30
+
+
+@pytest.mark.parametrize("block_cols", [1000, 4096, krum.GRAM_BLOCK_COLS])
+def test_many_column_blocks(block_cols: int) -> None:
+    """d spans many blocks and int32 runs, with the int64 kernel on the tiles of one extreme row."""
+    rng = np.random.default_rng(block_cols)
+    k, d = 8, 50_000
+    Q = rng.integers(-2000, 2001, size=(k, d), dtype=np.int16)
+    Q[5, 31_337] = I16_MIN
+    Q[6] = Q[1]
+    Q64 = Q.astype(np.int64)
+    expected = Q64 @ Q64.T  # numpy's integer matmul: exact here (|entries| < 2^46), no BLAS
+    for kw in ({}, {"int32_chunk_min": 1 << 30}, {"int32_chunk_max": 100, "parts": 3}):
+        assert np.array_equal(gram_matrix(Q, block_cols=block_cols, **kw), expected)
+    assert np.array_equal(gram_matrix(Q[:3, :2000], block_cols=block_cols), gram_matrix_reference(Q[:3, :2000]))
+
+
+def test_extreme_magnitudes_at_max_params() -> None:
+    """The largest distance DESIGN.md allows: 2^22 parameters at opposite ends of int16."""
+    d = krum.MAX_PARAMS
+    Q = np.empty((3, d), dtype=np.int16)
+    Q[0] = I16_MAX
+    Q[1] = I16_MIN
+    Q[2, 0::2] = I16_MIN
+    Q[2, 1::2] = I16_MAX
+    expected_g = np.array([
+        [d * I16_MAX**2, d * I16_MAX * I16_MIN, 0],
+        [d * I16_MAX * I16_MIN, d * I16_MIN**2, (d // 2) * (I16_MIN**2 + I16_MAX * I16_MIN)],
+        [0, (d // 2) * (I16_MIN**2 + I16_MAX * I16_MIN), (d // 2) * (I16_MIN**2 + I16_MAX**2)],
+    ], dtype=np.int64)
+    expected_g[0, 2] = expected_g[2, 0] = (d // 2) * (I16_MAX * I16_MIN + I16_MAX**2)
+    assert np.array_equal(gram_matrix(Q), expected_g)
+    assert np.array_equal(gram_matrix(Q, int32_chunk_min=1, block_cols=1 << 20), expected_g)  # 1-column runs
+    D = distance_matrix(Q)
+    assert D[0, 1] == d * 65535**2 == 18013848757862400  # < 2^54
+    assert D[0, 2] == (d // 2) * 65535**2
+    assert D[1, 2] == (d // 2) * 65535**2
+    assert krum_scores(D, 0).tolist() == [(d // 2) * 65535**2] * 3  # k - f - 2 = 1 smallest
+
+
+def test_result_does_not_depend_on_thread_count() -> None:
+    rng = np.random.default_rng(7)
+    Q = rng.integers(I16_MIN, I16_MAX + 1, size=(20, 30_001), dtype=np.int16)
+    Q[:10] //= 32
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for n in range(1, numba.config.NUMBA_NUM_THREADS + 1):
+            numba.set_num_threads(n)
+            results.append(gram_matrix(Q))
+    finally:
+        numba.set_num_threads(before)
+    Q64 = Q.astype(np.int64)
+    for G in results:
+        assert np.array_equal(G, Q64 @ Q64.T)
+
+
+def test_non_contiguous_and_big_endian_input() -> None:
+    rng = np.random.default_rng(3)
+    Q = rng.integers(I16_MIN, I16_MAX + 1, size=(6, 60), dtype=np.int16)
+    expected = gram_matrix_reference(Q[:, ::3])
+    assert np.array_equal(gram_matrix(Q[:, ::3]), expected)
+    assert np.array_equal(gram_matrix(Q[:, ::3].astype(">i2")), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# A hand-computed round
+
+
+def test_hand_computed_round() -> None:
+    # Four clustered points and one outlier in 2-D.
+    Q = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [10, 10]], dtype=np.int16)
+    assert gram_matrix(Q).tolist() == [
+        [0, 0, 0, 0, 0],
+        [0, 1, 0, 1, 10],
+        [0, 0, 1, 1, 10],
+        [0, 1, 1, 2, 20],
+        [0, 10, 10, 20, 200],
+    ]
+    D = distance_matrix(Q)
+    assert D.tolist() == [
+        [0, 1, 1, 2, 200],
+        [1, 0, 2, 1, 181],  # (1-10)^2 + (0-10)^2 = 81 + 100
+        [1, 2, 0, 1, 181],
+        [2, 1, 1, 0, 162],  # 81 + 81
+        [200, 181, 181, 162, 0],
+    ]
+    # f = 1: each score sums the k - f - 2 = 2 smallest distances to the others.
+    assert krum_scores(D, 1).tolist() == [1 + 1, 1 + 1, 1 + 1, 1 + 1, 162 + 181]
+    # All four honest scores tie at 2: the address decides, so the order reverses.
+    addresses = [bytes([5]) * 32, bytes([4]) * 32, bytes([3]) * 32, bytes([2]) * 32, bytes([1]) * 32]
+    r = multi_krum(Q, 1, addresses, 400)
+    assert r == KrumResult(scores=(2, 2, 2, 2, 343), ranking=(3, 2, 1, 0, 4), selected=(3, 2, 1, 0),
+                           flagged=(4,), median=2)
+    # 100 * 343 = 34300 against 17150 * 2 = 34300: not strictly greater, so not flagged.
+    assert multi_krum(Q, 1, addresses, 17150).flagged == ()
+    assert multi_krum(Q, 1, addresses, 17149).flagged == (4,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranking and the flag rule
+
+
+def addrs(k: int) -> list[bytes]:
+    return [i.to_bytes(32, "big") for i in range(k)]
+
+
+def test_ties_broken_by_address_not_index() -> None:
+    Q = np.zeros((5, 4), dtype=np.int16)  # every score 0
+    addresses = [b"\x09" * 32, b"\x01" * 32, b"\x07" * 32, b"\x03" * 32, b"\x05" * 32]
+    r = multi_krum(Q, 1, addresses, 100)
+    assert r.ranking == (1, 3, 4, 2, 0)
+    assert r.selected == (1, 3, 4, 2)
+    assert r.median == 0 and r.flagged == ()
+
+
+def test_flag_uses_lower_median() -> None:
+    # Sorted scores 1 2 3 4 5 13: lower median 3 (the upper would be 4).
+    r = compute_krum_result([13, 1, 2, 3, 4, 5], 1, addrs(6), 400)
+    assert r.median == 3
+    assert r.flagged == (0,)  # 1300 > 1200; against the upper median 1300 > 1600 would fail
+
+
+def test_flag_is_strict() -> None:
+    r = compute_krum_result([12, 1, 2, 3, 4, 5], 1, addrs(6), 400)
+    assert r.flagged == ()  # 100 * 12 == 400 * 3
+
+
+def test_median_zero_flags_nobody() -> None:
+    r = compute_krum_result([0, 0, 0, 0, 0, 10**9], 1, addrs(6), 100)
+    assert r.median == 0 and r.flagged == () and r.ranking[-1] == 5
+
+
+def test_only_the_f_worst_can_be_flagged() -> None:
+    # Three clients far above the threshold, but f = 2: the best of them is selected, not flagged.
+    r = compute_krum_result([100, 10, 100, 10, 10, 100, 10], 2, addrs(7), 400)
+    assert r.median == 10
+    assert r.ranking == (1, 3, 4, 6, 0, 2, 5)
+    assert r.selected == (1, 3, 4, 6, 0)
+    assert r.flagged == (2, 5)
+
+
+def test_flag_order_follows_ranking() -> None:
+    r = compute_krum_result([50, 1, 1, 1, 40, 1, 1], 2, addrs(7), 100)
+    assert r.ranking[-2:] == (4, 0)
+    assert r.flagged == (4, 0)
+
+
+def test_flag_rule_exact_beyond_int64() -> None:
+    big = (1 << 62) - 1  # 100 * big overflows int64
+    r = compute_krum_result([big, 1 << 56, 1 << 56, 1 << 56, 1 << 56], 1, addrs(5), 101)
+    assert r.flagged == (0,)
+    r = compute_krum_result([big, 1 << 60, 1 << 60, 1 << 60, 1 << 60], 1, addrs(5), 400)
+    assert r.flagged == ()  # 100 * (2^62 - 1) < 400 * 2^60
+
+
+@SETTINGS
+@given(st.data())
+def test_multi_krum_invariants(data: st.DataObject) -> None:
+    f = data.draw(st.integers(0, 3))
+    k = data.draw(st.integers(2 * f + 3, 2 * f + 6))
+    Q = data.draw(updates(min_k=k, max_k=k, max_d=10))
+    addresses = data.draw(st.lists(st.binary(min_size=32, max_size=32), min_size=k, max_size=k, unique=True))
+    pct = data.draw(st.sampled_from([100, 150, 400, 10_000]))
+    r = multi_krum(Q, f, addresses, pct)
+    s = krum_scores_reference(distance_matrix_reference(Q), f).tolist()
+    assert list(r.scores) == s
+    assert list(r.ranking) == sorted(range(k), key=lambda i: (s[i], addresses[i]))
+    assert r.selected == r.ranking[: k - f]
+    assert r.median == sorted(s)[(k - 1) // 2]
+    worst = r.ranking[k - f:]
+    assert r.flagged == tuple(i for i in worst if r.median > 0 and 100 * s[i] > pct * r.median)
+
+
+# ---------------------------------------------------------------------------------------------
+# Refusals
+
+
+def test_too_few_updates_for_f() -> None:
+    Q = np.zeros((4, 3), dtype=np.int16)
+    with pytest.raises(ValueError, match="2f \\+ 3"):
+        krum_scores(distance_matrix(Q), 1)
+    with pytest.raises(ValueError, match="2f \\+ 3"):
+        krum_scores_reference(distance_matrix(Q), 1)
+    with pytest.raises(ValueError, match="2f \\+ 3"):
+        multi_krum(Q, 1, addrs(4), 400)
+    krum_scores(distance_matrix(Q), 0)  # k = 4 >= 3
+
+
+@pytest.mark.parametrize("Q", [
+    np.zeros((3, 3), dtype=np.int32),
+    np.zeros((3, 3), dtype=np.float64),
+    np.zeros(9, dtype=np.int16),
+    np.zeros((257, 1), dtype=np.int16),
+    np.zeros((1, krum.MAX_PARAMS + 1), dtype=np.int16),
+])
+def test_bad_updates_refused(Q: np.ndarray) -> None:
+    with pytest.raises(ValueError):
+        gram_matrix(Q)
+
+
+def test_bad_arguments_refused() -> None:
+    Q = np.zeros((5, 3), dtype=np.int16)
+    with pytest.raises(ValueError):
+        multi_krum(Q, 1, addrs(4), 400)  # one address short
+    with pytest.raises(ValueError):
+        multi_krum(Q, 1, [b"\x00" * 32] * 5, 400)  # duplicate addresses: no total order
+    with pytest.raises(ValueError):
+        multi_krum(Q, -1, addrs(5), 400)
+    with pytest.raises(ValueError):
+        multi_krum(Q, 1, addrs(5), -1)
+    with pytest.raises(ValueError):
+        krum_scores(np.full((5, 5), krum.MAX_DISTANCE, dtype=np.int64), 1)
+    with pytest.raises(ValueError):
+        krum_scores(np.full((5, 5), -1, dtype=np.int64), 1)
+    with pytest.raises(ValueError):
+        krum_scores(np.zeros((5, 5), dtype=np.int32), 1)
+    with pytest.raises(ValueError):
+        gram_matrix(Q, block_cols=0)
