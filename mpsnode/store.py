@@ -498,27 +498,36 @@ class Store(StoreReader):
     def close(self) -> None:
         """Release the store; idempotent. Later calls raise ``StoreError``."""
 
-    def commit(self, c: BlockCommit) -> None:
+    def commit(self, c: BlockCommit, *, before_commit: Callable[[], None] | None = None) -> None:
         """Write everything ``c`` changes in ONE write transaction, or nothing.
 
         ``c.head.height`` must be the current head's height + 1 (0 on an empty store), else
-        ``StoreError``. Runs whole in the calling thread.
+        ``StoreError``. Runs whole in the calling thread. ``before_commit`` is called in that
+        thread after the last write and before the commit (the fsync) starts; a caller can use
+        it to tell when the writing part is over.
         """
         _check_commit(c)
         with self._writing() as t:
             _apply_commit(t, c)
+            if before_commit is not None:
+                before_commit()
 
-    def mempool_put(self, items: Sequence[tuple[bytes, bytes]]) -> int:
+    def mempool_put(self, items: Sequence[tuple[bytes, bytes]], *,
+                    before_commit: Callable[[], None] | None = None) -> int:
         """Add (tx id, signed tx bytes) pairs in ONE write transaction (the group commit).
 
         A tx id already pending is left where it is. Returns how many were added. Durable on return.
+        ``before_commit`` as in ``commit``.
         """
         items = list(items)
         _check_mempool_items(items)
         if not items:
             return 0
         with self._writing() as t:
-            return _mempool_put(t, items)
+            added = _mempool_put(t, items)
+            if before_commit is not None:
+                before_commit()
+            return added
 
     def mempool_remove(self, ids: Iterable[bytes]) -> int:
         """Drop pending txs by id (unknown ids are ignored); returns how many were removed."""

@@ -1,0 +1,459 @@
+"""The integer model: a fully connected ReLU network evaluated exactly in integers, and aggregation.
+
+``arch = [in, h1, ..., out]`` gives the layer widths. The parameters are one flat int32 vector,
+layer by layer: the layer's weights row-major (``out x in``), then its ``out`` biases. Weights are in
+units of ``2^-s`` (``s = scale_bits``, 0..24) and stay within the model clamp ``+-(2^24 - 1)``.
+Validation inputs are int16 (``samples x in``) at the same scale; labels are uint8 (DESIGN.md,
+"Transactions" and "Closing a round").
+
+This is consensus code: every node must produce the same integers, whatever its CPU, thread count
+or BLAS, so nothing here touches a float (the quantization helpers at the end are client-side tools,
+not consensus). The forward pass, for a layer with weights ``W``, biases ``b`` and input ``a``:
+
+    z = W a + (b << s)                                  (int64)
+    a_next = clamp(z >> s, 0, 2^24 - 1)                 (hidden layers; >> is a floor shift)
+    prediction = argmax of the last z, lowest index on ties
+
+``a_0`` is the int16 input itself: ``W a_0`` is at scale ``2^-2s``, so ``b << s`` brings the bias to
+that scale and ``>> s`` brings the result back to ``2^-s``; the output is compared at ``2^-2s``.
+
+Why int64 never overflows (the limits are enforced at CREATE_TASK and checked again here):
+
+* ``|W[o][j]| <= 2^24 - 1`` (the clamp); ``|a_0[j]| <= 2^15`` (int16) and hidden activations lie in
+  ``0..2^24 - 1``, so ``|a[j]| <= 2^24 - 1`` in every layer;
+* a product has ``|W[o][j] a[j]| <= (2^24 - 1)^2 < 2^48``, and a layer's fan-in is at most
+  ``MAX_FAN_IN = 2^14``, so the sum of the products' magnitudes is below ``2^14 * 2^48 = 2^62``;
+* the bias term has ``|b << s| <= (2^24 - 1) * 2^24 < 2^48``;
+* so every partial sum, taken in any order and with or without the bias, has magnitude below
+  ``2^62 + 2^48 < 2^63``. Integer addition without overflow is associative and commutative: the
+  tiling, the vectorizer's lane-wise sums and the split across threads only change the order in which
+  exact integers are added, never a result.
+
+Aggregation adds the rounded mean of the selected int16 deltas: ``a_p = (sum_r q_rp + m // 2) // m``
+(floor division, as Python's ``//``, also for negative sums) and ``w_p = clamp(w_p + a_p,
+-(2^24 - 1), 2^24 - 1)``. ``|sum_r q_rp| <= m * 2^15``, far inside int64 for any feasible ``m``.
+
+The fast kernels (numba, integer only, no fastmath) sit beside ``*_reference`` twins in plain Python
+ints; tests hold them equal. The layer kernel computes ``Z = A W^T`` (samples x outputs) in 3 x 3
+tiles of dot products along the fan-in, both operands int32 rows read contiguously; a product of two
+sign-extended int32 values compiles to AVX2's ``vpmuldq`` (four exact 32 x 32 -> 64-bit products per
+instruction). Tiles are grouped into blocks of samples and of outputs that stay in the L2 cache, and
+the blocks run in parallel.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+
+import numba
+import numpy as np
+from numba import njit, prange
+
+WEIGHT_CLAMP = (1 << 24) - 1  # |w| <= WEIGHT_CLAMP for every model parameter
+ACTIVATION_MAX = (1 << 24) - 1  # hidden activations lie in 0..ACTIVATION_MAX
+MAX_FAN_IN = 1 << 14  # 2^14 * (2^24 - 1)^2 < 2^62: part of the overflow bound above
+MAX_SCALE_BITS = 24  # (2^24 - 1) << 24 < 2^48: part of the overflow bound above
+
+# Block sizes of the layer kernel (speed only): a block of W's rows and a block of A's rows, each
+# sized to about half the 1 MiB L2 of the target machine, so that a block pair stays cached while its
+# tiles are computed.
+W_BLOCK_BYTES = 512 << 10
+A_BLOCK_BYTES = 256 << 10
+AGGREGATE_CHUNK = 4096  # columns per accumulator run of the aggregation kernel (32 KiB of int64)
+
+_TILE = 3  # 3 x 3 output tiles: 9 accumulators plus 6 row loads fit the 16 AVX2 registers
+
+
+# ---------------------------------------------------------------------------------------------
+# Layout
+
+
+def validate_arch(arch: Sequence[int]) -> tuple[int, ...]:
+    """``arch`` as a tuple of ints: at least two widths, each at least 1."""
+    try:
+        widths = tuple(operator.index(w) for w in arch)
+    except TypeError:
+        raise ValueError(f"arch must be a sequence of ints, got {arch!r}") from None
+    if len(widths) < 2:
+        raise ValueError(f"arch needs at least an input and an output width, got {widths}")
+    if any(w < 1 for w in widths):
+        raise ValueError(f"every layer width must be at least 1, got {widths}")
+    return widths
+
+
+def param_count(arch: Sequence[int]) -> int:
+    """Number of parameters: ``sum(out * in + out)`` over the layers."""
+    widths = validate_arch(arch)
+    return sum(n_out * n_in + n_out for n_in, n_out in zip(widths[:-1], widths[1:]))
+
+
+def layer_slices(arch: Sequence[int]) -> list[tuple[slice, slice]]:
+    """Per layer, the ``(weights, biases)`` slices of the flat parameter vector.
+
+    ``params[weights].reshape(out, in)`` is the layer's weight matrix, ``params[biases]`` its biases.
+    """
+    widths = validate_arch(arch)
+    out: list[tuple[slice, slice]] = []
+    start = 0
+    for n_in, n_out in zip(widths[:-1], widths[1:]):
+        w_end = start + n_out * n_in
+        b_end = w_end + n_out
+        out.append((slice(start, w_end), slice(w_end, b_end)))
+        start = b_end
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation: the limits the overflow bounds assume
+
+
+def _validate_forward_arch(arch: Sequence[int]) -> tuple[int, ...]:
+    widths = validate_arch(arch)
+    if any(w > MAX_FAN_IN for w in widths[:-1]):
+        raise ValueError(f"layer fan-in must be <= {MAX_FAN_IN}, got {widths}")
+    return widths
+
+
+def validate_scale_bits(scale_bits: int) -> int:
+    if type(scale_bits) is not int or not 0 <= scale_bits <= MAX_SCALE_BITS:
+        raise ValueError(f"scale_bits must be an int in 0..{MAX_SCALE_BITS}, got {scale_bits!r}")
+    return scale_bits
+
+
+def _as_vector(a: np.ndarray, name: str, itemsize: int) -> np.ndarray:
+    """A 1-D signed-int array of the given width, returned C-contiguous and native-endian."""
+    if not isinstance(a, np.ndarray) or a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D numpy array")
+    if a.dtype.kind != "i" or a.dtype.itemsize != itemsize:
+        raise ValueError(f"{name} must be int{8 * itemsize}, got {a.dtype}")
+    return np.ascontiguousarray(a, dtype=np.dtype(f"i{itemsize}"))
+
+
+def validate_weights(weights: np.ndarray, arch: Sequence[int]) -> np.ndarray:
+    """``weights`` as a native int32 vector of ``param_count(arch)`` entries within the clamp."""
+    w = _as_vector(weights, "weights", 4)
+    d = param_count(arch)
+    if w.shape[0] != d:
+        raise ValueError(f"{w.shape[0]} weights for an arch of {d} parameters")
+    if d and (int(w.min()) < -WEIGHT_CLAMP or int(w.max()) > WEIGHT_CLAMP):
+        raise ValueError(f"weights must lie within +-{WEIGHT_CLAMP}")
+    return w
+
+
+def validate_inputs(x: np.ndarray, arch: Sequence[int]) -> np.ndarray:
+    """``x`` as a native C-contiguous int16 ``samples x arch[0]`` matrix."""
+    widths = validate_arch(arch)
+    if not isinstance(x, np.ndarray) or x.ndim != 2:
+        raise ValueError("inputs must be a 2-D numpy array (samples x in)")
+    if x.dtype.kind != "i" or x.dtype.itemsize != 2:
+        raise ValueError(f"inputs must be int16, got {x.dtype}")
+    if x.shape[1] != widths[0]:
+        raise ValueError(f"inputs have {x.shape[1]} columns, the arch expects {widths[0]}")
+    return np.ascontiguousarray(x, dtype=np.int16)
+
+
+def validate_deltas(model: np.ndarray, selected_deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w = _as_vector(model, "model", 4)
+    Q = selected_deltas
+    if not isinstance(Q, np.ndarray) or Q.ndim != 2:
+        raise ValueError("deltas must be a 2-D numpy array (m x d)")
+    if Q.dtype.kind != "i" or Q.dtype.itemsize != 2:
+        raise ValueError(f"deltas must be int16, got {Q.dtype}")
+    if Q.shape[0] < 1:
+        raise ValueError("aggregation needs at least one selected delta")
+    if Q.shape[1] != w.shape[0]:
+        raise ValueError(f"deltas have {Q.shape[1]} columns, the model has {w.shape[0]} parameters")
+    return w, np.ascontiguousarray(Q, dtype=np.int16)
+
+
+# ---------------------------------------------------------------------------------------------
+# numba kernels. Integers only, no fastmath, no allocation (buffers come from numpy).
+# numba's ``>>`` on int64 is an arithmetic (floor) shift and its ``//`` on ints is Python's floor
+# division; tests check both. numba ignores the annotations; they are for readers and mypy.
+
+
+@njit(cache=True, boundscheck=False, nogil=True)
+def _tile(A: np.ndarray, W: np.ndarray, b: np.ndarray, shift: int, i0: int, o0: int, Z: np.ndarray) -> None:
+    """``Z[i, o] = A[i] . W[o] + (b[o] << shift)`` for the 3 x 3 tile at ``(i0, o0)``, in int64.
+
+    Rows past the end reuse the last row; their results are computed and dropped.
+    """
+    n = A.shape[0]
+    n_out = W.shape[0]
+    fan_in = A.shape[1]
+    x0 = A[min(i0, n - 1)]
+    x1 = A[min(i0 + 1, n - 1)]
+    x2 = A[min(i0 + 2, n - 1)]
+    y0 = W[min(o0, n_out - 1)]
+    y1 = W[min(o0 + 1, n_out - 1)]
+    y2 = W[min(o0 + 2, n_out - 1)]
+    t00 = t01 = t02 = t10 = t11 = t12 = t20 = t21 = t22 = np.int64(0)
+    for p in range(fan_in):
+        # int32 operands widened to int64: LLVM emits vpmuldq (exact 32 x 32 -> 64-bit products).
+        a0 = np.int64(x0[p])
+        a1 = np.int64(x1[p])
+        a2 = np.int64(x2[p])
+        w0 = np.int64(y0[p])
+        w1 = np.int64(y1[p])
+        w2 = np.int64(y2[p])
+        t00 += a0 * w0
+        t01 += a0 * w1
+        t02 += a0 * w2
+        t10 += a1 * w0
+        t11 += a1 * w1
+        t12 += a1 * w2
+        t20 += a2 * w0
+        t21 += a2 * w1
+        t22 += a2 * w2
+    for di in range(_TILE):
+        i = i0 + di
+        if i >= n:
+            break
+        for dj in range(_TILE):
+            o = o0 + dj
+            if o >= n_out:
+                break
+            if di == 0:
+                t = t00 if dj == 0 else (t01 if dj == 1 else t02)
+            elif di == 1:
+                t = t10 if dj == 0 else (t11 if dj == 1 else t12)
+            else:
+                t = t20 if dj == 0 else (t21 if dj == 1 else t22)
+            Z[i, o] = t + (np.int64(b[o]) << shift)
+
+
+@njit(cache=True, boundscheck=False, parallel=True)
+def _dense(A: np.ndarray, W: np.ndarray, b: np.ndarray, shift: int, sample_block: int, output_block: int,
+           Z: np.ndarray) -> None:
+    """``Z = A W^T + (b << shift)``: ``A`` is int32 ``n x in``, ``W`` int32 ``out x in``, ``Z`` int64.
+
+    Each prange iteration owns one (sample block, output block) pair and writes only its own part
+    of ``Z``, so no two threads touch the same memory.
+    """
+    n = A.shape[0]
+    n_out = W.shape[0]
+    n_sb = (n + sample_block - 1) // sample_block
+    n_ob = (n_out + output_block - 1) // output_block
+    for job in prange(n_sb * n_ob):
+        i_lo = (job // n_ob) * sample_block
+        o_lo = (job % n_ob) * output_block
+        i_hi = min(n, i_lo + sample_block)
+        o_hi = min(n_out, o_lo + output_block)
+        for i0 in range(i_lo, i_hi, _TILE):
+            for o0 in range(o_lo, o_hi, _TILE):
+                _tile(A, W, b, shift, i0, o0, Z)
+
+
+@njit(cache=True, boundscheck=False, nogil=True)
+def _shift_relu(Z: np.ndarray, shift: int, A: np.ndarray) -> None:
+    """``A = clamp(Z >> shift, 0, 2^24 - 1)`` as int32 (``>>`` is arithmetic: floor for negatives)."""
+    n, n_out = Z.shape
+    for i in range(n):
+        for o in range(n_out):
+            A[i, o] = min(max(Z[i, o] >> shift, 0), ACTIVATION_MAX)
+
+
+@njit(cache=True, boundscheck=False, parallel=True)
+def _aggregate(w: np.ndarray, Q: np.ndarray, chunk: int, acc: np.ndarray, out: np.ndarray) -> None:
+    """``out = clamp(w + (sum_r Q[r] + m // 2) // m)`` with Python floor division, column chunk by chunk.
+
+    Each prange iteration owns one accumulator row and a disjoint range of columns.
+    """
+    m, d = Q.shape
+    parts = acc.shape[0]
+    half = m // 2
+    for t in prange(parts):
+        lo = d * t // parts
+        hi = d * (t + 1) // parts
+        a = acc[t]
+        for c0 in range(lo, hi, chunk):
+            c1 = min(c0 + chunk, hi)
+            width = c1 - c0
+            for p in range(width):
+                a[p] = 0
+            for r in range(m):
+                q = Q[r][c0:c1]
+                for p in range(width):
+                    a[p] += q[p]
+            for p in range(width):
+                v = np.int64(w[c0 + p]) + (a[p] + half) // m  # |sum| <= m * 2^15: exact in int64
+                out[c0 + p] = min(max(v, -WEIGHT_CLAMP), WEIGHT_CLAMP)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast path
+
+
+def _default_block(row_bytes: int, budget: int) -> int:
+    rows = max(_TILE, budget // max(row_bytes, 1))
+    return rows - rows % _TILE
+
+
+def compute_logits(
+    weights: np.ndarray,
+    arch: Sequence[int],
+    scale_bits: int,
+    x: np.ndarray,
+    *,
+    sample_block: int | None = None,
+    output_block: int | None = None,
+) -> np.ndarray:
+    """The last layer's ``z`` (int64, ``samples x out``, at scale ``2^-2s``) of the integer forward pass.
+
+    ``sample_block`` and ``output_block`` (rows of A and of W per cache block) tune speed and never
+    change the result; by default each block takes about half of a 1 MiB L2 cache.
+    """
+    widths = _validate_forward_arch(arch)
+    w = validate_weights(weights, widths)
+    s = validate_scale_bits(scale_bits)
+    a = validate_inputs(x, widths).astype(np.int32)  # |x| <= 2^15; int32 rows feed the same kernel
+    for name, v in (("sample_block", sample_block), ("output_block", output_block)):
+        if v is not None and (type(v) is not int or v < 1):
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    n = a.shape[0]
+    slices = layer_slices(widths)
+    z = np.empty((n, 0), dtype=np.int64)
+    for layer, (ws, bs) in enumerate(slices):
+        n_in, n_out = widths[layer], widths[layer + 1]
+        W = w[ws].reshape(n_out, n_in)
+        sb = sample_block or _default_block(4 * n_in, A_BLOCK_BYTES)
+        ob = output_block or _default_block(4 * n_in, W_BLOCK_BYTES)
+        z = np.empty((n, n_out), dtype=np.int64)
+        if n:
+            _dense(a, W, w[bs], s, sb, ob, z)
+        if layer + 1 < len(slices):
+            a = np.empty((n, n_out), dtype=np.int32)
+            _shift_relu(z, s, a)
+    return z
+
+
+def predict(weights: np.ndarray, arch: Sequence[int], scale_bits: int, x: np.ndarray) -> np.ndarray:
+    """Predicted class of each row of ``x`` (int64): argmax of the last ``z``, lowest index on ties."""
+    z = compute_logits(weights, arch, scale_bits, x)
+    # np.argmax returns the first occurrence of the maximum: the lowest index on ties.
+    return np.argmax(z, axis=1).astype(np.int64)
+
+
+def _accuracy_bps(predictions: np.ndarray, val_y: np.ndarray) -> int:
+    if not isinstance(val_y, np.ndarray) or val_y.ndim != 1 or val_y.dtype != np.uint8:
+        raise ValueError("labels must be a 1-D uint8 numpy array")
+    samples = val_y.shape[0]
+    if predictions.shape[0] != samples:
+        raise ValueError(f"{samples} labels for {predictions.shape[0]} samples")
+    if samples == 0:
+        raise ValueError("accuracy needs at least one sample")
+    correct = int(np.count_nonzero(predictions == val_y.astype(np.int64)))
+    return correct * 10_000 // samples
+
+
+def accuracy_bps(weights: np.ndarray, arch: Sequence[int], scale_bits: int, val_x: np.ndarray,
+                 val_y: np.ndarray) -> int:
+    """``correct * 10000 // samples`` of the integer model on the validation set."""
+    return _accuracy_bps(predict(weights, arch, scale_bits, val_x), val_y)
+
+
+def aggregate(model: np.ndarray, selected_deltas: np.ndarray, *, parts: int | None = None,
+              chunk: int = AGGREGATE_CHUNK) -> np.ndarray:
+    """The new int32 model ``clamp(w + (sum of the m selected deltas + m // 2) // m)``.
+
+    ``model`` is int32 (``d``), ``selected_deltas`` int16 (``m x d``, ``m >= 1``); neither is
+    modified. ``parts`` (column ranges run in parallel, default numba's thread count) and ``chunk``
+    (columns per accumulator run) tune speed and never change the result.
+    """
+    w, Q = validate_deltas(model, selected_deltas)
+    d = w.shape[0]
+    n_parts = numba.get_num_threads() if parts is None else parts
+    for name, v in (("parts", n_parts), ("chunk", chunk)):
+        if type(v) is not int or v < 1:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    n_parts = min(n_parts, max(d, 1))
+    out = np.empty(d, dtype=np.int32)
+    if d:
+        acc = np.empty((n_parts, min(chunk, d)), dtype=np.int64)
+        _aggregate(w, Q, acc.shape[1], acc, out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reference twins: plain Python ints, obviously correct, slow.
+
+
+def compute_logits_reference(weights: np.ndarray, arch: Sequence[int], scale_bits: int,
+                             x: np.ndarray) -> list[list[int]]:
+    widths = _validate_forward_arch(arch)
+    w = [int(v) for v in validate_weights(weights, widths)]
+    s = validate_scale_bits(scale_bits)
+    rows = [[int(v) for v in row] for row in validate_inputs(x, widths)]
+    slices = layer_slices(widths)
+    result = []
+    for a in rows:
+        for layer, (ws, bs) in enumerate(slices):
+            n_in = widths[layer]
+            W, b = w[ws], w[bs]
+            z = [sum(W[o * n_in + j] * a[j] for j in range(n_in)) + (b[o] << s) for o in range(len(b))]
+            if layer + 1 < len(slices):
+                a = [min(max(v >> s, 0), ACTIVATION_MAX) for v in z]  # Python's >> is a floor shift
+        result.append(z)
+    return result
+
+
+def predict_reference(weights: np.ndarray, arch: Sequence[int], scale_bits: int, x: np.ndarray) -> np.ndarray:
+    preds = []
+    for z in compute_logits_reference(weights, arch, scale_bits, x):
+        best = 0
+        for o in range(1, len(z)):
+            if z[o] > z[best]:  # strictly greater: the lowest index wins a tie
+                best = o
+        preds.append(best)
+    return np.array(preds, dtype=np.int64)
+
+
+def accuracy_bps_reference(weights: np.ndarray, arch: Sequence[int], scale_bits: int, val_x: np.ndarray,
+                           val_y: np.ndarray) -> int:
+    return _accuracy_bps(predict_reference(weights, arch, scale_bits, val_x), val_y)
+
+
+def aggregate_reference(model: np.ndarray, selected_deltas: np.ndarray) -> np.ndarray:
+    w, Q = validate_deltas(model, selected_deltas)
+    m = Q.shape[0]
+    rows = [[int(v) for v in row] for row in Q]
+    new = []
+    for p, wp in enumerate(w.tolist()):
+        a = (sum(row[p] for row in rows) + m // 2) // m  # Python's // is floor division
+        new.append(min(max(wp + a, -WEIGHT_CLAMP), WEIGHT_CLAMP))
+    return np.array(new, dtype=np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Client-side helpers. NOT consensus: floats are fine here. They turn a float model, its inputs or
+# a float update into the fixed-point integers that CREATE_TASK and SUBMIT_UPDATE carry.
+
+
+def _quantize(values: np.ndarray, scale_bits: int, bound: int, dtype: type[np.integer]) -> np.ndarray:
+    s = validate_scale_bits(scale_bits)
+    scaled = np.rint(np.asarray(values, dtype=np.float64) * float(1 << s))  # nearest, ties to even
+    if np.isnan(scaled).any():
+        raise ValueError("cannot quantize NaN")
+    return np.clip(scaled, -bound, bound).astype(dtype)
+
+
+def quantize_weights(float_weights: np.ndarray, scale_bits: int) -> np.ndarray:
+    """Round ``float_weights * 2^s`` to the nearest int32, clipped to the model clamp."""
+    return _quantize(float_weights, scale_bits, WEIGHT_CLAMP, np.int32)
+
+
+def quantize_inputs(float_x: np.ndarray, scale_bits: int) -> np.ndarray:
+    """Round ``float_x * 2^s`` to the nearest int16, clipped to +-32767 (val_x for CREATE_TASK)."""
+    return _quantize(float_x, scale_bits, (1 << 15) - 1, np.int16)
+
+
+def quantize_delta(float_delta: np.ndarray, scale_bits: int) -> np.ndarray:
+    """Round an update ``float_delta * 2^s`` to the nearest int16, clipped to +-32767 (SUBMIT_UPDATE)."""
+    return _quantize(float_delta, scale_bits, (1 << 15) - 1, np.int16)
+
+
+def dequantize(q: np.ndarray, scale_bits: int) -> np.ndarray:
+    """The float64 values ``q * 2^-s`` of fixed-point integers (weights, inputs or deltas)."""
+    s = validate_scale_bits(scale_bits)
+    return np.asarray(q, dtype=np.float64) / float(1 << s)

@@ -1,0 +1,81 @@
+"""Test kit: a devnet chain over any store, with per-key nonces and invariant checks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+import genesis as genesis_tool
+from mpsnode import crypto
+from mpsnode.block import Block
+from mpsnode.chain import Chain
+from mpsnode.invariants import compute_supply
+from mpsnode.params import Params
+from mpsnode.smt import compute_root_reference
+from mpsnode.stf.block import BlockResult
+from mpsnode.store import MemoryStore, Store
+from mpsnode.tx import Body, CreateTask, SignedTx, Tx
+
+
+class Kit:
+    def __init__(self, store: Store | None = None, clients: int = 10, params: Params | None = None) -> None:
+        self.genesis, self.keys = genesis_tool.devnet(clients, params)
+        self.store = store if store is not None else MemoryStore()
+        self.chain = Chain(self.store, self.genesis)
+        self.nonces: dict[bytes, int] = {}
+        self.time_ms = self.genesis.genesis_time_ms
+
+    @property
+    def user(self) -> crypto.Keypair:
+        return self.keys["user"]
+
+    @property
+    def clients(self) -> list[crypto.Keypair]:
+        return [self.keys[f"client-{i}"] for i in range(sum(k.startswith("client-") for k in self.keys))]
+
+    def tx(self, key: crypto.Keypair, body: Body, *, fee: int | None = None, nonce: int | None = None) -> SignedTx:
+        if nonce is None:
+            nonce = self.nonces.get(key.address, 0)
+            self.nonces[key.address] = nonce + 1
+        if fee is None:
+            fee = self.genesis.params.tx_base_fee
+        return Tx(self.genesis.chain_id, key.address, nonce, fee, body).sign(key)
+
+    def block(self, txs: Iterable[SignedTx] = ()) -> tuple[Block, BlockResult]:
+        self.time_ms += 1000
+        block, result, rejected = self.chain.build(list(txs), self.time_ms, self.keys["sequencer"])
+        if rejected:
+            raise AssertionError(f"txs rejected: {[(e.reason) for _, e in rejected]}")
+        self.check_invariants()
+        return block, result
+
+    def check_invariants(self) -> None:
+        items = list(self.store.iter_state())
+        breakdown, supply = compute_supply(items)
+        assert breakdown.total == supply, f"supply broken: {breakdown} != {supply}"
+        assert compute_root_reference(dict(items)) == self.chain.head.state_root
+
+    def account(self, key: crypto.Keypair | bytes):  # noqa: ANN201
+        address = key if isinstance(key, bytes) else key.address
+        return self.chain.state().get_account(address)
+
+
+def small_task(*, arch: Sequence[int] = (4, 3), samples: int = 8, f: int = 0, min_clients: int = 3,
+               max_clients: int = 10, max_rounds: int = 3, join_blocks: int = 2, round_blocks: int = 3,
+               fee_per_round: int = 100, scale_bits: int = 8, seed: int = 0,
+               target_accuracy_bps: int = 5000) -> CreateTask:
+    from mpsnode.model import param_count
+
+    rng = np.random.default_rng(seed)
+    n = param_count(arch)
+    weights = rng.integers(-1000, 1000, n, dtype=np.int32).astype("<i4").tobytes()
+    val_x = rng.integers(-500, 500, samples * arch[0], dtype=np.int16).astype("<i2").tobytes()
+    val_y = rng.integers(0, arch[-1], samples, dtype=np.uint8).tobytes()
+    return CreateTask(tuple(arch), scale_bits, weights, target_accuracy_bps, max_rounds, min_clients, max_clients, f, join_blocks,
+                      round_blocks, fee_per_round, 1, val_x, val_y)
+
+
+def random_delta(n_params: int, seed: int, scale: int = 100) -> bytes:
+    rng = np.random.default_rng(seed)
+    return rng.integers(-scale, scale, n_params, dtype=np.int16).astype("<i2").tobytes()

@@ -1,0 +1,72 @@
+"""Random tx sequences (hypothesis): the supply invariant, nonces, no negative amounts, and two
+independent chains (in-memory and LMDB) reaching the same roots, block by block."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from chainkit import Kit, random_delta, small_task
+from mpsnode.model import param_count
+from mpsnode.store import LmdbStore
+from mpsnode.tx import JoinTask, Stake, SubmitUpdate, Transfer, Unstake
+
+N_CLIENTS = 6
+amounts = st.one_of(st.integers(1, 3000), st.integers(1, 2_000_000))
+actions = st.one_of(
+    st.tuples(st.just("transfer"), st.integers(0, N_CLIENTS - 1), st.integers(0, N_CLIENTS - 1), amounts),
+    st.tuples(st.just("stake"), st.integers(0, N_CLIENTS - 1), amounts),
+    st.tuples(st.just("unstake"), st.integers(0, N_CLIENTS - 1), amounts),
+    st.tuples(st.just("task"), st.integers(0, 2)),
+    st.tuples(st.just("join"), st.integers(0, N_CLIENTS - 1), st.integers(1, 3)),
+    st.tuples(st.just("update"), st.integers(0, N_CLIENTS - 1), st.integers(1, 3), st.integers(1, 3),
+              st.integers(0, 3)),
+    st.tuples(st.just("end_block")),
+)
+
+
+def body_for(action: tuple, kit: Kit):  # noqa: ANN201
+    kind = action[0]
+    if kind == "transfer":
+        return action[1], Transfer(kit.clients[action[2]].address, action[3])
+    if kind == "stake":
+        return action[1], Stake(action[2])
+    if kind == "unstake":
+        return action[1], Unstake(action[2])
+    if kind == "task":
+        return None, small_task(f=0, min_clients=3, join_blocks=1 + action[1], round_blocks=2, max_rounds=2)
+    if kind == "join":
+        return action[1], JoinTask(action[2])
+    if kind == "update":
+        return action[1], SubmitUpdate(action[2], action[3], random_delta(param_count((4, 3)), action[4]))
+    raise AssertionError(kind)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(actions, min_size=1, max_size=40))
+def test_random_histories_keep_invariants_and_agree(history: list[tuple]) -> None:
+    mem = Kit(clients=N_CLIENTS)
+    with tempfile.TemporaryDirectory() as tmp:
+        disk = Kit(store=LmdbStore(Path(tmp), map_size=1 << 30), clients=N_CLIENTS)
+        pending: list = []
+        for action in [*history, ("end_block",)]:
+            if action[0] == "end_block":
+                block, result = mem.block([mem.tx(k, b) for k, b in pending])
+                disk.chain.apply(block)  # the other chain re-executes; roots must agree
+                disk.check_invariants()
+                assert disk.chain.head == mem.chain.head
+                for r in result.receipts[:-1]:
+                    assert r.fee_paid == 1
+                pending = []
+                continue
+            who, body = body_for(action, mem)
+            key = mem.user if who is None else mem.clients[who]
+            pending.append((key, body))
+        # every sender's nonce counts exactly its included txs
+        state = mem.chain.state()
+        for key in [mem.user, *mem.clients]:
+            assert state.get_account(key.address).nonce == mem.nonces.get(key.address, 0)
+        disk.store.close()

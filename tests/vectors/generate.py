@@ -1,0 +1,208 @@
+"""Write the golden vectors: ``python tests/vectors/generate.py [OUT_DIR]``.
+
+Each case is a folder: ``genesis.json`` (the devnet, with the case's parameters), ``blocks.hex``
+(one canonical block per line, hex) and ``expected.json``: per valid block its hash and roots and
+receipt statuses, and for a case ending in a bad block, the error it must raise
+(``"error": {"type": ..., "match": ...}``). Everything is deterministic (devnet keys, fixed
+timestamps, deterministic ed25519), so regenerating must reproduce the checked-in files byte for
+byte: a difference is a consensus change.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent.parent))
+
+import genesis as genesis_tool  # noqa: E402
+from mpsnode.block import Block, compute_tx_root, sign_header  # noqa: E402
+from mpsnode.chain import Chain  # noqa: E402
+from mpsnode.model import param_count  # noqa: E402
+from mpsnode.params import Params  # noqa: E402
+from mpsnode.store import MemoryStore  # noqa: E402
+from mpsnode.tx import CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate, Transfer, Tx, Unstake  # noqa: E402
+
+PARAMS = Params(unbonding_blocks=3, min_stake=1000)
+CLIENTS = 6
+
+
+class Builder:
+    def __init__(self) -> None:
+        self.genesis, self.keys = genesis_tool.devnet(CLIENTS, PARAMS)
+        self.chain = Chain(MemoryStore(), self.genesis)
+        self.nonces: dict[bytes, int] = {}
+        self.time_ms = self.genesis.genesis_time_ms
+        self.blocks: list[bytes] = []
+        self.expected: list[dict] = []
+
+    def c(self, i: int):  # noqa: ANN201
+        return self.keys[f"client-{i}"]
+
+    def tx(self, name: str, body, fee: int = 1, nonce: int | None = None) -> SignedTx:  # noqa: ANN001
+        key = self.keys[name]
+        if nonce is None:
+            nonce = self.nonces.get(key.address, 0)
+            self.nonces[key.address] = nonce + 1
+        return Tx(self.genesis.chain_id, key.address, nonce, fee, body).sign(key)
+
+    def block(self, txs: list[SignedTx] = ()) -> Block:  # type: ignore[assignment]
+        self.time_ms += 1000
+        block, result, rejected = self.chain.build(list(txs), self.time_ms, self.keys["sequencer"])
+        if rejected:
+            raise RuntimeError(f"generator built an invalid tx: {rejected[0][1].reason}")
+        self.blocks.append(block.encode().hex())
+        self.expected.append({"height": block.height, "hash": block.hash().hex(),
+                              "state_root": block.header.state_root.hex(),
+                              "receipts_root": block.header.receipts_root.hex(),
+                              "statuses": [r.status for r in result.receipts]})
+        return block
+
+    def bad(self, block_bytes: bytes, error: str, match: str) -> dict:
+        self.blocks.append(block_bytes.hex())
+        return {"type": error, "match": match}
+
+    def next_header(self, txs: tuple[SignedTx, ...]):  # noqa: ANN201
+        """A header on top of the head whose tx_root fits ``txs`` (other roots zero)."""
+        from mpsnode.block import Header
+
+        head = self.chain.head_header
+        return Header(head.chain_id, head.height + 1, head.hash(), head.timestamp_ms + 1000,
+                      compute_tx_root(txs), bytes(32), bytes(32))
+
+
+def task_body(arch=(4, 3), f: int = 1, min_clients: int = 5, max_rounds: int = 2) -> CreateTask:  # noqa: ANN001
+    rng = np.random.default_rng(42)
+    n = param_count(arch)
+    return CreateTask(tuple(arch), 8, rng.integers(-999, 999, n).astype("<i4").tobytes(), 9000, max_rounds,
+                      min_clients, 6, f, 1, 2, 50, 1, rng.integers(-300, 300, 6 * arch[0]).astype("<i2").tobytes(),
+                      rng.integers(0, arch[-1], 6).astype(np.uint8).tobytes())
+
+
+def delta(n: int, seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(-50, 50, n).astype("<i2").tobytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# cases
+
+
+def case_transfers(b: Builder) -> dict | None:
+    b.block([b.tx("client-0", Transfer(b.c(1).address, 100)), b.tx("client-1", Transfer(b.c(2).address, 5), fee=7)])
+    b.block([b.tx("client-0", Transfer(b.c(1).address, 10**9))])  # fails: insufficient balance
+    b.block([b.tx("client-2", Stake(1500)), b.tx("client-2", Unstake(500))])
+    b.block([b.tx("client-2", Unstake(2000))])  # fails: insufficient bonded
+    b.block()
+    b.block()  # unbonding released here (3 blocks later)
+    return None
+
+
+def case_task_lifecycle(b: Builder) -> dict | None:
+    b.block([b.tx("user", task_body())] + [b.tx(f"client-{i}", Stake(1000)) for i in range(CLIENTS)])
+    b.block([b.tx(f"client-{i}", JoinTask(1)) for i in range(5)] + [b.tx("client-5", JoinTask(1))])
+    n = param_count((4, 3))
+    b.block([b.tx("client-0", SubmitUpdate(1, 1, delta(n, 0))), b.tx("client-1", SubmitUpdate(1, 1, delta(n, 0))),
+             b.tx("client-2", SubmitUpdate(1, 2, delta(n, 2))), b.tx("client-0", Unstake(1))])
+    for _ in range(6):
+        b.block()  # round 1 void at its deadline, round 2 void, task expires with a refund
+    return None
+
+
+def _one_valid(b: Builder) -> None:
+    b.block([b.tx("client-0", Transfer(b.c(1).address, 100))])
+
+
+def case_invalid_bad_tx_signature(b: Builder) -> dict:
+    _one_valid(b)
+    stx = b.tx("client-0", Stake(10))
+    sig = bytearray(stx.signature)
+    sig[0] ^= 1
+    bad = SignedTx(stx.tx, bytes(sig), stx.tx_id, stx.size)
+    block = sign_header(b.next_header((bad,)), b.keys["sequencer"], (bad,))
+    return b.bad(block.encode(), "BlockHasInvalidTx", "signature")
+
+
+def case_invalid_wrong_nonce(b: Builder) -> dict:
+    _one_valid(b)
+    stx = b.tx("client-0", Stake(10), nonce=5)
+    block = sign_header(b.next_header((stx,)), b.keys["sequencer"], (stx,))
+    return b.bad(block.encode(), "BlockHasInvalidTx", "nonce")
+
+
+def case_invalid_unpayable_fee(b: Builder) -> dict:
+    _one_valid(b)
+    stx = b.tx("client-0", Stake(10), fee=10**12)
+    block = sign_header(b.next_header((stx,)), b.keys["sequencer"], (stx,))
+    return b.bad(block.encode(), "BlockHasInvalidTx", "fee")
+
+
+def case_invalid_wrong_parent(b: Builder) -> dict:
+    _one_valid(b)
+    header = replace(b.next_header(()), parent_hash=bytes(32))
+    return b.bad(sign_header(header, b.keys["sequencer"], ()).encode(), "WrongParent", "parent")
+
+
+def case_invalid_wrong_state_root(b: Builder) -> dict:
+    _one_valid(b)
+    stx = b.tx("client-0", Stake(10))
+    # build the honest block on a scratch chain, then lie about the state root only
+    scratch = Chain(MemoryStore(), b.genesis)
+    for hexblock in b.blocks:
+        from mpsnode.block import decode_block
+
+        scratch.apply(decode_block(bytes.fromhex(hexblock)))
+    honest, _, _ = scratch.build([stx], b.chain.head_header.timestamp_ms + 1000, b.keys["sequencer"])
+    header = replace(honest.header, state_root=bytes(31) + b"\x01")
+    return b.bad(sign_header(header, b.keys["sequencer"], honest.txs).encode(), "RootMismatch", "state_root")
+
+
+def case_invalid_bad_sequencer_signature(b: Builder) -> dict:
+    _one_valid(b)
+    return b.bad(sign_header(b.next_header(()), b.c(0), ()).encode(), "BadBlockSignature", "sequencer")
+
+
+def case_invalid_timestamp(b: Builder) -> dict:
+    _one_valid(b)
+    header = replace(b.next_header(()), timestamp_ms=b.chain.head_header.timestamp_ms)
+    return b.bad(sign_header(header, b.keys["sequencer"], ()).encode(), "BadTimestamp", "timestamp")
+
+
+def case_invalid_noncanonical(b: Builder) -> dict:
+    _one_valid(b)
+    block = sign_header(b.next_header(()), b.keys["sequencer"], ())
+    data = block.encode()
+    # the header's version 1 as a uint8 (0xcc 0x01) instead of a positive fixint: same value, other bytes
+    obj_start = data.index(b"\x93\x98\x01") + 2
+    data = data[:obj_start] + b"\xcc\x01" + data[obj_start + 1:]
+    return b.bad(data, "BlockDecodeError", "non-canonical")
+
+
+CASES: dict[str, Callable[[Builder], dict | None]] = {
+    name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")
+}
+
+
+def generate(out: Path) -> list[str]:
+    names = []
+    for name, fn in CASES.items():
+        b = Builder()
+        error = fn(b)
+        folder = out / name
+        folder.mkdir(parents=True, exist_ok=True)
+        b.genesis.save(folder / "genesis.json")
+        (folder / "blocks.hex").write_text("\n".join(b.blocks) + "\n")
+        expected = {"sequencer_key": "devnet:sequencer", "blocks": b.expected, "error": error}
+        (folder / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
+        names.append(name)
+    return names
+
+
+if __name__ == "__main__":
+    target = Path(sys.argv[1]) if len(sys.argv) > 1 else HERE
+    print("\n".join(generate(target)))
