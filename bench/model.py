@@ -21,6 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -56,12 +57,12 @@ def bench_evaluate(arch: list[int], samples: int, reps: int) -> dict[str, Any]:
     s = 16
     rng = np.random.default_rng(1)
     d = model.param_count(arch)
-    floats = [rng.normal(0, 1 / np.sqrt(n_in), (n_out, n_in)) for n_in, n_out in zip(arch[:-1], arch[1:])]
+    floats = [rng.normal(0, 1 / np.sqrt(n_in), (n_out, n_in)) for n_in, n_out in pairwise(arch)]
     flat = np.concatenate([np.concatenate([W.ravel(), np.zeros(W.shape[0])]) for W in floats])
     weights = model.quantize_weights(flat, s)
     x = model.quantize_inputs(rng.uniform(-0.5, 0.5, (samples, arch[0])), s)
     y = rng.integers(0, arch[-1], samples).astype(np.uint8)
-    macs = sum(n_in * n_out for n_in, n_out in zip(arch[:-1], arch[1:])) * samples
+    macs = sum(n_in * n_out for n_in, n_out in pairwise(arch)) * samples
 
     exact_s = best_of(lambda: model.accuracy_bps(weights, arch, s, x, y), reps)
     ws32 = [(model.dequantize(weights[wsl], s).reshape(n_out, n_in).astype(np.float32),

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from itertools import pairwise
 
 import numba
 import numpy as np
@@ -85,7 +86,7 @@ def validate_arch(arch: Sequence[int]) -> tuple[int, ...]:
 def param_count(arch: Sequence[int]) -> int:
     """Number of parameters: ``sum(out * in + out)`` over the layers."""
     widths = validate_arch(arch)
-    return sum(n_out * n_in + n_out for n_in, n_out in zip(widths[:-1], widths[1:]))
+    return sum(n_out * n_in + n_out for n_in, n_out in pairwise(widths))
 
 
 def layer_slices(arch: Sequence[int]) -> list[tuple[slice, slice]]:
@@ -96,7 +97,7 @@ def layer_slices(arch: Sequence[int]) -> list[tuple[slice, slice]]:
     widths = validate_arch(arch)
     out: list[tuple[slice, slice]] = []
     start = 0
-    for n_in, n_out in zip(widths[:-1], widths[1:]):
+    for n_in, n_out in pairwise(widths):
         w_end = start + n_out * n_in
         b_end = w_end + n_out
         out.append((slice(start, w_end), slice(w_end, b_end)))

@@ -26,7 +26,10 @@ from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any
 
-from mpsnode.encoding import decode, encode, expect_bytes, expect_list, expect_str, expect_uint, u64be
+import msgpack
+
+from mpsnode.encoding import encode, expect_bytes, expect_list, expect_str, expect_uint, u64be
+from mpsnode.errors import DecodeError
 from mpsnode.params import Params
 
 CONFIG_KEY = b"C"
@@ -65,7 +68,14 @@ def unbonding_queue_key(height: int) -> bytes:
 
 
 def _decode_value(data: bytes) -> Any:
-    return decode(data, max_bytes=_MAX_VALUE, max_array_len=1 << 16)
+    """Decode a state value. Values come from our own store and are committed by the state root,
+    so the canonical re-encoding check of untrusted input is skipped (it would double the cost of
+    every account read); the record decoders still check every field's type and range."""
+    try:
+        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True, max_map_len=0,
+                               max_ext_len=0)
+    except Exception as exc:  # noqa: BLE001 - a corrupt store must surface as one clear error
+        raise DecodeError(f"corrupt state value: {type(exc).__name__}: {exc}") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,6 +247,8 @@ class State:
 
     reader: Reader
     _layers: list[dict[bytes, bytes | None]] = field(default_factory=lambda: [{}])
+    # encoded value -> decoded account, keyed by key; valid while the stored bytes are the same object
+    _accounts: dict[bytes, tuple[bytes, Account]] = field(default_factory=dict)
 
     # raw access ------------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
@@ -286,11 +298,25 @@ class State:
         self.set(GLOBALS_KEY, g.encode())
 
     def get_account(self, address: bytes) -> Account:
-        data = self.get(account_key(address))
-        return EMPTY_ACCOUNT if data is None else Account.decode(data)
+        key = account_key(address)
+        data = self.get(key)
+        if data is None:
+            return EMPTY_ACCOUNT
+        cached = self._accounts.get(key)
+        if cached is not None and cached[0] is data:
+            return cached[1]
+        account = Account.decode(data)
+        self._accounts[key] = (data, account)
+        return account
 
     def set_account(self, address: bytes, account: Account) -> None:
-        self.set(account_key(address), None if account.is_empty() else account.encode())
+        key = account_key(address)
+        if account.is_empty():
+            self.set(key, None)
+            return
+        data = account.encode()
+        self.set(key, data)
+        self._accounts[key] = (data, account)
 
     def get_task(self, task_id: int) -> Task | None:
         data = self.get(task_key(task_id))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from itertools import pairwise
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +30,8 @@ from mpsnode.model import (
 I16_MIN, I16_MAX = -32768, 32767
 CLAMP = WEIGHT_CLAMP  # 2^24 - 1
 SAT = (1 << 24) - 1  # largest hidden activation
+
+Aggregator = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -77,16 +82,16 @@ def test_param_count() -> None:
     assert param_count([64, 32, 10]) == 64 * 32 + 32 + 32 * 10 + 10 == 2410
     assert param_count([256, 1024, 768, 10]) == 1_058_058
     assert param_count([3, 2, 2, 2, 2]) == 8 + 6 + 6 + 6
-    assert param_count((np.int64(4), 2)) == 10
+    assert param_count((np.int64(4), 2)) == 10  # type: ignore[arg-type]  # numpy ints from a decoder
     for bad in ([], [5], [3, 0, 2], [3, -1], [2.0, 3], "ab"):
         with pytest.raises(ValueError):
             param_count(bad)  # type: ignore[arg-type]
 
 
 def test_layer_slices_tile_the_vector() -> None:
-    arch = (3, 4, 2)
-    assert layer_slices(arch) == [(slice(0, 12), slice(12, 16)), (slice(16, 24), slice(24, 26))]
-    for arch in ((1, 1), (7, 3, 5, 2), (2, 9, 1, 4)):
+    assert layer_slices((3, 4, 2)) == [(slice(0, 12), slice(12, 16)), (slice(16, 24), slice(24, 26))]
+    archs: list[tuple[int, ...]] = [(1, 1), (7, 3, 5, 2), (2, 9, 1, 4)]
+    for arch in archs:
         pos = 0
         for ws, bs in layer_slices(arch):
             assert ws.start == pos and bs.start == ws.stop
@@ -172,7 +177,7 @@ def test_ties_go_to_the_lowest_index() -> None:
     x = np.array([[1, -2, 3], [0, 0, 0], [I16_MAX, I16_MIN, 7]], dtype=np.int16)
     w = np.zeros(param_count(arch), dtype=np.int32)
     assert predict(w, arch, 8, x).tolist() == [0, 0, 0]  # every logit equal
-    ws, bs = layer_slices(arch)[-1]
+    _, bs = layer_slices(arch)[-1]
     w[bs] = [1, 7, 3, 7, 7]  # max 7 at outputs 1, 3 and 4
     assert predict(w, arch, 8, x).tolist() == [1, 1, 1]
     assert predict_reference(w, arch, 8, x).tolist() == [1, 1, 1]
@@ -317,7 +322,7 @@ def test_aggregate_matches_reference(case: tuple[np.ndarray, np.ndarray], kw: di
 
 
 @pytest.mark.parametrize("fn", [aggregate, aggregate_reference])
-def test_aggregate_rounding_written_out(fn) -> None:  # noqa: ANN001
+def test_aggregate_rounding_written_out(fn: Aggregator) -> None:
     # (sum + m // 2) // m, floor division: a .5 rounds up (towards +inf), also below zero.
     cases = [  # (deltas of one parameter, expected a_p)
         ([1, 0], 1), ([-1, 0], 0), ([3, 0], 2), ([-3, 0], -1), ([1, -2], 0),  # m = 2: x.5 -> up
@@ -332,7 +337,7 @@ def test_aggregate_rounding_written_out(fn) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("fn", [aggregate, aggregate_reference])
-def test_aggregate_clamps_both_ends(fn) -> None:  # noqa: ANN001
+def test_aggregate_clamps_both_ends(fn: Aggregator) -> None:
     w = np.array([CLAMP, -CLAMP, CLAMP - 5, -CLAMP + 5, (1 << 31) - 1, -(1 << 31), 0], dtype=np.int32)
     Q = np.array([[I16_MAX, I16_MIN, 10, -10, 0, 0, I16_MIN],
                   [I16_MAX, I16_MIN, 10, -10, 0, 0, I16_MIN]], dtype=np.int16)
@@ -390,7 +395,7 @@ def _train_mlp(x: np.ndarray, y: np.ndarray, arch: tuple[int, ...], steps: int, 
     """Minibatch SGD on softmax cross-entropy, float64; layers as (W out x in, b)."""
     rng = np.random.default_rng(seed)
     layers = [(rng.normal(0, np.sqrt(2 / n_in), (n_out, n_in)), np.zeros(n_out))
-              for n_in, n_out in zip(arch[:-1], arch[1:])]
+              for n_in, n_out in pairwise(arch)]
     for _ in range(steps):
         idx = rng.integers(0, len(x), 64)
         acts = [x[idx]]
