@@ -20,7 +20,7 @@ from mpsnode.receipt import encode_receipts
 from mpsnode.smt import SparseMerkleTree
 from mpsnode.state import State
 from mpsnode.stf.block import BlockResult, apply_block, build_block
-from mpsnode.store import BlockCommit, Head, Store
+from mpsnode.store import BlockCommit, Head, Store, StoreReader
 from mpsnode.tx import SignedTx
 
 GENESIS_META = b"genesis"
@@ -99,13 +99,18 @@ class Chain:
         return block, result, rejected
 
     def prepare(self, candidates: Iterable[SignedTx], timestamp_ms: int, key: crypto.Keypair, *,
-                signatures_checked: bool = False,
+                signatures_checked: bool = False, reader: StoreReader | None = None,
                 ) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
         """Build and sign the next block without committing it; ``commit_prepared`` commits it.
 
-        Nothing may commit in between (the block is built on the current head).
+        Nothing may commit in between (the block is built on the current head). ``reader`` (a
+        ``store.snapshot()`` at the head, say) serves the state and tree reads instead of the store.
         """
-        return build_block(self.state(), self.tree(), self._head_header, self.config, candidates, timestamp_ms,
+        if reader is None:
+            state, tree = self.state(), self.tree()
+        else:
+            state, tree = State(reader.get_state), SparseMerkleTree(reader, self.head.state_root)
+        return build_block(state, tree, self._head_header, self.config, candidates, timestamp_ms,
                            key, signatures_checked=signatures_checked)
 
     def commit_prepared(self, block: Block, result: BlockResult, *, mempool_remove: Iterable[bytes] = (),

@@ -1,4 +1,4 @@
-"""The ``mpsnode`` command line: init, keys, inspect, demo."""
+"""The ``mpsnode`` command line: init, keys, inspect, demo, sequencer, tx, query."""
 
 from __future__ import annotations
 
@@ -106,17 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=7)
     sp.set_defaults(func=cmd_demo)
 
+    from mpsnode.cli_node import add_parsers
+
+    add_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from mpsnode.client import ConnectionLost
+
     try:
         return int(args.func(args) or 0)
     except MpsError as exc:
         print(f"mpsnode: error {exc.code} ({type(exc).__name__}): {exc.reason}", file=sys.stderr)
         return 2
-    except (ValueError, FileNotFoundError, FileExistsError) as exc:
+    except (ValueError, FileNotFoundError, FileExistsError, ConnectionLost) as exc:
         print(f"mpsnode: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:  # connection refused and the like

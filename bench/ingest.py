@@ -1,0 +1,203 @@
+"""Ingest throughput of the sequencer daemon: signed transfers over several client connections.
+
+Starts ``mpsnode sequencer`` as a separate process on a fresh devnet home (127.0.0.1, a free
+port), pre-signs ``--txs`` transfers from ``--senders`` accounts, and submits them over
+``--connections`` client connections (each sender's txs through one connection, in nonce order,
+up to ``--inflight`` unacked per connection). A separate subscriber counts included txs per
+block. Prints one JSON object per result:
+
+* ``ingest_included_tps``: sustained included tx/s (between 10% and 90% of all txs included);
+* ``ingest_ack_latency``: submit -> durable ack, p50 and p99 in ms, seen by the client;
+* ``ed25519_verify_raw``: single-core verify rate (one PyNaCl call per signature, as
+  bench/stf.py), and the target ratio included / raw >= 0.35.
+
+    python bench/ingest.py [--txs N] [--senders N] [--connections N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import trio
+
+import genesis as genesis_tool
+from mpsnode import crypto
+from mpsnode.client import connect
+from mpsnode.tx import Transfer, Tx
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def raw_verify_rate(n: int = 5000) -> float:
+    key = crypto.Keypair.generate()
+    msgs = [os.urandom(32) for _ in range(n)]
+    sigs = [key.sign(m) for m in msgs]
+    t0 = time.perf_counter()
+    for m, s in zip(msgs, sigs):
+        if not crypto.verify(key.address, m, s):
+            raise RuntimeError("verify failed")
+    return n / (time.perf_counter() - t0)
+
+
+def start_daemon(home: Path, extra: list[str]) -> tuple[subprocess.Popen, int, int | None]:
+    log = open(home / "sequencer.log", "w")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen([sys.executable, "-m", "mpsnode.cli", "sequencer", "--home", str(home),
+                             "--listen", "127.0.0.1:0", *extra], stdout=subprocess.PIPE, stderr=log, cwd=REPO,
+                            text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise RuntimeError(f"sequencer did not start; see {home / 'sequencer.log'}")
+    ready = json.loads(line)
+    return proc, ready["port"], ready["metrics_port"]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))]
+
+
+async def run_load(port: int, g, txs_by_conn: list[list], inflight: int, total: int) -> dict:
+    latencies: list[float] = []
+    included_at: list[tuple[float, int]] = []
+    errors: list[str] = []
+    done = trio.Event()
+    start = [0.0]
+
+    async def subscriber(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with connect(("127.0.0.1", port), genesis=g) as client:
+            height = (await client.status()).height
+            count = 0
+            async with client.subscribe(height + 1) as blocks:
+                task_status.started()
+                async for pushed in blocks:
+                    n = len(pushed.block().txs)
+                    count += n
+                    included_at.append((time.perf_counter(), n))
+                    if count >= total:
+                        done.set()
+                        return
+
+    async def loader(txs: list) -> None:
+        async with connect(("127.0.0.1", port), genesis=g) as client:
+            limit = trio.Semaphore(inflight)
+
+            async def one(raw: bytes) -> None:
+                t0 = time.perf_counter()
+                try:
+                    await client.submit(raw)
+                except Exception as exc:  # noqa: BLE001 - reported below
+                    errors.append(repr(exc))
+                latencies.append(time.perf_counter() - t0)
+                limit.release()
+
+            async with trio.open_nursery() as nursery:
+                for raw in txs:
+                    await limit.acquire()
+                    nursery.start_soon(one, raw)
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(subscriber)
+        start[0] = time.perf_counter()
+        for txs in txs_by_conn:
+            nursery.start_soon(loader, txs)
+        with trio.move_on_after(600):
+            await done.wait()
+        nursery.cancel_scope.cancel()
+    end = included_at[-1][0] if included_at else time.perf_counter()
+    # sustained: between 10% and 90% of the txs included
+    cum, t10, t90, n10, n90 = 0, None, None, 0, 0
+    for t, n in included_at:
+        cum += n
+        if t10 is None and cum >= 0.1 * total:
+            t10, n10 = t, cum
+        if t90 is None and cum >= 0.9 * total:
+            t90, n90 = t, cum
+    sustained = (n90 - n10) / (t90 - t10) if t10 and t90 and t90 > t10 else cum / (end - start[0])
+    return {"included": cum, "overall_tps": cum / (end - start[0]), "sustained_tps": sustained,
+            "ack_p50_ms": percentile(latencies, 50) * 1000 if latencies else None,
+            "ack_p99_ms": percentile(latencies, 99) * 1000 if latencies else None,
+            "errors": len(errors), "first_errors": errors[:3], "blocks": len(included_at)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--txs", type=int, default=60_000)
+    ap.add_argument("--senders", type=int, default=2000)
+    ap.add_argument("--connections", type=int, default=4)
+    ap.add_argument("--inflight", type=int, default=500, help="unacked submits per connection")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--keep", action="store_true", help="keep the home directory")
+    ap.add_argument("--metrics-dump", help="write the daemon's Prometheus metrics here at the end")
+    args = ap.parse_args()
+    if args.quick:
+        args.txs, args.senders = 10_000, 500
+    raw = raw_verify_rate()
+    home = Path(tempfile.mkdtemp(prefix="bench-ingest-"))
+    net = genesis_tool.make_network(home, clients=args.senders, devnet_keys=True)
+    g = net.genesis
+    senders = net.clients
+    per_sender = -(-args.txs // len(senders))
+    sink = net.keys["treasury"].address
+    t0 = time.perf_counter()
+    by_conn: list[list[bytes]] = [[] for _ in range(args.connections)]
+    for nonce in range(per_sender):
+        for i, key in enumerate(senders):
+            if nonce * len(senders) + i >= args.txs:
+                break
+            stx = Tx(g.chain_id, key.address, nonce, g.params.tx_base_fee, Transfer(sink, 1)).sign(key)
+            by_conn[i % args.connections].append(stx.encode())
+    sign_s = time.perf_counter() - t0
+    proc, port, metrics_port = start_daemon(home, ["--metrics", "127.0.0.1:0"] if args.metrics_dump else [])
+    cpu0 = _cpu_seconds(proc.pid)
+    own0 = time.process_time()
+    try:
+        result = trio.run(run_load, port, g, by_conn, args.inflight, args.txs)
+        result["daemon_cpu_s"] = round(_cpu_seconds(proc.pid) - cpu0, 2)
+        result["loader_cpu_s"] = round(time.process_time() - own0, 2)
+        if args.metrics_dump:
+            import urllib.request
+
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+                Path(args.metrics_dump).write_bytes(resp.read())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    common = {"txs": args.txs, "senders": args.senders, "connections": args.connections, "cores": os.cpu_count()}
+    print(json.dumps({"bench": "ingest_included_tps", "value": round(result["sustained_tps"], 1), "unit": "tx/s",
+                      "overall_tps": round(result["overall_tps"], 1), "included": result["included"],
+                      "blocks": result["blocks"], "errors": result["errors"], "first_errors": result["first_errors"],
+                      "daemon_cpu_s": result["daemon_cpu_s"], "loader_cpu_s": result["loader_cpu_s"],
+                      "wall_s": round(result["included"] / result["overall_tps"], 2),
+                      **common}))
+    print(json.dumps({"bench": "ingest_ack_latency", "p50_ms": round(result["ack_p50_ms"] or 0, 2),
+                      "p99_ms": round(result["ack_p99_ms"] or 0, 2), **common}))
+    ratio = result["sustained_tps"] / raw
+    print(json.dumps({"bench": "ed25519_verify_raw", "value": round(raw, 1), "unit": "verify/s single core",
+                      "included_over_raw": round(ratio, 3), "target": 0.35, "meets_target": ratio >= 0.35,
+                      "presign_s": round(sign_s, 2)}))
+    if not args.keep:
+        import shutil
+
+        shutil.rmtree(home, ignore_errors=True)
+    else:
+        print(json.dumps({"home": str(home)}), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Ingest of model updates: 2 MB SUBMIT_UPDATE txs through the sequencer daemon, in MB/s included.
+
+Starts ``mpsnode sequencer`` on a fresh devnet home (127.0.0.1, a free port), creates ``--tasks``
+tasks of a (3900 -> 256) model (998,656 parameters: a 2 MB int16 delta) with ``--clients`` clients
+each (f = 0, so every round of 3 is scored, aggregated and evaluated), then every client submits
+one update per round for ``--rounds`` rounds, each task on its own connection: a task's next round
+starts once its round's updates are included. Update txs are signed before the clock starts. Prints:
+
+* ``ingest_updates_mbps``: included update bytes per second, sustained (10% to 90% of the bytes);
+* ``ingest_updates_ack_latency``: submit of a 2 MB tx -> durable ack, p50 and p99 in ms.
+
+    python bench/ingest_updates.py [--tasks N] [--clients N] [--rounds N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np
+import trio
+from ingest import _cpu_seconds, percentile, start_daemon
+
+import genesis as genesis_tool
+from mpsnode.client import Wallet, connect
+from mpsnode.params import Params
+from mpsnode.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tx
+
+ARCH = (3900, 256)
+N_PARAMS = ARCH[0] * ARCH[1] + ARCH[1]
+MB = 1e6
+
+
+async def setup(port: int, net, tasks: int, clients: int) -> list[int]:
+    g = net.genesis
+    keys = net.clients
+    rng = np.random.default_rng(0)
+    async with connect(("127.0.0.1", port), genesis=g) as client:
+        wallets = {k.address: Wallet(k, g.chain_id, g.params) for k in [*keys, net.keys["user"]]}
+        for w in wallets.values():
+            await w.recover(client)
+        stakes = [await wallets[k.address].send(client, Stake(g.params.min_stake)) for k in keys]
+        user = wallets[net.keys["user"].address]
+        created = []
+        for _ in range(tasks):
+            body = CreateTask(ARCH, 8, rng.integers(-200, 200, N_PARAMS).astype("<i4").tobytes(), 10000, 1000,
+                              clients, clients, 0, 1000, 1000, 1, 1,
+                              rng.integers(-256, 256, 16 * ARCH[0]).astype("<i2").tobytes(),
+                              rng.integers(0, ARCH[-1], 16).astype(np.uint8).tobytes())
+            created.append(await user.send(client, body))
+        for stx in stakes:
+            assert (await client.wait_receipt(stx.tx_id)).ok
+        task_ids = []
+        for stx in created:
+            outcome = await client.wait_receipt(stx.tx_id)
+            assert outcome.ok, outcome
+            task_ids.append(next(e.task_id for e in outcome.receipt.events if e.name == "TaskCreated"))
+        joins = [await wallets[keys[t * clients + i].address].send(client, JoinTask(task_id))
+                 for t, task_id in enumerate(task_ids) for i in range(clients)]
+        for stx in joins:
+            assert (await client.wait_receipt(stx.tx_id)).ok
+        while True:
+            states = [(await client.task(t)).value for t in task_ids]
+            if all(s.round == 1 for s in states):
+                return task_ids
+            await trio.sleep(0.05)
+
+
+async def run_rounds(port: int, g, signed: list[list[list[bytes]]]) -> dict:
+    """``signed[task][round]`` holds that round's update txs (raw).
+
+    Inclusion times come from the loaders' own receipt waits (no extra subscriber pulling every
+    block back out of the node, which would cost the node a second copy of each byte).
+    """
+    latencies: list[float] = []
+    included: list[tuple[float, int]] = []
+    total = sum(len(raw) for task in signed for rnd in task for raw in rnd)
+
+    async def task_loader(rounds: list[list[bytes]]) -> None:
+        async with connect(("127.0.0.1", port), genesis=g) as client:
+            for txs in rounds:
+                ids: list[tuple[bytes, int]] = []
+
+                async def submit(raw: bytes, ids: list[tuple[bytes, int]]) -> None:
+                    t0 = time.perf_counter()
+                    ids.append((await client.submit(raw), len(raw)))
+                    latencies.append(time.perf_counter() - t0)
+
+                async with trio.open_nursery() as nursery:
+                    for raw in txs:
+                        nursery.start_soon(submit, raw, ids)
+
+                async def wait(tx_id: bytes, size: int) -> None:
+                    outcome = await client.wait_receipt(tx_id, timeout=120)
+                    assert outcome.ok, outcome
+                    included.append((time.perf_counter(), size))
+
+                async with trio.open_nursery() as nursery:
+                    for tx_id, size in ids:
+                        nursery.start_soon(wait, tx_id, size)
+
+    t0 = time.perf_counter()
+    with trio.fail_after(900):
+        async with trio.open_nursery() as nursery:
+            for rounds in signed:
+                nursery.start_soon(task_loader, rounds)
+    included.sort()
+    cum, t10, t90, b10, b90 = 0, None, None, 0, 0
+    for t, n in included:
+        cum += n
+        if t10 is None and cum >= 0.1 * total:
+            t10, b10 = t, cum
+        if t90 is None and cum >= 0.9 * total:
+            t90, b90 = t, cum
+    end = included[-1][0]
+    sustained = (b90 - b10) / (t90 - t10) if t10 and t90 and t90 > t10 else cum / (end - t0)
+    return {"bytes": cum, "sustained_Bps": sustained, "overall_Bps": cum / (end - t0), "wall_s": end - t0,
+            "ack_p50_ms": percentile(latencies, 50) * 1000, "ack_p99_ms": percentile(latencies, 99) * 1000,
+            "updates": len(latencies)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tasks", type=int, default=8)
+    ap.add_argument("--clients", type=int, default=6, help="per task (f = 0: at least 3)")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--keep", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.tasks, args.rounds = 4, 3
+    home = Path(tempfile.mkdtemp(prefix="bench-updates-"))
+    net = genesis_tool.make_network(home, clients=args.tasks * args.clients, devnet_keys=True, params=Params())
+    g = net.genesis
+    proc, port, _ = start_daemon(home, [])
+    try:
+        task_ids = trio.run(setup, port, net, args.tasks, args.clients)
+        rng = np.random.default_rng(1)
+        pool = [rng.integers(-50, 50, N_PARAMS, dtype=np.int16).astype("<i2").tobytes()
+                for _ in range(args.clients + 1)]
+        signed: list[list[list[bytes]]] = []
+        t_sign = time.perf_counter()
+        for t, task_id in enumerate(task_ids):
+            per_round = []
+            for r in range(1, args.rounds + 1):
+                txs = []
+                for i in range(args.clients):
+                    key = net.clients[t * args.clients + i]
+                    nonce = 2 + r - 1  # stake and join came first
+                    delta = pool[(r + i) % len(pool)]
+                    txs.append(Tx(g.chain_id, key.address, nonce, g.params.tx_base_fee,
+                                  SubmitUpdate(task_id, r, delta)).sign(key).encode())
+                per_round.append(txs)
+            signed.append(per_round)
+        sign_s = time.perf_counter() - t_sign
+        cpu0 = _cpu_seconds(proc.pid)
+        result = trio.run(run_rounds, port, g, signed)
+        result["daemon_cpu_s"] = _cpu_seconds(proc.pid) - cpu0
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    mbps = result["sustained_Bps"] / MB
+    print(json.dumps({"bench": "ingest_updates_mbps", "value": round(mbps, 1), "unit": "MB/s included",
+                      "overall_mbps": round(result["overall_Bps"] / MB, 1), "target": 60, "meets_target": mbps >= 60,
+                      "updates": result["updates"], "update_bytes": 2 * N_PARAMS, "tasks": args.tasks,
+                      "clients_per_task": args.clients, "rounds": args.rounds, "wall_s": round(result["wall_s"], 2),
+                      "daemon_cpu_s": round(result["daemon_cpu_s"], 2), "presign_s": round(sign_s, 2),
+                      "cores": os.cpu_count()}))
+    print(json.dumps({"bench": "ingest_updates_ack_latency", "p50_ms": round(result["ack_p50_ms"], 1),
+                      "p99_ms": round(result["ack_p99_ms"], 1)}))
+    if args.keep:
+        print(json.dumps({"home": str(home)}), file=sys.stderr)
+    else:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

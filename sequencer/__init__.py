@@ -1,0 +1,1 @@
+"""The sequencer daemon: admission, the durable mempool, block production, serving clients."""

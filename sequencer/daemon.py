@@ -1,0 +1,478 @@
+"""The sequencer daemon: admits txs, acks them once durable, builds a block every block_time_ms.
+
+The service is one nursery tree (``Sequencer.run``)::
+
+    server (mpsnode.server.NodeServer)          one task per connection
+      SUBMIT_TX -> submit(): decode, stateless checks            (the connection's task)
+    verify workers (2)   batches of signatures on worker threads, outside the GIL (mpsnode.sigverify),
+                         then admission of the batch: checks against the latest state and the
+                         pending txs, reserving each admitted tx's id and nonce
+    group commit         writes a batch of admitted txs to the LMDB mempool table in ONE write
+                         transaction, then acks each (the ack means: on disk)
+    block builder        the one task that builds blocks; receives durable txs through a channel
+
+Block order never depends on which task ran first: a block's candidates are the durable
+mempool in table order (``MempoolIndex.select``), and every block is committed with
+its mempool removals (included txs, and the admitted txs that can never be included, recorded
+as dropped in the same transaction) in ONE LMDB write transaction (``Chain.commit_prepared``).
+
+Every store write (a group commit, a block) runs whole in one worker thread through
+``sequencer.writes.run_write``, one at a time (``_write_lock``): the loop is held only while the
+worker writes its keys (py-lmdb retakes the GIL around every put, which a worker thread cannot do
+quickly against a busy loop), and is free during the fsync. Signature checks run on worker threads
+too, as a numba kernel that releases the GIL once per batch. Block building (the STF) runs on the
+loop thread, reading from one LMDB snapshot; its time and the commit's are exported as metrics.
+
+Restart resumes from the store: the chain from its head, the mempool from its table (decoded
+and re-verified; entries already included or invalid are removed). SIGINT/SIGTERM cancel the
+tree; a write in progress completes first (its wait is shielded), so the store is always whole.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from mpsnode import crypto
+from mpsnode.chain import Chain
+from mpsnode.encoding import decode, encode, expect_list
+from mpsnode.errors import (
+    BadSignature,
+    InvalidTransaction,
+    MpsError,
+    NonceMismatch,
+    ShuttingDown,
+    TxTooLarge,
+)
+from mpsnode.events import RoundClosed, Slashed
+from mpsnode.genesis import Genesis
+from mpsnode.server import HeadWatch, NodeServer, ServerConfig
+from mpsnode.sigverify import verify_batch, warm_up
+from mpsnode.state import ACCOUNT, UNBONDING_QUEUE, Account, State
+from mpsnode.store import LmdbStore, Store
+from mpsnode.tx import SignedTx, decode_signed_tx, validate_transaction
+from mpsnode.wire import SEQUENCER
+from sequencer.admission import AdmissionPolicy, check_admission
+from sequencer.log import event
+from sequencer.mempool import Entry, MempoolIndex
+from sequencer.metrics import Metrics, serve_metrics
+from sequencer.writes import run_write
+
+log = logging.getLogger("sequencer")
+
+DROPPED_PREFIX = b"seq/dropped/"  # meta: tx id -> [height, code, reason] of an admitted tx left out for good
+MIB = 1 << 20
+
+
+@dataclass
+class SequencerConfig:
+    host: str = "127.0.0.1"
+    port: int = 7070
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int | None = None
+    block_time_ms: int | None = None  # None: the genesis parameter
+    max_block_txs: int = 20_000
+    policy: AdmissionPolicy = field(default_factory=AdmissionPolicy)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    verify_workers: int = 2
+    verify_batch: int = 1024
+    group_commit_txs: int = 8192
+    group_commit_bytes: int = 256 * MIB
+    group_commit_interval_ms: float = 0.0  # gather admitted txs this long after a write before the next
+
+
+@dataclass(slots=True)
+class _Submission:
+    stx: SignedTx
+    raw: bytes
+    done: Callable[[bytes | MpsError], None]
+    t0: float
+
+
+class Sequencer:
+    def __init__(self, store: Store, genesis: Genesis, key: crypto.Keypair, config: SequencerConfig | None = None,
+                 metrics: Metrics | None = None) -> None:
+        if key.address != genesis.sequencer:
+            raise ValueError(f"key {key.address.hex()} is not the genesis sequencer {genesis.sequencer.hex()}")
+        self.store = store
+        self.genesis = genesis
+        self.key = key
+        self.config = config or SequencerConfig()
+        self.metrics = metrics or Metrics()
+        self.chain = Chain(store, genesis)
+        self.params = genesis.params
+        self.chain_id = genesis.chain_id
+        self.block_time = (self.config.block_time_ms or self.params.block_time_ms) / 1000
+        self.index = MempoolIndex()
+        self.watch = HeadWatch(self.chain.head.height)
+        self.server = NodeServer(store, genesis, self.watch, kind=SEQUENCER, gateway=self,
+                                 config=self.config.server, stats=self.metrics)
+        self._reader = State(store.get_state)
+        self._accounts: dict[bytes, Account] = {}  # accounts at the head, read once per block
+        self._committing = False
+        self._write_lock = trio.Lock()  # one store write at a time: none waits for LMDB's lock holding the loop
+        self._verify_send, self._verify_recv = trio.open_memory_channel[_Submission](8192)
+        self._commit_send, self._commit_recv = trio.open_memory_channel[list[tuple[Entry, Callable[..., None]]]](64)
+        self._durable_send, self._durable_recv = trio.open_memory_channel[list[Entry]](1024)
+        self._stopping = False
+        self._chain_busy = self._compute_chain_busy()
+        self._fresh = True  # durable txs arrived since the last selection
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+
+    # TxGateway (called by the server) ------------------------------------------------------------
+    async def submit(self, raw: bytes, done: Callable[[bytes | MpsError], None]) -> None:
+        if self._stopping:
+            raise ShuttingDown("the sequencer is stopping")
+        t0 = trio.current_time()
+        metrics = self.metrics
+
+        def finish(result: bytes | MpsError) -> None:
+            if isinstance(result, MpsError):
+                metrics.rejected.labels(str(result.code)).inc()
+            else:
+                metrics.admitted.inc()
+                metrics.ack_seconds.observe(trio.current_time() - t0)
+            done(result)
+
+        try:
+            if len(raw) > self.params.max_tx_bytes:
+                raise TxTooLarge(len(raw), self.params.max_tx_bytes)
+            stx = decode_signed_tx(raw, max_bytes=self.params.max_tx_bytes)
+            validate_transaction(stx, self.chain_id, self.params, check_signature=False)
+        except MpsError as exc:
+            finish(exc)
+            return
+        await self._verify_send.send(_Submission(stx, raw, finish, t0))
+
+    def pending(self, tx_id: bytes) -> bool:
+        return tx_id in self.index
+
+    def dropped(self, tx_id: bytes) -> tuple[int, int, str] | None:
+        raw = self.store.get_meta(DROPPED_PREFIX + tx_id)
+        if raw is None:
+            return None
+        height, code, reason = expect_list(decode(raw, max_bytes=len(raw), max_str_len=4096), 3, "dropped record")
+        return height, code, reason
+
+    def next_nonce(self, address: bytes, state_nonce: int) -> tuple[int, int]:
+        return self.index.next_nonce(address, state_nonce), self.index.sender_count(address)
+
+    def mempool_size(self) -> tuple[int, int]:
+        return self.index.count, self.index.bytes
+
+    # the service ---------------------------------------------------------------------------------
+    async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Serve until cancelled; reports the bound port once listening."""
+        kernel = await trio.to_thread.run_sync(warm_up)
+        self._load_mempool()
+        cfg = self.config
+        try:
+            async with trio.open_nursery() as nursery:
+                for _ in range(cfg.verify_workers):
+                    nursery.start_soon(self._verify_worker, self._verify_recv.clone())
+                nursery.start_soon(self._group_commit)
+                nursery.start_soon(self._builder)
+                if cfg.metrics_port is not None:
+                    self.metrics_port = await nursery.start(serve_metrics, self.metrics, cfg.metrics_host,
+                                                            cfg.metrics_port)
+                self.port = await nursery.start(self.server.serve, cfg.host, cfg.port)
+                head = self.chain.head
+                event(log, "listening", host=cfg.host, port=self.port, metrics_port=self.metrics_port,
+                      height=head.height, head=head.block_hash.hex(), mempool=self.index.count,
+                      chain_id=self.chain_id, sigverify=kernel, block_time_ms=int(self.block_time * 1000))
+                task_status.started(self.port)
+        finally:
+            self._stopping = True
+
+    def _load_mempool(self) -> None:
+        items = self.store.mempool_items()
+        bad: list[bytes] = []
+        loaded: list[Entry] = []
+        for tx_id, raw in items:
+            try:
+                stx = decode_signed_tx(raw, max_bytes=self.params.max_tx_bytes)
+                validate_transaction(stx, self.chain_id, self.params, check_signature=False)
+            except InvalidTransaction:
+                bad.append(tx_id)
+                continue
+            if stx.tx_id != tx_id or self.store.get_tx_location(tx_id) is not None:
+                bad.append(tx_id)
+                continue
+            loaded.append(Entry(stx, raw))
+        oks = verify_batch([(e.sender, e.tx_id, e.stx.signature) for e in loaded])
+        good = []
+        for entry, ok in zip(loaded, oks):
+            if not ok or self.index.by_nonce(entry.sender, entry.nonce) is not None:
+                bad.append(entry.tx_id)
+                continue
+            self.index.reserve(entry)
+            good.append(entry)
+        self.index.make_durable(good)
+        if bad:
+            self.store.mempool_remove(bad)
+        self._update_gauges()
+        event(log, "mempool loaded", pending=len(good), removed=len(bad))
+
+    async def _verify_worker(self, recv: trio.MemoryReceiveChannel[_Submission]) -> None:
+        """Verify a batch of signatures on a worker thread, then admit the batch (see ``_admit``)."""
+        limit = self.config.verify_batch
+        async with recv:
+            while True:
+                batch = [await recv.receive()]
+                while len(batch) < limit:
+                    try:
+                        batch.append(recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                self.metrics.verify_batch_txs.observe(len(batch))
+                oks = await trio.to_thread.run_sync(
+                    verify_batch, [(s.stx.tx.sender, s.stx.tx_id, s.stx.signature) for s in batch])
+                admitted = self._admit(batch, oks)
+                if admitted:
+                    await self._commit_send.send(admitted)
+
+    def _admit(self, batch: list[_Submission], oks: list[bool]) -> list[tuple[Entry, Callable[..., None]]]:
+        """Check each verified tx against the latest state and the pending txs; reserve the admitted.
+
+        Runs without a checkpoint, so each reservation sees every one made before it.
+        """
+        index, policy, included_at = self.index, self.config.policy, self._included_height
+        admitted = []
+        for sub, ok in zip(batch, oks):
+            if not ok:
+                sub.done(BadSignature("signature does not verify for the sender's key"))
+                continue
+            stx = sub.stx
+            try:
+                check_admission(stx, len(sub.raw), self._account(stx.tx.sender), index, policy, included_at)
+            except MpsError as exc:
+                sub.done(exc)
+                continue
+            entry = Entry(stx, sub.raw, sub.t0)
+            index.reserve(entry)
+            admitted.append((entry, sub.done))
+        return admitted
+
+    def _account(self, address: bytes) -> Account:
+        """The account at the head, cached between blocks (bypassed while a block commits)."""
+        account = self._accounts.get(address)
+        if account is None:
+            account = self._reader.get_account(address)
+            if not self._committing:
+                self._accounts[address] = account
+        return account
+
+    def _included_height(self, tx_id: bytes) -> int | None:
+        location = self.store.get_tx_location(tx_id)
+        return None if location is None else location[0]
+
+    async def _group_commit(self) -> None:
+        recv = self._commit_recv
+        max_txs, max_bytes = self.config.group_commit_txs, self.config.group_commit_bytes
+        interval = self.config.group_commit_interval_ms / 1000
+        last_end = trio.current_time()
+        while True:
+            batch = list(await recv.receive())
+            size = sum(entry.size for entry, _ in batch)
+            # optionally gather for up to ``interval`` after the previous write, then write all at once
+            if interval:
+                with trio.move_on_at(last_end + interval):
+                    while len(batch) < max_txs and size < max_bytes:
+                        items = await recv.receive()
+                        batch += items
+                        size += sum(entry.size for entry, _ in items)
+            while len(batch) < max_txs and size < max_bytes:
+                try:
+                    items = recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                batch += items
+                size += sum(entry.size for entry, _ in items)
+            t0 = time.perf_counter()
+            try:
+                async with self._write_lock:
+                    await run_write(self.store.mempool_put, [(entry.tx_id, entry.raw) for entry, _ in batch])
+            except MpsError as exc:
+                self.index.release([entry.tx_id for entry, _ in batch])
+                event(log, "mempool write failed", logging.ERROR, error=exc.reason, txs=len(batch))
+                for _, done in batch:
+                    done(exc)
+                continue
+            self.metrics.group_commit_seconds.observe(time.perf_counter() - t0)
+            self.metrics.group_commit_txs.observe(len(batch))
+            for entry, done in batch:
+                done(entry.tx_id)
+            last_end = trio.current_time()
+            await self._durable_send.send([entry for entry, _ in batch])
+            self._update_gauges()
+
+    # blocks ----------------------------------------------------------------------------------------
+    def _compute_chain_busy(self) -> bool:
+        """Whether the chain needs blocks without txs: open tasks (joining or running) or unbonding."""
+        if self._reader.get_globals().open_tasks:
+            return True
+        for _ in self.store.iter_state(UNBONDING_QUEUE):
+            return True
+        return False
+
+    def _take_durable(self, entries: list[Entry]) -> None:
+        self.index.make_durable(entries)
+        self._fresh = True
+
+    def _has_work(self) -> bool:
+        return self._chain_busy or (self.index.durable_count > 0 and self._fresh)
+
+    async def _builder(self) -> None:
+        recv = self._durable_recv
+        next_at = trio.current_time()
+        while True:
+            while True:  # absorb what is durable already
+                try:
+                    self._take_durable(recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            if not self._has_work():
+                self._take_durable(await recv.receive())
+                continue
+            if trio.current_time() < next_at:
+                with trio.move_on_at(next_at):
+                    async for entries in recv:
+                        self._take_durable(entries)
+                continue
+            started = trio.current_time()
+            await self._produce_block()
+            next_at = started + self.block_time
+
+    async def _produce_block(self) -> None:
+        chain, index, metrics = self.chain, self.index, self.metrics
+        t0 = time.perf_counter()
+        selection = index.select(lambda sender: self._account(sender).nonce,
+                                 max_txs=self.config.max_block_txs, max_bytes=self.params.max_block_bytes)
+        self._fresh = False
+        if not (selection.candidates or selection.stale or self._chain_busy):
+            return  # only txs waiting for a nonce gap: no block until something changes
+        head = chain.head
+        timestamp = max(int(time.time() * 1000), head.timestamp_ms + 1)
+        view = self.store.snapshot() if isinstance(self.store, LmdbStore) else None
+        try:
+            block, result, rejected = chain.prepare([e.stx for e in selection.candidates], timestamp, self.key,
+                                                    signatures_checked=True, reader=view)
+        finally:
+            if view is not None:
+                view.close()
+        t1 = time.perf_counter()
+        dropped: list[tuple[bytes, MpsError]] = []
+        for stx, exc in rejected:
+            if isinstance(exc, NonceMismatch) and exc.got > exc.expected:
+                continue  # ahead: waits for the gap to fill
+            dropped.append((stx.tx_id, exc))
+        for entry in selection.stale:
+            account_nonce = self._account(entry.sender).nonce
+            dropped.append((entry.tx_id, NonceMismatch(account_nonce, entry.nonce)))
+        included = [stx.tx_id for stx in block.txs]
+        meta = {DROPPED_PREFIX + tx_id: encode([block.height, exc.code, exc.reason[:1000]]) for tx_id, exc in dropped}
+        # Readers see the block the moment its commit lands, before this task resumes: forget the
+        # accounts it changes now, and cache none while it commits.
+        for key in result.state_writes:
+            if key[:1] == ACCOUNT:
+                self._accounts.pop(key[1:], None)
+        self._committing = True
+        try:
+            async with self._write_lock:
+                await run_write(chain.commit_prepared, block, result,
+                                mempool_remove=included + [tx_id for tx_id, _ in dropped], meta=meta)
+        finally:
+            self._committing = False
+        t2 = time.perf_counter()
+        index.release(included)
+        index.release(tx_id for tx_id, _ in dropped)
+        self.watch.advance(block.height)
+        self._chain_busy = self._compute_chain_busy()
+        if dropped:
+            self._fresh = True  # a drop may unblock nothing, but re-selecting is cheap and safe
+        rounds = slashes = 0
+        for ev in result.events:
+            if isinstance(ev, RoundClosed):
+                rounds += 1
+            elif isinstance(ev, Slashed):
+                slashes += 1
+        metrics.height.set(block.height)
+        metrics.blocks.inc()
+        metrics.included.inc(len(included))
+        metrics.build_seconds.observe(t1 - t0)
+        metrics.commit_seconds.observe(t2 - t1)
+        metrics.rounds_closed.inc(rounds)
+        metrics.slashes.inc(slashes)
+        for _, err in dropped:
+            metrics.dropped.labels(str(err.code)).inc()
+        self._update_gauges()
+        event(log, "block", height=block.height, hash=block.hash().hex(), txs=len(included), dropped=len(dropped),
+              waiting=selection.waiting, mempool=index.count, build_ms=round((t1 - t0) * 1000, 2),
+              commit_ms=round((t2 - t1) * 1000, 2), state_root=result.state_root.hex(), rounds_closed=rounds,
+              slashes=slashes)
+
+    def _update_gauges(self) -> None:
+        self.metrics.mempool_txs.set(self.index.count)
+        self.metrics.mempool_bytes.set(self.index.bytes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The process
+
+
+async def serve(sequencer: Sequencer, on_ready: Callable[[Sequencer], None] | None = None) -> None:
+    """Run ``sequencer`` until SIGINT or SIGTERM, then stop cleanly."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sequencer.run)
+            if on_ready is not None:
+                on_ready(sequencer)
+            async for signum in signals:
+                event(log, "stopping", signal=signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run_daemon(home_path: str, *, listen: str | None = None, metrics: str | None = None,
+               block_time_ms: int | None = None, server: dict[str, Any] | None = None) -> int:
+    """``mpsnode sequencer``: open the home's store and serve until a signal. Prints one ready line."""
+    import json
+    import sys
+
+    from mpsnode.home import Home
+    from mpsnode.store import LmdbStore
+    from mpsnode.wire import parse_hostport
+    from sequencer.log import setup_logging
+
+    setup_logging()
+    home = Home.open(home_path)
+    genesis = home.genesis()
+    key = crypto.load_key(home.key_path("sequencer"))
+    host, port = parse_hostport(listen or home.listen)
+    config = SequencerConfig(host=host, port=port, block_time_ms=block_time_ms)
+    metrics_addr = metrics or home.metrics
+    if metrics_addr:
+        config.metrics_host, config.metrics_port = parse_hostport(metrics_addr)
+    for name, value in (server or {}).items():
+        setattr(config.server, name, value)
+    store = LmdbStore(home.data_path, map_size=home.map_size)
+    try:
+        sequencer = Sequencer(store, genesis, key, config)
+
+        def ready(seq: Sequencer) -> None:
+            print(json.dumps({"ready": True, "host": host, "port": seq.port, "metrics_port": seq.metrics_port,
+                              "height": seq.chain.head.height}), flush=True)
+
+        trio.run(serve, sequencer, ready)
+    finally:
+        store.close()
+    event(log, "stopped")
+    sys.stdout.flush()
+    return 0

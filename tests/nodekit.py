@@ -1,0 +1,148 @@
+"""Test kit for daemons: a devnet home, the real ``mpsnode sequencer`` process on 127.0.0.1, raw sockets.
+
+``Daemon.start`` runs ``python -m mpsnode.cli sequencer --listen 127.0.0.1:0`` and reads the port
+from the ready line it prints; ``stop`` sends SIGTERM and waits, ``kill`` sends SIGKILL. The
+``daemon`` fixture factory kills whatever is still running at teardown, even on failure.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import genesis as genesis_tool
+from mpsnode import crypto
+from mpsnode.encoding import decode
+from mpsnode.genesis import Genesis
+from mpsnode.params import Params
+from mpsnode.wire import LENGTH, PROTOCOL_VERSION, Msg, encode_frame
+
+REPO = Path(__file__).resolve().parent.parent
+LOCALHOST = "127.0.0.1"
+
+
+def make_home(path: Path, clients: int = 6, params: Params | None = None) -> genesis_tool.Network:
+    return genesis_tool.make_network(path, clients=clients, devnet_keys=True, params=params,
+                                     listen=f"{LOCALHOST}:0")
+
+
+@dataclass
+class Daemon:
+    home: Path
+    args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen | None = None
+    port: int = 0
+    metrics_port: int | None = None
+    starts: int = 0
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (LOCALHOST, self.port)
+
+    def start(self, timeout: float = 60.0) -> Daemon:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        err = open(self.home / f"sequencer-{self.starts}.log", "w")  # noqa: SIM115 - closed by the process end
+        env = dict(os.environ)
+        env.pop("PYTHONPATH", None)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mpsnode.cli", "sequencer", "--home", str(self.home), "--listen", f"{LOCALHOST}:0",
+             *self.args], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+        err.close()
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        line = ""
+        while not line:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError(f"sequencer exited ({self.proc.wait()}): {self.log_text()[-3000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("sequencer did not get ready")
+        ready = json.loads(line)
+        self.port, self.metrics_port = ready["port"], ready["metrics_port"]
+        return self
+
+    def log_text(self) -> str:
+        return (self.home / f"sequencer-{self.starts}.log").read_text()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM and wait; returns the exit code."""
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(30)
+
+    def rss_kib(self) -> int:
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+
+# ---------------------------------------------------------------------------------------------
+# Raw sockets, for peers that misbehave on purpose
+
+
+def raw_connect(port: int, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection((LOCALHOST, port), timeout=timeout)
+    return sock
+
+
+def hello_frame(g: Genesis, req_id: int = 1) -> bytes:
+    return encode_frame([int(Msg.HELLO), req_id, PROTOCOL_VERSION, g.chain_id, g.hash(), 0])
+
+
+def read_message(sock: socket.socket) -> list | None:
+    """One message, or None at end of stream."""
+    head = _read_exact(sock, 4)
+    if head is None:
+        return None
+    (n,) = LENGTH.unpack(head)
+    body = _read_exact(sock, n)
+    if body is None:
+        return None
+    return decode(body, max_bytes=n, max_str_len=8192, max_array_len=1 << 16)
+
+
+def _read_exact(sock: socket.socket, n: int) -> bytes | None:
+    data = b""
+    while len(data) < n:
+        try:
+            chunk = sock.recv(n - len(data))
+        except ConnectionResetError:
+            return None
+        if not chunk:
+            return None
+        data += chunk
+    return data
+
+
+def read_until_closed(sock: socket.socket, limit: int = 64 << 20) -> bytes:
+    """Everything the node sends until it closes the connection."""
+    out = b""
+    while len(out) < limit:
+        try:
+            chunk = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    return out
+
+
+def key(name: str) -> crypto.Keypair:
+    return genesis_tool.devnet_key(name)

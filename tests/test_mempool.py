@@ -1,0 +1,112 @@
+"""The sequencer's mempool index (candidate order) and admission policy, without a network."""
+
+from __future__ import annotations
+
+import pytest
+
+import genesis as genesis_tool
+from mpsnode.errors import (
+    AlreadyKnown,
+    FeeUnpayable,
+    MempoolFull,
+    NonceConflict,
+    NonceMismatch,
+    NonceTooFarAhead,
+    SenderLimit,
+)
+from mpsnode.state import Account
+from mpsnode.tx import SignedTx, Transfer, Tx
+from sequencer.admission import AdmissionPolicy, check_admission
+from sequencer.mempool import Entry, MempoolIndex
+
+G, KEYS = genesis_tool.devnet(clients=4)
+A, B, C = KEYS["client-0"], KEYS["client-1"], KEYS["client-2"]
+
+
+def stx(key, nonce: int, amount: int = 1, fee: int = 1) -> SignedTx:
+    return Tx(G.chain_id, key.address, nonce, fee, Transfer(KEYS["user"].address, amount)).sign(key)
+
+
+def entry(key, nonce: int, amount: int = 1) -> Entry:
+    s = stx(key, nonce, amount)
+    return Entry(s, s.encode())
+
+
+def pool(*entries: Entry) -> MempoolIndex:
+    index = MempoolIndex()
+    for e in entries:
+        index.reserve(e)
+    index.make_durable(entries)
+    return index
+
+
+def order(selection) -> list[tuple[str, int]]:
+    names = {A.address: "A", B.address: "B", C.address: "C"}
+    return [(names[e.sender], e.nonce) for e in selection.candidates]
+
+
+def test_fifo_with_each_senders_txs_in_nonce_order() -> None:
+    index = pool(entry(A, 1), entry(B, 0), entry(A, 0), entry(C, 5), entry(A, 2), entry(B, 1), entry(C, 3))
+    nonces = {A.address: 0, B.address: 0, C.address: 3}
+    sel = index.select(lambda s: nonces[s], max_txs=100, max_bytes=10**9)
+    # A's nonce 1 arrived first but waits for nonce 0, which then pulls it along; C's 5 waits for 4
+    assert order(sel) == [("B", 0), ("A", 0), ("A", 1), ("A", 2), ("B", 1), ("C", 3)]
+    assert sel.waiting == 1 and sel.stale == []
+    again = index.select(lambda s: nonces[s], max_txs=100, max_bytes=10**9)
+    assert order(again) == order(sel)  # the same pool and state give the same block
+
+
+def test_stale_budget_and_count_limits() -> None:
+    entries = [entry(A, 0), entry(B, 0), entry(B, 1), entry(C, 0)]
+    index = pool(*entries)
+    sel = index.select(lambda s: 1 if s == A.address else 0, max_txs=100, max_bytes=10**9)
+    assert [(e.sender, e.nonce) for e in sel.stale] == [(A.address, 0)]
+    size = entries[1].size
+    sel = index.select(lambda s: 0, max_txs=100, max_bytes=2 * size + size // 2)
+    assert order(sel) == [("A", 0), ("B", 0)]  # B's nonce 1 does not fit, and C's 0 ...
+    sel = index.select(lambda s: 0, max_txs=3, max_bytes=10**9)
+    assert order(sel) == [("A", 0), ("B", 0), ("B", 1)]
+
+
+def test_release_and_counters() -> None:
+    e1, e2 = entry(A, 0), entry(A, 1)
+    index = pool(e1, e2)
+    assert (index.count, index.bytes, index.sender_count(A.address)) == (2, e1.size + e2.size, 2)
+    assert index.next_nonce(A.address, 0) == 2
+    index.release([e1.tx_id, b"\x00" * 32])
+    assert (index.count, index.bytes) == (1, e2.size) and e1.tx_id not in index
+    assert index.next_nonce(A.address, 0) == 0 and index.durable_count == 1
+    index.release([e2.tx_id])
+    assert index.count == 0 and index.sender_bytes(A.address) == 0
+
+
+def test_admission_rejections() -> None:
+    policy = AdmissionPolicy(nonce_window=4, max_sender_txs=3, max_txs=5)
+    index = pool(entry(A, 0))
+    acct = Account(balance=10, nonce=0)
+
+    def check(s: SignedTx, account: Account = acct, included: int | None = None) -> None:
+        check_admission(s, s.size, account, index, policy, lambda _: included)
+
+    with pytest.raises(AlreadyKnown):
+        check(index.by_nonce(A.address, 0).stx)
+    with pytest.raises(AlreadyKnown, match="included in block 7"):
+        check(stx(A, 9), Account(balance=10, nonce=10), included=7)
+    with pytest.raises(NonceMismatch):
+        check(stx(A, 0, amount=5), Account(balance=10, nonce=1))
+    with pytest.raises(NonceTooFarAhead):
+        check(stx(A, 4))
+    with pytest.raises(NonceConflict):
+        check(stx(A, 0, amount=2))
+    with pytest.raises(FeeUnpayable):
+        check(stx(A, 1), Account(balance=1, nonce=0))  # the pending tx's fee takes the only unit
+    check(stx(A, 3))  # ahead within the window: admitted, waits
+    for n in (1, 2):
+        e = entry(A, n)
+        index.reserve(e)
+    with pytest.raises(SenderLimit):
+        check(stx(A, 3))
+    for key in (B, C):
+        index.reserve(entry(key, 0))
+    with pytest.raises(MempoolFull):
+        check(stx(KEYS["client-3"], 0))
