@@ -15,6 +15,7 @@ SMT_VAL = b"mps-smt-val"
 SMT_LEAF = b"mps-smt-leaf"
 SMT_NODE = b"mps-smt-node"
 UPDATE = b"mps-update"  # digest of a submitted delta (duplicate detection)
+MODEL = b"mps-model"  # a task's model weights, for display and golden vectors (not in state)
 
 ZERO32 = bytes(32)
 

@@ -256,12 +256,15 @@ def _shift_relu(Z: np.ndarray, shift: int, A: np.ndarray) -> None:
 
 
 @njit(cache=True, boundscheck=False, parallel=True)
-def _aggregate(w: np.ndarray, Q: np.ndarray, chunk: int, acc: np.ndarray, out: np.ndarray) -> None:
-    """``out = clamp(w + (sum_r Q[r] + m // 2) // m)`` with Python floor division, column chunk by chunk.
+def _aggregate(w: np.ndarray, Q: np.ndarray, rows: np.ndarray, chunk: int, acc: np.ndarray,
+               out: np.ndarray) -> None:
+    """``out = clamp(w + (sum_{r in rows} Q[r] + m // 2) // m)``, ``m = len(rows)``, with Python floor
+    division, column chunk by chunk.
 
     Each prange iteration owns one accumulator row and a disjoint range of columns.
     """
-    m, d = Q.shape
+    m = rows.shape[0]
+    d = Q.shape[1]
     parts = acc.shape[0]
     half = m // 2
     for t in prange(parts):
@@ -274,7 +277,7 @@ def _aggregate(w: np.ndarray, Q: np.ndarray, chunk: int, acc: np.ndarray, out: n
             for p in range(width):
                 a[p] = 0
             for r in range(m):
-                q = Q[r][c0:c1]
+                q = Q[rows[r]][c0:c1]
                 for p in range(width):
                     a[p] += q[p]
             for p in range(width):
@@ -354,15 +357,25 @@ def accuracy_bps(weights: np.ndarray, arch: Sequence[int], scale_bits: int, val_
     return _accuracy_bps(predict(weights, arch, scale_bits, val_x), val_y)
 
 
-def aggregate(model: np.ndarray, selected_deltas: np.ndarray, *, parts: int | None = None,
-              chunk: int = AGGREGATE_CHUNK) -> np.ndarray:
+def aggregate(model: np.ndarray, selected_deltas: np.ndarray, *, rows: Sequence[int] | None = None,
+              parts: int | None = None, chunk: int = AGGREGATE_CHUNK) -> np.ndarray:
     """The new int32 model ``clamp(w + (sum of the m selected deltas + m // 2) // m)``.
 
     ``model`` is int32 (``d``), ``selected_deltas`` int16 (``m x d``, ``m >= 1``); neither is
-    modified. ``parts`` (column ranges run in parallel, default numba's thread count) and ``chunk``
-    (columns per accumulator run) tune speed and never change the result.
+    modified. ``rows`` selects the deltas by row index instead (distinct, at least one): the same
+    result as ``aggregate(model, selected_deltas[rows])`` without copying the rows. ``parts`` (column
+    ranges run in parallel, default numba's thread count) and ``chunk`` (columns per accumulator
+    run) tune speed and never change the result.
     """
     w, Q = validate_deltas(model, selected_deltas)
+    if rows is None:
+        index = np.arange(Q.shape[0], dtype=np.int64)
+    else:
+        index = np.array([operator.index(r) for r in rows], dtype=np.int64)
+        if index.ndim != 1 or index.size < 1:
+            raise ValueError("aggregation needs at least one selected row")
+        if index.min() < 0 or index.max() >= Q.shape[0] or np.unique(index).size != index.size:
+            raise ValueError(f"rows must be distinct indices below {Q.shape[0]}")
     d = w.shape[0]
     n_parts = numba.get_num_threads() if parts is None else parts
     for name, v in (("parts", n_parts), ("chunk", chunk)):
@@ -372,7 +385,7 @@ def aggregate(model: np.ndarray, selected_deltas: np.ndarray, *, parts: int | No
     out = np.empty(d, dtype=np.int32)
     if d:
         acc = np.empty((n_parts, min(chunk, d)), dtype=np.int64)
-        _aggregate(w, Q, acc.shape[1], acc, out)
+        _aggregate(w, Q, index, acc.shape[1], acc, out)
     return out
 
 

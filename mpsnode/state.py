@@ -345,7 +345,21 @@ class State:
         self.set(valset_key(task_id), encode([val_x, val_y]))
 
     def get_update(self, task_id: int, address: bytes) -> bytes | None:
+        """The pending delta (int16 little-endian bytes), or None."""
+        data = self.get(update_key(task_id, address))
+        return None if data is None else data[32:]
+
+    def get_update_hash(self, task_id: int, address: bytes) -> bytes | None:
+        """``H(mps-update, delta)`` of the pending delta, stored in front of it, or None."""
+        data = self.get(update_key(task_id, address))
+        return None if data is None else data[:32]
+
+    def get_update_stored(self, task_id: int, address: bytes) -> bytes | None:
+        """The stored value, ``H(mps-update, delta) || delta``, without copying the delta out."""
         return self.get(update_key(task_id, address))
+
+    def set_update(self, task_id: int, address: bytes, delta_hash: bytes, delta: bytes) -> None:
+        self.set(update_key(task_id, address), delta_hash + delta)
 
     def get_unbonding_queue(self, height: int) -> tuple[bytes, ...]:
         data = self.get(unbonding_queue_key(height))

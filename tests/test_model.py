@@ -321,6 +321,23 @@ def test_aggregate_matches_reference(case: tuple[np.ndarray, np.ndarray], kw: di
     assert int(np.abs(new.astype(np.int64)).max()) <= CLAMP
 
 
+@SETTINGS
+@given(aggregate_cases(), agg_knobs, st.data())
+def test_aggregate_of_selected_rows_matches_reference(case: tuple[np.ndarray, np.ndarray], kw: dict[str, int],
+                                                      data: st.DataObject) -> None:
+    w, Q = case
+    rows = data.draw(st.permutations(range(Q.shape[0])).flatmap(
+        lambda p: st.integers(1, len(p)).map(lambda n: p[:n])))
+    assert aggregate(w, Q, rows=rows, **kw).tolist() == aggregate_reference(w, Q[rows]).tolist()
+
+
+@pytest.mark.parametrize("rows", [[], [0, 0], [-1], [2], [0.5]])
+def test_aggregate_refuses_bad_rows(rows: list) -> None:
+    w, Q = np.zeros(3, dtype=np.int32), np.ones((2, 3), dtype=np.int16)
+    with pytest.raises((ValueError, TypeError)):
+        aggregate(w, Q, rows=rows)
+
+
 @pytest.mark.parametrize("fn", [aggregate, aggregate_reference])
 def test_aggregate_rounding_written_out(fn: Aggregator) -> None:
     # (sum + m // 2) // m, floor division: a .5 rounds up (towards +inf), also below zero.

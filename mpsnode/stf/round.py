@@ -56,10 +56,10 @@ def get_round_updates(state: State, task: Task) -> np.ndarray:
     d = model.param_count(task.arch)
     Q = np.empty((len(task.submitted), d), dtype=np.int16)
     for row, address in enumerate(task.submitted):
-        delta = state.get_update(task.task_id, address)
-        if delta is None or len(delta) != 2 * d:  # admission guarantees both; a broken store must not pass
+        stored = state.get_update_stored(task.task_id, address)  # H(delta) || delta: no slice copy
+        if stored is None or len(stored) != 32 + 2 * d:  # admission guarantees both; a broken store must not pass
             raise RuntimeError(f"task {task.task_id}: pending update of {address.hex()} is missing or malformed")
-        Q[row] = np.frombuffer(delta, dtype="<i2")
+        Q[row] = np.frombuffer(stored, dtype="<i2", offset=32)
     return Q
 
 
@@ -84,7 +84,7 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
     task = state.get_task(task.task_id) or task  # participants changed if anyone was slashed
 
     weights = np.frombuffer(state.get_model(task.task_id), dtype="<i4")
-    new_weights = model.aggregate(weights, Q[list(result.selected)])
+    new_weights = model.aggregate(weights, Q, rows=result.selected)
     state.set_model(task.task_id, new_weights.astype("<i4").tobytes())
     val_x, val_y = state.get_valset(task.task_id)
     accuracy = model.accuracy_bps(new_weights, task.arch, task.scale_bits,

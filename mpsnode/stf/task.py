@@ -25,7 +25,6 @@ from mpsnode.model import param_count
 from mpsnode.state import State, Task, TaskStatus, duplicate_key, update_key
 from mpsnode.stf.env import BlockEnv
 from mpsnode.tx import CreateTask, JoinTask
-from mpsnode.hashing import UPDATE, H
 
 MAX_PARAMS = 1 << 22  # with |delta| < 2^15 and k <= 256 keeps Krum distances below 2^63
 MAX_FAN_IN = 16384  # 2^14 * 2^24 * 2^24 products stay below 2^63 in the forward pass
@@ -141,9 +140,9 @@ def process_task_starts(state: State, env: BlockEnv) -> list[Event]:
 def clear_pending_updates(state: State, task: Task) -> None:
     """Delete the open round's updates and their duplicate index."""
     for address in task.submitted:
-        delta = state.get_update(task.task_id, address)
-        if delta is not None:
-            state.delete(duplicate_key(task.task_id, H(UPDATE, delta)))
+        delta_hash = state.get_update_hash(task.task_id, address)
+        if delta_hash is not None:
+            state.delete(duplicate_key(task.task_id, delta_hash))
         state.delete(update_key(task.task_id, address))
 
 

@@ -16,7 +16,7 @@ from mpsnode.errors import (
 from mpsnode.events import Event, UpdateSubmitted
 from mpsnode.hashing import UPDATE, H
 from mpsnode.model import param_count
-from mpsnode.state import State, TaskStatus, duplicate_key, update_key
+from mpsnode.state import State, TaskStatus, duplicate_key
 from mpsnode.stf.env import BlockEnv
 from mpsnode.tx import SubmitUpdate
 
@@ -42,6 +42,6 @@ def process_submit_update(state: State, env: BlockEnv, sender: bytes, body: Subm
         # A byte-for-byte copy of someone else's update is free-riding, not training.
         raise DuplicateUpdate()
     state.set(dup, sender)
-    state.set(update_key(task.task_id, sender), body.delta)
+    state.set_update(task.task_id, sender, delta_hash, body.delta)
     state.set_task(replace(task, submitted=(*task.submitted, sender)))
     return [UpdateSubmitted(task.task_id, task.round, sender, delta_hash)]

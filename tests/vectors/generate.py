@@ -1,9 +1,11 @@
 """Write the golden vectors: ``python tests/vectors/generate.py [OUT_DIR]``.
 
 Each case is a folder: ``genesis.json`` (the devnet, with the case's parameters), ``blocks.hex``
-(one canonical block per line, hex) and ``expected.json``: per valid block its hash and roots and
-receipt statuses, and for a case ending in a bad block, the error it must raise
-(``"error": {"type": ..., "match": ...}``). Everything is deterministic (devnet keys, fixed
+(one canonical block per line, hex) and ``expected.json``: per valid block its hash and roots, receipt
+statuses, every event (as JSON) and the blake2b-256 hash of every task's model after the block,
+and for a case ending in a bad block, the error it must raise (``"error": {"type": ..., "match":
+...}``). The ``rounds`` case pins round closing: Krum scores, selection, flagging and slashing,
+aggregation (model hashes), evaluation, completion billing and payments, expiry refunds. Everything is deterministic (devnet keys, fixed
 timestamps, deterministic ed25519), so regenerating must reproduce the checked-in files byte for
 byte: a difference is a consensus change.
 """
@@ -24,7 +26,8 @@ sys.path.insert(0, str(HERE.parent.parent))
 import genesis as genesis_tool  # noqa: E402
 from mpsnode.block import Block, compute_tx_root, sign_header  # noqa: E402
 from mpsnode.chain import Chain  # noqa: E402
-from mpsnode.model import param_count  # noqa: E402
+from mpsnode.hashing import MODEL, H  # noqa: E402
+from mpsnode.model import param_count, predict_reference  # noqa: E402
 from mpsnode.params import Params  # noqa: E402
 from mpsnode.store import MemoryStore  # noqa: E402
 from mpsnode.tx import CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate, Transfer, Tx, Unstake  # noqa: E402
@@ -34,8 +37,8 @@ CLIENTS = 6
 
 
 class Builder:
-    def __init__(self) -> None:
-        self.genesis, self.keys = genesis_tool.devnet(CLIENTS, PARAMS)
+    def __init__(self, clients: int = CLIENTS) -> None:
+        self.genesis, self.keys = genesis_tool.devnet(clients, PARAMS)
         self.chain = Chain(MemoryStore(), self.genesis)
         self.nonces: dict[bytes, int] = {}
         self.time_ms = self.genesis.genesis_time_ms
@@ -61,7 +64,9 @@ class Builder:
         self.expected.append({"height": block.height, "hash": block.hash().hex(),
                               "state_root": block.header.state_root.hex(),
                               "receipts_root": block.header.receipts_root.hex(),
-                              "statuses": [r.status for r in result.receipts]})
+                              "statuses": [r.status for r in result.receipts],
+                              "events": [e.to_json() for r in result.receipts for e in r.events],
+                              "models": model_hashes(self.chain)})
         return block
 
     def bad(self, block_bytes: bytes, error: str, match: str) -> dict:
@@ -75,6 +80,17 @@ class Builder:
         head = self.chain.head_header
         return Header(head.chain_id, head.height + 1, head.hash(), head.timestamp_ms + 1000,
                       compute_tx_root(txs), bytes(32), bytes(32))
+
+
+def model_hashes(chain: Chain) -> dict[str, str]:
+    """Every task's current model as ``{task_id: H(mps-model, weights)}``."""
+    state = chain.state()
+    out = {}
+    for task_id in range(1, state.get_globals().next_task_id):
+        weights = state.get_model(task_id)
+        if weights is not None:
+            out[str(task_id)] = H(MODEL, weights).hex()
+    return out
 
 
 def task_body(arch=(4, 3), f: int = 1, min_clients: int = 5, max_rounds: int = 2) -> CreateTask:  # noqa: ANN001
@@ -112,6 +128,64 @@ def case_task_lifecycle(b: Builder) -> dict | None:
     for _ in range(6):
         b.block()  # round 1 void at its deadline, round 2 void, task expires with a refund
     return None
+
+
+ROUNDS_ARCH = (4, 5, 3)
+
+
+def _rounds_case(b: Builder, target_bps: int) -> list[int]:
+    """Two tasks. Task 1 (f=1, 7 clients): round 1 all submit and client-6 sends a boosted update
+    (Krum flags it: slashed, jailed, removed); round 2 five of the six left submit and the round
+    closes at its deadline; the model reaches ``target_bps`` and the task completes (billing, pro-rata
+    rewards 2:2:2:2:2:1, dust, refund). Client-6 then tops its stake up and is unjailed. Task 2 (f=0,
+    3 clients, one round, unreachable target) closes one scored round and expires with a refund.
+
+    Honest updates move the model halfway towards a teacher model (plus noise) whose predictions are
+    the validation labels, so accuracy rises round by round. Returns each scored round's accuracy."""
+    rng = np.random.default_rng(2024)
+    n = param_count(ROUNDS_ARCH)
+    teacher = rng.integers(-600, 600, n).astype(np.int32)
+    samples = 24
+    val_x = rng.integers(-300, 300, (samples, ROUNDS_ARCH[0])).astype("<i2")
+    val_y = predict_reference(teacher, ROUNDS_ARCH, 8, val_x).astype(np.uint8)
+    init = rng.integers(-600, 600, n).astype("<i4")
+    task1 = CreateTask(ROUNDS_ARCH, 8, init.tobytes(), target_bps, 3, 5, 7, 1, 1, 3, 777, 1, val_x.tobytes(),
+                       val_y.tobytes())
+    task2 = CreateTask((3, 2), 8, rng.integers(-99, 99, 8).astype("<i4").tobytes(), 10_000, 1, 3, 3, 0, 1, 3,
+                       50, 1, rng.integers(-99, 99, 12).astype("<i2").tobytes(), bytes([0, 1, 1, 0]))
+    b.block([b.tx("user", task1), b.tx("user", task2)] + [b.tx(f"client-{i}", Stake(2000)) for i in range(10)])
+    b.block([b.tx(f"client-{i}", JoinTask(1)) for i in range(7)] + [b.tx(f"client-{i}", JoinTask(2)) for i in (7, 8, 9)])
+
+    def honest(seed: int) -> bytes:
+        w = np.frombuffer(b.chain.state().get_model(1), dtype="<i4").astype(np.int64)
+        noise = np.random.default_rng(seed).integers(-6, 7, n)
+        return np.clip((teacher - w) // 2 + noise, -32768, 32767).astype("<i2").tobytes()
+
+    accuracies = []
+    round1 = [b.tx(f"client-{i}", SubmitUpdate(1, 1, honest(100 + i))) for i in range(6)]
+    boosted = np.clip(np.frombuffer(honest(106), dtype="<i2").astype(np.int64) * 40, -32768, 32767)
+    round1.append(b.tx("client-6", SubmitUpdate(1, 1, boosted.astype("<i2").tobytes())))
+    round1 += [b.tx(f"client-{i}", SubmitUpdate(2, 1, delta(8, i))) for i in (7, 8, 9)]
+    b.block(round1)  # every participant submitted: both rounds close in this block
+    accuracies.append(b.chain.state().get_task(1).accuracy_bps)
+    b.block([b.tx(f"client-{i}", SubmitUpdate(1, 2, honest(200 + i))) for i in range(5)])
+    b.block()
+    b.block()  # round 2's deadline: closes with 5 of 6 updates
+    accuracies.append(b.chain.state().get_task(1).accuracy_bps)
+    b.block([b.tx("client-6", Stake(500))])  # back above min_stake: unjailed
+    return accuracies
+
+
+def case_rounds(b: Builder) -> dict | None:
+    scratch = Builder(CASE_CLIENTS["rounds"])
+    first, second = _rounds_case(scratch, 10_000)
+    if not first < second:
+        raise RuntimeError(f"rounds case: accuracy must rise between rounds to pin completion, got {first}, {second}")
+    _rounds_case(b, second)  # the same chain, with the target met exactly in round 2
+    return None
+
+
+CASE_CLIENTS = {"rounds": 10}
 
 
 def _one_valid(b: Builder) -> None:
@@ -191,7 +265,7 @@ CASES: dict[str, Callable[[Builder], dict | None]] = {
 def generate(out: Path) -> list[str]:
     names = []
     for name, fn in CASES.items():
-        b = Builder()
+        b = Builder(CASE_CLIENTS.get(name, CLIENTS))
         error = fn(b)
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)

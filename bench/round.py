@@ -1,0 +1,175 @@
+"""Benchmark: closing one round at k = 50 updates of d ~ 10^6 parameters, 1000 validation samples.
+
+A real chain on an LMDB store: a task with ``arch = [256, 1024, 768, 10]`` (1,058,058 parameters),
+``byzantine_f = 11``, 51 participants; 50 of them submit (values uniform in +-2000 around a common
+direction, two boosted outliers), so the round stays open until its deadline and then closes in an
+EMPTY block: that block's time is the round close and nothing else. Its two phases are timed:
+
+* ``stf_s``: ``Chain.prepare`` (the end-of-block step: load the 50 pending updates, Krum scores,
+  slashing, aggregation, evaluation, billing, then the sparse-Merkle tree update), with the parts
+  timed by wrapping the functions the STF calls: ``load_updates_s`` (``get_round_updates``),
+  ``krum_s`` (``krum.multi_krum``: exact distances, scores, ranking), ``aggregation_s``
+  (``model.aggregate``), ``evaluation_s`` (``model.accuracy_bps``), ``tree_update_s``
+  (``SparseMerkleTree.update``);
+* ``commit_s``: ``Chain.commit_prepared``, the ONE LMDB write transaction (block, receipts, events,
+  the new model, the 50 pending updates deleted, tree nodes, head) with its fsync.
+
+Target: ``total_s <= 3 x krum_s`` (both from the fastest of ``--reps`` closes). Prints one JSON object.
+
+    python bench/round.py [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import genesis as genesis_tool  # noqa: E402
+from mpsnode import krum, model  # noqa: E402
+from mpsnode.chain import Chain  # noqa: E402
+from mpsnode.events import RoundClosed  # noqa: E402
+from mpsnode.params import Params  # noqa: E402
+from mpsnode.smt import SparseMerkleTree  # noqa: E402
+from mpsnode.stf import round as stf_round  # noqa: E402
+from mpsnode.store import LmdbStore  # noqa: E402
+from mpsnode.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tx  # noqa: E402
+
+
+class Timers:
+    """Wraps module attributes so every call adds its wall time to a named total."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+        self._undo: list[tuple[Any, str, Any]] = []
+
+    def wrap(self, owner: Any, attr: str, name: str) -> None:
+        original = getattr(owner, attr)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.totals[name] = self.totals.get(name, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, attr, timed)
+        self._undo.append((owner, attr, original))
+
+    def reset(self) -> None:
+        self.totals.clear()
+
+    def restore(self) -> None:
+        for owner, attr, original in reversed(self._undo):
+            setattr(owner, attr, original)
+
+
+def build(k: int, arch: list[int], samples: int, f: int, home: Path) -> tuple[Chain, Any, int]:
+    """A chain whose task has ``k`` updates pending and one more block until the round's deadline."""
+    n_clients = k + 1
+    g, keys = genesis_tool.devnet(clients=n_clients, params=Params(max_block_bytes=256 << 20))
+    chain = Chain(LmdbStore(home), g)
+    seq, user = keys["sequencer"], keys["user"]
+    clients = [keys[f"client-{i}"] for i in range(n_clients)]
+    nonces: dict[bytes, int] = {}
+    t_ms = [g.genesis_time_ms]
+
+    def tx(key: Any, body: Any) -> Any:
+        n = nonces.get(key.address, 0)
+        nonces[key.address] = n + 1
+        return Tx(g.chain_id, key.address, n, 1, body).sign(key)
+
+    def block(txs: list[Any]) -> Any:
+        t_ms[0] += 1000
+        _, result, rejected = chain.build(txs, t_ms[0], seq)
+        if rejected:
+            raise RuntimeError(rejected[0][1].reason)
+        return result
+
+    rng = np.random.default_rng(5)
+    d = model.param_count(arch)
+    init = model.quantize_weights(np.concatenate(
+        [np.concatenate([rng.normal(0, 1 / np.sqrt(i), o * i), np.zeros(o)]) for i, o in zip(arch[:-1], arch[1:])]), 16)
+    val_x = model.quantize_inputs(rng.uniform(-0.5, 0.5, (samples, arch[0])), 16)
+    val_y = rng.integers(0, arch[-1], samples).astype(np.uint8)
+    body = CreateTask(tuple(arch), 16, init.astype("<i4").tobytes(), 10_000, 5, 2 * f + 3, n_clients, f, 1, 2, 10, 1,
+                      val_x.astype("<i2").tobytes(), val_y.tobytes())
+    block([tx(user, body)] + [tx(c, Stake(1000)) for c in clients])
+    block([tx(c, JoinTask(1)) for c in clients])
+    base = rng.integers(-1500, 1500, d)
+    updates = []
+    for i in range(k):
+        q = np.clip(base + rng.integers(-500, 501, d), -2000, 2000)
+        if i < 2:
+            q = np.clip(q * 16, -32768, 32767)  # boosted: flagged and slashed
+        updates.append(tx(clients[i], SubmitUpdate(1, 1, q.astype("<i2").tobytes())))
+    block(updates)
+    task = chain.state().get_task(1)
+    assert len(task.submitted) == k and chain.head.height + 1 == task.round_deadline
+    return chain, seq, t_ms[0] + 1000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="k=20, a 10^5-parameter model, 200 samples, one run")
+    ap.add_argument("--reps", type=int, default=3, help="fresh chains closed; the fastest is reported")
+    args = ap.parse_args()
+    if args.quick:
+        k, arch, samples = 20, [128, 512, 64, 10], 200
+    else:
+        k, arch, samples = 50, [256, 1024, 768, 10], 1000
+    f = (k - 3) // 4
+    d = model.param_count(arch)
+    # warm the kernels (numba loads from its cache) on small data so the timed close is steady-state
+    krum.multi_krum(np.zeros((7, 64), dtype=np.int16), 1, [bytes([i]) * 32 for i in range(7)], 400)
+    model.accuracy_bps(np.zeros(model.param_count([8, 4, 2]), dtype=np.int32), [8, 4, 2], 8,
+                       np.zeros((4, 8), dtype=np.int16), np.zeros(4, dtype=np.uint8))
+    model.aggregate(np.zeros(8, dtype=np.int32), np.zeros((2, 8), dtype=np.int16))
+
+    runs = [close_once(k, arch, samples, f) for _ in range(1 if args.quick else args.reps)]
+    best = min(runs, key=lambda r: r["total_s"])
+    print(json.dumps({
+        "bench": "round_close", "k": k, "d": d, "arch": arch, "f": f, "samples": samples, **best,
+        "runs": len(runs), "total_s_all": [r["total_s"] for r in runs],
+        "target_ratio": 3.0, "met": best["ratio_total_to_krum"] <= 3.0,
+        "threads": int(os.environ.get("NUMBA_NUM_THREADS", 0)) or os.cpu_count(),
+    }))
+
+
+def close_once(k: int, arch: list[int], samples: int, f: int) -> dict[str, Any]:
+    """Build a fresh chain, close its round in one empty block, return the timings (best run wins)."""
+    with tempfile.TemporaryDirectory(prefix="bench-round-") as tmp:
+        chain, seq, ts = build(k, arch, samples, f, Path(tmp))
+        timers = Timers()
+        timers.wrap(stf_round, "get_round_updates", "load_updates_s")
+        timers.wrap(krum, "multi_krum", "krum_s")
+        timers.wrap(model, "aggregate", "aggregation_s")
+        timers.wrap(model, "accuracy_bps", "evaluation_s")
+        timers.wrap(SparseMerkleTree, "update", "tree_update_s")
+        t0 = time.perf_counter()
+        block, result, _ = chain.prepare([], ts, seq)
+        t1 = time.perf_counter()
+        chain.commit_prepared(block, result)
+        t2 = time.perf_counter()
+        timers.restore()
+        closed = [e for r in result.receipts for e in r.events if isinstance(e, RoundClosed)]
+        assert len(closed) == 1 and not closed[0].void and len(closed[0].scores) == k
+        total = t2 - t0
+        return {"flagged": len(closed[0].flagged), "accuracy_bps": closed[0].accuracy_bps,
+                "total_s": round(total, 4), "stf_s": round(t1 - t0, 4), "commit_s": round(t2 - t1, 4),
+                **{name: round(v, 4) for name, v in sorted(timers.totals.items())},
+                "other_stf_s": round(t1 - t0 - sum(timers.totals.values()), 4),
+                "ratio_total_to_krum": round(total / timers.totals["krum_s"], 2)}
+
+if __name__ == "__main__":
+    main()
