@@ -471,8 +471,9 @@ def test_float_mlp_agrees_with_integer_twin_synthetic() -> None:
 
 
 def test_float_mlp_agrees_with_integer_twin_digits() -> None:
-    datasets = pytest.importorskip("sklearn.datasets")
-    digits = datasets.load_digits()
+    from sklearn.datasets import load_digits  # a project dependency (mpsnode.fl's default data)
+
+    digits = load_digits()
     x = digits.data / 32.0 - 0.25  # pixels 0..16 -> [-0.25, 0.25]
     y = digits.target
     order = np.random.default_rng(2).permutation(len(y))
