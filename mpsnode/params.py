@@ -18,7 +18,12 @@ class Params:
     fee_per_kib: int = 0
     unbonding_blocks: int = 50
     slash_bps: int = 5000
-    slash_score_ratio_pct: int = 400
+    # Flagging rules of round closing (docs/PROTOCOL.md, "Closing a round"), calibrated on
+    # bench/robustness.py so that no honest client was ever flagged (margins in docs/FL.md).
+    slash_score_ratio_pct: int = 12000  # Krum: flag s_i > 120x the median score (honest max seen: 64x)
+    coherence_gate_bps: int = 4000  # a round is coherent when its median cosine is >= 0.40
+    slash_score_ratio_coherent_pct: int = 3000  # Krum in coherent rounds: 30x (honest max seen: 12.2x)
+    slash_direction_bps: int = 2500  # coherent rounds: flag cos(q_i, others) < -0.25 (honest min seen: -0.087)
     protocol_fee_bps: int = 500
     max_tx_bytes: int = 16 * MIB
     max_block_bytes: int = 256 * MIB
@@ -48,11 +53,12 @@ class Params:
             return problems
         if self.min_stake < 1:
             problems.append(("min_stake", "must be at least 1"))
-        for name in ("slash_bps", "protocol_fee_bps"):
+        for name in ("slash_bps", "protocol_fee_bps", "slash_direction_bps", "coherence_gate_bps"):
             if getattr(self, name) > 10_000:
                 problems.append((name, "basis points must be <= 10000"))
-        if self.slash_score_ratio_pct < 100:
-            problems.append(("slash_score_ratio_pct", "must be >= 100 (a ratio to the median score)"))
+        for name in ("slash_score_ratio_pct", "slash_score_ratio_coherent_pct"):
+            if getattr(self, name) < 100:
+                problems.append((name, "must be >= 100 (a ratio to the median score)"))
         if self.max_tx_bytes < 1024:
             problems.append(("max_tx_bytes", "must be at least 1024"))
         if self.max_block_bytes < self.max_tx_bytes:

@@ -61,7 +61,11 @@ def expected_close(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int],
     Q = np.stack([ds[i] for i in who]).astype(np.int16)
     addresses = [kit.clients[i].address for i in who]
     scores = krum.krum_scores_reference(krum.distance_matrix_reference(Q), f)
-    result = krum.compute_krum_result(scores.tolist(), f, addresses, kit.genesis.params.slash_score_ratio_pct)
+    params = kit.genesis.params
+    rule = krum.RoundRules(params.slash_direction_bps, params.coherence_gate_bps,
+                           params.slash_score_ratio_coherent_pct)
+    result = krum.compute_krum_result(scores.tolist(), f, addresses, params.slash_score_ratio_pct,
+                                      krum.direction_stats_reference(Q), rule)
     weights = np.frombuffer(kit.chain.state().get_model(task_id), dtype="<i4")
     new = model.aggregate_reference(weights, Q[list(result.selected)])
     val_x, val_y = kit.chain.state().get_valset(task_id)
@@ -171,3 +175,42 @@ def test_replay_agrees_on_scored_rounds(seed: int) -> None:
 
         follower.chain.apply(decode_block(builder.store.get_block(h)))
     assert follower.chain.head == builder.chain.head
+
+
+def test_sign_flipped_update_is_slashed_by_direction_and_no_honest_client_is() -> None:
+    """A reversed update keeps its norm, so Krum's distance rule cannot see it; the direction rule does."""
+    kit = Kit()
+    task_id = start_task(kit, target_accuracy_bps=10_000, max_rounds=3)
+    rng = np.random.default_rng(8)
+    base = rng.integers(-40, 40, N)
+    ds = [np.clip(base + rng.integers(-30, 30, N), -32768, 32767).astype("<i2") for _ in range(5)]
+    ds[2] = (-ds[2].astype(np.int64)).astype("<i2")
+    result, new_weights, acc = expected_close(kit, task_id, ds, [0, 1, 2, 3, 4])
+    bad = kit.clients[2].address
+    scores = result.scores
+    assert 100 * max(scores) <= kit.genesis.params.slash_score_ratio_coherent_pct * result.median  # Krum: no flag
+    assert result.coherent and result.flagged_direction == (2,) == result.flagged
+    bonded = kit.account(bad).bonded
+    res = submit_round(kit, task_id, 1, ds)
+    events = res.receipts[-1].events
+    closed = [e for e in events if isinstance(e, RoundClosed)][0]
+    assert closed.flagged == (bad,) and bad not in closed.selected
+    assert closed.selected == tuple(kit.clients[i].address for i in result.selected)
+    slash = bonded * kit.genesis.params.slash_bps // 10_000
+    assert Slashed(task_id, bad, slash, 2, 1) in events and ParticipantRemoved(task_id, bad, 2) in events
+    assert [e.address for e in events if isinstance(e, Slashed)] == [bad]  # nobody honest
+    assert np.array_equal(np.frombuffer(kit.chain.state().get_model(task_id), dtype="<i4"), new_weights)
+    assert closed.accuracy_bps == acc
+
+
+def test_disagreeing_round_slashes_nobody_by_direction() -> None:
+    """Unrelated updates (no common direction): the median cosine is below the gate, nobody is flagged."""
+    kit = Kit()
+    task_id = start_task(kit, target_accuracy_bps=10_000, max_rounds=3)
+    rng = np.random.default_rng(9)
+    ds = [rng.integers(-50, 50, N).astype("<i2") for _ in range(5)]
+    ds[1] = (-ds[0].astype(np.int64)).astype("<i2")  # exactly opposite to client 0, yet no common direction
+    result, _, _ = expected_close(kit, task_id, ds, [0, 1, 2, 3, 4])
+    assert not result.coherent
+    res = submit_round(kit, task_id, 1, ds)
+    assert not [e for e in res.receipts[-1].events if isinstance(e, Slashed)]

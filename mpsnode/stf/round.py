@@ -2,7 +2,7 @@
 
 A round closes at the end of a block when every active participant has submitted, or when the
 block's height has reached the round's deadline. Closing a round with ``k >= 2f + 3`` updates:
-score them with Krum, slash and remove the flagged outliers, aggregate the Multi-Krum selection
+score them with Krum and the direction statistic, slash and remove the flagged, aggregate the Multi-Krum selection
 into the global model, evaluate it on the task's validation set, then complete the task (billing
 and rewards), expire it (refund) or open the next round.
 """
@@ -31,7 +31,8 @@ from mpsnode.stf.env import BlockEnv
 from mpsnode.stf.task import EXPIRED_MAX_ROUNDS, clear_pending_updates, finish_task, refund_escrow
 
 # Slashed.reason / ParticipantRemoved.reason
-SLASH_KRUM_SCORE = 1
+SLASH_KRUM_SCORE = 1  # Krum score above slash_score_ratio_pct (coherent round: ..._coherent_pct) of the median
+SLASH_DIRECTION = 2  # coherent round, update points against the sum of the others (slash_direction_bps)
 
 
 def is_round_due(task: Task, height: int) -> bool:
@@ -74,13 +75,18 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
         return events + advance_round(state, env, task)
 
     Q = get_round_updates(state, task)
-    result = krum.multi_krum(Q, f, task.submitted, env.params.slash_score_ratio_pct)
+    params = env.params
+    rules = krum.RoundRules(params.slash_direction_bps, params.coherence_gate_bps,
+                            params.slash_score_ratio_coherent_pct)
+    result = krum.multi_krum(Q, f, task.submitted, params.slash_score_ratio_pct, rules)
     selected = tuple(task.submitted[i] for i in result.selected)
     flagged = tuple(task.submitted[i] for i in result.flagged)
 
     events = []
-    for address in flagged:
-        events += slash_participant(state, env.params, task, address, SLASH_KRUM_SCORE)
+    by_direction = set(result.flagged_direction)
+    for i in result.flagged:
+        reason = SLASH_DIRECTION if i in by_direction else SLASH_KRUM_SCORE
+        events += slash_participant(state, params, task, task.submitted[i], reason)
     task = state.get_task(task.task_id) or task  # participants changed if anyone was slashed
 
     weights = np.frombuffer(state.get_model(task.task_id), dtype="<i4")
