@@ -1,0 +1,155 @@
+"""Poisoning attacks on federated learning. FOR EVALUATION ONLY.
+
+This module exists to test the protocol's defences (Krum, slashing) in the robustness benchmark
+and the demo; an honest client never imports it. Every attack turns what the attackers could
+compute honestly into the float changes they submit instead; ``craft_deltas`` quantizes them to
+int16 deltas at the task's scale.
+
+Inputs, as in the papers the attacks come from:
+
+* ``own``: the honest-like changes the colluding attackers trained on their own data this round
+  (``a x d``; for ``label_flip`` trained on flipped labels, see ``flip_labels``).
+* ``honest``: the honest clients' changes this round (``h x d``), for the attacks whose papers
+  assume the attacker sees them: ``free_rider_copy`` copies one (a submitted update is public once
+  included), ``ipm`` uses their mean (Xie, Koyejo, Gupta 2019 assume an omniscient attacker). When
+  it is ``None`` these fall back to ``own``.
+
+The attacks:
+
+* ``sign_flip``: ``-own`` (each attacker reverses its own update).
+* ``gaussian``: ``N(0, std^2)`` per parameter, ignoring the data (``std`` in parameter units, 1.0 by
+  default; honest digits updates have per-parameter RMS 0.02-0.1 in early rounds).
+* ``scaled``: ``boost * own``, the boosted update of model-replacement attacks (Bagdasaryan et al.
+  2020), ``boost`` = the number of clients by default so that one update outweighs the average.
+* ``label_flip``: honest training on labels ``c -> n_classes - 1 - c``; the update is sent as trained.
+* ``free_rider_zeros``: no training, a zero update. ``free_rider_copy``: a copy of an honest update.
+* ``alie`` ("A Little Is Enough", Baruch et al. 2019): every colluder sends ``mean - z * std`` of the
+  colluders' own updates, per parameter; ``z`` from the paper: ``s = floor(n / 2 + 1) - a``,
+  ``z = Phi^-1((n - s) / n)`` for ``n`` clients of which ``a`` collude.
+* ``ipm`` (inner-product manipulation, Xie et al. 2019): ``-epsilon * mean(honest)``; the benchmark
+  runs ``epsilon = 0.1`` (``ipm_0.1``, hides among honest updates) and ``2`` (``ipm_2``).
+
+The chain refuses an exact duplicate of an update already submitted in the round, so attacks whose
+colluders would send one identical vector (``alie``, ``ipm``, ``free_rider_*``) make each copy
+distinct: the attacker with index ``i`` adds one unit (``2^-s``) at parameter ``i mod d``. This is
+what a real colluder would do and changes nothing else measurable.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+
+import numpy as np
+
+from mpsnode.fl.data import Dataset
+from mpsnode.fl.learner import quantize_update
+
+ATTACKS = ("sign_flip", "gaussian", "scaled", "label_flip", "free_rider_zeros", "free_rider_copy", "alie",
+           "ipm_0.1", "ipm_2")
+# Attacks whose colluders would all send one identical vector (or copy someone): made distinct.
+IDENTICAL = frozenset({"free_rider_zeros", "free_rider_copy", "alie", "ipm_0.1", "ipm_2"})
+DEFAULT_GAUSSIAN_STD = 1.0  # parameter units: 10x the largest honest per-parameter RMS seen on digits (0.1)
+
+
+@dataclass(frozen=True, slots=True)
+class AttackOptions:
+    gaussian_std: float = DEFAULT_GAUSSIAN_STD
+    boost: float | None = None  # scaled: None means the number of clients
+
+
+def validate_attack(name: str) -> str:
+    if name not in ATTACKS:
+        raise ValueError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
+    return name
+
+
+def needs_training(name: str) -> bool:
+    """Whether the attackers train on their data first (free riders do not)."""
+    return not validate_attack(name).startswith("free_rider")
+
+
+def poisons_data(name: str) -> bool:
+    """Whether the attackers train on poisoned data (``flip_labels``) instead of their own."""
+    return validate_attack(name) == "label_flip"
+
+
+def flip_labels(data: Dataset) -> Dataset:
+    """The same inputs with every label ``c`` replaced by ``n_classes - 1 - c``."""
+    return Dataset(data.x.copy(), (data.n_classes - 1 - data.y).astype(np.int64), data.n_classes)
+
+
+def alie_z(n_clients: int, n_attackers: int) -> float:
+    """ALIE's ``z_max``: ``s = floor(n / 2 + 1) - a`` supporters needed, ``z = Phi^-1((n - s) / n)``.
+
+    When the attackers alone are a majority (``s <= 0``) the paper's bound no longer applies and the
+    ratio is capped just below 1.
+    """
+    if n_clients < 1 or not 0 < n_attackers <= n_clients:
+        raise ValueError(f"need 0 < attackers <= clients, got {n_attackers} of {n_clients}")
+    s = math.floor(n_clients / 2 + 1) - n_attackers
+    ratio = min((n_clients - s) / n_clients, 1.0 - 1e-9)
+    return NormalDist().inv_cdf(ratio)
+
+
+def craft(name: str, own: np.ndarray, honest: np.ndarray | None = None, *, n_clients: int,
+          rng: np.random.Generator, options: AttackOptions | None = None) -> np.ndarray:
+    """The float changes (``a x d``) the ``a`` colluding attackers send instead of ``own``."""
+    validate_attack(name)
+    opts = options or AttackOptions()
+    own = np.asarray(own, dtype=np.float64)
+    if own.ndim != 2 or own.shape[0] < 1:
+        raise ValueError("own must be a 2-D array with one row per attacker")
+    a, d = own.shape
+    seen = own if honest is None or len(honest) == 0 else np.asarray(honest, dtype=np.float64)
+    if seen.ndim != 2 or seen.shape[1] != d:
+        raise ValueError(f"honest updates must have {d} columns")
+    if name == "sign_flip":
+        return -own
+    if name == "gaussian":
+        return rng.normal(0.0, opts.gaussian_std, (a, d))
+    if name == "scaled":
+        boost = float(n_clients) if opts.boost is None else float(opts.boost)
+        return boost * own
+    if name == "label_flip":
+        return own.copy()
+    if name == "free_rider_zeros":
+        return np.zeros((a, d))
+    if name == "free_rider_copy":
+        picks = rng.integers(0, seen.shape[0], a)
+        return seen[picks].copy()
+    if name == "alie":
+        z = alie_z(n_clients, a)
+        return np.repeat((own.mean(axis=0) - z * own.std(axis=0))[None, :], a, axis=0)
+    epsilon = 0.1 if name == "ipm_0.1" else 2.0
+    return np.repeat((-epsilon * seen.mean(axis=0))[None, :], a, axis=0)
+
+
+def make_distinct(deltas: np.ndarray, first_index: int = 0) -> np.ndarray:
+    """Add one unit at parameter ``(first_index + r) mod d`` of row ``r`` (stepping back from +32767)."""
+    out = np.array(deltas, dtype=np.int16, copy=True)
+    d = out.shape[1]
+    for r in range(out.shape[0]):
+        p = (first_index + r) % d
+        out[r, p] = out[r, p] + 1 if out[r, p] < 32767 else out[r, p] - 1
+    return out
+
+
+def craft_deltas(name: str, own: np.ndarray, honest: np.ndarray | None = None, *, n_clients: int, scale_bits: int,
+                 rng: np.random.Generator, options: AttackOptions | None = None,
+                 first_index: int = 0) -> tuple[np.ndarray, list[int]]:
+    """The int16 deltas (``a x d``) the attackers submit, and how many entries of each were clipped.
+
+    ``first_index`` is the first attacker's index among all attackers (see ``make_distinct``).
+    """
+    changes = craft(name, own, honest, n_clients=n_clients, rng=rng, options=options)
+    rows, clipped = [], []
+    for change in changes:
+        q, c = quantize_update(change, scale_bits)
+        rows.append(q)
+        clipped.append(c)
+    deltas = np.stack(rows)
+    if name in IDENTICAL:
+        deltas = make_distinct(deltas, first_index)
+    return deltas, clipped

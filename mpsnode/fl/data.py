@@ -1,0 +1,204 @@
+"""Datasets for federated learning: the bundled digits set, user arrays, client splits, the validation set.
+
+Client-side code, not consensus: floats are fine here. A ``Dataset`` holds float64 inputs (the values
+the model sees, already scaled to a small range such as [0, 1]) and integer labels. The same object
+serves every use: a client's local training data, the held-back validation set that CREATE_TASK
+quantizes to int16 at the task's scale, or any user arrays passed through ``from_arrays``.
+
+Splits across clients are IID (a random partition into near-equal parts) or non-IID with the usual
+Dirichlet label skew: for each class, the shares of that class's samples held by the clients are drawn
+from ``Dirichlet(alpha, ..., alpha)``. Small ``alpha`` (0.1) gives each client one or two classes;
+large ``alpha`` (100) approaches IID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mpsnode import model
+
+INT16_MAX = (1 << 15) - 1
+MAX_CLASSES = 256  # labels travel as uint8 in CREATE_TASK
+DIRICHLET_TRIES = 1000  # redraws allowed before a split with min_samples per client is declared impossible
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Dataset:
+    """Inputs ``x`` (float64, ``n x features``) and labels ``y`` (int64, ``0..n_classes - 1``)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    n_classes: int
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.x, np.ndarray) or self.x.ndim != 2 or self.x.dtype != np.float64:
+            raise ValueError("Dataset.x must be a 2-D float64 array (samples x features)")
+        if not isinstance(self.y, np.ndarray) or self.y.ndim != 1 or self.y.dtype != np.int64:
+            raise ValueError("Dataset.y must be a 1-D int64 array of labels")
+        if self.x.shape[0] != self.y.shape[0]:
+            raise ValueError(f"{self.x.shape[0]} inputs but {self.y.shape[0]} labels")
+        if type(self.n_classes) is not int or not 2 <= self.n_classes <= MAX_CLASSES:
+            raise ValueError(f"n_classes must be an int in 2..{MAX_CLASSES}, got {self.n_classes!r}")
+        if self.y.size and (int(self.y.min()) < 0 or int(self.y.max()) >= self.n_classes):
+            raise ValueError(f"labels must lie in 0..{self.n_classes - 1}")
+        if not np.isfinite(self.x).all():
+            raise ValueError("Dataset.x holds NaN or infinite values")
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    @property
+    def features(self) -> int:
+        return int(self.x.shape[1])
+
+    def subset(self, indices: np.ndarray) -> Dataset:
+        """The samples at ``indices`` (copied), in that order."""
+        idx = np.asarray(indices, dtype=np.int64)
+        return Dataset(self.x[idx].copy(), self.y[idx].copy(), self.n_classes)
+
+    def label_counts(self) -> np.ndarray:
+        """How many samples of each class (length ``n_classes``)."""
+        return np.bincount(self.y, minlength=self.n_classes)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class FederatedSplit:
+    """Each client's local data and the held-back validation set (disjoint)."""
+
+    clients: tuple[Dataset, ...]
+    validation: Dataset
+
+
+def from_arrays(x: np.ndarray, y: np.ndarray, n_classes: int | None = None) -> Dataset:
+    """A ``Dataset`` from any numpy arrays: ``x`` (n x features, numbers), ``y`` (n integer labels).
+
+    ``n_classes`` defaults to ``max(y) + 1``. Scale ``x`` beforehand so that ``x * 2^scale_bits``
+    fits int16 (``quantize_validation`` refuses a validation set that would be clipped).
+    """
+    xa = np.asarray(x)
+    ya = np.asarray(y)
+    if xa.ndim != 2 or xa.dtype.kind not in "iuf":
+        raise ValueError("x must be a 2-D numeric array (samples x features)")
+    if ya.ndim != 1 or ya.dtype.kind not in "iu":
+        raise ValueError("y must be a 1-D integer array of labels")
+    classes = int(ya.max()) + 1 if n_classes is None and ya.size else n_classes
+    if classes is None:
+        raise ValueError("n_classes is needed for an empty dataset")
+    return Dataset(xa.astype(np.float64), ya.astype(np.int64), int(classes))
+
+
+def load_digits() -> Dataset:
+    """scikit-learn's bundled 8 x 8 digits (1797 samples, 64 features, 10 classes), pixels scaled to [0, 1].
+
+    The data ship inside scikit-learn: nothing is downloaded.
+    """
+    from sklearn.datasets import load_digits as sk_load_digits
+
+    bunch = sk_load_digits()
+    return from_arrays(np.asarray(bunch.data, dtype=np.float64) / 16.0, np.asarray(bunch.target), 10)
+
+
+def split_validation(data: Dataset, fraction: float = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """``(train, validation)``: a stratified split holding back ``fraction`` of every class."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"validation fraction must be in (0, 1), got {fraction!r}")
+    rng = np.random.default_rng(seed)
+    train_idx: list[np.ndarray] = []
+    val_idx: list[np.ndarray] = []
+    for c in range(data.n_classes):
+        idx = rng.permutation(np.flatnonzero(data.y == c))
+        n_val = int(round(fraction * idx.size))
+        val_idx.append(idx[:n_val])
+        train_idx.append(idx[n_val:])
+    train = np.sort(np.concatenate(train_idx))
+    val = np.sort(np.concatenate(val_idx))
+    if val.size == 0 or train.size == 0:
+        raise ValueError("the split left the training or the validation set empty")
+    return data.subset(train), data.subset(val)
+
+
+def partition_iid(n_samples: int, n_clients: int, seed: int = 0) -> list[np.ndarray]:
+    """A random partition of ``range(n_samples)`` into ``n_clients`` parts of near-equal size."""
+    _check_clients(n_samples, n_clients, 1)
+    perm = np.random.default_rng(seed).permutation(n_samples)
+    return [np.sort(part) for part in np.array_split(perm, n_clients)]
+
+
+def partition_dirichlet(labels: np.ndarray, n_clients: int, alpha: float, seed: int = 0,
+                        min_samples: int = 10) -> list[np.ndarray]:
+    """Label-skewed partition: each class is shared among clients in ``Dirichlet(alpha)`` proportions.
+
+    Draws again (from the same seeded generator) until every client holds at least ``min_samples``
+    samples; raises ``ValueError`` when that fails ``DIRICHLET_TRIES`` times (lower ``min_samples``
+    or raise ``alpha``).
+    """
+    labels = np.asarray(labels)
+    if not alpha > 0:
+        raise ValueError(f"alpha must be positive, got {alpha!r}")
+    _check_clients(labels.size, n_clients, min_samples)
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels)
+    for _ in range(DIRICHLET_TRIES):
+        parts: list[list[np.ndarray]] = [[] for _ in range(n_clients)]
+        for c in classes:
+            idx = rng.permutation(np.flatnonzero(labels == c))
+            shares = rng.dirichlet(np.full(n_clients, float(alpha)))
+            cuts = (np.cumsum(shares)[:-1] * idx.size).astype(np.int64)
+            for client, chunk in enumerate(np.split(idx, cuts)):
+                parts[client].append(chunk)
+        out = [np.sort(np.concatenate(p)) for p in parts]
+        if min(p.size for p in out) >= min_samples:
+            return out
+    raise ValueError(f"no Dirichlet({alpha}) split of {labels.size} samples over {n_clients} clients gave "
+                     f"every client {min_samples} samples in {DIRICHLET_TRIES} draws")
+
+
+def _check_clients(n_samples: int, n_clients: int, min_samples: int) -> None:
+    if type(n_clients) is not int or n_clients < 1:
+        raise ValueError(f"n_clients must be a positive int, got {n_clients!r}")
+    if type(min_samples) is not int or min_samples < 1:
+        raise ValueError(f"min_samples must be a positive int, got {min_samples!r}")
+    if n_samples < n_clients * min_samples:
+        raise ValueError(f"{n_samples} samples cannot give {n_clients} clients {min_samples} each")
+
+
+def make_split(data: Dataset, n_clients: int, *, alpha: float | None = None, val_fraction: float = 0.2,
+               seed: int = 0, min_samples: int = 10) -> FederatedSplit:
+    """Hold back a stratified validation set, then share the rest among ``n_clients``.
+
+    ``alpha=None`` splits IID; a number splits non-IID with ``Dirichlet(alpha)`` label skew. The same
+    ``seed`` always gives the same split.
+    """
+    train, validation = split_validation(data, val_fraction, seed)
+    if alpha is None:
+        parts = partition_iid(len(train), n_clients, seed)
+    else:
+        parts = partition_dirichlet(train.y, n_clients, alpha, seed, min_samples)
+    return FederatedSplit(tuple(train.subset(p) for p in parts), validation)
+
+
+def quantize_validation(validation: Dataset, scale_bits: int) -> tuple[bytes, bytes]:
+    """CREATE_TASK's ``val_x`` (int16 little-endian at ``2^-scale_bits``) and ``val_y`` (uint8).
+
+    Raises ``ValueError`` if an input would not fit int16 at this scale: the chain would then judge
+    the model on inputs different from the ones the clients train on.
+    """
+    model.validate_scale_bits(scale_bits)
+    if len(validation) == 0:
+        raise ValueError("the validation set is empty")
+    peak = float(np.abs(validation.x).max()) * float(1 << scale_bits)
+    if round(peak) > INT16_MAX:
+        raise ValueError(f"validation inputs reach {peak:.0f} at scale 2^-{scale_bits}, beyond int16; "
+                         "scale the inputs down or lower scale_bits")
+    val_x = model.quantize_inputs(validation.x, scale_bits).astype("<i2").tobytes()
+    val_y = validation.y.astype(np.uint8).tobytes()
+    return val_x, val_y
+
+
+def decode_validation(val_x: bytes, val_y: bytes, arch: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The int16 ``samples x arch[0]`` matrix and uint8 labels of a task's validation set, as stored."""
+    x = np.frombuffer(val_x, dtype="<i2").reshape(-1, int(arch[0])).astype(np.int16)
+    return x, np.frombuffer(val_y, dtype=np.uint8).copy()
