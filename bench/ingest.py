@@ -9,9 +9,13 @@ block. Prints one JSON object per result:
 * ``ingest_included_tps``: sustained included tx/s (between 10% and 90% of all txs included);
 * ``ingest_ack_latency``: submit -> durable ack, p50 and p99 in ms, seen by the client;
 * ``ed25519_verify_raw``: single-core verify rate (one PyNaCl call per signature, as
-  bench/stf.py), and the target ratio included / raw >= 0.35.
+  bench/stf.py), and the target ratio included / raw >= 0.35;
+* with ``--verifier``: a ``mpsnode verifier`` process follows the sequencer during the load, and
+  ``verifier_lag`` reports its lag (sequencer head minus verifier head, in blocks) when the last
+  tx is included (target <= 2), the largest lag sampled during the load, and how long it took to
+  reach the sequencer's head.
 
-    python bench/ingest.py [--txs N] [--senders N] [--connections N] [--quick]
+    python bench/ingest.py [--txs N] [--senders N] [--connections N] [--verifier] [--quick]
 """
 
 from __future__ import annotations
@@ -60,6 +64,56 @@ def start_daemon(home: Path, extra: list[str]) -> tuple[subprocess.Popen, int, i
         raise RuntimeError(f"sequencer did not start; see {home / 'sequencer.log'}")
     ready = json.loads(line)
     return proc, ready["port"], ready["metrics_port"]
+
+
+def start_verifier(home: Path, upstream_port: int) -> tuple[subprocess.Popen, int]:
+    """A ``mpsnode verifier`` following the sequencer, in its own home next to the sequencer's."""
+    vhome = home / "verifier"
+    vhome.mkdir()
+    (vhome / "genesis.json").write_text((home / "genesis.json").read_text())
+    log = open(vhome / "verifier.log", "w")  # noqa: SIM115 - lives as long as the process
+    proc = subprocess.Popen([sys.executable, "-m", "mpsnode.cli", "verifier", "--home", str(vhome),
+                             "--upstream", f"127.0.0.1:{upstream_port}", "--listen", "127.0.0.1:0"],
+                            stdout=subprocess.PIPE, stderr=log, cwd=REPO, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.kill()
+        raise RuntimeError(f"verifier did not start; see {vhome / 'verifier.log'}")
+    return proc, json.loads(line)["port"]
+
+
+async def load_with_verifier(port: int, vport: int, g, txs_by_conn: list[list], inflight: int,
+                             total: int) -> dict:
+    """``run_load`` while sampling the verifier's lag; then its lag at the end and its time to catch up."""
+    samples: list[int] = []
+
+    async with connect(("127.0.0.1", port), genesis=g) as seq, \
+            connect(("127.0.0.1", vport), genesis=g) as ver:
+        async def sample() -> None:
+            while True:
+                seq_height = (await seq.status()).height
+                samples.append(seq_height - (await ver.status()).height)
+                await trio.sleep(0.25)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(sample)
+            result = await run_load(port, g, txs_by_conn, inflight, total)
+            nursery.cancel_scope.cancel()
+        end = time.perf_counter()
+        seq_height = (await seq.status()).height
+        status = await ver.status()
+        lag_at_end = seq_height - status.height
+        with trio.move_on_after(300):
+            while status.height < seq_height:
+                await trio.sleep(0.02)
+                status = await ver.status()
+        result["verifier"] = {"lag_at_end_blocks": lag_at_end, "max_lag_blocks": max(samples, default=0),
+                              "mean_lag_blocks": round(sum(samples) / len(samples), 2) if samples else None,
+                              "catch_up_s": round(time.perf_counter() - end, 3), "head": status.height,
+                              "sequencer_head": seq_height, "diverged": bool(status.verifier and
+                                                                             status.verifier.diverged)}
+    return result
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -144,6 +198,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the home directory")
     ap.add_argument("--metrics-dump", help="write the daemon's Prometheus metrics here at the end")
+    ap.add_argument("--verifier", action="store_true", help="run a verifier on the sequencer, report its lag")
     args = ap.parse_args()
     if args.quick:
         args.txs, args.senders = 10_000, 500
@@ -164,10 +219,18 @@ def main() -> None:
             by_conn[i % args.connections].append(stx.encode())
     sign_s = time.perf_counter() - t0
     proc, port, metrics_port = start_daemon(home, ["--metrics", "127.0.0.1:0"] if args.metrics_dump else [])
+    vproc = None
+    if args.verifier:
+        vproc, vport = start_verifier(home, port)
+        vcpu0 = _cpu_seconds(vproc.pid)
     cpu0 = _cpu_seconds(proc.pid)
     own0 = time.process_time()
     try:
-        result = trio.run(run_load, port, g, by_conn, args.inflight, args.txs)
+        if vproc is not None:
+            result = trio.run(load_with_verifier, port, vport, g, by_conn, args.inflight, args.txs)
+            result["verifier"]["verifier_cpu_s"] = round(_cpu_seconds(vproc.pid) - vcpu0, 2)
+        else:
+            result = trio.run(run_load, port, g, by_conn, args.inflight, args.txs)
         result["daemon_cpu_s"] = round(_cpu_seconds(proc.pid) - cpu0, 2)
         result["loader_cpu_s"] = round(time.process_time() - own0, 2)
         if args.metrics_dump:
@@ -176,6 +239,9 @@ def main() -> None:
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
                 Path(args.metrics_dump).write_bytes(resp.read())
     finally:
+        if vproc is not None:
+            vproc.terminate()
+            vproc.wait(30)
         proc.terminate()
         proc.wait(30)
     common = {"txs": args.txs, "senders": args.senders, "connections": args.connections, "cores": os.cpu_count()}
@@ -187,6 +253,10 @@ def main() -> None:
                       **common}))
     print(json.dumps({"bench": "ingest_ack_latency", "p50_ms": round(result["ack_p50_ms"] or 0, 2),
                       "p99_ms": round(result["ack_p99_ms"] or 0, 2), **common}))
+    if "verifier" in result:
+        v = result["verifier"]
+        print(json.dumps({"bench": "verifier_lag", "value": v["lag_at_end_blocks"], "unit": "blocks",
+                          "target": 2, "meets_target": v["lag_at_end_blocks"] <= 2, **v, **common}))
     ratio = result["sustained_tps"] / raw
     print(json.dumps({"bench": "ed25519_verify_raw", "value": round(raw, 1), "unit": "verify/s single core",
                       "included_over_raw": round(ratio, 3), "target": 0.35, "meets_target": ratio >= 0.35,

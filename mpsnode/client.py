@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import trio
@@ -95,6 +95,34 @@ class Hello:
 
 
 @dataclass(frozen=True, slots=True)
+class VerifierStatus:
+    """What a verifier adds to STATUS: how far it has verified, and whether it found a divergence."""
+
+    upstream: str
+    upstream_height: int
+    lag: int  # upstream_height - the verifier's head
+    blocks_verified: int  # every block in the verifier's store passed every check
+    connected: bool
+    diverged: bool
+    divergence_height: int  # 0 when not diverged
+    check: str  # the failed check's name ("" when not diverged)
+    reason: str
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> VerifierStatus:
+        if not isinstance(obj, list) or len(obj) != 9:
+            raise ProtocolViolation("malformed verifier status")
+        up, up_h, lag, verified, connected, diverged, div_h, check, reason = obj
+        return cls(str(up), int(up_h), int(lag), int(verified), bool(connected), bool(diverged), int(div_h),
+                   str(check), str(reason))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"upstream": self.upstream, "upstream_height": self.upstream_height, "lag": self.lag,
+                "blocks_verified": self.blocks_verified, "connected": self.connected, "diverged": self.diverged,
+                "divergence_height": self.divergence_height, "check": self.check, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     chain_id: str
     genesis_hash: bytes
@@ -105,12 +133,16 @@ class Status:
     mempool_txs: int
     mempool_bytes: int
     kind: str
+    verifier: VerifierStatus | None = None  # only from a verifier
 
     def to_json(self) -> dict[str, Any]:
-        return {"chain_id": self.chain_id, "genesis_hash": self.genesis_hash.hex(), "height": self.height,
-                "head_hash": self.head_hash.hex(), "state_root": self.state_root.hex(),
-                "timestamp_ms": self.timestamp_ms, "mempool_txs": self.mempool_txs,
-                "mempool_bytes": self.mempool_bytes, "kind": self.kind}
+        out = {"chain_id": self.chain_id, "genesis_hash": self.genesis_hash.hex(), "height": self.height,
+               "head_hash": self.head_hash.hex(), "state_root": self.state_root.hex(),
+               "timestamp_ms": self.timestamp_ms, "mempool_txs": self.mempool_txs,
+               "mempool_bytes": self.mempool_bytes, "kind": self.kind}
+        if self.verifier is not None:
+            out["verifier"] = self.verifier.to_json()
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,7 +386,11 @@ class Client:
         await self.request(Msg.PING)
 
     async def status(self) -> Status:
-        return Status(*await self.request(Msg.STATUS))
+        r = await self.request(Msg.STATUS)
+        if len(r) not in (9, 10):
+            raise ProtocolViolation("status reply has the wrong number of fields")
+        status = Status(*r[:9])
+        return replace(status, verifier=VerifierStatus.from_wire(r[9])) if len(r) == 10 else status
 
     async def submit(self, tx: SignedTx | bytes) -> bytes:
         """Submit a tx; returns its id once the node holds it durably. Raises the rejection.
@@ -452,6 +488,23 @@ class Client:
     async def header(self, height: int) -> Header:
         header_bytes, signature = await self.request(Msg.GET_HEADER, height)
         return self.verify_header(header_bytes, signature)
+
+    async def state_proofs(self, height: int, keys: Sequence[bytes]) -> tuple[Header, list[Proof]]:
+        """Proofs of ``keys`` against the state root of block ``height`` (header signature checked).
+
+        Each proof shows the key's value hash at that height (or its absence); check it against
+        a root you trust, e.g. with ``verifier.divergence.claimed_value_hash``.
+        """
+        r = await self.request(Msg.GET_PROOFS, height, list(keys))
+        if len(r) != 4 or not isinstance(r[3], list) or len(r[3]) != len(keys):
+            raise ProtocolViolation("proofs reply has the wrong shape")
+        header = self.verify_header(r[1], r[2])
+        if header.height != height:
+            raise VerificationFailed(f"asked for proofs at height {height}, got a header of {header.height}")
+        try:
+            return header, [Proof.decode(p) for p in r[3]]
+        except ValueError as exc:
+            raise VerificationFailed(f"malformed proof: {exc}") from None
 
     async def block(self, height: int) -> tuple[Header, Block | None, list[Receipt]]:
         """Block ``height`` (``None`` at genesis) and its receipts, signature checked."""

@@ -299,6 +299,12 @@ class StoreCorrupt(StoreError):
     code = 502
 
 
+class ExportError(StoreError):
+    """A chain export file that is not one, or is truncated or out of order; ``reason`` says where."""
+
+    code = 503
+
+
 # ---------------------------------------------------------------------------------------------
 # Nodes: the wire protocol and the sequencer's admission policy (never consensus)
 
@@ -411,6 +417,35 @@ class VerificationFailed(MpsError):
     """Client side: a reply's header signature or Merkle proof does not check out; do not trust it."""
 
     code = 700
+
+
+class Divergence(MpsError):
+    """A block failed a verifier check (``verifier.checks``): ``check`` names which, at ``height``.
+
+    ``computed`` is what this node derived, ``claimed`` what the block says (JSON-able values);
+    ``tx_index`` names the offending tx for tx checks. The checker attaches the decoded
+    ``block`` and, when execution ran, its ``result``, for the divergence report.
+    """
+
+    code = 720
+
+    def __init__(self, check: str, height: int, reason: str, *, computed: object = None, claimed: object = None,
+                 tx_index: int | None = None) -> None:
+        super().__init__(f"block {height} fails {check}: {reason}")
+        self.check, self.height, self.detail = check, height, reason
+        self.computed, self.claimed, self.tx_index = computed, claimed, tx_index
+        self.block: object = None
+        self.result: object = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Clients (mpsnode.clientd; never consensus)
+
+
+class ClientStopped(MpsError):
+    """A client daemon cannot go on with its task (not joinable, a tx of its failed, no node reachable)."""
+
+    code = 800
 
 
 def _all_codes() -> dict[int, type[MpsError]]:

@@ -41,7 +41,7 @@ from mpsnode.genesis import Genesis
 from mpsnode.hashing import ZERO32
 from mpsnode.merkle import list_proof
 from mpsnode.receipt import Receipt
-from mpsnode.smt import SparseMerkleTree
+from mpsnode.smt import SparseMerkleTree, TreeNodeError
 from mpsnode.state import account_key, model_key, task_key
 from mpsnode.store import Store, StoreReader
 from mpsnode.wire import (
@@ -72,6 +72,7 @@ MAX_RANGE_BLOCKS = 1000
 RANGE_BUDGET = 8 << 20  # bytes of blocks per GET_BLOCKS reply (at least one block is always sent)
 MAX_WAIT_MS = 60_000
 MAX_EVENTS = 1000
+MAX_PROOF_KEYS = 256  # keys per GET_PROOFS request
 SIGNATURE_TRAILER = b"\xc4\x40"  # msgpack bin8 of 64 bytes: a block ends with its signature
 
 
@@ -146,7 +147,7 @@ class _NoStats:
 class NodeServer:
     def __init__(self, store: Store, genesis: Genesis, watch: HeadWatch, *, kind: str,
                  gateway: TxGateway | None = None, config: ServerConfig | None = None,
-                 stats: ServerStats | None = None) -> None:
+                 stats: ServerStats | None = None, status_extra: Callable[[], list[Any]] | None = None) -> None:
         self.store = store
         self.genesis = genesis
         self.genesis_hash = genesis.hash()
@@ -156,6 +157,7 @@ class NodeServer:
         self.gateway = gateway
         self.config = config or ServerConfig()
         self.stats = stats or _NoStats()
+        self.status_extra = status_extra  # a verifier appends its own status to STATUS replies
         self.max_frame = max_request_frame(genesis.params)
         self.connections = 0
         self._genesis_json = json.dumps(genesis.to_json(), sort_keys=True).encode()
@@ -221,8 +223,11 @@ class NodeServer:
         if head is None:
             raise NotFound("the store is empty")
         count, size = self.gateway.mempool_size() if self.gateway else (0, 0)
-        return [self.chain_id, self.genesis_hash, head.height, head.block_hash, head.state_root, head.timestamp_ms,
-                count, size, self.kind]
+        out = [self.chain_id, self.genesis_hash, head.height, head.block_hash, head.state_root, head.timestamp_ms,
+               count, size, self.kind]
+        if self.status_extra is not None:
+            out.append(self.status_extra())
+        return out
 
     def receipt_status(self, tx_id: bytes) -> list[Any]:
         location = self.store.get_tx_location(tx_id)
@@ -282,6 +287,24 @@ class NodeServer:
         if selector == EVENTS_BY_TASK:
             return [[h, blob] for h, blob in self.store.get_task_events(value, start)[:count]]
         raise BadRequest(f"events selector must be {EVENTS_BY_HEIGHT} (height) or {EVENTS_BY_TASK} (task)")
+
+    def proofs_reply(self, height: int, keys: list[bytes]) -> list[Any]:
+        """[height, header, signature, [proof per key]]: proofs against the state root of block ``height``.
+
+        Tree nodes are never deleted, so any committed root still proves; the values themselves
+        are not kept per height, so each proof shows the value's hash (its leaf).
+        """
+        view = self.store.snapshot()
+        try:
+            header, signature = self.header_and_signature(view, height)
+            tree = SparseMerkleTree(view, decode_header(header).state_root)
+            try:
+                proofs = [tree.prove(key).encode() for key in keys]
+            except TreeNodeError as exc:
+                raise NotFound(f"the tree of block {height} is not readable: {exc}") from None
+            return [height, header, signature, proofs]
+        finally:
+            view.close()
 
     def state_reply(self, keys: list[bytes]) -> list[Any]:
         """[height, header, signature, (present, value, proof) per key], all from one snapshot."""
@@ -542,6 +565,17 @@ class _Connection:
             raise BadRequest("a state key is 1..511 bytes")
         await self.send([Msg.GET_STATE | REPLY, msg[1], *self.server.state_reply([key])])
 
+    async def _get_proofs(self, msg: list[Any]) -> None:
+        expect_fields(msg, 2, "GET_PROOFS")
+        height = field_uint(msg, 2, "height")
+        keys = msg[3]
+        if not isinstance(keys, list) or not 1 <= len(keys) <= MAX_PROOF_KEYS:
+            raise BadRequest(f"GET_PROOFS takes 1..{MAX_PROOF_KEYS} keys")
+        for key in keys:
+            if type(key) is not bytes or not 1 <= len(key) <= 511:
+                raise BadRequest("a state key is 1..511 bytes")
+        await self.send([Msg.GET_PROOFS | REPLY, msg[1], *self.server.proofs_reply(height, keys)])
+
     async def _get_model(self, msg: list[Any]) -> None:
         expect_fields(msg, 1, "GET_MODEL")
         task_id = field_uint(msg, 2, "task id")
@@ -625,4 +659,5 @@ _HANDLERS: dict[int, Callable[[_Connection, list[Any]], Awaitable[None]]] = {
     Msg.GET_NONCE: _Connection._get_nonce,
     Msg.PING: _Connection._ping,
     Msg.GET_HEADER: _Connection._get_header,
+    Msg.GET_PROOFS: _Connection._get_proofs,
 }

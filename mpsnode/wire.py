@@ -70,6 +70,7 @@ class Msg(IntEnum):
     GET_NONCE = 13
     PING = 14
     GET_HEADER = 15
+    GET_PROOFS = 16  # sparse-Merkle proofs of keys against the state root of a past block
 
 
 REPLY = 0x80

@@ -1,4 +1,5 @@
-"""Test kit for daemons: a devnet home, the real ``mpsnode sequencer`` process on 127.0.0.1, raw sockets.
+"""Test kit for daemons: a devnet home, the real ``mpsnode sequencer`` or ``verifier`` process on
+127.0.0.1, raw sockets.
 
 ``Daemon.start`` runs ``python -m mpsnode.cli sequencer --listen 127.0.0.1:0`` and reads the port
 from the ready line it prints; ``stop`` sends SIGTERM and waits, ``kill`` sends SIGKILL. The
@@ -41,6 +42,9 @@ class Daemon:
     port: int = 0
     metrics_port: int | None = None
     starts: int = 0
+    # what runs: ``python <command> --home H --listen 127.0.0.1:0 <args>``; ``name`` names the log file
+    command: tuple[str, ...] = ("-m", "mpsnode.cli", "sequencer")
+    name: str = "sequencer"
 
     @property
     def address(self) -> tuple[str, int]:
@@ -49,11 +53,11 @@ class Daemon:
     def start(self, timeout: float = 60.0) -> Daemon:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
-        err = open(self.home / f"sequencer-{self.starts}.log", "w")  # noqa: SIM115 - closed by the process end
+        err = open(self.home / f"{self.name}-{self.starts}.log", "w")  # noqa: SIM115 - closed by the process end
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mpsnode.cli", "sequencer", "--home", str(self.home), "--listen", f"{LOCALHOST}:0",
+            [sys.executable, *self.command, "--home", str(self.home), "--listen", f"{LOCALHOST}:0",
              *self.args], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         err.close()
         assert self.proc.stdout is not None
@@ -62,15 +66,15 @@ class Daemon:
         while not line:
             line = self.proc.stdout.readline()
             if not line:
-                raise RuntimeError(f"sequencer exited ({self.proc.wait()}): {self.log_text()[-3000:]}")
+                raise RuntimeError(f"{self.name} exited ({self.proc.wait()}): {self.log_text()[-3000:]}")
             if time.monotonic() > deadline:
-                raise RuntimeError("sequencer did not get ready")
+                raise RuntimeError(f"{self.name} did not get ready")
         ready = json.loads(line)
         self.port, self.metrics_port = ready["port"], ready["metrics_port"]
         return self
 
     def log_text(self) -> str:
-        return (self.home / f"sequencer-{self.starts}.log").read_text()
+        return (self.home / f"{self.name}-{self.starts}.log").read_text()
 
     def stop(self, timeout: float = 30.0) -> int:
         """SIGTERM and wait; returns the exit code."""
@@ -94,6 +98,12 @@ class Daemon:
 
 # ---------------------------------------------------------------------------------------------
 # Raw sockets, for peers that misbehave on purpose
+
+
+def verifier(home: Path, upstream: tuple[str, int], *args: str) -> Daemon:
+    """A ``mpsnode verifier`` process following ``upstream`` (not started); ``home`` needs genesis.json."""
+    return Daemon(home, ["--upstream", f"{upstream[0]}:{upstream[1]}", *args],
+                  command=("-m", "mpsnode.cli", "verifier"), name="verifier")
 
 
 def raw_connect(port: int, timeout: float = 10.0) -> socket.socket:

@@ -1,0 +1,1 @@
+"""The verifier: follow an upstream, re-execute every block with the same STF, check every root."""
