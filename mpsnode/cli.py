@@ -1,4 +1,4 @@
-"""The ``mpsnode`` command line: init, keys, inspect, demo, sequencer, tx, query."""
+"""The ``mpsnode`` command line: init, keys, inspect, demo, sequencer, tx, query, verifier, export, replay."""
 
 from __future__ import annotations
 
@@ -61,9 +61,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from mpsnode.demo import run_demo
+    from mpsnode.demo import run_demo_cli
 
-    return run_demo(home=args.home, clients=args.clients, seed=args.seed)
+    return run_demo_cli(args)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -100,15 +100,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_json(sp)
     sp.set_defaults(func=cmd_inspect)
 
-    sp = sub.add_parser("demo", help="run the end-to-end demo")
-    sp.add_argument("--home", default=None, help="where to keep the chain (default: a new temporary dir)")
-    sp.add_argument("--clients", type=int, default=10)
-    sp.add_argument("--seed", type=int, default=7)
+    from mpsnode.demo import add_demo_arguments
+
+    sp = sub.add_parser("demo", help="run the end-to-end demo: a sequencer, a verifier, a task, FL clients")
+    add_demo_arguments(sp)
     sp.set_defaults(func=cmd_demo)
 
     from mpsnode.cli_node import add_parsers
 
     add_parsers(sub)
+    from mpsnode.cli_verifier import add_parsers as add_verifier_parsers
+
+    add_verifier_parsers(sub)
+    from mpsnode.cli_client import add_parsers as add_client_parsers
+
+    add_client_parsers(sub)
     return p
 
 
