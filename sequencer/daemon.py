@@ -61,7 +61,8 @@ from mpsnode.wire import SEQUENCER
 from sequencer.admission import AdmissionPolicy, check_admission
 from sequencer.log import event
 from sequencer.mempool import Entry, MempoolIndex
-from sequencer.metrics import Metrics, serve_metrics
+from mpsnode.metrics import serve_metrics
+from sequencer.metrics import Metrics
 from sequencer.writes import run_write
 
 log = logging.getLogger("sequencer")

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +40,6 @@ from mpsnode.tx import JoinTask, Kind, Stake, SubmitUpdate
 
 PARAMS = Params(block_time_ms=50)
 N_CLIENTS = 5
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
 
 
 @pytest.fixture(scope="module")

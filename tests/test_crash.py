@@ -19,7 +19,6 @@ from __future__ import annotations
 import os
 import random
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -37,14 +36,6 @@ from mpsnode.tx import Transfer
 
 SENDERS = 12
 PER_WALLET_INFLIGHT = 8
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
 
 
 async def load(daemon: Daemon, g, wallets: list[Wallet], acked: set[bytes], rng: random.Random,

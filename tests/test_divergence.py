@@ -24,12 +24,11 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
-import pytest
 import trio
 from nodekit import LOCALHOST, REPO, Daemon, make_home, verifier
 from proxykit import ALTERATIONS
@@ -117,18 +116,6 @@ async def drive(address: tuple[str, int], g: Genesis, *, outlier: bool, target_b
 # Processes
 
 
-@pytest.fixture
-def processes() -> Iterator[list]:
-    started: list = []
-    yield started
-    for p in started:
-        if isinstance(p, Daemon):
-            p.kill()
-        elif p.poll() is None:
-            p.kill()
-            p.wait(30)
-
-
 def verifier_home(root: Path, name: str, source: Path) -> Path:
     home = root / name
     home.mkdir()
@@ -166,12 +153,12 @@ async def status_of(address: tuple[str, int], g: Genesis):  # noqa: ANN201
 # The altering proxy
 
 
-def test_every_altered_block_is_caught_at_its_height_with_its_reason(tmp_path: Path, processes: list) -> None:
+def test_every_altered_block_is_caught_at_its_height_with_its_reason(tmp_path: Path, daemons: list) -> None:
     seq_home = tmp_path / "seq"
     net = make_home(seq_home, clients=CLIENTS, params=PARAMS)
     g = net.genesis
     sequencer = Daemon(seq_home)
-    processes.append(sequencer)
+    daemons.append(sequencer)
     sequencer.start()
     targets = tmp_path / "targets"
     targets.mkdir()
@@ -181,7 +168,7 @@ def test_every_altered_block_is_caught_at_its_height_with_its_reason(tmp_path: P
                                   f"{LOCALHOST}:{sequencer.port}", "--targets", str(targets), "--clients",
                                   str(CLIENTS), *[a for n in names for a in ("--alter", n)]],
                                  cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
-    processes.append(proxy)
+    daemons.append(proxy)
     ports = json.loads(proxy.stdout.readline())["ports"]
     homes = {name: verifier_home(tmp_path, f"v-{name}", seq_home) for name in names}
     verifiers = {}
@@ -189,7 +176,7 @@ def test_every_altered_block_is_caught_at_its_height_with_its_reason(tmp_path: P
         # "wrong_state_root" stays up after its report, to show it keeps serving its status
         flags = [] if name in ("none", "wrong_state_root") else ["--exit-on-divergence"]
         verifiers[name] = verifier(homes[name], (LOCALHOST, ports[name]), *flags)
-    processes.extend(verifiers.values())
+    daemons.extend(verifiers.values())
     start_all(list(verifiers.values()))
 
     trio.run(lambda: drive(sequencer.address, g, outlier=False, target_bps=10_000))
@@ -264,18 +251,18 @@ def _wait_until(address: tuple[str, int], g: Genesis, ok: Callable[[Status], boo
 # Sequencers with a sabotaged rule
 
 
-def test_sabotaged_round_rules_are_caught(tmp_path: Path, processes: list) -> None:
+def test_sabotaged_round_rules_are_caught(tmp_path: Path, daemons: list) -> None:
     runs = {}
     for rule in ("no_slash", "pay_wrong_client"):
         home = tmp_path / rule
         net = make_home(home, clients=CLIENTS, params=PARAMS)
         seq = Daemon(home, command=("tests/sabotage.py", rule, "sequencer"), name="sabotaged")
-        processes.append(seq)
+        daemons.append(seq)
         runs[rule] = (net.genesis, seq, verifier_home(tmp_path, f"v-{rule}", home))
     start_all([seq for _, seq, _ in runs.values()])
     verifiers = {rule: verifier(vhome, seq.address, "--exit-on-divergence")
                  for rule, (_, seq, vhome) in runs.items()}
-    processes.extend(verifiers.values())
+    daemons.extend(verifiers.values())
     start_all(list(verifiers.values()))
 
     async def both() -> dict[str, int]:

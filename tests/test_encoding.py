@@ -11,7 +11,7 @@ from mpsnode import crypto
 from mpsnode.block import Block, Header, decode_block, sign_header
 from mpsnode.encoding import decode, encode
 from mpsnode.errors import BlockDecodeError, DecodeError, InvalidBlock, InvalidTransaction
-from mpsnode.events import EVENT_TYPES, Transferred, decode_event
+from mpsnode.events import EVENT_TYPES, decode_event
 from mpsnode.receipt import Receipt
 from mpsnode.tx import (
     CreateTask,

@@ -43,14 +43,6 @@ from mpsnode.wire import Msg
 PARAMS = Params(block_time_ms=50)
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Genesis, dict]]:
     home = tmp_path_factory.mktemp("seq")

@@ -31,14 +31,6 @@ PARAMS = Params(block_time_ms=50)
 TIMEOUT = 60.0
 
 
-@pytest.fixture
-def processes():  # noqa: ANN201
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 def new_home(root: Path, name: str, seq_home: Path) -> Path:
     home = root / name
     home.mkdir()
@@ -94,19 +86,19 @@ def log_events(daemon: Daemon) -> list[dict]:
     return [json.loads(line) for line in daemon.log_text().splitlines() if line.startswith("{")]
 
 
-def test_verifiers_catch_up_follow_and_serve_onward(tmp_path: Path, processes: list) -> None:
+def test_verifiers_catch_up_follow_and_serve_onward(tmp_path: Path, daemons: list) -> None:
     seq_home = tmp_path / "seq"
     g = make_home(seq_home, clients=4, params=PARAMS).genesis
     seq = Daemon(seq_home)
-    processes.append(seq)
+    daemons.append(seq)
     seq.start()
     before = trio.run(transfers, seq.address, g, 24)  # blocks a late verifier catches up on
 
     a = verifier(new_home(tmp_path, "a", seq_home), seq.address, "--metrics", f"{LOCALHOST}:0")
-    processes.append(a)
+    daemons.append(a)
     a.start()
     b = verifier(new_home(tmp_path, "b", seq_home), a.address)  # sequencer -> A -> B
-    processes.append(b)
+    daemons.append(b)
     b.start()
     wait_status(b.address, g, lambda st: st.height >= before)
     after = trio.run(transfers, seq.address, g, 8, "client-0")  # followed by subscription
@@ -148,15 +140,15 @@ def test_verifiers_catch_up_follow_and_serve_onward(tmp_path: Path, processes: l
     trio.run(served_by_verifier)
 
 
-def test_verifier_resumes_after_kill_and_upstream_restart(tmp_path: Path, processes: list) -> None:
+def test_verifier_resumes_after_kill_and_upstream_restart(tmp_path: Path, daemons: list) -> None:
     seq_home = tmp_path / "seq"
     g = make_home(seq_home, clients=4, params=PARAMS).genesis
     seq = Daemon(seq_home)
-    processes.append(seq)
+    daemons.append(seq)
     seq.start()
     seq.args += ["--listen", f"{LOCALHOST}:{seq.port}"]  # restarts keep the port the verifier follows
     v = verifier(new_home(tmp_path, "v", seq_home), seq.address)
-    processes.append(v)
+    daemons.append(v)
     v.start()
     first = trio.run(transfers, seq.address, g, 12)
     wait_status(v.address, g, lambda st: st.height >= first)
@@ -179,16 +171,16 @@ def test_verifier_resumes_after_kill_and_upstream_restart(tmp_path: Path, proces
     assert warnings and all(e["level"] == "warning" for e in warnings)
 
 
-def test_verifier_refuses_an_upstream_on_another_chain(tmp_path: Path, processes: list) -> None:
+def test_verifier_refuses_an_upstream_on_another_chain(tmp_path: Path, daemons: list) -> None:
     seq_home = tmp_path / "seq"
     make_home(seq_home, clients=4, params=PARAMS)
     seq = Daemon(seq_home)
-    processes.append(seq)
+    daemons.append(seq)
     seq.start()
     other = tmp_path / "other"
     genesis_tool.make_network(other, clients=4, devnet_keys=True, chain_id="mps-othernet")
     v = verifier(other, seq.address)
-    processes.append(v)
+    daemons.append(v)
     v.start()
     assert v.proc is not None and v.proc.wait(TIMEOUT) == 2
     text = v.log_text()

@@ -51,7 +51,7 @@ from mpsnode.stf.block import BlockResult
 from mpsnode.store import LmdbStore, StoreView
 from mpsnode.wire import VERIFIER, Msg
 from sequencer.log import event
-from sequencer.metrics import serve_metrics
+from mpsnode.metrics import serve_metrics
 from sequencer.writes import run_write
 from verifier.checks import Prechecked, check_block, execute_checked, precheck_many
 from verifier.divergence import ClaimedProofs, Investigation, write_report
@@ -174,8 +174,7 @@ class Verifier:
         cfg = self.config
         async with trio.open_nursery() as nursery:
             if cfg.metrics_port is not None:
-                serve: Any = serve_metrics  # it takes any object with ``exposition()``
-                self.metrics_port = await nursery.start(serve, self.metrics, cfg.metrics_host,
+                self.metrics_port = await nursery.start(serve_metrics, self.metrics, cfg.metrics_host,
                                                         cfg.metrics_port)
             self.port = await nursery.start(self.server.serve, cfg.host, cfg.port)
             head = self.chain.head

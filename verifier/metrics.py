@@ -1,15 +1,16 @@
-"""Prometheus metrics of the verifier, served like the sequencer's (``sequencer.metrics.serve_metrics``)."""
+"""Prometheus metrics of the verifier (served by ``mpsnode.metrics.serve_metrics``)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import Counter, Gauge, Histogram
 
-_TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+from mpsnode.metrics import TIME_BUCKETS, NodeMetrics
 
 
-class VerifierMetrics:
+class VerifierMetrics(NodeMetrics):
     def __init__(self) -> None:
-        r = self.registry = CollectorRegistry()
+        super().__init__()
+        r = self.registry
         self.height = Gauge("mps_verifier_height", "Height of the newest verified (and committed) block",
                             registry=r)
         self.upstream_height = Gauge("mps_verifier_upstream_height", "Head height of the upstream, last seen",
@@ -27,24 +28,8 @@ class VerifierMetrics:
                                        "Height of the failed block (0: none)", registry=r)
         self.precheck_seconds = Histogram("mps_verifier_precheck_seconds",
                                           "Decoding and signature checks of one batch of blocks",
-                                          buckets=_TIME_BUCKETS, registry=r)
+                                          buckets=TIME_BUCKETS, registry=r)
         self.execute_seconds = Histogram("mps_verifier_execute_seconds", "Re-executing a block with the STF",
-                                         buckets=_TIME_BUCKETS, registry=r)
+                                         buckets=TIME_BUCKETS, registry=r)
         self.commit_seconds = Histogram("mps_verifier_commit_seconds", "The LMDB write of a verified block",
-                                        buckets=_TIME_BUCKETS, registry=r)
-        self.connections = Gauge("mps_connections", "Open client connections (blocks served onward)",
-                                 registry=r)
-        self.connections_closed = Counter("mps_connections_closed", "Closed connections, by reason",
-                                          ["reason"], registry=r)
-
-    # ServerStats --------------------------------------------------------------------------------
-    def connection_opened(self) -> None:
-        self.connections.inc()
-
-    def connection_closed(self, reason: str) -> None:
-        if reason != "overloaded":
-            self.connections.dec()
-        self.connections_closed.labels(reason).inc()
-
-    def exposition(self) -> bytes:
-        return generate_latest(self.registry)
+                                        buckets=TIME_BUCKETS, registry=r)
