@@ -102,26 +102,32 @@ def _scores(ax, task: TaskAudit) -> None:  # noqa: ANN001 - a matplotlib Axes
                 ax.scatter([r.round], [y], color=color, s=22, marker=marker, zorder=3)
             else:
                 ax.scatter([r.round], [y], facecolors="none", edgecolors=color, s=46, marker=marker, zorder=3)
-            if marker == "^":
-                ax.annotate(f"{score:.2g}", (r.round, y), textcoords="offset points", xytext=(6, -4),
-                            fontsize=7)
+    for r in rounds:  # one label per round under its off-scale triangles: how far off, as x the median
+        ratios = sorted(s / max(medians[r.round], 1) for s in r.scores if off_scale(r.round, s))
+        if ratios:
+            text = f"{ratios[0]:.0f}x" if len(ratios) == 1 else f"{ratios[0]:.0f}-{ratios[-1]:.0f}x"
+            ax.annotate(text, (r.round, ceiling), textcoords="offset points", xytext=(0, -7), fontsize=7,
+                        rotation=90, ha="center", va="top")
     slashed_label = "slashed"
     for r in rounds:
+        lines = []
         for address, amount in r.slashed:
             if address in r.participants:
                 score = r.scores[r.participants.index(address)]
                 y = ceiling if off_scale(r.round, score) else score
                 ax.scatter([r.round], [y], marker="X", color="red", s=140, zorder=4, label=slashed_label)
-                ax.annotate(f"{short(address)} slashed -{amount}", (r.round, y), textcoords="offset points",
-                            xytext=(8, -16), fontsize=8, color="red")
                 slashed_label = "_nolegend_"
+                lines.append((y, f"{short(address)} slashed -{amount}"))
+        if lines:  # the round's slashes in one block of text, right of the highest cross
+            ax.annotate("\n".join(text for _, text in lines), (r.round, max(y for y, _ in lines)),
+                        textcoords="offset points", xytext=(9, -6), fontsize=8, color="red", va="top")
     ax.set_ylim(low - 0.05 * max(high - low, 1), ceiling + 0.08 * max(high - low, 1))
     ax.set_xlabel("round")
     ax.set_ylabel("Krum score (sum of squared distances)")
     ax.set_xticks(_round_ticks(task))
     ax.grid(alpha=0.3)
     ax.set_title(f"task {task.task_id}: Krum score per client (hollow: not selected; "
-                 f"\u25b2 off scale, > {OFF_SCALE}x the round's median)", fontsize=10)
+                 f"\u25b2 off scale: > {OFF_SCALE}x the round's median, ratio written below)", fontsize=10)
     handles, labels = ax.get_legend_handles_labels()
     if labels and len(labels) <= MAX_LEGEND + 1:
         ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
