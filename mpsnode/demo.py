@@ -245,12 +245,15 @@ def _name(progress: Progress, address: bytes) -> str:
 
 
 def _round_line(progress: Progress, ev: Any, slashes: list[Any], height: int, f: int) -> str:
+    from mpsnode.stf.round import SLASH_REASONS
+
     took = time.monotonic() - progress.started_at
     if ev.void:
         return (f"  round {ev.round:>3}  void: {len(ev.participants)} updates, fewer than 2f+3 = {2 * f + 3} "
                 f"(block {height}, {took:5.1f} s)")
     flagged = ", ".join(_name(progress, a) for a in ev.flagged) or "-"
-    slashed = ", ".join(f"{_name(progress, s.address)} -{s.amount}" for s in slashes) or "-"
+    slashed = ", ".join(f"{_name(progress, s.address)} -{s.amount} ({SLASH_REASONS.get(s.reason, s.reason)})"
+                        for s in slashes) or "-"
     return (f"  round {ev.round:>3}  accuracy {ev.accuracy_bps / 100:6.2f}%  selected {len(ev.selected):>2}/"
             f"{len(ev.participants):<2}  flagged {flagged:<24}  slashed {slashed}   (block {height}, {took:5.1f} s)")
 
@@ -422,7 +425,7 @@ async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: N
             for a in r.selected:
                 if a in by_address:
                     by_address[a].selected += 1
-            for a, amount in r.slashed:
+            for a, amount, _ in r.slashed:
                 if a in by_address:
                     by_address[a].slashed += amount
         for a, amount in task_audit.payments.items():

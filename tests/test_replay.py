@@ -127,7 +127,7 @@ def test_replay_of_a_home_checks_every_root_and_audits_every_task(chain_home, ca
             assert r[name] == [a.hex() for a in getattr(event, name)]
     (slash,) = [(h, e) for h, e in events if isinstance(e, Slashed)]
     assert slash[0] == slash_height
-    slashed = [{"address": slash[1].address.hex(), "amount": slash[1].amount}]
+    slashed = [{"address": slash[1].address.hex(), "amount": slash[1].amount, "reason": "krum_score"}]
     assert tasks[1]["rounds"][0]["slashed"] == slashed
     assert tasks[1]["status"] == "expired" and tasks[1]["refunded"] > 0
     assert tasks[2]["status"] == "completed" and tasks[2]["final_accuracy_bps"] == 3333
@@ -139,7 +139,7 @@ def test_replay_of_a_home_checks_every_root_and_audits_every_task(chain_home, ca
 
     code, out, _ = run_cli(capsys, "replay", "--home", str(home))
     assert code == 0 and "every root matches" in out
-    assert f"{slash[1].address.hex()[:8]}(-{slash[1].amount})" in out  # the slash in the round table
+    assert f"{slash[1].address.hex()[:8]}(-{slash[1].amount}, krum_score)" in out  # the slash in the round table
     assert "payments:" in out and "krum scores" in out and "refunded to the creator" in out
 
 

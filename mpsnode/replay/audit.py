@@ -28,12 +28,18 @@ from mpsnode.events import (
 )
 from mpsnode.receipt import Receipt
 from mpsnode.state import Task
+from mpsnode.stf.round import SLASH_REASONS
 
 EXPIRY_REASONS = {1: "not enough clients joined", 2: "max_rounds reached without the target"}
 
 
 def short(address: bytes) -> str:
     return address.hex()[:8]
+
+
+def slash_reason(reason: int) -> str:
+    """``Slashed.reason`` by name: ``krum_score`` or ``direction`` (docs/PROTOCOL.md, section 7)."""
+    return SLASH_REASONS.get(reason, str(reason))
 
 
 @dataclass
@@ -46,14 +52,15 @@ class RoundAudit:
     flagged: tuple[bytes, ...]
     accuracy_bps: int
     void: bool
-    slashed: list[tuple[bytes, int]] = field(default_factory=list)  # (address, amount burned)
+    slashed: list[tuple[bytes, int, int]] = field(default_factory=list)  # (address, amount burned, reason)
 
     def to_json(self) -> dict[str, Any]:
         return {"round": self.round, "height": self.height, "void": self.void,
                 "accuracy_bps": self.accuracy_bps,
                 "participants": [a.hex() for a in self.participants], "scores": list(self.scores),
                 "selected": [a.hex() for a in self.selected], "flagged": [a.hex() for a in self.flagged],
-                "slashed": [{"address": a.hex(), "amount": n} for a, n in self.slashed]}
+                "slashed": [{"address": a.hex(), "amount": n, "reason": slash_reason(why)}
+                            for a, n, why in self.slashed]}
 
 
 @dataclass
@@ -140,7 +147,7 @@ class Audit:
         elif isinstance(event, TaskStarted):
             task.started_height, task.status = height, "active"
         elif isinstance(event, Slashed):
-            self._slashes.setdefault((event.task_id, event.round), []).append((event.address, event.amount))
+            self._slashes.setdefault((event.task_id, event.round), []).append((event.address, event.amount, event.reason))
         elif isinstance(event, RoundClosed):
             task.rounds.append(RoundAudit(event.round, height, event.participants, event.scores,
                                           event.selected, event.flagged, event.accuracy_bps, bool(event.void),
@@ -193,7 +200,7 @@ def _task_text(t: TaskAudit) -> list[str]:
     if t.rounds:
         lines.append("  round  height  updates  void  accuracy  selected  flagged  slashed")
     for r in t.rounds:
-        slashed = " ".join(f"{short(a)}(-{n})" for a, n in r.slashed) or "-"
+        slashed = " ".join(f"{short(a)}(-{n}, {slash_reason(why)})" for a, n, why in r.slashed) or "-"
         flagged = " ".join(short(a) for a in r.flagged) or "-"
         acc = "-" if r.void else f"{r.accuracy_bps / 100:.2f}%"
         void = "yes" if r.void else "no"

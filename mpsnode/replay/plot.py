@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mpsnode.replay.audit import Audit, TaskAudit, short
+from mpsnode.replay.audit import Audit, TaskAudit, short, slash_reason
 
 MAX_LEGEND = 24
 OFF_SCALE = 20
@@ -111,13 +111,13 @@ def _scores(ax, task: TaskAudit) -> None:  # noqa: ANN001 - a matplotlib Axes
     slashed_label = "slashed"
     for r in rounds:
         lines = []
-        for address, amount in r.slashed:
+        for address, amount, reason in r.slashed:
             if address in r.participants:
                 score = r.scores[r.participants.index(address)]
                 y = ceiling if off_scale(r.round, score) else score
                 ax.scatter([r.round], [y], marker="X", color="red", s=140, zorder=4, label=slashed_label)
                 slashed_label = "_nolegend_"
-                lines.append((y, f"{short(address)} slashed -{amount}"))
+                lines.append((y, f"{short(address)} slashed -{amount} ({slash_reason(reason)})"))
         if lines:  # the round's slashes in one block of text, right of the highest cross
             ax.annotate("\n".join(text for _, text in lines), (r.round, max(y for y, _ in lines)),
                         textcoords="offset points", xytext=(9, -6), fontsize=8, color="red", va="top")

@@ -33,6 +33,7 @@ from mpsnode.stf.task import EXPIRED_MAX_ROUNDS, clear_pending_updates, finish_t
 # Slashed.reason / ParticipantRemoved.reason
 SLASH_KRUM_SCORE = 1  # Krum score above slash_score_ratio_pct (coherent round: ..._coherent_pct) of the median
 SLASH_DIRECTION = 2  # coherent round, update points against the sum of the others (slash_direction_bps)
+SLASH_REASONS = {SLASH_KRUM_SCORE: "krum_score", SLASH_DIRECTION: "direction"}  # names for people and JSON
 
 
 def is_round_due(task: Task, height: int) -> bool:
