@@ -244,6 +244,22 @@ def _name(progress: Progress, address: bytes) -> str:
     return f"{name}*" if address in progress.attackers else name
 
 
+def mpsnode_command() -> str:
+    """How to call ``mpsnode`` from here: the plain name when it is on PATH, else this venv's script
+    (``make demo`` runs from ``.venv`` without activating it)."""
+    import shutil
+    import sys
+
+    script = Path(sys.executable).parent / "mpsnode"
+    found = shutil.which("mpsnode")
+    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "mpsnode"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def _round_line(progress: Progress, ev: Any, slashes: list[Any], height: int, f: int) -> str:
     from mpsnode.stf.round import SLASH_REASONS
 
@@ -498,7 +514,7 @@ def print_summary(opts: DemoOptions, outcome: DemoOutcome, root: Path, out: Any)
     if outcome.plot is not None:
         out(f"  plot                {outcome.plot}")
     out(f"  chain kept in       {root}  (sequencer store {root / 'data'}, verifier store {root / 'verifier' / 'data'})")
-    out(f"  audit it again      mpsnode replay --home {root} --plot {root / 'audit.png'}")
+    out(f"  audit it again      {mpsnode_command()} replay --home {root} --plot {root / 'audit.png'}")
     out(f"  logs                {root / 'logs'}")
     out(f"  took                {outcome.seconds:.1f} s")
 
