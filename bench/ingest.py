@@ -30,26 +30,16 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trio
 
 import genesis as genesis_tool
-from mpsnode import crypto
 from mpsnode.client import connect
 from mpsnode.tx import Transfer, Tx
+from stf import raw_verify_rate  # bench/stf.py: the single-core ed25519 verify rate every target is relative to
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def raw_verify_rate(n: int = 5000) -> float:
-    key = crypto.Keypair.generate()
-    msgs = [os.urandom(32) for _ in range(n)]
-    sigs = [key.sign(m) for m in msgs]
-    t0 = time.perf_counter()
-    for m, s in zip(msgs, sigs):
-        if not crypto.verify(key.address, m, s):
-            raise RuntimeError("verify failed")
-    return n / (time.perf_counter() - t0)
 
 
 def start_daemon(home: Path, extra: list[str]) -> tuple[subprocess.Popen, int, int | None]:
@@ -126,6 +116,20 @@ def percentile(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
+def sustained_rate(points: list[tuple[float, int]], total: int, start: float, end: float) -> tuple[int, float]:
+    """``points`` = (time, amount included) in time order: the amount included in all, and the rate
+    between the moments 10% and 90% of ``total`` were in (the whole run's rate if that is undefined)."""
+    cum, t10, t90, n10, n90 = 0, None, None, 0, 0
+    for t, n in points:
+        cum += n
+        if t10 is None and cum >= 0.1 * total:
+            t10, n10 = t, cum
+        if t90 is None and cum >= 0.9 * total:
+            t90, n90 = t, cum
+    sustained = (n90 - n10) / (t90 - t10) if t10 and t90 and t90 > t10 else cum / (end - start)
+    return cum, sustained
+
+
 async def run_load(port: int, g, txs_by_conn: list[list], inflight: int, total: int) -> dict:
     latencies: list[float] = []
     included_at: list[tuple[float, int]] = []
@@ -174,15 +178,7 @@ async def run_load(port: int, g, txs_by_conn: list[list], inflight: int, total: 
             await done.wait()
         nursery.cancel_scope.cancel()
     end = included_at[-1][0] if included_at else time.perf_counter()
-    # sustained: between 10% and 90% of the txs included
-    cum, t10, t90, n10, n90 = 0, None, None, 0, 0
-    for t, n in included_at:
-        cum += n
-        if t10 is None and cum >= 0.1 * total:
-            t10, n10 = t, cum
-        if t90 is None and cum >= 0.9 * total:
-            t90, n90 = t, cum
-    sustained = (n90 - n10) / (t90 - t10) if t10 and t90 and t90 > t10 else cum / (end - start[0])
+    cum, sustained = sustained_rate(included_at, total, start[0], end)
     return {"included": cum, "overall_tps": cum / (end - start[0]), "sustained_tps": sustained,
             "ack_p50_ms": percentile(latencies, 50) * 1000 if latencies else None,
             "ack_p99_ms": percentile(latencies, 99) * 1000 if latencies else None,

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import trio
-from ingest import _cpu_seconds, percentile, start_daemon
+from ingest import _cpu_seconds, percentile, start_daemon, sustained_rate
 
 import genesis as genesis_tool
 from mpsnode.client import Wallet, connect
@@ -114,15 +114,8 @@ async def run_rounds(port: int, g, signed: list[list[list[bytes]]]) -> dict:
             for rounds in signed:
                 nursery.start_soon(task_loader, rounds)
     included.sort()
-    cum, t10, t90, b10, b90 = 0, None, None, 0, 0
-    for t, n in included:
-        cum += n
-        if t10 is None and cum >= 0.1 * total:
-            t10, b10 = t, cum
-        if t90 is None and cum >= 0.9 * total:
-            t90, b90 = t, cum
     end = included[-1][0]
-    sustained = (b90 - b10) / (t90 - t10) if t10 and t90 and t90 > t10 else cum / (end - t0)
+    cum, sustained = sustained_rate(included, total, t0, end)
     return {"bytes": cum, "sustained_Bps": sustained, "overall_Bps": cum / (end - t0), "wall_s": end - t0,
             "ack_p50_ms": percentile(latencies, 50) * 1000, "ack_p99_ms": percentile(latencies, 99) * 1000,
             "updates": len(latencies)}

@@ -14,7 +14,8 @@ from mpsnode import crypto
 from mpsnode.errors import MpsError
 
 
-def _print(obj: Any, as_json: bool) -> None:
+def print_fields(obj: Any, as_json: bool) -> None:
+    """A flat dict as aligned ``key  value`` lines, or as JSON."""
     if as_json:
         print(json.dumps(obj, indent=2, sort_keys=False))
         return
@@ -33,7 +34,7 @@ def cmd_init(args: argparse.Namespace) -> int:
 
     net = make_network(args.home, clients=args.clients, chain_id=args.chain_id, devnet_keys=args.devnet)
     g = net.genesis
-    _print({"home": str(net.home), "chain_id": g.chain_id, "genesis_hash": g.hash().hex(),
+    print_fields({"home": str(net.home), "chain_id": g.chain_id, "genesis_hash": g.hash().hex(),
             "state_root": g.state_root().hex(), "sequencer": g.sequencer.hex(),
             "clients": len(net.clients), "keys": str(net.home / "keys")}, args.json)
     return 0
@@ -46,17 +47,17 @@ def cmd_keys(args: argparse.Namespace) -> int:
             if Path(args.out).exists():
                 raise SystemExit(f"mpsnode: {args.out} exists; refusing to overwrite a key")
             crypto.save_key(args.out, key)
-        _print({"address": key.address.hex(), **({"file": args.out} if args.out else {})}, args.json)
+        print_fields({"address": key.address.hex(), **({"file": args.out} if args.out else {})}, args.json)
     else:
         key = crypto.load_key(args.file)
-        _print({"address": key.address.hex(), "file": args.file}, args.json)
+        print_fields({"address": key.address.hex(), "file": args.file}, args.json)
     return 0
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from mpsnode.inspect import inspect
 
-    _print(inspect(args.home, args.what), args.json)
+    print_fields(inspect(args.home, args.what), args.json)
     return 0
 
 

@@ -8,29 +8,18 @@ genesis is fetched and trusted on first use). Output is human-readable; ``--json
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
 import numpy as np
 import trio
 
 from mpsnode import crypto
+from mpsnode.cli import print_fields
 from mpsnode.client import Client, Proven, Wallet, connect
 from mpsnode.genesis import Genesis
 from mpsnode.hashing import H
 from mpsnode.home import Home
 from mpsnode.tx import Body, CreateTask, JoinTask, Stake, SubmitUpdate, Transfer, Unstake
-
-
-def _print(obj: Any, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(obj, indent=2))
-        return
-    width = max((len(k) for k in obj), default=0)
-    for k, v in obj.items():
-        if isinstance(v, (list, dict)):
-            v = json.dumps(v)
-        print(f"{k:<{width}}  {v}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -40,13 +29,24 @@ def _print(obj: Any, as_json: bool) -> None:
 def cmd_sequencer(args: argparse.Namespace) -> int:
     from sequencer.daemon import run_daemon
 
-    server: dict[str, Any] = {}
-    for name in ("max_connections", "handshake_timeout", "frame_timeout", "slow_peer_timeout", "outbox_bytes"):
-        value = getattr(args, name)
-        if value is not None:
-            server[name] = value
     return run_daemon(args.home, listen=args.listen, metrics=args.metrics, block_time_ms=args.block_time_ms,
-                      server=server)
+                      server=server_options(args))
+
+
+def add_server_arguments(sp: argparse.ArgumentParser) -> None:
+    """The daemon flags that override ``mpsnode.server.ServerConfig`` (``SERVER_FLAGS``)."""
+    sp.add_argument("--max-connections", type=int, default=None)
+    sp.add_argument("--handshake-timeout", type=float, default=None)
+    sp.add_argument("--frame-timeout", type=float, default=None)
+    sp.add_argument("--slow-peer-timeout", type=float, default=None)
+    sp.add_argument("--outbox-bytes", type=int, default=None)
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``ServerConfig`` overrides given on the command line."""
+    from mpsnode.server import SERVER_FLAGS
+
+    return {name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name) is not None}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,7 +91,7 @@ def _run(fn: Any, args: argparse.Namespace) -> int:
             return await fn(client, args)
 
     result = trio.run(main)
-    _print(result, args.json)
+    print_fields(result, args.json)
     return 0
 
 
@@ -258,11 +258,7 @@ def add_parsers(sub: Any) -> None:
     sp.add_argument("--listen", help="HOST:PORT to serve the wire protocol on (default: config.toml)")
     sp.add_argument("--metrics", help="HOST:PORT for Prometheus metrics (default: config.toml, or none)")
     sp.add_argument("--block-time-ms", type=int, default=None, help="override the genesis block time")
-    sp.add_argument("--max-connections", type=int, default=None)
-    sp.add_argument("--handshake-timeout", type=float, default=None)
-    sp.add_argument("--frame-timeout", type=float, default=None)
-    sp.add_argument("--slow-peer-timeout", type=float, default=None)
-    sp.add_argument("--outbox-bytes", type=int, default=None)
+    add_server_arguments(sp)
     sp.set_defaults(func=cmd_sequencer)
 
     sp = sub.add_parser("tx", help="sign and submit a transaction")

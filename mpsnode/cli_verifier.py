@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mpsnode.cli_node import add_server_arguments, server_options
+
 EXIT_DIVERGED_REPLAY = 1
 
 
@@ -23,14 +25,9 @@ EXIT_DIVERGED_REPLAY = 1
 def cmd_verifier(args: argparse.Namespace) -> int:
     from verifier.daemon import run_daemon
 
-    server: dict[str, Any] = {}
-    names = ("max_connections", "handshake_timeout", "frame_timeout", "slow_peer_timeout", "outbox_bytes")
-    for name in names:
-        value = getattr(args, name)
-        if value is not None:
-            server[name] = value
     return run_daemon(args.home, upstream=args.upstream, genesis_file=args.genesis, listen=args.listen,
-                      metrics=args.metrics, exit_on_divergence=args.exit_on_divergence, server=server)
+                      metrics=args.metrics, exit_on_divergence=args.exit_on_divergence,
+                      server=server_options(args))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -175,11 +172,7 @@ def add_parsers(sub: Any) -> None:
     sp.add_argument("--metrics", help="HOST:PORT for Prometheus metrics")
     sp.add_argument("--exit-on-divergence", action="store_true",
                     help="exit (code 3) once a divergence is reported")
-    sp.add_argument("--max-connections", type=int, default=None)
-    sp.add_argument("--handshake-timeout", type=float, default=None)
-    sp.add_argument("--frame-timeout", type=float, default=None)
-    sp.add_argument("--slow-peer-timeout", type=float, default=None)
-    sp.add_argument("--outbox-bytes", type=int, default=None)
+    add_server_arguments(sp)
     sp.set_defaults(func=cmd_verifier)
 
     sp = sub.add_parser("export", help="write a node's chain (genesis and every block) to one file")

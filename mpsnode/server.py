@@ -63,6 +63,7 @@ from mpsnode.wire import (
     field_bytes,
     field_uint,
     max_request_frame,
+    parse_hostport,
     write_loop,
 )
 
@@ -128,6 +129,18 @@ class ServerConfig:
     outbox_bytes: int = 4 << 20
     max_inflight: int = 4096  # submits awaiting their ack, per connection
     max_waiters: int = 64  # GET_RECEIPT waits and subscriptions, per connection
+
+
+SERVER_FLAGS = ("max_connections", "handshake_timeout", "frame_timeout", "slow_peer_timeout", "outbox_bytes")
+
+
+def apply_node_options(config: Any, metrics: str | None, server: dict[str, Any] | None) -> None:
+    """Into a daemon's config (``metrics_host``, ``metrics_port``, ``server``): the metrics address
+    ``HOST:PORT`` if any, and ``ServerConfig`` overrides by field name."""
+    if metrics:
+        config.metrics_host, config.metrics_port = parse_hostport(metrics)
+    for name, value in (server or {}).items():
+        setattr(config.server, name, value)
 
 
 class ServerStats(Protocol):

@@ -448,6 +448,7 @@ def run_daemon(home_path: str, *, listen: str | None = None, metrics: str | None
     import sys
 
     from mpsnode.home import Home
+    from mpsnode.server import apply_node_options
     from mpsnode.store import LmdbStore
     from mpsnode.wire import parse_hostport
     from sequencer.log import setup_logging
@@ -458,11 +459,7 @@ def run_daemon(home_path: str, *, listen: str | None = None, metrics: str | None
     key = crypto.load_key(home.key_path("sequencer"))
     host, port = parse_hostport(listen or home.listen)
     config = SequencerConfig(host=host, port=port, block_time_ms=block_time_ms)
-    metrics_addr = metrics or home.metrics
-    if metrics_addr:
-        config.metrics_host, config.metrics_port = parse_hostport(metrics_addr)
-    for name, value in (server or {}).items():
-        setattr(config.server, name, value)
+    apply_node_options(config, metrics or home.metrics, server)
     store = LmdbStore(home.data_path, map_size=home.map_size)
     try:
         sequencer = Sequencer(store, genesis, key, config)

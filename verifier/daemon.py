@@ -471,6 +471,7 @@ def run_daemon(home_path: str, *, upstream: str, genesis_file: str | None = None
     import sys
 
     from mpsnode.home import Home
+    from mpsnode.server import apply_node_options
     from mpsnode.wire import parse_hostport
     from sequencer.log import setup_logging
 
@@ -482,11 +483,7 @@ def run_daemon(home_path: str, *, upstream: str, genesis_file: str | None = None
     host, port = parse_hostport(listen or default_listen)
     config = VerifierConfig(upstream=parse_hostport(upstream), host=host, port=port,
                             reports_dir=home.path / "reports", exit_on_divergence=exit_on_divergence)
-    metrics_addr = metrics or home.metrics
-    if metrics_addr:
-        config.metrics_host, config.metrics_port = parse_hostport(metrics_addr)
-    for name, value in (server or {}).items():
-        setattr(config.server, name, value)
+    apply_node_options(config, metrics or home.metrics, server)
     store = LmdbStore(home.data_path, map_size=home.map_size)
     try:
         verifier = Verifier(store, genesis, config)
