@@ -160,7 +160,7 @@ class _NoStats:
 class NodeServer:
     def __init__(self, store: Store, genesis: Genesis, watch: HeadWatch, *, kind: str,
                  gateway: TxGateway | None = None, config: ServerConfig | None = None,
-                 stats: ServerStats | None = None, status_extra: Callable[[], list[Any]] | None = None) -> None:
+                 stats: ServerStats | None = None, status_extra: Callable[[int], list[Any]] | None = None) -> None:
         self.store = store
         self.genesis = genesis
         self.genesis_hash = genesis.hash()
@@ -170,7 +170,7 @@ class NodeServer:
         self.gateway = gateway
         self.config = config or ServerConfig()
         self.stats = stats or _NoStats()
-        self.status_extra = status_extra  # a verifier appends its own status to STATUS replies
+        self.status_extra = status_extra  # a verifier appends its own status, given the reply's head height
         self.max_frame = max_request_frame(genesis.params)
         self.connections = 0
         self._genesis_json = json.dumps(genesis.to_json(), sort_keys=True).encode()
@@ -239,7 +239,7 @@ class NodeServer:
         out = [self.chain_id, self.genesis_hash, head.height, head.block_hash, head.state_root, head.timestamp_ms,
                count, size, self.kind]
         if self.status_extra is not None:
-            out.append(self.status_extra())
+            out.append(self.status_extra(head.height))
         return out
 
     def receipt_status(self, tx_id: bytes) -> list[Any]:

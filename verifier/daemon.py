@@ -157,11 +157,14 @@ class Verifier:
     def lag(self) -> int:
         return max(0, self.upstream_height - self.head)
 
-    def status_fields(self) -> list[Any]:
-        """The verifier part of a STATUS reply (``mpsnode.client.VerifierStatus``)."""
+    def status_fields(self, height: int) -> list[Any]:
+        """The verifier part of a STATUS reply (``mpsnode.client.VerifierStatus``) whose head is at
+        ``height``: the store holds verified blocks only, so that is also the count verified (the same
+        read as the reply's head, never a moment behind it while a commit finishes)."""
         d = self.divergence
         found = [1, d.height, d.check, d.detail[:200]] if d is not None else [0, 0, "", ""]
-        return [self.upstream, self.upstream_height, self.lag, self.head, int(self.connected), *found]
+        lag = max(0, self.upstream_height - height)
+        return [self.upstream, self.upstream_height, lag, height, int(self.connected), *found]
 
     def _saw_upstream(self, height: int) -> None:
         self.upstream_height = max(self.upstream_height, height)
