@@ -65,7 +65,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from mpsnode.replay.export import is_export
 
     if (args.file is None) == (args.home is None):
-        raise ValueError("replay takes --home DIR or an export FILE (or a divergence bundle), not both")
+        given = "both" if args.file is not None else "neither"
+        raise ValueError(f"replay takes --home DIR or an export FILE (or a divergence bundle): {given} given")
     if args.file is not None and not is_export(args.file):
         return _replay_bundle(args)
     from mpsnode.replay.engine import ExportSource, HomeSource, replay
@@ -143,10 +144,13 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _replay_bundle(args: argparse.Namespace) -> int:
+    from mpsnode.errors import DecodeError
     from verifier.divergence import Bundle, write_report
 
-    inv = Bundle.decode(Path(args.file).read_bytes())
-    bundle = inv
+    try:
+        bundle = Bundle.decode(Path(args.file).read_bytes())
+    except DecodeError as exc:
+        raise DecodeError(f"{args.file} is neither an export (mpsnode export) nor a divergence bundle: {exc}") from None
     again = bundle.rerun()
     if again is None:
         out = {"ok": True, "height": bundle.height, "note": "the bundled block passes every check"}

@@ -163,11 +163,13 @@ def test_export_replays_to_the_same_head_and_audit(chain_home, capsys, tmp_path:
     assert code == 2 and ("truncated" in err or "runs past the end" in err)
 
     code, _, err = run_cli(capsys, "replay", str(out_file), "--home", str(home))
-    assert code == 2 and "not both" in err
+    assert code == 2 and "both given" in err
+    code, _, err = run_cli(capsys, "replay")
+    assert code == 2 and "neither given" in err
     garbage = tmp_path / "garbage.bin"
     garbage.write_bytes(b"\x93\x01\x02\x03")
     code, _, err = run_cli(capsys, "replay", str(garbage))
-    assert code == 2 and "not a replay bundle" in err
+    assert code == 2 and "neither an export" in err and "not a replay bundle" in err
     code, _, err = run_cli(capsys, "replay", str(tmp_path / "missing.mps"))
     assert code == 2 and "missing.mps" in err
 
