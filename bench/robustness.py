@@ -15,6 +15,12 @@ object per run and per grid cell on stdout, and a markdown summary (stderr, or `
     python bench/robustness.py --attack sign_flip --alpha 0.5 --fraction 20
     python bench/robustness.py --diagnostics FILE    # per-round per-client statistics (calibration)
     python bench/robustness.py --param slash_direction_bps=2000   # try other genesis parameters
+    python bench/robustness.py --oracle              # also FedAvg of the honest clients alone
+
+``--oracle`` adds a third run per setup: FedAvg over the honest clients only, as if every attacker
+had been removed before round 1 (nothing real can do that). Against it the chain's loss under attack
+splits in two: no-attack FedAvg -> oracle is what the attackers' data leaving costs; oracle -> chain
+is what the rules cost (the rounds before a slash, and Multi-Krum leaving out ``f`` updates a round).
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ class Setup:
     target_bps: int = 9000
     params: tuple[tuple[str, int], ...] = ()  # genesis parameter overrides
     fedavg: bool = True
+    oracle: bool = False
     diagnostics: bool = False
 
     @property
@@ -198,8 +205,11 @@ def run_chain(setup: Setup, pop: Population) -> Outcome:
     return out
 
 
-def run_fedavg(setup: Setup, pop: Population) -> list[int]:
-    """Plain FedAvg on the same clients: every update averaged, nobody flagged, same integer model."""
+def run_fedavg(setup: Setup, pop: Population, *, honest_only: bool = False) -> list[int]:
+    """Plain FedAvg on the same clients: every update averaged, nobody flagged, same integer model.
+
+    ``honest_only``: the oracle, averaging only the clients that do not attack (all of them train).
+    """
     body = fl.create_task_body(pop.split.validation, arch=ARCH, scale_bits=SCALE_BITS, min_clients=setup.clients,
                                max_clients=setup.clients, byzantine_f=setup.byzantine_f, seed=setup.seed)
     weights = fl.weights_from_bytes(body.init_weights, ARCH)
@@ -207,9 +217,10 @@ def run_fedavg(setup: Setup, pop: Population) -> list[int]:
     learners = pop.learners()
     scratch = Outcome()
     acc = []
+    averaged = [i for i in range(setup.clients) if not (honest_only and i in pop.attackers)]
     for _ in range(setup.rounds):
         deltas = pop.round_deltas(learners, weights, range(setup.clients), scratch)
-        weights = model.aggregate(weights, np.stack([deltas[i] for i in range(setup.clients)]))
+        weights = model.aggregate(weights, np.stack([deltas[i] for i in averaged]))
         acc.append(model.accuracy_bps(weights, ARCH, SCALE_BITS, vx, vy))
     return acc
 
@@ -272,6 +283,8 @@ def run(setup: Setup) -> dict[str, Any]:
         fed = run_fedavg(setup, Population(setup))
         result["fedavg_final_accuracy_bps"] = fed[-1]
         result["fedavg_rounds_to_target"] = first_round_reaching(fed, setup.target_bps)
+    if setup.oracle:
+        result["oracle_final_accuracy_bps"] = run_fedavg(setup, Population(setup), honest_only=True)[-1]
     if setup.diagnostics:
         result["diagnostics"] = chain.diagnostics
     result["seconds"] = round(time.perf_counter() - t0, 2)
@@ -288,7 +301,8 @@ def grid(args: argparse.Namespace) -> Iterator[Setup]:
                 for seed in args.seeds:
                     yield Setup(attack, fraction, alpha, seed, clients=args.clients, rounds=args.rounds,
                                 byzantine_f=args.byzantine_f, target_bps=args.target, params=overrides,
-                                fedavg=not args.no_fedavg, diagnostics=args.diagnostics is not None)
+                                fedavg=not args.no_fedavg, oracle=args.oracle,
+                                diagnostics=args.diagnostics is not None)
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -320,6 +334,8 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             fed = [r["fedavg_final_accuracy_bps"] for r in rs]
             cell["fedavg_mean_accuracy_bps"] = round(float(np.mean(fed)))
             cell["fedavg_rounds_to_target"] = [r["fedavg_rounds_to_target"] for r in rs]
+        if "oracle_final_accuracy_bps" in rs[0]:
+            cell["oracle_mean_accuracy_bps"] = round(float(np.mean([r["oracle_final_accuracy_bps"] for r in rs])))
         out.append(cell)
     return out
 
@@ -373,6 +389,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--target", type=int, default=9000, help="accuracy target in bps for rounds-to-target")
     ap.add_argument("--param", action="append", default=[], help="genesis parameter override NAME=INT")
     ap.add_argument("--no-fedavg", action="store_true", help="skip the plain FedAvg comparison")
+    ap.add_argument("--oracle", action="store_true", help="also FedAvg of the honest clients alone (see above)")
     ap.add_argument("--quick", action="store_true", help="12 rounds, one seed")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     ap.add_argument("--markdown", help="write the markdown tables to this file (default: stderr)")
