@@ -135,22 +135,22 @@ def parse_error(msg: list[Any]) -> MpsError:
     return error_from_wire(msg[2], msg[3])
 
 
-def field_uint(msg: list[Any], index: int, what: str, max_value: int = 2**64 - 1) -> int:
+def _field(expect: Callable[..., Any], msg: list[Any], index: int, what: str, bound: int | None) -> Any:
+    """``msg[index]`` checked by ``expect``; a missing or bad field is the peer's protocol violation."""
     try:
-        return expect_uint(msg[index], what, max_value)
+        return expect(msg[index], what, bound)
     except IndexError:
         raise ProtocolViolation(f"{what}: missing") from None
     except DecodeError as exc:
         raise ProtocolViolation(exc.reason) from None
+
+
+def field_uint(msg: list[Any], index: int, what: str, max_value: int = 2**64 - 1) -> int:
+    return _field(expect_uint, msg, index, what, max_value)
 
 
 def field_bytes(msg: list[Any], index: int, what: str, length: int | None = None) -> bytes:
-    try:
-        return expect_bytes(msg[index], what, length)
-    except IndexError:
-        raise ProtocolViolation(f"{what}: missing") from None
-    except DecodeError as exc:
-        raise ProtocolViolation(exc.reason) from None
+    return _field(expect_bytes, msg, index, what, length)
 
 
 def expect_fields(msg: list[Any], n: int, what: str) -> None:
