@@ -15,8 +15,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 import genesis as genesis_tool
 from mpsnode import crypto
@@ -72,6 +75,21 @@ class Daemon:
         ready = json.loads(line)
         self.port, self.metrics_port = ready["port"], ready["metrics_port"]
         return self
+
+    def metrics_text(self) -> str:
+        """The daemon's Prometheus exposition (it must run with ``--metrics``)."""
+        assert self.metrics_port is not None, f"{self.name} runs without --metrics"
+        with urllib.request.urlopen(f"http://{LOCALHOST}:{self.metrics_port}/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
+    def metrics(self) -> dict[str, float]:
+        """Every sample, keyed as the exposition writes it: ``name`` or ``name{label="value",...}``."""
+        out = {}
+        for family in text_string_to_metric_families(self.metrics_text()):
+            for sample in family.samples:
+                labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+                out[sample.name + (f"{{{labels}}}" if labels else "")] = sample.value
+        return out
 
     def log_text(self) -> str:
         return (self.home / f"{self.name}-{self.starts}.log").read_text()

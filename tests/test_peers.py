@@ -6,10 +6,8 @@ reading) and a 64 KiB outbox, so each case resolves quickly.
 
 from __future__ import annotations
 
-import re
 import socket
 import time
-import urllib.request
 from collections.abc import Iterator
 
 import numpy as np
@@ -43,11 +41,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Daemon, Gen
 
 
 def metric(daemon: Daemon, name: str, labels: str = "") -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{daemon.metrics_port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    pattern = re.escape(name + (("{" + labels + "}") if labels else "")) + r" ([0-9.e+]+)"
-    found = re.search(r"^" + pattern + "$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    return daemon.metrics().get(name + (("{" + labels + "}") if labels else ""), 0.0)
 
 
 def wait_metric(daemon: Daemon, name: str, labels: str, ok, timeout: float = 30.0) -> float:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -36,6 +35,16 @@ def new_home(root: Path, name: str, seq_home: Path) -> Path:
     home.mkdir()
     shutil.copy(seq_home / "genesis.json", home / "genesis.json")
     return home
+
+
+def start_sequencer(tmp_path: Path, daemons: list) -> tuple[Path, Genesis, Daemon]:
+    """A devnet home under ``tmp_path/seq`` and its sequencer, running (killed at teardown)."""
+    seq_home = tmp_path / "seq"
+    g = make_home(seq_home, clients=4, params=PARAMS).genesis
+    seq = Daemon(seq_home)
+    daemons.append(seq)
+    seq.start()
+    return seq_home, g, seq
 
 
 async def transfers(address: tuple[str, int], g: Genesis, n: int, sender: str = "user") -> int:
@@ -71,27 +80,12 @@ def wait_status(address: tuple[str, int], g: Genesis, ok, timeout: float = TIMEO
         time.sleep(0.05)
 
 
-def metrics(daemon: Daemon) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://{LOCALHOST}:{daemon.metrics_port}/metrics", timeout=10) as resp:
-        text = resp.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, value = line.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
 def log_events(daemon: Daemon) -> list[dict]:
     return [json.loads(line) for line in daemon.log_text().splitlines() if line.startswith("{")]
 
 
 def test_verifiers_catch_up_follow_and_serve_onward(tmp_path: Path, daemons: list) -> None:
-    seq_home = tmp_path / "seq"
-    g = make_home(seq_home, clients=4, params=PARAMS).genesis
-    seq = Daemon(seq_home)
-    daemons.append(seq)
-    seq.start()
+    seq_home, g, seq = start_sequencer(tmp_path, daemons)
     before = trio.run(transfers, seq.address, g, 24)  # blocks a late verifier catches up on
 
     a = verifier(new_home(tmp_path, "a", seq_home), seq.address, "--metrics", f"{LOCALHOST}:0")
@@ -116,7 +110,7 @@ def test_verifiers_catch_up_follow_and_serve_onward(tmp_path: Path, daemons: lis
 
     caught = [e for e in log_events(a) if e["event"] == "caught up"]
     assert caught and caught[0]["blocks"] >= before and caught[0]["batches"] >= 1
-    m = metrics(a)
+    m = a.metrics()
     assert m["mps_verifier_height"] == head.height and m["mps_verifier_diverged"] == 0
     assert m["mps_verifier_blocks_verified_total"] == head.height and m["mps_verifier_connected"] == 1
     assert m["mps_verifier_txs_verified_total"] == 32
@@ -141,11 +135,7 @@ def test_verifiers_catch_up_follow_and_serve_onward(tmp_path: Path, daemons: lis
 
 
 def test_verifier_resumes_after_kill_and_upstream_restart(tmp_path: Path, daemons: list) -> None:
-    seq_home = tmp_path / "seq"
-    g = make_home(seq_home, clients=4, params=PARAMS).genesis
-    seq = Daemon(seq_home)
-    daemons.append(seq)
-    seq.start()
+    seq_home, g, seq = start_sequencer(tmp_path, daemons)
     seq.args += ["--listen", f"{LOCALHOST}:{seq.port}"]  # restarts keep the port the verifier follows
     v = verifier(new_home(tmp_path, "v", seq_home), seq.address)
     daemons.append(v)
@@ -172,11 +162,7 @@ def test_verifier_resumes_after_kill_and_upstream_restart(tmp_path: Path, daemon
 
 
 def test_verifier_refuses_an_upstream_on_another_chain(tmp_path: Path, daemons: list) -> None:
-    seq_home = tmp_path / "seq"
-    make_home(seq_home, clients=4, params=PARAMS)
-    seq = Daemon(seq_home)
-    daemons.append(seq)
-    seq.start()
+    _, _, seq = start_sequencer(tmp_path, daemons)
     other = tmp_path / "other"
     genesis_tool.make_network(other, clients=4, devnet_keys=True, chain_id="mps-othernet")
     v = verifier(other, seq.address)
