@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import trio
 
 import genesis as genesis_tool
-from mpsnode.client import connect
-from mpsnode.tx import Transfer, Tx
+from mpsnode.client.connection import connect
+from mpsnode.consensus.tx import Transfer, Tx
 from stf import raw_verify_rate  # bench/stf.py: the single-core ed25519 verify rate every target is relative to
 
 REPO = Path(__file__).resolve().parent.parent

@@ -31,9 +31,9 @@ import trio
 from ingest import _cpu_seconds, percentile, start_daemon, sustained_rate
 
 import genesis as genesis_tool
-from mpsnode.client import Wallet, connect
-from mpsnode.params import Params
-from mpsnode.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tx
+from mpsnode.client.connection import Wallet, connect
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tx
 
 ARCH = (3900, 256)
 N_PARAMS = ARCH[0] * ARCH[1] + ARCH[1]

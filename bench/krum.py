@@ -28,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpsnode import krum
+from mpsnode.consensus import krum
 
 MIB = 1 << 20
 WORK_BUDGET = 64 * MIB  # beyond the input and the k x k result

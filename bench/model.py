@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpsnode import model
+from mpsnode.consensus import model
 
 
 def best_of(fn: Callable[[], Any], reps: int) -> float:

@@ -44,12 +44,12 @@ import trio  # noqa: E402
 from ingest import run_load, start_daemon  # noqa: E402
 
 import genesis as genesis_tool  # noqa: E402
-from mpsnode.client import Client, Wallet, connect  # noqa: E402
-from mpsnode.model import param_count  # noqa: E402
-from mpsnode.params import Params  # noqa: E402
-from mpsnode.replay.engine import HomeSource, replay  # noqa: E402
-from mpsnode.sigverify import warm_up  # noqa: E402
-from mpsnode.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer, Tx  # noqa: E402
+from mpsnode.client.connection import Client, Wallet, connect  # noqa: E402
+from mpsnode.consensus.model import param_count  # noqa: E402
+from mpsnode.consensus.params import Params  # noqa: E402
+from verifier.replay.engine import HomeSource, replay  # noqa: E402
+from mpsnode.consensus.sigverify import warm_up  # noqa: E402
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer, Tx  # noqa: E402
 
 ARCH = (784, 128, 10)
 SAMPLES = 200
@@ -232,7 +232,7 @@ def main() -> None:
     if not outcome.ok:
         raise SystemExit(f"replay diverged: {json.dumps(outcome.report)[:2000]}")
     if args.plot:
-        from mpsnode.replay.plot import plot_audit
+        from verifier.replay.plot import plot_audit
 
         targets = {t.task_id: t.target_accuracy_bps for t in outcome.audit.tasks.values()
                    if t.target_accuracy_bps is not None}

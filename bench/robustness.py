@@ -42,13 +42,13 @@ import numpy as np  # noqa: E402
 
 import genesis as genesis_tool  # noqa: E402
 from mpsnode import fl, krum, model  # noqa: E402
-from mpsnode.chain import Chain  # noqa: E402
-from mpsnode.events import RoundClosed, Slashed  # noqa: E402
+from mpsnode.node.chain import Chain  # noqa: E402
+from mpsnode.consensus.events import RoundClosed, Slashed  # noqa: E402
 from mpsnode.fl import attacks  # noqa: E402
-from mpsnode.params import Params  # noqa: E402
-from mpsnode.state import TaskStatus  # noqa: E402
-from mpsnode.store import MemoryStore  # noqa: E402
-from mpsnode.tx import JoinTask, SignedTx, Stake, SubmitUpdate, Tx  # noqa: E402
+from mpsnode.consensus.params import Params  # noqa: E402
+from mpsnode.consensus.state import TaskStatus  # noqa: E402
+from mpsnode.node.store import MemoryStore  # noqa: E402
+from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, SubmitUpdate, Tx  # noqa: E402
 
 ARCH = fl.DEFAULT_ARCH
 SCALE_BITS = fl.DEFAULT_SCALE_BITS

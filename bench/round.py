@@ -36,13 +36,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import genesis as genesis_tool  # noqa: E402
 from mpsnode import krum, model  # noqa: E402
-from mpsnode.chain import Chain  # noqa: E402
-from mpsnode.events import RoundClosed  # noqa: E402
-from mpsnode.params import Params  # noqa: E402
-from mpsnode.smt import SparseMerkleTree  # noqa: E402
-from mpsnode.stf import round as stf_round  # noqa: E402
-from mpsnode.store import LmdbStore  # noqa: E402
-from mpsnode.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tx  # noqa: E402
+from mpsnode.node.chain import Chain  # noqa: E402
+from mpsnode.consensus.events import RoundClosed  # noqa: E402
+from mpsnode.consensus.params import Params  # noqa: E402
+from mpsnode.consensus.smt import SparseMerkleTree  # noqa: E402
+from mpsnode.consensus.stf import round as stf_round  # noqa: E402
+from mpsnode.node.store import LmdbStore  # noqa: E402
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tx  # noqa: E402
 
 
 class Timers:

@@ -25,8 +25,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpsnode.encoding import encode
-from mpsnode.smt import MemoryNodeStore, SparseMerkleTree, verify_proof
+from mpsnode.consensus.encoding import encode
+from mpsnode.consensus.smt import MemoryNodeStore, SparseMerkleTree, verify_proof
 
 BATCH = 1000
 UPDATE_BATCHES = 20

@@ -18,9 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import genesis as genesis_tool  # noqa: E402
 from mpsnode import crypto  # noqa: E402
-from mpsnode.chain import Chain  # noqa: E402
-from mpsnode.store import LmdbStore, MemoryStore  # noqa: E402
-from mpsnode.tx import Transfer, Tx  # noqa: E402
+from mpsnode.node.chain import Chain  # noqa: E402
+from mpsnode.node.store import LmdbStore, MemoryStore  # noqa: E402
+from mpsnode.consensus.tx import Transfer, Tx  # noqa: E402
 
 
 def raw_verify_rate(n: int = 5000) -> float:

@@ -16,9 +16,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mpsnode import crypto
-from mpsnode.genesis import Allocation, Genesis
-from mpsnode.params import Params
+from mpsnode.consensus import crypto
+from mpsnode.consensus.genesis import Allocation, Genesis
+from mpsnode.consensus.params import Params
 
 DEVNET_CHAIN_ID = "mps-devnet"
 DEVNET_GENESIS_TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z

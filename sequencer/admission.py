@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mpsnode.errors import (
+from mpsnode.consensus.errors import (
     AlreadyKnown,
     FeeUnpayable,
     MempoolFull,
@@ -27,8 +27,8 @@ from mpsnode.errors import (
     NonceTooFarAhead,
     SenderLimit,
 )
-from mpsnode.state import Account
-from mpsnode.tx import SignedTx
+from mpsnode.consensus.state import Account
+from mpsnode.consensus.tx import SignedTx
 from sequencer.mempool import MempoolIndex
 
 GIB, MIB = 1 << 30, 1 << 20

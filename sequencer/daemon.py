@@ -39,10 +39,10 @@ from typing import Any
 
 import trio
 
-from mpsnode import crypto
-from mpsnode.chain import Chain
-from mpsnode.encoding import decode, encode, expect_list
-from mpsnode.errors import (
+from mpsnode.consensus import crypto
+from mpsnode.node.chain import Chain
+from mpsnode.consensus.encoding import decode, encode, expect_list
+from mpsnode.consensus.errors import (
     BadSignature,
     InvalidTransaction,
     MpsError,
@@ -50,20 +50,20 @@ from mpsnode.errors import (
     ShuttingDown,
     TxTooLarge,
 )
-from mpsnode.events import RoundClosed, Slashed
-from mpsnode.genesis import Genesis
-from mpsnode.server import HeadWatch, NodeServer, ServerConfig
-from mpsnode.sigverify import verify_batch, warm_up
-from mpsnode.state import ACCOUNT, UNBONDING_QUEUE, Account, State
-from mpsnode.store import LmdbStore, Store
-from mpsnode.tx import SignedTx, decode_signed_tx, validate_transaction
-from mpsnode.wire import SEQUENCER
+from mpsnode.consensus.events import RoundClosed, Slashed
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig
+from mpsnode.consensus.sigverify import verify_batch, warm_up
+from mpsnode.consensus.state import ACCOUNT, UNBONDING_QUEUE, Account, State
+from mpsnode.node.store import LmdbStore, Store
+from mpsnode.consensus.tx import SignedTx, decode_signed_tx, validate_transaction
+from mpsnode.node.wire import SEQUENCER
 from sequencer.admission import AdmissionPolicy, check_admission
-from sequencer.log import event
+from mpsnode.node.log import event
 from sequencer.mempool import Entry, MempoolIndex
-from mpsnode.metrics import serve_metrics
+from mpsnode.node.metrics import serve_metrics
 from sequencer.metrics import Metrics
-from sequencer.writes import run_write
+from mpsnode.node.writes import run_write
 
 log = logging.getLogger("sequencer")
 
@@ -447,11 +447,11 @@ def run_daemon(home_path: str, *, listen: str | None = None, metrics: str | None
     import json
     import sys
 
-    from mpsnode.home import Home
-    from mpsnode.server import apply_node_options
-    from mpsnode.store import LmdbStore
-    from mpsnode.wire import parse_hostport
-    from sequencer.log import setup_logging
+    from mpsnode.node.home import Home
+    from mpsnode.node.server import apply_node_options
+    from mpsnode.node.store import LmdbStore
+    from mpsnode.node.wire import parse_hostport
+    from mpsnode.node.log import setup_logging
 
     setup_logging()
     home = Home.open(home_path)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from mpsnode.tx import SignedTx
+from mpsnode.consensus.tx import SignedTx
 
 
 @dataclass(slots=True, eq=False)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from mpsnode.metrics import TIME_BUCKETS, NodeMetrics
+from mpsnode.node.metrics import TIME_BUCKETS, NodeMetrics
 
 
 class Metrics(NodeMetrics):

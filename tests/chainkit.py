@@ -7,15 +7,15 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 import genesis as genesis_tool
-from mpsnode import crypto
-from mpsnode.block import Block
-from mpsnode.chain import Chain
-from mpsnode.invariants import compute_supply
-from mpsnode.params import Params
-from mpsnode.smt import compute_root_reference
-from mpsnode.stf.block import BlockResult
-from mpsnode.store import MemoryStore, Store
-from mpsnode.tx import Body, CreateTask, SignedTx, Tx
+from mpsnode.consensus import crypto
+from mpsnode.consensus.block import Block
+from mpsnode.node.chain import Chain
+from mpsnode.consensus.invariants import compute_supply
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.smt import compute_root_reference
+from mpsnode.consensus.stf.block import BlockResult
+from mpsnode.node.store import MemoryStore, Store
+from mpsnode.consensus.tx import Body, CreateTask, SignedTx, Tx
 
 
 class Kit:
@@ -65,7 +65,7 @@ def small_task(*, arch: Sequence[int] = (4, 3), samples: int = 8, f: int = 0, mi
                max_clients: int = 10, max_rounds: int = 3, join_blocks: int = 2, round_blocks: int = 3,
                fee_per_round: int = 100, scale_bits: int = 8, seed: int = 0,
                target_accuracy_bps: int = 5000) -> CreateTask:
-    from mpsnode.model import param_count
+    from mpsnode.consensus.model import param_count
 
     rng = np.random.default_rng(seed)
     n = param_count(arch)

@@ -22,11 +22,11 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 import genesis as genesis_tool
-from mpsnode import crypto
-from mpsnode.encoding import decode
-from mpsnode.genesis import Genesis
-from mpsnode.params import Params
-from mpsnode.wire import LENGTH, PROTOCOL_VERSION, Msg, encode_frame
+from mpsnode.consensus import crypto
+from mpsnode.consensus.encoding import decode
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.params import Params
+from mpsnode.node.wire import LENGTH, PROTOCOL_VERSION, Msg, encode_frame
 
 REPO = Path(__file__).resolve().parent.parent
 LOCALHOST = "127.0.0.1"

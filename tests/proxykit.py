@@ -30,12 +30,12 @@ from typing import Any
 import trio
 
 import genesis as genesis_tool
-from mpsnode import crypto
-from mpsnode.block import Block, Header, compute_tx_root, decode_block, decode_header, sign_header
-from mpsnode.hashing import H
-from mpsnode.params import Params
-from mpsnode.tx import Kind, SignedTx, SubmitUpdate
-from mpsnode.wire import BLOCK_PUSH, REPLY, FrameReader, Msg, decode_message, encode_frame, max_reply_frame
+from mpsnode.consensus import crypto
+from mpsnode.consensus.block import Block, Header, compute_tx_root, decode_block, decode_header, sign_header
+from mpsnode.consensus.hashing import H
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.tx import Kind, SignedTx, SubmitUpdate
+from mpsnode.node.wire import BLOCK_PUSH, REPLY, FrameReader, Msg, decode_message, encode_frame, max_reply_frame
 from verifier import checks
 
 OTHER_CHAIN = "mps-othernet"

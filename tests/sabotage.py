@@ -19,7 +19,7 @@ from typing import Any
 
 
 def _no_slash() -> None:
-    import mpsnode.stf.round as rules
+    import mpsnode.consensus.stf.round as rules
 
     def slash_participant(*args: Any, **kwargs: Any) -> list:
         return []
@@ -28,7 +28,7 @@ def _no_slash() -> None:
 
 
 def _pay_wrong_client() -> None:
-    import mpsnode.stf.round as rules
+    import mpsnode.consensus.stf.round as rules
 
     honest = rules.complete_task
 
@@ -47,6 +47,6 @@ RULES = {"no_slash": _no_slash, "pay_wrong_client": _pay_wrong_client}
 
 if __name__ == "__main__":
     RULES[sys.argv[1]]()
-    from mpsnode.cli import main
+    from mpsnode.cli.main import main
 
     sys.exit(main(sys.argv[2:]))

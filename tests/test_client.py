@@ -20,9 +20,9 @@ import trio
 from nodekit import LOCALHOST, REPO, Daemon, make_home
 
 from mpsnode import fl
-from mpsnode.cli_client import digits_split, learner_seed
-from mpsnode.client import Client, Wallet, connect
-from mpsnode.clientd import (
+from mpsnode.cli.client import digits_split, learner_seed
+from mpsnode.client.connection import Client, Wallet, connect
+from mpsnode.client.daemon import (
     ClientConfig,
     ClientEvent,
     ClientResult,
@@ -31,12 +31,12 @@ from mpsnode.clientd import (
     run_client,
     signed_update,
 )
-from mpsnode.errors import WrongNetwork
-from mpsnode.events import TaskCreated
-from mpsnode.hashing import MODEL, H
-from mpsnode.params import Params
-from mpsnode.state import TaskStatus
-from mpsnode.tx import JoinTask, Kind, Stake, SubmitUpdate
+from mpsnode.consensus.errors import WrongNetwork
+from mpsnode.consensus.events import TaskCreated
+from mpsnode.consensus.hashing import MODEL, H
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.state import TaskStatus
+from mpsnode.consensus.tx import JoinTask, Kind, Stake, SubmitUpdate
 
 PARAMS = Params(block_time_ms=50)
 N_CLIENTS = 5

@@ -25,14 +25,14 @@ import pytest
 import trio
 from nodekit import Daemon, make_home
 
-from mpsnode.block import decode_block
-from mpsnode.chain import Chain
-from mpsnode.client import ConnectionLost, Wallet, connect
-from mpsnode.errors import MpsError
-from mpsnode.params import Params
-from mpsnode.receipt import encode_receipts
-from mpsnode.store import LmdbStore, MemoryStore
-from mpsnode.tx import Transfer
+from mpsnode.consensus.block import decode_block
+from mpsnode.node.chain import Chain
+from mpsnode.client.connection import ConnectionLost, Wallet, connect
+from mpsnode.consensus.errors import MpsError
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.receipt import encode_receipts
+from mpsnode.node.store import LmdbStore, MemoryStore
+from mpsnode.consensus.tx import Transfer
 
 SENDERS = 12
 PER_WALLET_INFLIGHT = 8

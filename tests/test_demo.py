@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from nodekit import REPO
 
-from mpsnode.demo import DemoOptions, run_demo
+from mpsnode.demo.run import DemoOptions, run_demo
 
 
 def _env() -> dict[str, str]:

@@ -24,13 +24,13 @@ import numpy as np
 import pytest
 
 from chainkit import Kit
-from mpsnode import model
-from mpsnode.block import decode_block
-from mpsnode.events import RoundClosed, Slashed, TaskCompleted, TaskExpired
-from mpsnode.params import Params
-from mpsnode.receipt import decode_receipts
-from mpsnode.state import TaskStatus
-from mpsnode.tx import CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate
+from mpsnode.consensus import model
+from mpsnode.consensus.block import decode_block
+from mpsnode.consensus.events import RoundClosed, Slashed, TaskCompleted, TaskExpired
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.receipt import decode_receipts
+from mpsnode.consensus.state import TaskStatus
+from mpsnode.consensus.tx import CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH = (16, 24, 10)
@@ -38,10 +38,10 @@ N = model.param_count(ARCH)
 
 REPLAY = """
 import json, sys
-from mpsnode.block import decode_block
-from mpsnode.chain import Chain
-from mpsnode.genesis import Genesis
-from mpsnode.store import MemoryStore
+from mpsnode.consensus.block import decode_block
+from mpsnode.node.chain import Chain
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.node.store import MemoryStore
 
 genesis = Genesis.load(sys.argv[1])
 chain = Chain(MemoryStore(), genesis)

@@ -34,13 +34,13 @@ from nodekit import LOCALHOST, REPO, Daemon, make_home, verifier
 from proxykit import ALTERATIONS
 
 import genesis as genesis_tool
-from mpsnode import model
-from mpsnode.client import Client, Status, Wallet, connect
-from mpsnode.events import RoundClosed
-from mpsnode.genesis import Genesis
-from mpsnode.params import Params
-from mpsnode.smt import MemoryNodeStore, SparseMerkleTree, compute_value_hash, verify_proof
-from mpsnode.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer
+from mpsnode.consensus import model
+from mpsnode.client.connection import Client, Status, Wallet, connect
+from mpsnode.consensus.events import RoundClosed
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.smt import MemoryNodeStore, SparseMerkleTree, compute_value_hash, verify_proof
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer
 from verifier import checks
 from verifier.daemon import EXIT_DIVERGED
 from verifier.divergence import claimed_value_hash

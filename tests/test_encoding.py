@@ -7,13 +7,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpsnode import crypto
-from mpsnode.block import Block, Header, decode_block, sign_header
-from mpsnode.encoding import decode, encode
-from mpsnode.errors import BlockDecodeError, DecodeError, InvalidBlock, InvalidTransaction
-from mpsnode.events import EVENT_TYPES, decode_event
-from mpsnode.receipt import Receipt
-from mpsnode.tx import (
+from mpsnode.consensus import crypto
+from mpsnode.consensus.block import Block, Header, decode_block, sign_header
+from mpsnode.consensus.encoding import decode, encode
+from mpsnode.consensus.errors import BlockDecodeError, DecodeError, InvalidBlock, InvalidTransaction
+from mpsnode.consensus.events import EVENT_TYPES, decode_event
+from mpsnode.consensus.receipt import Receipt
+from mpsnode.consensus.tx import (
     CreateTask,
     JoinTask,
     SignedTx,

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 from chainkit import Kit
-from mpsnode import fl, model
-from mpsnode.errors import InvalidField
-from mpsnode.events import RoundClosed
+from mpsnode import fl
+from mpsnode.consensus import model
+from mpsnode.consensus.errors import InvalidField
+from mpsnode.consensus.events import RoundClosed
 from mpsnode.fl import attacks, mlp
-from mpsnode.state import TaskStatus
-from mpsnode.tx import CreateTask, JoinTask, Stake, SubmitUpdate
+from mpsnode.consensus.state import TaskStatus
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate
 
 ARCH = (64, 32, 10)
 S = 12

@@ -9,8 +9,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mpsnode import krum
-from mpsnode.krum import (
+from mpsnode.consensus import krum
+from mpsnode.consensus.krum import (
     KrumResult,
     compute_krum_result,
     distance_matrix,

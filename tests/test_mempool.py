@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import genesis as genesis_tool
-from mpsnode.errors import (
+from mpsnode.consensus.errors import (
     AlreadyKnown,
     FeeUnpayable,
     MempoolFull,
@@ -14,8 +14,8 @@ from mpsnode.errors import (
     NonceTooFarAhead,
     SenderLimit,
 )
-from mpsnode.state import Account
-from mpsnode.tx import SignedTx, Transfer, Tx
+from mpsnode.consensus.state import Account
+from mpsnode.consensus.tx import SignedTx, Transfer, Tx
 from sequencer.admission import AdmissionPolicy, check_admission
 from sequencer.mempool import Entry, MempoolIndex
 

@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numba import njit
 
-from mpsnode import model
-from mpsnode.model import (
+from mpsnode.consensus import model
+from mpsnode.consensus.model import (
     WEIGHT_CLAMP,
     accuracy_bps,
     accuracy_bps_reference,

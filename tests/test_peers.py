@@ -15,13 +15,13 @@ import pytest
 import trio
 from nodekit import Daemon, hello_frame, make_home, raw_connect, read_message, read_until_closed
 
-from mpsnode.client import Wallet, connect
-from mpsnode.encoding import encode
-from mpsnode.errors import FrameTooLarge, ProtocolViolation
-from mpsnode.genesis import Genesis
-from mpsnode.params import Params
-from mpsnode.tx import CreateTask, Transfer
-from mpsnode.wire import ERROR, LENGTH, REPLY, Msg, encode_frame
+from mpsnode.client.connection import Wallet, connect
+from mpsnode.consensus.encoding import encode
+from mpsnode.consensus.errors import FrameTooLarge, ProtocolViolation
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.tx import CreateTask, Transfer
+from mpsnode.node.wire import ERROR, LENGTH, REPLY, Msg, encode_frame
 
 PARAMS = Params(block_time_ms=50)
 TIMEOUTS = ["--handshake-timeout", "1", "--frame-timeout", "1", "--slow-peer-timeout", "1",

@@ -15,18 +15,18 @@ import pytest
 from chainkit import Kit
 
 import genesis as genesis_tool
-import mpsnode.stf.round as round_rules
-from mpsnode import model
-from mpsnode.block import Header, decode_block, sign_header
-from mpsnode.cli import main
-from mpsnode.encoding import decode
-from mpsnode.events import Event, Rewarded, RoundClosed, Slashed, decode_event
-from mpsnode.hashing import H
-from mpsnode.replay import engine
-from mpsnode.replay.export import BLOCK, LENGTH, MAGIC
-from mpsnode.smt import SparseMerkleTree, verify_proof
-from mpsnode.store import LmdbStore
-from mpsnode.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer
+import mpsnode.consensus.stf.round as round_rules
+from mpsnode.consensus import model
+from mpsnode.consensus.block import Header, decode_block, sign_header
+from mpsnode.cli.main import main
+from mpsnode.consensus.encoding import decode
+from mpsnode.consensus.events import Event, Rewarded, RoundClosed, Slashed, decode_event
+from mpsnode.consensus.hashing import H
+from verifier.replay import engine
+from mpsnode.node.export import BLOCK, LENGTH, MAGIC
+from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
+from mpsnode.node.store import LmdbStore
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer
 from verifier import checks
 
 ARCH = (4, 5, 3)

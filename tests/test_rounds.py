@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from chainkit import Kit, small_task
-from mpsnode import krum, model
-from mpsnode.events import (
+from mpsnode.consensus import krum, model
+from mpsnode.consensus.events import (
     Jailed,
     ParticipantRemoved,
     Refunded,
@@ -20,8 +20,8 @@ from mpsnode.events import (
     TaskCompleted,
     TaskExpired,
 )
-from mpsnode.state import TaskStatus
-from mpsnode.tx import JoinTask, Stake, SubmitUpdate, Unstake
+from mpsnode.consensus.state import TaskStatus
+from mpsnode.consensus.tx import JoinTask, Stake, SubmitUpdate, Unstake
 
 ARCH = (4, 5, 3)
 N = model.param_count(ARCH)
@@ -171,7 +171,7 @@ def test_replay_agrees_on_scored_rounds(seed: int) -> None:
                 builder.chain.state().get_task(task_id).status == TaskStatus.ACTIVE:
             builder.block()
     for h in range(1, builder.chain.head.height + 1):
-        from mpsnode.block import decode_block
+        from mpsnode.consensus.block import decode_block
 
         follower.chain.apply(decode_block(builder.store.get_block(h)))
     assert follower.chain.head == builder.chain.head

@@ -18,9 +18,9 @@ import trio
 from chainkit import small_task
 from nodekit import REPO, Daemon, make_home
 
-from mpsnode import crypto
-from mpsnode.client import Client, Wallet, connect, make_tx
-from mpsnode.errors import (
+from mpsnode.consensus import crypto
+from mpsnode.client.connection import Client, Wallet, connect, make_tx
+from mpsnode.consensus.errors import (
     AlreadyKnown,
     BadSignature,
     DecodeError,
@@ -33,11 +33,11 @@ from mpsnode.errors import (
     WrongChain,
     WrongNetwork,
 )
-from mpsnode.genesis import Genesis
-from mpsnode.params import Params
-from mpsnode.state import TaskStatus
-from mpsnode.tx import JoinTask, Stake, Transfer, Tx
-from mpsnode.wire import Msg
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.state import TaskStatus
+from mpsnode.consensus.tx import JoinTask, Stake, Transfer, Tx
+from mpsnode.node.wire import Msg
 
 PARAMS = Params(block_time_ms=50)
 

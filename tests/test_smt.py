@@ -10,9 +10,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mpsnode.encoding import decode, encode
-from mpsnode.hashing import SMT_KEY, SMT_LEAF, SMT_NODE, SMT_VAL, ZERO32, H
-from mpsnode.smt import (
+from mpsnode.consensus.encoding import decode, encode
+from mpsnode.consensus.hashing import SMT_KEY, SMT_LEAF, SMT_NODE, SMT_VAL, ZERO32, H
+from mpsnode.consensus.smt import (
     MemoryNodeStore,
     Proof,
     SparseMerkleTree,

@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from chainkit import Kit, random_delta, small_task
-from mpsnode import errors
-from mpsnode.block import Header, sign_header
-from mpsnode.errors import (
+from mpsnode.consensus import errors
+from mpsnode.consensus.block import Header, sign_header
+from mpsnode.consensus.errors import (
     BadBlockSignature,
     BadTimestamp,
     BlockHasInvalidTx,
@@ -22,7 +22,7 @@ from mpsnode.errors import (
     WrongHeight,
     WrongParent,
 )
-from mpsnode.events import (
+from mpsnode.consensus.events import (
     RoundClosed,
     RoundOpened,
     TaskExpired,
@@ -30,10 +30,10 @@ from mpsnode.events import (
     UnbondingReleased,
     Unjailed,
 )
-from mpsnode.model import param_count
-from mpsnode.state import TaskStatus
-from mpsnode.stf.task import EXPIRED_MAX_ROUNDS, EXPIRED_NOT_ENOUGH_CLIENTS
-from mpsnode.tx import JoinTask, Stake, SubmitUpdate, Transfer, Tx, Unstake
+from mpsnode.consensus.model import param_count
+from mpsnode.consensus.state import TaskStatus
+from mpsnode.consensus.stf.task import EXPIRED_MAX_ROUNDS, EXPIRED_NOT_ENOUGH_CLIENTS
+from mpsnode.consensus.tx import JoinTask, Stake, SubmitUpdate, Transfer, Tx, Unstake
 
 
 @pytest.fixture
@@ -194,8 +194,8 @@ def test_submit_update_rules_void_rounds_and_expiry(kit: Kit) -> None:
 
 
 def test_jailed_account_unjails_on_top_up(kit: Kit) -> None:
-    from mpsnode.stf.block import process_transaction
-    from mpsnode.stf.env import BlockEnv
+    from mpsnode.consensus.stf.block import process_transaction
+    from mpsnode.consensus.stf.env import BlockEnv
 
     a = kit.clients[0]
     state = kit.chain.state()
@@ -256,7 +256,7 @@ def test_apply_rejects_bad_sequencer_signature_and_invalid_tx() -> None:
     k = Kit()
     stx = k.tx(k.clients[0], Stake(100), nonce=1)
     header = Header(k.genesis.chain_id, 1, k.chain.head.block_hash, k.time_ms + 5, bytes(32), bytes(32), bytes(32))
-    from mpsnode.block import compute_tx_root
+    from mpsnode.consensus.block import compute_tx_root
 
     header = replace(header, tx_root=compute_tx_root((stx,)))
     with pytest.raises(BlockHasInvalidTx) as info:

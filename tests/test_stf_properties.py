@@ -10,9 +10,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from chainkit import Kit, random_delta, small_task
-from mpsnode.model import param_count
-from mpsnode.store import LmdbStore
-from mpsnode.tx import JoinTask, Stake, SubmitUpdate, Transfer, Unstake
+from mpsnode.consensus.model import param_count
+from mpsnode.node.store import LmdbStore
+from mpsnode.consensus.tx import JoinTask, Stake, SubmitUpdate, Transfer, Unstake
 
 N_CLIENTS = 6
 amounts = st.one_of(st.integers(1, 3000), st.integers(1, 2_000_000))

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mpsnode.errors import DecodeError, StoreError, StoreFull
-from mpsnode.store import (
+from mpsnode.consensus.errors import DecodeError, StoreError, StoreFull
+from mpsnode.node.store import (
     MAX_KEY_SIZE,
     BlockCommit,
     Head,
@@ -410,7 +410,7 @@ def test_lmdb_readonly_refuses_writes(tmp_path: Path) -> None:
 
 READER = textwrap.dedent("""
     import sys
-    from mpsnode.store import LmdbStore, BlockCommit, Head
+    from mpsnode.node.store import LmdbStore, BlockCommit, Head
     with LmdbStore(sys.argv[1], readonly=True) as ro:
         view = ro.snapshot()
         print("ready", ro.head().height, flush=True)

@@ -32,7 +32,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from mpsnode.store import LmdbStore
+from mpsnode.node.store import LmdbStore
 
 REPO = Path(__file__).resolve().parent.parent
 KEYS = 1200
@@ -40,9 +40,9 @@ KEYS = 1200
 CHILD = textwrap.dedent("""
     import hashlib, random, sys
     import msgpack
-    from mpsnode.hashing import HEADER, H, ZERO32
-    from mpsnode.smt import SparseMerkleTree
-    from mpsnode.store import BlockCommit, Head, LmdbStore
+    from mpsnode.consensus.hashing import HEADER, H, ZERO32
+    from mpsnode.consensus.smt import SparseMerkleTree
+    from mpsnode.node.store import BlockCommit, Head, LmdbStore
 
     path, seed, n_keys = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     rng = random.Random(seed)
@@ -103,8 +103,8 @@ def check_store(path: Path, low: int, high: int, replay: Replay, rng: random.Ran
     ``low..high`` bounds the head: at least every block whose commit returned, at most one more.
     ``replay`` is advanced to the head.
     """
-    from mpsnode.hashing import HEADER, H  # noqa: I001 - mpsnode.smt may land after this file
-    from mpsnode.smt import SparseMerkleTree, compute_root_reference, verify_proof
+    from mpsnode.consensus.hashing import HEADER, H  # noqa: I001 - mpsnode.smt may land after this file
+    from mpsnode.consensus.smt import SparseMerkleTree, compute_root_reference, verify_proof
 
     with LmdbStore(path) as store:
         head = store.head()

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 import genesis as genesis_tool
-from mpsnode import errors
-from mpsnode import krum, model
-from mpsnode.block import decode_block
-from mpsnode.chain import Chain
-from mpsnode.genesis import Genesis
-from mpsnode.events import RoundClosed
-from mpsnode.store import MemoryStore
-from mpsnode.tx import SubmitUpdate
+from mpsnode.consensus import errors
+from mpsnode.consensus import krum, model
+from mpsnode.consensus.block import decode_block
+from mpsnode.node.chain import Chain
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.events import RoundClosed
+from mpsnode.node.store import MemoryStore
+from mpsnode.consensus.tx import SubmitUpdate
 from vectors.generate import model_hashes
 
 VECTORS = Path(__file__).parent / "vectors"

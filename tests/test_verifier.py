@@ -18,12 +18,12 @@ import trio
 from nodekit import LOCALHOST, Daemon, make_home, verifier
 
 import genesis as genesis_tool
-from mpsnode.client import Wallet, connect
-from mpsnode.errors import NotSupported
-from mpsnode.genesis import Genesis
-from mpsnode.params import Params
-from mpsnode.state import account_key
-from mpsnode.tx import Transfer
+from mpsnode.client.connection import Wallet, connect
+from mpsnode.consensus.errors import NotSupported
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.state import account_key
+from mpsnode.consensus.tx import Transfer
 from verifier.divergence import claimed_value_hash
 
 PARAMS = Params(block_time_ms=50)

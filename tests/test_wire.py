@@ -9,8 +9,8 @@ import pytest
 import trio
 import trio.testing
 
-from mpsnode import crypto
-from mpsnode.errors import (
+from mpsnode.consensus import crypto
+from mpsnode.consensus.errors import (
     ERROR_CODES,
     FrameTooLarge,
     MpsError,
@@ -18,9 +18,9 @@ from mpsnode.errors import (
     ProtocolViolation,
     SlowPeer,
 )
-from mpsnode.merkle import list_proof, list_root, verify_list_proof
-from mpsnode.sigverify import verify_batch
-from mpsnode.wire import (
+from mpsnode.consensus.merkle import list_proof, list_root, verify_list_proof
+from mpsnode.consensus.sigverify import verify_batch
+from mpsnode.node.wire import (
     ERROR,
     LENGTH,
     FrameReader,

@@ -35,8 +35,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from mpsnode.block import Block, Header, compute_tx_root, decode_block
-from mpsnode.errors import (
+from mpsnode.consensus.block import Block, Header, compute_tx_root, decode_block
+from mpsnode.consensus.errors import (
     BadTimestamp,
     BlockDecodeError,
     BlockHasInvalidTx,
@@ -52,12 +52,12 @@ from mpsnode.errors import (
     WrongHeight,
     WrongParent,
 )
-from mpsnode.sigverify import verify_batch
-from mpsnode.smt import SparseMerkleTree
-from mpsnode.state import Config, State
-from mpsnode.stf.block import BlockResult, execute_block, validate_header
-from mpsnode.stf.env import BlockEnv
-from mpsnode.tx import validate_transaction
+from mpsnode.consensus.sigverify import verify_batch
+from mpsnode.consensus.smt import SparseMerkleTree
+from mpsnode.consensus.state import Config, State
+from mpsnode.consensus.stf.block import BlockResult, execute_block, validate_header
+from mpsnode.consensus.stf.env import BlockEnv
+from mpsnode.consensus.tx import validate_transaction
 
 CANONICAL_ENCODING = "canonical_encoding"
 SEQUENCER_SIGNATURE = "sequencer_signature"
@@ -108,7 +108,7 @@ def verify_signatures(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]
     (the kernel runs outside the GIL), which halves a big block's wait on a free core.
     """
     if len(items) < BATCH_MIN:
-        from mpsnode import crypto
+        from mpsnode.consensus import crypto
 
         return [crypto.verify(a, m, s) for a, m, s in items]
     if len(items) < SPLIT_MIN:

@@ -39,20 +39,20 @@ from typing import Any
 
 import trio
 
-from mpsnode.block import Block
-from mpsnode.chain import Chain
-from mpsnode.client import Client, ConnectionLost, connect
-from mpsnode.errors import Divergence, MpsError, ProtocolViolation, VerificationFailed, WrongNetwork
-from mpsnode.genesis import Genesis
-from mpsnode.server import HeadWatch, NodeServer, ServerConfig
-from mpsnode.smt import Proof, SparseMerkleTree
-from mpsnode.state import State
-from mpsnode.stf.block import BlockResult
-from mpsnode.store import LmdbStore, StoreView
-from mpsnode.wire import VERIFIER, Msg
-from sequencer.log import event
-from mpsnode.metrics import serve_metrics
-from sequencer.writes import run_write
+from mpsnode.consensus.block import Block
+from mpsnode.node.chain import Chain
+from mpsnode.client.connection import Client, ConnectionLost, connect
+from mpsnode.consensus.errors import Divergence, MpsError, ProtocolViolation, VerificationFailed, WrongNetwork
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig
+from mpsnode.consensus.smt import Proof, SparseMerkleTree
+from mpsnode.consensus.state import State
+from mpsnode.consensus.stf.block import BlockResult
+from mpsnode.node.store import LmdbStore, StoreView
+from mpsnode.node.wire import VERIFIER, Msg
+from mpsnode.node.log import event
+from mpsnode.node.metrics import serve_metrics
+from mpsnode.node.writes import run_write
 from verifier.checks import Prechecked, check_block, execute_checked, precheck_many
 from verifier.divergence import ClaimedProofs, Investigation, write_report
 from verifier.metrics import VerifierMetrics
@@ -473,10 +473,10 @@ def run_daemon(home_path: str, *, upstream: str, genesis_file: str | None = None
     import json
     import sys
 
-    from mpsnode.home import Home
-    from mpsnode.server import apply_node_options
-    from mpsnode.wire import parse_hostport
-    from sequencer.log import setup_logging
+    from mpsnode.node.home import Home
+    from mpsnode.node.server import apply_node_options
+    from mpsnode.node.wire import parse_hostport
+    from mpsnode.node.log import setup_logging
 
     setup_logging()
     prepare_home(home_path, genesis_file)

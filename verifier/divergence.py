@@ -25,14 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mpsnode.block import Block, Header, decode_header
-from mpsnode.encoding import decode, encode, expect_bytes, expect_list, expect_uint
-from mpsnode.errors import DecodeError, Divergence, MpsError, StoreError
-from mpsnode.events import Event
-from mpsnode.genesis import Genesis
-from mpsnode.hashing import ZERO32
-from mpsnode.receipt import Receipt, decode_receipts, receipts_root
-from mpsnode.smt import (
+from mpsnode.consensus.block import Block, Header, decode_header
+from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_uint
+from mpsnode.consensus.errors import DecodeError, Divergence, MpsError, StoreError
+from mpsnode.consensus.events import Event
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.hashing import ZERO32
+from mpsnode.consensus.receipt import Receipt, decode_receipts, receipts_root
+from mpsnode.consensus.smt import (
     DEPTH,
     Proof,
     SparseMerkleTree,
@@ -42,7 +42,7 @@ from mpsnode.smt import (
     compute_node_hash,
     compute_value_hash,
 )
-from mpsnode.state import (
+from mpsnode.consensus.state import (
     ACCOUNT,
     CONFIG_KEY,
     DUPLICATE,

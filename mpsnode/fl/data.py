@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpsnode import model
+from mpsnode.consensus import model
 
 INT16_MAX = (1 << 15) - 1
 MAX_CLASSES = 256  # labels travel as uint8 in CREATE_TASK

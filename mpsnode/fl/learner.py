@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mpsnode import model
+from mpsnode.consensus import model
 from mpsnode.fl import mlp
 from mpsnode.fl.data import Dataset
 

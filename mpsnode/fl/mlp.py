@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mpsnode import model
+from mpsnode.consensus import model
 
 
 def _layers(params: np.ndarray, arch: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -24,13 +24,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
 import genesis as genesis_tool  # noqa: E402
-from mpsnode.block import Block, compute_tx_root, sign_header  # noqa: E402
-from mpsnode.chain import Chain  # noqa: E402
-from mpsnode.hashing import MODEL, H  # noqa: E402
-from mpsnode.model import param_count, predict_reference  # noqa: E402
-from mpsnode.params import Params  # noqa: E402
-from mpsnode.store import MemoryStore  # noqa: E402
-from mpsnode.tx import CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate, Transfer, Tx, Unstake  # noqa: E402
+from mpsnode.consensus.block import Block, compute_tx_root, sign_header  # noqa: E402
+from mpsnode.node.chain import Chain  # noqa: E402
+from mpsnode.consensus.hashing import MODEL, H  # noqa: E402
+from mpsnode.consensus.model import param_count, predict_reference  # noqa: E402
+from mpsnode.consensus.params import Params  # noqa: E402
+from mpsnode.node.store import MemoryStore  # noqa: E402
+from mpsnode.consensus.tx import CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate, Transfer, Tx, Unstake  # noqa: E402
 
 PARAMS = Params(unbonding_blocks=3, min_stake=1000)
 CLIENTS = 6
@@ -75,7 +75,7 @@ class Builder:
 
     def next_header(self, txs: tuple[SignedTx, ...]):  # noqa: ANN201
         """A header on top of the head whose tx_root fits ``txs`` (other roots zero)."""
-        from mpsnode.block import Header
+        from mpsnode.consensus.block import Header
 
         head = self.chain.head_header
         return Header(head.chain_id, head.height + 1, head.hash(), head.timestamp_ms + 1000,
@@ -228,7 +228,7 @@ def case_invalid_wrong_state_root(b: Builder) -> dict:
     # build the honest block on a scratch chain, then lie about the state root only
     scratch = Chain(MemoryStore(), b.genesis)
     for hexblock in b.blocks:
-        from mpsnode.block import decode_block
+        from mpsnode.consensus.block import decode_block
 
         scratch.apply(decode_block(bytes.fromhex(hexblock)))
     honest, _, _ = scratch.build([stx], b.chain.head_header.timestamp_ms + 1000, b.keys["sequencer"])

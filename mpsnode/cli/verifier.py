@@ -1,0 +1,202 @@
+"""``mpsnode verifier``, ``mpsnode export`` and ``mpsnode replay``: checking a chain without trusting it.
+
+``replay`` exits 0 when every root matched, 1 at the first divergence (printing the same report the
+verifier daemon writes), 2 on bad input. ``verifier`` exits 0 on SIGINT/SIGTERM and, with
+``--exit-on-divergence``, 3 once it found and reported a divergence.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from mpsnode.cli.node import add_server_arguments, server_options
+
+EXIT_DIVERGED_REPLAY = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# verifier
+
+
+def cmd_verifier(args: argparse.Namespace) -> int:
+    from verifier.daemon import run_daemon
+
+    return run_daemon(args.home, upstream=args.upstream, genesis_file=args.genesis, listen=args.listen,
+                      metrics=args.metrics, exit_on_divergence=args.exit_on_divergence,
+                      server=server_options(args))
+
+
+# ---------------------------------------------------------------------------------------------
+# export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mpsnode.node.home import Home
+    from mpsnode.node.export import export_store
+    from mpsnode.node.store import LmdbStore
+
+    home = Home.open(args.home)
+    if not home.data_path.exists():
+        raise FileNotFoundError(f"{home.data_path} holds no chain yet: start a node on this home first")
+    store = LmdbStore(home.data_path, map_size=home.map_size, readonly=True)
+    try:
+        summary = export_store(store, home.genesis(), args.out)
+    finally:
+        store.close()
+    out = {"out": str(summary.path), "blocks": summary.blocks, "head_height": summary.head_height,
+           "head_hash": summary.head_hash.hex(), "bytes": summary.bytes}
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        print(f"exported {summary.blocks} blocks (head {summary.head_height} "
+              f"{summary.head_hash.hex()[:16]}...) to {summary.path}, {summary.bytes} bytes")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# replay
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from mpsnode.node.export import is_export
+
+    if (args.file is None) == (args.home is None):
+        given = "both" if args.file is not None else "neither"
+        raise ValueError(f"replay takes --home DIR or an export FILE (or a divergence bundle): {given} given")
+    if args.file is not None and not is_export(args.file):
+        return _replay_bundle(args)
+    from verifier.replay.engine import ExportSource, HomeSource, replay
+
+    source = HomeSource(args.home) if args.home else ExportSource(args.file)
+    try:
+        outcome = replay(source, progress=args.progress)
+        if not outcome.ok and args.reports and outcome.investigation is not None:
+            from verifier.divergence import write_report
+
+            assert outcome.report is not None
+            write_report(args.reports, outcome.report, outcome.investigation.bundle(outcome.claimed))
+    finally:
+        source.close()
+    if args.plot:
+        from verifier.replay.plot import plot_audit
+
+        targets = {t.task_id: t.target_accuracy_bps for t in outcome.audit.tasks.values()
+                   if t.target_accuracy_bps is not None}
+        plot_audit(outcome.audit, args.plot, targets)
+    if args.json:
+        out = outcome.to_json()
+        if args.plot:
+            out["plot"] = args.plot
+        print(json.dumps(out, indent=2))
+    else:
+        _print_outcome(outcome, source.description, args)
+    return 0 if outcome.ok else EXIT_DIVERGED_REPLAY
+
+
+def _print_outcome(outcome: Any, description: str, args: argparse.Namespace) -> None:
+    rate = f"{outcome.blocks / outcome.seconds:.1f} blocks/s" if outcome.seconds else ""
+    head = outcome.head
+    if outcome.ok:
+        print(f"replayed {outcome.blocks} blocks ({outcome.txs} txs) of {description} from genesis in a "
+              f"fresh state in {outcome.seconds:.2f} s ({rate}): every root matches")
+        print(f"head {head.height} {head.hash().hex()}  state root {head.state_root.hex()}")
+    else:
+        print(f"replayed {outcome.blocks} blocks of {description}: every root matches up to height "
+              f"{head.height}")
+        print(format_report(outcome.report))
+        if args.reports:
+            print(f"report written to {Path(args.reports) / (str(outcome.report['height']) + '.json')}")
+    print()
+    print(outcome.audit.format_text())
+    if args.plot:
+        print(f"\nplot written to {args.plot}")
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A divergence report in a few lines (the JSON holds everything)."""
+    lines = [f"DIVERGENCE at height {report['height']} (block {str(report['block_hash'])[:16]}...): "
+             f"{report['check']}: {report['reason']}",
+             f"  computed locally:  {json.dumps(report['computed'])}",
+             f"  claimed by header: {json.dumps(report['claimed'])}"]
+    for name, root in (report.get("roots") or {}).items():
+        mark = "ok" if root["match"] else "MISMATCH"
+        lines.append(f"  {name:<14} {mark:<8} computed {root['computed'][:16]}...  "
+                     f"claimed {root['claimed'][:16]}...")
+    receipts = report.get("receipts")
+    if receipts:
+        lines.append(f"  receipts: {len(receipts['differ'])} differ (claimed receipts match the header: "
+                     f"{receipts['claimed_match_header']})")
+        for entry in receipts["differ"][:5]:
+            only_c = ", ".join(e["event"] for e in entry.get("events_only_computed", []))
+            only_h = ", ".join(e["event"] for e in entry.get("events_only_claimed", []))
+            lines.append(f"    #{entry['index']}: only computed [{only_c}]  only claimed [{only_h}]")
+    state = report.get("state")
+    if state and not state["match"]:
+        lines.append(f"  state: {len(state['diverging'])} diverging keys of {state['keys_compared']} compared"
+                     + (f" ({state['note']})" if state.get("note") else ""))
+        for entry in state["diverging"][:8]:
+            lines.append(f"    {entry['what']}: computed {json.dumps(entry['computed_value'])}")
+    return "\n".join(lines)
+
+
+def _replay_bundle(args: argparse.Namespace) -> int:
+    from mpsnode.consensus.errors import DecodeError
+    from verifier.divergence import Bundle, write_report
+
+    try:
+        bundle = Bundle.decode(Path(args.file).read_bytes())
+    except DecodeError as exc:
+        raise DecodeError(f"{args.file} is neither an export (mpsnode export) nor a divergence bundle: {exc}") from None
+    again = bundle.rerun()
+    if again is None:
+        out = {"ok": True, "height": bundle.height, "note": "the bundled block passes every check"}
+        print(json.dumps(out, indent=2) if args.json else f"block {bundle.height} passes every check")
+        return 0
+    report = again.report(bundle.claimed)
+    if args.reports:
+        write_report(args.reports, report, again.bundle(bundle.claimed))
+    print(json.dumps({"ok": False, "divergence": report}, indent=2) if args.json else format_report(report))
+    return EXIT_DIVERGED_REPLAY
+
+
+# ---------------------------------------------------------------------------------------------
+# parsers
+
+
+def add_parsers(sub: Any) -> None:
+    sp = sub.add_parser("verifier", help="run a verifier: follow an upstream, re-execute, check every block")
+    sp.add_argument("--home", required=True, help="the verifier's home: genesis.json, data/, reports/")
+    sp.add_argument("--upstream", required=True, help="HOST:PORT of the sequencer or of another verifier")
+    sp.add_argument("--genesis", help="copy this genesis.json into a new --home first")
+    sp.add_argument("--listen", help="HOST:PORT serving blocks onward (default: config.toml, or :7071)")
+    sp.add_argument("--metrics", help="HOST:PORT for Prometheus metrics")
+    sp.add_argument("--exit-on-divergence", action="store_true",
+                    help="exit (code 3) once a divergence is reported")
+    add_server_arguments(sp)
+    sp.set_defaults(func=cmd_verifier)
+
+    sp = sub.add_parser("export", help="write a node's chain (genesis and every block) to one file")
+    sp.add_argument("--home", required=True)
+    sp.add_argument("--out", required=True)
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.set_defaults(func=cmd_export)
+
+    sp = sub.add_parser("replay", help="re-execute a chain from genesis, check every root, print an audit")
+    sp.add_argument("file", nargs="?", help="an export (mpsnode export) or a divergence bundle")
+    sp.add_argument("--home", help="replay the chain in this node home's store instead")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--plot", help="draw accuracy and Krum scores per round into this PNG")
+    sp.add_argument("--reports", help="on a divergence, write <height>.json and <height>.bundle here")
+    bar = sp.add_mutually_exclusive_group()
+    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
+                     help="always show progress")
+    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")
+    sp.set_defaults(func=cmd_replay)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("run it as: mpsnode verifier | export | replay")

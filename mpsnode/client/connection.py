@@ -1,0 +1,693 @@
+"""The trio client library: talk to a sequencer or verifier over the wire protocol.
+
+::
+
+    async with connect("127.0.0.1:7070", genesis=g) as node:
+        tx_id = await node.submit(stx)                  # returns once the tx is on the node's disk
+        outcome = await node.wait_receipt(tx_id)        # included (with its receipt) or dropped
+        acct = await node.account(address)              # proven against a sequencer-signed header
+        async with node.subscribe(from_height=1) as blocks:
+            async for pushed in blocks: ...
+
+Every state answer (account, task, model) comes with a sparse-Merkle proof against the state root
+of a header, and the header's signature is checked against the genesis sequencer key (height 0:
+against the genesis hash); a receipt comes with its path to the header's receipts root. Anything
+that does not check out raises ``VerificationFailed``. The genesis is given (a home's
+genesis.json) or, if not, fetched from the node and pinned by hash: pass ``genesis_hash`` to be
+sure it is the chain you mean.
+
+Requests are pipelined: many may be in flight on one connection (``submit_many``). ``Wallet``
+hands out nonces for one key and keeps every signed tx until it is acked, so after a reconnect
+(``Wallet.recover``) no nonce is reused or skipped.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import trio
+
+from mpsnode.consensus import crypto
+from mpsnode.consensus.block import Block, Header, decode_block, decode_header
+from mpsnode.consensus.encoding import decode
+from mpsnode.consensus.errors import (
+    AlreadyKnown,
+    BlockDecodeError,
+    DecodeError,
+    MpsError,
+    NonceMismatch,
+    ProtocolViolation,
+    VerificationFailed,
+    WrongNetwork,
+)
+from mpsnode.consensus.events import Event, decode_event
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.hashing import RECEIPT, ZERO32, H
+from mpsnode.consensus.merkle import verify_list_proof
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.receipt import Receipt, decode_receipts
+from mpsnode.consensus.smt import Proof, verify_proof
+from mpsnode.consensus.state import EMPTY_ACCOUNT, Account, Task, account_key, model_key, task_key
+from mpsnode.consensus.tx import Body, SignedTx, Tx, compute_min_fee
+from mpsnode.node.wire import (
+    BLOCK_PUSH,
+    ERROR,
+    EVENTS_BY_HEIGHT,
+    EVENTS_BY_TASK,
+    PROTOCOL_VERSION,
+    REPLY,
+    TX_DROPPED,
+    TX_INCLUDED,
+    TX_STATES,
+    FrameReader,
+    Msg,
+    Outbox,
+    decode_message,
+    encode_frame,
+    max_reply_frame,
+    parse_error,
+    parse_hostport,
+    write_loop,
+)
+
+
+class ConnectionLost(ConnectionError):
+    """The connection to the node ended while a request was in flight."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    chain_id: str
+    genesis_hash: bytes
+    height: int
+    head_hash: bytes
+    kind: str
+    sequencer: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierStatus:
+    """What a verifier adds to STATUS: how far it has verified, and whether it found a divergence."""
+
+    upstream: str
+    upstream_height: int
+    lag: int  # upstream_height - the verifier's head
+    blocks_verified: int  # every block in the verifier's store passed every check
+    connected: bool
+    diverged: bool
+    divergence_height: int  # 0 when not diverged
+    check: str  # the failed check's name ("" when not diverged)
+    reason: str
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> VerifierStatus:
+        if not isinstance(obj, list) or len(obj) != 9:
+            raise ProtocolViolation("malformed verifier status")
+        up, up_h, lag, verified, connected, diverged, div_h, check, reason = obj
+        return cls(str(up), int(up_h), int(lag), int(verified), bool(connected), bool(diverged), int(div_h),
+                   str(check), str(reason))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"upstream": self.upstream, "upstream_height": self.upstream_height, "lag": self.lag,
+                "blocks_verified": self.blocks_verified, "connected": self.connected, "diverged": self.diverged,
+                "divergence_height": self.divergence_height, "check": self.check, "reason": self.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    chain_id: str
+    genesis_hash: bytes
+    height: int
+    head_hash: bytes
+    state_root: bytes
+    timestamp_ms: int
+    mempool_txs: int
+    mempool_bytes: int
+    kind: str
+    verifier: VerifierStatus | None = None  # only from a verifier
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"chain_id": self.chain_id, "genesis_hash": self.genesis_hash.hex(), "height": self.height,
+               "head_hash": self.head_hash.hex(), "state_root": self.state_root.hex(),
+               "timestamp_ms": self.timestamp_ms, "mempool_txs": self.mempool_txs,
+               "mempool_bytes": self.mempool_bytes, "kind": self.kind}
+        if self.verifier is not None:
+            out["verifier"] = self.verifier.to_json()
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Proven:
+    """A value read from state, with the signed header whose state root proved it."""
+
+    value: Any
+    height: int
+    header: Header
+
+
+@dataclass(frozen=True, slots=True)
+class TxOutcome:
+    """Where a tx stands: ``state`` is unknown, pending, included or dropped."""
+
+    tx_id: bytes
+    state: str
+    height: int = 0
+    index: int = 0
+    receipt: Receipt | None = None
+    code: int = 0
+    reason: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "included" and self.receipt is not None and self.receipt.ok
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"tx_id": self.tx_id.hex(), "state": self.state}
+        if self.state == "included" and self.receipt is not None:
+            out.update(height=self.height, index=self.index, receipt=self.receipt.to_json())
+        if self.state == "dropped":
+            out.update(height=self.height, code=self.code, reason=self.reason)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class PushedBlock:
+    height: int
+    data: bytes
+    receipts: bytes
+
+    def block(self) -> Block:
+        return decode_block(self.data)
+
+    def receipt_list(self) -> list[Receipt]:
+        return decode_receipts(self.receipts) if self.receipts else []
+
+
+@dataclass(frozen=True, slots=True)
+class NonceInfo:
+    state_nonce: int  # the account's nonce at the head
+    next_nonce: int  # the first nonce no pending tx holds
+    pending: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Building txs
+
+
+def make_tx(key: crypto.Keypair, chain_id: str, nonce: int, body: Body, params: Params,
+            fee: int | None = None) -> SignedTx:
+    """Sign ``body`` with the least fee that covers its size (or ``fee`` if given)."""
+    if fee is not None:
+        return Tx(chain_id, key.address, nonce, fee, body).sign(key)
+    fee = params.tx_base_fee
+    for _ in range(8):  # the fee's own encoding length can change the size, and so the fee
+        stx = Tx(chain_id, key.address, nonce, fee, body).sign(key)
+        need = compute_min_fee(stx.size, params)
+        if fee >= need:
+            return stx
+        fee = need
+    return Tx(chain_id, key.address, nonce, fee, body).sign(key)
+
+
+# ---------------------------------------------------------------------------------------------
+# The connection
+
+
+class _Waiter:
+    __slots__ = ("error", "event", "result")
+
+    def __init__(self) -> None:
+        self.event = trio.Event()
+        self.result: list[Any] | None = None
+        self.error: BaseException | None = None
+
+
+class Client:
+    """One connection to a node. Create it with ``connect``."""
+
+    def __init__(self, stream: trio.SocketStream, genesis: Genesis | None, *, max_frame: int) -> None:
+        self._stream = stream
+        self.genesis = genesis
+        self._reader = FrameReader(stream, max_frame, frame_timeout=120.0)
+        self._outbox = Outbox(1 << 62, 1e9)  # the caller's own requests: bounded by the caller
+        self._waiters: dict[int, _Waiter] = {}
+        self._subs: dict[int, trio.MemorySendChannel[PushedBlock]] = {}
+        self._next_id = 1
+        self._closed: BaseException | None = None
+        self.hello: Hello | None = None
+
+    # plumbing ----------------------------------------------------------------------------------
+    def _new_id(self) -> int:
+        req_id = self._next_id
+        self._next_id += 1
+        return req_id
+
+    def _send(self, msg_type: int, req_id: int, fields: Sequence[Any]) -> None:
+        if self._closed is not None:
+            raise ConnectionLost(f"connection is closed: {self._closed}")
+        self._outbox.put_nowait(encode_frame([int(msg_type), req_id, *fields]))
+
+    async def request(self, msg_type: int, *fields: Any) -> list[Any]:
+        """Send one request and wait for its reply's fields (after type and id); raises its error."""
+        req_id = self._new_id()
+        waiter = self._waiters[req_id] = _Waiter()
+        try:
+            self._send(msg_type, req_id, fields)
+            await waiter.event.wait()
+        finally:
+            self._waiters.pop(req_id, None)
+        if waiter.error is not None:
+            raise waiter.error
+        assert waiter.result is not None
+        if waiter.result[0] != msg_type | REPLY:
+            raise ProtocolViolation(f"reply of type {waiter.result[0]} to a request of type {msg_type}")
+        return waiter.result[2:]
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                body = await self._reader.read_frame()
+                if body is None:
+                    raise ConnectionLost("the node closed the connection")
+                msg = decode_message(body, self._reader.max_frame)
+                kind, req_id = msg[0], msg[1]
+                if kind == BLOCK_PUSH:
+                    channel = self._subs.get(req_id)
+                    if channel is not None and len(msg) == 5:
+                        try:
+                            await channel.send(PushedBlock(msg[2], msg[3], msg[4]))
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            self._subs.pop(req_id, None)
+                    continue
+                if kind == ERROR and req_id == 0:
+                    raise parse_error(msg)  # the node is closing the connection, and says why
+                waiter = self._waiters.get(req_id)
+                if waiter is None:
+                    continue  # a reply to a request whose caller gave up
+                if kind == ERROR:
+                    waiter.error = parse_error(msg)
+                else:
+                    waiter.result = msg
+                waiter.event.set()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionLost, MpsError) as exc:
+            self._fail(exc if isinstance(exc, (MpsError, ConnectionLost)) else ConnectionLost(str(exc) or "reset"))
+
+    def _fail(self, exc: BaseException) -> None:
+        self._closed = exc
+        for waiter in list(self._waiters.values()):
+            if not waiter.event.is_set():
+                waiter.error = exc if isinstance(exc, MpsError) else ConnectionLost(str(exc))
+                waiter.event.set()
+        for channel in list(self._subs.values()):
+            channel.close()
+        self._subs.clear()
+
+    async def _write_loop(self) -> None:
+        try:
+            await write_loop(self._stream, self._outbox)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            self._fail(ConnectionLost(f"cannot write: {exc}"))
+
+    async def _handshake(self) -> None:
+        genesis_hash = self.genesis.hash() if self.genesis is not None else ZERO32
+        chain_id = self.genesis.chain_id if self.genesis is not None else ""
+        r = await self.request(Msg.HELLO, PROTOCOL_VERSION, chain_id, genesis_hash, 0)
+        self.hello = Hello(*r)
+
+    async def _adopt_genesis(self, genesis_hash: bytes | None) -> None:
+        (raw,) = await self.request(Msg.GET_GENESIS)
+        genesis = Genesis.from_json(json.loads(raw))
+        assert self.hello is not None
+        if genesis.hash() != self.hello.genesis_hash:
+            raise VerificationFailed("the node's genesis does not hash to the genesis hash it announced")
+        if genesis_hash is not None and genesis.hash() != genesis_hash:
+            raise WrongNetwork(f"node is on genesis {genesis.hash().hex()}, expected {genesis_hash.hex()}")
+        self.genesis = genesis
+
+    @property
+    def params(self) -> Params:
+        assert self.genesis is not None
+        return self.genesis.params
+
+    @property
+    def chain_id(self) -> str:
+        assert self.genesis is not None
+        return self.genesis.chain_id
+
+    # verification -----------------------------------------------------------------------------------
+    def verify_header(self, header_bytes: bytes, signature: bytes) -> Header:
+        """The header, once its signature (or, at height 0, its hash) checks out against genesis."""
+        assert self.genesis is not None
+        try:
+            header = decode_header(header_bytes)
+        except BlockDecodeError as exc:
+            raise VerificationFailed(f"header does not decode: {exc.reason}") from None
+        if header.chain_id != self.genesis.chain_id:
+            raise VerificationFailed(f"header is for chain {header.chain_id!r}")
+        if header.height == 0:
+            if header.hash() != self.genesis.hash():
+                raise VerificationFailed("height-0 header is not the genesis header")
+        elif not crypto.verify(self.genesis.sequencer, header.hash(), signature):
+            raise VerificationFailed(f"header {header.height} is not signed by the genesis sequencer key")
+        return header
+
+    def _proven_values(self, reply: list[Any], keys: Sequence[bytes]) -> tuple[Header, list[bytes | None]]:
+        if len(reply) != 3 + 3 * len(keys):
+            raise ProtocolViolation("state reply has the wrong number of fields")
+        height, header_bytes, signature = reply[0], reply[1], reply[2]
+        header = self.verify_header(header_bytes, signature)
+        if header.height != height:
+            raise VerificationFailed("state reply names another height than its header")
+        values: list[bytes | None] = []
+        for i, key in enumerate(keys):
+            present, value, proof_obj = reply[3 + 3 * i: 6 + 3 * i]
+            value = value if present else None
+            try:
+                proof = Proof.decode(proof_obj)
+            except ValueError as exc:
+                raise VerificationFailed(f"malformed proof: {exc}") from None
+            if not verify_proof(header.state_root, key, value, proof):
+                raise VerificationFailed(f"proof of state key {key.hex()} does not match state root "
+                                         f"{header.state_root.hex()} at height {header.height}")
+            values.append(value)
+        return header, values
+
+    # requests -------------------------------------------------------------------------------------------
+    async def ping(self) -> None:
+        await self.request(Msg.PING)
+
+    async def status(self) -> Status:
+        r = await self.request(Msg.STATUS)
+        if len(r) not in (9, 10):
+            raise ProtocolViolation("status reply has the wrong number of fields")
+        status = Status(*r[:9])
+        return replace(status, verifier=VerifierStatus.from_wire(r[9])) if len(r) == 10 else status
+
+    async def submit(self, tx: SignedTx | bytes) -> bytes:
+        """Submit a tx; returns its id once the node holds it durably. Raises the rejection.
+
+        Submitting a tx the node already holds (pending or included) returns its id too, so a
+        submit can be retried safely after a lost connection.
+        """
+        raw = tx.encode() if isinstance(tx, SignedTx) else tx
+        try:
+            (tx_id,) = await self.request(Msg.SUBMIT_TX, raw)
+        except AlreadyKnown:
+            if isinstance(tx, SignedTx):
+                return tx.tx_id
+            from mpsnode.consensus.tx import decode_signed_tx
+
+            return decode_signed_tx(raw).tx_id
+        return tx_id
+
+    async def submit_many(self, txs: Iterable[SignedTx | bytes]) -> list[bytes | MpsError]:
+        """Submit many txs pipelined; per tx, its id (durable) or the error that refused it."""
+        txs = list(txs)
+        results: list[bytes | MpsError] = [b""] * len(txs)
+
+        async def one(i: int, tx: SignedTx | bytes) -> None:
+            try:
+                results[i] = await self.submit(tx)
+            except MpsError as exc:
+                results[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i, tx in enumerate(txs):
+                nursery.start_soon(one, i, tx)
+        return results
+
+    async def receipt(self, tx_id: bytes, wait_ms: int = 0) -> TxOutcome:
+        """Where ``tx_id`` stands; if included, its receipt proven against the block's signed header."""
+        r = await self.request(Msg.GET_RECEIPT, tx_id, wait_ms)
+        if len(r) != 10:
+            raise ProtocolViolation("receipt reply has the wrong number of fields")
+        state, height, index, receipt_bytes, header_bytes, signature, path, count, code, reason = r
+        if state == TX_INCLUDED:
+            header = self.verify_header(header_bytes, signature)
+            if header.height != height:
+                raise VerificationFailed("receipt reply names another height than its header")
+            if not verify_list_proof(header.receipts_root, H(RECEIPT, receipt_bytes), index, count, path):
+                raise VerificationFailed(f"receipt of {tx_id.hex()} is not in block {height}'s receipts root")
+            try:
+                receipt = Receipt.decode_obj(decode(receipt_bytes, max_bytes=len(receipt_bytes)))
+            except DecodeError as exc:
+                raise VerificationFailed(f"receipt does not decode: {exc.reason}") from None
+            if receipt.tx_id != tx_id:
+                raise VerificationFailed("the proven receipt is another tx's")
+            return TxOutcome(tx_id, "included", height, index, receipt)
+        if state == TX_DROPPED:
+            return TxOutcome(tx_id, "dropped", height, code=code, reason=reason)
+        return TxOutcome(tx_id, TX_STATES.get(state, "unknown"))
+
+    async def wait_receipt(self, tx_id: bytes, timeout: float = 60.0) -> TxOutcome:
+        """Wait until ``tx_id`` is included or dropped; ``trio.TooSlowError`` after ``timeout`` s."""
+        with trio.fail_after(timeout):
+            while True:
+                outcome = await self.receipt(tx_id, wait_ms=10_000)
+                if outcome.state in ("included", "dropped"):
+                    return outcome
+
+    async def nonce(self, address: bytes) -> NonceInfo:
+        return NonceInfo(*await self.request(Msg.GET_NONCE, address))
+
+    async def get_state(self, key: bytes) -> Proven:
+        """The raw value of a state key (``None``: absent), proven."""
+        header, (value,) = self._proven_values(await self.request(Msg.GET_STATE, key), [key])
+        return Proven(value, header.height, header)
+
+    async def account(self, address: bytes) -> Proven:
+        """The account (``Proven.value`` is an ``Account``; the empty account if absent)."""
+        proven = await self.get_state(account_key(address))
+        account = EMPTY_ACCOUNT if proven.value is None else Account.decode(proven.value)
+        return Proven(account, proven.height, proven.header)
+
+    async def task(self, task_id: int) -> Proven:
+        """The task record (``Proven.value`` is a ``Task``, or ``None`` if there is no such task)."""
+        proven = await self.get_state(task_key(task_id))
+        return Proven(None if proven.value is None else Task.decode(proven.value), proven.height, proven.header)
+
+    async def model(self, task_id: int) -> Proven:
+        """``Proven.value`` is ``(Task, model bytes)`` (int32 little-endian), both proven at one header."""
+        keys = [task_key(task_id), model_key(task_id)]
+        header, (task_raw, model) = self._proven_values(await self.request(Msg.GET_MODEL, task_id), keys)
+        if task_raw is None or model is None:
+            from mpsnode.consensus.errors import NotFound
+
+            raise NotFound(f"task {task_id} has no model at height {header.height}")
+        return Proven((Task.decode(task_raw), model), header.height, header)
+
+    async def header(self, height: int) -> Header:
+        header_bytes, signature = await self.request(Msg.GET_HEADER, height)
+        return self.verify_header(header_bytes, signature)
+
+    async def state_proofs(self, height: int, keys: Sequence[bytes]) -> tuple[Header, list[Proof]]:
+        """Proofs of ``keys`` against the state root of block ``height`` (header signature checked).
+
+        Each proof shows the key's value hash at that height (or its absence); check it against
+        a root you trust, e.g. with ``verifier.divergence.claimed_value_hash``.
+        """
+        r = await self.request(Msg.GET_PROOFS, height, list(keys))
+        if len(r) != 4 or not isinstance(r[3], list) or len(r[3]) != len(keys):
+            raise ProtocolViolation("proofs reply has the wrong shape")
+        header = self.verify_header(r[1], r[2])
+        if header.height != height:
+            raise VerificationFailed(f"asked for proofs at height {height}, got a header of {header.height}")
+        try:
+            return header, [Proof.decode(p) for p in r[3]]
+        except ValueError as exc:
+            raise VerificationFailed(f"malformed proof: {exc}") from None
+
+    async def block(self, height: int) -> tuple[Header, Block | None, list[Receipt]]:
+        """Block ``height`` (``None`` at genesis) and its receipts, signature checked."""
+        _, header_bytes, block_bytes, receipts = await self.request(Msg.GET_BLOCK, height)
+        if height == 0:
+            return self.verify_header(header_bytes, b""), None, []
+        block = decode_block(block_bytes)
+        header = self.verify_header(block.header.encode(), block.signature)
+        if header.height != height:
+            raise VerificationFailed(f"asked for block {height}, got {header.height}")
+        return header, block, decode_receipts(receipts)
+
+    async def blocks(self, start: int, count: int) -> list[tuple[int, bytes]]:
+        """Raw blocks from ``start`` (at most ``count``, fewer if large or past the head)."""
+        (items,) = await self.request(Msg.GET_BLOCKS, start, count)
+        return [(h, b) for h, b in items]
+
+    async def events(self, *, height: int | None = None, task_id: int | None = None, start: int = 0,
+                     count: int = 100) -> list[tuple[int, list[Event]]]:
+        """Events of blocks ``height ..`` (``count`` blocks) or of task ``task_id`` from ``start``."""
+        if (height is None) == (task_id is None):
+            raise ValueError("give height or task_id")
+        if height is not None:
+            (items,) = await self.request(Msg.GET_EVENTS, EVENTS_BY_HEIGHT, height, 0, count)
+        else:
+            (items,) = await self.request(Msg.GET_EVENTS, EVENTS_BY_TASK, task_id, start, count)
+        out = []
+        for h, blob in items:
+            objs = decode(blob, max_bytes=len(blob), max_array_len=1 << 24)
+            out.append((h, [decode_event(e) for e in objs]))
+        return out
+
+    @asynccontextmanager
+    async def subscribe(self, from_height: int = 1, *, with_receipts: bool = False,
+                        buffer: int = 64) -> AsyncIterator[trio.MemoryReceiveChannel[PushedBlock]]:
+        """Blocks from ``from_height`` on, then each new one as it is made.
+
+        If this consumer falls behind, the connection stalls and the node eventually drops it.
+        """
+        send, recv = trio.open_memory_channel[PushedBlock](buffer)
+        req_id = self._new_id()
+        waiter = self._waiters[req_id] = _Waiter()
+        self._subs[req_id] = send
+        try:
+            self._send(Msg.SUBSCRIBE, req_id, [from_height, int(with_receipts)])
+            await waiter.event.wait()
+            self._waiters.pop(req_id, None)
+            if waiter.error is not None:
+                raise waiter.error
+            async with recv:
+                yield recv
+        finally:
+            self._waiters.pop(req_id, None)
+            self._subs.pop(req_id, None)
+            send.close()
+            if self._closed is None:
+                try:
+                    self._send(Msg.UNSUBSCRIBE, self._new_id(), [req_id])
+                except ConnectionLost:
+                    pass
+
+    async def aclose(self) -> None:
+        self._fail(ConnectionLost("closed by the client"))
+        await trio.aclose_forcefully(self._stream)
+
+
+@asynccontextmanager
+async def connect(address: str | tuple[str, int], *, genesis: Genesis | None = None,
+                  genesis_hash: bytes | None = None, timeout: float = 10.0) -> AsyncIterator[Client]:
+    """Open a connection, say HELLO (refused if the node is on another chain) and yield the client.
+
+    Without ``genesis`` the node's genesis is fetched and checked against the hash it announces
+    (and against ``genesis_hash`` if given).
+    """
+    host, port = parse_hostport(address) if isinstance(address, str) else address
+    with trio.fail_after(timeout):
+        stream = await trio.open_tcp_stream(host, port)
+    params = genesis.params if genesis is not None else Params()
+    client = Client(stream, genesis, max_frame=max_reply_frame(params))
+    try:
+        async with _unwrapped(), trio.open_nursery() as nursery:
+            nursery.start_soon(client._read_loop)
+            nursery.start_soon(client._write_loop)
+            with trio.fail_after(timeout):
+                await client._handshake()
+                if client.genesis is None:
+                    await client._adopt_genesis(genesis_hash)
+                    client._reader.max_frame = max_reply_frame(client.params)
+            try:
+                yield client
+            finally:
+                nursery.cancel_scope.cancel()
+    finally:
+        client._fail(ConnectionLost("closed by the client"))
+        await trio.aclose_forcefully(stream)
+
+
+@asynccontextmanager
+async def _unwrapped() -> AsyncIterator[None]:
+    """Raise a lone error out of the connection's nursery as itself, not in an exception group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        errors = [e for e in leaves if not isinstance(e, trio.Cancelled)]
+        if len(errors) == 1:
+            raise errors[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Nonces that survive a reconnect
+
+
+@dataclass
+class Wallet:
+    """Signs txs for one key with consecutive nonces and remembers each until the node acks it.
+
+    Call ``recover(client)`` on every new connection (the first included): it resubmits what was
+    signed but not acked (a node that already holds one says so, which counts as an ack) and then
+    continues after the node's next free nonce. No nonce is used twice; none is skipped unless a
+    resubmission is refused for good, in which case the nonces from there on are re-signed.
+    """
+
+    key: crypto.Keypair
+    chain_id: str
+    params: Params
+    next_nonce: int | None = None
+    unacked: dict[int, SignedTx] = field(default_factory=dict)
+
+    @property
+    def address(self) -> bytes:
+        return self.key.address
+
+    def sign(self, body: Body, fee: int | None = None) -> SignedTx:
+        if self.next_nonce is None:
+            raise RuntimeError("call recover(client) first: the wallet does not know its next nonce")
+        stx = make_tx(self.key, self.chain_id, self.next_nonce, body, self.params, fee)
+        self.unacked[self.next_nonce] = stx
+        self.next_nonce += 1
+        return stx
+
+    def acked(self, stx: SignedTx) -> None:
+        if self.unacked.get(stx.tx.nonce) is stx:
+            del self.unacked[stx.tx.nonce]
+
+    async def send(self, client: Client, body: Body, fee: int | None = None) -> SignedTx:
+        """Sign, submit and wait for the durable ack; returns the signed tx."""
+        stx = self.sign(body, fee)
+        await self.submit(client, stx)
+        return stx
+
+    async def submit(self, client: Client, stx: SignedTx) -> bytes:
+        tx_id = await client.submit(stx)
+        self.acked(stx)
+        return tx_id
+
+    async def recover(self, client: Client) -> list[tuple[SignedTx, MpsError]]:
+        """Bring the wallet in line with the node; returns the unacked txs it refused for good."""
+        refused: list[tuple[SignedTx, MpsError]] = []
+        for nonce in sorted(self.unacked):
+            stx = self.unacked[nonce]
+            try:
+                await client.submit(stx)
+            except NonceMismatch:
+                pass  # the nonce is used: the tx (or another with this nonce) is already in a block
+            except MpsError as exc:
+                # this nonce stays free: everything signed after it must be signed again
+                refused.extend((self.unacked[n], exc) for n in sorted(self.unacked) if n >= nonce)
+                for n in [n for n in self.unacked if n >= nonce]:
+                    del self.unacked[n]
+                self.next_nonce = nonce
+                break
+            self.unacked.pop(nonce, None)
+        info = await client.nonce(self.address)
+        if self.next_nonce is None or not refused:
+            self.next_nonce = max(info.next_nonce, self.next_nonce or 0)
+        return refused
+

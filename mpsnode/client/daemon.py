@@ -1,0 +1,453 @@
+"""The client daemon: one staked client that follows a task's rounds and submits one trained update each.
+
+``run_client(config)`` is what ``mpsnode client run`` runs (and what the demo runs for each of its
+clients, as trio tasks in one process). For one key and one task it:
+
+1. connects to the node (sequencer or verifier that forwards txs) and recovers its nonce;
+2. stakes up to ``config.stake`` if its bonded stake is lower, and joins the task while it is joining;
+3. follows the chain (a block subscription wakes it; every state read is a proven query): each time
+   the task opens a round it has not submitted to, it fetches the global model with its
+   sparse-Merkle proof against a sequencer-signed header (``Client.model``), trains
+   ``local_epochs`` on its own data (``mpsnode.fl.LocalLearner``), quantizes the change to int16
+   and submits ``SUBMIT_UPDATE`` once;
+4. stops when the task completes or expires, or when it is no longer a participant (slashed).
+
+No double submission, across reconnects and restarts. Before a signed update is sent it is written
+to a journal file (``state_dir``, fsynced), keyed by round. A round with a journal entry is never
+signed again: after a reconnect, or a restart of the client process, the journaled tx itself is
+resubmitted (same bytes, same nonce); the node answers "already known" if it holds it, and the
+chain refuses a second use of a nonce in any case. ``Wallet.recover`` does the same for any other
+tx signed but not acknowledged. When the node goes away (a sequencer crash or restart), the client
+reconnects with a capped backoff for up to ``config.reconnect_for`` seconds.
+
+``config.attack`` turns the client into an attacker. FOR EVALUATION ONLY (the demo, benchmarks):
+it replaces the honest update with one from ``mpsnode.fl.attacks``. Attacks that need the other
+clients' updates (``free_rider_copy``, ``alie``, ``ipm_*``) read the updates already included in
+the round from state, with proofs (they are public once included), waiting until about half of
+the other participants have submitted or the round's deadline is near.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from mpsnode.consensus import crypto, model
+from mpsnode.client.connection import Client, ConnectionLost, Wallet, connect
+from mpsnode.consensus.errors import ClientStopped, NonceMismatch, Overloaded, ShuttingDown, SlowPeer
+from mpsnode.fl import Dataset, LocalLearner, TrainConfig, quantize_update, weights_from_bytes
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.hashing import MODEL, H
+from mpsnode.consensus.state import Task, TaskStatus, update_key
+from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, SubmitUpdate, decode_signed_tx
+
+# Errors after which the client reconnects: the node went away or asked it to come back later.
+TRANSIENT = (OSError, ConnectionLost, trio.TooSlowError, trio.BrokenResourceError, ShuttingDown, Overloaded,
+             SlowPeer)
+ATTACK_RNG_SALT = 0x5EED_A77AC  # attack randomness is seeded apart from the training order
+DEADLINE_MARGIN_BLOCKS = 3  # an observing attacker stops waiting this many blocks before the deadline
+
+
+@dataclass(frozen=True, slots=True)
+class ClientConfig:
+    """Everything one client needs. ``data`` is its own training shard (never sent anywhere)."""
+
+    node: str  # HOST:PORT of the sequencer
+    key: crypto.Keypair
+    task_id: int
+    data: Dataset
+    genesis: Genesis | None = None  # None: fetched from the node and trusted on first use
+    state_dir: Path | None = None  # the submission journal lives here (None: in memory only)
+    stake: int | None = None  # bond up to this much before joining (None: the chain's min_stake)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0  # the learner's minibatch order (and an attacker's randomness)
+    attack: str | None = None  # EVALUATION ONLY: a name from mpsnode.fl.attacks.ATTACKS
+    colluders: int = 1  # EVALUATION ONLY: attackers sharing statistics (alie's z)
+    reconnect_for: float = 120.0  # give up after this long without a working connection
+    timeout: float = 60.0  # connect / receipt waits
+
+
+@dataclass(slots=True)
+class RoundRecord:
+    """What the client did in one round (the journal holds ``tx`` before it is sent)."""
+
+    round: int
+    tx: str  # the signed SUBMIT_UPDATE, hex of its canonical bytes
+    tx_id: str
+    nonce: int
+    proven_height: int = 0  # the header whose state root proved the model trained from
+    state_root: str = ""
+    model_hash: str = ""  # H(mps-model, weights) of that model
+    loss: float = 0.0  # NaN when nothing was trained (a free rider)
+    clipped: int = 0
+    attack: str = ""
+    outcome: str = ""  # "" until known; then "ok", or the failure's code name, or "dropped: ..."
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class ClientResult:
+    address: bytes
+    task_id: int
+    status: str  # the task's final status, or "removed" when this client left it (slashed)
+    rounds: dict[int, RoundRecord]
+    reconnects: int
+    accuracy_bps: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEvent:
+    """A line of the client's progress: ``kind`` plus its fields (printed by the CLI, shown by the demo)."""
+
+    kind: str
+    address: bytes
+    fields: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"event": self.kind, "address": self.address.hex(), **self.fields}
+
+
+# ---------------------------------------------------------------------------------------------
+# The journal: signed submissions, on disk before they are sent
+
+
+class Journal:
+    """Round -> signed SUBMIT_UPDATE of one client in one task, written atomically (fsync + rename)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self.rounds: dict[int, RoundRecord] = {}
+        if path is not None and path.is_file():
+            try:
+                raw = json.loads(path.read_text())
+                self.rounds = {int(r): RoundRecord(**rec) for r, rec in raw["rounds"].items()}
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}: not a client journal ({exc}); move it away to start afresh") from None
+
+    @classmethod
+    def for_client(cls, state_dir: Path | None, genesis_hash: bytes, address: bytes, task_id: int) -> Journal:
+        """The journal of ``address`` in ``task_id`` on the chain of ``genesis_hash`` (a file per all three)."""
+        if state_dir is None:
+            return cls(None)
+        return cls(Path(state_dir) / f"{genesis_hash.hex()[:12]}-{address.hex()[:16]}-task{task_id}.json")
+
+    def record(self, rec: RoundRecord) -> None:
+        self.rounds[rec.round] = rec
+        self.save()
+
+    def save(self) -> None:
+        if self.path is None:
+            return
+        tmp = self.path.with_suffix(".tmp")
+        data = json.dumps({"rounds": {str(r): rec.to_json() for r, rec in sorted(self.rounds.items())}}, indent=1)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "w") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.path)
+        except OSError as exc:  # not a network error: never retried as one
+            raise ClientStopped(f"cannot write the submission journal {self.path}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# The daemon
+
+
+class _Runner:
+    def __init__(self, config: ClientConfig, on_event: Callable[[ClientEvent], None] | None,
+                 limiter: trio.CapacityLimiter | None) -> None:
+        self.cfg = config
+        self.address = config.key.address
+        self.on_event = on_event
+        self.limiter = limiter
+        self.genesis = config.genesis
+        self.wallet: Wallet | None = None
+        self.journal = Journal(None)  # opened on the first connection, once the chain is known
+        self.learner: LocalLearner | None = None
+        self.joined = False  # seen among the task's participants
+        self.reconnects = 0
+        self.attack_rng = np.random.default_rng([config.seed, ATTACK_RNG_SALT])
+        if config.attack is not None:
+            from mpsnode.fl import attacks
+
+            attacks.validate_attack(config.attack)
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(ClientEvent(kind, self.address, fields))
+
+    # connection loop ---------------------------------------------------------------------------------
+    async def run(self) -> ClientResult:
+        delay = 0.2
+        lost_since: float | None = None
+        while True:
+            try:
+                async with connect(self.cfg.node, genesis=self.genesis, timeout=self.cfg.timeout) as client:
+                    self.genesis = client.genesis
+                    if lost_since is not None:
+                        self.reconnects += 1
+                        self.emit("reconnected", after_s=round(trio.current_time() - lost_since, 2))
+                    lost_since, delay = None, 0.2
+                    return await self.session(client)
+            except TRANSIENT as exc:
+                now = trio.current_time()
+                if lost_since is None:
+                    lost_since = now
+                    self.emit("disconnected", reason=f"{type(exc).__name__}: {exc}")
+                if now - lost_since > self.cfg.reconnect_for:
+                    raise ClientStopped(f"no working connection to {self.cfg.node} for "
+                                        f"{self.cfg.reconnect_for:.0f} s (last: {exc})") from None
+                await trio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def session(self, client: Client) -> ClientResult:
+        if self.wallet is None:
+            assert client.genesis is not None
+            self.wallet = Wallet(self.cfg.key, client.chain_id, client.params)
+            self.journal = Journal.for_client(self.cfg.state_dir, client.genesis.hash(), self.address,
+                                              self.cfg.task_id)
+        await self.resubmit_journal(client)
+        refused = await self.wallet.recover(client)
+        for stx, exc in refused:
+            self.emit("refused", nonce=stx.tx.nonce, tx_kind=stx.tx.kind.name, code=exc.code, reason=exc.reason)
+        status = await client.status()
+        async with client.subscribe(from_height=status.height + 1) as blocks:
+            await self.ensure_joined(client, blocks)
+            while True:
+                result = await self.step(client, blocks)
+                if result is not None:
+                    return result
+                await _next_block(blocks)
+
+    async def resubmit_journal(self, client: Client) -> None:
+        """Send again every journaled update whose fate is unknown: the same tx, so the same nonce."""
+        for rec in self.journal.rounds.values():
+            if rec.outcome:
+                continue
+            outcome = await client.receipt(bytes.fromhex(rec.tx_id))
+            if outcome.state != "unknown":
+                continue
+            try:
+                await client.submit(bytes.fromhex(rec.tx))
+                self.emit("resubmitted", round=rec.round, tx_id=rec.tx_id, nonce=rec.nonce)
+            except NonceMismatch as exc:
+                rec.outcome = f"lost: nonce {rec.nonce} was used by another tx ({exc.reason})"
+                self.journal.save()
+                self.emit("lost", round=rec.round, nonce=rec.nonce, reason=exc.reason)
+
+    # joining -------------------------------------------------------------------------------------------
+    async def ensure_joined(self, client: Client, blocks: trio.MemoryReceiveChannel[Any]) -> None:
+        """Stake (up to ``config.stake``) and join, unless already a participant or the task is past joining."""
+        await self.settle(client, blocks)
+        task = await self.read_task(client)
+        if self.address in task.participants:
+            self.joined = True
+            return
+        if task.status != TaskStatus.JOINING:
+            if self.journal.rounds or task.status != TaskStatus.ACTIVE:
+                return  # we took part before (removed since) or the task is over: step() reports it
+            raise ClientStopped(f"task {task.task_id} is {task.status.name} and this client is not a participant")
+        params = client.params
+        target = max(self.cfg.stake or params.min_stake, params.min_stake)
+        account = (await client.account(self.address)).value
+        if account.bonded < target:
+            await self.send_and_wait(client, Stake(target - account.bonded), "staked")
+        await self.send_and_wait(client, JoinTask(self.cfg.task_id), "joined")
+        self.joined = True
+
+    async def settle(self, client: Client, blocks: trio.MemoryReceiveChannel[Any]) -> None:
+        """Wait until none of this client's txs is pending, so the proven state is the whole story."""
+        while (await client.nonce(self.address)).pending:
+            await _next_block(blocks)
+
+    async def send_and_wait(self, client: Client, body: Any, what: str) -> None:
+        assert self.wallet is not None
+        stx = await self.wallet.send(client, body)
+        outcome = await client.wait_receipt(stx.tx_id, timeout=self.cfg.timeout)
+        if not outcome.ok:
+            why = outcome.receipt.status_name if outcome.receipt is not None else f"{outcome.state}: {outcome.reason}"
+            raise ClientStopped(f"{stx.tx.kind.name} for task {self.cfg.task_id} failed: {why}")
+        self.emit(what, height=outcome.height, tx_id=stx.tx_id.hex())
+
+    async def read_task(self, client: Client) -> Task:
+        task = (await client.task(self.cfg.task_id)).value
+        if task is None:
+            raise ClientStopped(f"there is no task {self.cfg.task_id} on this chain")
+        return task
+
+    # following rounds ----------------------------------------------------------------------------------
+    async def step(self, client: Client, blocks: trio.MemoryReceiveChannel[Any]) -> ClientResult | None:
+        """Look at the task once; submit if a new round is open. A result ends the run."""
+        await self.check_outcomes(client)
+        task = await self.read_task(client)
+        if task.status in (TaskStatus.COMPLETED, TaskStatus.EXPIRED):
+            await self.check_outcomes(client)  # the last round's update landed after the check above
+            return self.finish(task, task.status.name.lower())
+        if task.status != TaskStatus.ACTIVE:
+            return None
+        if self.address not in task.participants:
+            if self.joined or self.journal.rounds:
+                await self.check_outcomes(client)
+                return self.finish(task, "removed")
+            raise ClientStopped(f"task {task.task_id} started without this client")
+        self.joined = True
+        if task.round in self.journal.rounds or self.address in task.submitted:
+            return None  # this round is done (or its update is on its way)
+        await self.submit_round(client, blocks, task)
+        return None
+
+    async def check_outcomes(self, client: Client) -> None:
+        for rec in self.journal.rounds.values():
+            if rec.outcome:
+                continue
+            outcome = await client.receipt(bytes.fromhex(rec.tx_id))
+            if outcome.state == "included" and outcome.receipt is not None:
+                rec.outcome = "ok" if outcome.receipt.ok else outcome.receipt.status_name
+            elif outcome.state == "dropped":
+                rec.outcome = f"dropped: {outcome.reason}"
+            else:
+                continue
+            self.journal.save()
+            self.emit(outcome.state, round=rec.round, height=outcome.height, outcome=rec.outcome)
+
+    async def submit_round(self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task) -> None:
+        proven = await client.model(task.task_id)  # task and model, proven at one signed header
+        ptask, blob = proven.value
+        if ptask.status != TaskStatus.ACTIVE or ptask.round != task.round:
+            return  # the round moved on between the two reads: look again at the next block
+        weights = weights_from_bytes(blob, ptask.arch)
+        delta, loss, clipped = await self.compute_delta(client, blocks, ptask, weights)
+        if delta is None:
+            return
+        assert self.wallet is not None
+        stx = self.wallet.sign(SubmitUpdate(task.task_id, ptask.round, delta.astype("<i2").tobytes()))
+        rec = RoundRecord(ptask.round, stx.encode().hex(), stx.tx_id.hex(), stx.tx.nonce, proven.height,
+                          proven.header.state_root.hex(), H(MODEL, blob).hex(), float(loss), int(clipped),
+                          self.cfg.attack or "")
+        self.journal.record(rec)  # on disk before it is sent: this round is never signed again
+        await self.wallet.submit(client, stx)
+        self.emit("submitted", round=rec.round, tx_id=rec.tx_id, nonce=rec.nonce, proven_height=rec.proven_height,
+                  loss=None if math.isnan(rec.loss) else round(rec.loss, 4), clipped=rec.clipped, **({"attack": rec.attack} if rec.attack else {}))
+
+    async def compute_delta(self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task,
+                            weights: np.ndarray) -> tuple[np.ndarray | None, float, int]:
+        """The int16 delta to submit this round, with the training loss and the clipped count."""
+        learner = self.get_learner(task)
+        attack = self.cfg.attack
+        if attack is None:
+            update = await trio.to_thread.run_sync(learner.train_round, weights, task.scale_bits, task.local_epochs,
+                                                   limiter=self.limiter)
+            return update.delta, update.loss, update.clipped
+        return await self.attack_delta(client, blocks, task, weights, learner)
+
+    def get_learner(self, task: Task) -> LocalLearner:
+        if self.learner is None:
+            data = self.cfg.data
+            if self.cfg.attack is not None:
+                from mpsnode.fl import attacks
+
+                if attacks.poisons_data(self.cfg.attack):
+                    data = attacks.flip_labels(data)
+            self.learner = LocalLearner(data, task.arch, self.cfg.train, seed=self.cfg.seed)
+        return self.learner
+
+    # EVALUATION ONLY --------------------------------------------------------------------------------------
+    async def attack_delta(self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task,
+                           weights: np.ndarray, learner: LocalLearner) -> tuple[np.ndarray | None, float, int]:
+        """The poisoned delta of ``config.attack`` (mpsnode.fl.attacks). Used by the demo and benchmarks only."""
+        from mpsnode.fl import attacks
+
+        name = self.cfg.attack
+        assert name is not None
+        d = model.param_count(task.arch)
+        own = np.zeros((1, d))
+        loss = float("nan")
+        if attacks.needs_training(name):
+            update = await trio.to_thread.run_sync(learner.train_round, weights, task.scale_bits, task.local_epochs,
+                                                   limiter=self.limiter)
+            own, loss = update.change[None, :], update.loss
+        others = None
+        if name in ("free_rider_copy", "alie", "ipm_0.1", "ipm_2"):
+            others = await self.observe_round(client, blocks, task)
+            fresh = await self.read_task(client)
+            if fresh.status != TaskStatus.ACTIVE or fresh.round != task.round:
+                return None, loss, 0
+        n_clients = len(task.participants)
+        first_index = int.from_bytes(self.address[:4], "big")
+        if name == "alie":
+            # ALIE: mean - z * std of the benign-looking updates the colluders see, z for the colluders' count
+            seen = others if others is not None and len(others) > 1 else own
+            z = attacks.alie_z(n_clients, max(1, min(self.cfg.colluders, n_clients)))
+            change = seen.mean(axis=0) - z * seen.std(axis=0)
+            q, clipped = quantize_update(change, task.scale_bits)
+            return attacks.make_distinct(q[None, :], first_index)[0], loss, clipped
+        deltas, clipped_per_row = attacks.craft_deltas(name, own, others, n_clients=n_clients,
+                                                       scale_bits=task.scale_bits, rng=self.attack_rng,
+                                                       first_index=first_index)
+        return deltas[0], loss, clipped_per_row[0]
+
+    async def observe_round(self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task) -> np.ndarray | None:
+        """The other participants' updates already included this round (proven), as float changes."""
+        others_total = len(task.participants) - 1
+        want = max(1, math.ceil(others_total / 2))
+        while True:
+            current = await self.read_task(client)
+            if current.status != TaskStatus.ACTIVE or current.round != task.round:
+                return None
+            seen = [a for a in current.submitted if a != self.address]
+            status = await client.status()
+            if len(seen) >= want or status.height >= current.round_deadline - DEADLINE_MARGIN_BLOCKS:
+                break
+            await _next_block(blocks)
+        rows = []
+        for address in seen:
+            proven = await client.get_state(update_key(task.task_id, address))
+            if proven.value is None:
+                continue
+            q = np.frombuffer(proven.value[32:], dtype="<i2")  # value = H(mps-update, delta) || delta
+            rows.append(model.dequantize(q.astype(np.int32), task.scale_bits))
+        return np.stack(rows) if rows else None
+
+    # --------------------------------------------------------------------------------------------------
+    def finish(self, task: Task, status: str) -> ClientResult:
+        self.emit("finished", status=status, accuracy_bps=task.accuracy_bps, rounds=task.rounds_closed)
+        return ClientResult(self.address, task.task_id, status, dict(self.journal.rounds), self.reconnects,
+                            task.accuracy_bps)
+
+
+async def _next_block(blocks: trio.MemoryReceiveChannel[Any]) -> None:
+    """Wait for the next pushed block and skip to the newest one; a closed subscription is a lost link."""
+    try:
+        await blocks.receive()
+    except (trio.EndOfChannel, trio.ClosedResourceError):
+        raise ConnectionLost("the block subscription ended") from None
+    while True:
+        try:
+            blocks.receive_nowait()
+        except trio.WouldBlock:
+            return
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise ConnectionLost("the block subscription ended") from None
+
+
+async def run_client(config: ClientConfig, on_event: Callable[[ClientEvent], None] | None = None,
+                     limiter: trio.CapacityLimiter | None = None) -> ClientResult:
+    """Follow ``config.task_id`` to its end; see the module docstring. ``limiter`` bounds training threads."""
+    return await _Runner(config, on_event, limiter).run()
+
+
+def signed_update(record: RoundRecord) -> SignedTx:
+    """The journaled SUBMIT_UPDATE of a round, decoded (for audits and tests)."""
+    return decode_signed_tx(bytes.fromhex(record.tx))

@@ -1,0 +1,117 @@
+"""Blocks: header, body of signed txs, sequencer signature; canonical encoding and decoding.
+
+``Header = [version, chain_id, height, parent_hash, timestamp_ms, tx_root, receipts_root,
+state_root]``, ``Block = [Header, [SignedTx...], sequencer_signature]``. The block hash is
+``H(mps-header, encode(Header))``; the sequencer signs the block hash.
+``decode_block`` raises ``InvalidBlock`` with a reason for any bad input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mpsnode.consensus import crypto
+from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_str, expect_uint
+from mpsnode.consensus.errors import BlockDecodeError, InvalidBlock, MpsError
+from mpsnode.consensus.hashing import HEADER, H
+from mpsnode.consensus.merkle import list_root
+from mpsnode.consensus.tx import SignedTx
+
+BLOCK_VERSION = 1
+MAX_BLOCK_BYTES_HARD = 1 << 30
+MAX_TXS_PER_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Header:
+    chain_id: str
+    height: int
+    parent_hash: bytes
+    timestamp_ms: int
+    tx_root: bytes
+    receipts_root: bytes
+    state_root: bytes
+    version: int = BLOCK_VERSION
+
+    def encode_obj(self) -> list[Any]:
+        return [self.version, self.chain_id, self.height, self.parent_hash, self.timestamp_ms, self.tx_root,
+                self.receipts_root, self.state_root]
+
+    def encode(self) -> bytes:
+        return encode(self.encode_obj())
+
+    def hash(self) -> bytes:
+        return H(HEADER, self.encode())
+
+    @classmethod
+    def decode_obj(cls, obj: Any) -> Header:
+        version, chain_id, height, parent, ts, tx_root, receipts_root, state_root = expect_list(obj, 8, "header")
+        if expect_uint(version, "header version") != BLOCK_VERSION:
+            raise BlockDecodeError(f"unknown block version {version}")
+        return cls(expect_str(chain_id, "chain_id"), expect_uint(height, "height"),
+                   expect_bytes(parent, "parent_hash", 32), expect_uint(ts, "timestamp_ms"),
+                   expect_bytes(tx_root, "tx_root", 32), expect_bytes(receipts_root, "receipts_root", 32),
+                   expect_bytes(state_root, "state_root", 32), version)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "chain_id": self.chain_id, "height": self.height,
+                "hash": self.hash().hex(), "parent_hash": self.parent_hash.hex(),
+                "timestamp_ms": self.timestamp_ms, "tx_root": self.tx_root.hex(),
+                "receipts_root": self.receipts_root.hex(), "state_root": self.state_root.hex()}
+
+
+def decode_header(data: bytes) -> Header:
+    try:
+        return Header.decode_obj(decode(data, max_bytes=1024))
+    except InvalidBlock:
+        raise
+    except MpsError as exc:
+        raise BlockDecodeError(f"malformed header: {exc.reason}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    header: Header
+    txs: tuple[SignedTx, ...]
+    signature: bytes
+
+    @property
+    def height(self) -> int:
+        return self.header.height
+
+    def hash(self) -> bytes:
+        return self.header.hash()
+
+    def encode_obj(self) -> list[Any]:
+        return [self.header.encode_obj(), [t.encode_obj() for t in self.txs], self.signature]
+
+    def encode(self) -> bytes:
+        return encode(self.encode_obj())
+
+    def verify_signature(self, sequencer: bytes) -> bool:
+        return crypto.verify(sequencer, self.hash(), self.signature)
+
+
+def compute_tx_root(txs: tuple[SignedTx, ...] | list[SignedTx]) -> bytes:
+    return list_root([t.leaf() for t in txs])
+
+
+def sign_header(header: Header, key: crypto.Keypair, txs: tuple[SignedTx, ...]) -> Block:
+    return Block(header, tuple(txs), key.sign(header.hash()))
+
+
+def decode_block(data: bytes, max_bytes: int = MAX_BLOCK_BYTES_HARD) -> Block:
+    """Decode a canonical block; ``InvalidBlock`` with a reason for any bad input."""
+    try:
+        obj = decode(data, max_bytes=max_bytes, max_array_len=MAX_TXS_PER_BLOCK)
+        header_obj, txs_obj, signature = expect_list(obj, 3, "block")
+        header = Header.decode_obj(header_obj)
+        txs = tuple(SignedTx.from_obj(t) for t in expect_list(txs_obj, None, "block txs"))
+        return Block(header, txs, expect_bytes(signature, "sequencer signature", crypto.SIGNATURE_LEN))
+    except InvalidBlock:
+        raise
+    except MpsError as exc:
+        raise BlockDecodeError(f"malformed block: {exc.reason}") from None
+    except Exception as exc:  # noqa: BLE001 - the contract is: never another exception type
+        raise BlockDecodeError(f"malformed block: {type(exc).__name__}: {exc}") from None

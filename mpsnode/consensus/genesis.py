@@ -1,0 +1,170 @@
+"""Genesis: the chain's parameters, keys and allocations, and the state and header they define.
+
+The genesis state holds the config (chain id, parameters, sequencer key, fee recipient,
+treasury, genesis time, supply), the globals and one account per allocation. The genesis header
+is ``[1, chain_id, 0, zeros, genesis_time_ms, empty, empty, state_root]`` and the genesis hash is
+its hash: it commits to everything above, so peers compare it in their handshake.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from mpsnode.consensus import crypto
+from mpsnode.consensus.block import Header
+from mpsnode.consensus.errors import GenesisError
+from mpsnode.consensus.hashing import ZERO32
+from mpsnode.consensus.merkle import EMPTY_LIST_ROOT
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.smt import compute_root_reference
+from mpsnode.consensus.state import CONFIG_KEY, GLOBALS_KEY, Account, Config, Globals, account_key
+
+CHAIN_ID_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+MAX_SUPPLY = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    address: bytes
+    balance: int
+    bonded: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Genesis:
+    chain_id: str
+    genesis_time_ms: int
+    params: Params
+    sequencer: bytes
+    fee_recipient: bytes
+    treasury: bytes
+    allocations: tuple[Allocation, ...]
+
+    @property
+    def supply(self) -> int:
+        return sum(a.balance + a.bonded for a in self.allocations)
+
+    def config(self) -> Config:
+        return Config(self.chain_id, self.params, self.sequencer, self.fee_recipient, self.treasury,
+                      self.genesis_time_ms, self.supply)
+
+    def state_items(self) -> dict[bytes, bytes]:
+        items = {CONFIG_KEY: self.config().encode(), GLOBALS_KEY: Globals().encode()}
+        for a in self.allocations:
+            acct = Account(balance=a.balance, bonded=a.bonded)
+            if not acct.is_empty():
+                items[account_key(a.address)] = acct.encode()
+        return items
+
+    def state_root(self) -> bytes:
+        return compute_root_reference(self.state_items())
+
+    def header(self) -> Header:
+        return Header(self.chain_id, 0, ZERO32, self.genesis_time_ms, EMPTY_LIST_ROOT, EMPTY_LIST_ROOT,
+                      self.state_root())
+
+    def hash(self) -> bytes:
+        return self.header().hash()
+
+    # JSON ----------------------------------------------------------------------------------------
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "chain_id": self.chain_id,
+            "genesis_time_ms": self.genesis_time_ms,
+            "params": self.params.to_json(),
+            "sequencer": self.sequencer.hex(),
+            "fee_recipient": self.fee_recipient.hex(),
+            "treasury": self.treasury.hex(),
+            "allocations": [{"address": a.address.hex(), "balance": a.balance, "bonded": a.bonded}
+                            for a in self.allocations],
+        }
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Genesis:
+        try:
+            doc = json.loads(Path(path).read_text())
+        except OSError as exc:
+            raise GenesisError("file", f"cannot read {path}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise GenesisError("file", f"{path} is not JSON: {exc}") from None
+        return cls.from_json(doc)
+
+    @classmethod
+    def from_json(cls, doc: Any) -> Genesis:
+        if not isinstance(doc, dict):
+            raise GenesisError("genesis", "must be a JSON object")
+        required = {"chain_id", "genesis_time_ms", "params", "sequencer", "fee_recipient", "treasury",
+                    "allocations"}
+        for name in sorted(required - doc.keys()):
+            raise GenesisError(name, "is missing")
+        for name in sorted(doc.keys() - required):
+            raise GenesisError(name, "is not a genesis field")
+        chain_id = doc["chain_id"]
+        if not isinstance(chain_id, str) or not CHAIN_ID_RE.match(chain_id):
+            raise GenesisError("chain_id", "must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit")
+        time_ms = _int(doc["genesis_time_ms"], "genesis_time_ms")
+        params = _params(doc["params"])
+        sequencer = _addr(doc["sequencer"], "sequencer")
+        fee_recipient = _addr(doc["fee_recipient"], "fee_recipient")
+        treasury = _addr(doc["treasury"], "treasury")
+        allocs = doc["allocations"]
+        if not isinstance(allocs, list):
+            raise GenesisError("allocations", "must be a list")
+        seen: set[bytes] = set()
+        out = []
+        for i, a in enumerate(allocs):
+            where = f"allocations[{i}]"
+            if not isinstance(a, dict) or not {"address", "balance"} <= a.keys() or a.keys() - {
+                    "address", "balance", "bonded"}:
+                raise GenesisError(where, "must be an object with address, balance and optional bonded")
+            address = _addr(a["address"], f"{where}.address")
+            if address in seen:
+                raise GenesisError(f"{where}.address", "appears twice")
+            seen.add(address)
+            out.append(Allocation(address, _int(a["balance"], f"{where}.balance"),
+                                  _int(a.get("bonded", 0), f"{where}.bonded")))
+        g = cls(chain_id, time_ms, params, sequencer, fee_recipient, treasury, tuple(out))
+        if g.supply > MAX_SUPPLY:
+            raise GenesisError("allocations", f"total supply {g.supply} exceeds {MAX_SUPPLY}")
+        return g
+
+
+def _int(v: Any, field: str) -> int:
+    if type(v) is not int or v < 0 or v > MAX_SUPPLY:
+        raise GenesisError(field, f"must be an integer in 0..{MAX_SUPPLY}")
+    return v
+
+
+def _addr(v: Any, field: str) -> bytes:
+    if not isinstance(v, str):
+        raise GenesisError(field, "must be a hex address string")
+    try:
+        return crypto.parse_address(v)
+    except ValueError as exc:
+        raise GenesisError(field, str(exc)) from None
+
+
+def _params(doc: Any) -> Params:
+    if not isinstance(doc, dict):
+        raise GenesisError("params", "must be an object")
+    names = {f.name for f in fields(Params)}
+    for name in sorted(doc.keys() - names):
+        raise GenesisError(f"params.{name}", "is not a parameter")
+    values = {}
+    for name in sorted(names):
+        # Every parameter is spelled out: a default that changed between versions must never
+        # change what an existing genesis means.
+        if name not in doc:
+            raise GenesisError(f"params.{name}", "is missing")
+        values[name] = _int(doc[name], f"params.{name}")
+    params = Params(**values)
+    for name, why in params.validate():
+        raise GenesisError(f"params.{name}", why)
+    return params

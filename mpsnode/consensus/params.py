@@ -1,0 +1,70 @@
+"""Chain parameters: fixed at genesis, committed in the genesis state, read by the STF."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from mpsnode.consensus.encoding import expect_list, expect_uint
+
+MIB = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    min_stake: int = 1000
+    task_base_fee: int = 100
+    tx_base_fee: int = 1
+    fee_per_kib: int = 0
+    unbonding_blocks: int = 50
+    slash_bps: int = 5000
+    # Flagging rules of round closing (docs/PROTOCOL.md, "Closing a round"), calibrated on
+    # bench/robustness.py so that no honest client was ever flagged (margins in docs/FL.md).
+    slash_score_ratio_pct: int = 12000  # Krum: flag s_i > 120x the median score (honest max seen: 72x)
+    coherence_gate_bps: int = 4000  # a round is coherent when its median cosine is >= 0.40
+    slash_score_ratio_coherent_pct: int = 3000  # Krum in coherent rounds: 30x (honest max seen: 7.9x)
+    slash_direction_bps: int = 2500  # coherent rounds: flag cos(q_i, others) < -0.25 (honest min seen: -0.087)
+    protocol_fee_bps: int = 500
+    max_tx_bytes: int = 16 * MIB
+    max_block_bytes: int = 256 * MIB
+    block_time_ms: int = 200
+
+    def encode(self) -> list[int]:
+        """Fixed field order (declaration order) for the genesis commitment."""
+        return [getattr(self, f.name) for f in fields(self)]
+
+    @classmethod
+    def decode(cls, obj: Any) -> Params:
+        items = expect_list(obj, len(fields(cls)), "params")
+        values = {f.name: expect_uint(v, f"params.{f.name}") for f, v in zip(fields(cls), items)}
+        return cls(**values)
+
+    def to_json(self) -> dict[str, int]:
+        return asdict(self)
+
+    def validate(self) -> list[tuple[str, str]]:
+        """Problems as (field, why); empty when the parameters are usable."""
+        problems: list[tuple[str, str]] = []
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if type(v) is not int or v < 0 or v >= 2**63:
+                problems.append((f.name, "must be an integer in 0..2^63-1"))
+        if problems:
+            return problems
+        if self.min_stake < 1:
+            problems.append(("min_stake", "must be at least 1"))
+        for name in ("slash_bps", "protocol_fee_bps", "slash_direction_bps", "coherence_gate_bps"):
+            if getattr(self, name) > 10_000:
+                problems.append((name, "basis points must be <= 10000"))
+        for name in ("slash_score_ratio_pct", "slash_score_ratio_coherent_pct"):
+            if getattr(self, name) < 100:
+                problems.append((name, "must be >= 100 (a ratio to the median score)"))
+        if self.max_tx_bytes < 1024:
+            problems.append(("max_tx_bytes", "must be at least 1024"))
+        if self.max_block_bytes < self.max_tx_bytes:
+            problems.append(("max_block_bytes", "must be >= max_tx_bytes"))
+        if self.block_time_ms < 1:
+            problems.append(("block_time_ms", "must be at least 1"))
+        if self.unbonding_blocks < 1:
+            problems.append(("unbonding_blocks", "must be at least 1"))
+        return problems

@@ -1,0 +1,388 @@
+"""The state: a key-value map with typed records, and the overlay the STF writes through.
+
+Keys (first byte names the table; ids are u64 big-endian so byte order is numeric order):
+
+| key                         | value                                                         |
+|-----------------------------|---------------------------------------------------------------|
+| ``C``                       | Config: chain id, params, sequencer, fee recipient, treasury, genesis time, supply |
+| ``G``                       | Globals: next task id, burned total, open task ids            |
+| ``A`` + address             | Account: balance, nonce, bonded, unbonding, jailed, tasks     |
+| ``T`` + task_id             | Task record                                                   |
+| ``M`` + task_id             | global model, int32 little-endian                             |
+| ``V`` + task_id             | validation set ``[val_x, val_y]``                             |
+| ``U`` + task_id + address   | the pending update of the open round (int16 delta)           |
+| ``D`` + task_id + hash      | duplicate index of the open round: H(mps-update, delta) -> sender |
+| ``Q`` + height              | addresses with unbonding entries maturing at that height      |
+
+An account equal to the empty account is deleted rather than stored, so the state holds no
+zero records. ``State`` reads through an injected reader and collects writes in layers: one
+for the block and one per tx, so a failed tx is dropped whole (``begin``/``commit``/``rollback``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from enum import IntEnum
+from typing import Any
+
+import msgpack
+
+from mpsnode.consensus.encoding import encode, expect_bytes, expect_list, expect_str, expect_uint, u64be
+from mpsnode.consensus.errors import DecodeError
+from mpsnode.consensus.params import Params
+
+CONFIG_KEY = b"C"
+GLOBALS_KEY = b"G"
+ACCOUNT, TASK, MODEL, VALSET, UPDATE, DUPLICATE, UNBONDING_QUEUE = b"A", b"T", b"M", b"V", b"U", b"D", b"Q"
+
+_MAX_VALUE = 1 << 26  # the largest value (a 2^22-parameter int32 model) is 16 MiB
+
+
+def account_key(address: bytes) -> bytes:
+    return ACCOUNT + address
+
+
+def task_key(task_id: int) -> bytes:
+    return TASK + u64be(task_id)
+
+
+def model_key(task_id: int) -> bytes:
+    return MODEL + u64be(task_id)
+
+
+def valset_key(task_id: int) -> bytes:
+    return VALSET + u64be(task_id)
+
+
+def update_key(task_id: int, address: bytes) -> bytes:
+    return UPDATE + u64be(task_id) + address
+
+
+def duplicate_key(task_id: int, delta_hash: bytes) -> bytes:
+    return DUPLICATE + u64be(task_id) + delta_hash
+
+
+def unbonding_queue_key(height: int) -> bytes:
+    return UNBONDING_QUEUE + u64be(height)
+
+
+def _decode_value(data: bytes) -> Any:
+    """Decode a state value. Values come from our own store and are committed by the state root,
+    so the canonical re-encoding check of untrusted input is skipped (it would double the cost of
+    every account read); the record decoders still check every field's type and range."""
+    try:
+        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True, max_map_len=0,
+                               max_ext_len=0)
+    except Exception as exc:  # noqa: BLE001 - a corrupt store must surface as one clear error
+        raise DecodeError(f"corrupt state value: {type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    chain_id: str
+    params: Params
+    sequencer: bytes
+    fee_recipient: bytes
+    treasury: bytes
+    genesis_time_ms: int
+    supply: int
+
+    def encode(self) -> bytes:
+        return encode([self.chain_id, self.params.encode(), self.sequencer, self.fee_recipient, self.treasury,
+                       self.genesis_time_ms, self.supply])
+
+    @classmethod
+    def decode(cls, data: bytes) -> Config:
+        c, p, s, f, t, g, n = expect_list(_decode_value(data), 7, "config")
+        return cls(expect_str(c, "chain_id"), Params.decode(p), expect_bytes(s, "sequencer", 32),
+                   expect_bytes(f, "fee_recipient", 32), expect_bytes(t, "treasury", 32),
+                   expect_uint(g, "genesis_time_ms"), expect_uint(n, "supply"))
+
+
+@dataclass(frozen=True, slots=True)
+class Globals:
+    next_task_id: int = 1
+    burned: int = 0
+    open_tasks: tuple[int, ...] = ()  # tasks joining or running, ascending
+
+    def encode(self) -> bytes:
+        return encode([self.next_task_id, self.burned, list(self.open_tasks)])
+
+    @classmethod
+    def decode(cls, data: bytes) -> Globals:
+        n, b, o = expect_list(_decode_value(data), 3, "globals")
+        return cls(expect_uint(n, "next_task_id"), expect_uint(b, "burned"),
+                   tuple(expect_uint(t, "open task") for t in expect_list(o, None, "open_tasks")))
+
+
+@dataclass(frozen=True, slots=True)
+class Unbonding:
+    amount: int
+    release_height: int
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    balance: int = 0
+    nonce: int = 0
+    bonded: int = 0
+    unbonding: tuple[Unbonding, ...] = ()
+    jailed: bool = False
+    tasks: tuple[int, ...] = ()  # open tasks this account takes part in, ascending
+
+    def is_empty(self) -> bool:
+        return self == EMPTY_ACCOUNT
+
+    @property
+    def unbonding_total(self) -> int:
+        return sum(u.amount for u in self.unbonding)
+
+    def encode(self) -> bytes:
+        return encode([self.balance, self.nonce, self.bonded, [[u.amount, u.release_height] for u in self.unbonding],
+                       int(self.jailed), list(self.tasks)])
+
+    @classmethod
+    def decode(cls, data: bytes) -> Account:
+        bal, nonce, bonded, unb, jailed, tasks = expect_list(_decode_value(data), 6, "account")
+        entries = []
+        for e in expect_list(unb, None, "unbonding"):
+            a, h = expect_list(e, 2, "unbonding entry")
+            entries.append(Unbonding(expect_uint(a, "amount"), expect_uint(h, "release_height")))
+        return cls(expect_uint(bal, "balance"), expect_uint(nonce, "nonce"), expect_uint(bonded, "bonded"),
+                   tuple(entries), bool(expect_uint(jailed, "jailed", 1)),
+                   tuple(expect_uint(t, "task") for t in expect_list(tasks, None, "tasks")))
+
+
+EMPTY_ACCOUNT = Account()
+
+
+class TaskStatus(IntEnum):
+    JOINING = 0
+    ACTIVE = 1
+    COMPLETED = 2
+    EXPIRED = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    task_id: int
+    creator: bytes
+    arch: tuple[int, ...]
+    scale_bits: int
+    target_accuracy_bps: int
+    max_rounds: int
+    min_clients: int
+    max_clients: int
+    byzantine_f: int
+    join_blocks: int
+    round_blocks: int
+    fee_per_round: int
+    local_epochs: int
+    status: TaskStatus
+    created_height: int
+    escrow: int
+    participants: tuple[bytes, ...] = ()  # active participants, in join order
+    round: int = 0  # the open round (1-based); 0 before the task starts
+    round_deadline: int = 0  # last height at which the open round accepts updates
+    rounds_closed: int = 0
+    billed_rounds: int = 0  # closed rounds that were not void
+    submitted: tuple[bytes, ...] = ()  # senders of the open round's updates, in order
+    rewards_weight: tuple[tuple[bytes, int], ...] = ()  # address -> selected updates over the task
+    accuracy_bps: int = 0  # accuracy of the global model after the last closed round
+
+    @property
+    def join_deadline(self) -> int:
+        return self.created_height + self.join_blocks
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in (TaskStatus.JOINING, TaskStatus.ACTIVE)
+
+    def encode(self) -> bytes:
+        return encode([self.task_id, self.creator, list(self.arch), self.scale_bits, self.target_accuracy_bps,
+                       self.max_rounds, self.min_clients, self.max_clients, self.byzantine_f, self.join_blocks,
+                       self.round_blocks, self.fee_per_round, self.local_epochs, int(self.status),
+                       self.created_height, self.escrow, list(self.participants), self.round,
+                       self.round_deadline, self.rounds_closed, self.billed_rounds, list(self.submitted),
+                       [[a, n] for a, n in self.rewards_weight], self.accuracy_bps])
+
+    @classmethod
+    def decode(cls, data: bytes) -> Task:
+        f = expect_list(_decode_value(data), 24, "task")
+        ints = [expect_uint(f[i], f"task field {i}") for i in (0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
+                                                                 17, 18, 19, 20, 23)]
+        (task_id, scale_bits, target, max_rounds, min_clients, max_clients, byz_f, join_blocks, round_blocks,
+         fee_per_round, local_epochs, status, created, escrow, round_, deadline, closed, billed, acc) = ints
+        addresses = lambda obj, what: tuple(expect_bytes(a, what, 32) for a in expect_list(obj, None, what))  # noqa: E731
+        weights = []
+        for item in expect_list(f[22], None, "rewards_weight"):
+            a, n = expect_list(item, 2, "rewards_weight entry")
+            weights.append((expect_bytes(a, "address", 32), expect_uint(n, "weight")))
+        return cls(task_id, expect_bytes(f[1], "creator", 32),
+                   tuple(expect_uint(w, "arch") for w in expect_list(f[2], None, "arch")), scale_bits, target,
+                   max_rounds, min_clients, max_clients, byz_f, join_blocks, round_blocks, fee_per_round,
+                   local_epochs, TaskStatus(status), created, escrow, addresses(f[16], "participants"), round_,
+                   deadline, closed, billed, addresses(f[21], "submitted"), tuple(weights), acc)
+
+    def with_(self, **changes: Any) -> Task:
+        return replace(self, **changes)
+
+
+# ---------------------------------------------------------------------------------------------
+# The overlay
+
+
+Reader = Callable[[bytes], "bytes | None"]
+_DELETED = None
+
+
+@dataclass
+class State:
+    """Reads fall through write layers to ``reader``; writes land in the top layer."""
+
+    reader: Reader
+    _layers: list[dict[bytes, bytes | None]] = field(default_factory=lambda: [{}])
+    # encoded value -> decoded account, keyed by key; valid while the stored bytes are the same object
+    _accounts: dict[bytes, tuple[bytes, Account]] = field(default_factory=dict)
+
+    # raw access ------------------------------------------------------------------------------
+    def get(self, key: bytes) -> bytes | None:
+        for layer in reversed(self._layers):
+            if key in layer:
+                return layer[key]
+        return self.reader(key)
+
+    def set(self, key: bytes, value: bytes | None) -> None:
+        self._layers[-1][key] = value
+
+    def delete(self, key: bytes) -> None:
+        self._layers[-1][key] = _DELETED
+
+    # tx-level atomicity ------------------------------------------------------------------------
+    def begin(self) -> None:
+        self._layers.append({})
+
+    def commit(self) -> None:
+        top = self._layers.pop()
+        self._layers[-1].update(top)
+
+    def rollback(self) -> None:
+        self._layers.pop()
+
+    def writes(self) -> dict[bytes, bytes | None]:
+        """Everything written in the block so far (only valid with no tx layer open)."""
+        if len(self._layers) != 1:
+            raise RuntimeError("a tx layer is still open")
+        return dict(self._layers[0])
+
+    def written_keys(self) -> Iterator[bytes]:
+        return iter(self._layers[0])
+
+    # typed helpers ---------------------------------------------------------------------------
+    def get_config(self) -> Config:
+        data = self.get(CONFIG_KEY)
+        if data is None:
+            raise RuntimeError("state has no config: not initialised from a genesis")
+        return Config.decode(data)
+
+    def get_globals(self) -> Globals:
+        data = self.get(GLOBALS_KEY)
+        return Globals() if data is None else Globals.decode(data)
+
+    def set_globals(self, g: Globals) -> None:
+        self.set(GLOBALS_KEY, g.encode())
+
+    def get_account(self, address: bytes) -> Account:
+        key = account_key(address)
+        data = self.get(key)
+        if data is None:
+            return EMPTY_ACCOUNT
+        cached = self._accounts.get(key)
+        if cached is not None and cached[0] is data:
+            return cached[1]
+        account = Account.decode(data)
+        self._accounts[key] = (data, account)
+        return account
+
+    def set_account(self, address: bytes, account: Account) -> None:
+        key = account_key(address)
+        if account.is_empty():
+            self.set(key, None)
+            return
+        data = account.encode()
+        self.set(key, data)
+        self._accounts[key] = (data, account)
+
+    def get_task(self, task_id: int) -> Task | None:
+        data = self.get(task_key(task_id))
+        return None if data is None else Task.decode(data)
+
+    def set_task(self, task: Task) -> None:
+        self.set(task_key(task.task_id), task.encode())
+
+    def get_model(self, task_id: int) -> bytes:
+        data = self.get(model_key(task_id))
+        if data is None:
+            raise KeyError(f"task {task_id} has no model")
+        return data
+
+    def set_model(self, task_id: int, weights: bytes) -> None:
+        self.set(model_key(task_id), weights)
+
+    def get_valset(self, task_id: int) -> tuple[bytes, bytes]:
+        data = self.get(valset_key(task_id))
+        if data is None:
+            raise KeyError(f"task {task_id} has no validation set")
+        x, y = expect_list(_decode_value(data), 2, "validation set")
+        return expect_bytes(x, "val_x"), expect_bytes(y, "val_y")
+
+    def set_valset(self, task_id: int, val_x: bytes, val_y: bytes) -> None:
+        self.set(valset_key(task_id), encode([val_x, val_y]))
+
+    def get_update(self, task_id: int, address: bytes) -> bytes | None:
+        """The pending delta (int16 little-endian bytes), or None."""
+        data = self.get(update_key(task_id, address))
+        return None if data is None else data[32:]
+
+    def get_update_hash(self, task_id: int, address: bytes) -> bytes | None:
+        """``H(mps-update, delta)`` of the pending delta, stored in front of it, or None."""
+        data = self.get(update_key(task_id, address))
+        return None if data is None else data[:32]
+
+    def get_update_stored(self, task_id: int, address: bytes) -> bytes | None:
+        """The stored value, ``H(mps-update, delta) || delta``, without copying the delta out."""
+        return self.get(update_key(task_id, address))
+
+    def set_update(self, task_id: int, address: bytes, delta_hash: bytes, delta: bytes) -> None:
+        self.set(update_key(task_id, address), delta_hash + delta)
+
+    def get_unbonding_queue(self, height: int) -> tuple[bytes, ...]:
+        data = self.get(unbonding_queue_key(height))
+        if data is None:
+            return ()
+        return tuple(expect_bytes(a, "address", 32) for a in expect_list(_decode_value(data), None, "queue"))
+
+    def set_unbonding_queue(self, height: int, addresses: tuple[bytes, ...]) -> None:
+        self.set(unbonding_queue_key(height), encode(list(addresses)) if addresses else None)
+
+    # balance movers: the only writers of amounts ---------------------------------------------------
+    def increase_balance(self, address: bytes, amount: int) -> None:
+        acct = self.get_account(address)
+        self.set_account(address, replace(acct, balance=acct.balance + amount))
+
+    def decrease_balance(self, address: bytes, amount: int) -> None:
+        from mpsnode.consensus.errors import InsufficientBalance
+
+        acct = self.get_account(address)
+        if acct.balance < amount:
+            raise InsufficientBalance(amount, acct.balance)
+        self.set_account(address, replace(acct, balance=acct.balance - amount))
+
+    def increase_burned(self, amount: int) -> None:
+        g = self.get_globals()
+        self.set_globals(replace(g, burned=g.burned + amount))

@@ -1,0 +1,23 @@
+"""The explicit environment of one block: every external input the transition may read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.state import Config
+
+
+@dataclass(frozen=True, slots=True)
+class BlockEnv:
+    config: Config
+    height: int
+    timestamp_ms: int
+
+    @property
+    def params(self) -> Params:
+        return self.config.params
+
+    @property
+    def chain_id(self) -> str:
+        return self.config.chain_id

@@ -1,0 +1,292 @@
+"""Transactions: the six kinds, their canonical encoding, signing and stateless validation.
+
+``Tx = [version=1, kind, chain_id, sender, nonce, fee, body]`` and ``SignedTx = [Tx, signature]``.
+The signature is over ``signing_hash = H(mps-tx-sign, encode(Tx))``, which is also the tx id.
+``decode_signed_tx`` raises ``InvalidTransaction`` (``DecodeError``) for any bad input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import IntEnum
+from typing import Any, ClassVar
+
+from mpsnode.consensus import crypto
+from mpsnode.consensus.encoding import (
+    decode,
+    encode,
+    expect_bytes,
+    expect_list,
+    expect_str,
+    expect_uint,
+)
+from mpsnode.consensus.errors import (
+    BadSignature,
+    DecodeError,
+    FeeTooLow,
+    InvalidField,
+    InvalidTransaction,
+    TxTooLarge,
+    WrongChain,
+)
+from mpsnode.consensus.hashing import TX_LEAF, TX_SIGN, H
+from mpsnode.consensus.params import Params
+
+TX_VERSION = 1
+MAX_TX_BYTES_HARD = 64 << 20  # decoding bound when no params are at hand
+ADDR = crypto.ADDRESS_LEN
+
+
+class Kind(IntEnum):
+    TRANSFER = 1
+    STAKE = 2
+    UNSTAKE = 3
+    CREATE_TASK = 4
+    JOIN_TASK = 5
+    SUBMIT_UPDATE = 6
+
+
+# ---------------------------------------------------------------------------------------------
+# Bodies
+
+
+@dataclass(frozen=True, slots=True)
+class Transfer:
+    KIND: ClassVar[Kind] = Kind.TRANSFER
+    to: bytes
+    amount: int
+
+    def encode_obj(self) -> list[Any]:
+        return [self.to, self.amount]
+
+    @classmethod
+    def decode_obj(cls, obj: Any) -> Transfer:
+        to, amount = expect_list(obj, 2, "transfer body")
+        return cls(expect_bytes(to, "to", ADDR), expect_uint(amount, "amount"))
+
+
+@dataclass(frozen=True, slots=True)
+class Stake:
+    KIND: ClassVar[Kind] = Kind.STAKE
+    amount: int
+
+    def encode_obj(self) -> list[Any]:
+        return [self.amount]
+
+    @classmethod
+    def decode_obj(cls, obj: Any) -> Stake:
+        (amount,) = expect_list(obj, 1, "stake body")
+        return cls(expect_uint(amount, "amount"))
+
+
+@dataclass(frozen=True, slots=True)
+class Unstake:
+    KIND: ClassVar[Kind] = Kind.UNSTAKE
+    amount: int
+
+    def encode_obj(self) -> list[Any]:
+        return [self.amount]
+
+    @classmethod
+    def decode_obj(cls, obj: Any) -> Unstake:
+        (amount,) = expect_list(obj, 1, "unstake body")
+        return cls(expect_uint(amount, "amount"))
+
+
+@dataclass(frozen=True, slots=True)
+class CreateTask:
+    KIND: ClassVar[Kind] = Kind.CREATE_TASK
+    arch: tuple[int, ...]
+    scale_bits: int
+    init_weights: bytes  # int32 little-endian, units of 2^-scale_bits
+    target_accuracy_bps: int
+    max_rounds: int
+    min_clients: int
+    max_clients: int
+    byzantine_f: int
+    join_blocks: int
+    round_blocks: int
+    fee_per_round: int
+    local_epochs: int
+    val_x: bytes  # int16 little-endian, samples x in, row-major
+    val_y: bytes  # uint8 labels
+
+    def encode_obj(self) -> list[Any]:
+        return [list(self.arch), self.scale_bits, self.init_weights, self.target_accuracy_bps,
+                self.max_rounds, self.min_clients, self.max_clients, self.byzantine_f, self.join_blocks,
+                self.round_blocks, self.fee_per_round, self.local_epochs, self.val_x, self.val_y]
+
+    @classmethod
+    def decode_obj(cls, obj: Any) -> CreateTask:
+        f = expect_list(obj, 14, "create_task body")
+        arch = tuple(expect_uint(w, "arch width") for w in expect_list(f[0], None, "arch"))
+        names = ("scale_bits", "target_accuracy_bps", "max_rounds", "min_clients", "max_clients",
+                 "byzantine_f", "join_blocks", "round_blocks", "fee_per_round", "local_epochs")
+        ints = [expect_uint(v, n) for v, n in zip([f[1], *f[3:12]], names)]
+        return cls(arch, ints[0], expect_bytes(f[2], "init_weights"), *ints[1:],
+                   expect_bytes(f[12], "val_x"), expect_bytes(f[13], "val_y"))
+
+
+@dataclass(frozen=True, slots=True)
+class JoinTask:
+    KIND: ClassVar[Kind] = Kind.JOIN_TASK
+    task_id: int
+
+    def encode_obj(self) -> list[Any]:
+        return [self.task_id]
+
+    @classmethod
+    def decode_obj(cls, obj: Any) -> JoinTask:
+        (task_id,) = expect_list(obj, 1, "join_task body")
+        return cls(expect_uint(task_id, "task_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitUpdate:
+    KIND: ClassVar[Kind] = Kind.SUBMIT_UPDATE
+    task_id: int
+    round: int
+    delta: bytes  # int16 little-endian, one per parameter
+
+    def encode_obj(self) -> list[Any]:
+        return [self.task_id, self.round, self.delta]
+
+    @classmethod
+    def decode_obj(cls, obj: Any) -> SubmitUpdate:
+        task_id, round_, delta = expect_list(obj, 3, "submit_update body")
+        return cls(expect_uint(task_id, "task_id"), expect_uint(round_, "round"), expect_bytes(delta, "delta"))
+
+
+Body = Transfer | Stake | Unstake | CreateTask | JoinTask | SubmitUpdate
+BODY_TYPES: dict[int, Any] = {t.KIND: t for t in (Transfer, Stake, Unstake, CreateTask, JoinTask, SubmitUpdate)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Tx and SignedTx
+
+
+@dataclass(frozen=True, slots=True)
+class Tx:
+    chain_id: str
+    sender: bytes
+    nonce: int
+    fee: int
+    body: Body
+    version: int = TX_VERSION
+
+    @property
+    def kind(self) -> Kind:
+        return self.body.KIND
+
+    def encode_obj(self) -> list[Any]:
+        return [self.version, int(self.kind), self.chain_id, self.sender, self.nonce, self.fee,
+                self.body.encode_obj()]
+
+    def encode(self) -> bytes:
+        return encode(self.encode_obj())
+
+    def signing_hash(self) -> bytes:
+        return H(TX_SIGN, self.encode())
+
+    def sign(self, key: crypto.Keypair) -> SignedTx:
+        if key.address != self.sender:
+            raise ValueError("signing key does not match the tx sender")
+        tx_bytes = self.encode()
+        tx_id = H(TX_SIGN, tx_bytes)
+        signature = key.sign(tx_id)
+        return SignedTx(self, signature, tx_id, len(encode([self.encode_obj(), signature])))
+
+    @classmethod
+    def decode_obj(cls, obj: Any) -> Tx:
+        version, kind, chain_id, sender, nonce, fee, body = expect_list(obj, 7, "tx")
+        expect_uint(version, "version")
+        if version != TX_VERSION:
+            raise DecodeError(f"unknown tx version {version}")
+        kind = expect_uint(kind, "kind")
+        body_type = BODY_TYPES.get(kind)
+        if body_type is None:
+            raise DecodeError(f"unknown tx kind {kind}")
+        return cls(expect_str(chain_id, "chain_id"), expect_bytes(sender, "sender", ADDR),
+                   expect_uint(nonce, "nonce"), expect_uint(fee, "fee"), body_type.decode_obj(body), version)
+
+
+@dataclass(frozen=True, slots=True)
+class SignedTx:
+    tx: Tx
+    signature: bytes
+    tx_id: bytes  # = tx.signing_hash(), computed once
+    size: int  # length of the canonical SignedTx encoding
+
+    def encode_obj(self) -> list[Any]:
+        return [self.tx.encode_obj(), self.signature]
+
+    def encode(self) -> bytes:
+        return encode(self.encode_obj())
+
+    def leaf(self) -> bytes:
+        """The item committed in a block's tx_root."""
+        return H(TX_LEAF, self.tx_id + self.signature)
+
+    def verify_signature(self) -> bool:
+        return crypto.verify(self.tx.sender, self.tx_id, self.signature)
+
+    @classmethod
+    def from_obj(cls, obj: Any, size: int | None = None) -> SignedTx:
+        """Build from an already-decoded (canonical) object; raises DecodeError."""
+        tx_obj, signature = expect_list(obj, 2, "signed tx")
+        tx = Tx.decode_obj(tx_obj)
+        expect_bytes(signature, "signature", crypto.SIGNATURE_LEN)
+        tx_id = H(TX_SIGN, encode(tx_obj))
+        if size is None:
+            size = len(encode(obj))
+        return cls(tx, signature, tx_id, size)
+
+
+def decode_signed_tx(data: bytes, max_bytes: int = MAX_TX_BYTES_HARD) -> SignedTx:
+    """Decode a canonical SignedTx; ``InvalidTransaction`` with a reason for any bad input."""
+    try:
+        obj = decode(data, max_bytes=max_bytes)
+        return SignedTx.from_obj(obj, len(data))
+    except InvalidTransaction:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the contract is: never another exception type
+        raise DecodeError(f"malformed tx: {type(exc).__name__}: {exc}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Stateless validation
+
+
+def compute_min_fee(size: int, params: Params) -> int:
+    return params.tx_base_fee + params.fee_per_kib * math.ceil(size / 1024)
+
+
+def validate_transaction(stx: SignedTx, chain_id: str, params: Params, *, check_signature: bool = True) -> None:
+    """Everything that can be judged without state. Raises an ``InvalidTransaction`` leaf."""
+    tx = stx.tx
+    if tx.chain_id != chain_id:
+        raise WrongChain(chain_id, tx.chain_id)
+    if stx.size > params.max_tx_bytes:
+        raise TxTooLarge(stx.size, params.max_tx_bytes)
+    need = compute_min_fee(stx.size, params)
+    if tx.fee < need:
+        raise FeeTooLow(need, tx.fee)
+    validate_body(tx.body)
+    if check_signature and not stx.verify_signature():
+        raise BadSignature("signature does not verify for the sender's key")
+
+
+def validate_body(body: Body) -> None:
+    if isinstance(body, (Transfer, Stake, Unstake)):
+        if body.amount == 0:
+            raise InvalidField("amount", "must be positive")
+    elif isinstance(body, SubmitUpdate):
+        if len(body.delta) == 0 or len(body.delta) % 2:
+            raise InvalidField("delta", "must be a non-empty whole number of int16 values")
+        if body.round == 0:
+            raise InvalidField("round", "rounds are numbered from 1")
+    elif isinstance(body, CreateTask):
+        from mpsnode.consensus.stf.task import validate_create_task  # the limits live with the rule
+
+        validate_create_task(body)

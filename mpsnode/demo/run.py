@@ -1,0 +1,632 @@
+"""``mpsnode demo``: a real network trains a digits classifier while attackers try to poison it.
+
+What runs, all on 127.0.0.1 with free ports:
+
+* a devnet home (a new temporary directory, or ``--home``): genesis, keys, config;
+* the sequencer daemon (``mpsnode sequencer``) and a verifier daemon (``mpsnode verifier``) that
+  follows it, each a separate process, logging to ``HOME/logs/``;
+* the user, who creates the task over the wire: train the 64-32-10 MLP on scikit-learn's bundled
+  digits to the target accuracy within ``max_rounds``, judged on a held-back validation set;
+* the clients, each running the client daemon's code (``mpsnode.clientd.run_client``, exactly what
+  ``mpsnode client run`` runs) on its own Dirichlet shard of the digits: stake, join, and each
+  round fetch the proven global model, train, submit. ``--malicious`` of them attack instead
+  (``mpsnode.fl.attacks``, evaluation only).
+
+The clients run as trio tasks inside the demo process, each with its own connection, wallet and
+journal: ten Python processes would each pay about a second of imports and their own numba and
+numpy start-up on a 2-core machine, while the training itself (a few milliseconds per round
+for a 2410-parameter model) is not worth a process. The nodes, whose separation is the point
+(the verifier trusts nothing the sequencer says), are separate processes.
+
+While rounds close, one line per round (accuracy, selected, flagged, slashes) is printed from
+the blocks the sequencer pushes, each block's signature and receipts root checked. At the end:
+a table per client (honest or attacker, stake before and after, reward), the verifier's verdict
+from its own STATUS, a PNG plot (``mpsnode.replay.plot``) and where the chain is kept for
+``mpsnode replay``. Exit code 0 only when the task completed and the verifier agreed; 1 when
+either failed; 2 for bad options; 130 when interrupted (Ctrl-C stops every process it started).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import trio
+
+    from mpsnode.client.connection import Client
+    from mpsnode.client.daemon import ClientEvent, ClientResult
+    from verifier.replay.audit import Audit
+
+LOCALHOST = "127.0.0.1"
+DEMO_STAKE = 5000  # each client bonds this much (5 x the devnet's min_stake) before joining
+FEE_PER_ROUND = 1000
+JOIN_BLOCKS = 150  # 30 s at the devnet's 200 ms blocks for every client to stake and join
+ROUND_BLOCKS = 50  # a round closes early when all have submitted; this is the deadline for stragglers
+LOCAL_EPOCHS = 2
+READY_TIMEOUT = 120.0  # seconds for a daemon to print its ready line (a first run compiles numba kernels)
+VERIFIER_CATCH_UP = 60.0  # seconds for the verifier to reach the sequencer's final head
+
+
+@dataclass(frozen=True, slots=True)
+class DemoOptions:
+    clients: int = 10
+    malicious: int = 2
+    attack: str = "scaled"
+    alpha: float | None = 1.0  # None: IID
+    target: float = 0.90
+    max_rounds: int = 30
+    seed: int = 7
+    home: str | None = None
+    byzantine_f: int | None = None  # None: max(1, min(malicious, (clients - malicious - 3) // 2))
+    plot: bool = True
+
+    def f(self) -> int:
+        if self.byzantine_f is not None:
+            return self.byzantine_f
+        return max(1, min(self.malicious, (self.clients - self.malicious - 3) // 2))
+
+    def check(self) -> list[str]:
+        """Problems with the options, each a sentence a user can act on."""
+        from mpsnode.fl.attacks import ATTACKS
+
+        problems = []
+        if not 5 <= self.clients <= 256:
+            problems.append("--clients must be 5..256 (a scored round needs at least 2f + 3 = 5 updates)")
+        if not 0 <= self.malicious < self.clients:
+            problems.append("--malicious must be 0 .. clients - 1")
+        if self.attack not in ATTACKS:
+            problems.append(f"--attack must be one of {', '.join(ATTACKS)}")
+        if not 0 < self.target <= 1:
+            problems.append("--target is a fraction in (0, 1], e.g. 0.9")
+        if not 1 <= self.max_rounds <= 1000:
+            problems.append("--max-rounds must be 1..1000")
+        if self.alpha is not None and not self.alpha > 0:
+            problems.append("--alpha must be positive (or 'iid')")
+        f = self.f()
+        if f < 1:
+            problems.append("--byzantine-f must be at least 1")
+        elif self.clients - self.malicious < 2 * f + 3 and not problems:
+            problems.append(f"with f = {f}, a round is scored only with at least {2 * f + 3} updates, but once the "
+                            f"{self.malicious} attackers are slashed only {self.clients - self.malicious} clients "
+                            "remain: add clients or lower --malicious / --byzantine-f")
+        return problems
+
+
+# ---------------------------------------------------------------------------------------------
+# Child processes
+
+
+def _prctl() -> Any:
+    """libc's prctl, looked up once in the parent (the child, between fork and exec, only calls it)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _prctl()
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to SIGTERM this child when the demo process dies (even by SIGKILL): no leftover daemons."""
+    _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class NodeProcess:
+    """A daemon started as ``python -m mpsnode.cli ...`` that prints one JSON ready line on stdout."""
+
+    name: str
+    argv: list[str]
+    log_path: Path
+    proc: subprocess.Popen[str] | None = None
+    ready: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def port(self) -> int:
+        return int(self.ready["port"])
+
+    @property
+    def address(self) -> str:
+        return f"{LOCALHOST}:{self.port}"
+
+    def start(self, timeout: float = READY_TIMEOUT) -> NodeProcess:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "w") as log:
+            # own session: a Ctrl-C in the terminal reaches the demo, which stops its children in order
+            # preexec_fn only calls prctl (resolved beforehand): nothing in it can wait on a lock
+            self.proc = subprocess.Popen([sys.executable, "-m", "mpsnode.cli", *self.argv], stdout=subprocess.PIPE,
+                                         stderr=log, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                                         preexec_fn=_die_with_parent if _PRCTL is not None else None)  # noqa: PLW1509
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DemoFailed(f"the {self.name} did not get ready in {timeout:.0f} s; see {self.log_path}")
+                if sel.select(min(left, 0.5)):
+                    line = self.proc.stdout.readline()
+                    if not line:
+                        raise DemoFailed(f"the {self.name} exited with code {self.proc.wait()} while starting:\n"
+                                         + self.log_tail())
+                    self.ready = json.loads(line)
+                    return self
+
+    def log_tail(self, lines: int = 8) -> str:
+        try:
+            text = self.log_path.read_text().splitlines()
+        except OSError:
+            return ""
+        return "\n".join("    " + t for t in text[-lines:])
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        """SIGTERM, wait, SIGKILL if it does not stop; returns the exit code."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return self.proc.returncode
+
+
+class DemoFailed(Exception):
+    """The demo cannot go on (a daemon did not start, the sequencer went away); the message says why."""
+
+
+# ---------------------------------------------------------------------------------------------
+# What the demo watches
+
+
+@dataclass
+class ClientInfo:
+    index: int
+    name: str
+    address: bytes
+    attack: str | None
+    stake_before: int = 0
+    stake_after: int = 0
+    jailed: bool = False
+    slashed: int = 0
+    selected: int = 0
+    reward: int = 0
+    result: ClientResult | None = None
+    error: str = ""
+
+    @property
+    def role(self) -> str:
+        return f"ATTACKER ({self.attack})" if self.attack else "honest"
+
+
+@dataclass
+class Progress:
+    """The task's story as read from checked blocks, folded into an ``Audit`` for the plot."""
+
+    task_id: int
+    names: dict[bytes, str]
+    attackers: set[bytes]
+    audit: Audit
+    started_at: float
+    status: str = "joining"
+    rounds: int = 0
+    accuracy_bps: int = 0
+    head: int = 0
+    staked: dict[bytes, int] = field(default_factory=dict)  # bonded after each client's last STAKE
+
+
+def _name(progress: Progress, address: bytes) -> str:
+    name = progress.names.get(address, address.hex()[:8])
+    return f"{name}*" if address in progress.attackers else name
+
+
+def mpsnode_command() -> str:
+    """How to call ``mpsnode`` from here: the plain name when it is on PATH, else this venv's script
+    (``make demo`` runs from ``.venv`` without activating it)."""
+    import shutil
+    import sys
+
+    script = Path(sys.executable).parent / "mpsnode"
+    found = shutil.which("mpsnode")
+    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
+        return "mpsnode"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
+def _round_line(progress: Progress, ev: Any, slashes: list[Any], height: int, f: int) -> str:
+    from mpsnode.consensus.stf.round import SLASH_REASONS
+
+    took = time.monotonic() - progress.started_at
+    if ev.void:
+        return (f"  round {ev.round:>3}  void: {len(ev.participants)} updates, fewer than 2f+3 = {2 * f + 3} "
+                f"(block {height}, {took:5.1f} s)")
+    flagged = ", ".join(_name(progress, a) for a in ev.flagged) or "-"
+    slashed = ", ".join(f"{_name(progress, s.address)} -{s.amount} ({SLASH_REASONS.get(s.reason, s.reason)})"
+                        for s in slashes) or "-"
+    return (f"  round {ev.round:>3}  accuracy {ev.accuracy_bps / 100:6.2f}%  selected {len(ev.selected):>2}/"
+            f"{len(ev.participants):<2}  flagged {flagged:<24}  slashed {slashed}   (block {height}, {took:5.1f} s)")
+
+
+async def follow_task(node: Client, progress: Progress, f: int, out: Any) -> None:
+    """Print a line per closed round until the task completes or expires, from checked blocks."""
+    from mpsnode.consensus.errors import VerificationFailed
+    from mpsnode.consensus.events import RoundClosed, Slashed, Staked, TaskCompleted, TaskExpired, TaskStarted
+    from mpsnode.consensus.receipt import receipts_root
+
+    async with node.subscribe(from_height=1, with_receipts=True) as blocks:
+        async for pushed in blocks:
+            block = pushed.block()
+            header = node.verify_header(block.header.encode(), block.signature)
+            receipts = pushed.receipt_list()
+            if receipts_root(receipts) != header.receipts_root:
+                raise VerificationFailed(f"block {header.height}: receipts do not match the signed receipts root")
+            progress.head = header.height
+            progress.audit.fold_block(header.height, receipts)
+            for staked in (e for r in receipts for e in r.events if isinstance(e, Staked)):
+                progress.staked[staked.address] = staked.bonded
+            events = [e for r in receipts for e in r.events if getattr(e, "task_id", None) == progress.task_id]
+            slashes = [e for e in events if isinstance(e, Slashed)]
+            for ev in events:
+                if isinstance(ev, TaskStarted):
+                    progress.status = "active"
+                    out(f"  task {progress.task_id} started at block {header.height} with {len(ev.participants)} "
+                        f"clients; round 1 is open")
+                elif isinstance(ev, RoundClosed):
+                    progress.rounds = ev.round
+                    if not ev.void:
+                        progress.accuracy_bps = ev.accuracy_bps
+                    out(_round_line(progress, ev, [s for s in slashes if s.round == ev.round], header.height, f))
+                elif isinstance(ev, TaskCompleted):
+                    progress.status = "completed"
+                    out(f"  task {progress.task_id} COMPLETED after {ev.rounds} rounds at "
+                        f"{ev.accuracy_bps / 100:.2f}%: the user is charged {ev.charged} "
+                        f"(protocol fee {ev.protocol_fee}), the clients are paid")
+                elif isinstance(ev, TaskExpired):
+                    progress.status = "expired"
+                    why = {1: "not enough clients joined", 2: "max rounds reached without the target"}
+                    out(f"  task {progress.task_id} EXPIRED after {ev.rounds} rounds: "
+                        f"{why.get(ev.reason, ev.reason)}; the escrow is refunded")
+            if progress.status in ("completed", "expired"):
+                return
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class DemoOutcome:
+    task_status: str = "not created"
+    rounds: int = 0
+    accuracy_bps: int = 0
+    head_height: int = 0
+    head_hash: bytes = b""
+    state_root: bytes = b""
+    clients: list[ClientInfo] = field(default_factory=list)
+    verdict: str = "not checked"
+    verifier_ok: bool = False
+    plot: Path | None = None
+    seconds: float = 0.0
+
+
+async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: NodeProcess, outcome: DemoOutcome,
+                out: Any) -> None:
+    """Create the task, run the clients and the round monitor, then collect the results."""
+    import numpy as np
+    import trio
+
+    from mpsnode import fl
+    from mpsnode.cli.client import digits_split, learner_seed
+    from mpsnode.client.connection import Wallet, connect
+    from mpsnode.client.daemon import ClientConfig, run_client
+    from mpsnode.consensus.errors import ClientStopped
+    from mpsnode.consensus.events import TaskCreated
+    from verifier.replay.audit import Audit
+
+    genesis = net.genesis
+    split = digits_split(opts.clients, opts.alpha, opts.seed)
+    f = opts.f()
+    rng = np.random.default_rng(opts.seed)
+    attackers = {int(i) for i in rng.choice(opts.clients, opts.malicious, replace=False)} if opts.malicious else set()
+    infos = [ClientInfo(i, f"client-{i}", net.keys[f"client-{i}"].address, opts.attack if i in attackers else None)
+             for i in range(opts.clients)]
+    outcome.clients = infos
+
+    async with connect(sequencer.address, genesis=genesis) as node:
+        # the user asks for a model
+        body = fl.create_task_body(split.validation, target_accuracy_bps=round(opts.target * 10000),
+                                   max_rounds=opts.max_rounds, min_clients=opts.clients, max_clients=opts.clients,
+                                   byzantine_f=f, join_blocks=JOIN_BLOCKS, round_blocks=ROUND_BLOCKS,
+                                   fee_per_round=FEE_PER_ROUND, local_epochs=LOCAL_EPOCHS, seed=opts.seed)
+        user = Wallet(net.keys["user"], genesis.chain_id, genesis.params)
+        await user.recover(node)
+        stx = await user.send(node, body)
+        created = await node.wait_receipt(stx.tx_id)
+        if not created.ok or created.receipt is None:
+            raise DemoFailed(f"CREATE_TASK failed: {created.to_json()}")
+        task_id = next(e.task_id for e in created.receipt.events if isinstance(e, TaskCreated))
+        out(f"  user created task {task_id} at block {created.height}: digits, MLP {'-'.join(map(str, body.arch))}, "
+            f"target {opts.target:.0%} within {opts.max_rounds} rounds, f = {f}, escrow "
+            f"{FEE_PER_ROUND * opts.max_rounds}; validation set {len(split.validation)} samples (held back)")
+        out(f"  {opts.clients} clients stake {DEMO_STAKE} and join; each runs what `mpsnode client run --home HOME "
+            f"--from client-I --task {task_id} --digits-shard I/{opts.clients} --alpha "
+            f"{'iid' if opts.alpha is None else opts.alpha} --seed {opts.seed} --stake {DEMO_STAKE}` runs")
+        if attackers:
+            out(f"  attackers (EVALUATION ONLY, {opts.attack}): "
+                f"{', '.join(infos[i].name for i in sorted(attackers))}  (marked * below)")
+
+        progress = Progress(task_id, {c.address: c.name for c in infos}, {c.address for c in infos if c.attack},
+                            Audit(), time.monotonic())
+        limiter = trio.CapacityLimiter(2)  # training threads: the machine's cores, not one per client
+
+        def on_event(ev: ClientEvent) -> None:
+            if ev.kind in ("disconnected", "reconnected", "resubmitted", "lost", "refused"):
+                name = progress.names.get(ev.address, ev.address.hex()[:8])
+                out(f"  {name}: {ev.kind} {json.dumps(ev.fields)}")
+
+        async def one_client(info: ClientInfo) -> None:
+            config = ClientConfig(node=sequencer.address, key=net.keys[info.name], task_id=task_id,
+                                  data=split.clients[info.index], genesis=genesis, state_dir=net.home / "clients",
+                                  stake=DEMO_STAKE, seed=learner_seed(opts.seed, info.index), attack=info.attack,
+                                  colluders=max(1, opts.malicious))
+            try:
+                info.result = await run_client(config, on_event, limiter)
+            except ClientStopped as exc:
+                info.error = exc.reason
+                out(f"  {info.name} stopped: {exc.reason}")
+
+        async def watch_sequencer(cancel: trio.CancelScope) -> None:
+            while sequencer.alive():
+                await trio.sleep(0.5)
+            out(f"  the sequencer exited unexpectedly (code {sequencer.proc.returncode if sequencer.proc else '?'}):")
+            out(sequencer.log_tail())
+            cancel.cancel()
+
+        async with connect(sequencer.address, genesis=genesis) as monitor_node, trio.open_nursery() as nursery:
+            nursery.start_soon(watch_sequencer, nursery.cancel_scope)
+            async with trio.open_nursery() as work:
+                work.start_soon(follow_task, monitor_node, progress, f, out)
+                for info in infos:
+                    work.start_soon(one_client, info)
+            nursery.cancel_scope.cancel()
+        if progress.status not in ("completed", "expired"):
+            raise DemoFailed("the run stopped before the task finished (see above)")
+        outcome.task_status, outcome.rounds, outcome.accuracy_bps = progress.status, progress.rounds, \
+            progress.accuracy_bps
+
+        # the results, from proven state and the checked events
+        for info in infos:
+            account = (await node.account(info.address)).value
+            info.stake_after, info.jailed = account.bonded, account.jailed
+        proven_task = await node.task(task_id)
+        if proven_task.value is not None:
+            progress.audit.describe(task_id, proven_task.value)
+        status = await node.status()
+        outcome.head_height, outcome.head_hash, outcome.state_root = status.height, status.head_hash, status.state_root
+
+    by_address = {c.address: c for c in infos}
+    for address, bonded in progress.staked.items():
+        if address in by_address:
+            by_address[address].stake_before = bonded
+    task_audit = progress.audit.tasks.get(task_id)
+    if task_audit is not None:
+        for r in task_audit.rounds:
+            for a in r.selected:
+                if a in by_address:
+                    by_address[a].selected += 1
+            for a, amount, _ in r.slashed:
+                if a in by_address:
+                    by_address[a].slashed += amount
+        for a, amount in task_audit.payments.items():
+            if a in by_address:
+                by_address[a].reward += amount
+
+    # the verifier's word
+    outcome.verdict, outcome.verifier_ok = await verifier_verdict(verifier, genesis, outcome)
+
+    if opts.plot:
+        from verifier.replay.plot import plot_audit
+
+        outcome.plot = plot_audit(progress.audit, net.home / "demo.png", {task_id: round(opts.target * 10000)})
+
+
+async def verifier_verdict(verifier: NodeProcess, genesis: Any, outcome: DemoOutcome) -> tuple[str, bool]:
+    """Ask the verifier (its own STATUS) whether it re-executed the whole chain and every root matched."""
+    import trio
+
+    from mpsnode.client.connection import connect
+
+    target = outcome.head_height
+    async with connect(verifier.address, genesis=genesis) as vnode:
+        status = await vnode.status()
+        with trio.move_on_after(VERIFIER_CATCH_UP):
+            while status.verifier is not None and not status.verifier.diverged and status.height < target:
+                await trio.sleep(0.2)
+                status = await vnode.status()
+        v = status.verifier
+        if v is None:
+            return f"the node at {verifier.address} is not a verifier (kind {status.kind!r})", False
+        if v.diverged:
+            return (f"DIVERGENCE at block {v.divergence_height}: {v.check}: {v.reason} "
+                    f"(report in {Path(verifier.argv[verifier.argv.index('--home') + 1]) / 'reports'})"), False
+        if status.height < target:
+            return f"the verifier verified only {status.height} of {target} blocks in {VERIFIER_CATCH_UP:.0f} s", False
+        header = await vnode.header(target)
+        if header.hash() != outcome.head_hash:
+            return (f"the verifier's block {target} is {header.hash().hex()[:16]}..., the sequencer's "
+                    f"{outcome.head_hash.hex()[:16]}..."), False
+        return (f"{v.blocks_verified} blocks verified, all roots match (block {target} "
+                f"{outcome.head_hash.hex()[:16]}..., state root {header.state_root.hex()[:16]}...)"), True
+
+
+def print_summary(opts: DemoOptions, outcome: DemoOutcome, root: Path, out: Any) -> None:
+    clients = outcome.clients
+    out("")
+    width = max([len("role")] + [len(c.role) for c in clients])
+    out(f"  {'client':<10} {'address':<9} {'role':<{width}} {'stake before':>12} {'stake after':>16} {'slashed':>8} "
+        f"{'selected':>8} {'reward':>7}")
+    for c in clients:
+        after = f"{'(jailed) ' if c.jailed else ''}{c.stake_after}"
+        out(f"  {c.name:<10} {c.address.hex()[:8]:<9} {c.role:<{width}} {c.stake_before:>12} {after:>16} "
+            f"{c.slashed or '-':>8} {c.selected:>8} {c.reward:>7}"
+            + (f"   stopped: {c.error}" if c.error else ""))
+    attackers = [c for c in clients if c.attack]
+    honest = [c for c in clients if not c.attack]
+    out("")
+    if attackers:
+        out(f"  attackers slashed   {sum(1 for c in attackers if c.slashed)}/{len(attackers)}; "
+            f"honest clients slashed {sum(1 for c in honest if c.slashed)}/{len(honest)}")
+    target = f"target {opts.target:.0%}"
+    if outcome.task_status == "completed":
+        out(f"  task                completed in {outcome.rounds} rounds, accuracy "
+            f"{outcome.accuracy_bps / 100:.2f}% ({target})")
+    else:
+        out(f"  task                {outcome.task_status} after {outcome.rounds} rounds, accuracy "
+            f"{outcome.accuracy_bps / 100:.2f}% ({target})")
+    out(f"  verifier            {outcome.verdict}")
+    if outcome.plot is not None:
+        out(f"  plot                {outcome.plot}")
+    out(f"  chain kept in       {root}  (sequencer store {root / 'data'}, verifier store {root / 'verifier' / 'data'})")
+    out(f"  audit it again      {mpsnode_command()} replay --home {root} --plot {root / 'audit.png'}")
+    out(f"  logs                {root / 'logs'}")
+    out(f"  took                {outcome.seconds:.1f} s")
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def run_demo(opts: DemoOptions, out: Any = None) -> int:
+    """Run the demo; returns the exit code (see the module docstring)."""
+    import trio
+
+    from genesis import make_network
+    from mpsnode.client.connection import ConnectionLost
+    from mpsnode.consensus.errors import MpsError
+
+    out = out or (lambda line: print(line, flush=True))
+    started = time.monotonic()
+    problems = opts.check()
+    if problems:
+        for p in problems:
+            out(f"mpsnode demo: {p}")
+        return 2
+    if opts.home is not None:
+        root = Path(opts.home).resolve()
+        if root.exists() and any(root.iterdir()):
+            out(f"mpsnode demo: {root} is not empty; give a new or empty --home (the demo creates a new chain)")
+            return 2
+    else:
+        root = Path(tempfile.mkdtemp(prefix="mpsnode-demo-"))
+    out(f"mpsnode demo: {opts.clients} clients ({opts.malicious} attacking with {opts.attack!r}), digits "
+        f"{'IID' if opts.alpha is None else f'Dirichlet alpha {opts.alpha}'}, target {opts.target:.0%}, "
+        f"at most {opts.max_rounds} rounds, seed {opts.seed}")
+    net = make_network(root, clients=opts.clients, devnet_keys=True, listen=f"{LOCALHOST}:0")
+    out(f"  devnet in {root}  (chain {net.genesis.chain_id}, genesis {net.genesis.hash().hex()[:16]}...)")
+    sequencer = NodeProcess("sequencer", ["sequencer", "--home", str(root), "--listen", f"{LOCALHOST}:0"],
+                            root / "logs" / "sequencer.log")
+    outcome = DemoOutcome()
+    procs: list[NodeProcess] = []
+    code = 1
+    try:
+        procs.append(sequencer)
+        sequencer.start()
+        out(f"  sequencer  pid {sequencer.proc.pid if sequencer.proc else '?'}  listening on {sequencer.address}")
+        verifier = NodeProcess("verifier", ["verifier", "--home", str(root / "verifier"), "--genesis",
+                                            str(root / "genesis.json"), "--upstream", sequencer.address,
+                                            "--listen", f"{LOCALHOST}:0"], root / "logs" / "verifier.log")
+        procs.append(verifier)
+        verifier.start()
+        out(f"  verifier   pid {verifier.proc.pid if verifier.proc else '?'}  listening on {verifier.address}, "
+            f"re-executing every block of {sequencer.address}")
+        trio.run(drive, opts, net, sequencer, verifier, outcome, out)
+        code = 0 if outcome.task_status == "completed" and outcome.verifier_ok else 1
+    except BaseException as exc:  # sorted below; anything unknown is re-raised
+        leaves = _leaves(exc)
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            out("\nmpsnode demo: interrupted; stopping the verifier and the sequencer")
+            code = 130
+        else:
+            known = [e for e in leaves if isinstance(e, (DemoFailed, MpsError, ConnectionLost, OSError,
+                                                         trio.TooSlowError))]
+            if not known or len(known) != len(leaves):
+                raise
+            for e in known:
+                reason = e.reason if isinstance(e, MpsError) else str(e) or type(e).__name__
+                out(f"mpsnode demo failed: {type(e).__name__}: {reason}")
+            code = 1
+    finally:
+        for proc in reversed(procs):
+            proc.stop()
+    outcome.seconds = time.monotonic() - started
+    if code == 130:
+        out(f"  stopped; what was made so far is in {root}")
+        return code
+    if outcome.clients:
+        print_summary(opts, outcome, root, out)
+    out("RESULT: OK" if code == 0 else "RESULT: FAILED (see above)")
+    return code
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+def add_demo_arguments(p: argparse.ArgumentParser) -> None:
+    d = DemoOptions()
+    p.add_argument("--clients", type=int, default=d.clients, help=f"clients in the task (default {d.clients})")
+    p.add_argument("--malicious", type=int, default=d.malicious, help=f"of them attackers (default {d.malicious})")
+    p.add_argument("--attack", default=d.attack, help=f"the attackers' attack, evaluation only (default {d.attack}): "
+                   "sign_flip, gaussian, scaled, label_flip, free_rider_zeros, free_rider_copy, alie, ipm_0.1, ipm_2")
+    p.add_argument("--alpha", default=str(d.alpha), help="Dirichlet label skew of the clients' data, or 'iid' "
+                   f"(default {d.alpha}: mildly non-IID)")
+    p.add_argument("--target", type=float, default=d.target, help=f"target accuracy, 0..1 (default {d.target})")
+    p.add_argument("--max-rounds", type=int, default=d.max_rounds, help=f"the task's round limit (default {d.max_rounds})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"data split, model and attacker choice (default {d.seed})")
+    p.add_argument("--byzantine-f", type=int, default=None,
+                   help="the task's f (default: the attackers' count, as far as the clients allow)")
+    p.add_argument("--home", default=None, help="keep the chain here (a new or empty dir; default: a new temp dir)")
+    p.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
+
+
+def run_demo_cli(args: argparse.Namespace) -> int:
+    from mpsnode.cli.client import parse_alpha
+
+    try:
+        alpha = parse_alpha(args.alpha)
+    except ValueError as exc:
+        print(f"mpsnode demo: {exc}")
+        return 2
+    opts = DemoOptions(clients=args.clients, malicious=args.malicious, attack=args.attack, alpha=alpha,
+                       target=args.target, max_rounds=args.max_rounds, seed=args.seed, home=args.home,
+                       byzantine_f=args.byzantine_f, plot=args.plot)
+    return run_demo(opts)

@@ -1,0 +1,142 @@
+"""The chain engine: a store, a genesis and the STF, tied together.
+
+``Chain`` is what the sequencer, verifiers, replay, tests and benchmarks drive: it commits the
+genesis into an empty store, applies or builds blocks through the STF, and commits each block's
+results (block, receipts, events, state writes, tree nodes, head) in one store transaction.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+
+from mpsnode.consensus import crypto
+from mpsnode.consensus.block import Block, Header, decode_header
+from mpsnode.consensus.encoding import encode
+from mpsnode.consensus.errors import InvalidTransaction, StoreError
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.receipt import encode_receipts
+from mpsnode.consensus.smt import SparseMerkleTree
+from mpsnode.consensus.state import State
+from mpsnode.consensus.stf.block import BlockResult, apply_block, build_block
+from mpsnode.node.store import BlockCommit, Head, Store, StoreReader
+from mpsnode.consensus.tx import SignedTx
+
+GENESIS_META = b"genesis"
+GENESIS_HASH_META = b"genesis_hash"
+
+
+class Chain:
+    def __init__(self, store: Store, genesis: Genesis) -> None:
+        self.store = store
+        self.genesis = genesis
+        self.config = genesis.config()
+        self.genesis_hash = genesis.hash()
+        head = store.head()
+        if head is None:
+            self._commit_genesis()
+        else:
+            stored = store.get_meta(GENESIS_HASH_META)
+            if stored != self.genesis_hash:
+                raise StoreError(
+                    f"the store at hand belongs to genesis {stored.hex() if stored else '?'}, "
+                    f"not {self.genesis_hash.hex()}")
+        self._head_header = decode_header(self._header_bytes(self.head.height))
+
+    def _header_bytes(self, height: int) -> bytes:
+        data = self.store.get_header(height)
+        if data is None:
+            raise StoreError(f"store has no header at height {height}")
+        return data
+
+    def _commit_genesis(self) -> None:
+        items = self.genesis.state_items()
+        tree = SparseMerkleTree(self.store)
+        root = tree.update(items)
+        header = self.genesis.header()
+        if root != header.state_root:  # the incremental tree and the reference must agree
+            raise StoreError("genesis state root mismatch between tree and reference")
+        self.store.commit(BlockCommit(
+            head=Head(0, header.hash(), root, header.timestamp_ms), block=b"", header=header.encode(),
+            tx_ids=(), receipts=encode_receipts([]), events=encode([]), state_writes=items,
+            node_writes=tree.pending_nodes(),
+            meta={GENESIS_META: json.dumps(self.genesis.to_json(), sort_keys=True).encode(),
+                  GENESIS_HASH_META: header.hash()}))
+
+    # reads -----------------------------------------------------------------------------------
+    @property
+    def head(self) -> Head:
+        head = self.store.head()
+        if head is None:
+            raise StoreError("store is empty")
+        return head
+
+    @property
+    def head_header(self) -> Header:
+        return self._head_header
+
+    def state(self) -> State:
+        return State(self.store.get_state)
+
+    def tree(self) -> SparseMerkleTree:
+        return SparseMerkleTree(self.store, self.head.state_root)
+
+    # writes ----------------------------------------------------------------------------------
+    def apply(self, block: Block, *, signatures_checked: bool = False) -> BlockResult:
+        """Verify ``block`` on top of the head and commit it; ``InvalidBlock`` commits nothing."""
+        result = apply_block(self.state(), self.tree(), block, self._head_header, self.config,
+                             signatures_checked=signatures_checked)
+        self._commit(block, result)
+        return result
+
+    def build(self, candidates: Iterable[SignedTx], timestamp_ms: int, key: crypto.Keypair, *,
+              signatures_checked: bool = False, mempool_remove: Iterable[bytes] = (),
+              ) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
+        """Build, sign and commit the next block from ``candidates`` (the sequencer's path)."""
+        block, result, rejected = self.prepare(candidates, timestamp_ms, key, signatures_checked=signatures_checked)
+        self._commit(block, result, mempool_remove)
+        return block, result, rejected
+
+    def prepare(self, candidates: Iterable[SignedTx], timestamp_ms: int, key: crypto.Keypair, *,
+                signatures_checked: bool = False, reader: StoreReader | None = None,
+                ) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
+        """Build and sign the next block without committing it; ``commit_prepared`` commits it.
+
+        Nothing may commit in between (the block is built on the current head). ``reader`` (a
+        ``store.snapshot()`` at the head, say) serves the state and tree reads instead of the store.
+        """
+        if reader is None:
+            state, tree = self.state(), self.tree()
+        else:
+            state, tree = State(reader.get_state), SparseMerkleTree(reader, self.head.state_root)
+        return build_block(state, tree, self._head_header, self.config, candidates, timestamp_ms,
+                           key, signatures_checked=signatures_checked)
+
+    def commit_prepared(self, block: Block, result: BlockResult, *, mempool_remove: Iterable[bytes] = (),
+                        meta: Mapping[bytes, bytes] | None = None,
+                        before_commit: Callable[[], None] | None = None) -> None:
+        """Commit a block from ``prepare`` with the mempool removals and meta records that go with it.
+
+        ``before_commit`` is passed to ``Store.commit``.
+        """
+        if block.header.parent_hash != self._head_header.hash():
+            raise StoreError(f"block {block.height} was prepared on another head")
+        self._commit(block, result, mempool_remove, meta, before_commit)
+
+    def _commit(self, block: Block, result: BlockResult, mempool_remove: Iterable[bytes] = (),
+                meta: Mapping[bytes, bytes] | None = None,
+                before_commit: Callable[[], None] | None = None) -> None:
+        by_task: dict[int, list[list]] = defaultdict(list)
+        for event in result.events:
+            task_id = getattr(event, "task_id", None)
+            if task_id is not None:
+                by_task[task_id].append(event.encode_obj())
+        self.store.commit(BlockCommit(
+            head=Head(block.height, block.hash(), result.state_root, block.header.timestamp_ms),
+            block=block.encode(), header=block.header.encode(), tx_ids=tuple(t.tx_id for t in block.txs),
+            receipts=encode_receipts(list(result.receipts)), events=encode([e.encode_obj() for e in result.events]),
+            state_writes=result.state_writes, node_writes=result.node_writes,
+            task_events={t: encode(evs) for t, evs in by_task.items()},
+            mempool_remove=tuple(mempool_remove), meta=dict(meta or {})), before_commit=before_commit)
+        self._head_header = block.header

@@ -1,0 +1,676 @@
+"""The node server: the wire protocol over TCP, serving any chain store to clients and followers.
+
+One server for the sequencer and for verifiers serving blocks onward: it reads blocks, headers,
+receipts, events and state (with sparse-Merkle proofs) from a ``Store`` and learns of new blocks
+through a ``HeadWatch``. What only a sequencer can do (take txs, tell what is pending) comes
+through an optional ``TxGateway``; without one, SUBMIT_TX is refused with ``NotSupported``.
+
+Each connection is a small nursery: a reader that handles requests in order, a writer that
+drains a byte-bounded ``Outbox``, and one task per subscription or waiting receipt query. The
+first message must be HELLO (within ``handshake_timeout``); a frame must complete within
+``frame_timeout`` once started; a length prefix above the limit, bytes that are not a message,
+or a peer that leaves ``outbox_bytes`` unread for ``slow_peer_timeout`` seconds end the
+connection. Connections beyond ``max_connections`` get an ``Overloaded`` error and are closed.
+Nothing a peer does outlives its connection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import trio
+
+from mpsnode.consensus.block import decode_header
+from mpsnode.consensus.encoding import decode, encode, expect_list
+from mpsnode.consensus.errors import (
+    BadRequest,
+    MpsError,
+    NotFound,
+    NotSupported,
+    Overloaded,
+    ProtocolViolation,
+    SlowPeer,
+    WrongNetwork,
+)
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.hashing import ZERO32
+from mpsnode.consensus.merkle import list_proof
+from mpsnode.consensus.receipt import Receipt
+from mpsnode.consensus.smt import SparseMerkleTree, TreeNodeError
+from mpsnode.consensus.state import account_key, model_key, task_key
+from mpsnode.node.store import Store, StoreReader
+from mpsnode.node.wire import (
+    BLOCK_PUSH,
+    EVENTS_BY_HEIGHT,
+    EVENTS_BY_TASK,
+    PROTOCOL_VERSION,
+    REPLY,
+    TX_DROPPED,
+    TX_INCLUDED,
+    TX_PENDING,
+    TX_UNKNOWN,
+    FrameReader,
+    Msg,
+    Outbox,
+    encode_frame,
+    error_message,
+    expect_fields,
+    field_bytes,
+    field_uint,
+    max_request_frame,
+    parse_hostport,
+    write_loop,
+)
+
+log = logging.getLogger("mpsnode.server")
+
+MAX_RANGE_BLOCKS = 1000
+RANGE_BUDGET = 8 << 20  # bytes of blocks per GET_BLOCKS reply (at least one block is always sent)
+MAX_WAIT_MS = 60_000
+MAX_EVENTS = 1000
+MAX_PROOF_KEYS = 256  # keys per GET_PROOFS request
+SIGNATURE_TRAILER = b"\xc4\x40"  # msgpack bin8 of 64 bytes: a block ends with its signature
+
+
+class HeadWatch:
+    """The height of the newest committed block, and a way to wait for the next one."""
+
+    def __init__(self, height: int) -> None:
+        self.height = height
+        self._event = trio.Event()
+
+    def advance(self, height: int) -> None:
+        self.height = height
+        self._event.set()
+        self._event = trio.Event()
+
+    async def wait_above(self, height: int) -> None:
+        while self.height <= height:
+            await self._event.wait()
+
+    async def wait_change(self) -> None:
+        await self._event.wait()
+
+
+Reply = Callable[[list[Any]], None]
+
+
+class TxGateway(Protocol):
+    """What a sequencer adds to the server: taking txs and telling what is pending."""
+
+    async def submit(self, raw: bytes, done: Callable[[bytes | MpsError], None]) -> None:
+        """Start admitting ``raw``; ``done`` is called once with the tx id (durable) or the error.
+
+        May raise ``MpsError`` at once for a tx refused before any queueing.
+        """
+
+    def pending(self, tx_id: bytes) -> bool: ...
+
+    def dropped(self, tx_id: bytes) -> tuple[int, int, str] | None:
+        """(height, code, reason) of a tx that was admitted and later left out for good."""
+
+    def next_nonce(self, address: bytes, state_nonce: int) -> tuple[int, int]:
+        """(next free nonce counting pending txs, number of pending txs of ``address``)."""
+
+    def mempool_size(self) -> tuple[int, int]: ...
+
+
+@dataclass
+class ServerConfig:
+    max_connections: int = 1024
+    handshake_timeout: float = 10.0
+    frame_timeout: float = 30.0
+    slow_peer_timeout: float = 10.0
+    outbox_bytes: int = 4 << 20
+    max_inflight: int = 4096  # submits awaiting their ack, per connection
+    max_waiters: int = 64  # GET_RECEIPT waits and subscriptions, per connection
+
+
+SERVER_FLAGS = ("max_connections", "handshake_timeout", "frame_timeout", "slow_peer_timeout", "outbox_bytes")
+
+
+def apply_node_options(config: Any, metrics: str | None, server: dict[str, Any] | None) -> None:
+    """Into a daemon's config (``metrics_host``, ``metrics_port``, ``server``): the metrics address
+    ``HOST:PORT`` if any, and ``ServerConfig`` overrides by field name."""
+    if metrics:
+        config.metrics_host, config.metrics_port = parse_hostport(metrics)
+    for name, value in (server or {}).items():
+        setattr(config.server, name, value)
+
+
+class ServerStats(Protocol):
+    def connection_opened(self) -> None: ...
+
+    def connection_closed(self, reason: str) -> None: ...
+
+
+class _NoStats:
+    def connection_opened(self) -> None:
+        pass
+
+    def connection_closed(self, reason: str) -> None:
+        pass
+
+
+class NodeServer:
+    def __init__(self, store: Store, genesis: Genesis, watch: HeadWatch, *, kind: str,
+                 gateway: TxGateway | None = None, config: ServerConfig | None = None,
+                 stats: ServerStats | None = None, status_extra: Callable[[int], list[Any]] | None = None) -> None:
+        self.store = store
+        self.genesis = genesis
+        self.genesis_hash = genesis.hash()
+        self.chain_id = genesis.chain_id
+        self.watch = watch
+        self.kind = kind
+        self.gateway = gateway
+        self.config = config or ServerConfig()
+        self.stats = stats or _NoStats()
+        self.status_extra = status_extra  # a verifier appends its own status, given the reply's head height
+        self.max_frame = max_request_frame(genesis.params)
+        self.connections = 0
+        self._genesis_json = json.dumps(genesis.to_json(), sort_keys=True).encode()
+        # blocks never change once committed: remember what is costly to re-derive from them
+        self._signatures: OrderedDict[int, bytes] = OrderedDict()
+        self._receipt_leaves: OrderedDict[int, tuple[list[Any], list[bytes]]] = OrderedDict()
+
+    async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+                    ) -> None:
+        """Listen on ``host:port`` (port 0 picks a free one); reports the bound port when ready."""
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        bound = listeners[0].socket.getsockname()[1]
+        async with trio.open_nursery() as nursery:
+            await nursery.start(trio.serve_listeners, self.handle, listeners)
+            task_status.started(bound)
+
+    # one connection ------------------------------------------------------------------------------
+    async def handle(self, stream: trio.SocketStream) -> None:
+        if self.connections >= self.config.max_connections:
+            with trio.move_on_after(1):
+                await stream.send_all(encode_frame(error_message(0, Overloaded(
+                    f"node has {self.connections} connections, the limit; retry later"))))
+            await trio.aclose_forcefully(stream)
+            self.stats.connection_closed("overloaded")
+            return
+        self.connections += 1
+        self.stats.connection_opened()
+        conn = _Connection(self, stream)
+        reason = "closed"
+        try:
+            reason = await conn.run()
+        except Exception:  # a bug in one connection must not take the server down
+            reason = "error"
+            log.exception("connection handler failed")
+        finally:
+            self.connections -= 1
+            self.stats.connection_closed(reason)
+            await trio.aclose_forcefully(stream)
+
+    # reads ------------------------------------------------------------------------------------------
+    def header_and_signature(self, view: StoreReader, height: int) -> tuple[bytes, bytes]:
+        header = view.get_header(height)
+        if header is None:
+            raise NotFound(f"no block at height {height}")
+        if height == 0:
+            return header, b""
+        signature = self._signatures.get(height)
+        if signature is None:
+            block = view.get_block(height) or b""
+            if len(block) < 66 or block[-66:-64] != SIGNATURE_TRAILER:
+                raise NotFound(f"block {height} is not readable")
+            signature = block[-64:]
+            _remember(self._signatures, height, signature, 4096)
+        return header, signature
+
+    def prove(self, view: StoreReader, state_root: bytes, key: bytes) -> tuple[bytes | None, list[Any]]:
+        value = view.get_state(key)
+        proof = SparseMerkleTree(view, state_root).prove(key)
+        return value, proof.encode()
+
+    def status(self) -> list[Any]:
+        head = self.store.head()
+        if head is None:
+            raise NotFound("the store is empty")
+        count, size = self.gateway.mempool_size() if self.gateway else (0, 0)
+        out = [self.chain_id, self.genesis_hash, head.height, head.block_hash, head.state_root, head.timestamp_ms,
+               count, size, self.kind]
+        if self.status_extra is not None:
+            out.append(self.status_extra(head.height))
+        return out
+
+    def receipt_status(self, tx_id: bytes) -> list[Any]:
+        location = self.store.get_tx_location(tx_id)
+        if location is not None:
+            height, index = location
+            blob = None if height in self._receipt_leaves else self.store.get_receipts(height)
+            header, signature = self.header_and_signature(self.store, height)
+            cached = self._receipt_leaves.get(height)
+            if cached is None:
+                if blob is None:
+                    raise NotFound(f"receipts of block {height} are missing")
+                items = expect_list(decode(blob, max_bytes=len(blob), max_array_len=1 << 24), None, "receipts")
+                cached = (items, [Receipt.decode_obj(r).hash() for r in items])
+                _remember(self._receipt_leaves, height, cached, 16)
+            items, leaves = cached
+            return [TX_INCLUDED, height, index, encode(items[index]), header, signature,
+                    list_proof(leaves, index), len(leaves), 0, ""]
+        if self.gateway is not None:
+            if self.gateway.pending(tx_id):
+                return [TX_PENDING, 0, 0, b"", b"", b"", [], 0, 0, ""]
+            dropped = self.gateway.dropped(tx_id)
+            if dropped is not None:
+                height, code, reason = dropped
+                return [TX_DROPPED, height, 0, b"", b"", b"", [], 0, code, reason]
+        return [TX_UNKNOWN, 0, 0, b"", b"", b"", [], 0, 0, ""]
+
+    def block_reply(self, height: int) -> list[Any]:
+        header = self.store.get_header(height)
+        if header is None:
+            raise NotFound(f"no block at height {height} (head is {self.watch.height})")
+        block = self.store.get_block(height) or b""
+        receipts = self.store.get_receipts(height) or encode([])
+        return [height, header, block, receipts]
+
+    def blocks_range(self, start: int, count: int) -> list[list[Any]]:
+        out: list[list[Any]] = []
+        size = 0
+        for height in range(max(start, 1), min(start + count, self.watch.height + 1)):
+            block = self.store.get_block(height)
+            if block is None:
+                break
+            if out and size + len(block) > RANGE_BUDGET:
+                break
+            out.append([height, block])
+            size += len(block)
+        return out
+
+    def events(self, selector: int, value: int, start: int, count: int) -> list[list[Any]]:
+        count = min(count, MAX_EVENTS)
+        if selector == EVENTS_BY_HEIGHT:
+            out = []
+            for height in range(value, min(value + count, self.watch.height + 1)):
+                blob = self.store.get_events(height)
+                if blob is not None:
+                    out.append([height, blob])
+            return out
+        if selector == EVENTS_BY_TASK:
+            return [[h, blob] for h, blob in self.store.get_task_events(value, start)[:count]]
+        raise BadRequest(f"events selector must be {EVENTS_BY_HEIGHT} (height) or {EVENTS_BY_TASK} (task)")
+
+    def proofs_reply(self, height: int, keys: list[bytes]) -> list[Any]:
+        """[height, header, signature, [proof per key]]: proofs against the state root of block ``height``.
+
+        Tree nodes are never deleted, so any committed root still proves; the values themselves
+        are not kept per height, so each proof shows the value's hash (its leaf).
+        """
+        view = self.store.snapshot()
+        try:
+            header, signature = self.header_and_signature(view, height)
+            tree = SparseMerkleTree(view, decode_header(header).state_root)
+            try:
+                proofs = [tree.prove(key).encode() for key in keys]
+            except TreeNodeError as exc:
+                raise NotFound(f"the tree of block {height} is not readable: {exc}") from None
+            return [height, header, signature, proofs]
+        finally:
+            view.close()
+
+    def state_reply(self, keys: list[bytes]) -> list[Any]:
+        """[height, header, signature, (present, value, proof) per key], all from one snapshot."""
+        view = self.store.snapshot()
+        try:
+            head = view.head()
+            if head is None:
+                raise NotFound("the store is empty")
+            header, signature = self.header_and_signature(view, head.height)
+            root = decode_header(header).state_root
+            out: list[Any] = [head.height, header, signature]
+            for key in keys:
+                value, proof = self.prove(view, root, key)
+                out += [0 if value is None else 1, value or b"", proof]
+            return out
+        finally:
+            view.close()
+
+
+def _remember(cache: OrderedDict, key: Any, value: Any, size: int) -> None:
+    cache[key] = value
+    if len(cache) > size:
+        cache.popitem(last=False)
+
+
+class _Connection:
+    def __init__(self, server: NodeServer, stream: trio.SocketStream) -> None:
+        self.server = server
+        self.stream = stream
+        cfg = server.config
+        self.outbox = Outbox(cfg.outbox_bytes, cfg.slow_peer_timeout)
+        self.reader = FrameReader(stream, server.max_frame, frame_timeout=cfg.frame_timeout)
+        self.inflight = trio.Semaphore(cfg.max_inflight)
+        self.waiters = 0
+        self.subscriptions: dict[int, trio.CancelScope] = {}
+        self.nursery: trio.Nursery | None = None
+        self.close_reason = "closed"
+
+    def send_nowait(self, msg: list[Any]) -> None:
+        self.outbox.put_nowait(encode_frame(msg))
+
+    async def send(self, msg: list[Any]) -> None:
+        await self.outbox.put(encode_frame(msg))
+
+    async def run(self) -> str:
+        failure: MpsError | None = None
+        try:
+            async with trio.open_nursery() as nursery:
+                self.nursery = nursery
+                nursery.start_soon(self._write)
+                try:
+                    await self._read()
+                except SlowPeer as exc:
+                    self.close_reason = "slow"
+                    log.info("dropping slow peer: %s", exc.reason)
+                except (ProtocolViolation, WrongNetwork) as exc:
+                    self.close_reason = "violation" if isinstance(exc, ProtocolViolation) else "wrong-network"
+                    failure = exc
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.close_reason = "reset"
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close_reason = "reset"
+        except SlowPeer:
+            self.close_reason = "slow"
+        finally:
+            self.outbox.close()
+        if failure is not None:
+            await self._goodbye(failure)
+        return self.close_reason
+
+    async def _goodbye(self, exc: MpsError) -> None:
+        """Tell a misbehaving peer why, briefly, and close without resetting the reply away."""
+        with trio.move_on_after(1):
+            try:
+                await self.stream.send_all(encode_frame(error_message(0, exc)))
+                await self.stream.send_eof()
+                drained = 0
+                while drained < (1 << 20):  # unread input would make close() send a reset
+                    data = await self.stream.receive_some(65536)
+                    if not data:
+                        break
+                    drained += len(data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def _write(self) -> None:
+        try:
+            await write_loop(self.stream, self.outbox)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            self.close_reason = "reset"
+            assert self.nursery is not None
+            self.nursery.cancel_scope.cancel()
+
+    async def _read(self) -> None:
+        srv = self.server
+        body = await self.reader.read_frame(idle_timeout=srv.config.handshake_timeout)
+        if body is None:
+            return
+        msg = self._decode(body)
+        if msg[0] != Msg.HELLO:
+            raise ProtocolViolation("the first message must be HELLO")
+        self._hello(msg)
+        while True:
+            body = await self.reader.read_frame()
+            if body is None:
+                return
+            msg = self._decode(body)
+            await self._dispatch(msg)
+
+    def _decode(self, body: bytes) -> list[Any]:
+        from mpsnode.node.wire import decode_message
+
+        return decode_message(body, self.server.max_frame)
+
+    def _hello(self, msg: list[Any]) -> None:
+        srv = self.server
+        expect_fields(msg, 4, "HELLO")
+        version = field_uint(msg, 2, "protocol version")
+        chain_id = msg[3]
+        genesis_hash = field_bytes(msg, 4, "genesis hash", 32)
+        field_uint(msg, 5, "head height")
+        if version != PROTOCOL_VERSION:
+            raise WrongNetwork(f"protocol version {version}; this node speaks {PROTOCOL_VERSION}")
+        anonymous = genesis_hash == ZERO32  # "tell me your chain": the client checks GET_GENESIS itself
+        if not anonymous and (chain_id != srv.chain_id or genesis_hash != srv.genesis_hash):
+            raise WrongNetwork(f"peer is on chain {chain_id!r} genesis {genesis_hash.hex()[:16]}..., this node is on "
+                               f"{srv.chain_id!r} genesis {srv.genesis_hash.hex()[:16]}...")
+        head = srv.store.head()
+        if head is None:
+            raise ProtocolViolation("node has no chain yet")
+        self.send_nowait([Msg.HELLO | REPLY, msg[1], PROTOCOL_VERSION, srv.chain_id, srv.genesis_hash, head.height,
+                          head.block_hash, srv.kind, srv.genesis.sequencer])
+
+    async def _dispatch(self, msg: list[Any]) -> None:
+        kind, req_id = msg[0], msg[1]
+        handler = _HANDLERS.get(kind)
+        if handler is None:
+            from mpsnode.consensus.errors import UnknownMessage
+
+            self.send_nowait(error_message(req_id, UnknownMessage(f"unknown message type {kind}")))
+            return
+        try:
+            await handler(self, msg)
+        except (ProtocolViolation, SlowPeer):
+            raise
+        except MpsError as exc:
+            await self.send(error_message(req_id, exc))
+
+    # handlers ---------------------------------------------------------------------------------------
+    async def _submit(self, msg: list[Any]) -> None:
+        expect_fields(msg, 1, "SUBMIT_TX")
+        raw = field_bytes(msg, 2, "tx")
+        req_id = msg[1]
+        gateway = self.server.gateway
+        if gateway is None:
+            raise NotSupported(f"this node is a {self.server.kind}: submit txs to the sequencer")
+        await self.inflight.acquire()
+        released = False
+
+        def done(result: bytes | MpsError) -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
+            self.inflight.release()
+            if isinstance(result, MpsError):
+                self.outbox.put_nowait(encode_frame(error_message(req_id, result)))
+            else:
+                self.outbox.put_nowait(encode_frame([Msg.SUBMIT_TX | REPLY, req_id, result]))
+
+        try:
+            await gateway.submit(raw, done)
+        except MpsError as exc:
+            done(exc)
+        except BaseException:
+            if not released:
+                released = True
+                self.inflight.release()
+            raise
+
+    async def _status(self, msg: list[Any]) -> None:
+        expect_fields(msg, 0, "STATUS")
+        await self.send([Msg.STATUS | REPLY, msg[1], *self.server.status()])
+
+    async def _get_block(self, msg: list[Any]) -> None:
+        expect_fields(msg, 1, "GET_BLOCK")
+        height = field_uint(msg, 2, "height")
+        await self.send([Msg.GET_BLOCK | REPLY, msg[1], *self.server.block_reply(height)])
+
+    async def _get_header(self, msg: list[Any]) -> None:
+        expect_fields(msg, 1, "GET_HEADER")
+        height = field_uint(msg, 2, "height")
+        header, signature = self.server.header_and_signature(self.server.store, height)
+        await self.send([Msg.GET_HEADER | REPLY, msg[1], header, signature])
+
+    async def _get_blocks(self, msg: list[Any]) -> None:
+        expect_fields(msg, 2, "GET_BLOCKS")
+        start = field_uint(msg, 2, "start height")
+        count = min(field_uint(msg, 3, "count"), MAX_RANGE_BLOCKS)
+        await self.send([Msg.GET_BLOCKS | REPLY, msg[1], self.server.blocks_range(start, count)])
+
+    async def _subscribe(self, msg: list[Any]) -> None:
+        expect_fields(msg, 2, "SUBSCRIBE")
+        start = max(field_uint(msg, 2, "from height"), 1)
+        with_receipts = field_uint(msg, 3, "with receipts", 1)
+        sub_id = msg[1]
+        if sub_id in self.subscriptions:
+            raise BadRequest(f"subscription {sub_id} exists")
+        self._take_waiter()
+        scope = trio.CancelScope()
+        self.subscriptions[sub_id] = scope
+        await self.send([Msg.SUBSCRIBE | REPLY, sub_id, self.server.watch.height])
+        assert self.nursery is not None
+        self.nursery.start_soon(self._push_blocks, sub_id, start, with_receipts, scope)
+
+    def _take_waiter(self) -> None:
+        if self.waiters >= self.server.config.max_waiters:
+            raise Overloaded(f"{self.waiters} subscriptions and receipt waits are open on this connection, the limit")
+        self.waiters += 1
+
+    async def _push_blocks(self, sub_id: int, start: int, with_receipts: int, scope: trio.CancelScope) -> None:
+        srv = self.server
+        try:
+            with scope:
+                height = start
+                while True:
+                    while height <= srv.watch.height:
+                        block = srv.store.get_block(height)
+                        if block is None:
+                            break
+                        receipts = (srv.store.get_receipts(height) or b"") if with_receipts else b""
+                        await self.send([BLOCK_PUSH, sub_id, height, block, receipts])
+                        height += 1
+                    await srv.watch.wait_above(height - 1)
+        except SlowPeer as exc:
+            self.close_reason = "slow"
+            log.info("dropping slow subscriber: %s", exc.reason)
+            assert self.nursery is not None
+            self.nursery.cancel_scope.cancel()
+        finally:
+            self.waiters -= 1
+            self.subscriptions.pop(sub_id, None)
+
+    async def _unsubscribe(self, msg: list[Any]) -> None:
+        expect_fields(msg, 1, "UNSUBSCRIBE")
+        sub_id = field_uint(msg, 2, "subscription id")
+        scope = self.subscriptions.pop(sub_id, None)
+        if scope is None:
+            raise NotFound(f"no subscription {sub_id}")
+        scope.cancel()
+        await self.send([Msg.UNSUBSCRIBE | REPLY, msg[1]])
+
+    async def _get_state(self, msg: list[Any]) -> None:
+        expect_fields(msg, 1, "GET_STATE")
+        key = field_bytes(msg, 2, "key")
+        if not 1 <= len(key) <= 511:
+            raise BadRequest("a state key is 1..511 bytes")
+        await self.send([Msg.GET_STATE | REPLY, msg[1], *self.server.state_reply([key])])
+
+    async def _get_proofs(self, msg: list[Any]) -> None:
+        expect_fields(msg, 2, "GET_PROOFS")
+        height = field_uint(msg, 2, "height")
+        keys = msg[3]
+        if not isinstance(keys, list) or not 1 <= len(keys) <= MAX_PROOF_KEYS:
+            raise BadRequest(f"GET_PROOFS takes 1..{MAX_PROOF_KEYS} keys")
+        for key in keys:
+            if type(key) is not bytes or not 1 <= len(key) <= 511:
+                raise BadRequest("a state key is 1..511 bytes")
+        await self.send([Msg.GET_PROOFS | REPLY, msg[1], *self.server.proofs_reply(height, keys)])
+
+    async def _get_model(self, msg: list[Any]) -> None:
+        expect_fields(msg, 1, "GET_MODEL")
+        task_id = field_uint(msg, 2, "task id")
+        await self.send([Msg.GET_MODEL | REPLY, msg[1], *self.server.state_reply([task_key(task_id),
+                                                                                  model_key(task_id)])])
+
+    async def _get_receipt(self, msg: list[Any]) -> None:
+        expect_fields(msg, 2, "GET_RECEIPT")
+        tx_id = field_bytes(msg, 2, "tx id", 32)
+        wait_ms = min(field_uint(msg, 3, "wait ms"), MAX_WAIT_MS)
+        reply = self.server.receipt_status(tx_id)
+        if reply[0] in (TX_INCLUDED, TX_DROPPED) or wait_ms == 0:
+            await self.send([Msg.GET_RECEIPT | REPLY, msg[1], *reply])
+            return
+        self._take_waiter()
+        assert self.nursery is not None
+        self.nursery.start_soon(self._wait_receipt, msg[1], tx_id, wait_ms)
+
+    async def _wait_receipt(self, req_id: int, tx_id: bytes, wait_ms: int) -> None:
+        try:
+            reply = self.server.receipt_status(tx_id)
+            with trio.move_on_after(wait_ms / 1000):
+                while reply[0] not in (TX_INCLUDED, TX_DROPPED):
+                    await self.server.watch.wait_change()
+                    reply = self.server.receipt_status(tx_id)
+            await self.send([Msg.GET_RECEIPT | REPLY, req_id, *reply])
+        except MpsError as exc:
+            if isinstance(exc, SlowPeer):
+                assert self.nursery is not None
+                self.nursery.cancel_scope.cancel()
+                return
+            self.send_nowait(error_message(req_id, exc))
+        finally:
+            self.waiters -= 1
+
+    async def _get_events(self, msg: list[Any]) -> None:
+        expect_fields(msg, 4, "GET_EVENTS")
+        selector = field_uint(msg, 2, "selector")
+        value = field_uint(msg, 3, "height or task id")
+        start = field_uint(msg, 4, "start height")
+        count = field_uint(msg, 5, "count")
+        await self.send([Msg.GET_EVENTS | REPLY, msg[1], self.server.events(selector, value, start, count)])
+
+    async def _get_genesis(self, msg: list[Any]) -> None:
+        expect_fields(msg, 0, "GET_GENESIS")
+        await self.send([Msg.GET_GENESIS | REPLY, msg[1], self.server._genesis_json])
+
+    async def _get_nonce(self, msg: list[Any]) -> None:
+        expect_fields(msg, 1, "GET_NONCE")
+        address = field_bytes(msg, 2, "address", 32)
+        raw = self.server.store.get_state(account_key(address))
+        from mpsnode.consensus.state import Account
+
+        state_nonce = 0 if raw is None else Account.decode(raw).nonce
+        if self.server.gateway is not None:
+            next_nonce, pending = self.server.gateway.next_nonce(address, state_nonce)
+        else:
+            next_nonce, pending = state_nonce, 0
+        await self.send([Msg.GET_NONCE | REPLY, msg[1], state_nonce, next_nonce, pending])
+
+    async def _ping(self, msg: list[Any]) -> None:
+        await self.send([Msg.PING | REPLY, msg[1]])
+
+    async def _hello_again(self, msg: list[Any]) -> None:
+        raise ProtocolViolation("HELLO was already exchanged")
+
+
+_HANDLERS: dict[int, Callable[[_Connection, list[Any]], Awaitable[None]]] = {
+    Msg.HELLO: _Connection._hello_again,
+    Msg.SUBMIT_TX: _Connection._submit,
+    Msg.STATUS: _Connection._status,
+    Msg.GET_BLOCK: _Connection._get_block,
+    Msg.GET_BLOCKS: _Connection._get_blocks,
+    Msg.SUBSCRIBE: _Connection._subscribe,
+    Msg.UNSUBSCRIBE: _Connection._unsubscribe,
+    Msg.GET_STATE: _Connection._get_state,
+    Msg.GET_RECEIPT: _Connection._get_receipt,
+    Msg.GET_EVENTS: _Connection._get_events,
+    Msg.GET_MODEL: _Connection._get_model,
+    Msg.GET_GENESIS: _Connection._get_genesis,
+    Msg.GET_NONCE: _Connection._get_nonce,
+    Msg.PING: _Connection._ping,
+    Msg.GET_HEADER: _Connection._get_header,
+    Msg.GET_PROOFS: _Connection._get_proofs,
+}

@@ -1,0 +1,284 @@
+"""Audit replay: re-execute a whole chain from genesis in a fresh temporary state, checking every root.
+
+The blocks come from a node's home (its LMDB store, opened read-only) or from an export file. The
+state is this module's own: the state map and the sparse-Merkle node records in memory, started
+from the genesis and never shared with the chain being audited. Each block goes through
+``verifier.checks`` (the same checks, in the same order, as the verifier daemon, and so the same
+STF), and its receipts are folded into the ``Audit``.
+
+Each small batch of blocks is decoded on this thread, and its signatures are checked on a second
+thread (the batch kernel runs outside the GIL) while this thread re-executes the batch before.
+Node records no longer reachable from the current root are dropped every ``PRUNE_EVERY`` blocks,
+so memory follows the live state, not the chain's length.
+
+On the first failed check the replay stops and returns the divergence report, built exactly as
+the daemon builds it (``verifier.divergence.Investigation``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from mpsnode.consensus.block import Header, decode_header
+from mpsnode.consensus.errors import Divergence, ExportError, StoreError
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.hashing import ZERO32
+from verifier.replay.audit import Audit
+from mpsnode.node.export import ExportReader
+from mpsnode.consensus.smt import NODE_TAG, SparseMerkleTree
+from mpsnode.consensus.state import Config, State, Task, task_key
+from verifier.checks import (
+    Prechecked,
+    assemble,
+    check_block,
+    decode_many,
+    execute_checked,
+    verify_signatures,
+)
+from verifier.divergence import ClaimedProofs, Investigation, proofs_from_store
+
+PRUNE_EVERY = 512
+BATCH_BLOCKS = 16  # small batches: the executing thread starts early and never waits long
+BATCH_BYTES = 256 << 10
+
+
+class ReplayState:
+    """A fresh, temporary state: the key-value map and the tree's node records, in memory."""
+
+    def __init__(self, genesis: Genesis) -> None:
+        self.items: dict[bytes, bytes] = {}
+        self.nodes: dict[bytes, bytes] = {}
+        tree = SparseMerkleTree(self, ZERO32)
+        items = genesis.state_items()
+        root = tree.update(items)
+        if root != genesis.header().state_root:
+            raise StoreError("the genesis state root does not match the genesis header")
+        self.items.update(items)
+        self.nodes.update(tree.pending_nodes())
+        self.root = root
+
+    def get_state(self, key: bytes) -> bytes | None:
+        return self.items.get(key)
+
+    def get_node(self, node_hash: bytes) -> bytes | None:
+        return self.nodes.get(node_hash)
+
+    def apply(self, writes: dict[bytes, bytes | None], nodes: dict[bytes, bytes], root: bytes) -> None:
+        for key, value in writes.items():
+            if value is None:
+                self.items.pop(key, None)
+            else:
+                self.items[key] = value
+        self.nodes.update(nodes)
+        self.root = root
+
+    def prune(self) -> None:
+        """Keep only the node records reachable from the current root."""
+        live: dict[bytes, bytes] = {}
+        stack = [self.root] if self.root != ZERO32 else []
+        while stack:
+            h = stack.pop()
+            rec = self.nodes[h]
+            live[h] = rec
+            if rec[0] == NODE_TAG:
+                for child in (rec[1:33], rec[33:65]):
+                    if child != ZERO32 and child not in live:
+                        stack.append(child)
+        self.nodes = live
+
+
+class ChainSource(Protocol):
+    """Where replayed blocks come from."""
+
+    genesis: Genesis
+    head_height: int
+    description: str
+
+    def blocks(self) -> Iterator[tuple[int, bytes, bytes | None]]:
+        """``(height, block bytes, claimed receipts or None)`` from height 1, in order."""
+
+    def claimed_proofs(self, header: Header, keys: list[bytes]) -> ClaimedProofs | None:
+        """Proofs of ``keys`` against ``header``'s state root from the claimed side, if it has any."""
+
+    def close(self) -> None: ...
+
+
+class HomeSource:
+    """The blocks of a node's home, read from its LMDB store opened read-only (safe while it runs)."""
+
+    def __init__(self, home_path: str | Path) -> None:
+        from mpsnode.node.chain import GENESIS_HASH_META
+        from mpsnode.node.home import Home
+        from mpsnode.node.store import LmdbStore
+
+        home = Home.open(home_path)
+        if not home.data_path.exists():
+            raise FileNotFoundError(f"{home.data_path} holds no chain yet: start a node on this home first")
+        self.genesis = home.genesis()
+        self.store = LmdbStore(home.data_path, map_size=home.map_size, readonly=True)
+        try:
+            head = self.store.head()
+            if head is None:
+                raise StoreError(f"the store in {home.data_path} is empty")
+            if self.store.get_meta(GENESIS_HASH_META) != self.genesis.hash():
+                raise StoreError(f"the store in {home.data_path} is not of {home.path}/genesis.json")
+        except BaseException:
+            self.store.close()
+            raise
+        self.head_height = head.height
+        self.description = f"home {home.path}"
+
+    def blocks(self) -> Iterator[tuple[int, bytes, bytes | None]]:
+        for height in range(1, self.head_height + 1):
+            data = self.store.get_block(height)
+            if not data:
+                raise StoreError(f"the store has no block at height {height}")
+            yield height, data, self.store.get_receipts(height)
+
+    def claimed_proofs(self, header: Header, keys: list[bytes]) -> ClaimedProofs | None:
+        stored = self.store.get_header(header.height)
+        if stored is None or decode_header(stored) != header:
+            return ClaimedProofs(self.description, note="the home stores another header at this height")
+        return proofs_from_store(self.store, header.state_root, keys, self.description)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+class ExportSource:
+    """The blocks of an export file (``mpsnode export``); it holds no state to prove keys with."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.reader = ExportReader(path)
+        self.genesis = self.reader.genesis
+        self.head_height = self.reader.head_height
+        self.description = f"export {path}"
+
+    def blocks(self) -> Iterator[tuple[int, bytes, bytes | None]]:
+        return self.reader.blocks()
+
+    def claimed_proofs(self, header: Header, keys: list[bytes]) -> ClaimedProofs | None:
+        note = ("an export holds blocks and receipts, not state: replay the node's --home to compare state "
+                "keys with its claimed root")
+        return ClaimedProofs(self.description, note=note)
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+@dataclass
+class ReplayOutcome:
+    ok: bool
+    blocks: int  # blocks that passed every check
+    txs: int
+    seconds: float
+    head: Header
+    audit: Audit
+    report: dict[str, Any] | None = None
+    investigation: Investigation | None = None
+    claimed: ClaimedProofs | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "blocks": self.blocks, "txs": self.txs, "seconds": round(self.seconds, 3),
+                "blocks_per_s": round(self.blocks / self.seconds, 1) if self.seconds else None,
+                "txs_per_s": round(self.txs / self.seconds, 1) if self.seconds else None,
+                "head": {"height": self.head.height, "hash": self.head.hash().hex(),
+                         "state_root": self.head.state_root.hex()},
+                "audit": self.audit.to_json(), "divergence": self.report}
+
+
+def _batches(source: ChainSource) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
+    """The source's blocks in small batches (about ``BATCH_BYTES``, at most ``BATCH_BLOCKS``)."""
+    batch: list[tuple[int, bytes, bytes | None]] = []
+    size = 0
+    for item in source.blocks():
+        batch.append(item)
+        size += len(item[1])
+        if len(batch) >= BATCH_BLOCKS or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _prechecked(source: ChainSource, config: Config,
+                pool: ThreadPoolExecutor) -> Iterator[tuple[Prechecked, bytes | None]]:
+    """Decoded and signature-checked blocks, the signatures of batch k checked while k - 1 executes.
+
+    Decoding holds the GIL, so it stays on this thread; the signature batch kernel does not, so it
+    runs on ``pool``'s thread (the second core) meanwhile.
+    """
+    pending: tuple[list, list[bytes | None], Future[list[bool]]] | None = None
+    for batch in _batches(source):
+        decoded, triples = decode_many([(h, data) for h, data, _ in batch], config)
+        submitted = (decoded, [r for _, _, r in batch], pool.submit(verify_signatures, triples))
+        if pending is not None:
+            yield from zip(assemble(pending[0], pending[2].result()), pending[1])
+        pending = submitted
+    if pending is not None:
+        yield from zip(assemble(pending[0], pending[2].result()), pending[1])
+
+
+def replay(source: ChainSource, *, progress: bool | None = None,
+           on_block: Callable[[Header], None] | None = None) -> ReplayOutcome:
+    """Re-execute every block of ``source`` from genesis; stops at the first failed check.
+
+    ``progress``: a progress bar on stderr (None: only on a terminal, for chains over 200 blocks).
+    """
+    from tqdm import tqdm
+
+    genesis = source.genesis
+    config = genesis.config()
+    state = ReplayState(genesis)
+    audit = Audit()
+    parent = genesis.header()
+    t0 = time.perf_counter()
+    txs = 0
+    disable: bool | None = (None if source.head_height > 200 else True) if progress is None else not progress
+    bar = tqdm(total=source.head_height, unit="blk", desc="replay", disable=disable, mininterval=0.5,
+               smoothing=0.1)
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="replay-signatures") as pool:
+            for pre, claimed_receipts in _prechecked(source, config, pool):
+                try:
+                    block = check_block(pre, parent, config)
+                    tree = SparseMerkleTree(state, state.root)
+                    result = execute_checked(block, State(state.get_state), tree, config)
+                except Divergence as failure:
+                    return _diverged(source, failure, pre, claimed_receipts, parent, state, audit, txs,
+                                     time.perf_counter() - t0)
+                state.apply(result.state_writes, result.node_writes, result.state_root)
+                audit.fold_block(block.height, result.receipts)
+                while audit.undescribed:
+                    task_id = audit.undescribed.pop()
+                    record = state.get_state(task_key(task_id))
+                    if record is not None:
+                        audit.describe(task_id, Task.decode(record))
+                txs += len(block.txs)
+                parent = block.header
+                if block.height % PRUNE_EVERY == 0:
+                    state.prune()
+                if on_block is not None:
+                    on_block(parent)
+                bar.update(1)
+    finally:
+        bar.close()
+    if parent.height != source.head_height:
+        raise ExportError(f"{source.description} announced head {source.head_height}, replay ended at "
+                          f"{parent.height}")
+    return ReplayOutcome(True, parent.height, txs, time.perf_counter() - t0, parent, audit)
+
+
+def _diverged(source: ChainSource, failure: Divergence, pre: Prechecked, claimed_receipts: bytes | None,
+              parent: Header, state: ReplayState, audit: Audit, txs: int, seconds: float) -> ReplayOutcome:
+    inv = Investigation.start(failure, genesis=source.genesis, parent=parent, data=pre.data,
+                              claimed_receipts=claimed_receipts, get_state=state.get_state,
+                              get_node=state.get_node, source=source.description)
+    keys = inv.state_keys()
+    claimed = source.claimed_proofs(inv.block.header, keys) if keys and inv.block is not None else None
+    return ReplayOutcome(False, parent.height, txs, seconds, parent, audit, inv.report(claimed), inv, claimed)
