@@ -33,17 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import trio
+from stf import (
+    raw_verify_rate,  # bench/stf.py: the single-core ed25519 verify rate every target is relative to
+)
 
 import genesis as genesis_tool
 from mpsnode.client.connection import connect
 from mpsnode.consensus.tx import Transfer, Tx
-from stf import raw_verify_rate  # bench/stf.py: the single-core ed25519 verify rate every target is relative to
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def start_daemon(home: Path, extra: list[str]) -> tuple[subprocess.Popen, int, int | None]:
-    log = open(home / "sequencer.log", "w")  # noqa: SIM115 - lives as long as the process
+    log = open(home / "sequencer.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mpsnode.cli", "sequencer", "--home", str(home),
                              "--listen", "127.0.0.1:0", *extra], stdout=subprocess.PIPE, stderr=log, cwd=REPO,
                             text=True)
@@ -61,7 +63,7 @@ def start_verifier(home: Path, upstream_port: int) -> tuple[subprocess.Popen, in
     vhome = home / "verifier"
     vhome.mkdir()
     (vhome / "genesis.json").write_text((home / "genesis.json").read_text())
-    log = open(vhome / "verifier.log", "w")  # noqa: SIM115 - lives as long as the process
+    log = open(vhome / "verifier.log", "w")
     proc = subprocess.Popen([sys.executable, "-m", "mpsnode.cli", "verifier", "--home", str(vhome),
                              "--upstream", f"127.0.0.1:{upstream_port}", "--listen", "127.0.0.1:0"],
                             stdout=subprocess.PIPE, stderr=log, cwd=REPO, text=True)
@@ -159,7 +161,7 @@ async def run_load(port: int, g, txs_by_conn: list[list], inflight: int, total: 
                 t0 = time.perf_counter()
                 try:
                     await client.submit(raw)
-                except Exception as exc:  # noqa: BLE001 - reported below
+                except Exception as exc:
                     errors.append(repr(exc))
                 latencies.append(time.perf_counter() - t0)
                 limit.release()

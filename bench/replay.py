@@ -39,17 +39,17 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
-import trio  # noqa: E402
-from ingest import run_load, start_daemon  # noqa: E402
+import numpy as np
+import trio
+from ingest import run_load, start_daemon
 
-import genesis as genesis_tool  # noqa: E402
-from mpsnode.client.connection import Client, Wallet, connect  # noqa: E402
-from mpsnode.consensus.model import param_count  # noqa: E402
-from mpsnode.consensus.params import Params  # noqa: E402
-from verifier.replay.engine import HomeSource, replay  # noqa: E402
-from mpsnode.consensus.sigverify import warm_up  # noqa: E402
-from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer, Tx  # noqa: E402
+import genesis as genesis_tool
+from mpsnode.client.connection import Client, Wallet, connect
+from mpsnode.consensus.model import param_count
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.sigverify import warm_up
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer, Tx
+from verifier.replay.engine import HomeSource, replay
 
 ARCH = (784, 128, 10)
 SAMPLES = 200
@@ -142,7 +142,7 @@ async def paced_load(port: int, g, txs: list[bytes], rate: float, connections: i
         async def one(client: Client, raw: bytes) -> None:
             try:
                 await client.submit(raw)
-            except Exception as exc:  # noqa: BLE001 - counted and reported
+            except Exception as exc:
                 errors.append(repr(exc))
 
         start = trio.current_time()
@@ -222,7 +222,7 @@ def main() -> None:
         r0 = time.perf_counter()
         ends = {p["end"] for p in phases} | {p["start"] for p in phases}
 
-        def on_block(header) -> None:  # noqa: ANN001
+        def on_block(header) -> None:
             if header.height in ends:
                 marks[header.height] = time.perf_counter() - r0
 

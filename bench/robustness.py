@@ -38,17 +38,17 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-import genesis as genesis_tool  # noqa: E402
-from mpsnode import fl, krum, model  # noqa: E402
-from mpsnode.node.chain import Chain  # noqa: E402
-from mpsnode.consensus.events import RoundClosed, Slashed  # noqa: E402
-from mpsnode.fl import attacks  # noqa: E402
-from mpsnode.consensus.params import Params  # noqa: E402
-from mpsnode.consensus.state import TaskStatus  # noqa: E402
-from mpsnode.node.store import MemoryStore  # noqa: E402
-from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, SubmitUpdate, Tx  # noqa: E402
+import genesis as genesis_tool
+from mpsnode import fl, krum, model
+from mpsnode.consensus.events import RoundClosed, Slashed
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.state import TaskStatus
+from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, SubmitUpdate, Tx
+from mpsnode.fl import attacks
+from mpsnode.node.chain import Chain
+from mpsnode.node.store import MemoryStore
 
 ARCH = fl.DEFAULT_ARCH
 SCALE_BITS = fl.DEFAULT_SCALE_BITS
@@ -426,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     setups = list(grid(args))
     runs: list[dict[str, Any]] = []
-    diag = open(args.diagnostics, "w") if args.diagnostics else None  # noqa: SIM115
+    diag = open(args.diagnostics, "w") if args.diagnostics else None
     t0 = time.perf_counter()
     if args.jobs > 1:
         with ProcessPoolExecutor(args.jobs, initializer=_one_thread_each) as pool:

@@ -34,15 +34,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import genesis as genesis_tool  # noqa: E402
-from mpsnode import krum, model  # noqa: E402
-from mpsnode.node.chain import Chain  # noqa: E402
-from mpsnode.consensus.events import RoundClosed  # noqa: E402
-from mpsnode.consensus.params import Params  # noqa: E402
-from mpsnode.consensus.smt import SparseMerkleTree  # noqa: E402
-from mpsnode.consensus.stf import round as stf_round  # noqa: E402
-from mpsnode.node.store import LmdbStore  # noqa: E402
-from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tx  # noqa: E402
+import genesis as genesis_tool
+from mpsnode import krum, model
+from mpsnode.consensus.events import RoundClosed
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.smt import SparseMerkleTree
+from mpsnode.consensus.stf import round as stf_round
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tx
+from mpsnode.node.chain import Chain
+from mpsnode.node.store import LmdbStore
 
 
 class Timers:

@@ -16,15 +16,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import genesis as genesis_tool  # noqa: E402
-from mpsnode import crypto  # noqa: E402
-from mpsnode.node.chain import Chain  # noqa: E402
-from mpsnode.node.store import LmdbStore, MemoryStore  # noqa: E402
-from mpsnode.consensus.tx import Transfer, Tx  # noqa: E402
+import genesis as genesis_tool
+from mpsnode import crypto
+from mpsnode.consensus.tx import Transfer, Tx
+from mpsnode.node.chain import Chain
+from mpsnode.node.files import generate_key
+from mpsnode.node.store import LmdbStore, MemoryStore
 
 
 def raw_verify_rate(n: int = 5000) -> float:
-    key = crypto.Keypair.generate()
+    key = generate_key()
     msgs = [os.urandom(32) for _ in range(n)]
     sigs = [key.sign(m) for m in msgs]
     t0 = time.perf_counter()
@@ -48,7 +49,7 @@ def main() -> None:
     senders = [keys[f"client-{i}"] for i in range(n)]
     seq = keys["sequencer"]
 
-    def open_store():  # noqa: ANN202
+    def open_store():
         if args.store == "memory":
             return MemoryStore()
         return LmdbStore(Path(tempfile.mkdtemp(prefix="bench-stf-")))

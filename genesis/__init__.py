@@ -19,6 +19,7 @@ from pathlib import Path
 from mpsnode.consensus import crypto
 from mpsnode.consensus.genesis import Allocation, Genesis
 from mpsnode.consensus.params import Params
+from mpsnode.node.files import generate_key, save_genesis, save_key
 
 DEVNET_CHAIN_ID = "mps-devnet"
 DEVNET_GENESIS_TIME_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z
@@ -75,7 +76,7 @@ def make_network(home: str | Path, *, clients: int = DEVNET_CLIENTS, chain_id: s
     if devnet_keys:
         keys = {n: devnet_key(n) for n in key_names(clients)}
     else:
-        keys = {n: crypto.Keypair.generate() for n in key_names(clients)}
+        keys = {n: generate_key() for n in key_names(clients)}
     if genesis_time_ms is None:
         genesis_time_ms = DEVNET_GENESIS_TIME_MS if devnet_keys else int(time.time() * 1000)
     genesis = make_genesis(keys, chain_id=chain_id or DEVNET_CHAIN_ID, genesis_time_ms=genesis_time_ms,
@@ -83,8 +84,8 @@ def make_network(home: str | Path, *, clients: int = DEVNET_CLIENTS, chain_id: s
     Genesis.from_json(genesis.to_json())  # what we write must be what we accept
     home.mkdir(parents=True, exist_ok=True)
     for name, key in keys.items():
-        crypto.save_key(home / "keys" / f"{name}.json", key)
-    genesis.save(home / "genesis.json")
+        save_key(home / "keys" / f"{name}.json", key)
+    save_genesis(genesis, home / "genesis.json")
     (home / "config.toml").write_text(
         "# mpsnode node settings\n"
         f'listen = "{listen}"\n'

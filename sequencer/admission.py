@@ -18,17 +18,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mpsnode.consensus.errors import (
-    AlreadyKnown,
-    FeeUnpayable,
-    MempoolFull,
-    NonceConflict,
-    NonceMismatch,
-    NonceTooFarAhead,
-    SenderLimit,
-)
+from mpsnode.consensus.errors import FeeUnpayable, NonceMismatch
 from mpsnode.consensus.state import Account
 from mpsnode.consensus.tx import SignedTx
+from mpsnode.node.errors import AlreadyKnown, MempoolFull, NonceConflict, NonceTooFarAhead, SenderLimit
 from sequencer.mempool import MempoolIndex
 
 GIB, MIB = 1 << 30, 1 << 20

@@ -40,30 +40,25 @@ from typing import Any
 import trio
 
 from mpsnode.consensus import crypto
-from mpsnode.node.chain import Chain
 from mpsnode.consensus.encoding import decode, encode, expect_list
-from mpsnode.consensus.errors import (
-    BadSignature,
-    InvalidTransaction,
-    MpsError,
-    NonceMismatch,
-    ShuttingDown,
-    TxTooLarge,
-)
+from mpsnode.consensus.errors import BadSignature, InvalidTransaction, MpsError, NonceMismatch, TxTooLarge
 from mpsnode.consensus.events import RoundClosed, Slashed
 from mpsnode.consensus.genesis import Genesis
-from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig
 from mpsnode.consensus.sigverify import verify_batch, warm_up
 from mpsnode.consensus.state import ACCOUNT, UNBONDING_QUEUE, Account, State
-from mpsnode.node.store import LmdbStore, Store
 from mpsnode.consensus.tx import SignedTx, decode_signed_tx, validate_transaction
-from mpsnode.node.wire import SEQUENCER
-from sequencer.admission import AdmissionPolicy, check_admission
+from mpsnode.node.chain import Chain
+from mpsnode.node.errors import ShuttingDown
+from mpsnode.node.files import load_key
 from mpsnode.node.log import event
-from sequencer.mempool import Entry, MempoolIndex
 from mpsnode.node.metrics import serve_metrics
-from sequencer.metrics import Metrics
+from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig
+from mpsnode.node.store import LmdbStore, Store
+from mpsnode.node.wire import SEQUENCER
 from mpsnode.node.writes import run_write
+from sequencer.admission import AdmissionPolicy, check_admission
+from sequencer.mempool import Entry, MempoolIndex
+from sequencer.metrics import Metrics
 
 log = logging.getLogger("sequencer")
 
@@ -448,15 +443,15 @@ def run_daemon(home_path: str, *, listen: str | None = None, metrics: str | None
     import sys
 
     from mpsnode.node.home import Home
+    from mpsnode.node.log import setup_logging
     from mpsnode.node.server import apply_node_options
     from mpsnode.node.store import LmdbStore
     from mpsnode.node.wire import parse_hostport
-    from mpsnode.node.log import setup_logging
 
     setup_logging()
     home = Home.open(home_path)
     genesis = home.genesis()
-    key = crypto.load_key(home.key_path("sequencer"))
+    key = load_key(home.key_path("sequencer"))
     host, port = parse_hostport(listen or home.listen)
     config = SequencerConfig(host=host, port=port, block_time_ms=block_time_ms)
     apply_node_options(config, metrics or home.metrics, server)

@@ -9,13 +9,13 @@ import numpy as np
 import genesis as genesis_tool
 from mpsnode.consensus import crypto
 from mpsnode.consensus.block import Block
-from mpsnode.node.chain import Chain
 from mpsnode.consensus.invariants import compute_supply
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.smt import compute_root_reference
-from mpsnode.consensus.stf.block import BlockResult
-from mpsnode.node.store import MemoryStore, Store
+from mpsnode.consensus.stf.transition import BlockResult
 from mpsnode.consensus.tx import Body, CreateTask, SignedTx, Tx
+from mpsnode.node.chain import Chain
+from mpsnode.node.store import MemoryStore, Store
 
 
 class Kit:
@@ -56,7 +56,7 @@ class Kit:
         assert breakdown.total == supply, f"supply broken: {breakdown} != {supply}"
         assert compute_root_reference(dict(items)) == self.chain.head.state_root
 
-    def account(self, key: crypto.Keypair | bytes):  # noqa: ANN201
+    def account(self, key: crypto.Keypair | bytes):
         address = key if isinstance(key, bytes) else key.address
         return self.chain.state().get_account(address)
 

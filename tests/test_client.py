@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from nodekit import LOCALHOST, REPO, Daemon, make_home
 
 from mpsnode import fl
 from mpsnode.cli.client import digits_split, learner_seed
@@ -31,12 +30,14 @@ from mpsnode.client.daemon import (
     run_client,
     signed_update,
 )
-from mpsnode.consensus.errors import WrongNetwork
 from mpsnode.consensus.events import TaskCreated
 from mpsnode.consensus.hashing import MODEL, H
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.tx import JoinTask, Kind, Stake, SubmitUpdate
+from mpsnode.node.errors import WrongNetwork
+
+from nodekit import LOCALHOST, REPO, Daemon, make_home
 
 PARAMS = Params(block_time_ms=50)
 N_CLIENTS = 5
@@ -103,7 +104,7 @@ def test_clients_follow_rounds_check_proofs_and_submit_once(tmp_path: Path, daem
     async def main() -> None:
         async with connect(daemon.address, genesis=net.genesis) as client:
             task_id, init_weights = await _create_task(client, net, split, rounds)
-            cli = subprocess.Popen(  # noqa: ASYNC220 - started once, before the clients run
+            cli = subprocess.Popen(
                 [sys.executable, "-m", "mpsnode.cli", "client", "run", "--home", str(tmp_path), "--node",
                  f"{LOCALHOST}:{daemon.port}", "--from", "client-4", "--task", str(task_id), "--digits-shard",
                  f"4/{N_CLIENTS}", "--alpha", "iid", "--seed", "0", "--state-dir", str(state_dir), "--json"],

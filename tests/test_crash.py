@@ -23,16 +23,17 @@ from pathlib import Path
 
 import pytest
 import trio
-from nodekit import Daemon, make_home
 
-from mpsnode.consensus.block import decode_block
-from mpsnode.node.chain import Chain
 from mpsnode.client.connection import ConnectionLost, Wallet, connect
+from mpsnode.consensus.block import decode_block
 from mpsnode.consensus.errors import MpsError
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.receipt import encode_receipts
-from mpsnode.node.store import LmdbStore, MemoryStore
 from mpsnode.consensus.tx import Transfer
+from mpsnode.node.chain import Chain
+from mpsnode.node.store import LmdbStore, MemoryStore
+
+from nodekit import Daemon, make_home
 
 SENDERS = 12
 PER_WALLET_INFLIGHT = 8

@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from nodekit import REPO
 
 from mpsnode.demo.run import DemoOptions, run_demo
+
+from nodekit import REPO
 
 
 def _env() -> dict[str, str]:

@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from chainkit import Kit
 from mpsnode.consensus import model
 from mpsnode.consensus.block import decode_block
 from mpsnode.consensus.events import RoundClosed, Slashed, TaskCompleted, TaskExpired
@@ -31,6 +30,9 @@ from mpsnode.consensus.params import Params
 from mpsnode.consensus.receipt import decode_receipts
 from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.tx import CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate
+from mpsnode.node.files import save_genesis
+
+from chainkit import Kit
 
 REPO = Path(__file__).resolve().parent.parent
 ARCH = (16, 24, 10)
@@ -40,10 +42,10 @@ REPLAY = """
 import json, sys
 from mpsnode.consensus.block import decode_block
 from mpsnode.node.chain import Chain
-from mpsnode.consensus.genesis import Genesis
+from mpsnode.node.files import load_genesis
 from mpsnode.node.store import MemoryStore
 
-genesis = Genesis.load(sys.argv[1])
+genesis = load_genesis(sys.argv[1])
 chain = Chain(MemoryStore(), genesis)
 roots = []
 for line in open(sys.argv[2]).read().split():
@@ -134,7 +136,7 @@ def test_replay_in_a_fresh_process_gives_identical_roots(config: str, chain: tup
     for h, data in enumerate(blocks, start=1):
         block = decode_block(data)
         expected.append([h, block.header.state_root.hex(), block.hash().hex()])
-    kit.genesis.save(tmp_path / "genesis.json")
+    save_genesis(kit.genesis, tmp_path / "genesis.json")
     (tmp_path / "blocks.hex").write_text("\n".join(b.hex() for b in blocks))
     env = {k: v for k, v in os.environ.items() if not k.startswith("NUMBA_") or k == "NUMBA_CACHE_DIR"}
     env.pop("PYTHONPATH", None)

@@ -30,12 +30,10 @@ from pathlib import Path
 
 import numpy as np
 import trio
-from nodekit import LOCALHOST, REPO, Daemon, make_home, verifier
-from proxykit import ALTERATIONS
 
 import genesis as genesis_tool
-from mpsnode.consensus import model
 from mpsnode.client.connection import Client, Status, Wallet, connect
+from mpsnode.consensus import model
 from mpsnode.consensus.events import RoundClosed
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.params import Params
@@ -44,6 +42,9 @@ from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tran
 from verifier import checks
 from verifier.daemon import EXIT_DIVERGED
 from verifier.divergence import claimed_value_hash
+
+from nodekit import LOCALHOST, REPO, Daemon, make_home, verifier
+from proxykit import ALTERATIONS
 
 PARAMS = Params(block_time_ms=50)
 ARCH = (4, 5, 3)
@@ -139,12 +140,12 @@ def wait_for(path: Path, timeout: float = TIMEOUT) -> None:
         time.sleep(0.05)
 
 
-async def header_at(address: tuple[str, int], g: Genesis, height: int):  # noqa: ANN201
+async def header_at(address: tuple[str, int], g: Genesis, height: int):
     async with connect(address, genesis=g) as client:
         return await client.header(height)
 
 
-async def status_of(address: tuple[str, int], g: Genesis):  # noqa: ANN201
+async def status_of(address: tuple[str, int], g: Genesis):
     async with connect(address, genesis=g) as client:
         return await client.status()
 

@@ -66,8 +66,8 @@ def test_block_round_trip(tx_list: list[Tx], height: int, root: bytes) -> None:
 
 @given(st.sampled_from(sorted(EVENT_TYPES)), st.data())
 def test_event_round_trip(kind: int, data: st.DataObject) -> None:
-    from dataclasses import fields
     import typing
+    from dataclasses import fields
 
     cls = EVENT_TYPES[kind]
     hints = typing.get_type_hints(cls)

@@ -8,14 +8,15 @@ from functools import cache
 import numpy as np
 import pytest
 
-from chainkit import Kit
 from mpsnode import fl
 from mpsnode.consensus import model
 from mpsnode.consensus.errors import InvalidField
 from mpsnode.consensus.events import RoundClosed
-from mpsnode.fl import attacks, mlp
 from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate
+from mpsnode.fl import attacks, mlp
+
+from chainkit import Kit
 
 ARCH = (64, 32, 10)
 S = 12

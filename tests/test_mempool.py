@@ -5,17 +5,10 @@ from __future__ import annotations
 import pytest
 
 import genesis as genesis_tool
-from mpsnode.consensus.errors import (
-    AlreadyKnown,
-    FeeUnpayable,
-    MempoolFull,
-    NonceConflict,
-    NonceMismatch,
-    NonceTooFarAhead,
-    SenderLimit,
-)
+from mpsnode.consensus.errors import FeeUnpayable, NonceMismatch
 from mpsnode.consensus.state import Account
 from mpsnode.consensus.tx import SignedTx, Transfer, Tx
+from mpsnode.node.errors import AlreadyKnown, MempoolFull, NonceConflict, NonceTooFarAhead, SenderLimit
 from sequencer.admission import AdmissionPolicy, check_admission
 from sequencer.mempool import Entry, MempoolIndex
 

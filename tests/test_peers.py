@@ -13,15 +13,16 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 import trio
-from nodekit import Daemon, hello_frame, make_home, raw_connect, read_message, read_until_closed
 
 from mpsnode.client.connection import Wallet, connect
 from mpsnode.consensus.encoding import encode
-from mpsnode.consensus.errors import FrameTooLarge, ProtocolViolation
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.tx import CreateTask, Transfer
+from mpsnode.node.errors import FrameTooLarge, ProtocolViolation
 from mpsnode.node.wire import ERROR, LENGTH, REPLY, Msg, encode_frame
+
+from nodekit import Daemon, hello_frame, make_home, raw_connect, read_message, read_until_closed
 
 PARAMS = Params(block_time_ms=50)
 TIMEOUTS = ["--handshake-timeout", "1", "--frame-timeout", "1", "--slow-peer-timeout", "1",

@@ -12,22 +12,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from chainkit import Kit
 
 import genesis as genesis_tool
 import mpsnode.consensus.stf.round as round_rules
+from mpsnode.cli.main import main
 from mpsnode.consensus import model
 from mpsnode.consensus.block import Header, decode_block, sign_header
-from mpsnode.cli.main import main
 from mpsnode.consensus.encoding import decode
 from mpsnode.consensus.events import Event, Rewarded, RoundClosed, Slashed, decode_event
 from mpsnode.consensus.hashing import H
-from verifier.replay import engine
-from mpsnode.node.export import BLOCK, LENGTH, MAGIC
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
-from mpsnode.node.store import LmdbStore
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer
+from mpsnode.node.export import BLOCK, LENGTH, MAGIC
+from mpsnode.node.store import LmdbStore
 from verifier import checks
+from verifier.replay import engine
+
+from chainkit import Kit
 
 ARCH = (4, 5, 3)
 N_PARAMS = model.param_count(ARCH)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from chainkit import Kit, small_task
 from mpsnode.consensus import krum, model
 from mpsnode.consensus.events import (
     Jailed,
@@ -22,6 +21,8 @@ from mpsnode.consensus.events import (
 )
 from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.tx import JoinTask, Stake, SubmitUpdate, Unstake
+
+from chainkit import Kit, small_task
 
 ARCH = (4, 5, 3)
 N = model.param_count(ARCH)
@@ -49,14 +50,14 @@ def deltas(seed: int, n_clients: int, outliers: dict[int, int]) -> list[np.ndarr
     return out
 
 
-def submit_round(kit: Kit, task_id: int, round_: int, ds: list[np.ndarray], who: list[int] | None = None):  # noqa: ANN201
+def submit_round(kit: Kit, task_id: int, round_: int, ds: list[np.ndarray], who: list[int] | None = None):
     who = list(range(len(ds))) if who is None else who
     _, res = kit.block([kit.tx(kit.clients[i], SubmitUpdate(task_id, round_, ds[i].tobytes())) for i in who])
     assert all(r.status == 0 for r in res.receipts[:-1])
     return res
 
 
-def expected_close(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int], f: int = 1):  # noqa: ANN201
+def expected_close(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int], f: int = 1):
     task = kit.chain.state().get_task(task_id)
     Q = np.stack([ds[i] for i in who]).astype(np.int16)
     addresses = [kit.clients[i].address for i in who]

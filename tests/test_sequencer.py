@@ -15,29 +15,32 @@ from pathlib import Path
 import numpy as np
 import pytest
 import trio
-from chainkit import small_task
-from nodekit import REPO, Daemon, make_home
 
-from mpsnode.consensus import crypto
 from mpsnode.client.connection import Client, Wallet, connect, make_tx
+from mpsnode.consensus import crypto
 from mpsnode.consensus.errors import (
-    AlreadyKnown,
     BadSignature,
     DecodeError,
     FeeTooLow,
     FeeUnpayable,
-    NonceConflict,
     NonceMismatch,
-    NonceTooFarAhead,
-    VerificationFailed,
     WrongChain,
-    WrongNetwork,
 )
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.tx import JoinTask, Stake, Transfer, Tx
+from mpsnode.node.errors import (
+    AlreadyKnown,
+    NonceConflict,
+    NonceTooFarAhead,
+    VerificationFailed,
+    WrongNetwork,
+)
 from mpsnode.node.wire import Msg
+
+from chainkit import small_task
+from nodekit import REPO, Daemon, make_home
 
 PARAMS = Params(block_time_ms=50)
 

@@ -6,7 +6,6 @@ from dataclasses import replace
 
 import pytest
 
-from chainkit import Kit, random_delta, small_task
 from mpsnode.consensus import errors
 from mpsnode.consensus.block import Header, sign_header
 from mpsnode.consensus.errors import (
@@ -35,13 +34,15 @@ from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.stf.task import EXPIRED_MAX_ROUNDS, EXPIRED_NOT_ENOUGH_CLIENTS
 from mpsnode.consensus.tx import JoinTask, Stake, SubmitUpdate, Transfer, Tx, Unstake
 
+from chainkit import Kit, random_delta, small_task
+
 
 @pytest.fixture
 def kit() -> Kit:
     return Kit()
 
 
-def status(result, i: int = 0) -> int:  # noqa: ANN001
+def status(result, i: int = 0) -> int:
     return result.receipts[i].status
 
 
@@ -194,8 +195,8 @@ def test_submit_update_rules_void_rounds_and_expiry(kit: Kit) -> None:
 
 
 def test_jailed_account_unjails_on_top_up(kit: Kit) -> None:
-    from mpsnode.consensus.stf.block import process_transaction
     from mpsnode.consensus.stf.env import BlockEnv
+    from mpsnode.consensus.stf.transition import process_transaction
 
     a = kit.clients[0]
     state = kit.chain.state()
@@ -234,7 +235,7 @@ def test_apply_replays_builder_blocks() -> None:
     (lambda h, p: replace(h, height=h.height + 1), WrongHeight),
     (lambda h, p: replace(h, timestamp_ms=p.timestamp_ms), BadTimestamp),
 ])
-def test_apply_rejects_bad_headers(mutate, err) -> None:  # noqa: ANN001
+def test_apply_rejects_bad_headers(mutate, err) -> None:
     builder, follower = _fresh_pair()
     parent = follower.chain.head_header
     block, _ = builder.block([builder.tx(builder.clients[0], Stake(100))])

@@ -9,10 +9,11 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from chainkit import Kit, random_delta, small_task
 from mpsnode.consensus.model import param_count
-from mpsnode.node.store import LmdbStore
 from mpsnode.consensus.tx import JoinTask, Stake, SubmitUpdate, Transfer, Unstake
+from mpsnode.node.store import LmdbStore
+
+from chainkit import Kit, random_delta, small_task
 
 N_CLIENTS = 6
 amounts = st.one_of(st.integers(1, 3000), st.integers(1, 2_000_000))
@@ -28,7 +29,7 @@ actions = st.one_of(
 )
 
 
-def body_for(action: tuple, kit: Kit):  # noqa: ANN201
+def body_for(action: tuple, kit: Kit):
     kind = action[0]
     if kind == "transfer":
         return action[1], Transfer(kit.clients[action[2]].address, action[3])

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mpsnode.consensus.errors import DecodeError, StoreError, StoreFull
+from mpsnode.consensus.errors import DecodeError
+from mpsnode.node.errors import StoreError, StoreFull
 from mpsnode.node.store import (
     MAX_KEY_SIZE,
     BlockCommit,
@@ -327,7 +328,7 @@ def test_writes_from_many_threads(store: Store) -> None:
         try:
             for i in range(20):
                 store.mempool_put([(f"{t}/{i}/{j}".encode(), b"x" * 10) for j in range(3)])
-        except Exception as exc:  # noqa: BLE001 - reported below
+        except Exception as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=put, args=(t,)) for t in range(4)]

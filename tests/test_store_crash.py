@@ -103,7 +103,7 @@ def check_store(path: Path, low: int, high: int, replay: Replay, rng: random.Ran
     ``low..high`` bounds the head: at least every block whose commit returned, at most one more.
     ``replay`` is advanced to the head.
     """
-    from mpsnode.consensus.hashing import HEADER, H  # noqa: I001 - mpsnode.smt may land after this file
+    from mpsnode.consensus.hashing import HEADER, H
     from mpsnode.consensus.smt import SparseMerkleTree, compute_root_reference, verify_proof
 
     with LmdbStore(path) as store:

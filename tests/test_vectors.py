@@ -1,24 +1,31 @@
-"""Golden vectors: one runner, two paths. The verifier path decodes and applies every block; the
-sequencer path rebuilds every valid block from its txs and must produce the same bytes. A case
-ending in a bad block must raise exactly the recorded error and leave the head unchanged."""
+"""Golden vectors: one runner, three paths. ``state_transition`` itself (through ``Chain.apply``);
+the verifier daemon's own steps on an LMDB store; and the sequencer daemon's own build-and-commit
+calls, which must rebuild every valid block to the same bytes. A case ending in a bad block must
+fail with exactly the recorded error and leave the head unchanged."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import genesis as genesis_tool
-from mpsnode.consensus import errors
-from mpsnode.consensus import krum, model
+from mpsnode.consensus import errors, krum, model
 from mpsnode.consensus.block import decode_block
-from mpsnode.node.chain import Chain
-from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.events import RoundClosed
-from mpsnode.node.store import MemoryStore
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.stf.transition import BlockResult
 from mpsnode.consensus.tx import SubmitUpdate
+from mpsnode.node.chain import Chain
+from mpsnode.node.files import load_genesis
+from mpsnode.node.store import LmdbStore, MemoryStore
+from verifier.checks import Divergence, precheck_many
+from verifier.daemon import Verifier, VerifierConfig
+
+from nodekit import LOCALHOST
 from vectors.generate import model_hashes
 
 VECTORS = Path(__file__).parent / "vectors"
@@ -28,7 +35,7 @@ CASES = sorted(p.name for p in VECTORS.iterdir() if (p / "expected.json").exists
 def load(case: str) -> tuple[Genesis, list[bytes], dict]:
     folder = VECTORS / case
     blocks = [bytes.fromhex(line) for line in (folder / "blocks.hex").read_text().split()]
-    return Genesis.load(folder / "genesis.json"), blocks, json.loads((folder / "expected.json").read_text())
+    return load_genesis(folder / "genesis.json"), blocks, json.loads((folder / "expected.json").read_text())
 
 
 def test_there_are_vectors() -> None:
@@ -36,18 +43,22 @@ def test_there_are_vectors() -> None:
     assert any(json.loads((VECTORS / c / "expected.json").read_text())["error"] for c in CASES)
 
 
+def _check_block(chain: Chain, result: BlockResult, exp: dict) -> None:
+    assert chain.head.block_hash.hex() == exp["hash"]
+    assert chain.head.state_root.hex() == exp["state_root"]
+    assert [r.status for r in result.receipts] == exp["statuses"]
+    assert [e.to_json() for r in result.receipts for e in r.events] == exp["events"]
+    assert model_hashes(chain) == exp["models"]
+
+
 @pytest.mark.parametrize("case", CASES)
-def test_verifier_path(case: str) -> None:
+def test_state_transition(case: str) -> None:
+    """The spec's entry point itself: ``Chain.apply`` is ``state_transition`` on the head."""
     genesis, blocks, expected = load(case)
     chain = Chain(MemoryStore(), genesis)
     valid = expected["blocks"]
-    for data, exp in zip(blocks, valid):
-        result = chain.apply(decode_block(data))
-        assert chain.head.block_hash.hex() == exp["hash"]
-        assert chain.head.state_root.hex() == exp["state_root"]
-        assert [r.status for r in result.receipts] == exp["statuses"]
-        assert [e.to_json() for r in result.receipts for e in r.events] == exp["events"]
-        assert model_hashes(chain) == exp["models"]
+    for data, exp in zip(blocks, valid, strict=False):
+        _check_block(chain, chain.apply(decode_block(data)), exp)
     err = expected["error"]
     assert len(blocks) == len(valid) + (1 if err else 0)
     if err:
@@ -58,20 +69,67 @@ def test_verifier_path(case: str) -> None:
 
 
 @pytest.mark.parametrize("case", CASES)
-def test_sequencer_path(case: str) -> None:
+def test_verifier_path(case: str, tmp_path: Path) -> None:
+    """The verifier daemon's own steps, on its own LMDB store: ``precheck_many`` (decoding and the
+    batched signatures), ``Verifier.execute`` (``verify_block``: the state transition through the
+    daemon's read overlay), the commit and ``Verifier.committed``; a bad block is a ``Divergence``
+    whose cause is exactly the recorded error, and nothing is committed."""
+    genesis, blocks, expected = load(case)
+    store = LmdbStore(tmp_path / "data", map_size=1 << 28)
+    try:
+        verifier = Verifier(store, genesis, VerifierConfig(upstream=(LOCALHOST, 1)))
+        config = genesis.config()
+        valid = expected["blocks"]
+        for height, (data, exp) in enumerate(zip(blocks, valid, strict=False), start=1):
+            block, result = verifier.execute(precheck_many([(height, data)], config)[0])
+            verifier.chain.commit_prepared(block, result)
+            verifier.committed(block)
+            _check_block(verifier.chain, result, exp)
+        err = expected["error"]
+        if err:
+            head = verifier.chain.head
+            with pytest.raises(Divergence) as failure:
+                verifier.execute(precheck_many([(len(valid) + 1, blocks[-1])], config)[0])
+            cause = failure.value.cause
+            assert type(cause).__name__ == err["type"] and re.search(err["match"], cause.reason)
+            assert failure.value.check == cause.check
+            assert verifier.chain.head == head
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_sequencer_path(case: str, tmp_path: Path) -> None:
+    """The sequencer daemon's own calls: ``Chain.prepare`` on an LMDB snapshot, then
+    ``Chain.commit_prepared``; every valid block is rebuilt to the same bytes, and the txs of an
+    invalid one are never included."""
     genesis, blocks, expected = load(case)
     assert expected["sequencer_key"] == "devnet:sequencer"
     key = genesis_tool.devnet_key("sequencer")
-    chain = Chain(MemoryStore(), genesis)
-    for data, exp in zip(blocks, expected["blocks"]):
-        original = decode_block(data)
-        block, result, rejected = chain.build(original.txs, original.header.timestamp_ms, key)
-        assert not rejected
-        assert block.encode() == data
-    if expected["error"] and expected["error"]["type"] == "BlockHasInvalidTx":
-        bad = decode_block(blocks[-1])
-        block, _, rejected = chain.build(bad.txs, bad.header.timestamp_ms, key)
-        assert block.txs == () and len(rejected) == len(bad.txs)  # the sequencer never includes it
+    store = LmdbStore(tmp_path / "data", map_size=1 << 28)
+    try:
+        chain = Chain(store, genesis)
+
+        def build(txs: tuple, timestamp_ms: int) -> tuple:
+            view = store.snapshot()
+            try:
+                return chain.prepare(txs, timestamp_ms, key, reader=view)
+            finally:
+                view.close()
+
+        for data, exp in zip(blocks, expected["blocks"], strict=False):
+            original = decode_block(data)
+            block, result, rejected = build(original.txs, original.header.timestamp_ms)
+            assert not rejected
+            assert block.encode() == data
+            chain.commit_prepared(block, result)
+            _check_block(chain, result, exp)
+        if expected["error"] and expected["error"]["type"] == "BlockHasInvalidTx":
+            bad = decode_block(blocks[-1])
+            block, _, rejected = build(bad.txs, bad.header.timestamp_ms)
+            assert block.txs == () and len(rejected) == len(bad.txs)  # the sequencer never includes it
+    finally:
+        store.close()
 
 
 def test_round_vectors_agree_with_the_reference_twins() -> None:

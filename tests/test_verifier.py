@@ -15,16 +15,17 @@ from pathlib import Path
 
 import pytest
 import trio
-from nodekit import LOCALHOST, Daemon, make_home, verifier
 
 import genesis as genesis_tool
 from mpsnode.client.connection import Wallet, connect
-from mpsnode.consensus.errors import NotSupported
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import account_key
 from mpsnode.consensus.tx import Transfer
+from mpsnode.node.errors import NotSupported
 from verifier.divergence import claimed_value_hash
+
+from nodekit import LOCALHOST, Daemon, make_home, verifier
 
 PARAMS = Params(block_time_ms=50)
 TIMEOUT = 60.0
@@ -62,12 +63,12 @@ async def transfers(address: tuple[str, int], g: Genesis, n: int, sender: str = 
         return (await client.wait_receipt(last.tx_id, timeout=TIMEOUT)).height
 
 
-async def status(address: tuple[str, int], g: Genesis):  # noqa: ANN201
+async def status(address: tuple[str, int], g: Genesis):
     async with connect(address, genesis=g) as client:
         return await client.status()
 
 
-def wait_status(address: tuple[str, int], g: Genesis, ok, timeout: float = TIMEOUT):  # noqa: ANN001, ANN201
+def wait_status(address: tuple[str, int], g: Genesis, ok, timeout: float = TIMEOUT):
     deadline = time.monotonic() + timeout
     while True:
         try:

@@ -10,16 +10,11 @@ import trio
 import trio.testing
 
 from mpsnode.consensus import crypto
-from mpsnode.consensus.errors import (
-    ERROR_CODES,
-    FrameTooLarge,
-    MpsError,
-    NonceMismatch,
-    ProtocolViolation,
-    SlowPeer,
-)
+from mpsnode.consensus.errors import MpsError, NonceMismatch, error_classes
 from mpsnode.consensus.merkle import list_proof, list_root, verify_list_proof
 from mpsnode.consensus.sigverify import verify_batch
+from mpsnode.node.errors import FrameTooLarge, ProtocolViolation, SlowPeer
+from mpsnode.node.files import generate_key
 from mpsnode.node.wire import (
     ERROR,
     LENGTH,
@@ -94,7 +89,7 @@ def test_malformed_messages_are_protocol_violations(body: bytes) -> None:
 
 
 def test_error_codes_round_trip() -> None:
-    for code, cls in ERROR_CODES.items():
+    for code, cls in error_classes().items():
         exc = error_from_wire(code, "the reason")
         assert error_message(9, exc) == [ERROR, 9, code, "the reason"]
         assert type(exc) is cls and exc.code == code and exc.reason == "the reason"
@@ -139,7 +134,7 @@ def test_list_proofs() -> None:
 
 def test_batch_verify_equals_pynacl() -> None:
     rng = random.Random(5)
-    keys = [crypto.Keypair.generate() for _ in range(4)]
+    keys = [generate_key() for _ in range(4)]
     items = []
     for i in range(300):
         key = rng.choice(keys)

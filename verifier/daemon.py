@@ -39,21 +39,23 @@ from typing import Any
 
 import trio
 
-from mpsnode.consensus.block import Block
-from mpsnode.node.chain import Chain
 from mpsnode.client.connection import Client, ConnectionLost, connect
-from mpsnode.consensus.errors import Divergence, MpsError, ProtocolViolation, VerificationFailed, WrongNetwork
+from mpsnode.consensus.block import Block
+from mpsnode.consensus.errors import MpsError
 from mpsnode.consensus.genesis import Genesis
-from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig
 from mpsnode.consensus.smt import Proof, SparseMerkleTree
 from mpsnode.consensus.state import State
-from mpsnode.consensus.stf.block import BlockResult
-from mpsnode.node.store import LmdbStore, StoreView
-from mpsnode.node.wire import VERIFIER, Msg
+from mpsnode.consensus.stf.transition import BlockResult
+from mpsnode.node.chain import Chain
+from mpsnode.node.errors import ProtocolViolation, VerificationFailed, WrongNetwork
+from mpsnode.node.files import load_genesis, save_genesis
 from mpsnode.node.log import event
 from mpsnode.node.metrics import serve_metrics
+from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig
+from mpsnode.node.store import LmdbStore, StoreView
+from mpsnode.node.wire import VERIFIER, Msg
 from mpsnode.node.writes import run_write
-from verifier.checks import Prechecked, check_block, execute_checked, precheck_many
+from verifier.checks import Divergence, Prechecked, precheck_many, verify_block
 from verifier.divergence import ClaimedProofs, Investigation, write_report
 from verifier.metrics import VerifierMetrics
 
@@ -242,7 +244,7 @@ class Verifier:
             async def stage(fn: Callable[..., Any], *args: Any) -> None:
                 try:
                     await fn(*args)
-                except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery's group
+                except Exception as exc:
                     failures.append(exc)
                 nursery.cancel_scope.cancel()
 
@@ -322,7 +324,7 @@ class Verifier:
             async for pres in prechecked:
                 for pre in pres:
                     try:
-                        block, result = self._execute_one(pre)
+                        block, result = self.execute(pre)
                     except Divergence as failure:
                         await self.watch.wait_above(self._tip.height - 1)  # the blocks before it are stored
                         with trio.CancelScope(shield=True):  # the report is written whatever else fails
@@ -330,16 +332,19 @@ class Verifier:
                         raise _Stopped() from None
                     await done.send((block, result))
 
-    def _execute_one(self, pre: Prechecked) -> tuple[Block, BlockResult]:
+    def execute(self, pre: Prechecked) -> tuple[Block, BlockResult]:
+        """Check and re-execute the block after the last one executed (``verify_block``, that is the
+        state transition), reading the store through the writes of blocks still being committed.
+        ``Divergence`` on a failed check; else the block and result to commit, in order, then
+        ``committed``."""
         t0 = time.perf_counter()
         parent = self._tip
-        block = check_block(pre, parent, self.chain_config)
         layers = list(self._inflight)  # before the snapshot: whatever lands in between is in both, equal
         view = self.store.snapshot()
         try:
             reads = _Overlay(layers, view)
             tree = SparseMerkleTree(reads, parent.state_root)
-            result = execute_checked(block, State(reads.get_state), tree, self.chain_config)
+            block, result = verify_block(pre, parent, State(reads.get_state), tree, self.chain_config)
         finally:
             view.close()
         self._inflight.append((result.state_writes, result.node_writes))
@@ -352,14 +357,18 @@ class Verifier:
             async for block, result in executed:
                 t0 = time.perf_counter()
                 await run_write(self.chain.commit_prepared, block, result)
-                self._inflight.popleft()
-                self.watch.advance(block.height)
-                m = self.metrics
-                m.commit_seconds.observe(time.perf_counter() - t0)
-                m.blocks.inc()
-                m.txs.inc(len(block.txs))
-                m.height.set(block.height)
-                m.lag.set(self.lag)
+                self.committed(block)
+                self.metrics.commit_seconds.observe(time.perf_counter() - t0)
+
+    def committed(self, block: Block) -> None:
+        """``block``, the oldest executed, is in the store: serve it and stop overlaying its writes."""
+        self._inflight.popleft()
+        self.watch.advance(block.height)
+        m = self.metrics
+        m.blocks.inc()
+        m.txs.inc(len(block.txs))
+        m.height.set(block.height)
+        m.lag.set(self.lag)
 
     async def _diverge(self, failure: Divergence, pre: Prechecked, client: Client) -> None:
         """Stop for good: gather what the upstream claims, write the report, log one error."""
@@ -456,14 +465,14 @@ def prepare_home(home_path: str, genesis_file: str | None) -> None:
     target = home / "genesis.json"
     if genesis_file is None:
         return
-    source = Genesis.load(genesis_file)
+    source = load_genesis(genesis_file)
     if target.exists():
-        if Genesis.load(target).hash() != source.hash():
+        if load_genesis(target).hash() != source.hash():
             raise ValueError(f"{target} is another chain's genesis than {genesis_file}: "
                              "choose another --home")
         return
     home.mkdir(parents=True, exist_ok=True)
-    source.save(target)
+    save_genesis(source, target)
 
 
 def run_daemon(home_path: str, *, upstream: str, genesis_file: str | None = None, listen: str | None = None,
@@ -474,9 +483,9 @@ def run_daemon(home_path: str, *, upstream: str, genesis_file: str | None = None
     import sys
 
     from mpsnode.node.home import Home
+    from mpsnode.node.log import setup_logging
     from mpsnode.node.server import apply_node_options
     from mpsnode.node.wire import parse_hostport
-    from mpsnode.node.log import setup_logging
 
     setup_logging()
     prepare_home(home_path, genesis_file)

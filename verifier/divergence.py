@@ -27,7 +27,7 @@ from typing import Any
 
 from mpsnode.consensus.block import Block, Header, decode_header
 from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_uint
-from mpsnode.consensus.errors import DecodeError, Divergence, MpsError, StoreError
+from mpsnode.consensus.errors import DecodeError, InvalidBlock, MpsError
 from mpsnode.consensus.events import Event
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import ZERO32
@@ -60,7 +60,9 @@ from mpsnode.consensus.state import (
     model_key,
     task_key,
 )
-from verifier.checks import STATE_ROOT, check_block, execute_checked, precheck
+from mpsnode.consensus.stf.transition import BlockResult, state_transition
+from mpsnode.node.errors import StoreError
+from verifier.checks import STATE_ROOT, Divergence, precheck, verify_block
 
 REPORT_FORMAT = "mps-divergence-report/1"
 BUNDLE_MAGIC = "mps-replay-bundle"
@@ -278,10 +280,10 @@ class Investigation:
 
     @property
     def block(self) -> Block | None:
-        return self.failure.block  # type: ignore[return-value]
+        return self.failure.block
 
     @property
-    def result(self) -> Any:
+    def result(self) -> BlockResult | None:
         return self.failure.result
 
     @classmethod
@@ -295,13 +297,13 @@ class Investigation:
         if block is not None and failure.result is not None:
             state_reader, nodes = witness.recording(get_state, get_node)
             try:
-                execute_checked(block, State(state_reader), SparseMerkleTree(nodes, parent.state_root),
-                                genesis.config())
-            except Divergence:
+                state_transition(State(state_reader), SparseMerkleTree(nodes, parent.state_root), block,
+                                 parent, genesis.config())
+            except InvalidBlock:
                 pass  # the same failure again, now with every read recorded
             # keys named only by the claimed side kept their parent value here: record it too
             for key in inv.state_keys():
-                if key not in failure.result.state_writes and key not in witness.state:  # type: ignore[attr-defined]
+                if key not in failure.result.state_writes and key not in witness.state:
                     witness.state[key] = get_state(key)
         return inv
 
@@ -541,9 +543,8 @@ class Bundle:
         config = self.genesis.config()
         state_reader, nodes = self.witness.replaying()
         try:
-            block = check_block(precheck(self.height, self.data, config), self.parent, config)
             tree = SparseMerkleTree(nodes, self.parent.state_root)
-            execute_checked(block, State(state_reader), tree, config)
+            verify_block(precheck(self.height, self.data, config), self.parent, State(state_reader), tree, config)
         except Divergence as failure:
             return Investigation(failure, self.genesis, self.parent, self.data, self.claimed_receipts or None,
                                  self.witness, "bundle")

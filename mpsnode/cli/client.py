@@ -24,9 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import trio
 
+from mpsnode.client.daemon import ClientStopped
 from mpsnode.consensus import crypto
-from mpsnode.consensus.errors import ClientStopped
 from mpsnode.consensus.genesis import Genesis
+from mpsnode.node.files import load_genesis, load_key
 from mpsnode.node.home import Home
 
 if TYPE_CHECKING:
@@ -96,7 +97,7 @@ def client_data(args: argparse.Namespace) -> tuple[fl.Dataset, int]:
 
 def _chain(args: argparse.Namespace) -> tuple[Genesis | None, str, Home | None]:
     home = Home.open(args.home) if args.home else None
-    genesis = Genesis.load(args.genesis) if args.genesis else (home.genesis() if home else None)
+    genesis = load_genesis(args.genesis) if args.genesis else (home.genesis() if home else None)
     node = args.node or (home.listen if home else None)
     if not node:
         raise ValueError("say where the node is: --node HOST:PORT, or --home DIR (its config.toml)")
@@ -105,9 +106,9 @@ def _chain(args: argparse.Namespace) -> tuple[Genesis | None, str, Home | None]:
 
 def _key(args: argparse.Namespace, home: Home | None) -> crypto.Keypair:
     if args.key:
-        return crypto.load_key(args.key)
+        return load_key(args.key)
     if home is not None and args.sender:
-        return crypto.load_key(home.key_path(args.sender))
+        return load_key(home.key_path(args.sender))
     raise ValueError("say who signs: --key FILE, or --home DIR with --from NAME (a key in DIR/keys/)")
 
 

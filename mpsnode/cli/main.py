@@ -10,8 +10,8 @@ from typing import Any
 
 import trio
 
-from mpsnode.consensus import crypto
 from mpsnode.consensus.errors import MpsError
+from mpsnode.node.files import generate_key, load_key, save_key
 
 
 def print_fields(obj: Any, as_json: bool) -> None:
@@ -42,14 +42,14 @@ def cmd_init(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     if args.keys_cmd == "new":
-        key = crypto.Keypair.generate()
+        key = generate_key()
         if args.out:
             if Path(args.out).exists():
                 raise SystemExit(f"mpsnode: {args.out} exists; refusing to overwrite a key")
-            crypto.save_key(args.out, key)
+            save_key(args.out, key)
         print_fields({"address": key.address.hex(), **({"file": args.out} if args.out else {})}, args.json)
     else:
-        key = crypto.load_key(args.file)
+        key = load_key(args.file)
         print_fields({"address": key.address.hex(), "file": args.file}, args.json)
     return 0
 

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import trio
 
-from mpsnode.consensus import crypto
 from mpsnode.cli.main import print_fields
 from mpsnode.client.connection import Client, Proven, Wallet, connect
+from mpsnode.consensus import crypto
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import H
-from mpsnode.node.home import Home
 from mpsnode.consensus.tx import Body, CreateTask, JoinTask, Stake, SubmitUpdate, Transfer, Unstake
-
+from mpsnode.node.files import load_genesis, load_key
+from mpsnode.node.home import Home
 
 # ---------------------------------------------------------------------------------------------
 # sequencer
@@ -57,7 +57,7 @@ def _chain(args: argparse.Namespace) -> tuple[Genesis | None, str]:
     genesis = None
     node = args.node
     if args.genesis:
-        genesis = Genesis.load(args.genesis)
+        genesis = load_genesis(args.genesis)
     if args.home:
         home = Home.open(args.home)
         genesis = genesis or home.genesis()
@@ -67,9 +67,9 @@ def _chain(args: argparse.Namespace) -> tuple[Genesis | None, str]:
 
 def _key(args: argparse.Namespace) -> crypto.Keypair:
     if args.key:
-        return crypto.load_key(args.key)
+        return load_key(args.key)
     if args.home and args.sender:
-        return crypto.load_key(Home.open(args.home).key_path(args.sender))
+        return load_key(Home.open(args.home).key_path(args.sender))
     raise ValueError("say who signs: --key FILE, or --home DIR with --from NAME (a key in DIR/keys/)")
 
 
@@ -79,7 +79,7 @@ def _address(text: str, args: argparse.Namespace) -> bytes:
         return crypto.parse_address(text)
     except ValueError:
         if args.home and (Home.open(args.home).key_path(text)).is_file():
-            return crypto.load_key(Home.open(args.home).key_path(text)).address
+            return load_key(Home.open(args.home).key_path(text)).address
         raise
 
 
@@ -193,7 +193,7 @@ async def _query(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         proven = await client.task(args.task_id)
         task = proven.value
         if task is None:
-            from mpsnode.consensus.errors import NotFound
+            from mpsnode.node.errors import NotFound
 
             raise NotFound(f"no task {args.task_id} at height {proven.height}")
         out = {"task_id": task.task_id, "status": task.status.name, "creator": task.creator.hex(),

@@ -35,8 +35,8 @@ def cmd_verifier(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mpsnode.node.home import Home
     from mpsnode.node.export import export_store
+    from mpsnode.node.home import Home
     from mpsnode.node.store import LmdbStore
 
     home = Home.open(args.home)

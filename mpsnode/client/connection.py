@@ -34,16 +34,7 @@ import trio
 from mpsnode.consensus import crypto
 from mpsnode.consensus.block import Block, Header, decode_block, decode_header
 from mpsnode.consensus.encoding import decode
-from mpsnode.consensus.errors import (
-    AlreadyKnown,
-    BlockDecodeError,
-    DecodeError,
-    MpsError,
-    NonceMismatch,
-    ProtocolViolation,
-    VerificationFailed,
-    WrongNetwork,
-)
+from mpsnode.consensus.errors import BlockDecodeError, DecodeError, MpsError, NonceMismatch
 from mpsnode.consensus.events import Event, decode_event
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import RECEIPT, ZERO32, H
@@ -53,6 +44,7 @@ from mpsnode.consensus.receipt import Receipt, decode_receipts
 from mpsnode.consensus.smt import Proof, verify_proof
 from mpsnode.consensus.state import EMPTY_ACCOUNT, Account, Task, account_key, model_key, task_key
 from mpsnode.consensus.tx import Body, SignedTx, Tx, compute_min_fee
+from mpsnode.node.errors import AlreadyKnown, ProtocolViolation, VerificationFailed, WrongNetwork
 from mpsnode.node.wire import (
     BLOCK_PUSH,
     ERROR,
@@ -480,7 +472,7 @@ class Client:
         keys = [task_key(task_id), model_key(task_id)]
         header, (task_raw, model) = self._proven_values(await self.request(Msg.GET_MODEL, task_id), keys)
         if task_raw is None or model is None:
-            from mpsnode.consensus.errors import NotFound
+            from mpsnode.node.errors import NotFound
 
             raise NotFound(f"task {task_id} has no model at height {header.height}")
         return Proven((Task.decode(task_raw), model), header.height, header)

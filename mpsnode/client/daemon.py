@@ -40,14 +40,15 @@ from typing import Any
 import numpy as np
 import trio
 
-from mpsnode.consensus import crypto, model
 from mpsnode.client.connection import Client, ConnectionLost, Wallet, connect
-from mpsnode.consensus.errors import ClientStopped, NonceMismatch, Overloaded, ShuttingDown, SlowPeer
-from mpsnode.fl import Dataset, LocalLearner, TrainConfig, quantize_update, weights_from_bytes
+from mpsnode.consensus import crypto, model
+from mpsnode.consensus.errors import MpsError, NonceMismatch
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import MODEL, H
 from mpsnode.consensus.state import Task, TaskStatus, update_key
 from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, SubmitUpdate, decode_signed_tx
+from mpsnode.fl import Dataset, LocalLearner, TrainConfig, quantize_update, weights_from_bytes
+from mpsnode.node.errors import Overloaded, ShuttingDown, SlowPeer
 
 # Errors after which the client reconnects: the node went away or asked it to come back later.
 TRANSIENT = (OSError, ConnectionLost, trio.TooSlowError, trio.BrokenResourceError, ShuttingDown, Overloaded,
@@ -55,6 +56,12 @@ TRANSIENT = (OSError, ConnectionLost, trio.TooSlowError, trio.BrokenResourceErro
 ATTACK_RNG_SALT = 0x5EED_A77AC  # attack randomness is seeded apart from the training order
 DEADLINE_MARGIN_BLOCKS = 3  # an observing attacker stops waiting this many blocks before the deadline
 
+
+
+class ClientStopped(MpsError):
+    """A client daemon cannot go on with its task (not joinable, a tx of its failed, no node reachable)."""
+
+    code = 800
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import nacl.exceptions
 import nacl.signing
@@ -17,10 +14,6 @@ SIGNATURE_LEN = 64
 @dataclass(frozen=True, slots=True)
 class Keypair:
     seed: bytes  # 32-byte secret seed
-
-    @classmethod
-    def generate(cls) -> Keypair:
-        return cls(os.urandom(32))
 
     @classmethod
     def from_seed(cls, seed: bytes) -> Keypair:
@@ -54,10 +47,6 @@ def verify(address: bytes, message: bytes, signature: bytes) -> bool:
     return True
 
 
-def address_hex(address: bytes) -> str:
-    return address.hex()
-
-
 def parse_address(text: str) -> bytes:
     """Parse a 64-hex-digit address; ValueError with a clear message otherwise."""
     try:
@@ -67,26 +56,3 @@ def parse_address(text: str) -> bytes:
     if len(raw) != ADDRESS_LEN:
         raise ValueError(f"address {text!r} must be {ADDRESS_LEN} bytes ({2 * ADDRESS_LEN} hex digits)")
     return raw
-
-
-# Key files: JSON {"address": hex, "seed": hex}, written 0600.
-
-
-def save_key(path: str | Path, key: Keypair) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"address": key.address.hex(), "seed": key.seed.hex()}, fh)
-        fh.write("\n")
-
-
-def load_key(path: str | Path) -> Keypair:
-    try:
-        doc = json.loads(Path(path).read_text())
-        key = Keypair.from_seed(bytes.fromhex(doc["seed"]))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"cannot read key file {path}: {exc}") from None
-    if "address" in doc and doc["address"] != key.address.hex():
-        raise ValueError(f"key file {path}: address does not match the seed")
-    return key

@@ -10,9 +10,16 @@ Three families:
 
 Every leaf has a stable numeric ``code`` (part of receipts and of the wire protocol) and a
 short ``reason`` a user can act on. Any other exception escaping the STF is a bug.
+
+Each way a block can fail names the check that failed (``check``, one of the names of
+``mpsnode.consensus.stf.transition.CHECKS``) and carries what was computed and what the block
+claimed as typed fields, so that a verifier's divergence report is read off the failure itself.
+Errors outside consensus (store, wire, admission) live in ``mpsnode.node.errors``.
 """
 
 from __future__ import annotations
+
+from typing import ClassVar
 
 
 class MpsError(Exception):
@@ -31,6 +38,7 @@ class MpsError(Exception):
 
 class InvalidTransaction(MpsError):
     code = 100
+    check: ClassVar[str] = "tx_field"  # the check a block holding this tx fails
 
 
 class DecodeError(InvalidTransaction):
@@ -41,10 +49,12 @@ class DecodeError(InvalidTransaction):
 
 class BadSignature(InvalidTransaction):
     code = 102
+    check = "tx_signature"
 
 
 class WrongChain(InvalidTransaction):
     code = 103
+    check = "tx_chain_id"
 
     def __init__(self, expected: str, got: str) -> None:
         super().__init__(f"tx is for chain {got!r}, this chain is {expected!r}")
@@ -53,6 +63,7 @@ class WrongChain(InvalidTransaction):
 
 class NonceMismatch(InvalidTransaction):
     code = 104
+    check = "tx_nonce"
 
     def __init__(self, expected: int, got: int) -> None:
         super().__init__(f"nonce {got} but the account's next nonce is {expected}")
@@ -61,6 +72,7 @@ class NonceMismatch(InvalidTransaction):
 
 class FeeTooLow(InvalidTransaction):
     code = 105
+    check = "tx_fee"
 
     def __init__(self, need: int, got: int) -> None:
         super().__init__(f"fee {got} is below the minimum {need} for this tx size")
@@ -69,6 +81,7 @@ class FeeTooLow(InvalidTransaction):
 
 class FeeUnpayable(InvalidTransaction):
     code = 106
+    check = "tx_fee_unpayable"
 
     def __init__(self, fee: int, balance: int) -> None:
         super().__init__(f"fee {fee} exceeds the sender's balance {balance}")
@@ -77,6 +90,7 @@ class FeeUnpayable(InvalidTransaction):
 
 class TxTooLarge(InvalidTransaction):
     code = 107
+    check = "tx_size"
 
     def __init__(self, size: int, limit: int) -> None:
         super().__init__(f"tx is {size} bytes, the limit is {limit}")
@@ -100,39 +114,82 @@ class InvalidField(InvalidTransaction):
 class InvalidBlock(MpsError):
     code = 200
 
+    @property
+    def check(self) -> str:
+        """The name of the check that failed (``stf.transition.CHECKS``)."""
+        return type(self).CHECK
+
+    CHECK: ClassVar[str] = "block"
+
 
 class BlockDecodeError(InvalidBlock):
+    """The bytes are not the canonical encoding of a block."""
+
     code = 201
+    CHECK = "canonical_encoding"
 
 
 class BadBlockSignature(InvalidBlock):
     code = 202
+    CHECK = "sequencer_signature"
+
+    def __init__(self, sequencer: bytes, block_hash: bytes, signature: bytes) -> None:
+        super().__init__("the header is not signed by the genesis sequencer key")
+        self.sequencer, self.block_hash, self.signature = sequencer, block_hash, signature
 
 
 class WrongParent(InvalidBlock):
     code = 203
+    CHECK = "parent_hash"
+
+    def __init__(self, expected: bytes, got: bytes) -> None:
+        super().__init__(f"parent hash {got.hex()} is not the head {expected.hex()}")
+        self.expected, self.got = expected, got
 
 
 class WrongHeight(InvalidBlock):
     code = 204
+    CHECK = "height"
+
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__(f"height {got} does not follow the parent's {expected - 1}")
+        self.expected, self.got = expected, got
 
 
 class BadTimestamp(InvalidBlock):
     code = 205
+    CHECK = "timestamp"
+
+    def __init__(self, parent_ms: int, got: int) -> None:
+        super().__init__(f"timestamp {got} is not after the parent's {parent_ms}")
+        self.parent_ms, self.got = parent_ms, got
 
 
 class RootMismatch(InvalidBlock):
-    """A root in the header differs from the one computed locally."""
+    """A root in the header differs from the one computed locally; ``which`` names it.
+
+    For the receipts and state roots, ``result`` is the local ``BlockResult`` (receipts, writes,
+    roots) that the header disagrees with: a verifier's report compares the two.
+    """
 
     code = 206
 
-    def __init__(self, which: str, computed: bytes, claimed: bytes) -> None:
+    def __init__(self, which: str, computed: bytes, claimed: bytes, result: object = None) -> None:
         super().__init__(f"{which} mismatch: computed {computed.hex()}, header claims {claimed.hex()}")
-        self.which, self.computed, self.claimed = which, computed, claimed
+        self.which, self.computed, self.claimed, self.result = which, computed, claimed, result
+
+    @property
+    def check(self) -> str:
+        return self.which
 
 
 class BlockTooLarge(InvalidBlock):
     code = 207
+    CHECK = "block_size"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"txs total {size} bytes, the limit is {limit}")
+        self.size, self.limit = size, limit
 
 
 class BlockHasInvalidTx(InvalidBlock):
@@ -144,9 +201,18 @@ class BlockHasInvalidTx(InvalidBlock):
         super().__init__(f"tx {index} is invalid: {cause.reason}")
         self.index, self.cause = index, cause
 
+    @property
+    def check(self) -> str:
+        return self.cause.check
+
 
 class WrongBlockChain(InvalidBlock):
     code = 209
+    CHECK = "chain_id"
+
+    def __init__(self, expected: str, got: str) -> None:
+        super().__init__(f"block is for chain {got!r}, this chain is {expected!r}")
+        self.expected, self.got = expected, got
 
 
 # ---------------------------------------------------------------------------------------------
@@ -274,7 +340,7 @@ class DuplicateUpdate(TxFailure):
 
 
 # ---------------------------------------------------------------------------------------------
-# Outside consensus
+# Genesis
 
 
 class GenesisError(MpsError):
@@ -287,168 +353,9 @@ class GenesisError(MpsError):
         self.field, self.why = field, why
 
 
-class StoreError(MpsError):
-    code = 500
-
-
-class StoreFull(StoreError):
-    code = 501
-
-
-class StoreCorrupt(StoreError):
-    code = 502
-
-
-class ExportError(StoreError):
-    """A chain export file that is not one, or is truncated or out of order; ``reason`` says where."""
-
-    code = 503
-
-
-# ---------------------------------------------------------------------------------------------
-# Nodes: the wire protocol and the sequencer's admission policy (never consensus)
-
-
-class NodeError(MpsError):
-    """A request a node refuses; the code travels in the wire protocol's error reply."""
-
-    code = 600
-
-
-class ProtocolViolation(NodeError):
-    """Bytes on the wire that are not a well-formed frame or message; the connection is closed."""
-
-    code = 601
-
-
-class FrameTooLarge(ProtocolViolation):
-    code = 602
-
-    def __init__(self, size: int, limit: int) -> None:
-        super().__init__(f"frame of {size} bytes exceeds the limit of {limit}")
-        self.size, self.limit = size, limit
-
-
-class UnknownMessage(NodeError):
-    code = 603
-
-
-class WrongNetwork(NodeError):
-    """The peer is on another chain (chain id or genesis hash differ); the connection is closed."""
-
-    code = 604
-
-
-class NotFound(NodeError):
-    code = 605
-
-
-class BadRequest(NodeError):
-    """A well-formed message whose fields are out of range."""
-
-    code = 606
-
-
-class Overloaded(NodeError):
-    """Too many connections, subscriptions or requests in flight: retry later."""
-
-    code = 607
-
-
-class NotSupported(NodeError):
-    """The node does not offer this (a verifier takes no transactions)."""
-
-    code = 608
-
-
-class ShuttingDown(NodeError):
-    code = 609
-
-
-class SlowPeer(NodeError):
-    """The peer did not read its replies or pushed blocks in time; the connection is dropped."""
-
-    code = 610
-
-
-class AdmissionRejected(NodeError):
-    """The mempool's policy refuses a tx that may be valid (not a consensus rule)."""
-
-    code = 620
-
-
-class AlreadyKnown(AdmissionRejected):
-    """The exact tx is already pending or included: nothing to do (clients treat it as accepted)."""
-
-    code = 621
-
-    def __init__(self, tx_id: bytes, where: str) -> None:
-        super().__init__(f"tx {tx_id.hex()} is already {where}")
-        self.tx_id, self.where = tx_id, where
-
-
-class NonceTooFarAhead(AdmissionRejected):
-    code = 622
-
-    def __init__(self, nonce: int, next_nonce: int, window: int) -> None:
-        super().__init__(f"nonce {nonce} is more than {window} ahead of the account's next nonce {next_nonce}; "
-                         f"submit the missing nonces first")
-        self.nonce, self.next_nonce, self.window = nonce, next_nonce, window
-
-
-class NonceConflict(AdmissionRejected):
-    code = 623
-
-    def __init__(self, nonce: int, pending_tx: bytes) -> None:
-        super().__init__(f"another tx with nonce {nonce} is already pending ({pending_tx.hex()}); "
-                         f"wait for it or use the next nonce")
-        self.nonce, self.pending_tx = nonce, pending_tx
-
-
-class SenderLimit(AdmissionRejected):
-    code = 624
-
-
-class MempoolFull(AdmissionRejected):
-    code = 625
-
-
-class VerificationFailed(MpsError):
-    """Client side: a reply's header signature or Merkle proof does not check out; do not trust it."""
-
-    code = 700
-
-
-class Divergence(MpsError):
-    """A block failed a verifier check (``verifier.checks``): ``check`` names which, at ``height``.
-
-    ``computed`` is what this node derived, ``claimed`` what the block says (JSON-able values);
-    ``tx_index`` names the offending tx for tx checks. The checker attaches the decoded
-    ``block`` and, when execution ran, its ``result``, for the divergence report.
-    """
-
-    code = 720
-
-    def __init__(self, check: str, height: int, reason: str, *, computed: object = None, claimed: object = None,
-                 tx_index: int | None = None) -> None:
-        super().__init__(f"block {height} fails {check}: {reason}")
-        self.check, self.height, self.detail = check, height, reason
-        self.computed, self.claimed, self.tx_index = computed, claimed, tx_index
-        self.block: object = None
-        self.result: object = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Clients (mpsnode.clientd; never consensus)
-
-
-class ClientStopped(MpsError):
-    """A client daemon cannot go on with its task (not joinable, a tx of its failed, no node reachable)."""
-
-    code = 800
-
-
-def _all_codes() -> dict[int, type[MpsError]]:
+def error_classes() -> dict[int, type[MpsError]]:
+    """Stable numeric code -> exception class, over every ``MpsError`` leaf defined so far
+    (receipts and wire replies carry the code); a code given twice is a bug and raises."""
     codes: dict[int, type[MpsError]] = {}
     stack: list[type[MpsError]] = [MpsError]
     while stack:
@@ -460,13 +367,9 @@ def _all_codes() -> dict[int, type[MpsError]]:
     return codes
 
 
-#: Stable numeric code -> exception class (receipts and wire replies carry the code).
-ERROR_CODES: dict[int, type[MpsError]] = _all_codes()
-
-
 def describe_code(code: int) -> str:
     """Short human name for a receipt status code (0 is success)."""
     if code == 0:
         return "ok"
-    cls = ERROR_CODES.get(code)
+    cls = error_classes().get(code)
     return cls.__name__ if cls else f"unknown code {code}"

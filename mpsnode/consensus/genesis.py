@@ -8,10 +8,8 @@ its hash: it commits to everything above, so peers compare it in their handshake
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 from mpsnode.consensus import crypto
@@ -82,19 +80,6 @@ class Genesis:
             "allocations": [{"address": a.address.hex(), "balance": a.balance, "bonded": a.bonded}
                             for a in self.allocations],
         }
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> Genesis:
-        try:
-            doc = json.loads(Path(path).read_text())
-        except OSError as exc:
-            raise GenesisError("file", f"cannot read {path}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise GenesisError("file", f"{path} is not JSON: {exc}") from None
-        return cls.from_json(doc)
 
     @classmethod
     def from_json(cls, doc: Any) -> Genesis:

@@ -116,7 +116,7 @@ class Proof:
             raise ValueError("a proof is an array of two: siblings and leaf")
         raw_siblings, raw_leaf = obj
         if not isinstance(raw_siblings, (list, tuple)):
-            raise ValueError("proof siblings must be an array")  # noqa: TRY004 - decode's contract
+            raise ValueError("proof siblings must be an array")
         if len(raw_siblings) > MAX_SIBLINGS:
             raise ValueError(f"{len(raw_siblings)} siblings exceeds the tree depth of {MAX_SIBLINGS}")
         for s in raw_siblings:

@@ -74,7 +74,7 @@ def _decode_value(data: bytes) -> Any:
     try:
         return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True, max_map_len=0,
                                max_ext_len=0)
-    except Exception as exc:  # noqa: BLE001 - a corrupt store must surface as one clear error
+    except Exception as exc:
         raise DecodeError(f"corrupt state value: {type(exc).__name__}: {exc}") from None
 
 
@@ -218,7 +218,7 @@ class Task:
                                                                  17, 18, 19, 20, 23)]
         (task_id, scale_bits, target, max_rounds, min_clients, max_clients, byz_f, join_blocks, round_blocks,
          fee_per_round, local_epochs, status, created, escrow, round_, deadline, closed, billed, acc) = ints
-        addresses = lambda obj, what: tuple(expect_bytes(a, what, 32) for a in expect_list(obj, None, what))  # noqa: E731
+        addresses = lambda obj, what: tuple(expect_bytes(a, what, 32) for a in expect_list(obj, None, what))
         weights = []
         for item in expect_list(f[22], None, "rewards_weight"):
             a, n = expect_list(item, 2, "rewards_weight entry")

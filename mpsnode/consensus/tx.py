@@ -250,7 +250,7 @@ def decode_signed_tx(data: bytes, max_bytes: int = MAX_TX_BYTES_HARD) -> SignedT
         return SignedTx.from_obj(obj, len(data))
     except InvalidTransaction:
         raise
-    except Exception as exc:  # noqa: BLE001 - the contract is: never another exception type
+    except Exception as exc:
         raise DecodeError(f"malformed tx: {type(exc).__name__}: {exc}") from None
 
 

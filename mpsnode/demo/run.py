@@ -152,7 +152,7 @@ class NodeProcess:
             # preexec_fn only calls prctl (resolved beforehand): nothing in it can wait on a lock
             self.proc = subprocess.Popen([sys.executable, "-m", "mpsnode.cli", *self.argv], stdout=subprocess.PIPE,
                                          stderr=log, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                                         preexec_fn=_die_with_parent if _PRCTL is not None else None)  # noqa: PLW1509
+                                         preexec_fn=_die_with_parent if _PRCTL is not None else None)
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
@@ -276,9 +276,9 @@ def _round_line(progress: Progress, ev: Any, slashes: list[Any], height: int, f:
 
 async def follow_task(node: Client, progress: Progress, f: int, out: Any) -> None:
     """Print a line per closed round until the task completes or expires, from checked blocks."""
-    from mpsnode.consensus.errors import VerificationFailed
     from mpsnode.consensus.events import RoundClosed, Slashed, Staked, TaskCompleted, TaskExpired, TaskStarted
     from mpsnode.consensus.receipt import receipts_root
+    from mpsnode.node.errors import VerificationFailed
 
     async with node.subscribe(from_height=1, with_receipts=True) as blocks:
         async for pushed in blocks:
@@ -345,8 +345,7 @@ async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: N
     from mpsnode import fl
     from mpsnode.cli.client import digits_split, learner_seed
     from mpsnode.client.connection import Wallet, connect
-    from mpsnode.client.daemon import ClientConfig, run_client
-    from mpsnode.consensus.errors import ClientStopped
+    from mpsnode.client.daemon import ClientConfig, ClientStopped, run_client
     from mpsnode.consensus.events import TaskCreated
     from verifier.replay.audit import Audit
 

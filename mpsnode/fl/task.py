@@ -12,10 +12,10 @@ from collections.abc import Sequence
 import numpy as np
 
 from mpsnode.consensus import model
-from mpsnode.fl import mlp
-from mpsnode.fl.data import Dataset, quantize_validation
 from mpsnode.consensus.stf.task import validate_create_task
 from mpsnode.consensus.tx import CreateTask
+from mpsnode.fl import mlp
+from mpsnode.fl.data import Dataset, quantize_validation
 
 DEFAULT_ARCH = (64, 32, 10)  # digits: 64 pixels, one hidden layer of 32, 10 classes (2410 parameters)
 DEFAULT_SCALE_BITS = 12  # deltas up to +-8.0 in steps of 2^-12; inputs in [0, 1] become 0..4096

@@ -14,14 +14,15 @@ from collections.abc import Callable, Iterable, Mapping
 from mpsnode.consensus import crypto
 from mpsnode.consensus.block import Block, Header, decode_header
 from mpsnode.consensus.encoding import encode
-from mpsnode.consensus.errors import InvalidTransaction, StoreError
+from mpsnode.consensus.errors import InvalidTransaction
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.receipt import encode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree
 from mpsnode.consensus.state import State
-from mpsnode.consensus.stf.block import BlockResult, apply_block, build_block
-from mpsnode.node.store import BlockCommit, Head, Store, StoreReader
+from mpsnode.consensus.stf.transition import BlockResult, Verdicts, build_block, state_transition
 from mpsnode.consensus.tx import SignedTx
+from mpsnode.node.errors import StoreError
+from mpsnode.node.store import BlockCommit, Head, Store, StoreReader
 
 GENESIS_META = b"genesis"
 GENESIS_HASH_META = b"genesis_hash"
@@ -83,10 +84,11 @@ class Chain:
         return SparseMerkleTree(self.store, self.head.state_root)
 
     # writes ----------------------------------------------------------------------------------
-    def apply(self, block: Block, *, signatures_checked: bool = False) -> BlockResult:
-        """Verify ``block`` on top of the head and commit it; ``InvalidBlock`` commits nothing."""
-        result = apply_block(self.state(), self.tree(), block, self._head_header, self.config,
-                             signatures_checked=signatures_checked)
+    def apply(self, block: Block, *, verdicts: Verdicts | None = None) -> BlockResult:
+        """Verify ``block`` on top of the head with ``state_transition`` and commit it; ``InvalidBlock``
+        commits nothing. ``verdicts``: the block's signatures checked ahead (``compute_verdicts``)."""
+        result = state_transition(self.state(), self.tree(), block, self._head_header, self.config,
+                                  verdicts=verdicts)
         self._commit(block, result)
         return result
 

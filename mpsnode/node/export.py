@@ -29,8 +29,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_uint
-from mpsnode.consensus.errors import DecodeError, ExportError, GenesisError
+from mpsnode.consensus.errors import DecodeError, GenesisError
 from mpsnode.consensus.genesis import Genesis
+from mpsnode.node.errors import ExportError
 from mpsnode.node.store import Store
 
 MAGIC = b"MPSCHAIN"
@@ -95,7 +96,7 @@ class ExportReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._fh: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+        self._fh: BinaryIO = open(self.path, "rb")
         try:
             self._size = os.fstat(self._fh.fileno()).st_size
             if self._fh.read(len(MAGIC)) != MAGIC:

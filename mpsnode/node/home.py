@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mpsnode.consensus.genesis import Genesis
+from mpsnode.node.files import load_genesis
 
 GIB = 1 << 30
 
@@ -37,7 +38,7 @@ class Home:
         return cls(path, **config)
 
     def genesis(self) -> Genesis:
-        return Genesis.load(self.path / "genesis.json")
+        return load_genesis(self.path / "genesis.json")
 
     @property
     def data_path(self) -> Path:

@@ -7,10 +7,10 @@ from typing import Any
 from mpsnode.consensus import crypto
 from mpsnode.consensus.block import decode_block, decode_header
 from mpsnode.consensus.hashing import H
-from mpsnode.node.home import Home
 from mpsnode.consensus.receipt import decode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
 from mpsnode.consensus.state import State, account_key, task_key
+from mpsnode.node.home import Home
 from mpsnode.node.store import LmdbStore
 
 

@@ -27,9 +27,15 @@ import trio
 
 from mpsnode.consensus.block import decode_header
 from mpsnode.consensus.encoding import decode, encode, expect_list
-from mpsnode.consensus.errors import (
+from mpsnode.consensus.errors import MpsError
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.hashing import ZERO32
+from mpsnode.consensus.merkle import list_proof
+from mpsnode.consensus.receipt import Receipt
+from mpsnode.consensus.smt import SparseMerkleTree, TreeNodeError
+from mpsnode.consensus.state import account_key, model_key, task_key
+from mpsnode.node.errors import (
     BadRequest,
-    MpsError,
     NotFound,
     NotSupported,
     Overloaded,
@@ -37,12 +43,6 @@ from mpsnode.consensus.errors import (
     SlowPeer,
     WrongNetwork,
 )
-from mpsnode.consensus.genesis import Genesis
-from mpsnode.consensus.hashing import ZERO32
-from mpsnode.consensus.merkle import list_proof
-from mpsnode.consensus.receipt import Receipt
-from mpsnode.consensus.smt import SparseMerkleTree, TreeNodeError
-from mpsnode.consensus.state import account_key, model_key, task_key
 from mpsnode.node.store import Store, StoreReader
 from mpsnode.node.wire import (
     BLOCK_PUSH,
@@ -456,7 +456,7 @@ class _Connection:
         kind, req_id = msg[0], msg[1]
         handler = _HANDLERS.get(kind)
         if handler is None:
-            from mpsnode.consensus.errors import UnknownMessage
+            from mpsnode.node.errors import UnknownMessage
 
             self.send_nowait(error_message(req_id, UnknownMessage(f"unknown message type {kind}")))
             return

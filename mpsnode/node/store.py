@@ -53,7 +53,8 @@ from typing import Protocol, Self
 import lmdb
 
 from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_uint, u64be
-from mpsnode.consensus.errors import DecodeError, StoreCorrupt, StoreError, StoreFull
+from mpsnode.consensus.errors import DecodeError
+from mpsnode.node.errors import StoreCorrupt, StoreError, StoreFull
 
 GIB = 1 << 30
 DEFAULT_MAP_SIZE = 64 * GIB

@@ -22,15 +22,9 @@ from typing import Any
 import trio
 
 from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_uint
-from mpsnode.consensus.errors import (
-    ERROR_CODES,
-    DecodeError,
-    FrameTooLarge,
-    MpsError,
-    ProtocolViolation,
-    SlowPeer,
-)
+from mpsnode.consensus.errors import DecodeError, MpsError, error_classes
 from mpsnode.consensus.params import Params
+from mpsnode.node.errors import FrameTooLarge, ProtocolViolation, SlowPeer
 
 PROTOCOL_VERSION = 1
 LENGTH = struct.Struct(">I")
@@ -119,7 +113,7 @@ def error_message(req_id: int, exc: MpsError) -> list[Any]:
 
 def error_from_wire(code: int, reason: str) -> MpsError:
     """Rebuild the exception a node reported: same class (by stable code) and reason."""
-    cls = ERROR_CODES.get(code)
+    cls = error_classes().get(code)
     if cls is None:
         exc = MpsError(f"error {code}: {reason}")
         exc.code = code

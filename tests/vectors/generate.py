@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
 import genesis as genesis_tool  # noqa: E402
+from mpsnode.node.files import save_genesis
 from mpsnode.consensus.block import Block, compute_tx_root, sign_header  # noqa: E402
 from mpsnode.node.chain import Chain  # noqa: E402
 from mpsnode.consensus.hashing import MODEL, H  # noqa: E402
@@ -269,7 +270,7 @@ def generate(out: Path) -> list[str]:
         error = fn(b)
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
-        b.genesis.save(folder / "genesis.json")
+        save_genesis(b.genesis, folder / "genesis.json")
         (folder / "blocks.hex").write_text("\n".join(b.blocks) + "\n")
         expected = {"sequencer_key": "devnet:sequencer", "blocks": b.expected, "error": error}
         (folder / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")

@@ -131,7 +131,7 @@ class Audit:
             for event in receipt.events:
                 self.fold_event(height, event)
 
-    def fold_event(self, height: int, event: Event) -> None:  # noqa: C901 - one branch per event kind
+    def fold_event(self, height: int, event: Event) -> None:
         if isinstance(event, TaskCreated):
             self.tasks[event.task_id] = TaskAudit(event.task_id, event.creator, height, event.params,
                                                   event.escrow, event.base_fee)

@@ -3,8 +3,8 @@
 The blocks come from a node's home (its LMDB store, opened read-only) or from an export file. The
 state is this module's own: the state map and the sparse-Merkle node records in memory, started
 from the genesis and never shared with the chain being audited. Each block goes through
-``verifier.checks`` (the same checks, in the same order, as the verifier daemon, and so the same
-STF), and its receipts are folded into the ``Audit``.
+``verifier.checks.verify_block`` (the verifier daemon's own check, that is the state transition
+itself), and its receipts are folded into the ``Audit``.
 
 Each small batch of blocks is decoded on this thread, and its signatures are checked on a second
 thread (the batch kernel runs outside the GIL) while this thread re-executes the batch before.
@@ -25,22 +25,22 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mpsnode.consensus.block import Header, decode_header
-from mpsnode.consensus.errors import Divergence, ExportError, StoreError
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import ZERO32
-from verifier.replay.audit import Audit
-from mpsnode.node.export import ExportReader
 from mpsnode.consensus.smt import NODE_TAG, SparseMerkleTree
 from mpsnode.consensus.state import Config, State, Task, task_key
+from mpsnode.node.errors import ExportError, StoreError
+from mpsnode.node.export import ExportReader
 from verifier.checks import (
+    Divergence,
     Prechecked,
     assemble,
-    check_block,
     decode_many,
-    execute_checked,
+    verify_block,
     verify_signatures,
 )
 from verifier.divergence import ClaimedProofs, Investigation, proofs_from_store
+from verifier.replay.audit import Audit
 
 PRUNE_EVERY = 512
 BATCH_BLOCKS = 16  # small batches: the executing thread starts early and never waits long
@@ -246,9 +246,8 @@ def replay(source: ChainSource, *, progress: bool | None = None,
         with ThreadPoolExecutor(1, thread_name_prefix="replay-signatures") as pool:
             for pre, claimed_receipts in _prechecked(source, config, pool):
                 try:
-                    block = check_block(pre, parent, config)
                     tree = SparseMerkleTree(state, state.root)
-                    result = execute_checked(block, State(state.get_state), tree, config)
+                    block, result = verify_block(pre, parent, State(state.get_state), tree, config)
                 except Divergence as failure:
                     return _diverged(source, failure, pre, claimed_receipts, parent, state, audit, txs,
                                      time.perf_counter() - t0)

@@ -46,7 +46,7 @@ def plot_audit(audit: Audit, path: str | Path, targets: dict[int, int] | None = 
     return path
 
 
-def _accuracy(ax, task: TaskAudit, target_bps: int | None) -> None:  # noqa: ANN001 - a matplotlib Axes
+def _accuracy(ax, task: TaskAudit, target_bps: int | None) -> None:
     closed = [r for r in task.rounds if not r.void]
     ax.plot([r.round for r in closed], [r.accuracy_bps / 100 for r in closed], marker="o", color="tab:blue",
             label="accuracy after the round")
@@ -72,7 +72,7 @@ def _round_ticks(task: TaskAudit) -> list[int]:
     return rounds[::step]
 
 
-def _scores(ax, task: TaskAudit) -> None:  # noqa: ANN001 - a matplotlib Axes
+def _scores(ax, task: TaskAudit) -> None:
     """Scores on a linear axis fitted to the honest spread; a score over ``OFF_SCALE`` x its round's
     median sits on the top edge as a triangle with its value written beside it."""
     import matplotlib.pyplot as plt

@@ -20,7 +20,15 @@ from mpsnode.consensus.errors import (
     TaskNotJoining,
     UnknownTask,
 )
-from mpsnode.consensus.events import Event, Refunded, RoundOpened, TaskCreated, TaskExpired, TaskJoined, TaskStarted
+from mpsnode.consensus.events import (
+    Event,
+    Refunded,
+    RoundOpened,
+    TaskCreated,
+    TaskExpired,
+    TaskJoined,
+    TaskStarted,
+)
 from mpsnode.consensus.model import param_count
 from mpsnode.consensus.state import State, Task, TaskStatus, duplicate_key, update_key
 from mpsnode.consensus.stf.env import BlockEnv
