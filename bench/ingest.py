@@ -38,8 +38,8 @@ from stf import (
 )
 
 import genesis as genesis_tool
-from mpsnode.client.connection import connect
 from mpsnode.consensus.tx import Transfer, Tx
+from mpsnode.node.connection import connect
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -31,9 +31,10 @@ import trio
 from ingest import _cpu_seconds, percentile, start_daemon, sustained_rate
 
 import genesis as genesis_tool
-from mpsnode.client.connection import Wallet, connect
+from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tx
+from mpsnode.node.connection import connect
 
 ARCH = (3900, 256)
 N_PARAMS = ARCH[0] * ARCH[1] + ARCH[1]

@@ -44,11 +44,12 @@ import trio
 from ingest import run_load, start_daemon
 
 import genesis as genesis_tool
-from mpsnode.client.connection import Client, Wallet, connect
+from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.model import param_count
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.sigverify import warm_up
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer, Tx
+from mpsnode.node.connection import Client, connect
 from verifier.replay.engine import HomeSource, replay
 
 ARCH = (784, 128, 10)

@@ -19,8 +19,7 @@ import pytest
 import trio
 
 from mpsnode import fl
-from mpsnode.cli.client import digits_split, learner_seed
-from mpsnode.client.connection import Client, Wallet, connect
+from mpsnode.fl.data import digits_split, learner_seed
 from mpsnode.client.daemon import (
     ClientConfig,
     ClientEvent,
@@ -30,11 +29,13 @@ from mpsnode.client.daemon import (
     run_client,
     signed_update,
 )
+from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.events import TaskCreated
 from mpsnode.consensus.hashing import MODEL, H
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.tx import JoinTask, Kind, Stake, SubmitUpdate
+from mpsnode.node.connection import Client, connect
 from mpsnode.node.errors import WrongNetwork
 
 from nodekit import LOCALHOST, REPO, Daemon, make_home

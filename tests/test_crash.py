@@ -24,13 +24,14 @@ from pathlib import Path
 import pytest
 import trio
 
-from mpsnode.client.connection import ConnectionLost, Wallet, connect
+from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.block import decode_block
 from mpsnode.consensus.errors import MpsError
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.receipt import encode_receipts
 from mpsnode.consensus.tx import Transfer
 from mpsnode.node.chain import Chain
+from mpsnode.node.connection import ConnectionLost, connect
 from mpsnode.node.store import LmdbStore, MemoryStore
 
 from nodekit import Daemon, make_home

@@ -32,13 +32,14 @@ import numpy as np
 import trio
 
 import genesis as genesis_tool
-from mpsnode.client.connection import Client, Status, Wallet, connect
+from mpsnode.client.wallet import Wallet
 from mpsnode.consensus import model
 from mpsnode.consensus.events import RoundClosed
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.smt import MemoryNodeStore, SparseMerkleTree, compute_value_hash, verify_proof
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer
+from mpsnode.node.connection import Client, Status, connect
 from verifier import checks
 from verifier.daemon import EXIT_DIVERGED
 from verifier.divergence import claimed_value_hash

@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import trio
 
-from mpsnode.client.connection import Wallet, connect
+from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.encoding import encode
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.tx import CreateTask, Transfer
+from mpsnode.node.connection import connect
 from mpsnode.node.errors import FrameTooLarge, ProtocolViolation
 from mpsnode.node.wire import ERROR, LENGTH, REPLY, Msg, encode_frame
 

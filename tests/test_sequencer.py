@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import trio
 
-from mpsnode.client.connection import Client, Wallet, connect, make_tx
+from mpsnode.client.wallet import Wallet, make_tx
 from mpsnode.consensus import crypto
 from mpsnode.consensus.errors import (
     BadSignature,
@@ -30,6 +30,7 @@ from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.tx import JoinTask, Stake, Transfer, Tx
+from mpsnode.node.connection import Client, connect
 from mpsnode.node.errors import (
     AlreadyKnown,
     NonceConflict,

@@ -17,11 +17,12 @@ import pytest
 import trio
 
 import genesis as genesis_tool
-from mpsnode.client.connection import Wallet, connect
+from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import account_key
 from mpsnode.consensus.tx import Transfer
+from mpsnode.node.connection import connect
 from mpsnode.node.errors import NotSupported
 from verifier.divergence import claimed_value_hash
 

@@ -39,7 +39,6 @@ from typing import Any
 
 import trio
 
-from mpsnode.client.connection import Client, ConnectionLost, connect
 from mpsnode.consensus.block import Block
 from mpsnode.consensus.errors import MpsError
 from mpsnode.consensus.genesis import Genesis
@@ -47,6 +46,7 @@ from mpsnode.consensus.smt import Proof, SparseMerkleTree
 from mpsnode.consensus.state import State
 from mpsnode.consensus.stf.transition import BlockResult
 from mpsnode.node.chain import Chain
+from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import ProtocolViolation, VerificationFailed, WrongNetwork
 from mpsnode.node.files import load_genesis, save_genesis
 from mpsnode.node.log import event

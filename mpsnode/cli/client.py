@@ -20,71 +20,18 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import trio
 
-from mpsnode.client.daemon import ClientStopped
-from mpsnode.consensus import crypto
-from mpsnode.consensus.genesis import Genesis
-from mpsnode.node.files import load_genesis, load_key
-from mpsnode.node.home import Home
-
-if TYPE_CHECKING:
-    from mpsnode import fl
-
-# Training defaults are mpsnode.fl's (TrainConfig, DEFAULT_ARCH, DEFAULT_SCALE_BITS); mpsnode.fl and
-# numpy are imported only by the commands that use them, so that every other command starts fast.
-
-
-def parse_alpha(text: str | None) -> float | None:
-    """``None``/``iid`` for an IID split, else a positive Dirichlet concentration."""
-    if text is None or text.lower() == "iid":
-        return None
-    try:
-        alpha = float(text)
-    except ValueError:
-        raise ValueError(f"--alpha {text!r}: give a positive number or 'iid'") from None
-    if not alpha > 0:
-        raise ValueError(f"--alpha {text!r}: must be positive (or 'iid')")
-    return alpha
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """``I/N`` with ``0 <= I < N``."""
-    try:
-        i, n = (int(part) for part in text.split("/"))
-    except ValueError:
-        raise ValueError(f"--digits-shard {text!r}: expected I/N, e.g. 3/10") from None
-    if not 0 <= i < n:
-        raise ValueError(f"--digits-shard {text!r}: need 0 <= I < N")
-    return i, n
-
-
-def digits_split(n_clients: int, alpha: float | None, seed: int) -> fl.FederatedSplit:
-    """The digits split every party of a digits task reproduces from ``(n_clients, alpha, seed)``."""
-    from mpsnode import fl
-
-    return fl.make_split(fl.load_digits(), n_clients, alpha=alpha, seed=seed)
-
-
-def learner_seed(split_seed: int, shard: int) -> int:
-    """A distinct minibatch order per shard, fixed by the split seed."""
-    return split_seed * 1009 + shard
-
-
-def load_npz(path: str, what: str) -> fl.Dataset:
-    import numpy as np
-
-    from mpsnode import fl
-
-    try:
-        with np.load(path) as data:
-            if "x" not in data or "y" not in data:
-                raise ValueError(f"{what} {path}: needs arrays 'x' (samples x features) and 'y' (labels)")
-            return fl.from_arrays(data["x"], data["y"], int(data["n_classes"]) if "n_classes" in data else None)
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{what} {path}: cannot read ({exc})") from None
+from mpsnode import fl
+from mpsnode.cli.common import resolve_node, signer_key
+from mpsnode.client.daemon import ClientConfig, ClientEvent, ClientStopped, run_client
+from mpsnode.client.wallet import Wallet
+from mpsnode.consensus.events import TaskCreated
+from mpsnode.fl.attacks import Attacker
+from mpsnode.fl.data import digits_split, learner_seed, load_npz, parse_alpha, parse_shard
+from mpsnode.node.connection import connect
 
 
 def client_data(args: argparse.Namespace) -> tuple[fl.Dataset, int]:
@@ -95,46 +42,26 @@ def client_data(args: argparse.Namespace) -> tuple[fl.Dataset, int]:
     return digits_split(n, parse_alpha(args.alpha), args.seed).clients[i], learner_seed(args.seed, i)
 
 
-def _chain(args: argparse.Namespace) -> tuple[Genesis | None, str, Home | None]:
-    home = Home.open(args.home) if args.home else None
-    genesis = load_genesis(args.genesis) if args.genesis else (home.genesis() if home else None)
-    node = args.node or (home.listen if home else None)
-    if not node:
-        raise ValueError("say where the node is: --node HOST:PORT, or --home DIR (its config.toml)")
-    return genesis, node, home
-
-
-def _key(args: argparse.Namespace, home: Home | None) -> crypto.Keypair:
-    if args.key:
-        return load_key(args.key)
-    if home is not None and args.sender:
-        return load_key(home.key_path(args.sender))
-    raise ValueError("say who signs: --key FILE, or --home DIR with --from NAME (a key in DIR/keys/)")
+def _train_config(args: argparse.Namespace) -> fl.TrainConfig:
+    given = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size)) if v is not None}
+    return fl.TrainConfig(**given)
 
 
 # ---------------------------------------------------------------------------------------------
 # client run
 
 
-def _train_config(args: argparse.Namespace) -> fl.TrainConfig:
-    from mpsnode import fl
-
-    given = {k: v for k, v in (("lr", args.lr), ("batch_size", args.batch_size)) if v is not None}
-    return fl.TrainConfig(**given)
-
-
 def cmd_client_run(args: argparse.Namespace) -> int:
-    from mpsnode.client.daemon import ClientConfig, ClientEvent, run_client
-
-    genesis, node, home = _chain(args)
+    genesis, node, home = resolve_node(args)
     data, seed = client_data(args)
-    key = _key(args, home)
+    key = signer_key(args, home)
     if args.attack:
         print(f"mpsnode client: EVALUATION ONLY: this client attacks the task ({args.attack})", file=sys.stderr)
     state_dir = Path(args.state_dir) if args.state_dir else (home.path / "clients" if home else None)
     config = ClientConfig(node=node, key=key, task_id=args.task, data=data, genesis=genesis, state_dir=state_dir,
                           stake=args.stake, train=_train_config(args), seed=seed,
-                          attack=args.attack, colluders=args.colluders, reconnect_for=args.reconnect_for,
+                          attacker=Attacker(args.attack, colluders=args.colluders, seed=seed) if args.attack else None,
+                          reconnect_for=args.reconnect_for,
                           timeout=args.timeout)
 
     def show(ev: ClientEvent) -> None:
@@ -168,12 +95,8 @@ def cmd_client_run(args: argparse.Namespace) -> int:
 
 
 def cmd_client_create_task(args: argparse.Namespace) -> int:
-    from mpsnode import fl
-    from mpsnode.client.connection import Wallet, connect
-    from mpsnode.consensus.events import TaskCreated
-
-    genesis, node, home = _chain(args)
-    key = _key(args, home)
+    genesis, node, home = resolve_node(args)
+    key = signer_key(args, home)
     if args.val:
         validation = load_npz(args.val, "--val")
     else:
@@ -206,64 +129,3 @@ def cmd_client_create_task(args: argparse.Namespace) -> int:
     out = trio.run(main)
     print(json.dumps(out, indent=2) if args.json else "\n".join(f"{k:<18} {v}" for k, v in out.items()))
     return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# parsers
-
-
-def _add_node(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--home", help="node home: genesis.json, keys/, the default --node and the journal dir")
-    p.add_argument("--genesis", help="genesis.json of the chain (default: the home's; else fetched from the node)")
-    p.add_argument("--node", help="HOST:PORT of the sequencer (default: the home's listen address)")
-    p.add_argument("--key", help="key file of the client")
-    p.add_argument("--from", dest="sender", help="or: a key name in the home's keys/ (e.g. client-3)")
-    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for a connection or a receipt")
-    p.add_argument("--json", action="store_true", help="JSON lines instead of text")
-
-
-def _add_digits(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--alpha", default="1.0", help="Dirichlet label skew of the digits split, or 'iid' (default 1.0)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the digits split (same for every party)")
-
-
-def add_parsers(sub: Any) -> None:
-    sp = sub.add_parser("client", help="a federated-learning client: run the daemon, create a task")
-    cs = sp.add_subparsers(dest="client_cmd", required=True)
-
-    p = cs.add_parser("run", help="follow a task's rounds, train on local data, submit one update per round")
-    _add_node(p)
-    p.add_argument("--task", type=int, required=True, help="task id")
-    data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument("--digits-shard", metavar="I/N", help="shard I of the bundled digits split across N clients")
-    data.add_argument("--data", metavar="FILE.npz", help="your own training data: arrays x (float) and y (int)")
-    _add_digits(p)
-    p.add_argument("--stake", type=int, default=None, help="bond up to this much before joining (default: min_stake)")
-    p.add_argument("--lr", type=float, default=None, help="local SGD learning rate (default: mpsnode.fl's, 0.3)")
-    p.add_argument("--batch-size", type=int, default=None, help="local minibatch size (default: mpsnode.fl's, 8)")
-    p.add_argument("--state-dir", help="where the submission journal is kept (default: HOME/clients)")
-    p.add_argument("--reconnect-for", type=float, default=120.0,
-                   help="seconds to keep reconnecting to a node that went away")
-    p.add_argument("--attack", default=None, help="EVALUATION ONLY: send a poisoned update instead "
-                   "(sign_flip, gaussian, scaled, label_flip, free_rider_zeros, free_rider_copy, alie, ipm_0.1, ipm_2)")
-    p.add_argument("--colluders", type=int, default=1, help="EVALUATION ONLY: attackers colluding (alie)")
-    p.set_defaults(func=cmd_client_run)
-
-    p = cs.add_parser("create-task", help="ask for a model trained on the digits split (or your validation set)")
-    _add_node(p)
-    val = p.add_mutually_exclusive_group(required=True)
-    val.add_argument("--digits-clients", type=int, metavar="N", help="validation set of the digits split for N clients")
-    val.add_argument("--val", metavar="FILE.npz", help="your own validation set: arrays x (float) and y (int)")
-    _add_digits(p)
-    p.add_argument("--arch", default=None, help="layer widths, e.g. 64,32,10 (default: mpsnode.fl's for digits)")
-    p.add_argument("--scale-bits", type=int, default=None, help="fixed-point bits (default: mpsnode.fl's, 12)")
-    p.add_argument("--target", type=float, default=0.9, help="target validation accuracy, 0..1 (default 0.9)")
-    p.add_argument("--max-rounds", type=int, default=30)
-    p.add_argument("--min-clients", type=int, default=10)
-    p.add_argument("--max-clients", type=int, default=10)
-    p.add_argument("--byzantine-f", type=int, default=2, help="updates Krum assumes may be hostile per round")
-    p.add_argument("--join-blocks", type=int, default=150)
-    p.add_argument("--round-blocks", type=int, default=50)
-    p.add_argument("--fee-per-round", type=int, default=1000)
-    p.add_argument("--local-epochs", type=int, default=2)
-    p.set_defaults(func=cmd_client_create_task)

@@ -13,7 +13,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mpsnode.cli.node import add_server_arguments, server_options
+from mpsnode.cli.common import server_options
+from mpsnode.consensus.errors import DecodeError
+from mpsnode.node.export import export_store, is_export
+from mpsnode.node.home import Home
+from mpsnode.node.store import LmdbStore
+from verifier.daemon import run_daemon
+from verifier.divergence import Bundle, write_report
+from verifier.replay.engine import ExportSource, HomeSource, ReplayOutcome, replay
+from verifier.replay.plot import plot_audit
 
 EXIT_DIVERGED_REPLAY = 1
 
@@ -23,8 +31,6 @@ EXIT_DIVERGED_REPLAY = 1
 
 
 def cmd_verifier(args: argparse.Namespace) -> int:
-    from verifier.daemon import run_daemon
-
     return run_daemon(args.home, upstream=args.upstream, genesis_file=args.genesis, listen=args.listen,
                       metrics=args.metrics, exit_on_divergence=args.exit_on_divergence,
                       server=server_options(args))
@@ -35,10 +41,6 @@ def cmd_verifier(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from mpsnode.node.export import export_store
-    from mpsnode.node.home import Home
-    from mpsnode.node.store import LmdbStore
-
     home = Home.open(args.home)
     if not home.data_path.exists():
         raise FileNotFoundError(f"{home.data_path} holds no chain yet: start a node on this home first")
@@ -62,28 +64,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from mpsnode.node.export import is_export
-
     if (args.file is None) == (args.home is None):
         given = "both" if args.file is not None else "neither"
         raise ValueError(f"replay takes --home DIR or an export FILE (or a divergence bundle): {given} given")
     if args.file is not None and not is_export(args.file):
         return _replay_bundle(args)
-    from verifier.replay.engine import ExportSource, HomeSource, replay
-
     source = HomeSource(args.home) if args.home else ExportSource(args.file)
     try:
         outcome = replay(source, progress=args.progress)
         if not outcome.ok and args.reports and outcome.investigation is not None:
-            from verifier.divergence import write_report
-
             assert outcome.report is not None
             write_report(args.reports, outcome.report, outcome.investigation.bundle(outcome.claimed))
     finally:
         source.close()
     if args.plot:
-        from verifier.replay.plot import plot_audit
-
         targets = {t.task_id: t.target_accuracy_bps for t in outcome.audit.tasks.values()
                    if t.target_accuracy_bps is not None}
         plot_audit(outcome.audit, args.plot, targets)
@@ -97,7 +91,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else EXIT_DIVERGED_REPLAY
 
 
-def _print_outcome(outcome: Any, description: str, args: argparse.Namespace) -> None:
+def _print_outcome(outcome: ReplayOutcome, description: str, args: argparse.Namespace) -> None:
     rate = f"{outcome.blocks / outcome.seconds:.1f} blocks/s" if outcome.seconds else ""
     head = outcome.head
     if outcome.ok:
@@ -144,9 +138,6 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def _replay_bundle(args: argparse.Namespace) -> int:
-    from mpsnode.consensus.errors import DecodeError
-    from verifier.divergence import Bundle, write_report
-
     try:
         bundle = Bundle.decode(Path(args.file).read_bytes())
     except DecodeError as exc:
@@ -161,42 +152,3 @@ def _replay_bundle(args: argparse.Namespace) -> int:
         write_report(args.reports, report, again.bundle(bundle.claimed))
     print(json.dumps({"ok": False, "divergence": report}, indent=2) if args.json else format_report(report))
     return EXIT_DIVERGED_REPLAY
-
-
-# ---------------------------------------------------------------------------------------------
-# parsers
-
-
-def add_parsers(sub: Any) -> None:
-    sp = sub.add_parser("verifier", help="run a verifier: follow an upstream, re-execute, check every block")
-    sp.add_argument("--home", required=True, help="the verifier's home: genesis.json, data/, reports/")
-    sp.add_argument("--upstream", required=True, help="HOST:PORT of the sequencer or of another verifier")
-    sp.add_argument("--genesis", help="copy this genesis.json into a new --home first")
-    sp.add_argument("--listen", help="HOST:PORT serving blocks onward (default: config.toml, or :7071)")
-    sp.add_argument("--metrics", help="HOST:PORT for Prometheus metrics")
-    sp.add_argument("--exit-on-divergence", action="store_true",
-                    help="exit (code 3) once a divergence is reported")
-    add_server_arguments(sp)
-    sp.set_defaults(func=cmd_verifier)
-
-    sp = sub.add_parser("export", help="write a node's chain (genesis and every block) to one file")
-    sp.add_argument("--home", required=True)
-    sp.add_argument("--out", required=True)
-    sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp.set_defaults(func=cmd_export)
-
-    sp = sub.add_parser("replay", help="re-execute a chain from genesis, check every root, print an audit")
-    sp.add_argument("file", nargs="?", help="an export (mpsnode export) or a divergence bundle")
-    sp.add_argument("--home", help="replay the chain in this node home's store instead")
-    sp.add_argument("--json", action="store_true", help="machine-readable output")
-    sp.add_argument("--plot", help="draw accuracy and Krum scores per round into this PNG")
-    sp.add_argument("--reports", help="on a divergence, write <height>.json and <height>.bundle here")
-    bar = sp.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="always show progress")
-    bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")
-    sp.set_defaults(func=cmd_replay)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("run it as: mpsnode verifier | export | replay")

@@ -20,8 +20,8 @@ chain refuses a second use of a nonce in any case. ``Wallet.recover`` does the s
 tx signed but not acknowledged. When the node goes away (a sequencer crash or restart), the client
 reconnects with a capped backoff for up to ``config.reconnect_for`` seconds.
 
-``config.attack`` turns the client into an attacker. FOR EVALUATION ONLY (the demo, benchmarks):
-it replaces the honest update with one from ``mpsnode.fl.attacks``. Attacks that need the other
+``config.attacker`` turns the client into an attacker. FOR EVALUATION ONLY (the demo, benchmarks):
+an injected ``Attacker`` (``mpsnode.fl.attacks.Attacker``) replaces the honest update. Attacks that need the other
 clients' updates (``free_rider_copy``, ``alie``, ``ipm_*``) read the updates already included in
 the round from state, with proofs (they are public once included), waiting until about half of
 the other participants have submitted or the round's deadline is near.
@@ -40,20 +40,21 @@ from typing import Any
 import numpy as np
 import trio
 
-from mpsnode.client.connection import Client, ConnectionLost, Wallet, connect
+from mpsnode.client.wallet import Wallet
 from mpsnode.consensus import crypto, model
 from mpsnode.consensus.errors import MpsError, NonceMismatch
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import MODEL, H
 from mpsnode.consensus.state import Task, TaskStatus, update_key
 from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, SubmitUpdate, decode_signed_tx
-from mpsnode.fl import Dataset, LocalLearner, TrainConfig, quantize_update, weights_from_bytes
+from mpsnode.fl import Dataset, LocalLearner, LocalUpdate, TrainConfig, weights_from_bytes
+from mpsnode.fl.rounds import Attacker, RoundView
+from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import Overloaded, ShuttingDown, SlowPeer
 
 # Errors after which the client reconnects: the node went away or asked it to come back later.
 TRANSIENT = (OSError, ConnectionLost, trio.TooSlowError, trio.BrokenResourceError, ShuttingDown, Overloaded,
              SlowPeer)
-ATTACK_RNG_SALT = 0x5EED_A77AC  # attack randomness is seeded apart from the training order
 DEADLINE_MARGIN_BLOCKS = 3  # an observing attacker stops waiting this many blocks before the deadline
 
 
@@ -75,9 +76,8 @@ class ClientConfig:
     state_dir: Path | None = None  # the submission journal lives here (None: in memory only)
     stake: int | None = None  # bond up to this much before joining (None: the chain's min_stake)
     train: TrainConfig = field(default_factory=TrainConfig)
-    seed: int = 0  # the learner's minibatch order (and an attacker's randomness)
-    attack: str | None = None  # EVALUATION ONLY: a name from mpsnode.fl.attacks.ATTACKS
-    colluders: int = 1  # EVALUATION ONLY: attackers sharing statistics (alie's z)
+    seed: int = 0  # the learner's minibatch order
+    attacker: Attacker | None = None  # EVALUATION ONLY: e.g. mpsnode.fl.attacks.Attacker, injected
     reconnect_for: float = 120.0  # give up after this long without a working connection
     timeout: float = 60.0  # connect / receipt waits
 
@@ -185,11 +185,6 @@ class _Runner:
         self.learner: LocalLearner | None = None
         self.joined = False  # seen among the task's participants
         self.reconnects = 0
-        self.attack_rng = np.random.default_rng([config.seed, ATTACK_RNG_SALT])
-        if config.attack is not None:
-            from mpsnode.fl import attacks
-
-            attacks.validate_attack(config.attack)
 
     def emit(self, kind: str, **fields: Any) -> None:
         if self.on_event is not None:
@@ -342,7 +337,7 @@ class _Runner:
         stx = self.wallet.sign(SubmitUpdate(task.task_id, ptask.round, delta.astype("<i2").tobytes()))
         rec = RoundRecord(ptask.round, stx.encode().hex(), stx.tx_id.hex(), stx.tx.nonce, proven.height,
                           proven.header.state_root.hex(), H(MODEL, blob).hex(), float(loss), int(clipped),
-                          self.cfg.attack or "")
+                          self.cfg.attacker.name if self.cfg.attacker is not None else "")
         self.journal.record(rec)  # on disk before it is sent: this round is never signed again
         await self.wallet.submit(client, stx)
         self.emit("submitted", round=rec.round, tx_id=rec.tx_id, nonce=rec.nonce, proven_height=rec.proven_height,
@@ -352,58 +347,30 @@ class _Runner:
                             weights: np.ndarray) -> tuple[np.ndarray | None, float, int]:
         """The int16 delta to submit this round, with the training loss and the clipped count."""
         learner = self.get_learner(task)
-        attack = self.cfg.attack
-        if attack is None:
-            update = await trio.to_thread.run_sync(learner.train_round, weights, task.scale_bits, task.local_epochs,
-                                                   limiter=self.limiter)
+
+        async def train() -> LocalUpdate:
+            return await trio.to_thread.run_sync(learner.train_round, weights, task.scale_bits, task.local_epochs,
+                                                 limiter=self.limiter)
+
+        attacker = self.cfg.attacker
+        if attacker is None:
+            update = await train()
             return update.delta, update.loss, update.clipped
-        return await self.attack_delta(client, blocks, task, weights, learner)
+
+        async def observe() -> tuple[bool, np.ndarray | None]:
+            others = await self.observe_round(client, blocks, task)
+            fresh = await self.read_task(client)
+            return fresh.status == TaskStatus.ACTIVE and fresh.round == task.round, others
+
+        return await attacker.craft(RoundView(task, self.address, train, observe))
 
     def get_learner(self, task: Task) -> LocalLearner:
         if self.learner is None:
             data = self.cfg.data
-            if self.cfg.attack is not None:
-                from mpsnode.fl import attacks
-
-                if attacks.poisons_data(self.cfg.attack):
-                    data = attacks.flip_labels(data)
+            if self.cfg.attacker is not None:
+                data = self.cfg.attacker.poison_data(data)
             self.learner = LocalLearner(data, task.arch, self.cfg.train, seed=self.cfg.seed)
         return self.learner
-
-    # EVALUATION ONLY --------------------------------------------------------------------------------------
-    async def attack_delta(self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task,
-                           weights: np.ndarray, learner: LocalLearner) -> tuple[np.ndarray | None, float, int]:
-        """The poisoned delta of ``config.attack`` (mpsnode.fl.attacks). Used by the demo and benchmarks only."""
-        from mpsnode.fl import attacks
-
-        name = self.cfg.attack
-        assert name is not None
-        d = model.param_count(task.arch)
-        own = np.zeros((1, d))
-        loss = float("nan")
-        if attacks.needs_training(name):
-            update = await trio.to_thread.run_sync(learner.train_round, weights, task.scale_bits, task.local_epochs,
-                                                   limiter=self.limiter)
-            own, loss = update.change[None, :], update.loss
-        others = None
-        if name in ("free_rider_copy", "alie", "ipm_0.1", "ipm_2"):
-            others = await self.observe_round(client, blocks, task)
-            fresh = await self.read_task(client)
-            if fresh.status != TaskStatus.ACTIVE or fresh.round != task.round:
-                return None, loss, 0
-        n_clients = len(task.participants)
-        first_index = int.from_bytes(self.address[:4], "big")
-        if name == "alie":
-            # ALIE: mean - z * std of the benign-looking updates the colluders see, z for the colluders' count
-            seen = others if others is not None and len(others) > 1 else own
-            z = attacks.alie_z(n_clients, max(1, min(self.cfg.colluders, n_clients)))
-            change = seen.mean(axis=0) - z * seen.std(axis=0)
-            q, clipped = quantize_update(change, task.scale_bits)
-            return attacks.make_distinct(q[None, :], first_index)[0], loss, clipped
-        deltas, clipped_per_row = attacks.craft_deltas(name, own, others, n_clients=n_clients,
-                                                       scale_bits=task.scale_bits, rng=self.attack_rng,
-                                                       first_index=first_index)
-        return deltas[0], loss, clipped_per_row[0]
 
     async def observe_round(self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task) -> np.ndarray | None:
         """The other participants' updates already included this round (proven), as float changes."""

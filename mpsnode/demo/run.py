@@ -7,7 +7,7 @@ What runs, all on 127.0.0.1 with free ports:
   follows it, each a separate process, logging to ``HOME/logs/``;
 * the user, who creates the task over the wire: train the 64-32-10 MLP on scikit-learn's bundled
   digits to the target accuracy within ``max_rounds``, judged on a held-back validation set;
-* the clients, each running the client daemon's code (``mpsnode.clientd.run_client``, exactly what
+* the clients, each running the client daemon's code (``mpsnode.client.daemon.run_client``, exactly what
   ``mpsnode client run`` runs) on its own Dirichlet shard of the digits: stake, join, and each
   round fetch the proven global model, train, submit. ``--malicious`` of them attack instead
   (``mpsnode.fl.attacks``, evaluation only).
@@ -21,264 +21,57 @@ for a 2410-parameter model) is not worth a process. The nodes, whose separation 
 While rounds close, one line per round (accuracy, selected, flagged, slashes) is printed from
 the blocks the sequencer pushes, each block's signature and receipts root checked. At the end:
 a table per client (honest or attacker, stake before and after, reward), the verifier's verdict
-from its own STATUS, a PNG plot (``mpsnode.replay.plot``) and where the chain is kept for
+from its own STATUS, a PNG plot (``verifier.replay.plot``) and where the chain is kept for
 ``mpsnode replay``. Exit code 0 only when the task completed and the verifier agreed; 1 when
 either failed; 2 for bad options; 130 when interrupted (Ctrl-C stops every process it started).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import selectors
-import signal
-import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    import trio
+import numpy as np
+import trio
 
-    from mpsnode.client.connection import Client
-    from mpsnode.client.daemon import ClientEvent, ClientResult
-    from verifier.replay.audit import Audit
+from genesis import make_network
+from mpsnode import fl
+from mpsnode.client.daemon import ClientConfig, ClientEvent, ClientStopped, run_client
+from mpsnode.client.wallet import Wallet
+from mpsnode.consensus.errors import MpsError
+from mpsnode.consensus.events import (
+    RoundClosed,
+    Slashed,
+    Staked,
+    TaskCompleted,
+    TaskCreated,
+    TaskExpired,
+    TaskStarted,
+)
+from mpsnode.consensus.receipt import receipts_root
+from mpsnode.demo.options import DemoOptions
+from mpsnode.demo.processes import LOCALHOST, DemoFailed, NodeProcess
+from mpsnode.demo.report import ClientInfo, DemoOutcome, Progress, print_summary, round_line
+from mpsnode.fl.attacks import ATTACKS, Attacker
+from mpsnode.fl.data import digits_split, learner_seed
+from mpsnode.node.connection import Client, ConnectionLost, connect
+from mpsnode.node.errors import VerificationFailed
+from verifier.replay.audit import Audit
+from verifier.replay.plot import plot_audit
 
-LOCALHOST = "127.0.0.1"
 DEMO_STAKE = 5000  # each client bonds this much (5 x the devnet's min_stake) before joining
 FEE_PER_ROUND = 1000
 JOIN_BLOCKS = 150  # 30 s at the devnet's 200 ms blocks for every client to stake and join
 ROUND_BLOCKS = 50  # a round closes early when all have submitted; this is the deadline for stragglers
 LOCAL_EPOCHS = 2
-READY_TIMEOUT = 120.0  # seconds for a daemon to print its ready line (a first run compiles numba kernels)
 VERIFIER_CATCH_UP = 60.0  # seconds for the verifier to reach the sequencer's final head
-
-
-@dataclass(frozen=True, slots=True)
-class DemoOptions:
-    clients: int = 10
-    malicious: int = 2
-    attack: str = "scaled"
-    alpha: float | None = 1.0  # None: IID
-    target: float = 0.90
-    max_rounds: int = 30
-    seed: int = 7
-    home: str | None = None
-    byzantine_f: int | None = None  # None: max(1, min(malicious, (clients - malicious - 3) // 2))
-    plot: bool = True
-
-    def f(self) -> int:
-        if self.byzantine_f is not None:
-            return self.byzantine_f
-        return max(1, min(self.malicious, (self.clients - self.malicious - 3) // 2))
-
-    def check(self) -> list[str]:
-        """Problems with the options, each a sentence a user can act on."""
-        from mpsnode.fl.attacks import ATTACKS
-
-        problems = []
-        if not 5 <= self.clients <= 256:
-            problems.append("--clients must be 5..256 (a scored round needs at least 2f + 3 = 5 updates)")
-        if not 0 <= self.malicious < self.clients:
-            problems.append("--malicious must be 0 .. clients - 1")
-        if self.attack not in ATTACKS:
-            problems.append(f"--attack must be one of {', '.join(ATTACKS)}")
-        if not 0 < self.target <= 1:
-            problems.append("--target is a fraction in (0, 1], e.g. 0.9")
-        if not 1 <= self.max_rounds <= 1000:
-            problems.append("--max-rounds must be 1..1000")
-        if self.alpha is not None and not self.alpha > 0:
-            problems.append("--alpha must be positive (or 'iid')")
-        f = self.f()
-        if f < 1:
-            problems.append("--byzantine-f must be at least 1")
-        elif self.clients - self.malicious < 2 * f + 3 and not problems:
-            problems.append(f"with f = {f}, a round is scored only with at least {2 * f + 3} updates, but once the "
-                            f"{self.malicious} attackers are slashed only {self.clients - self.malicious} clients "
-                            "remain: add clients or lower --malicious / --byzantine-f")
-        return problems
-
-
-# ---------------------------------------------------------------------------------------------
-# Child processes
-
-
-def _prctl() -> Any:
-    """libc's prctl, looked up once in the parent (the child, between fork and exec, only calls it)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        import ctypes
-
-        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-_PRCTL = _prctl()
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """Ask Linux to SIGTERM this child when the demo process dies (even by SIGKILL): no leftover daemons."""
-    _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-@dataclass
-class NodeProcess:
-    """A daemon started as ``python -m mpsnode.cli ...`` that prints one JSON ready line on stdout."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    proc: subprocess.Popen[str] | None = None
-    ready: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def port(self) -> int:
-        return int(self.ready["port"])
-
-    @property
-    def address(self) -> str:
-        return f"{LOCALHOST}:{self.port}"
-
-    def start(self, timeout: float = READY_TIMEOUT) -> NodeProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "w") as log:
-            # own session: a Ctrl-C in the terminal reaches the demo, which stops its children in order
-            # preexec_fn only calls prctl (resolved beforehand): nothing in it can wait on a lock
-            self.proc = subprocess.Popen([sys.executable, "-m", "mpsnode.cli", *self.argv], stdout=subprocess.PIPE,
-                                         stderr=log, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                                         preexec_fn=_die_with_parent if _PRCTL is not None else None)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + timeout
-        with selectors.DefaultSelector() as sel:
-            sel.register(self.proc.stdout, selectors.EVENT_READ)
-            while True:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise DemoFailed(f"the {self.name} did not get ready in {timeout:.0f} s; see {self.log_path}")
-                if sel.select(min(left, 0.5)):
-                    line = self.proc.stdout.readline()
-                    if not line:
-                        raise DemoFailed(f"the {self.name} exited with code {self.proc.wait()} while starting:\n"
-                                         + self.log_tail())
-                    self.ready = json.loads(line)
-                    return self
-
-    def log_tail(self, lines: int = 8) -> str:
-        try:
-            text = self.log_path.read_text().splitlines()
-        except OSError:
-            return ""
-        return "\n".join("    " + t for t in text[-lines:])
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, wait, SIGKILL if it does not stop; returns the exit code."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-
-class DemoFailed(Exception):
-    """The demo cannot go on (a daemon did not start, the sequencer went away); the message says why."""
-
-
-# ---------------------------------------------------------------------------------------------
-# What the demo watches
-
-
-@dataclass
-class ClientInfo:
-    index: int
-    name: str
-    address: bytes
-    attack: str | None
-    stake_before: int = 0
-    stake_after: int = 0
-    jailed: bool = False
-    slashed: int = 0
-    selected: int = 0
-    reward: int = 0
-    result: ClientResult | None = None
-    error: str = ""
-
-    @property
-    def role(self) -> str:
-        return f"ATTACKER ({self.attack})" if self.attack else "honest"
-
-
-@dataclass
-class Progress:
-    """The task's story as read from checked blocks, folded into an ``Audit`` for the plot."""
-
-    task_id: int
-    names: dict[bytes, str]
-    attackers: set[bytes]
-    audit: Audit
-    started_at: float
-    status: str = "joining"
-    rounds: int = 0
-    accuracy_bps: int = 0
-    head: int = 0
-    staked: dict[bytes, int] = field(default_factory=dict)  # bonded after each client's last STAKE
-
-
-def _name(progress: Progress, address: bytes) -> str:
-    name = progress.names.get(address, address.hex()[:8])
-    return f"{name}*" if address in progress.attackers else name
-
-
-def mpsnode_command() -> str:
-    """How to call ``mpsnode`` from here: the plain name when it is on PATH, else this venv's script
-    (``make demo`` runs from ``.venv`` without activating it)."""
-    import shutil
-    import sys
-
-    script = Path(sys.executable).parent / "mpsnode"
-    found = shutil.which("mpsnode")
-    if not script.exists() or (found is not None and Path(found).resolve() == script.resolve()):
-        return "mpsnode"
-    try:
-        return str(script.relative_to(Path.cwd()))
-    except ValueError:
-        return str(script)
-
-
-def _round_line(progress: Progress, ev: Any, slashes: list[Any], height: int, f: int) -> str:
-    from mpsnode.consensus.stf.round import SLASH_REASONS
-
-    took = time.monotonic() - progress.started_at
-    if ev.void:
-        return (f"  round {ev.round:>3}  void: {len(ev.participants)} updates, fewer than 2f+3 = {2 * f + 3} "
-                f"(block {height}, {took:5.1f} s)")
-    flagged = ", ".join(_name(progress, a) for a in ev.flagged) or "-"
-    slashed = ", ".join(f"{_name(progress, s.address)} -{s.amount} ({SLASH_REASONS.get(s.reason, s.reason)})"
-                        for s in slashes) or "-"
-    return (f"  round {ev.round:>3}  accuracy {ev.accuracy_bps / 100:6.2f}%  selected {len(ev.selected):>2}/"
-            f"{len(ev.participants):<2}  flagged {flagged:<24}  slashed {slashed}   (block {height}, {took:5.1f} s)")
 
 
 async def follow_task(node: Client, progress: Progress, f: int, out: Any) -> None:
     """Print a line per closed round until the task completes or expires, from checked blocks."""
-    from mpsnode.consensus.events import RoundClosed, Slashed, Staked, TaskCompleted, TaskExpired, TaskStarted
-    from mpsnode.consensus.receipt import receipts_root
-    from mpsnode.node.errors import VerificationFailed
 
     async with node.subscribe(from_height=1, with_receipts=True) as blocks:
         async for pushed in blocks:
@@ -302,7 +95,7 @@ async def follow_task(node: Client, progress: Progress, f: int, out: Any) -> Non
                     progress.rounds = ev.round
                     if not ev.void:
                         progress.accuracy_bps = ev.accuracy_bps
-                    out(_round_line(progress, ev, [s for s in slashes if s.round == ev.round], header.height, f))
+                    out(round_line(progress, ev, [s for s in slashes if s.round == ev.round], header.height, f))
                 elif isinstance(ev, TaskCompleted):
                     progress.status = "completed"
                     out(f"  task {progress.task_id} COMPLETED after {ev.rounds} rounds at "
@@ -317,37 +110,10 @@ async def follow_task(node: Client, progress: Progress, f: int, out: Any) -> Non
                 return
 
 
-# ---------------------------------------------------------------------------------------------
-# The run
-
-
-@dataclass
-class DemoOutcome:
-    task_status: str = "not created"
-    rounds: int = 0
-    accuracy_bps: int = 0
-    head_height: int = 0
-    head_hash: bytes = b""
-    state_root: bytes = b""
-    clients: list[ClientInfo] = field(default_factory=list)
-    verdict: str = "not checked"
-    verifier_ok: bool = False
-    plot: Path | None = None
-    seconds: float = 0.0
-
-
 async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: NodeProcess, outcome: DemoOutcome,
                 out: Any) -> None:
     """Create the task, run the clients and the round monitor, then collect the results."""
-    import numpy as np
-    import trio
 
-    from mpsnode import fl
-    from mpsnode.cli.client import digits_split, learner_seed
-    from mpsnode.client.connection import Wallet, connect
-    from mpsnode.client.daemon import ClientConfig, ClientStopped, run_client
-    from mpsnode.consensus.events import TaskCreated
-    from verifier.replay.audit import Audit
 
     genesis = net.genesis
     split = digits_split(opts.clients, opts.alpha, opts.seed)
@@ -393,8 +159,10 @@ async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: N
         async def one_client(info: ClientInfo) -> None:
             config = ClientConfig(node=sequencer.address, key=net.keys[info.name], task_id=task_id,
                                   data=split.clients[info.index], genesis=genesis, state_dir=net.home / "clients",
-                                  stake=DEMO_STAKE, seed=learner_seed(opts.seed, info.index), attack=info.attack,
-                                  colluders=max(1, opts.malicious))
+                                  stake=DEMO_STAKE, seed=learner_seed(opts.seed, info.index),
+                                  attacker=(Attacker(info.attack, colluders=max(1, opts.malicious),
+                                                     seed=learner_seed(opts.seed, info.index))
+                                            if info.attack else None))
             try:
                 info.result = await run_client(config, on_event, limiter)
             except ClientStopped as exc:
@@ -451,16 +219,13 @@ async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: N
     outcome.verdict, outcome.verifier_ok = await verifier_verdict(verifier, genesis, outcome)
 
     if opts.plot:
-        from verifier.replay.plot import plot_audit
 
         outcome.plot = plot_audit(progress.audit, net.home / "demo.png", {task_id: round(opts.target * 10000)})
 
 
 async def verifier_verdict(verifier: NodeProcess, genesis: Any, outcome: DemoOutcome) -> tuple[str, bool]:
     """Ask the verifier (its own STATUS) whether it re-executed the whole chain and every root matched."""
-    import trio
 
-    from mpsnode.client.connection import connect
 
     target = outcome.head_height
     async with connect(verifier.address, genesis=genesis) as vnode:
@@ -485,39 +250,6 @@ async def verifier_verdict(verifier: NodeProcess, genesis: Any, outcome: DemoOut
                 f"{outcome.head_hash.hex()[:16]}..., state root {header.state_root.hex()[:16]}...)"), True
 
 
-def print_summary(opts: DemoOptions, outcome: DemoOutcome, root: Path, out: Any) -> None:
-    clients = outcome.clients
-    out("")
-    width = max([len("role")] + [len(c.role) for c in clients])
-    out(f"  {'client':<10} {'address':<9} {'role':<{width}} {'stake before':>12} {'stake after':>16} {'slashed':>8} "
-        f"{'selected':>8} {'reward':>7}")
-    for c in clients:
-        after = f"{'(jailed) ' if c.jailed else ''}{c.stake_after}"
-        out(f"  {c.name:<10} {c.address.hex()[:8]:<9} {c.role:<{width}} {c.stake_before:>12} {after:>16} "
-            f"{c.slashed or '-':>8} {c.selected:>8} {c.reward:>7}"
-            + (f"   stopped: {c.error}" if c.error else ""))
-    attackers = [c for c in clients if c.attack]
-    honest = [c for c in clients if not c.attack]
-    out("")
-    if attackers:
-        out(f"  attackers slashed   {sum(1 for c in attackers if c.slashed)}/{len(attackers)}; "
-            f"honest clients slashed {sum(1 for c in honest if c.slashed)}/{len(honest)}")
-    target = f"target {opts.target:.0%}"
-    if outcome.task_status == "completed":
-        out(f"  task                completed in {outcome.rounds} rounds, accuracy "
-            f"{outcome.accuracy_bps / 100:.2f}% ({target})")
-    else:
-        out(f"  task                {outcome.task_status} after {outcome.rounds} rounds, accuracy "
-            f"{outcome.accuracy_bps / 100:.2f}% ({target})")
-    out(f"  verifier            {outcome.verdict}")
-    if outcome.plot is not None:
-        out(f"  plot                {outcome.plot}")
-    out(f"  chain kept in       {root}  (sequencer store {root / 'data'}, verifier store {root / 'verifier' / 'data'})")
-    out(f"  audit it again      {mpsnode_command()} replay --home {root} --plot {root / 'audit.png'}")
-    out(f"  logs                {root / 'logs'}")
-    out(f"  took                {outcome.seconds:.1f} s")
-
-
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for e in exc.exceptions for leaf in _leaves(e)]
@@ -526,15 +258,11 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 
 def run_demo(opts: DemoOptions, out: Any = None) -> int:
     """Run the demo; returns the exit code (see the module docstring)."""
-    import trio
 
-    from genesis import make_network
-    from mpsnode.client.connection import ConnectionLost
-    from mpsnode.consensus.errors import MpsError
 
     out = out or (lambda line: print(line, flush=True))
     started = time.monotonic()
-    problems = opts.check()
+    problems = opts.check(ATTACKS)
     if problems:
         for p in problems:
             out(f"mpsnode demo: {p}")
@@ -596,36 +324,3 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
     return code
 
 
-# ---------------------------------------------------------------------------------------------
-# The command line
-
-
-def add_demo_arguments(p: argparse.ArgumentParser) -> None:
-    d = DemoOptions()
-    p.add_argument("--clients", type=int, default=d.clients, help=f"clients in the task (default {d.clients})")
-    p.add_argument("--malicious", type=int, default=d.malicious, help=f"of them attackers (default {d.malicious})")
-    p.add_argument("--attack", default=d.attack, help=f"the attackers' attack, evaluation only (default {d.attack}): "
-                   "sign_flip, gaussian, scaled, label_flip, free_rider_zeros, free_rider_copy, alie, ipm_0.1, ipm_2")
-    p.add_argument("--alpha", default=str(d.alpha), help="Dirichlet label skew of the clients' data, or 'iid' "
-                   f"(default {d.alpha}: mildly non-IID)")
-    p.add_argument("--target", type=float, default=d.target, help=f"target accuracy, 0..1 (default {d.target})")
-    p.add_argument("--max-rounds", type=int, default=d.max_rounds, help=f"the task's round limit (default {d.max_rounds})")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"data split, model and attacker choice (default {d.seed})")
-    p.add_argument("--byzantine-f", type=int, default=None,
-                   help="the task's f (default: the attackers' count, as far as the clients allow)")
-    p.add_argument("--home", default=None, help="keep the chain here (a new or empty dir; default: a new temp dir)")
-    p.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
-
-
-def run_demo_cli(args: argparse.Namespace) -> int:
-    from mpsnode.cli.client import parse_alpha
-
-    try:
-        alpha = parse_alpha(args.alpha)
-    except ValueError as exc:
-        print(f"mpsnode demo: {exc}")
-        return 2
-    opts = DemoOptions(clients=args.clients, malicious=args.malicious, attack=args.attack, alpha=alpha,
-                       target=args.target, max_rounds=args.max_rounds, seed=args.seed, home=args.home,
-                       byzantine_f=args.byzantine_f, plot=args.plot)
-    return run_demo(opts)

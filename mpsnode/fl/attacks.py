@@ -43,8 +43,10 @@ from statistics import NormalDist
 
 import numpy as np
 
+from mpsnode.consensus.model import param_count
 from mpsnode.fl.data import Dataset
 from mpsnode.fl.learner import quantize_update
+from mpsnode.fl.rounds import RoundView
 
 ATTACKS = ("sign_flip", "gaussian", "scaled", "label_flip", "free_rider_zeros", "free_rider_copy", "alie",
            "ipm_0.1", "ipm_2")
@@ -153,3 +155,47 @@ def craft_deltas(name: str, own: np.ndarray, honest: np.ndarray | None = None, *
     if name in IDENTICAL:
         deltas = make_distinct(deltas, first_index)
     return deltas, clipped
+
+
+ATTACK_RNG_SALT = 0x5EED_A77AC  # attack randomness is seeded apart from the training order
+OBSERVING = frozenset({"free_rider_copy", "alie", "ipm_0.1", "ipm_2"})  # these wait to see others' updates
+
+
+class Attacker:
+    """One attacking client (``mpsnode.client.daemon.Attacker``): ``name`` from ``ATTACKS``,
+    ``colluders`` sharing statistics (alie's z), randomness seeded from ``seed``."""
+
+    def __init__(self, name: str, *, colluders: int = 1, seed: int = 0) -> None:
+        self.name = validate_attack(name)
+        self.colluders = colluders
+        self.rng = np.random.default_rng([seed, ATTACK_RNG_SALT])
+
+    def poison_data(self, data: Dataset) -> Dataset:
+        return flip_labels(data) if poisons_data(self.name) else data
+
+    async def craft(self, view: RoundView) -> tuple[np.ndarray | None, float, int]:
+        """The poisoned int16 delta for this round, the training loss and the clipped count."""
+        task = view.task
+        d = param_count(task.arch)
+        own = np.zeros((1, d))
+        loss = float("nan")
+        if needs_training(self.name):
+            update = await view.train()
+            own, loss = update.change[None, :], update.loss
+        others = None
+        if self.name in OBSERVING:
+            still_open, others = await view.observe()
+            if not still_open:
+                return None, loss, 0
+        n_clients = len(task.participants)
+        first_index = int.from_bytes(view.address[:4], "big")
+        if self.name == "alie":
+            # ALIE: mean - z * std of the benign-looking updates the colluders see, z for the colluders' count
+            seen = others if others is not None and len(others) > 1 else own
+            z = alie_z(n_clients, max(1, min(self.colluders, n_clients)))
+            change = seen.mean(axis=0) - z * seen.std(axis=0)
+            q, clipped = quantize_update(change, task.scale_bits)
+            return make_distinct(q[None, :], first_index)[0], loss, clipped
+        deltas, clipped_per_row = craft_deltas(self.name, own, others, n_clients=n_clients,
+                                               scale_bits=task.scale_bits, rng=self.rng, first_index=first_index)
+        return deltas[0], loss, clipped_per_row[0]

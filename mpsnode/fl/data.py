@@ -95,7 +95,8 @@ def load_digits() -> Dataset:
 
     The data ship inside scikit-learn: nothing is downloaded.
     """
-    from sklearn.datasets import load_digits as sk_load_digits
+    # scikit-learn is heavy (about half a second to import) and only the bundled digits need it
+    from sklearn.datasets import load_digits as sk_load_digits  # noqa: PLC0415
 
     bunch = sk_load_digits()
     return from_arrays(np.asarray(bunch.data, dtype=np.float64) / 16.0, np.asarray(bunch.target), 10)
@@ -202,3 +203,53 @@ def decode_validation(val_x: bytes, val_y: bytes, arch: Sequence[int]) -> tuple[
     """The int16 ``samples x arch[0]`` matrix and uint8 labels of a task's validation set, as stored."""
     x = np.frombuffer(val_x, dtype="<i2").reshape(-1, int(arch[0])).astype(np.int16)
     return x, np.frombuffer(val_y, dtype=np.uint8).copy()
+
+
+# ---------------------------------------------------------------------------------------------
+# Data descriptions every party of a task reproduces (the CLI, the demo, the benchmarks)
+
+
+def parse_alpha(text: str | None) -> float | None:
+    """``None``/``iid`` for an IID split, else a positive Dirichlet concentration."""
+    if text is None or text.lower() == "iid":
+        return None
+    try:
+        alpha = float(text)
+    except ValueError:
+        raise ValueError(f"--alpha {text!r}: give a positive number or 'iid'") from None
+    if not alpha > 0:
+        raise ValueError(f"--alpha {text!r}: must be positive (or 'iid')")
+    return alpha
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``I/N`` with ``0 <= I < N``."""
+    try:
+        i, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"--digits-shard {text!r}: expected I/N, e.g. 3/10") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--digits-shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+def digits_split(n_clients: int, alpha: float | None, seed: int) -> FederatedSplit:
+    """The digits split every party of a digits task reproduces from ``(n_clients, alpha, seed)``."""
+    return make_split(load_digits(), n_clients, alpha=alpha, seed=seed)
+
+
+def learner_seed(split_seed: int, shard: int) -> int:
+    """A distinct minibatch order per shard, fixed by the split seed."""
+    return split_seed * 1009 + shard
+
+
+def load_npz(path: str, what: str) -> Dataset:
+    """A ``Dataset`` from an .npz with arrays ``x`` (samples x features) and ``y`` (labels), and
+    optionally ``n_classes``; ``what`` names the flag in errors."""
+    try:
+        with np.load(path) as data:
+            if "x" not in data or "y" not in data:
+                raise ValueError(f"{what} {path}: needs arrays 'x' (samples x features) and 'y' (labels)")
+            return from_arrays(data["x"], data["y"], int(data["n_classes"]) if "n_classes" in data else None)
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{what} {path}: cannot read ({exc})") from None

@@ -10,12 +10,13 @@ from mpsnode.consensus.genesis import Genesis
 from mpsnode.node.files import load_genesis
 
 GIB = 1 << 30
+DEFAULT_LISTEN = "127.0.0.1:7070"  # a home without config.toml, and a client given no --node
 
 
 @dataclass(frozen=True, slots=True)
 class Home:
     path: Path
-    listen: str = "127.0.0.1:7070"
+    listen: str = DEFAULT_LISTEN
     data_dir: str = "data"
     map_size_gib: int = 64
     metrics: str = ""  # HOST:PORT of the Prometheus endpoint; empty: none

@@ -20,10 +20,11 @@ OFF_SCALE = 20
 
 def plot_audit(audit: Audit, path: str | Path, targets: dict[int, int] | None = None) -> Path:
     """Draw the audit into ``path`` (PNG); ``targets`` maps task id to its target accuracy in bps."""
-    import matplotlib
+    # matplotlib is heavy (about a second to import) and only a plot needs it
+    import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415
 
     tasks = [t for _, t in sorted(audit.tasks.items()) if t.rounds]
     rows = max(1, len(tasks))

@@ -1,4 +1,4 @@
-"""The trio client library: talk to a sequencer or verifier over the wire protocol.
+"""The client half of the wire protocol (trio): talk to a sequencer or verifier.
 
 ::
 
@@ -16,9 +16,8 @@ that does not check out raises ``VerificationFailed``. The genesis is given (a h
 genesis.json) or, if not, fetched from the node and pinned by hash: pass ``genesis_hash`` to be
 sure it is the chain you mean.
 
-Requests are pipelined: many may be in flight on one connection (``submit_many``). ``Wallet``
-hands out nonces for one key and keeps every signed tx until it is acked, so after a reconnect
-(``Wallet.recover``) no nonce is reused or skipped.
+Requests are pipelined: many may be in flight on one connection (``submit_many``). The verifier
+follows its upstream with this library; clients sign with ``mpsnode.client.wallet.Wallet``.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import trio
@@ -34,7 +33,7 @@ import trio
 from mpsnode.consensus import crypto
 from mpsnode.consensus.block import Block, Header, decode_block, decode_header
 from mpsnode.consensus.encoding import decode
-from mpsnode.consensus.errors import BlockDecodeError, DecodeError, MpsError, NonceMismatch
+from mpsnode.consensus.errors import BlockDecodeError, DecodeError, MpsError
 from mpsnode.consensus.events import Event, decode_event
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import RECEIPT, ZERO32, H
@@ -43,7 +42,7 @@ from mpsnode.consensus.params import Params
 from mpsnode.consensus.receipt import Receipt, decode_receipts
 from mpsnode.consensus.smt import Proof, verify_proof
 from mpsnode.consensus.state import EMPTY_ACCOUNT, Account, Task, account_key, model_key, task_key
-from mpsnode.consensus.tx import Body, SignedTx, Tx, compute_min_fee
+from mpsnode.consensus.tx import SignedTx
 from mpsnode.node.errors import AlreadyKnown, ProtocolViolation, VerificationFailed, WrongNetwork
 from mpsnode.node.wire import (
     BLOCK_PUSH,
@@ -193,25 +192,6 @@ class NonceInfo:
 
 # ---------------------------------------------------------------------------------------------
 # Building txs
-
-
-def make_tx(key: crypto.Keypair, chain_id: str, nonce: int, body: Body, params: Params,
-            fee: int | None = None) -> SignedTx:
-    """Sign ``body`` with the least fee that covers its size (or ``fee`` if given)."""
-    if fee is not None:
-        return Tx(chain_id, key.address, nonce, fee, body).sign(key)
-    fee = params.tx_base_fee
-    for _ in range(8):  # the fee's own encoding length can change the size, and so the fee
-        stx = Tx(chain_id, key.address, nonce, fee, body).sign(key)
-        need = compute_min_fee(stx.size, params)
-        if fee >= need:
-            return stx
-        fee = need
-    return Tx(chain_id, key.address, nonce, fee, body).sign(key)
-
-
-# ---------------------------------------------------------------------------------------------
-# The connection
 
 
 class _Waiter:
@@ -612,74 +592,3 @@ def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
     for exc in group.exceptions:
         out.extend(_leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc])
     return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Nonces that survive a reconnect
-
-
-@dataclass
-class Wallet:
-    """Signs txs for one key with consecutive nonces and remembers each until the node acks it.
-
-    Call ``recover(client)`` on every new connection (the first included): it resubmits what was
-    signed but not acked (a node that already holds one says so, which counts as an ack) and then
-    continues after the node's next free nonce. No nonce is used twice; none is skipped unless a
-    resubmission is refused for good, in which case the nonces from there on are re-signed.
-    """
-
-    key: crypto.Keypair
-    chain_id: str
-    params: Params
-    next_nonce: int | None = None
-    unacked: dict[int, SignedTx] = field(default_factory=dict)
-
-    @property
-    def address(self) -> bytes:
-        return self.key.address
-
-    def sign(self, body: Body, fee: int | None = None) -> SignedTx:
-        if self.next_nonce is None:
-            raise RuntimeError("call recover(client) first: the wallet does not know its next nonce")
-        stx = make_tx(self.key, self.chain_id, self.next_nonce, body, self.params, fee)
-        self.unacked[self.next_nonce] = stx
-        self.next_nonce += 1
-        return stx
-
-    def acked(self, stx: SignedTx) -> None:
-        if self.unacked.get(stx.tx.nonce) is stx:
-            del self.unacked[stx.tx.nonce]
-
-    async def send(self, client: Client, body: Body, fee: int | None = None) -> SignedTx:
-        """Sign, submit and wait for the durable ack; returns the signed tx."""
-        stx = self.sign(body, fee)
-        await self.submit(client, stx)
-        return stx
-
-    async def submit(self, client: Client, stx: SignedTx) -> bytes:
-        tx_id = await client.submit(stx)
-        self.acked(stx)
-        return tx_id
-
-    async def recover(self, client: Client) -> list[tuple[SignedTx, MpsError]]:
-        """Bring the wallet in line with the node; returns the unacked txs it refused for good."""
-        refused: list[tuple[SignedTx, MpsError]] = []
-        for nonce in sorted(self.unacked):
-            stx = self.unacked[nonce]
-            try:
-                await client.submit(stx)
-            except NonceMismatch:
-                pass  # the nonce is used: the tx (or another with this nonce) is already in a block
-            except MpsError as exc:
-                # this nonce stays free: everything signed after it must be signed again
-                refused.extend((self.unacked[n], exc) for n in sorted(self.unacked) if n >= nonce)
-                for n in [n for n in self.unacked if n >= nonce]:
-                    del self.unacked[n]
-                self.next_nonce = nonce
-                break
-            self.unacked.pop(nonce, None)
-        info = await client.nonce(self.address)
-        if self.next_nonce is None or not refused:
-            self.next_nonce = max(info.next_nonce, self.next_nonce or 0)
-        return refused
-

@@ -1,0 +1,58 @@
+"""What the subcommands share: printing results, and finding the chain, the node and the signer."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from mpsnode.consensus import crypto
+from mpsnode.consensus.genesis import Genesis
+from mpsnode.node.files import load_genesis, load_key
+from mpsnode.node.home import DEFAULT_LISTEN, Home
+from mpsnode.node.server import SERVER_FLAGS
+
+
+def print_fields(obj: Any, as_json: bool) -> None:
+    """A flat dict as aligned ``key  value`` lines, or as JSON."""
+    if as_json:
+        print(json.dumps(obj, indent=2, sort_keys=False))
+        return
+    width = max((len(k) for k in obj), default=0)
+    for k, v in obj.items():
+        if isinstance(v, (list, dict)):
+            v = json.dumps(v)
+        print(f"{k:<{width}}  {v}")
+
+
+def resolve_node(args: argparse.Namespace) -> tuple[Genesis | None, str, Home | None]:
+    """The chain (``--genesis``, else the home's, else None: fetched from the node and pinned), the
+    node's address (``--node``, else the home's listen address, else ``DEFAULT_LISTEN``) and the home."""
+    home = Home.open(args.home) if args.home else None
+    genesis = load_genesis(args.genesis) if args.genesis else (home.genesis() if home else None)
+    node = args.node or (home.listen if home else DEFAULT_LISTEN)
+    return genesis, node, home
+
+
+def signer_key(args: argparse.Namespace, home: Home | None) -> crypto.Keypair:
+    """The key that signs: ``--key FILE``, or ``--from NAME`` in the home's keys/."""
+    if args.key:
+        return load_key(args.key)
+    if home is not None and args.sender:
+        return load_key(home.key_path(args.sender))
+    raise ValueError("say who signs: --key FILE, or --home DIR with --from NAME (a key in DIR/keys/)")
+
+
+def parse_address(text: str, home: Home | None) -> bytes:
+    """A hex address, or the name of a key in the home."""
+    try:
+        return crypto.parse_address(text)
+    except ValueError:
+        if home is not None and home.key_path(text).is_file():
+            return load_key(home.key_path(text)).address
+        raise
+
+
+def server_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``ServerConfig`` overrides given on the command line."""
+    return {name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name) is not None}
