@@ -13,6 +13,7 @@ recreate it bit for bit: never use its keys for anything of value.
 from __future__ import annotations
 
 import hashlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,7 +69,6 @@ def make_network(home: str | Path, *, clients: int = DEVNET_CLIENTS, chain_id: s
                  devnet_keys: bool = False, genesis_time_ms: int | None = None,
                  params: Params | None = None, listen: str = "127.0.0.1:7070") -> Network:
     """Write a new network into ``home`` (refuses to overwrite an existing genesis)."""
-    import time
 
     home = Path(home)
     if (home / "genesis.json").exists():

@@ -30,8 +30,10 @@ tree; a write in progress completes first (its wait is shielded), so the store i
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -50,11 +52,12 @@ from mpsnode.consensus.tx import SignedTx, decode_signed_tx, validate_transactio
 from mpsnode.node.chain import Chain
 from mpsnode.node.errors import ShuttingDown
 from mpsnode.node.files import load_key
-from mpsnode.node.log import event
+from mpsnode.node.home import Home
+from mpsnode.node.log import event, setup_logging
 from mpsnode.node.metrics import serve_metrics
-from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig
+from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig, apply_node_options
 from mpsnode.node.store import LmdbStore, Store
-from mpsnode.node.wire import SEQUENCER
+from mpsnode.node.wire import SEQUENCER, parse_hostport
 from mpsnode.node.writes import run_write
 from sequencer.admission import AdmissionPolicy, check_admission
 from sequencer.mempool import Entry, MempoolIndex
@@ -439,14 +442,7 @@ async def serve(sequencer: Sequencer, on_ready: Callable[[Sequencer], None] | No
 def run_daemon(home_path: str, *, listen: str | None = None, metrics: str | None = None,
                block_time_ms: int | None = None, server: dict[str, Any] | None = None) -> int:
     """``mpsnode sequencer``: open the home's store and serve until a signal. Prints one ready line."""
-    import json
-    import sys
 
-    from mpsnode.node.home import Home
-    from mpsnode.node.log import setup_logging
-    from mpsnode.node.server import apply_node_options
-    from mpsnode.node.store import LmdbStore
-    from mpsnode.node.wire import parse_hostport
 
     setup_logging()
     home = Home.open(home_path)

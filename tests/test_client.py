@@ -19,7 +19,6 @@ import pytest
 import trio
 
 from mpsnode import fl
-from mpsnode.fl.data import digits_split, learner_seed
 from mpsnode.client.daemon import (
     ClientConfig,
     ClientEvent,
@@ -35,6 +34,7 @@ from mpsnode.consensus.hashing import MODEL, H
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.tx import JoinTask, Kind, Stake, SubmitUpdate
+from mpsnode.fl.data import digits_split, learner_seed
 from mpsnode.node.connection import Client, connect
 from mpsnode.node.errors import WrongNetwork
 

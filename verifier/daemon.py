@@ -28,8 +28,10 @@ server keeps serving the verified chain and the divergence in STATUS; with
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
+import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -49,11 +51,12 @@ from mpsnode.node.chain import Chain
 from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import ProtocolViolation, VerificationFailed, WrongNetwork
 from mpsnode.node.files import load_genesis, save_genesis
-from mpsnode.node.log import event
+from mpsnode.node.home import Home
+from mpsnode.node.log import event, setup_logging
 from mpsnode.node.metrics import serve_metrics
-from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig
+from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig, apply_node_options
 from mpsnode.node.store import LmdbStore, StoreView
-from mpsnode.node.wire import VERIFIER, Msg
+from mpsnode.node.wire import VERIFIER, Msg, parse_hostport
 from mpsnode.node.writes import run_write
 from verifier.checks import Divergence, Prechecked, precheck_many, verify_block
 from verifier.divergence import ClaimedProofs, Investigation, write_report
@@ -479,13 +482,7 @@ def run_daemon(home_path: str, *, upstream: str, genesis_file: str | None = None
                metrics: str | None = None, exit_on_divergence: bool = False,
                server: dict[str, Any] | None = None) -> int:
     """``mpsnode verifier``: open the home's store and verify until a signal. Prints one ready line."""
-    import json
-    import sys
 
-    from mpsnode.node.home import Home
-    from mpsnode.node.log import setup_logging
-    from mpsnode.node.server import apply_node_options
-    from mpsnode.node.wire import parse_hostport
 
     setup_logging()
     prepare_home(home_path, genesis_file)

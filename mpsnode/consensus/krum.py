@@ -60,11 +60,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-MAX_UPDATES = 256  # CREATE_TASK's max_clients limit; part of the overflow bounds above
-MAX_PARAMS = 1 << 22  # CREATE_TASK's parameter limit; part of the overflow bounds above
+from mpsnode.consensus.limits import MAX_DISTANCE, MAX_PARAMS, MAX_UPDATES
 
-# D < 2^22 * 65535^2 < 2^54; krum_scores refuses anything larger so its sums stay below 2^62.
-MAX_DISTANCE = 1 << 54
+# MAX_UPDATES, MAX_PARAMS: CREATE_TASK's limits (limits.py). D < 2^22 * 65535^2 < MAX_DISTANCE = 2^54;
+# krum_scores refuses anything larger so its sums stay below 2^62.
 
 GRAM_BLOCK_COLS = 8192  # k=256 rows of a block take 4 MiB: they stay in the L3 cache for all tiles
 INT32_CHUNK_MAX = 1 << 16

@@ -51,10 +51,10 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-WEIGHT_CLAMP = (1 << 24) - 1  # |w| <= WEIGHT_CLAMP for every model parameter
-ACTIVATION_MAX = (1 << 24) - 1  # hidden activations lie in 0..ACTIVATION_MAX
-MAX_FAN_IN = 1 << 14  # 2^14 * (2^24 - 1)^2 < 2^62: part of the overflow bound above
-MAX_SCALE_BITS = 24  # (2^24 - 1) << 24 < 2^48: part of the overflow bound above
+from mpsnode.consensus.limits import MAX_FAN_IN, MAX_SCALE_BITS, MODEL_CLAMP
+
+WEIGHT_CLAMP = MODEL_CLAMP  # |w| <= WEIGHT_CLAMP for every model parameter (limits.py)
+ACTIVATION_MAX = MODEL_CLAMP  # hidden activations lie in 0..ACTIVATION_MAX
 
 # Block sizes of the layer kernel (speed only): a block of W's rows and a block of A's rows, each
 # sized to about half the 1 MiB L2 of the target machine, so that a block pair stays cached while its

@@ -15,6 +15,8 @@ from __future__ import annotations
 import ctypes
 from collections.abc import Sequence
 
+import nacl._sodium
+import numba
 import numpy as np
 
 from mpsnode.consensus import crypto
@@ -24,8 +26,6 @@ _fallback_reason = ""
 
 
 def _build_kernel():
-    import nacl._sodium
-    import numba
 
     lib = ctypes.CDLL(nacl._sodium.__file__)
     fn = lib.crypto_sign_ed25519_verify_detached

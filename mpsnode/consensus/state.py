@@ -29,7 +29,7 @@ from typing import Any
 import msgpack
 
 from mpsnode.consensus.encoding import encode, expect_bytes, expect_list, expect_str, expect_uint, u64be
-from mpsnode.consensus.errors import DecodeError
+from mpsnode.consensus.errors import DecodeError, InsufficientBalance
 from mpsnode.consensus.params import Params
 
 CONFIG_KEY = b"C"
@@ -376,7 +376,6 @@ class State:
         self.set_account(address, replace(acct, balance=acct.balance + amount))
 
     def decrease_balance(self, address: bytes, amount: int) -> None:
-        from mpsnode.consensus.errors import InsufficientBalance
 
         acct = self.get_account(address)
         if acct.balance < amount:

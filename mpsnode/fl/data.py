@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpsnode.consensus import model
+from mpsnode.consensus.limits import MAX_CLASSES  # labels travel as uint8 in CREATE_TASK
 
 INT16_MAX = (1 << 15) - 1
-MAX_CLASSES = 256  # labels travel as uint8 in CREATE_TASK
 DIRICHLET_TRIES = 1000  # redraws allowed before a split with min_samples per client is declared impossible
 
 

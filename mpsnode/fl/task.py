@@ -12,8 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mpsnode.consensus import model
-from mpsnode.consensus.stf.task import validate_create_task
-from mpsnode.consensus.tx import CreateTask
+from mpsnode.consensus.tx import CreateTask, validate_create_task
 from mpsnode.fl import mlp
 from mpsnode.fl.data import Dataset, quantize_validation
 

@@ -42,8 +42,8 @@ from mpsnode.consensus.params import Params
 from mpsnode.consensus.receipt import Receipt, decode_receipts
 from mpsnode.consensus.smt import Proof, verify_proof
 from mpsnode.consensus.state import EMPTY_ACCOUNT, Account, Task, account_key, model_key, task_key
-from mpsnode.consensus.tx import SignedTx
-from mpsnode.node.errors import AlreadyKnown, ProtocolViolation, VerificationFailed, WrongNetwork
+from mpsnode.consensus.tx import SignedTx, decode_signed_tx
+from mpsnode.node.errors import AlreadyKnown, NotFound, ProtocolViolation, VerificationFailed, WrongNetwork
 from mpsnode.node.wire import (
     BLOCK_PUSH,
     ERROR,
@@ -376,7 +376,6 @@ class Client:
         except AlreadyKnown:
             if isinstance(tx, SignedTx):
                 return tx.tx_id
-            from mpsnode.consensus.tx import decode_signed_tx
 
             return decode_signed_tx(raw).tx_id
         return tx_id
@@ -452,7 +451,6 @@ class Client:
         keys = [task_key(task_id), model_key(task_id)]
         header, (task_raw, model) = self._proven_values(await self.request(Msg.GET_MODEL, task_id), keys)
         if task_raw is None or model is None:
-            from mpsnode.node.errors import NotFound
 
             raise NotFound(f"task {task_id} has no model at height {header.height}")
         return Proven((Task.decode(task_raw), model), header.height, header)

@@ -31,6 +31,7 @@ from typing import BinaryIO
 from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_uint
 from mpsnode.consensus.errors import DecodeError, GenesisError
 from mpsnode.consensus.genesis import Genesis
+from mpsnode.node.chain import GENESIS_HASH_META
 from mpsnode.node.errors import ExportError
 from mpsnode.node.store import Store
 
@@ -59,7 +60,6 @@ def export_store(store: Store, genesis: Genesis, out: str | Path) -> ExportSumma
 
     Written to ``out.tmp`` and renamed, so ``out`` is either absent or a complete export.
     """
-    from mpsnode.node.chain import GENESIS_HASH_META
 
     view = store.snapshot()
     try:

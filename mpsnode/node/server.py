@@ -33,7 +33,7 @@ from mpsnode.consensus.hashing import ZERO32
 from mpsnode.consensus.merkle import list_proof
 from mpsnode.consensus.receipt import Receipt
 from mpsnode.consensus.smt import SparseMerkleTree, TreeNodeError
-from mpsnode.consensus.state import account_key, model_key, task_key
+from mpsnode.consensus.state import Account, account_key, model_key, task_key
 from mpsnode.node.errors import (
     BadRequest,
     NotFound,
@@ -41,6 +41,7 @@ from mpsnode.node.errors import (
     Overloaded,
     ProtocolViolation,
     SlowPeer,
+    UnknownMessage,
     WrongNetwork,
 )
 from mpsnode.node.store import Store, StoreReader
@@ -57,6 +58,7 @@ from mpsnode.node.wire import (
     FrameReader,
     Msg,
     Outbox,
+    decode_message,
     encode_frame,
     error_message,
     expect_fields,
@@ -429,7 +431,6 @@ class _Connection:
             await self._dispatch(msg)
 
     def _decode(self, body: bytes) -> list[Any]:
-        from mpsnode.node.wire import decode_message
 
         return decode_message(body, self.server.max_frame)
 
@@ -456,7 +457,6 @@ class _Connection:
         kind, req_id = msg[0], msg[1]
         handler = _HANDLERS.get(kind)
         if handler is None:
-            from mpsnode.node.errors import UnknownMessage
 
             self.send_nowait(error_message(req_id, UnknownMessage(f"unknown message type {kind}")))
             return
@@ -640,7 +640,6 @@ class _Connection:
         expect_fields(msg, 1, "GET_NONCE")
         address = field_bytes(msg, 2, "address", 32)
         raw = self.server.store.get_state(account_key(address))
-        from mpsnode.consensus.state import Account
 
         state_nonce = 0 if raw is None else Account.decode(raw).nonce
         if self.server.gateway is not None:

@@ -24,13 +24,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from tqdm import tqdm
+
 from mpsnode.consensus.block import Header, decode_header
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import ZERO32
 from mpsnode.consensus.smt import NODE_TAG, SparseMerkleTree
 from mpsnode.consensus.state import Config, State, Task, task_key
+from mpsnode.node.chain import GENESIS_HASH_META
 from mpsnode.node.errors import ExportError, StoreError
 from mpsnode.node.export import ExportReader
+from mpsnode.node.home import Home
+from mpsnode.node.store import LmdbStore
 from verifier.checks import (
     Divergence,
     Prechecked,
@@ -112,9 +117,6 @@ class HomeSource:
     """The blocks of a node's home, read from its LMDB store opened read-only (safe while it runs)."""
 
     def __init__(self, home_path: str | Path) -> None:
-        from mpsnode.node.chain import GENESIS_HASH_META
-        from mpsnode.node.home import Home
-        from mpsnode.node.store import LmdbStore
 
         home = Home.open(home_path)
         if not home.data_path.exists():
@@ -230,7 +232,6 @@ def replay(source: ChainSource, *, progress: bool | None = None,
 
     ``progress``: a progress bar on stderr (None: only on a terminal, for chains over 200 blocks).
     """
-    from tqdm import tqdm
 
     genesis = source.genesis
     config = genesis.config()

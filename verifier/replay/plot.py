@@ -76,7 +76,7 @@ def _round_ticks(task: TaskAudit) -> list[int]:
 def _scores(ax, task: TaskAudit) -> None:
     """Scores on a linear axis fitted to the honest spread; a score over ``OFF_SCALE`` x its round's
     median sits on the top edge as a triangle with its value written beside it."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy, only a plot needs it (plot_audit set the backend)
 
     rounds = [r for r in task.rounds if r.scores]
     medians = {r.round: sorted(r.scores)[(len(r.scores) - 1) // 2] for r in rounds}

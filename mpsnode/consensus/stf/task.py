@@ -1,19 +1,15 @@
 """CREATE_TASK and JOIN_TASK, and the end-of-block start or expiry of tasks that are joining.
 
-The limits here keep every integer sum of round closing in range (see docs/PROTOCOL.md):
-at most 2^22 parameters, layer fan-in <= 16384, at most 256 clients, weights within the model
-clamp +-(2^24 - 1), scale_bits <= 24.
+CREATE_TASK's stateless limits (``tx.validate_create_task``, bounds in ``limits.py``) keep every
+integer sum of round closing in range; a task that exists has passed them.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-import numpy as np
-
 from mpsnode.consensus.errors import (
     AlreadyJoined,
-    InvalidField,
     Jailed,
     StakeBelowMinimum,
     TaskFull,
@@ -34,56 +30,9 @@ from mpsnode.consensus.state import State, Task, TaskStatus, duplicate_key, upda
 from mpsnode.consensus.stf.env import BlockEnv
 from mpsnode.consensus.tx import CreateTask, JoinTask
 
-MAX_PARAMS = 1 << 22  # with |delta| < 2^15 and k <= 256 keeps Krum distances below 2^63
-MAX_FAN_IN = 16384  # 2^14 * 2^24 * 2^24 products stay below 2^63 in the forward pass
-MAX_CLIENTS = 256
-MAX_LAYERS = 16
-MAX_CLASSES = 256  # labels are uint8
-MODEL_CLAMP = (1 << 24) - 1
-MAX_SCALE_BITS = 24
-MAX_ROUNDS = 100_000
-MAX_BLOCKS = 1_000_000  # join_blocks and round_blocks
-MAX_LOCAL_EPOCHS = 1000
-
 # TaskExpired.reason
 EXPIRED_NOT_ENOUGH_CLIENTS = 1
 EXPIRED_MAX_ROUNDS = 2
-
-
-def _check(ok: bool, field: str, why: str) -> None:
-    if not ok:
-        raise InvalidField(field, why)
-
-
-def validate_create_task(body: CreateTask) -> None:
-    """Stateless limits of CREATE_TASK; a violation makes the tx invalid (never included)."""
-    arch = body.arch
-    _check(2 <= len(arch) <= MAX_LAYERS, "arch", f"needs 2..{MAX_LAYERS} layer widths")
-    _check(all(w >= 1 for w in arch), "arch", "every width must be at least 1")
-    _check(all(w <= MAX_FAN_IN for w in arch[:-1]), "arch", f"layer fan-in must be <= {MAX_FAN_IN}")
-    _check(2 <= arch[-1] <= MAX_CLASSES, "arch", f"the output layer needs 2..{MAX_CLASSES} classes")
-    n_params = param_count(arch)
-    _check(n_params <= MAX_PARAMS, "arch", f"{n_params} parameters exceeds the limit of {MAX_PARAMS}")
-    _check(body.scale_bits <= MAX_SCALE_BITS, "scale_bits", f"must be 0..{MAX_SCALE_BITS}")
-    _check(len(body.init_weights) == 4 * n_params, "init_weights",
-           f"must be {4 * n_params} bytes (int32 per parameter), got {len(body.init_weights)}")
-    weights = np.frombuffer(body.init_weights, dtype="<i4")
-    _check(bool(np.all(np.abs(weights.astype(np.int64)) <= MODEL_CLAMP)), "init_weights",
-           f"every weight must be within +-{MODEL_CLAMP}")
-    _check(1 <= body.target_accuracy_bps <= 10_000, "target_accuracy_bps", "must be 1..10000")
-    _check(1 <= body.max_rounds <= MAX_ROUNDS, "max_rounds", f"must be 1..{MAX_ROUNDS}")
-    _check(body.max_clients <= MAX_CLIENTS, "max_clients", f"must be <= {MAX_CLIENTS}")
-    _check(body.min_clients >= 2 * body.byzantine_f + 3, "min_clients", "must be >= 2 * byzantine_f + 3")
-    _check(body.min_clients <= body.max_clients, "min_clients", "must be <= max_clients")
-    _check(1 <= body.join_blocks <= MAX_BLOCKS, "join_blocks", f"must be 1..{MAX_BLOCKS}")
-    _check(1 <= body.round_blocks <= MAX_BLOCKS, "round_blocks", f"must be 1..{MAX_BLOCKS}")
-    _check(1 <= body.local_epochs <= MAX_LOCAL_EPOCHS, "local_epochs", f"must be 1..{MAX_LOCAL_EPOCHS}")
-    samples = len(body.val_y)
-    _check(samples >= 1, "val_y", "the validation set needs at least one sample")
-    _check(len(body.val_x) == 2 * samples * arch[0], "val_x",
-           f"must be {2 * samples * arch[0]} bytes (int16, {samples} samples x {arch[0]} inputs)")
-    labels = np.frombuffer(body.val_y, dtype=np.uint8)
-    _check(int(labels.max()) < arch[-1], "val_y", f"labels must be < {arch[-1]} (the output width)")
 
 
 def process_create_task(state: State, env: BlockEnv, sender: bytes, body: CreateTask) -> list[Event]:
