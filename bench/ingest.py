@@ -46,9 +46,23 @@ REPO = Path(__file__).resolve().parent.parent
 
 def start_daemon(home: Path, extra: list[str]) -> tuple[subprocess.Popen, int, int | None]:
     log = open(home / "sequencer.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mpsnode.cli", "sequencer", "--home", str(home),
-                             "--listen", "127.0.0.1:0", *extra], stdout=subprocess.PIPE, stderr=log, cwd=REPO,
-                            text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpsnode.cli",
+            "sequencer",
+            "--home",
+            str(home),
+            "--listen",
+            "127.0.0.1:0",
+            *extra,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        cwd=REPO,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -64,9 +78,24 @@ def start_verifier(home: Path, upstream_port: int) -> tuple[subprocess.Popen, in
     vhome.mkdir()
     (vhome / "genesis.json").write_text((home / "genesis.json").read_text())
     log = open(vhome / "verifier.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mpsnode.cli", "verifier", "--home", str(vhome),
-                             "--upstream", f"127.0.0.1:{upstream_port}", "--listen", "127.0.0.1:0"],
-                            stdout=subprocess.PIPE, stderr=log, cwd=REPO, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpsnode.cli",
+            "verifier",
+            "--home",
+            str(vhome),
+            "--upstream",
+            f"127.0.0.1:{upstream_port}",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        cwd=REPO,
+        text=True,
+    )
     assert proc.stdout is not None
     line = proc.stdout.readline()
     if not line:
@@ -75,13 +104,17 @@ def start_verifier(home: Path, upstream_port: int) -> tuple[subprocess.Popen, in
     return proc, json.loads(line)["port"]
 
 
-async def load_with_verifier(port: int, vport: int, g, txs_by_conn: list[list], inflight: int,
-                             total: int) -> dict:
+async def load_with_verifier(
+    port: int, vport: int, g, txs_by_conn: list[list], inflight: int, total: int
+) -> dict:
     """``run_load`` while sampling the verifier's lag; then its lag at the end and its time to catch up."""
     samples: list[int] = []
 
-    async with connect(("127.0.0.1", port), genesis=g) as seq, \
-            connect(("127.0.0.1", vport), genesis=g) as ver:
+    async with (
+        connect(("127.0.0.1", port), genesis=g) as seq,
+        connect(("127.0.0.1", vport), genesis=g) as ver,
+    ):
+
         async def sample() -> None:
             while True:
                 seq_height = (await seq.status()).height
@@ -100,11 +133,15 @@ async def load_with_verifier(port: int, vport: int, g, txs_by_conn: list[list], 
             while status.height < seq_height:
                 await trio.sleep(0.02)
                 status = await ver.status()
-        result["verifier"] = {"lag_at_end_blocks": lag_at_end, "max_lag_blocks": max(samples, default=0),
-                              "mean_lag_blocks": round(sum(samples) / len(samples), 2) if samples else None,
-                              "catch_up_s": round(time.perf_counter() - end, 3), "head": status.height,
-                              "sequencer_head": seq_height, "diverged": bool(status.verifier and
-                                                                             status.verifier.diverged)}
+        result["verifier"] = {
+            "lag_at_end_blocks": lag_at_end,
+            "max_lag_blocks": max(samples, default=0),
+            "mean_lag_blocks": round(sum(samples) / len(samples), 2) if samples else None,
+            "catch_up_s": round(time.perf_counter() - end, 3),
+            "head": status.height,
+            "sequencer_head": seq_height,
+            "diverged": bool(status.verifier and status.verifier.diverged),
+        }
     return result
 
 
@@ -118,7 +155,9 @@ def percentile(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
-def sustained_rate(points: list[tuple[float, int]], total: int, start: float, end: float) -> tuple[int, float]:
+def sustained_rate(
+    points: list[tuple[float, int]], total: int, start: float, end: float
+) -> tuple[int, float]:
     """``points`` = (time, amount included) in time order: the amount included in all, and the rate
     between the moments 10% and 90% of ``total`` were in (the whole run's rate if that is undefined)."""
     cum, t10, t90, n10, n90 = 0, None, None, 0, 0
@@ -181,10 +220,16 @@ async def run_load(port: int, g, txs_by_conn: list[list], inflight: int, total: 
         nursery.cancel_scope.cancel()
     end = included_at[-1][0] if included_at else time.perf_counter()
     cum, sustained = sustained_rate(included_at, total, start[0], end)
-    return {"included": cum, "overall_tps": cum / (end - start[0]), "sustained_tps": sustained,
-            "ack_p50_ms": percentile(latencies, 50) * 1000 if latencies else None,
-            "ack_p99_ms": percentile(latencies, 99) * 1000 if latencies else None,
-            "errors": len(errors), "first_errors": errors[:3], "blocks": len(included_at)}
+    return {
+        "included": cum,
+        "overall_tps": cum / (end - start[0]),
+        "sustained_tps": sustained,
+        "ack_p50_ms": percentile(latencies, 50) * 1000 if latencies else None,
+        "ack_p99_ms": percentile(latencies, 99) * 1000 if latencies else None,
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "blocks": len(included_at),
+    }
 
 
 def main() -> None:
@@ -242,23 +287,69 @@ def main() -> None:
             vproc.wait(30)
         proc.terminate()
         proc.wait(30)
-    common = {"txs": args.txs, "senders": args.senders, "connections": args.connections, "cores": os.cpu_count()}
-    print(json.dumps({"bench": "ingest_included_tps", "value": round(result["sustained_tps"], 1), "unit": "tx/s",
-                      "overall_tps": round(result["overall_tps"], 1), "included": result["included"],
-                      "blocks": result["blocks"], "errors": result["errors"], "first_errors": result["first_errors"],
-                      "daemon_cpu_s": result["daemon_cpu_s"], "loader_cpu_s": result["loader_cpu_s"],
-                      "wall_s": round(result["included"] / result["overall_tps"], 2),
-                      **common}))
-    print(json.dumps({"bench": "ingest_ack_latency", "p50_ms": round(result["ack_p50_ms"] or 0, 2),
-                      "p99_ms": round(result["ack_p99_ms"] or 0, 2), **common}))
+    common = {
+        "txs": args.txs,
+        "senders": args.senders,
+        "connections": args.connections,
+        "cores": os.cpu_count(),
+    }
+    print(
+        json.dumps(
+            {
+                "bench": "ingest_included_tps",
+                "value": round(result["sustained_tps"], 1),
+                "unit": "tx/s",
+                "overall_tps": round(result["overall_tps"], 1),
+                "included": result["included"],
+                "blocks": result["blocks"],
+                "errors": result["errors"],
+                "first_errors": result["first_errors"],
+                "daemon_cpu_s": result["daemon_cpu_s"],
+                "loader_cpu_s": result["loader_cpu_s"],
+                "wall_s": round(result["included"] / result["overall_tps"], 2),
+                **common,
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "ingest_ack_latency",
+                "p50_ms": round(result["ack_p50_ms"] or 0, 2),
+                "p99_ms": round(result["ack_p99_ms"] or 0, 2),
+                **common,
+            }
+        )
+    )
     if "verifier" in result:
         v = result["verifier"]
-        print(json.dumps({"bench": "verifier_lag", "value": v["lag_at_end_blocks"], "unit": "blocks",
-                          "target": 2, "meets_target": v["lag_at_end_blocks"] <= 2, **v, **common}))
+        print(
+            json.dumps(
+                {
+                    "bench": "verifier_lag",
+                    "value": v["lag_at_end_blocks"],
+                    "unit": "blocks",
+                    "target": 2,
+                    "meets_target": v["lag_at_end_blocks"] <= 2,
+                    **v,
+                    **common,
+                }
+            )
+        )
     ratio = result["sustained_tps"] / raw
-    print(json.dumps({"bench": "ed25519_verify_raw", "value": round(raw, 1), "unit": "verify/s single core",
-                      "included_over_raw": round(ratio, 3), "target": 0.35, "meets_target": ratio >= 0.35,
-                      "presign_s": round(sign_s, 2)}))
+    print(
+        json.dumps(
+            {
+                "bench": "ed25519_verify_raw",
+                "value": round(raw, 1),
+                "unit": "verify/s single core",
+                "included_over_raw": round(ratio, 3),
+                "target": 0.35,
+                "meets_target": ratio >= 0.35,
+                "presign_s": round(sign_s, 2),
+            }
+        )
+    )
     if not args.keep:
         import shutil
 

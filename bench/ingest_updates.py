@@ -53,10 +53,22 @@ async def setup(port: int, net, tasks: int, clients: int) -> list[int]:
         user = wallets[net.keys["user"].address]
         created = []
         for _ in range(tasks):
-            body = CreateTask(ARCH, 8, rng.integers(-200, 200, N_PARAMS).astype("<i4").tobytes(), 10000, 1000,
-                              clients, clients, 0, 1000, 1000, 1, 1,
-                              rng.integers(-256, 256, 16 * ARCH[0]).astype("<i2").tobytes(),
-                              rng.integers(0, ARCH[-1], 16).astype(np.uint8).tobytes())
+            body = CreateTask(
+                ARCH,
+                8,
+                rng.integers(-200, 200, N_PARAMS).astype("<i4").tobytes(),
+                10000,
+                1000,
+                clients,
+                clients,
+                0,
+                1000,
+                1000,
+                1,
+                1,
+                rng.integers(-256, 256, 16 * ARCH[0]).astype("<i2").tobytes(),
+                rng.integers(0, ARCH[-1], 16).astype(np.uint8).tobytes(),
+            )
             created.append(await user.send(client, body))
         for stx in stakes:
             assert (await client.wait_receipt(stx.tx_id)).ok
@@ -65,8 +77,11 @@ async def setup(port: int, net, tasks: int, clients: int) -> list[int]:
             outcome = await client.wait_receipt(stx.tx_id)
             assert outcome.ok, outcome
             task_ids.append(next(e.task_id for e in outcome.receipt.events if e.name == "TaskCreated"))
-        joins = [await wallets[keys[t * clients + i].address].send(client, JoinTask(task_id))
-                 for t, task_id in enumerate(task_ids) for i in range(clients)]
+        joins = [
+            await wallets[keys[t * clients + i].address].send(client, JoinTask(task_id))
+            for t, task_id in enumerate(task_ids)
+            for i in range(clients)
+        ]
         for stx in joins:
             assert (await client.wait_receipt(stx.tx_id)).ok
         while True:
@@ -117,9 +132,15 @@ async def run_rounds(port: int, g, signed: list[list[list[bytes]]]) -> dict:
     included.sort()
     end = included[-1][0]
     cum, sustained = sustained_rate(included, total, t0, end)
-    return {"bytes": cum, "sustained_Bps": sustained, "overall_Bps": cum / (end - t0), "wall_s": end - t0,
-            "ack_p50_ms": percentile(latencies, 50) * 1000, "ack_p99_ms": percentile(latencies, 99) * 1000,
-            "updates": len(latencies)}
+    return {
+        "bytes": cum,
+        "sustained_Bps": sustained,
+        "overall_Bps": cum / (end - t0),
+        "wall_s": end - t0,
+        "ack_p50_ms": percentile(latencies, 50) * 1000,
+        "ack_p99_ms": percentile(latencies, 99) * 1000,
+        "updates": len(latencies),
+    }
 
 
 def main() -> None:
@@ -133,14 +154,18 @@ def main() -> None:
     if args.quick:
         args.tasks, args.rounds = 4, 3
     home = Path(tempfile.mkdtemp(prefix="bench-updates-"))
-    net = genesis_tool.make_network(home, clients=args.tasks * args.clients, devnet_keys=True, params=Params())
+    net = genesis_tool.make_network(
+        home, clients=args.tasks * args.clients, devnet_keys=True, params=Params()
+    )
     g = net.genesis
     proc, port, _ = start_daemon(home, [])
     try:
         task_ids = trio.run(setup, port, net, args.tasks, args.clients)
         rng = np.random.default_rng(1)
-        pool = [rng.integers(-50, 50, N_PARAMS, dtype=np.int16).astype("<i2").tobytes()
-                for _ in range(args.clients + 1)]
+        pool = [
+            rng.integers(-50, 50, N_PARAMS, dtype=np.int16).astype("<i2").tobytes()
+            for _ in range(args.clients + 1)
+        ]
         signed: list[list[list[bytes]]] = []
         t_sign = time.perf_counter()
         for t, task_id in enumerate(task_ids):
@@ -151,8 +176,17 @@ def main() -> None:
                     key = net.clients[t * args.clients + i]
                     nonce = 2 + r - 1  # stake and join came first
                     delta = pool[(r + i) % len(pool)]
-                    txs.append(Tx(g.chain_id, key.address, nonce, g.params.tx_base_fee,
-                                  SubmitUpdate(task_id, r, delta)).sign(key).encode())
+                    txs.append(
+                        Tx(
+                            g.chain_id,
+                            key.address,
+                            nonce,
+                            g.params.tx_base_fee,
+                            SubmitUpdate(task_id, r, delta),
+                        )
+                        .sign(key)
+                        .encode()
+                    )
                 per_round.append(txs)
             signed.append(per_round)
         sign_s = time.perf_counter() - t_sign
@@ -163,14 +197,36 @@ def main() -> None:
         proc.terminate()
         proc.wait(60)
     mbps = result["sustained_Bps"] / MB
-    print(json.dumps({"bench": "ingest_updates_mbps", "value": round(mbps, 1), "unit": "MB/s included",
-                      "overall_mbps": round(result["overall_Bps"] / MB, 1), "target": 60, "meets_target": mbps >= 60,
-                      "updates": result["updates"], "update_bytes": 2 * N_PARAMS, "tasks": args.tasks,
-                      "clients_per_task": args.clients, "rounds": args.rounds, "wall_s": round(result["wall_s"], 2),
-                      "daemon_cpu_s": round(result["daemon_cpu_s"], 2), "presign_s": round(sign_s, 2),
-                      "cores": os.cpu_count()}))
-    print(json.dumps({"bench": "ingest_updates_ack_latency", "p50_ms": round(result["ack_p50_ms"], 1),
-                      "p99_ms": round(result["ack_p99_ms"], 1)}))
+    print(
+        json.dumps(
+            {
+                "bench": "ingest_updates_mbps",
+                "value": round(mbps, 1),
+                "unit": "MB/s included",
+                "overall_mbps": round(result["overall_Bps"] / MB, 1),
+                "target": 60,
+                "meets_target": mbps >= 60,
+                "updates": result["updates"],
+                "update_bytes": 2 * N_PARAMS,
+                "tasks": args.tasks,
+                "clients_per_task": args.clients,
+                "rounds": args.rounds,
+                "wall_s": round(result["wall_s"], 2),
+                "daemon_cpu_s": round(result["daemon_cpu_s"], 2),
+                "presign_s": round(sign_s, 2),
+                "cores": os.cpu_count(),
+            }
+        )
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "ingest_updates_ack_latency",
+                "p50_ms": round(result["ack_p50_ms"], 1),
+                "p99_ms": round(result["ack_p99_ms"], 1),
+            }
+        )
+    )
     if args.keep:
         print(json.dumps({"home": str(home)}), file=sys.stderr)
     else:

@@ -111,14 +111,25 @@ def run(k: int, d: int, reps: int, compare: bool) -> dict[str, Any]:
     def exact() -> krum.KrumResult:
         return krum.multi_krum(Q, f, addresses, pct)
 
-    out: dict[str, Any] = {"bench": "krum", "k": k, "d": d, "f": f, "values": "uniform int16 in [-2000, 2000]",
-                           "threads": numba.get_num_threads(), "cpus": os.cpu_count()}
+    out: dict[str, Any] = {
+        "bench": "krum",
+        "k": k,
+        "d": d,
+        "f": f,
+        "values": "uniform int16 in [-2000, 2000]",
+        "threads": numba.get_num_threads(),
+        "cpus": os.cpu_count(),
+    }
     out["exact_s"] = round(best_of(exact, reps), 4)
     out["peak_extra_tracemalloc_bytes"] = peak_traced_extra(exact)
     out["peak_extra_rss_bytes"] = peak_rss_extra(exact)
     if compare:
-        out["int64_kernel_only_s"] = round(best_of(lambda: krum.distance_matrix_from_gram(
-            krum.gram_matrix(Q, int32_chunk_min=1 << 30)), reps), 4)
+        out["int64_kernel_only_s"] = round(
+            best_of(
+                lambda: krum.distance_matrix_from_gram(krum.gram_matrix(Q, int32_chunk_min=1 << 30)), reps
+            ),
+            4,
+        )
         out["float64_blas_blocks_s"] = round(best_of(lambda: gram_float64_blas(Q), reps), 4)
         if not np.array_equal(gram_float64_blas(Q), krum.gram_matrix(Q)):
             raise SystemExit("float64 BLAS route disagrees with the integer kernel")
@@ -127,7 +138,8 @@ def run(k: int, d: int, reps: int, compare: bool) -> dict[str, Any]:
     budget = k * k * 8 + WORK_BUDGET  # beyond the input, which is not counted as extra
     out["memory_budget_extra_bytes"] = budget
     out["memory_ok"] = out["peak_extra_tracemalloc_bytes"] <= budget and (
-        out["peak_extra_rss_bytes"] is None or out["peak_extra_rss_bytes"] <= budget)
+        out["peak_extra_rss_bytes"] is None or out["peak_extra_rss_bytes"] <= budget
+    )
     if (k, d) == (100, 10**6):
         out["ratio_target"] = RATIO_TARGET
         out["ratio_ok"] = out["ratio"] <= RATIO_TARGET

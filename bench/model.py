@@ -65,17 +65,31 @@ def bench_evaluate(arch: list[int], samples: int, reps: int) -> dict[str, Any]:
     macs = sum(n_in * n_out for n_in, n_out in pairwise(arch)) * samples
 
     exact_s = best_of(lambda: model.accuracy_bps(weights, arch, s, x, y), reps)
-    ws32 = [(model.dequantize(weights[wsl], s).reshape(n_out, n_in).astype(np.float32),
-             model.dequantize(weights[bsl], s).astype(np.float32))
-            for (wsl, bsl), n_in, n_out in zip(model.layer_slices(arch), arch[:-1], arch[1:])]
+    ws32 = [
+        (
+            model.dequantize(weights[wsl], s).reshape(n_out, n_in).astype(np.float32),
+            model.dequantize(weights[bsl], s).astype(np.float32),
+        )
+        for (wsl, bsl), n_in, n_out in zip(model.layer_slices(arch), arch[:-1], arch[1:])
+    ]
     x32 = model.dequantize(x, s).astype(np.float32)
     f32_s = best_of(lambda: float32_forward(ws32, x32), reps)
     agree = float(np.mean(float32_forward(ws32, x32) == model.predict(weights, arch, s, x)))
-    return {"bench": "model_evaluate", "arch": arch, "params": d, "samples": samples, "scale_bits": s,
-            "multiply_adds": macs, "exact_s": round(exact_s, 4),
-            "gmac_per_s": round(macs / exact_s / 1e9, 2), "float32_blas_s": round(f32_s, 4),
-            "ratio": round(exact_s / f32_s, 2), "float32_agreement": round(agree, 4),
-            "threads": numba.get_num_threads(), "cpus": os.cpu_count()}
+    return {
+        "bench": "model_evaluate",
+        "arch": arch,
+        "params": d,
+        "samples": samples,
+        "scale_bits": s,
+        "multiply_adds": macs,
+        "exact_s": round(exact_s, 4),
+        "gmac_per_s": round(macs / exact_s / 1e9, 2),
+        "float32_blas_s": round(f32_s, 4),
+        "ratio": round(exact_s / f32_s, 2),
+        "float32_agreement": round(agree, 4),
+        "threads": numba.get_num_threads(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def bench_aggregate(m: int, d: int, reps: int) -> dict[str, Any]:
@@ -84,11 +98,22 @@ def bench_aggregate(m: int, d: int, reps: int) -> dict[str, Any]:
     Q = rng.integers(-2000, 2001, (m, d)).astype(np.int16)
     exact_s = best_of(lambda: model.aggregate(w, Q), reps)
     # For context: the same arithmetic as plain numpy calls.
-    numpy_s = best_of(lambda: np.clip(w + (Q.sum(axis=0, dtype=np.int64) + m // 2) // m,
-                                      -model.WEIGHT_CLAMP, model.WEIGHT_CLAMP).astype(np.int32), reps)
-    return {"bench": "model_aggregate", "m": m, "d": d, "values": "uniform int16 in [-2000, 2000]",
-            "exact_s": round(exact_s, 4), "numpy_s": round(numpy_s, 4),
-            "threads": numba.get_num_threads(), "cpus": os.cpu_count()}
+    numpy_s = best_of(
+        lambda: np.clip(
+            w + (Q.sum(axis=0, dtype=np.int64) + m // 2) // m, -model.WEIGHT_CLAMP, model.WEIGHT_CLAMP
+        ).astype(np.int32),
+        reps,
+    )
+    return {
+        "bench": "model_aggregate",
+        "m": m,
+        "d": d,
+        "values": "uniform int16 in [-2000, 2000]",
+        "exact_s": round(exact_s, 4),
+        "numpy_s": round(numpy_s, 4),
+        "threads": numba.get_num_threads(),
+        "cpus": os.cpu_count(),
+    }
 
 
 def main() -> None:

@@ -112,8 +112,11 @@ async def run_task(port: int, g, keys: list, rounds: int, f: int) -> dict:
                 delta = base + rng.integers(-8, 8, n)
                 if round_ == 3 and i == len(wallets) - 1:
                     delta = delta * 40  # a boosted outlier: Krum flags it, the STF slashes it
-                stxs.append(w.sign(SubmitUpdate(task_id, round_, np.clip(delta, -32768, 32767).astype("<i2")
-                                                .tobytes())))
+                stxs.append(
+                    w.sign(
+                        SubmitUpdate(task_id, round_, np.clip(delta, -32768, 32767).astype("<i2").tobytes())
+                    )
+                )
             update_bytes += sum(s.size for s in stxs)
             await _send(client, stxs)
             with trio.fail_after(120):
@@ -124,8 +127,13 @@ async def run_task(port: int, g, keys: list, rounds: int, f: int) -> dict:
                     await trio.sleep(0.01)
         seconds = time.perf_counter() - t0
         end_height = (await client.status()).height
-        return {"seconds": seconds, "start_height": start_height, "end_height": end_height,
-                "update_bytes": update_bytes, "status": task.status.name}
+        return {
+            "seconds": seconds,
+            "start_height": start_height,
+            "end_height": end_height,
+            "update_bytes": update_bytes,
+            "status": task.status.name,
+        }
 
 
 async def paced_load(port: int, g, txs: list[bytes], rate: float, connections: int = 4) -> dict:
@@ -136,8 +144,12 @@ async def paced_load(port: int, g, txs: list[bytes], rate: float, connections: i
     """
     clients: list[Client] = []
     errors: list[str] = []
-    async with connect(("127.0.0.1", port), genesis=g) as c0, connect(("127.0.0.1", port), genesis=g) as c1, \
-            connect(("127.0.0.1", port), genesis=g) as c2, connect(("127.0.0.1", port), genesis=g) as c3:
+    async with (
+        connect(("127.0.0.1", port), genesis=g) as c0,
+        connect(("127.0.0.1", port), genesis=g) as c1,
+        connect(("127.0.0.1", port), genesis=g) as c2,
+        connect(("127.0.0.1", port), genesis=g) as c3,
+    ):
         clients = [c0, c1, c2, c3][:connections]
 
         async def one(client: Client, raw: bytes) -> None:
@@ -174,27 +186,33 @@ def main() -> None:
     if args.quick:
         args.paced_txs, args.burst_txs, args.senders, args.rounds = 3000, 5000, 200, 5
     home = Path(tempfile.mkdtemp(prefix="bench-replay-"))
-    net = genesis_tool.make_network(home, clients=max(args.senders, args.clients), devnet_keys=True,
-                                    params=Params())
+    net = genesis_tool.make_network(
+        home, clients=max(args.senders, args.clients), devnet_keys=True, params=Params()
+    )
     g = net.genesis
     sink = net.keys["treasury"].address
-    senders = net.clients[:args.senders]
+    senders = net.clients[: args.senders]
     total = args.paced_txs + args.burst_txs
     signed: list[bytes] = []  # nonce rounds over the senders: any prefix keeps each sender's order
     for nonce in range(-(-total // len(senders))):
         for key in senders:
             if len(signed) < total:
-                signed.append(Tx(g.chain_id, key.address, nonce, g.params.tx_base_fee, Transfer(sink, 1))
-                              .sign(key).encode())
-    paced, burst = signed[:args.paced_txs], signed[args.paced_txs:]
+                signed.append(
+                    Tx(g.chain_id, key.address, nonce, g.params.tx_base_fee, Transfer(sink, 1))
+                    .sign(key)
+                    .encode()
+                )
+    paced, burst = signed[: args.paced_txs], signed[args.paced_txs :]
     by_conn: list[list[bytes]] = [burst[i::4] for i in range(4)]
-    proc, port, metrics_port = start_daemon(home, ["--metrics", "127.0.0.1:0", "--block-time-ms",
-                                                   str(args.block_time_ms)])
+    proc, port, metrics_port = start_daemon(
+        home, ["--metrics", "127.0.0.1:0", "--block-time-ms", str(args.block_time_ms)]
+    )
     assert metrics_port is not None
 
     def busy() -> float:
-        return (metric_sum(metrics_port, "mps_block_build_seconds_sum")
-                + metric_sum(metrics_port, "mps_block_commit_seconds_sum"))
+        return metric_sum(metrics_port, "mps_block_build_seconds_sum") + metric_sum(
+            metrics_port, "mps_block_commit_seconds_sum"
+        )
 
     async def head() -> int:
         async with connect(("127.0.0.1", port), genesis=g) as client:
@@ -202,16 +220,34 @@ def main() -> None:
 
     phases: list[dict] = []
     try:
-        for name, run in (("paced", lambda: paced_load(port, g, paced, args.paced_rate)),
-                          ("burst", lambda: run_load(port, g, by_conn, 500, len(burst)))):
+        for name, run in (
+            ("paced", lambda: paced_load(port, g, paced, args.paced_rate)),
+            ("burst", lambda: run_load(port, g, by_conn, 500, len(burst))),
+        ):
             b0, h0, t0 = busy(), trio.run(head), time.perf_counter()
             load = trio.run(run)
-            phases.append({"phase": name, "seconds": time.perf_counter() - t0, "busy": busy() - b0,
-                           "start": h0, "end": trio.run(head), "txs": load["included"]})
+            phases.append(
+                {
+                    "phase": name,
+                    "seconds": time.perf_counter() - t0,
+                    "busy": busy() - b0,
+                    "start": h0,
+                    "end": trio.run(head),
+                    "txs": load["included"],
+                }
+            )
         b0 = busy()
-        task = trio.run(run_task, port, g, net.clients[:args.clients], args.rounds, args.byzantine_f)
-        phases.append({"phase": "task", "seconds": task["seconds"], "busy": busy() - b0,
-                       "start": task["start_height"], "end": task["end_height"], "txs": None})
+        task = trio.run(run_task, port, g, net.clients[: args.clients], args.rounds, args.byzantine_f)
+        phases.append(
+            {
+                "phase": "task",
+                "seconds": task["seconds"],
+                "busy": busy() - b0,
+                "start": task["start_height"],
+                "end": task["end_height"],
+                "txs": None,
+            }
+        )
     finally:
         proc.terminate()
         proc.wait(60)
@@ -235,8 +271,11 @@ def main() -> None:
     if args.plot:
         from verifier.replay.plot import plot_audit
 
-        targets = {t.task_id: t.target_accuracy_bps for t in outcome.audit.tasks.values()
-                   if t.target_accuracy_bps is not None}
+        targets = {
+            t.task_id: t.target_accuracy_bps
+            for t in outcome.audit.tasks.values()
+            if t.target_accuracy_bps is not None
+        }
         plot_audit(outcome.audit, args.plot, targets)
     audit_task = outcome.audit.tasks.get(1)
     rounds_closed = len(audit_task.rounds) if audit_task else 0
@@ -246,20 +285,34 @@ def main() -> None:
     for p in phases:
         blocks = p["end"] - p["start"]
         replay_s = marks.get(p["end"], 0.0) - marks.get(p["start"], 0.0)
-        out = {"bench": f"replay_{p['phase']}", "blocks": blocks, "production_s": round(p["seconds"], 2),
-               "production_blocks_per_s": round(blocks / p["seconds"], 1),
-               "sequencer_build_commit_s": round(p["busy"], 2), "replay_s": round(replay_s, 2),
-               "replay_blocks_per_s": round(blocks / replay_s, 1),
-               "ratio": round(p["seconds"] / replay_s, 2),
-               "ratio_vs_sequencer_busy": round(p["busy"] / replay_s, 2)}
+        out = {
+            "bench": f"replay_{p['phase']}",
+            "blocks": blocks,
+            "production_s": round(p["seconds"], 2),
+            "production_blocks_per_s": round(blocks / p["seconds"], 1),
+            "sequencer_build_commit_s": round(p["busy"], 2),
+            "replay_s": round(replay_s, 2),
+            "replay_blocks_per_s": round(blocks / replay_s, 1),
+            "ratio": round(p["seconds"] / replay_s, 2),
+            "ratio_vs_sequencer_busy": round(p["busy"] / replay_s, 2),
+        }
         if p["txs"] is not None:
-            out.update(txs=p["txs"], production_tx_per_s=round(p["txs"] / p["seconds"], 1),
-                       replay_tx_per_s=round(p["txs"] / replay_s, 1))
+            out.update(
+                txs=p["txs"],
+                production_tx_per_s=round(p["txs"] / p["seconds"], 1),
+                replay_tx_per_s=round(p["txs"] / replay_s, 1),
+            )
         else:
-            out.update(params=param_count(ARCH), clients=args.clients, rounds=rounds_closed, slashes=slashes,
-                       update_mb=round(task["update_bytes"] / 1e6, 1), task_status=task["status"],
-                       production_rounds_per_s=round(rounds_closed / p["seconds"], 2),
-                       replay_rounds_per_s=round(rounds_closed / replay_s, 2))
+            out.update(
+                params=param_count(ARCH),
+                clients=args.clients,
+                rounds=rounds_closed,
+                slashes=slashes,
+                update_mb=round(task["update_bytes"] / 1e6, 1),
+                task_status=task["status"],
+                production_rounds_per_s=round(rounds_closed / p["seconds"], 2),
+                replay_rounds_per_s=round(rounds_closed / replay_s, 2),
+            )
         if p["phase"] == "paced":
             out["offered_tx_per_s"] = args.paced_rate
         print(json.dumps({**out, **common}))
@@ -267,14 +320,26 @@ def main() -> None:
     busy_total = sum(p["busy"] for p in phases)
     replay_total = marks.get(phases[-1]["end"], 0.0) - marks.get(phases[0]["start"], 0.0)
     ratio = produced / replay_total
-    print(json.dumps({"bench": "replay_vs_production", "blocks": outcome.blocks, "txs": outcome.txs,
-                      "production_s": round(produced, 2), "sequencer_build_commit_s": round(busy_total, 2),
-                      "replay_s": round(replay_total, 2), "replay_whole_chain_s": round(outcome.seconds, 2),
-                      "production_blocks_per_s": round(outcome.blocks / produced, 1),
-                      "replay_blocks_per_s": round(outcome.blocks / replay_total, 1),
-                      "ratio": round(ratio, 2),
-                      "ratio_vs_sequencer_busy": round(busy_total / replay_total, 2),
-                      "target": 2.0, "meets_target": ratio >= 2.0, **common}))
+    print(
+        json.dumps(
+            {
+                "bench": "replay_vs_production",
+                "blocks": outcome.blocks,
+                "txs": outcome.txs,
+                "production_s": round(produced, 2),
+                "sequencer_build_commit_s": round(busy_total, 2),
+                "replay_s": round(replay_total, 2),
+                "replay_whole_chain_s": round(outcome.seconds, 2),
+                "production_blocks_per_s": round(outcome.blocks / produced, 1),
+                "replay_blocks_per_s": round(outcome.blocks / replay_total, 1),
+                "ratio": round(ratio, 2),
+                "ratio_vs_sequencer_busy": round(busy_total / replay_total, 2),
+                "target": 2.0,
+                "meets_target": ratio >= 2.0,
+                **common,
+            }
+        )
+    )
     if args.keep:
         print(json.dumps({"home": str(home)}), file=sys.stderr)
     else:

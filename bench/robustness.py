@@ -106,13 +106,18 @@ class Population:
         """Fresh learners (one per client; attackers on flipped labels for label_flip)."""
         out = []
         for i, data in enumerate(self.split.clients):
-            if i in self.attackers and self.setup.attack != "none" and attacks.poisons_data(self.setup.attack):
+            if (
+                i in self.attackers
+                and self.setup.attack != "none"
+                and attacks.poisons_data(self.setup.attack)
+            ):
                 data = attacks.flip_labels(data)
             out.append(fl.LocalLearner(data, ARCH, seed=1000 * self.setup.seed + i))
         return out
 
-    def round_deltas(self, learners: list[fl.LocalLearner], weights: np.ndarray, active: Sequence[int],
-                     outcome: Outcome) -> dict[int, np.ndarray]:
+    def round_deltas(
+        self, learners: list[fl.LocalLearner], weights: np.ndarray, active: Sequence[int], outcome: Outcome
+    ) -> dict[int, np.ndarray]:
         """Every active client's int16 delta for this round (attackers collude on theirs)."""
         attack = self.setup.attack
         bad = [i for i in active if i in self.attackers]
@@ -126,13 +131,18 @@ class Population:
         if bad:
             d = model.param_count(ARCH)
             if attacks.needs_training(attack):
-                own = np.stack([learners[i].train_round(weights, SCALE_BITS, self.setup.local_epochs).change
-                                for i in bad])
+                own = np.stack(
+                    [
+                        learners[i].train_round(weights, SCALE_BITS, self.setup.local_epochs).change
+                        for i in bad
+                    ]
+                )
             else:
                 own = np.zeros((len(bad), d))
             honest = np.stack([changes[i] for i in good]) if good else None
-            crafted, clipped = attacks.craft_deltas(attack, own, honest, n_clients=self.setup.clients,
-                                                    scale_bits=SCALE_BITS, rng=self.attack_rng)
+            crafted, clipped = attacks.craft_deltas(
+                attack, own, honest, n_clients=self.setup.clients, scale_bits=SCALE_BITS, rng=self.attack_rng
+            )
             outcome.clipped += sum(clipped)
             for row, i in enumerate(bad):
                 deltas[i] = crafted[row]
@@ -169,10 +179,21 @@ class ChainDriver:
 def run_chain(setup: Setup, pop: Population) -> Outcome:
     params = replace(Params(), **dict(setup.params))
     drv = ChainDriver(setup.clients, params)
-    body = fl.create_task_body(pop.split.validation, arch=ARCH, scale_bits=SCALE_BITS, target_accuracy_bps=10_000,
-                               max_rounds=setup.rounds, min_clients=setup.clients, max_clients=setup.clients,
-                               byzantine_f=setup.byzantine_f, join_blocks=1, round_blocks=2, fee_per_round=100,
-                               local_epochs=setup.local_epochs, seed=setup.seed)
+    body = fl.create_task_body(
+        pop.split.validation,
+        arch=ARCH,
+        scale_bits=SCALE_BITS,
+        target_accuracy_bps=10_000,
+        max_rounds=setup.rounds,
+        min_clients=setup.clients,
+        max_clients=setup.clients,
+        byzantine_f=setup.byzantine_f,
+        join_blocks=1,
+        round_blocks=2,
+        fee_per_round=100,
+        local_epochs=setup.local_epochs,
+        seed=setup.seed,
+    )
     stake = 10 * params.min_stake
     events = drv.block([drv.tx(drv.keys["user"], body)] + [drv.tx(c, Stake(stake)) for c in drv.clients])
     task_id = events[0].task_id
@@ -189,9 +210,12 @@ def run_chain(setup: Setup, pop: Population) -> Outcome:
         active = [index[a] for a in task.participants]
         deltas = pop.round_deltas(learners, weights, active, out)
         if setup.diagnostics:
-            out.diagnostics.append(round_diagnostics(task.round, active, deltas, pop.attackers, setup.byzantine_f))
-        events = drv.block([drv.tx(drv.clients[i], SubmitUpdate(task_id, task.round, deltas[i].tobytes()))
-                            for i in active])
+            out.diagnostics.append(
+                round_diagnostics(task.round, active, deltas, pop.attackers, setup.byzantine_f)
+            )
+        events = drv.block(
+            [drv.tx(drv.clients[i], SubmitUpdate(task_id, task.round, deltas[i].tobytes())) for i in active]
+        )
         while not any(isinstance(e, RoundClosed) for e in events):  # a refused update: wait for the deadline
             events = drv.block()
         for e in events:
@@ -210,8 +234,15 @@ def run_fedavg(setup: Setup, pop: Population, *, honest_only: bool = False) -> l
 
     ``honest_only``: the oracle, averaging only the clients that do not attack (all of them train).
     """
-    body = fl.create_task_body(pop.split.validation, arch=ARCH, scale_bits=SCALE_BITS, min_clients=setup.clients,
-                               max_clients=setup.clients, byzantine_f=setup.byzantine_f, seed=setup.seed)
+    body = fl.create_task_body(
+        pop.split.validation,
+        arch=ARCH,
+        scale_bits=SCALE_BITS,
+        min_clients=setup.clients,
+        max_clients=setup.clients,
+        byzantine_f=setup.byzantine_f,
+        seed=setup.seed,
+    )
     weights = fl.weights_from_bytes(body.init_weights, ARCH)
     vx, vy = fl.decode_validation(body.val_x, body.val_y, ARCH)
     learners = pop.learners()
@@ -225,8 +256,9 @@ def run_fedavg(setup: Setup, pop: Population, *, honest_only: bool = False) -> l
     return acc
 
 
-def round_diagnostics(round_: int, active: Sequence[int], deltas: dict[int, np.ndarray], attackers: frozenset[int],
-                      f: int) -> dict[str, Any]:
+def round_diagnostics(
+    round_: int, active: Sequence[int], deltas: dict[int, np.ndarray], attackers: frozenset[int], f: int
+) -> dict[str, Any]:
     """Statistics of one round for calibration (floats, computed from the exact integer Gram matrix).
 
     Per client: the Krum score over the lower median of all scores, the cosine of its update with
@@ -248,11 +280,21 @@ def round_diagnostics(round_: int, active: Sequence[int], deltas: dict[int, np.n
         norm = sum(G[j][m] for j in others for m in others)
         return float(dot) / float(np.sqrt(float(G[i][i]) * float(norm))) if G[i][i] and norm else 0.0
 
-    return {"round": round_, "clients": [
-        {"client": c, "attacker": c in attackers, "selected": j in sel,
-         "krum_ratio": scores[j] / median if median else 0.0,
-         "cos_others": cosine(j, range(k)), "cos_selected": cosine(j, selected), "norm2": int(G[j][j])}
-        for j, c in enumerate(active)]}
+    return {
+        "round": round_,
+        "clients": [
+            {
+                "client": c,
+                "attacker": c in attackers,
+                "selected": j in sel,
+                "krum_ratio": scores[j] / median if median else 0.0,
+                "cos_others": cosine(j, range(k)),
+                "cos_selected": cosine(j, selected),
+                "norm2": int(G[j][j]),
+            }
+            for j, c in enumerate(active)
+        ],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,16 +310,24 @@ def run(setup: Setup) -> dict[str, Any]:
     pop = Population(setup)
     chain = run_chain(setup, pop)
     result: dict[str, Any] = {
-        "kind": "run", "attack": setup.attack, "fraction": setup.fraction, "alpha": setup.alpha,
-        "seed": setup.seed, "clients": setup.clients, "attackers": sorted(pop.attackers),
-        "byzantine_f": setup.byzantine_f, "rounds": setup.rounds,
+        "kind": "run",
+        "attack": setup.attack,
+        "fraction": setup.fraction,
+        "alpha": setup.alpha,
+        "seed": setup.seed,
+        "clients": setup.clients,
+        "attackers": sorted(pop.attackers),
+        "byzantine_f": setup.byzantine_f,
+        "rounds": setup.rounds,
         "final_accuracy_bps": chain.accuracy[-1] if chain.accuracy else None,
         "rounds_to_target": first_round_reaching(chain.accuracy, setup.target_bps),
         "attackers_slashed": sum(1 for i in pop.attackers if i in chain.slashed),
         "attacker_slash_rounds": sorted(chain.slashed[i][0] for i in pop.attackers if i in chain.slashed),
         "honest_slashed": sorted(i for i in chain.slashed if i not in pop.attackers),
         "slash_reasons": sorted({r for _, r in chain.slashed.values()}),
-        "void_rounds": chain.void_rounds, "clipped": chain.clipped, "accuracy": chain.accuracy,
+        "void_rounds": chain.void_rounds,
+        "clipped": chain.clipped,
+        "accuracy": chain.accuracy,
     }
     if setup.fedavg:
         fed = run_fedavg(setup, Population(setup))
@@ -299,10 +349,20 @@ def grid(args: argparse.Namespace) -> Iterator[Setup]:
                 continue  # no attack has no attackers; an attack needs some
             for alpha in args.alpha:
                 for seed in args.seeds:
-                    yield Setup(attack, fraction, alpha, seed, clients=args.clients, rounds=args.rounds,
-                                byzantine_f=args.byzantine_f, target_bps=args.target, params=overrides,
-                                fedavg=not args.no_fedavg, oracle=args.oracle,
-                                diagnostics=args.diagnostics is not None)
+                    yield Setup(
+                        attack,
+                        fraction,
+                        alpha,
+                        seed,
+                        clients=args.clients,
+                        rounds=args.rounds,
+                        byzantine_f=args.byzantine_f,
+                        target_bps=args.target,
+                        params=overrides,
+                        fedavg=not args.no_fedavg,
+                        oracle=args.oracle,
+                        diagnostics=args.diagnostics is not None,
+                    )
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -312,17 +372,30 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         cells[(r["attack"], r["fraction"], r["alpha"])].append(r)
     baseline = {(r["alpha"], r["seed"]): r["final_accuracy_bps"] for r in runs if r["attack"] == "none"}
     out = []
-    for (attack, fraction, alpha), rs in sorted(cells.items(), key=lambda kv: (ALL_ATTACKS.index(kv[0][0]),
-                                                                                 kv[0][1], ALL_ALPHAS.index(kv[0][2])
-                                                                                 if kv[0][2] in ALL_ALPHAS else 9)):
+    for (attack, fraction, alpha), rs in sorted(
+        cells.items(),
+        key=lambda kv: (
+            ALL_ATTACKS.index(kv[0][0]),
+            kv[0][1],
+            ALL_ALPHAS.index(kv[0][2]) if kv[0][2] in ALL_ALPHAS else 9,
+        ),
+    ):
         accs = [r["final_accuracy_bps"] for r in rs]
-        drops = [baseline[(r["alpha"], r["seed"])] - r["final_accuracy_bps"] for r in rs
-                 if (r["alpha"], r["seed"]) in baseline]
+        drops = [
+            baseline[(r["alpha"], r["seed"])] - r["final_accuracy_bps"]
+            for r in rs
+            if (r["alpha"], r["seed"]) in baseline
+        ]
         slash_rounds = [x for r in rs for x in r["attacker_slash_rounds"]]
         reached = [r["rounds_to_target"] for r in rs]
         cell = {
-            "kind": "cell", "attack": attack, "fraction": fraction, "alpha": alpha, "seeds": len(rs),
-            "mean_accuracy_bps": round(float(np.mean(accs))), "min_accuracy_bps": min(accs),
+            "kind": "cell",
+            "attack": attack,
+            "fraction": fraction,
+            "alpha": alpha,
+            "seeds": len(rs),
+            "mean_accuracy_bps": round(float(np.mean(accs))),
+            "min_accuracy_bps": min(accs),
             "max_drop_vs_no_attack_bps": max(drops) if drops else None,
             "rounds_to_target": reached,
             "attackers": sum(len(r["attackers"]) for r in rs),
@@ -335,7 +408,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             cell["fedavg_mean_accuracy_bps"] = round(float(np.mean(fed)))
             cell["fedavg_rounds_to_target"] = [r["fedavg_rounds_to_target"] for r in rs]
         if "oracle_final_accuracy_bps" in rs[0]:
-            cell["oracle_mean_accuracy_bps"] = round(float(np.mean([r["oracle_final_accuracy_bps"] for r in rs])))
+            cell["oracle_mean_accuracy_bps"] = round(
+                float(np.mean([r["oracle_final_accuracy_bps"] for r in rs]))
+            )
         out.append(cell)
     return out
 
@@ -348,15 +423,25 @@ def markdown(cells: list[dict[str, Any]]) -> str:
     """Two tables: accuracy (chain vs FedAvg) and slashing, one column per alpha."""
     alphas = [a for a in ALL_ALPHAS if any(c["alpha"] == a for c in cells)]
     alphas += sorted({c["alpha"] for c in cells} - set(alphas))
-    rows = sorted({(c["attack"], c["fraction"]) for c in cells},
-                  key=lambda r: (ALL_ATTACKS.index(r[0]), r[1]))
+    rows = sorted(
+        {(c["attack"], c["fraction"]) for c in cells}, key=lambda r: (ALL_ATTACKS.index(r[0]), r[1])
+    )
     by = {(c["attack"], c["fraction"], c["alpha"]): c for c in cells}
     head = "| attack | malicious | " + " | ".join(f"alpha {a}" for a in alphas) + " |"
     sep = "|---|---|" + "---|" * len(alphas)
-    acc_lines = ["Final accuracy %, mean over seeds: chain (Krum + slashing) / plain FedAvg; "
-                 "rounds to 90% (chain, worst seed, `-` = not reached)", "", head, sep]
-    slash_lines = ["Slashing: attackers slashed / attackers (last round any was slashed); honest slashed",
-                   "", head, sep]
+    acc_lines = [
+        "Final accuracy %, mean over seeds: chain (Krum + slashing) / plain FedAvg; "
+        "rounds to 90% (chain, worst seed, `-` = not reached)",
+        "",
+        head,
+        sep,
+    ]
+    slash_lines = [
+        "Slashing: attackers slashed / attackers (last round any was slashed); honest slashed",
+        "",
+        head,
+        sep,
+    ]
     for attack, fraction in rows:
         acc_cells, slash_cells = [], []
         for a in alphas:
@@ -370,8 +455,11 @@ def markdown(cells: list[dict[str, Any]]) -> str:
             fed = _pct(c.get("fedavg_mean_accuracy_bps")) if "fedavg_mean_accuracy_bps" in c else "n/a"
             acc_cells.append(f"{_pct(c['mean_accuracy_bps'])} / {fed}; {worst}")
             last = c["last_slash_round"]
-            slash_cells.append(f"{c['attackers_slashed']}/{c['attackers']}" + (f" (r{last})" if last else "")
-                               + f"; {c['honest_slashed']}")
+            slash_cells.append(
+                f"{c['attackers_slashed']}/{c['attackers']}"
+                + (f" (r{last})" if last else "")
+                + f"; {c['honest_slashed']}"
+            )
         acc_lines.append(f"| {attack} | {fraction}% | " + " | ".join(acc_cells) + " |")
         slash_lines.append(f"| {attack} | {fraction}% | " + " | ".join(slash_cells) + " |")
     return "\n".join(acc_lines) + "\n\n" + "\n".join(slash_lines) + "\n"
@@ -380,8 +468,12 @@ def markdown(cells: list[dict[str, Any]]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--attack", action="append", choices=ALL_ATTACKS, help="repeatable; default: all")
-    ap.add_argument("--alpha", action="append", help="iid or a Dirichlet alpha, repeatable; default: iid 1.0 0.5 0.1")
-    ap.add_argument("--fraction", action="append", type=int, help="malicious percent, repeatable; default 0 10 20 30")
+    ap.add_argument(
+        "--alpha", action="append", help="iid or a Dirichlet alpha, repeatable; default: iid 1.0 0.5 0.1"
+    )
+    ap.add_argument(
+        "--fraction", action="append", type=int, help="malicious percent, repeatable; default 0 10 20 30"
+    )
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=30)
@@ -389,7 +481,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--target", type=int, default=9000, help="accuracy target in bps for rounds-to-target")
     ap.add_argument("--param", action="append", default=[], help="genesis parameter override NAME=INT")
     ap.add_argument("--no-fedavg", action="store_true", help="skip the plain FedAvg comparison")
-    ap.add_argument("--oracle", action="store_true", help="also FedAvg of the honest clients alone (see above)")
+    ap.add_argument(
+        "--oracle", action="store_true", help="also FedAvg of the honest clients alone (see above)"
+    )
     ap.add_argument("--quick", action="store_true", help="12 rounds, one seed")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes")
     ap.add_argument("--markdown", help="write the markdown tables to this file (default: stderr)")
@@ -439,9 +533,18 @@ def main(argv: Sequence[str] | None = None) -> None:
     cells = summarize(runs)
     for c in cells:
         print(json.dumps(c), flush=True)
-    print(json.dumps({"kind": "total", "runs": len(runs), "seconds": round(time.perf_counter() - t0, 1),
-                      "honest_slashed": sum(len(r["honest_slashed"]) for r in runs),
-                      "params": {**Params().to_json(), **args.param}}), flush=True)
+    print(
+        json.dumps(
+            {
+                "kind": "total",
+                "runs": len(runs),
+                "seconds": round(time.perf_counter() - t0, 1),
+                "honest_slashed": sum(len(r["honest_slashed"]) for r in runs),
+                "params": {**Params().to_json(), **args.param},
+            }
+        ),
+        flush=True,
+    )
     table = markdown(cells)
     if args.markdown:
         Path(args.markdown).write_text(table)
@@ -461,8 +564,18 @@ def _collect(results: Iterator[dict[str, Any]], diag: Any) -> list[dict[str, Any
     for r in results:
         if diag is not None:
             for d in r.pop("diagnostics", []):
-                diag.write(json.dumps({"attack": r["attack"], "fraction": r["fraction"], "alpha": r["alpha"],
-                                       "seed": r["seed"], **d}) + "\n")
+                diag.write(
+                    json.dumps(
+                        {
+                            "attack": r["attack"],
+                            "fraction": r["fraction"],
+                            "alpha": r["alpha"],
+                            "seed": r["seed"],
+                            **d,
+                        }
+                    )
+                    + "\n"
+                )
         print(json.dumps(r), flush=True)
         runs.append(r)
     return runs

@@ -97,12 +97,33 @@ def build(k: int, arch: list[int], samples: int, f: int, home: Path) -> tuple[Ch
 
     rng = np.random.default_rng(5)
     d = model.param_count(arch)
-    init = model.quantize_weights(np.concatenate(
-        [np.concatenate([rng.normal(0, 1 / np.sqrt(i), o * i), np.zeros(o)]) for i, o in zip(arch[:-1], arch[1:])]), 16)
+    init = model.quantize_weights(
+        np.concatenate(
+            [
+                np.concatenate([rng.normal(0, 1 / np.sqrt(i), o * i), np.zeros(o)])
+                for i, o in zip(arch[:-1], arch[1:])
+            ]
+        ),
+        16,
+    )
     val_x = model.quantize_inputs(rng.uniform(-0.5, 0.5, (samples, arch[0])), 16)
     val_y = rng.integers(0, arch[-1], samples).astype(np.uint8)
-    body = CreateTask(tuple(arch), 16, init.astype("<i4").tobytes(), 10_000, 5, 2 * f + 3, n_clients, f, 1, 2, 10, 1,
-                      val_x.astype("<i2").tobytes(), val_y.tobytes())
+    body = CreateTask(
+        tuple(arch),
+        16,
+        init.astype("<i4").tobytes(),
+        10_000,
+        5,
+        2 * f + 3,
+        n_clients,
+        f,
+        1,
+        2,
+        10,
+        1,
+        val_x.astype("<i2").tobytes(),
+        val_y.tobytes(),
+    )
     block([tx(user, body)] + [tx(c, Stake(1000)) for c in clients])
     block([tx(c, JoinTask(1)) for c in clients])
     base = rng.integers(-1500, 1500, d)
@@ -131,18 +152,35 @@ def main() -> None:
     d = model.param_count(arch)
     # warm the kernels (numba loads from its cache) on small data so the timed close is steady-state
     krum.multi_krum(np.zeros((7, 64), dtype=np.int16), 1, [bytes([i]) * 32 for i in range(7)], 400)
-    model.accuracy_bps(np.zeros(model.param_count([8, 4, 2]), dtype=np.int32), [8, 4, 2], 8,
-                       np.zeros((4, 8), dtype=np.int16), np.zeros(4, dtype=np.uint8))
+    model.accuracy_bps(
+        np.zeros(model.param_count([8, 4, 2]), dtype=np.int32),
+        [8, 4, 2],
+        8,
+        np.zeros((4, 8), dtype=np.int16),
+        np.zeros(4, dtype=np.uint8),
+    )
     model.aggregate(np.zeros(8, dtype=np.int32), np.zeros((2, 8), dtype=np.int16))
 
     runs = [close_once(k, arch, samples, f) for _ in range(1 if args.quick else args.reps)]
     best = min(runs, key=lambda r: r["total_s"])
-    print(json.dumps({
-        "bench": "round_close", "k": k, "d": d, "arch": arch, "f": f, "samples": samples, **best,
-        "runs": len(runs), "total_s_all": [r["total_s"] for r in runs],
-        "target_ratio": 3.0, "met": best["ratio_total_to_krum"] <= 3.0,
-        "threads": int(os.environ.get("NUMBA_NUM_THREADS", 0)) or os.cpu_count(),
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "round_close",
+                "k": k,
+                "d": d,
+                "arch": arch,
+                "f": f,
+                "samples": samples,
+                **best,
+                "runs": len(runs),
+                "total_s_all": [r["total_s"] for r in runs],
+                "target_ratio": 3.0,
+                "met": best["ratio_total_to_krum"] <= 3.0,
+                "threads": int(os.environ.get("NUMBA_NUM_THREADS", 0)) or os.cpu_count(),
+            }
+        )
+    )
 
 
 def close_once(k: int, arch: list[int], samples: int, f: int) -> dict[str, Any]:
@@ -164,11 +202,17 @@ def close_once(k: int, arch: list[int], samples: int, f: int) -> dict[str, Any]:
         closed = [e for r in result.receipts for e in r.events if isinstance(e, RoundClosed)]
         assert len(closed) == 1 and not closed[0].void and len(closed[0].scores) == k
         total = t2 - t0
-        return {"flagged": len(closed[0].flagged), "accuracy_bps": closed[0].accuracy_bps,
-                "total_s": round(total, 4), "stf_s": round(t1 - t0, 4), "commit_s": round(t2 - t1, 4),
-                **{name: round(v, 4) for name, v in sorted(timers.totals.items())},
-                "other_stf_s": round(t1 - t0 - sum(timers.totals.values()), 4),
-                "ratio_total_to_krum": round(total / timers.totals["krum_s"], 2)}
+        return {
+            "flagged": len(closed[0].flagged),
+            "accuracy_bps": closed[0].accuracy_bps,
+            "total_s": round(total, 4),
+            "stf_s": round(t1 - t0, 4),
+            "commit_s": round(t2 - t1, 4),
+            **{name: round(v, 4) for name, v in sorted(timers.totals.items())},
+            "other_stf_s": round(t1 - t0 - sum(timers.totals.values()), 4),
+            "ratio_total_to_krum": round(total / timers.totals["krum_s"], 2),
+        }
+
 
 if __name__ == "__main__":
     main()

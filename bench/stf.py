@@ -59,8 +59,10 @@ def main() -> None:
     blocks = []
     t_ms = g.genesis_time_ms
     for b in range(args.blocks):
-        txs = [Tx(g.chain_id, k.address, b, 1, Transfer(senders[(i + 1) % n].address, 1 + b)).sign(k)
-               for i, k in enumerate(senders)]
+        txs = [
+            Tx(g.chain_id, k.address, b, 1, Transfer(senders[(i + 1) % n].address, 1 + b)).sign(k)
+            for i, k in enumerate(senders)
+        ]
         t_ms += 1000
         block, _, rejected = producer.build(txs, t_ms, seq)
         assert not rejected
@@ -74,10 +76,21 @@ def main() -> None:
     elapsed = time.perf_counter() - t0
     assert follower.head == producer.head
     rate = args.blocks * n / elapsed
-    print(json.dumps({"bench": "stf_apply", "store": args.store, "blocks": args.blocks, "txs_per_block": n,
-                      "tx_per_s": round(rate), "raw_ed25519_verify_per_s": round(verify_rate),
-                      "ratio": round(rate / verify_rate, 3), "target_ratio": 0.5,
-                      "met": rate / verify_rate >= 0.5}))
+    print(
+        json.dumps(
+            {
+                "bench": "stf_apply",
+                "store": args.store,
+                "blocks": args.blocks,
+                "txs_per_block": n,
+                "tx_per_s": round(rate),
+                "raw_ed25519_verify_per_s": round(verify_rate),
+                "ratio": round(rate / verify_rate, 3),
+                "target_ratio": 0.5,
+                "met": rate / verify_rate >= 0.5,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ CLIENT_BALANCE = 1_000_000
 
 def devnet_key(name: str) -> crypto.Keypair:
     """The well-known devnet key called ``name`` (public by design)."""
-    return crypto.Keypair.from_seed(hashlib.blake2b(name.encode(), digest_size=32, person=b"mps-devnet").digest())
+    return crypto.Keypair.from_seed(
+        hashlib.blake2b(name.encode(), digest_size=32, person=b"mps-devnet").digest()
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,32 +44,53 @@ class Network:
 
     @property
     def clients(self) -> list[crypto.Keypair]:
-        return [self.keys[n] for n in sorted((k for k in self.keys if k.startswith("client-")),
-                                             key=lambda n: int(n.split("-")[1]))]
+        return [
+            self.keys[n]
+            for n in sorted(
+                (k for k in self.keys if k.startswith("client-")), key=lambda n: int(n.split("-")[1])
+            )
+        ]
 
 
 def key_names(clients: int) -> list[str]:
     return ["sequencer", "user", "treasury", "fees", *(f"client-{i}" for i in range(clients))]
 
 
-def make_genesis(keys: dict[str, crypto.Keypair], *, chain_id: str, genesis_time_ms: int,
-                 params: Params | None = None) -> Genesis:
+def make_genesis(
+    keys: dict[str, crypto.Keypair], *, chain_id: str, genesis_time_ms: int, params: Params | None = None
+) -> Genesis:
     allocations = [Allocation(keys["user"].address, USER_BALANCE)]
     allocations += [Allocation(k.address, CLIENT_BALANCE) for n, k in keys.items() if n.startswith("client-")]
-    return Genesis(chain_id=chain_id, genesis_time_ms=genesis_time_ms, params=params or Params(),
-                   sequencer=keys["sequencer"].address, fee_recipient=keys["fees"].address,
-                   treasury=keys["treasury"].address, allocations=tuple(allocations))
+    return Genesis(
+        chain_id=chain_id,
+        genesis_time_ms=genesis_time_ms,
+        params=params or Params(),
+        sequencer=keys["sequencer"].address,
+        fee_recipient=keys["fees"].address,
+        treasury=keys["treasury"].address,
+        allocations=tuple(allocations),
+    )
 
 
-def devnet(clients: int = DEVNET_CLIENTS, params: Params | None = None) -> tuple[Genesis, dict[str, crypto.Keypair]]:
+def devnet(
+    clients: int = DEVNET_CLIENTS, params: Params | None = None
+) -> tuple[Genesis, dict[str, crypto.Keypair]]:
     keys = {n: devnet_key(n) for n in key_names(clients)}
-    return make_genesis(keys, chain_id=DEVNET_CHAIN_ID, genesis_time_ms=DEVNET_GENESIS_TIME_MS,
-                        params=params), keys
+    return make_genesis(
+        keys, chain_id=DEVNET_CHAIN_ID, genesis_time_ms=DEVNET_GENESIS_TIME_MS, params=params
+    ), keys
 
 
-def make_network(home: str | Path, *, clients: int = DEVNET_CLIENTS, chain_id: str | None = None,
-                 devnet_keys: bool = False, genesis_time_ms: int | None = None,
-                 params: Params | None = None, listen: str = "127.0.0.1:7070") -> Network:
+def make_network(
+    home: str | Path,
+    *,
+    clients: int = DEVNET_CLIENTS,
+    chain_id: str | None = None,
+    devnet_keys: bool = False,
+    genesis_time_ms: int | None = None,
+    params: Params | None = None,
+    listen: str = "127.0.0.1:7070",
+) -> Network:
     """Write a new network into ``home`` (refuses to overwrite an existing genesis)."""
 
     home = Path(home)
@@ -79,17 +102,15 @@ def make_network(home: str | Path, *, clients: int = DEVNET_CLIENTS, chain_id: s
         keys = {n: generate_key() for n in key_names(clients)}
     if genesis_time_ms is None:
         genesis_time_ms = DEVNET_GENESIS_TIME_MS if devnet_keys else int(time.time() * 1000)
-    genesis = make_genesis(keys, chain_id=chain_id or DEVNET_CHAIN_ID, genesis_time_ms=genesis_time_ms,
-                           params=params)
+    genesis = make_genesis(
+        keys, chain_id=chain_id or DEVNET_CHAIN_ID, genesis_time_ms=genesis_time_ms, params=params
+    )
     Genesis.from_json(genesis.to_json())  # what we write must be what we accept
     home.mkdir(parents=True, exist_ok=True)
     for name, key in keys.items():
         save_key(home / "keys" / f"{name}.json", key)
     save_genesis(genesis, home / "genesis.json")
     (home / "config.toml").write_text(
-        "# mpsnode node settings\n"
-        f'listen = "{listen}"\n'
-        'data_dir = "data"\n'
-        "map_size_gib = 64\n"
+        f'# mpsnode node settings\nlisten = "{listen}"\ndata_dir = "data"\nmap_size_gib = 64\n'
     )
     return Network(home, genesis, keys)

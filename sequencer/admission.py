@@ -36,8 +36,14 @@ class AdmissionPolicy:
     max_bytes: int = 2 * GIB
 
 
-def check_admission(stx: SignedTx, size: int, account: Account, index: MempoolIndex, policy: AdmissionPolicy,
-                    included_at: Callable[[bytes], int | None]) -> None:
+def check_admission(
+    stx: SignedTx,
+    size: int,
+    account: Account,
+    index: MempoolIndex,
+    policy: AdmissionPolicy,
+    included_at: Callable[[bytes], int | None],
+) -> None:
     """Raise the reason ``stx`` is refused, or return if it may enter the mempool."""
     tx = stx.tx
     if stx.tx_id in index:
@@ -59,8 +65,12 @@ def check_admission(stx: SignedTx, size: int, account: Account, index: MempoolIn
             raise FeeUnpayable(tx.fee, max(account.balance - pending_fees, 0))
         raise FeeUnpayable(tx.fee, account.balance)
     if index.sender_count(tx.sender) >= policy.max_sender_txs:
-        raise SenderLimit(f"sender has {index.sender_count(tx.sender)} pending txs, the limit; wait for a block")
+        raise SenderLimit(
+            f"sender has {index.sender_count(tx.sender)} pending txs, the limit; wait for a block"
+        )
     if index.sender_bytes(tx.sender) + size > policy.max_sender_bytes:
-        raise SenderLimit(f"sender's pending txs would exceed {policy.max_sender_bytes} bytes; wait for a block")
+        raise SenderLimit(
+            f"sender's pending txs would exceed {policy.max_sender_bytes} bytes; wait for a block"
+        )
     if index.count >= policy.max_txs or index.bytes + size > policy.max_bytes:
         raise MempoolFull(f"mempool holds {index.count} txs / {index.bytes} bytes, the limit; retry later")

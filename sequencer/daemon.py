@@ -95,10 +95,18 @@ class _Submission:
 
 
 class Sequencer:
-    def __init__(self, store: Store, genesis: Genesis, key: crypto.Keypair, config: SequencerConfig | None = None,
-                 metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        genesis: Genesis,
+        key: crypto.Keypair,
+        config: SequencerConfig | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         if key.address != genesis.sequencer:
-            raise ValueError(f"key {key.address.hex()} is not the genesis sequencer {genesis.sequencer.hex()}")
+            raise ValueError(
+                f"key {key.address.hex()} is not the genesis sequencer {genesis.sequencer.hex()}"
+            )
         self.store = store
         self.genesis = genesis
         self.key = key
@@ -110,14 +118,25 @@ class Sequencer:
         self.block_time = (self.config.block_time_ms or self.params.block_time_ms) / 1000
         self.index = MempoolIndex()
         self.watch = HeadWatch(self.chain.head.height)
-        self.server = NodeServer(store, genesis, self.watch, kind=SEQUENCER, gateway=self,
-                                 config=self.config.server, stats=self.metrics)
+        self.server = NodeServer(
+            store,
+            genesis,
+            self.watch,
+            kind=SEQUENCER,
+            gateway=self,
+            config=self.config.server,
+            stats=self.metrics,
+        )
         self._reader = State(store.get_state)
         self._accounts: dict[bytes, Account] = {}  # accounts at the head, read once per block
         self._committing = False
-        self._write_lock = trio.Lock()  # one store write at a time: none waits for LMDB's lock holding the loop
+        self._write_lock = (
+            trio.Lock()
+        )  # one store write at a time: none waits for LMDB's lock holding the loop
         self._verify_send, self._verify_recv = trio.open_memory_channel[_Submission](8192)
-        self._commit_send, self._commit_recv = trio.open_memory_channel[list[tuple[Entry, Callable[..., None]]]](64)
+        self._commit_send, self._commit_recv = trio.open_memory_channel[
+            list[tuple[Entry, Callable[..., None]]]
+        ](64)
         self._durable_send, self._durable_recv = trio.open_memory_channel[list[Entry]](1024)
         self._stopping = False
         self._chain_busy = self._compute_chain_busy()
@@ -157,7 +176,9 @@ class Sequencer:
         raw = self.store.get_meta(DROPPED_PREFIX + tx_id)
         if raw is None:
             return None
-        height, code, reason = expect_list(decode(raw, max_bytes=len(raw), max_str_len=4096), 3, "dropped record")
+        height, code, reason = expect_list(
+            decode(raw, max_bytes=len(raw), max_str_len=4096), 3, "dropped record"
+        )
         return height, code, reason
 
     def next_nonce(self, address: bytes, state_nonce: int) -> tuple[int, int]:
@@ -179,13 +200,24 @@ class Sequencer:
                 nursery.start_soon(self._group_commit)
                 nursery.start_soon(self._builder)
                 if cfg.metrics_port is not None:
-                    self.metrics_port = await nursery.start(serve_metrics, self.metrics, cfg.metrics_host,
-                                                            cfg.metrics_port)
+                    self.metrics_port = await nursery.start(
+                        serve_metrics, self.metrics, cfg.metrics_host, cfg.metrics_port
+                    )
                 self.port = await nursery.start(self.server.serve, cfg.host, cfg.port)
                 head = self.chain.head
-                event(log, "listening", host=cfg.host, port=self.port, metrics_port=self.metrics_port,
-                      height=head.height, head=head.block_hash.hex(), mempool=self.index.count,
-                      chain_id=self.chain_id, sigverify=kernel, block_time_ms=int(self.block_time * 1000))
+                event(
+                    log,
+                    "listening",
+                    host=cfg.host,
+                    port=self.port,
+                    metrics_port=self.metrics_port,
+                    height=head.height,
+                    head=head.block_hash.hex(),
+                    mempool=self.index.count,
+                    chain_id=self.chain_id,
+                    sigverify=kernel,
+                    block_time_ms=int(self.block_time * 1000),
+                )
                 task_status.started(self.port)
         finally:
             self._stopping = True
@@ -232,7 +264,8 @@ class Sequencer:
                         break
                 self.metrics.verify_batch_txs.observe(len(batch))
                 oks = await trio.to_thread.run_sync(
-                    verify_batch, [(s.stx.tx.sender, s.stx.tx_id, s.stx.signature) for s in batch])
+                    verify_batch, [(s.stx.tx.sender, s.stx.tx_id, s.stx.signature) for s in batch]
+                )
                 admitted = self._admit(batch, oks)
                 if admitted:
                     await self._commit_send.send(admitted)
@@ -352,8 +385,11 @@ class Sequencer:
     async def _produce_block(self) -> None:
         chain, index, metrics = self.chain, self.index, self.metrics
         t0 = time.perf_counter()
-        selection = index.select(lambda sender: self._account(sender).nonce,
-                                 max_txs=self.config.max_block_txs, max_bytes=self.params.max_block_bytes)
+        selection = index.select(
+            lambda sender: self._account(sender).nonce,
+            max_txs=self.config.max_block_txs,
+            max_bytes=self.params.max_block_bytes,
+        )
         self._fresh = False
         if not (selection.candidates or selection.stale or self._chain_busy):
             return  # only txs waiting for a nonce gap: no block until something changes
@@ -361,8 +397,13 @@ class Sequencer:
         timestamp = max(int(time.time() * 1000), head.timestamp_ms + 1)
         view = self.store.snapshot() if isinstance(self.store, LmdbStore) else None
         try:
-            block, result, rejected = chain.prepare([e.stx for e in selection.candidates], timestamp, self.key,
-                                                    signatures_checked=True, reader=view)
+            block, result, rejected = chain.prepare(
+                [e.stx for e in selection.candidates],
+                timestamp,
+                self.key,
+                signatures_checked=True,
+                reader=view,
+            )
         finally:
             if view is not None:
                 view.close()
@@ -376,7 +417,10 @@ class Sequencer:
             account_nonce = self._account(entry.sender).nonce
             dropped.append((entry.tx_id, NonceMismatch(account_nonce, entry.nonce)))
         included = [stx.tx_id for stx in block.txs]
-        meta = {DROPPED_PREFIX + tx_id: encode([block.height, exc.code, exc.reason[:1000]]) for tx_id, exc in dropped}
+        meta = {
+            DROPPED_PREFIX + tx_id: encode([block.height, exc.code, exc.reason[:1000]])
+            for tx_id, exc in dropped
+        }
         # Readers see the block the moment its commit lands, before this task resumes: forget the
         # accounts it changes now, and cache none while it commits.
         for key in result.state_writes:
@@ -385,8 +429,13 @@ class Sequencer:
         self._committing = True
         try:
             async with self._write_lock:
-                await run_write(chain.commit_prepared, block, result,
-                                mempool_remove=included + [tx_id for tx_id, _ in dropped], meta=meta)
+                await run_write(
+                    chain.commit_prepared,
+                    block,
+                    result,
+                    mempool_remove=included + [tx_id for tx_id, _ in dropped],
+                    meta=meta,
+                )
         finally:
             self._committing = False
         t2 = time.perf_counter()
@@ -412,10 +461,21 @@ class Sequencer:
         for _, err in dropped:
             metrics.dropped.labels(str(err.code)).inc()
         self._update_gauges()
-        event(log, "block", height=block.height, hash=block.hash().hex(), txs=len(included), dropped=len(dropped),
-              waiting=selection.waiting, mempool=index.count, build_ms=round((t1 - t0) * 1000, 2),
-              commit_ms=round((t2 - t1) * 1000, 2), state_root=result.state_root.hex(), rounds_closed=rounds,
-              slashes=slashes)
+        event(
+            log,
+            "block",
+            height=block.height,
+            hash=block.hash().hex(),
+            txs=len(included),
+            dropped=len(dropped),
+            waiting=selection.waiting,
+            mempool=index.count,
+            build_ms=round((t1 - t0) * 1000, 2),
+            commit_ms=round((t2 - t1) * 1000, 2),
+            state_root=result.state_root.hex(),
+            rounds_closed=rounds,
+            slashes=slashes,
+        )
 
     def _update_gauges(self) -> None:
         self.metrics.mempool_txs.set(self.index.count)
@@ -439,10 +499,15 @@ async def serve(sequencer: Sequencer, on_ready: Callable[[Sequencer], None] | No
                 break
 
 
-def run_daemon(home_path: str, *, listen: str | None = None, metrics: str | None = None,
-               block_time_ms: int | None = None, server: dict[str, Any] | None = None) -> int:
+def run_daemon(
+    home_path: str,
+    *,
+    listen: str | None = None,
+    metrics: str | None = None,
+    block_time_ms: int | None = None,
+    server: dict[str, Any] | None = None,
+) -> int:
     """``mpsnode sequencer``: open the home's store and serve until a signal. Prints one ready line."""
-
 
     setup_logging()
     home = Home.open(home_path)
@@ -456,8 +521,18 @@ def run_daemon(home_path: str, *, listen: str | None = None, metrics: str | None
         sequencer = Sequencer(store, genesis, key, config)
 
         def ready(seq: Sequencer) -> None:
-            print(json.dumps({"ready": True, "host": host, "port": seq.port, "metrics_port": seq.metrics_port,
-                              "height": seq.chain.head.height}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "ready": True,
+                        "host": host,
+                        "port": seq.port,
+                        "metrics_port": seq.metrics_port,
+                        "height": seq.chain.head.height,
+                    }
+                ),
+                flush=True,
+            )
 
         trio.run(serve, sequencer, ready)
     finally:

@@ -34,7 +34,9 @@ class Kit:
     def clients(self) -> list[crypto.Keypair]:
         return [self.keys[f"client-{i}"] for i in range(sum(k.startswith("client-") for k in self.keys))]
 
-    def tx(self, key: crypto.Keypair, body: Body, *, fee: int | None = None, nonce: int | None = None) -> SignedTx:
+    def tx(
+        self, key: crypto.Keypair, body: Body, *, fee: int | None = None, nonce: int | None = None
+    ) -> SignedTx:
         if nonce is None:
             nonce = self.nonces.get(key.address, 0)
             self.nonces[key.address] = nonce + 1
@@ -61,10 +63,21 @@ class Kit:
         return self.chain.state().get_account(address)
 
 
-def small_task(*, arch: Sequence[int] = (4, 3), samples: int = 8, f: int = 0, min_clients: int = 3,
-               max_clients: int = 10, max_rounds: int = 3, join_blocks: int = 2, round_blocks: int = 3,
-               fee_per_round: int = 100, scale_bits: int = 8, seed: int = 0,
-               target_accuracy_bps: int = 5000) -> CreateTask:
+def small_task(
+    *,
+    arch: Sequence[int] = (4, 3),
+    samples: int = 8,
+    f: int = 0,
+    min_clients: int = 3,
+    max_clients: int = 10,
+    max_rounds: int = 3,
+    join_blocks: int = 2,
+    round_blocks: int = 3,
+    fee_per_round: int = 100,
+    scale_bits: int = 8,
+    seed: int = 0,
+    target_accuracy_bps: int = 5000,
+) -> CreateTask:
     from mpsnode.consensus.model import param_count
 
     rng = np.random.default_rng(seed)
@@ -72,8 +85,22 @@ def small_task(*, arch: Sequence[int] = (4, 3), samples: int = 8, f: int = 0, mi
     weights = rng.integers(-1000, 1000, n, dtype=np.int32).astype("<i4").tobytes()
     val_x = rng.integers(-500, 500, samples * arch[0], dtype=np.int16).astype("<i2").tobytes()
     val_y = rng.integers(0, arch[-1], samples, dtype=np.uint8).tobytes()
-    return CreateTask(tuple(arch), scale_bits, weights, target_accuracy_bps, max_rounds, min_clients, max_clients, f, join_blocks,
-                      round_blocks, fee_per_round, 1, val_x, val_y)
+    return CreateTask(
+        tuple(arch),
+        scale_bits,
+        weights,
+        target_accuracy_bps,
+        max_rounds,
+        min_clients,
+        max_clients,
+        f,
+        join_blocks,
+        round_blocks,
+        fee_per_round,
+        1,
+        val_x,
+        val_y,
+    )
 
 
 def random_delta(n_params: int, seed: int, scale: int = 100) -> bytes:

@@ -33,8 +33,9 @@ LOCALHOST = "127.0.0.1"
 
 
 def make_home(path: Path, clients: int = 6, params: Params | None = None) -> genesis_tool.Network:
-    return genesis_tool.make_network(path, clients=clients, devnet_keys=True, params=params,
-                                     listen=f"{LOCALHOST}:0")
+    return genesis_tool.make_network(
+        path, clients=clients, devnet_keys=True, params=params, listen=f"{LOCALHOST}:0"
+    )
 
 
 @dataclass
@@ -60,8 +61,21 @@ class Daemon:
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
         self.proc = subprocess.Popen(
-            [sys.executable, *self.command, "--home", str(self.home), "--listen", f"{LOCALHOST}:0",
-             *self.args], cwd=REPO, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
+            [
+                sys.executable,
+                *self.command,
+                "--home",
+                str(self.home),
+                "--listen",
+                f"{LOCALHOST}:0",
+                *self.args,
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            env=env,
+        )
         err.close()
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
@@ -120,8 +134,12 @@ class Daemon:
 
 def verifier(home: Path, upstream: tuple[str, int], *args: str) -> Daemon:
     """A ``mpsnode verifier`` process following ``upstream`` (not started); ``home`` needs genesis.json."""
-    return Daemon(home, ["--upstream", f"{upstream[0]}:{upstream[1]}", *args],
-                  command=("-m", "mpsnode.cli", "verifier"), name="verifier")
+    return Daemon(
+        home,
+        ["--upstream", f"{upstream[0]}:{upstream[1]}", *args],
+        command=("-m", "mpsnode.cli", "verifier"),
+        name="verifier",
+    )
 
 
 def raw_connect(port: int, timeout: float = 10.0) -> socket.socket:

@@ -90,6 +90,7 @@ def _header_change(**kw: Callable[[Header], Any]) -> Alter:
     def alter(block: Block, parent: Header | None, data: bytes, keys: Keys) -> tuple[bytes, int | None]:
         header = replace(block.header, **{k: f(block.header) for k, f in kw.items()})
         return _resign(header, block.txs, keys).encode(), None
+
     return alter
 
 
@@ -99,16 +100,18 @@ def _reorder(block: Block, parent: Header | None, data: bytes, keys: Keys) -> tu
     return Block(block.header, tuple(txs), block.signature).encode(), 0  # header and signature untouched
 
 
-def _reorder_resigned(block: Block, parent: Header | None, data: bytes,
-                      keys: Keys) -> tuple[bytes, int | None]:
+def _reorder_resigned(
+    block: Block, parent: Header | None, data: bytes, keys: Keys
+) -> tuple[bytes, int | None]:
     i, j = _unique_senders(block)[:2]
     txs = list(block.txs)
     txs[i], txs[j] = txs[j], txs[i]
     return _with_txs(block, txs, keys).encode(), i
 
 
-def _bad_tx_signature(block: Block, parent: Header | None, data: bytes,
-                      keys: Keys) -> tuple[bytes, int | None]:
+def _bad_tx_signature(
+    block: Block, parent: Header | None, data: bytes, keys: Keys
+) -> tuple[bytes, int | None]:
     stx = block.txs[0]
     bad = SignedTx(stx.tx, _flip(stx.signature), stx.tx_id, stx.size)
     return _with_txs(block, [bad, *block.txs[1:]], keys).encode(), 0
@@ -132,7 +135,7 @@ def _altered_update(block: Block, parent: Header | None, data: bytes, keys: Keys
     assert isinstance(body, SubmitUpdate)
     tx = replace(stx.tx, body=SubmitUpdate(body.task_id, body.round, _flip(body.delta, 0)))
     altered = SignedTx(tx, stx.signature, tx.signing_hash(), stx.size)  # the client's signature, other bytes
-    return _with_txs(block, [*block.txs[:i], altered, *block.txs[i + 1:]], keys).encode(), i
+    return _with_txs(block, [*block.txs[:i], altered, *block.txs[i + 1 :]], keys).encode(), i
 
 
 def _bad_signature(block: Block, parent: Header | None, data: bytes, keys: Keys) -> tuple[bytes, int | None]:
@@ -156,20 +159,32 @@ def _salt(name: str) -> Callable[[Header], bytes]:
 
 ALTERATIONS: dict[str, tuple[Applies, Alter, str | None]] = {
     "none": (lambda b, p: False, _bad_signature, None),
-    "wrong_state_root": (lambda b, p: len(b.txs) >= 1, _header_change(state_root=_salt("state")),
-                         checks.STATE_ROOT),
-    "wrong_receipts_root": (lambda b, p: len(b.txs) >= 1, _header_change(receipts_root=_salt("receipts")),
-                            checks.RECEIPTS_ROOT),
+    "wrong_state_root": (
+        lambda b, p: len(b.txs) >= 1,
+        _header_change(state_root=_salt("state")),
+        checks.STATE_ROOT,
+    ),
+    "wrong_receipts_root": (
+        lambda b, p: len(b.txs) >= 1,
+        _header_change(receipts_root=_salt("receipts")),
+        checks.RECEIPTS_ROOT,
+    ),
     "wrong_tx_root": (lambda b, p: len(b.txs) >= 1, _header_change(tx_root=_salt("tx")), checks.TX_ROOT),
     "reordered_txs": (lambda b, p: len(b.txs) >= 2, _reorder, checks.TX_ROOT),
-    "reordered_txs_resigned": (lambda b, p: len(_unique_senders(b)) >= 2, _reorder_resigned,
-                               checks.RECEIPTS_ROOT),
+    "reordered_txs_resigned": (
+        lambda b, p: len(_unique_senders(b)) >= 2,
+        _reorder_resigned,
+        checks.RECEIPTS_ROOT,
+    ),
     "bad_tx_signature": (lambda b, p: len(b.txs) >= 1, _bad_tx_signature, checks.TX_SIGNATURE),
     "tx_for_other_chain": (lambda b, p: len(b.txs) >= 1, _other_chain, checks.TX_CHAIN_ID),
     "altered_update_bytes": (lambda b, p: _update_index(b) is not None, _altered_update, checks.TX_SIGNATURE),
     "wrong_parent_hash": (lambda b, p: True, _header_change(parent_hash=_salt("parent")), checks.PARENT_HASH),
-    "non_increasing_timestamp": (lambda b, p: p is not None and len(b.txs) >= 1, _same_timestamp,
-                                 checks.TIMESTAMP),
+    "non_increasing_timestamp": (
+        lambda b, p: p is not None and len(b.txs) >= 1,
+        _same_timestamp,
+        checks.TIMESTAMP,
+    ),
     "bad_sequencer_signature": (lambda b, p: len(b.txs) >= 1, _bad_signature, checks.SEQUENCER_SIGNATURE),
     "non_canonical_encoding": (lambda b, p: len(b.txs) >= 1, _non_canonical, checks.CANONICAL_ENCODING),
 }
@@ -201,8 +216,9 @@ class Alterer:
             return data
         self.altered, tx_index = self.alter(block, parent, data, self.keys)
         self.target = height
-        (self.targets / f"{self.name}.json").write_text(json.dumps({"height": height, "tx_index": tx_index,
-                                                                     "expect": self.expect}))
+        (self.targets / f"{self.name}.json").write_text(
+            json.dumps({"height": height, "tx_index": tx_index, "expect": self.expect})
+        )
         return self.altered
 
     def header(self, header_bytes: bytes, signature: bytes) -> tuple[bytes, bytes]:
@@ -264,6 +280,7 @@ async def relay(downstream: trio.SocketStream, upstream_addr: tuple[str, int], a
 
     try:
         async with trio.open_nursery() as nursery:
+
             async def run(fn: Callable[[], Any]) -> None:
                 try:
                     await fn()

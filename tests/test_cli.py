@@ -30,9 +30,13 @@ def test_every_subcommand_resolves_to_a_function() -> None:
 
 
 def test_help_does_not_load_the_heavy_modules() -> None:
-    code = ("import sys; from mpsnode.cli.parsers import build_parser; build_parser(); "
-            "print(','.join(m for m in ('numpy', 'numba', 'lmdb', 'sequencer.daemon', 'mpsnode.fl') if m in sys.modules))")
-    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    code = (
+        "import sys; from mpsnode.cli.parsers import build_parser; build_parser(); "
+        "print(','.join(m for m in ('numpy', 'numba', 'lmdb', 'sequencer.daemon', 'mpsnode.fl') if m in sys.modules))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert loaded == ""
 
 

@@ -59,9 +59,19 @@ def _start(tmp_path: Path, daemons: list[Daemon]) -> tuple[Daemon, object]:
 
 async def _create_task(client: Client, net, split: fl.FederatedSplit, rounds: int) -> tuple[int, bytes]:
     """A task that cannot reach its target (100%), so it runs exactly ``rounds`` rounds and expires."""
-    body = fl.create_task_body(split.validation, target_accuracy_bps=10000, max_rounds=rounds, min_clients=N_CLIENTS,
-                               max_clients=N_CLIENTS, byzantine_f=1, join_blocks=400, round_blocks=200,
-                               fee_per_round=100, local_epochs=1, seed=0)
+    body = fl.create_task_body(
+        split.validation,
+        target_accuracy_bps=10000,
+        max_rounds=rounds,
+        min_clients=N_CLIENTS,
+        max_clients=N_CLIENTS,
+        byzantine_f=1,
+        join_blocks=400,
+        round_blocks=200,
+        fee_per_round=100,
+        local_epochs=1,
+        seed=0,
+    )
     wallet = Wallet(net.keys["user"], client.chain_id, client.params)
     await wallet.recover(client)
     stx = await wallet.send(client, body)
@@ -71,10 +81,20 @@ async def _create_task(client: Client, net, split: fl.FederatedSplit, rounds: in
     return task_id, body.init_weights
 
 
-def _config(net, daemon: Daemon, split: fl.FederatedSplit, i: int, task_id: int, state_dir: Path) -> ClientConfig:
-    return ClientConfig(node=f"{LOCALHOST}:{daemon.port}", key=net.keys[f"client-{i}"], task_id=task_id,
-                        data=split.clients[i], genesis=net.genesis, state_dir=state_dir, seed=learner_seed(0, i),
-                        reconnect_for=60.0, timeout=30.0)
+def _config(
+    net, daemon: Daemon, split: fl.FederatedSplit, i: int, task_id: int, state_dir: Path
+) -> ClientConfig:
+    return ClientConfig(
+        node=f"{LOCALHOST}:{daemon.port}",
+        key=net.keys[f"client-{i}"],
+        task_id=task_id,
+        data=split.clients[i],
+        genesis=net.genesis,
+        state_dir=state_dir,
+        seed=learner_seed(0, i),
+        reconnect_for=60.0,
+        timeout=30.0,
+    )
 
 
 async def _submissions(client: Client, task_id: int) -> Counter[tuple[bytes, int]]:
@@ -95,8 +115,9 @@ def _assert_one_per_round(seen: Counter[tuple[bytes, int]], addresses: list[byte
     assert set(seen.values()) == {1}, f"double submissions: {[k for k, v in seen.items() if v > 1]}"
 
 
-def test_clients_follow_rounds_check_proofs_and_submit_once(tmp_path: Path, daemons: list[Daemon],
-                                                            split: fl.FederatedSplit) -> None:
+def test_clients_follow_rounds_check_proofs_and_submit_once(
+    tmp_path: Path, daemons: list[Daemon], split: fl.FederatedSplit
+) -> None:
     """Four clients in-process, one as `mpsnode client run`: three rounds, one update each, proven models."""
     daemon, net = _start(tmp_path, daemons)
     rounds = 3
@@ -106,11 +127,36 @@ def test_clients_follow_rounds_check_proofs_and_submit_once(tmp_path: Path, daem
         async with connect(daemon.address, genesis=net.genesis) as client:
             task_id, init_weights = await _create_task(client, net, split, rounds)
             cli = subprocess.Popen(
-                [sys.executable, "-m", "mpsnode.cli", "client", "run", "--home", str(tmp_path), "--node",
-                 f"{LOCALHOST}:{daemon.port}", "--from", "client-4", "--task", str(task_id), "--digits-shard",
-                 f"4/{N_CLIENTS}", "--alpha", "iid", "--seed", "0", "--state-dir", str(state_dir), "--json"],
-                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+                [
+                    sys.executable,
+                    "-m",
+                    "mpsnode.cli",
+                    "client",
+                    "run",
+                    "--home",
+                    str(tmp_path),
+                    "--node",
+                    f"{LOCALHOST}:{daemon.port}",
+                    "--from",
+                    "client-4",
+                    "--task",
+                    str(task_id),
+                    "--digits-shard",
+                    f"4/{N_CLIENTS}",
+                    "--alpha",
+                    "iid",
+                    "--seed",
+                    "0",
+                    "--state-dir",
+                    str(state_dir),
+                    "--json",
+                ],
+                cwd=REPO,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+            )
             try:
                 results: list[ClientResult] = []
 
@@ -127,9 +173,16 @@ def test_clients_follow_rounds_check_proofs_and_submit_once(tmp_path: Path, daem
             assert cli.returncode == 0, err
             lines = [json.loads(line) for line in out.splitlines()]
             assert [e["round"] for e in lines if e["event"] == "submitted"] == [1, 2, 3]
-            assert lines[-1] == {"event": "done", "done": True, "task": task_id, "status": "expired",
-                                 "rounds_submitted": 3, "updates_ok": 3, "reconnects": 0,
-                                 "accuracy_bps": lines[-1]["accuracy_bps"]}
+            assert lines[-1] == {
+                "event": "done",
+                "done": True,
+                "task": task_id,
+                "status": "expired",
+                "rounds_submitted": 3,
+                "updates_ok": 3,
+                "reconnects": 0,
+                "accuracy_bps": lines[-1]["accuracy_bps"],
+            }
 
             assert all(r.status == "expired" and sorted(r.rounds) == [1, 2, 3] for r in results)
             task = (await client.task(task_id)).value
@@ -151,8 +204,9 @@ def test_clients_follow_rounds_check_proofs_and_submit_once(tmp_path: Path, daem
     trio.run(main)
 
 
-def test_client_survives_sequencer_kill9_without_double_submission(tmp_path: Path, daemons: list[Daemon],
-                                                                   split: fl.FederatedSplit) -> None:
+def test_client_survives_sequencer_kill9_without_double_submission(
+    tmp_path: Path, daemons: list[Daemon], split: fl.FederatedSplit
+) -> None:
     """The sequencer is SIGKILLed as round 2's first update is acked and restarted on the same port."""
     daemon, net = _start(tmp_path, daemons)
     rounds = 4
@@ -177,7 +231,10 @@ def test_client_survives_sequencer_kill9_without_double_submission(tmp_path: Pat
         async def restart() -> None:
             await killed.wait()
             await trio.sleep(0.5)
-            daemon.args = ["--listen", f"{LOCALHOST}:{daemon.port}"]  # the same address (the last --listen wins)
+            daemon.args = [
+                "--listen",
+                f"{LOCALHOST}:{daemon.port}",
+            ]  # the same address (the last --listen wins)
             await trio.to_thread.run_sync(daemon.start)
 
         async with trio.open_nursery() as nursery:
@@ -187,7 +244,9 @@ def test_client_survives_sequencer_kill9_without_double_submission(tmp_path: Pat
 
         assert killed.is_set() and daemon.starts == 2
         assert all(r.status == "expired" and sorted(r.rounds) == list(range(1, rounds + 1)) for r in results)
-        outcomes = {(r.address.hex()[:8], rec.round): rec.outcome for r in results for rec in r.rounds.values()}
+        outcomes = {
+            (r.address.hex()[:8], rec.round): rec.outcome for r in results for rec in r.rounds.values()
+        }
         assert set(outcomes.values()) == {"ok"}, outcomes
         assert sum(r.reconnects for r in results) >= N_CLIENTS  # every client lost its link and came back
         assert any(ev.kind == "disconnected" for ev in events)
@@ -200,8 +259,9 @@ def test_client_survives_sequencer_kill9_without_double_submission(tmp_path: Pat
     trio.run(main)
 
 
-def test_restarted_client_resubmits_its_journaled_update_not_a_new_one(tmp_path: Path, daemons: list[Daemon],
-                                                                      split: fl.FederatedSplit) -> None:
+def test_restarted_client_resubmits_its_journaled_update_not_a_new_one(
+    tmp_path: Path, daemons: list[Daemon], split: fl.FederatedSplit
+) -> None:
     """A client that signed and journaled round 1's update, then died before sending it, sends that same tx."""
     daemon, net = _start(tmp_path, daemons)
     state_dir = tmp_path / "journals"
@@ -217,7 +277,8 @@ def test_restarted_client_resubmits_its_journaled_update_not_a_new_one(tmp_path:
                 assert (await client.wait_receipt(stx.tx_id, timeout=30)).ok
             # the "previous life" of client-4: it trained, signed and journaled round 1, then crashed unsent
             update = fl.LocalLearner(split.clients[4], fl.DEFAULT_ARCH, seed=99).train_round(
-                fl.weights_from_bytes(init_weights, fl.DEFAULT_ARCH), fl.DEFAULT_SCALE_BITS, 1)
+                fl.weights_from_bytes(init_weights, fl.DEFAULT_ARCH), fl.DEFAULT_SCALE_BITS, 1
+            )
             orphan = wallet.sign(SubmitUpdate(task_id, 1, update.to_bytes()))
             journal = Journal.for_client(state_dir, net.genesis.hash(), late.address, task_id)
             journal.record(RoundRecord(1, orphan.encode().hex(), orphan.tx_id.hex(), orphan.tx.nonce))
@@ -249,23 +310,44 @@ def test_restarted_client_resubmits_its_journaled_update_not_a_new_one(tmp_path:
     trio.run(main)
 
 
-def test_client_refuses_a_node_of_another_chain(tmp_path: Path, daemons: list[Daemon],
-                                                split: fl.FederatedSplit) -> None:
+def test_client_refuses_a_node_of_another_chain(
+    tmp_path: Path, daemons: list[Daemon], split: fl.FederatedSplit
+) -> None:
     daemon, net = _start(tmp_path, daemons)
     other = make_home(tmp_path / "other", clients=N_CLIENTS, params=Params(block_time_ms=51)).genesis
-    config = ClientConfig(node=f"{LOCALHOST}:{daemon.port}", key=net.keys["client-0"], task_id=1,
-                          data=split.clients[0], genesis=other)
+    config = ClientConfig(
+        node=f"{LOCALHOST}:{daemon.port}",
+        key=net.keys["client-0"],
+        task_id=1,
+        data=split.clients[0],
+        genesis=other,
+    )
     with pytest.raises(WrongNetwork):
         trio.run(run_client, config)
 
 
 def test_client_cli_rejects_bad_data_options(tmp_path: Path) -> None:
     np.savez(tmp_path / "bad.npz", x=np.zeros((4, 3)))
-    base = [sys.executable, "-m", "mpsnode.cli", "client", "run", "--node", f"{LOCALHOST}:1", "--key",
-            str(tmp_path / "none.json"), "--task", "1"]
+    base = [
+        sys.executable,
+        "-m",
+        "mpsnode.cli",
+        "client",
+        "run",
+        "--node",
+        f"{LOCALHOST}:1",
+        "--key",
+        str(tmp_path / "none.json"),
+        "--task",
+        "1",
+    ]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    for extra, message in ((["--digits-shard", "5/5"], "need 0 <= I < N"),
-                           (["--digits-shard", "1/5", "--alpha", "-1"], "must be positive"),
-                           (["--data", str(tmp_path / "bad.npz")], "needs arrays 'x'")):
-        done = subprocess.run(base + extra, check=False, cwd=REPO, capture_output=True, text=True, env=env, timeout=60)
+    for extra, message in (
+        (["--digits-shard", "5/5"], "need 0 <= I < N"),
+        (["--digits-shard", "1/5", "--alpha", "-1"], "must be positive"),
+        (["--data", str(tmp_path / "bad.npz")], "needs arrays 'x'"),
+    ):
+        done = subprocess.run(
+            base + extra, check=False, cwd=REPO, capture_output=True, text=True, env=env, timeout=60
+        )
         assert done.returncode == 2 and message in done.stderr, done.stderr

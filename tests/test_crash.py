@@ -40,8 +40,9 @@ SENDERS = 12
 PER_WALLET_INFLIGHT = 8
 
 
-async def load(daemon: Daemon, g, wallets: list[Wallet], acked: set[bytes], rng: random.Random,
-               kill_after: float | None) -> None:
+async def load(
+    daemon: Daemon, g, wallets: list[Wallet], acked: set[bytes], rng: random.Random, kill_after: float | None
+) -> None:
     """Submit transfers until the daemon dies (SIGKILLed after ``kill_after`` s) or, if None, recover only."""
     try:
         async with connect(daemon.address, genesis=g, timeout=30) as client:
@@ -73,8 +74,10 @@ async def load(daemon: Daemon, g, wallets: list[Wallet], acked: set[bytes], rng:
         pass  # the daemon died under us
     except BaseExceptionGroup as group:
         leaves = group.exceptions
-        if not all(isinstance(e, (ConnectionLost, OSError, trio.BrokenResourceError, MpsError, BaseExceptionGroup))
-                   for e in leaves):
+        if not all(
+            isinstance(e, (ConnectionLost, OSError, trio.BrokenResourceError, MpsError, BaseExceptionGroup))
+            for e in leaves
+        ):
             raise
 
 
@@ -102,7 +105,9 @@ def run_crashes(tmp_path: Path, daemons: list[Daemon], kills: int) -> None:
             for wallet in wallets:
                 if wallet.next_nonce:
                     last = await client.nonce(wallet.address)
-                    assert last.next_nonce == wallet.next_nonce, f"seed {seed}: {wallet.address.hex()} has a gap"
+                    assert last.next_nonce == wallet.next_nonce, (
+                        f"seed {seed}: {wallet.address.hex()} has a gap"
+                    )
             with trio.fail_after(120):
                 while (await client.status()).mempool_txs:
                     await trio.sleep(0.05)
@@ -123,7 +128,9 @@ def check_store(path: Path, g, wallets: list[Wallet], acked: set[bytes], seed: i
         for height in range(1, head.height + 1):
             block = decode_block(store.get_block(height) or b"")
             result = replay.apply(block)  # checks the header's tx, receipts and state roots
-            assert encode_receipts(list(result.receipts)) == store.get_receipts(height), f"seed {seed}: {height}"
+            assert encode_receipts(list(result.receipts)) == store.get_receipts(height), (
+                f"seed {seed}: {height}"
+            )
             for index, stx in enumerate(block.txs):
                 seen[stx.tx_id] += 1
                 nonces.setdefault(stx.tx.sender, []).append(stx.tx.nonce)

@@ -40,9 +40,32 @@ def _gone(pid: int) -> bool:
 
 def test_small_demo_completes_slashes_the_attacker_and_the_verifier_agrees(tmp_path: Path) -> None:
     home = tmp_path / "demo"
-    done = subprocess.run([sys.executable, "-m", "mpsnode.cli", "demo", "--clients", "6", "--malicious", "1",
-                           "--target", "0.8", "--max-rounds", "8", "--seed", "7", "--home", str(home)],
-                          check=False, cwd=REPO, capture_output=True, text=True, env=_env(), timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpsnode.cli",
+            "demo",
+            "--clients",
+            "6",
+            "--malicious",
+            "1",
+            "--target",
+            "0.8",
+            "--max-rounds",
+            "8",
+            "--seed",
+            "7",
+            "--home",
+            str(home),
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "RESULT: OK" in out
@@ -61,9 +84,30 @@ def test_small_demo_completes_slashes_the_attacker_and_the_verifier_agrees(tmp_p
 
 def test_demo_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     home = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "mpsnode.cli", "demo", "--clients", "6", "--malicious", "1",
-                             "--target", "1.0", "--max-rounds", "200", "--no-plot", "--home", str(home)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env())
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mpsnode.cli",
+            "demo",
+            "--clients",
+            "6",
+            "--malicious",
+            "1",
+            "--target",
+            "1.0",
+            "--max-rounds",
+            "200",
+            "--no-plot",
+            "--home",
+            str(home),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+    )
     assert proc.stdout is not None
     seen = ""
     deadline = time.monotonic() + 120
@@ -92,5 +136,7 @@ def test_demo_refuses_options_that_cannot_work(tmp_path: Path, capsys: pytest.Ca
     (tmp_path / "x").write_text("taken")
     assert run_demo(DemoOptions(home=str(tmp_path))) == 2
     out = capsys.readouterr().out
-    assert "--clients must be" in out and "once the 3 attackers are slashed" in out and "--attack must be" in out
+    assert (
+        "--clients must be" in out and "once the 3 attackers are slashed" in out and "--attack must be" in out
+    )
     assert "is not empty" in out

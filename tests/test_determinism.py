@@ -56,13 +56,36 @@ print(json.dumps({"threads": numba.config.NUMBA_NUM_THREADS, "jit": not numba.co
 """
 
 
-def _task(rng: np.random.Generator, teacher: np.ndarray, *, f: int, min_clients: int, max_clients: int,
-          max_rounds: int, target_bps: int, samples: int = 120) -> CreateTask:
+def _task(
+    rng: np.random.Generator,
+    teacher: np.ndarray,
+    *,
+    f: int,
+    min_clients: int,
+    max_clients: int,
+    max_rounds: int,
+    target_bps: int,
+    samples: int = 120,
+) -> CreateTask:
     x = rng.integers(-400, 400, (samples, ARCH[0])).astype("<i2")
     y = model.predict_reference(teacher.astype(np.int32), ARCH, 8, x).astype(np.uint8)
     init = rng.integers(-500, 500, N).astype("<i4")
-    return CreateTask(ARCH, 8, init.tobytes(), target_bps, max_rounds, min_clients, max_clients, f, 1, 3, 100, 1,
-                      x.tobytes(), y.tobytes())
+    return CreateTask(
+        ARCH,
+        8,
+        init.tobytes(),
+        target_bps,
+        max_rounds,
+        min_clients,
+        max_clients,
+        f,
+        1,
+        3,
+        100,
+        1,
+        x.tobytes(),
+        y.tobytes(),
+    )
 
 
 def build_chain() -> tuple[Kit, list[bytes]]:
@@ -73,18 +96,25 @@ def build_chain() -> tuple[Kit, list[bytes]]:
     bodies = [
         _task(rng, teacher, f=2, min_clients=7, max_clients=9, max_rounds=6, target_bps=8_000),  # completes
         _task(rng, teacher, f=1, min_clients=5, max_clients=5, max_rounds=2, target_bps=10_000),  # max_rounds
-        _task(rng, teacher, f=1, min_clients=5, max_clients=5, max_rounds=2, target_bps=5_000),  # join deadline
+        _task(
+            rng, teacher, f=1, min_clients=5, max_clients=5, max_rounds=2, target_bps=5_000
+        ),  # join deadline
     ]
     kit.block([kit.tx(kit.user, b) for b in bodies] + [kit.tx(c, Stake(3000)) for c in clients])
-    kit.block([kit.tx(c, JoinTask(1)) for c in clients[:9]] + [kit.tx(c, JoinTask(2)) for c in clients[9:14]]
-              + [kit.tx(clients[0], JoinTask(3))])
+    kit.block(
+        [kit.tx(c, JoinTask(1)) for c in clients[:9]]
+        + [kit.tx(c, JoinTask(2)) for c in clients[9:14]]
+        + [kit.tx(clients[0], JoinTask(3))]
+    )
 
     def honest(task_id: int, seed: int) -> np.ndarray:
         w = np.frombuffer(kit.chain.state().get_model(task_id), dtype="<i4").astype(np.int64)
         noise = np.random.default_rng(seed).integers(-20, 21, N)
         return np.clip((teacher - w) // 3 + noise, -32768, 32767)
 
-    def updates(task_id: int, round_: int, who: list[int], attack: dict[int, str], seed: int) -> list[SignedTx]:
+    def updates(
+        task_id: int, round_: int, who: list[int], attack: dict[int, str], seed: int
+    ) -> list[SignedTx]:
         txs = []
         for i in who:
             d = honest(task_id, seed + i)
@@ -96,7 +126,9 @@ def build_chain() -> tuple[Kit, list[bytes]]:
         return txs
 
     # round 1: task 1 with a boosted and a noise attacker (both slashed); task 2 short of 2f+3 (void)
-    kit.block(updates(1, 1, list(range(9)), {7: "boost", 8: "noise"}, 10) + updates(2, 1, [9, 10, 11, 12], {}, 20))
+    kit.block(
+        updates(1, 1, list(range(9)), {7: "boost", 8: "noise"}, 10) + updates(2, 1, [9, 10, 11, 12], {}, 20)
+    )
     for _ in range(2):
         kit.block()  # task 2's round 1 reaches its deadline (void)
     # round 2: task 2 scored with one attacker (slashed), then expires at max_rounds
@@ -117,20 +149,28 @@ def chain() -> tuple[Kit, list[bytes]]:
 
 def test_the_chain_covers_every_round_path(chain: tuple[Kit, list[bytes]]) -> None:
     kit, _ = chain
-    events = [e for h in range(1, kit.chain.head.height + 1)
-              for r in decode_receipts(kit.store.get_receipts(h)) for e in r.events]
+    events = [
+        e
+        for h in range(1, kit.chain.head.height + 1)
+        for r in decode_receipts(kit.store.get_receipts(h))
+        for e in r.events
+    ]
     closes = [e for e in events if isinstance(e, RoundClosed)]
     assert any(e.void for e in closes) and sum(not e.void for e in closes) >= 3
     slashed = [e for e in events if isinstance(e, Slashed)]
     assert {(e.task_id, e.address) for e in slashed} == {
-        (1, kit.clients[7].address), (1, kit.clients[8].address), (2, kit.clients[13].address)}
+        (1, kit.clients[7].address),
+        (1, kit.clients[8].address),
+        (2, kit.clients[13].address),
+    }
     assert [e.task_id for e in events if isinstance(e, TaskCompleted)] == [1]
     assert sorted((e.task_id, e.reason) for e in events if isinstance(e, TaskExpired)) == [(2, 2), (3, 1)]
 
 
 @pytest.mark.parametrize("config", ["nojit", "jit-1-thread", "jit-2-threads"])
-def test_replay_in_a_fresh_process_gives_identical_roots(config: str, chain: tuple[Kit, list[bytes]],
-                                                         tmp_path: Path) -> None:
+def test_replay_in_a_fresh_process_gives_identical_roots(
+    config: str, chain: tuple[Kit, list[bytes]], tmp_path: Path
+) -> None:
     kit, blocks = chain
     expected = []
     for h, data in enumerate(blocks, start=1):
@@ -144,8 +184,14 @@ def test_replay_in_a_fresh_process_gives_identical_roots(config: str, chain: tup
         env["NUMBA_DISABLE_JIT"] = "1"
     else:
         env["NUMBA_NUM_THREADS"] = "1" if config == "jit-1-thread" else "2"
-    out = subprocess.run([sys.executable, "-c", REPLAY, str(tmp_path / "genesis.json"), str(tmp_path / "blocks.hex")],
-                         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [sys.executable, "-c", REPLAY, str(tmp_path / "genesis.json"), str(tmp_path / "blocks.hex")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert report["jit"] == (config != "nojit")

@@ -88,8 +88,9 @@ async def _send_all(client: Client, stxs: list) -> None:
         assert outcome.ok, outcome
 
 
-async def drive(address: tuple[str, int], g: Genesis, *, outlier: bool, target_bps: int,
-                waves: int = 3) -> int:
+async def drive(
+    address: tuple[str, int], g: Genesis, *, outlier: bool, target_bps: int, waves: int = 3
+) -> int:
     """Run the workload; returns the height of the block that closed round 1."""
     names = ["user", *(f"client-{i}" for i in range(CLIENTS))]
     async with connect(address, genesis=g) as client:
@@ -166,10 +167,23 @@ def test_every_altered_block_is_caught_at_its_height_with_its_reason(tmp_path: P
     targets.mkdir()
     names = sorted(ALTERATIONS)
     with open(tmp_path / "proxy.log", "w") as log:
-        proxy = subprocess.Popen([sys.executable, "tests/proxykit.py", "--upstream",
-                                  f"{LOCALHOST}:{sequencer.port}", "--targets", str(targets), "--clients",
-                                  str(CLIENTS), *[a for n in names for a in ("--alter", n)]],
-                                 cwd=REPO, stdout=subprocess.PIPE, stderr=log, text=True)
+        proxy = subprocess.Popen(
+            [
+                sys.executable,
+                "tests/proxykit.py",
+                "--upstream",
+                f"{LOCALHOST}:{sequencer.port}",
+                "--targets",
+                str(targets),
+                "--clients",
+                str(CLIENTS),
+                *[a for n in names for a in ("--alter", n)],
+            ],
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+        )
     daemons.append(proxy)
     ports = json.loads(proxy.stdout.readline())["ports"]
     homes = {name: verifier_home(tmp_path, f"v-{name}", seq_home) for name in names}
@@ -231,8 +245,9 @@ def test_every_altered_block_is_caught_at_its_height_with_its_reason(tmp_path: P
 
     # nothing altered: the whole chain verified, no report, no false alarm
     # the sequencer goes on making blocks while the task is open: wait until the verifier is close behind
-    honest = _wait_until(verifiers["none"].address, g,
-                         lambda st: st.height >= head.height and st.verifier.lag <= 2)
+    honest = _wait_until(
+        verifiers["none"].address, g, lambda st: st.height >= head.height and st.verifier.lag <= 2
+    )
     upstream_header = trio.run(header_at, sequencer.address, g, honest.height)
     assert honest.head_hash == upstream_header.hash() and honest.state_root == upstream_header.state_root
     assert honest.verifier is not None and not honest.verifier.diverged
@@ -262,8 +277,9 @@ def test_sabotaged_round_rules_are_caught(tmp_path: Path, daemons: list) -> None
         daemons.append(seq)
         runs[rule] = (net.genesis, seq, verifier_home(tmp_path, f"v-{rule}", home))
     start_all([seq for _, seq, _ in runs.values()])
-    verifiers = {rule: verifier(vhome, seq.address, "--exit-on-divergence")
-                 for rule, (_, seq, vhome) in runs.items()}
+    verifiers = {
+        rule: verifier(vhome, seq.address, "--exit-on-divergence") for rule, (_, seq, vhome) in runs.items()
+    }
     daemons.extend(verifiers.values())
     start_all(list(verifiers.values()))
 
@@ -333,4 +349,3 @@ def test_claimed_value_hash_agrees_with_verify_proof() -> None:
         if proof.siblings:  # tampering with any sibling breaks both
             bad = type(proof)((proof.siblings[0][::-1], *proof.siblings[1:]), proof.leaf)
             assert claimed_value_hash(root, key, bad)[0] is verify_proof(root, key, value, bad) is False
-

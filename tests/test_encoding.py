@@ -35,8 +35,23 @@ bodies = st.one_of(
     st.builds(Unstake, u64),
     st.builds(JoinTask, u64),
     st.builds(SubmitUpdate, u64, u64, st.binary(max_size=64)),
-    st.builds(CreateTask, st.lists(u64, max_size=5).map(tuple), u64, st.binary(max_size=32), u64, u64, u64, u64,
-              u64, u64, u64, u64, u64, st.binary(max_size=16), st.binary(max_size=8)),
+    st.builds(
+        CreateTask,
+        st.lists(u64, max_size=5).map(tuple),
+        u64,
+        st.binary(max_size=32),
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        u64,
+        st.binary(max_size=16),
+        st.binary(max_size=8),
+    ),
 )
 chain_ids = st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True)
 txs = st.builds(Tx, chain_ids, st.just(KEY.address), u64, u64, bodies)
@@ -93,22 +108,25 @@ def _valid_tx_bytes() -> bytes:
     return Tx("mps-devnet", KEY.address, 0, 1, Transfer(bytes(32), 5)).sign(KEY).encode()
 
 
-@pytest.mark.parametrize("bad, why", [
-    (b"", "empty"),
-    (_valid_tx_bytes() + b"\x00", "trailing"),
-    (_valid_tx_bytes()[:-1], "truncated"),
-    (msgpack.packb({"a": 1}), "map"),
-    (msgpack.packb([1.5]), "float"),
-    (msgpack.packb([True]), "bool"),
-    (msgpack.packb([None]), "nil"),
-    (msgpack.packb(msgpack.ExtType(1, b"x")), "ext"),
-    (b"\xcd\x00\x05", "non-minimal int (uint16 holding 5)"),
-    (b"\x91\xd0\x05", "non-minimal int (int8 holding 5)"),
-    (b"\xc1", "reserved byte"),
-    (b"\xdd\xff\xff\xff\xff", "oversized array length"),
-    (b"\xc6\xff\xff\xff\xff", "oversized bin length"),
-    (b"\x91" * 40 + b"\x00", "deep nesting"),
-])
+@pytest.mark.parametrize(
+    "bad, why",
+    [
+        (b"", "empty"),
+        (_valid_tx_bytes() + b"\x00", "trailing"),
+        (_valid_tx_bytes()[:-1], "truncated"),
+        (msgpack.packb({"a": 1}), "map"),
+        (msgpack.packb([1.5]), "float"),
+        (msgpack.packb([True]), "bool"),
+        (msgpack.packb([None]), "nil"),
+        (msgpack.packb(msgpack.ExtType(1, b"x")), "ext"),
+        (b"\xcd\x00\x05", "non-minimal int (uint16 holding 5)"),
+        (b"\x91\xd0\x05", "non-minimal int (int8 holding 5)"),
+        (b"\xc1", "reserved byte"),
+        (b"\xdd\xff\xff\xff\xff", "oversized array length"),
+        (b"\xc6\xff\xff\xff\xff", "oversized bin length"),
+        (b"\x91" * 40 + b"\x00", "deep nesting"),
+    ],
+)
 def test_decode_rejects(bad: bytes, why: str) -> None:
     with pytest.raises(DecodeError):
         decode(bad, max_bytes=1 << 20)
@@ -181,8 +199,12 @@ def test_signature_checks() -> None:
     stx = tx.sign(KEY)
     assert stx.verify_signature()
     # signed for another chain id: the id differs, the signature no longer matches
-    moved = SignedTx(Tx("other-chain", KEY.address, 0, 1, Stake(5)), stx.signature,
-                     Tx("other-chain", KEY.address, 0, 1, Stake(5)).signing_hash(), stx.size)
+    moved = SignedTx(
+        Tx("other-chain", KEY.address, 0, 1, Stake(5)),
+        stx.signature,
+        Tx("other-chain", KEY.address, 0, 1, Stake(5)).signing_hash(),
+        stx.size,
+    )
     assert not moved.verify_signature()
     # one flipped bit in the signature
     flipped = bytearray(stx.signature)

@@ -56,6 +56,7 @@ def test_split_is_a_partition_disjoint_from_validation_and_reproducible(alpha: f
     split = fl.make_split(digits(), 20, alpha=alpha, seed=3)
     again = fl.make_split(digits(), 20, alpha=alpha, seed=3)
     assert len(split.clients) == 20
+
     # clients and validation together hold every sample exactly once (compared as sorted multisets)
     def table(parts: list[fl.Dataset]) -> np.ndarray:
         rows = np.concatenate([np.column_stack([p.x, p.y]) for p in parts])
@@ -63,7 +64,9 @@ def test_split_is_a_partition_disjoint_from_validation_and_reproducible(alpha: f
 
     assert np.array_equal(table([*split.clients, split.validation]), table([digits()]))
     assert min(len(c) for c in split.clients) >= 10
-    assert all(np.array_equal(a.y, b.y) and np.array_equal(a.x, b.x) for a, b in zip(split.clients, again.clients))
+    assert all(
+        np.array_equal(a.y, b.y) and np.array_equal(a.x, b.x) for a, b in zip(split.clients, again.clients)
+    )
     # the validation set is stratified: every class holds back about 20%
     assert np.all(np.abs(split.validation.label_counts() - 0.2 * digits().label_counts()) <= 1)
 
@@ -110,15 +113,25 @@ def test_gradient_matches_finite_differences() -> None:
     for i in rng.choice(p.size, 25, replace=False):
         e = np.zeros_like(p)
         e[i] = eps
-        numeric = (mlp.loss_and_grad(p + e, arch, x, y)[0] - mlp.loss_and_grad(p - e, arch, x, y)[0]) / (2 * eps)
+        numeric = (mlp.loss_and_grad(p + e, arch, x, y)[0] - mlp.loss_and_grad(p - e, arch, x, y)[0]) / (
+            2 * eps
+        )
         assert abs(numeric - g[i]) < 1e-6, (i, numeric, g[i])
 
 
 def test_float_layout_is_the_on_chain_layout() -> None:
     """Quantized float parameters predict (almost) the same classes under the chain's integer forward pass."""
     d = digits()
-    params, _ = mlp.train_sgd(mlp.init_params(ARCH, np.random.default_rng(1)), ARCH, d.x[:600], d.y[:600],
-                              epochs=5, lr=0.3, batch_size=16, rng=np.random.default_rng(2))
+    params, _ = mlp.train_sgd(
+        mlp.init_params(ARCH, np.random.default_rng(1)),
+        ARCH,
+        d.x[:600],
+        d.y[:600],
+        epochs=5,
+        lr=0.3,
+        batch_size=16,
+        rng=np.random.default_rng(2),
+    )
     float_pred = mlp.predict(params, ARCH, d.x)
     int_pred = model.predict(model.quantize_weights(params, S), ARCH, S, model.quantize_inputs(d.x, S))
     assert np.mean(float_pred == int_pred) > 0.99
@@ -153,7 +166,9 @@ def test_learner_returns_the_quantized_change_from_the_global_model() -> None:
     assert np.isfinite(up.loss) and up.samples == len(split.clients[0])
     assert up.to_bytes() == up.delta.astype("<i2").tobytes()
     # same seed, same global model: the same delta
-    assert np.array_equal(fl.LocalLearner(split.clients[0], ARCH, seed=7).train_round(w, S, 2).delta, up.delta)
+    assert np.array_equal(
+        fl.LocalLearner(split.clients[0], ARCH, seed=7).train_round(w, S, 2).delta, up.delta
+    )
     with pytest.raises(ValueError, match="features"):
         fl.LocalLearner(fl.from_arrays(np.ones((3, 5)), np.array([0, 1, 0])), ARCH)
     with pytest.raises(ValueError, match="weights"):
@@ -209,22 +224,37 @@ def test_create_task_body_is_valid_and_refuses_what_the_chain_would() -> None:
 def test_learner_updates_close_a_round_on_the_chain() -> None:
     kit = Kit(clients=5)
     split = fl.make_split(digits(), 5, seed=0)
-    body = fl.create_task_body(split.validation, min_clients=5, max_clients=5, byzantine_f=1, join_blocks=1,
-                               target_accuracy_bps=10_000, max_rounds=2)
+    body = fl.create_task_body(
+        split.validation,
+        min_clients=5,
+        max_clients=5,
+        byzantine_f=1,
+        join_blocks=1,
+        target_accuracy_bps=10_000,
+        max_rounds=2,
+    )
     _, res = kit.block([kit.tx(kit.user, body)] + [kit.tx(c, Stake(2000)) for c in kit.clients])
     task_id = res.receipts[0].events[0].task_id
     kit.block([kit.tx(c, JoinTask(task_id)) for c in kit.clients])
     task = kit.chain.state().get_task(task_id)
     assert task.status == TaskStatus.ACTIVE
     w = fl.weights_from_bytes(kit.chain.state().get_model(task_id), ARCH)
-    updates = [fl.LocalLearner(c, ARCH, seed=i).train_round(w, S, task.local_epochs)
-               for i, c in enumerate(split.clients)]
-    _, res = kit.block([kit.tx(c, SubmitUpdate(task_id, 1, u.to_bytes())) for c, u in zip(kit.clients, updates)])
+    updates = [
+        fl.LocalLearner(c, ARCH, seed=i).train_round(w, S, task.local_epochs)
+        for i, c in enumerate(split.clients)
+    ]
+    _, res = kit.block(
+        [kit.tx(c, SubmitUpdate(task_id, 1, u.to_bytes())) for c, u in zip(kit.clients, updates)]
+    )
     closed = next(e for e in res.receipts[-1].events if isinstance(e, RoundClosed))
     assert closed.flagged == () and len(closed.selected) == 4
     vx, vy = fl.decode_validation(*kit.chain.state().get_valset(task_id), ARCH)
     new = fl.weights_from_bytes(kit.chain.state().get_model(task_id), ARCH)
-    assert closed.accuracy_bps == model.accuracy_bps(new, ARCH, S, vx, vy) > model.accuracy_bps(w, ARCH, S, vx, vy)
+    assert (
+        closed.accuracy_bps
+        == model.accuracy_bps(new, ARCH, S, vx, vy)
+        > model.accuracy_bps(w, ARCH, S, vx, vy)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -239,8 +269,9 @@ def test_simple_attacks() -> None:
     own, rng = _own(), np.random.default_rng(0)
     assert np.array_equal(attacks.craft("sign_flip", own, n_clients=20, rng=rng), -own)
     assert np.allclose(attacks.craft("scaled", own, n_clients=20, rng=rng), 20 * own)
-    assert np.allclose(attacks.craft("scaled", own, n_clients=20, rng=rng, options=attacks.AttackOptions(boost=3)),
-                       3 * own)
+    assert np.allclose(
+        attacks.craft("scaled", own, n_clients=20, rng=rng, options=attacks.AttackOptions(boost=3)), 3 * own
+    )
     g = attacks.craft("gaussian", own, n_clients=20, rng=rng, options=attacks.AttackOptions(gaussian_std=0.5))
     assert g.shape == own.shape and 0.4 < g.std() < 0.6
     assert not attacks.craft("free_rider_zeros", own, n_clients=20, rng=rng).any()
@@ -270,25 +301,32 @@ def test_ipm_uses_the_honest_mean() -> None:
     for name, eps in (("ipm_0.1", 0.1), ("ipm_2", 2.0)):
         out = attacks.craft(name, own, honest, n_clients=8, rng=np.random.default_rng(0))
         assert np.allclose(out, -eps * honest.mean(axis=0)[None, :])
-        assert np.allclose(attacks.craft(name, own, None, n_clients=8, rng=np.random.default_rng(0)),
-                           -eps * own.mean(axis=0)[None, :])  # no view of the others: own estimate
+        assert np.allclose(
+            attacks.craft(name, own, None, n_clients=8, rng=np.random.default_rng(0)),
+            -eps * own.mean(axis=0)[None, :],
+        )  # no view of the others: own estimate
 
 
 def test_colluders_send_distinct_deltas_the_chain_accepts() -> None:
     own, honest = _own(3), _own(5, seed=2)
     for name in attacks.IDENTICAL:
-        deltas, clipped = attacks.craft_deltas(name, own, honest, n_clients=8, scale_bits=S,
-                                               rng=np.random.default_rng(0), first_index=2)
+        deltas, clipped = attacks.craft_deltas(
+            name, own, honest, n_clients=8, scale_bits=S, rng=np.random.default_rng(0), first_index=2
+        )
         assert deltas.dtype == np.int16 and clipped == [0, 0, 0]
         assert len({r.tobytes() for r in deltas}) == 3, name
         if name == "free_rider_copy":
             honest_q = {fl.quantize_update(h, S)[0].tobytes() for h in honest}
             assert not any(r.tobytes() in honest_q for r in deltas)  # never a byte-for-byte copy
-            assert all(min(np.abs(r.astype(int) - fl.quantize_update(h, S)[0]).sum() for h in honest) == 1
-                       for r in deltas)
+            assert all(
+                min(np.abs(r.astype(int) - fl.quantize_update(h, S)[0]).sum() for h in honest) == 1
+                for r in deltas
+            )
 
 
 def test_boosted_updates_clip_and_report_it() -> None:
     own = np.full((1, 10), 0.5)
-    deltas, clipped = attacks.craft_deltas("scaled", own, n_clients=20, scale_bits=S, rng=np.random.default_rng(0))
+    deltas, clipped = attacks.craft_deltas(
+        "scaled", own, n_clients=20, scale_bits=S, rng=np.random.default_rng(0)
+    )
     assert clipped == [10] and np.all(deltas == 32767)

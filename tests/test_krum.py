@@ -54,12 +54,15 @@ def updates(draw: st.DrawFn, max_k: int = 12, max_d: int = 40, min_k: int = 1) -
 
 
 # Speed knobs that must never change a result: block width, int32 run length, kernel choice, split.
-knobs = st.fixed_dictionaries({}, optional={
-    "block_cols": st.sampled_from([1, 2, 3, 5, 16, 64, 8192]),
-    "int32_chunk_max": st.integers(1, 1 << 16),
-    "int32_chunk_min": st.sampled_from([1, 2, 64, 1 << 30]),
-    "parts": st.integers(1, 5),
-})
+knobs = st.fixed_dictionaries(
+    {},
+    optional={
+        "block_cols": st.sampled_from([1, 2, 3, 5, 16, 64, 8192]),
+        "int32_chunk_max": st.integers(1, 1 << 16),
+        "int32_chunk_min": st.sampled_from([1, 2, 64, 1 << 30]),
+        "parts": st.integers(1, 5),
+    },
+)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,7 +139,9 @@ def test_many_column_blocks(block_cols: int) -> None:
     expected = Q64 @ Q64.T  # numpy's integer matmul: exact here (|entries| < 2^46), no BLAS
     for kw in ({}, {"int32_chunk_min": 1 << 30}, {"int32_chunk_max": 100, "parts": 3}):
         assert np.array_equal(gram_matrix(Q, block_cols=block_cols, **kw), expected)
-    assert np.array_equal(gram_matrix(Q[:3, :2000], block_cols=block_cols), gram_matrix_reference(Q[:3, :2000]))
+    assert np.array_equal(
+        gram_matrix(Q[:3, :2000], block_cols=block_cols), gram_matrix_reference(Q[:3, :2000])
+    )
 
 
 def test_extreme_magnitudes_at_max_params() -> None:
@@ -147,11 +152,14 @@ def test_extreme_magnitudes_at_max_params() -> None:
     Q[1] = I16_MIN
     Q[2, 0::2] = I16_MIN
     Q[2, 1::2] = I16_MAX
-    expected_g = np.array([
-        [d * I16_MAX**2, d * I16_MAX * I16_MIN, 0],
-        [d * I16_MAX * I16_MIN, d * I16_MIN**2, (d // 2) * (I16_MIN**2 + I16_MAX * I16_MIN)],
-        [0, (d // 2) * (I16_MIN**2 + I16_MAX * I16_MIN), (d // 2) * (I16_MIN**2 + I16_MAX**2)],
-    ], dtype=np.int64)
+    expected_g = np.array(
+        [
+            [d * I16_MAX**2, d * I16_MAX * I16_MIN, 0],
+            [d * I16_MAX * I16_MIN, d * I16_MIN**2, (d // 2) * (I16_MIN**2 + I16_MAX * I16_MIN)],
+            [0, (d // 2) * (I16_MIN**2 + I16_MAX * I16_MIN), (d // 2) * (I16_MIN**2 + I16_MAX**2)],
+        ],
+        dtype=np.int64,
+    )
     expected_g[0, 2] = expected_g[2, 0] = (d // 2) * (I16_MAX * I16_MIN + I16_MAX**2)
     assert np.array_equal(gram_matrix(Q), expected_g)
     assert np.array_equal(gram_matrix(Q, int32_chunk_min=1, block_cols=1 << 20), expected_g)  # 1-column runs
@@ -214,8 +222,9 @@ def test_hand_computed_round() -> None:
     # All four honest scores tie at 2: the address decides, so the order reverses.
     addresses = [bytes([5]) * 32, bytes([4]) * 32, bytes([3]) * 32, bytes([2]) * 32, bytes([1]) * 32]
     r = multi_krum(Q, 1, addresses, 400)
-    assert r == KrumResult(scores=(2, 2, 2, 2, 343), ranking=(3, 2, 1, 0, 4), selected=(3, 2, 1, 0),
-                           flagged=(4,), median=2)
+    assert r == KrumResult(
+        scores=(2, 2, 2, 2, 343), ranking=(3, 2, 1, 0, 4), selected=(3, 2, 1, 0), flagged=(4,), median=2
+    )
     # 100 * 343 = 34300 against 17150 * 2 = 34300: not strictly greater, so not flagged.
     assert multi_krum(Q, 1, addresses, 17150).flagged == ()
     assert multi_krum(Q, 1, addresses, 17149).flagged == (4,)
@@ -292,7 +301,7 @@ def test_multi_krum_invariants(data: st.DataObject) -> None:
     assert list(r.ranking) == sorted(range(k), key=lambda i: (s[i], addresses[i]))
     assert r.selected == r.ranking[: k - f]
     assert r.median == sorted(s)[(k - 1) // 2]
-    worst = r.ranking[k - f:]
+    worst = r.ranking[k - f :]
     assert r.flagged == tuple(i for i in worst if r.median > 0 and 100 * s[i] > pct * r.median)
 
 
@@ -311,13 +320,16 @@ def test_too_few_updates_for_f() -> None:
     krum_scores(distance_matrix(Q), 0)  # k = 4 >= 3
 
 
-@pytest.mark.parametrize("Q", [
-    np.zeros((3, 3), dtype=np.int32),
-    np.zeros((3, 3), dtype=np.float64),
-    np.zeros(9, dtype=np.int16),
-    np.zeros((257, 1), dtype=np.int16),
-    np.zeros((1, krum.MAX_PARAMS + 1), dtype=np.int16),
-])
+@pytest.mark.parametrize(
+    "Q",
+    [
+        np.zeros((3, 3), dtype=np.int32),
+        np.zeros((3, 3), dtype=np.float64),
+        np.zeros(9, dtype=np.int16),
+        np.zeros((257, 1), dtype=np.int16),
+        np.zeros((1, krum.MAX_PARAMS + 1), dtype=np.int16),
+    ],
+)
 def test_bad_updates_refused(Q: np.ndarray) -> None:
     with pytest.raises(ValueError):
         gram_matrix(Q)
@@ -418,7 +430,9 @@ def test_direction_rule_needs_agreement_and_respects_its_limits() -> None:
     assert len(multi_krum(Q, 1, addrs(9), 10**6, RULE).flagged_direction) == 1
     Q3 = _cluster_with_flippers(9, [2, 6])
     Q3[4] = (Q3[4].astype(np.int64) * 40).clip(-32767, 32767)  # a boosted one Krum catches
-    r = multi_krum(Q3, 2, addrs(9), 10**6, krum.RoundRules(2500, 4000, 10_000))  # coherent: 100x, only the boosted
+    r = multi_krum(
+        Q3, 2, addrs(9), 10**6, krum.RoundRules(2500, 4000, 10_000)
+    )  # coherent: 100x, only the boosted
     assert r.flagged[0] == 4 and len(r.flagged) == 2 and r.flagged_direction == r.flagged[1:]
     # without a rule nothing changes from plain Krum
     plain = multi_krum(Q, 2, addrs(9), 10**6)
@@ -434,11 +448,16 @@ def test_flag_rules_fast_equal_reference(data: st.DataObject) -> None:
     k = data.draw(st.integers(2 * f + 3, 2 * f + 6))
     Q = data.draw(updates(min_k=k, max_k=k, max_d=10))
     if data.draw(st.booleans()):
-        Q = _cluster_with_flippers(k, data.draw(st.lists(st.integers(0, k - 1), max_size=f)), data.draw(st.integers(0, 99)))
+        Q = _cluster_with_flippers(
+            k, data.draw(st.lists(st.integers(0, k - 1), max_size=f)), data.draw(st.integers(0, 99))
+        )
     addresses = data.draw(st.lists(st.binary(min_size=32, max_size=32), min_size=k, max_size=k, unique=True))
     pct = data.draw(st.sampled_from([100, 400, 12_000]))
-    rule = krum.RoundRules(data.draw(st.sampled_from([0, 2500, 9000])), data.draw(st.sampled_from([0, 4000, 9000])),
-                           data.draw(st.sampled_from([100, 3000, 10**6])))
+    rule = krum.RoundRules(
+        data.draw(st.sampled_from([0, 2500, 9000])),
+        data.draw(st.sampled_from([0, 4000, 9000])),
+        data.draw(st.sampled_from([100, 3000, 10**6])),
+    )
     fast = multi_krum(Q, f, addresses, pct, rule)
     s = krum_scores_reference(distance_matrix_reference(Q), f).tolist()
     ref = compute_krum_result(s, f, addresses, pct, krum.direction_stats_reference(Q), rule)

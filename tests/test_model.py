@@ -41,16 +41,36 @@ SETTINGS = settings(max_examples=250, deadline=None, suppress_health_check=[Heal
 
 
 @njit(cache=False)
-def _numba_shift_div(a: np.ndarray, s: np.ndarray, m: np.ndarray, out_shift: np.ndarray,
-                     out_div: np.ndarray) -> None:
+def _numba_shift_div(
+    a: np.ndarray, s: np.ndarray, m: np.ndarray, out_shift: np.ndarray, out_div: np.ndarray
+) -> None:
     for i in range(a.shape[0]):
         out_shift[i] = a[i] >> s[i]
         out_div[i] = a[i] // m[i]
 
 
 def test_numba_right_shift_is_floor_and_floordiv_is_pythons() -> None:
-    values = [-(1 << 62), -(1 << 48) - 1, -65537, -65536, -65535, -7, -6, -5, -3, -2, -1, 0, 1, 2, 3, 5,
-              65535, 65536, (1 << 62) - 1]
+    values = [
+        -(1 << 62),
+        -(1 << 48) - 1,
+        -65537,
+        -65536,
+        -65535,
+        -7,
+        -6,
+        -5,
+        -3,
+        -2,
+        -1,
+        0,
+        1,
+        2,
+        3,
+        5,
+        65535,
+        65536,
+        (1 << 62) - 1,
+    ]
     shifts = [0, 1, 2, 16, 24]
     divisors = [1, 2, 3, 4, 7, 48, 256]
     cases = [(a, s, m) for a in values for s in shifts for m in divisors]
@@ -65,8 +85,9 @@ def test_numba_right_shift_is_floor_and_floordiv_is_pythons() -> None:
 
 
 def test_shift_relu_kernel_floors_and_clamps() -> None:
-    z = np.array([[-(1 << 62), -65537, -65536, -1, 0, 1, 65535, 65536, 131071, 1 << 40, (1 << 62) - 1]],
-                 dtype=np.int64)
+    z = np.array(
+        [[-(1 << 62), -65537, -65536, -1, 0, 1, 65535, 65536, 131071, 1 << 40, (1 << 62) - 1]], dtype=np.int64
+    )
     a = np.empty(z.shape, dtype=np.int32)
     model._shift_relu(z, 16, a)
     assert a.tolist() == [[0, 0, 0, 0, 0, 0, 0, 1, 1, SAT, SAT]]
@@ -153,16 +174,20 @@ def forward_cases(draw: st.DrawFn) -> tuple[tuple[int, ...], int, np.ndarray, np
 
 
 # Speed knobs that must never change a result.
-block_knobs = st.fixed_dictionaries({}, optional={
-    "sample_block": st.integers(1, 9),
-    "output_block": st.integers(1, 9),
-})
+block_knobs = st.fixed_dictionaries(
+    {},
+    optional={
+        "sample_block": st.integers(1, 9),
+        "output_block": st.integers(1, 9),
+    },
+)
 
 
 @SETTINGS
 @given(forward_cases(), block_knobs)
-def test_forward_matches_reference(case: tuple[tuple[int, ...], int, np.ndarray, np.ndarray],
-                                   kw: dict[str, int]) -> None:
+def test_forward_matches_reference(
+    case: tuple[tuple[int, ...], int, np.ndarray, np.ndarray], kw: dict[str, int]
+) -> None:
     arch, s, w, x = case
     z = compute_logits(w, arch, s, x, **kw)
     assert z.dtype == np.int64 and z.shape == (x.shape[0], arch[-1])
@@ -228,13 +253,19 @@ def test_forward_rejects_what_the_bounds_exclude() -> None:
     arch = (2, 3, 2)
     w = np.zeros(param_count(arch), dtype=np.int32)
     x = np.zeros((1, 2), dtype=np.int16)
-    for bad_w in (np.full(param_count(arch), CLAMP + 1, dtype=np.int32),
-                  np.full(param_count(arch), -CLAMP - 1, dtype=np.int32),
-                  np.zeros(param_count(arch) + 1, dtype=np.int32),
-                  np.zeros(param_count(arch), dtype=np.int64)):
+    for bad_w in (
+        np.full(param_count(arch), CLAMP + 1, dtype=np.int32),
+        np.full(param_count(arch), -CLAMP - 1, dtype=np.int32),
+        np.zeros(param_count(arch) + 1, dtype=np.int32),
+        np.zeros(param_count(arch), dtype=np.int64),
+    ):
         with pytest.raises(ValueError):
             predict(bad_w, arch, 0, x)
-    for bad_x in (np.zeros((1, 3), dtype=np.int16), np.zeros((1, 2), dtype=np.int32), np.zeros(2, dtype=np.int16)):
+    for bad_x in (
+        np.zeros((1, 3), dtype=np.int16),
+        np.zeros((1, 2), dtype=np.int32),
+        np.zeros(2, dtype=np.int16),
+    ):
         with pytest.raises(ValueError):
             predict(w, arch, 0, bad_x)
     for bad_s in (-1, 25, True, 3.0):
@@ -323,11 +354,13 @@ def test_aggregate_matches_reference(case: tuple[np.ndarray, np.ndarray], kw: di
 
 @SETTINGS
 @given(aggregate_cases(), agg_knobs, st.data())
-def test_aggregate_of_selected_rows_matches_reference(case: tuple[np.ndarray, np.ndarray], kw: dict[str, int],
-                                                      data: st.DataObject) -> None:
+def test_aggregate_of_selected_rows_matches_reference(
+    case: tuple[np.ndarray, np.ndarray], kw: dict[str, int], data: st.DataObject
+) -> None:
     w, Q = case
-    rows = data.draw(st.permutations(range(Q.shape[0])).flatmap(
-        lambda p: st.integers(1, len(p)).map(lambda n: p[:n])))
+    rows = data.draw(
+        st.permutations(range(Q.shape[0])).flatmap(lambda p: st.integers(1, len(p)).map(lambda n: p[:n]))
+    )
     assert aggregate(w, Q, rows=rows, **kw).tolist() == aggregate_reference(w, Q[rows]).tolist()
 
 
@@ -342,11 +375,25 @@ def test_aggregate_refuses_bad_rows(rows: list) -> None:
 def test_aggregate_rounding_written_out(fn: Aggregator) -> None:
     # (sum + m // 2) // m, floor division: a .5 rounds up (towards +inf), also below zero.
     cases = [  # (deltas of one parameter, expected a_p)
-        ([1, 0], 1), ([-1, 0], 0), ([3, 0], 2), ([-3, 0], -1), ([1, -2], 0),  # m = 2: x.5 -> up
-        ([-2, 0, 0], -1), ([2, 0, 0], 1), ([-1, 0, 0], 0), ([1, 0, 0], 0),  # m = 3: floor(-1/3) = -1
-        ([-2, 0, 0, 0], 0), ([2, 0, 0, 0], 1), ([-6, 0, 0, 0], -1), ([-7, 0, 0, 0], -2),  # m = 4
-        ([5], 5), ([-5], -5), ([I16_MIN], I16_MIN), ([I16_MAX], I16_MAX),  # m = 1: the delta itself
-        ([I16_MIN] * 48, I16_MIN), ([I16_MIN] * 47 + [I16_MIN + 1], I16_MIN),
+        ([1, 0], 1),
+        ([-1, 0], 0),
+        ([3, 0], 2),
+        ([-3, 0], -1),
+        ([1, -2], 0),  # m = 2: x.5 -> up
+        ([-2, 0, 0], -1),
+        ([2, 0, 0], 1),
+        ([-1, 0, 0], 0),
+        ([1, 0, 0], 0),  # m = 3: floor(-1/3) = -1
+        ([-2, 0, 0, 0], 0),
+        ([2, 0, 0, 0], 1),
+        ([-6, 0, 0, 0], -1),
+        ([-7, 0, 0, 0], -2),  # m = 4
+        ([5], 5),
+        ([-5], -5),
+        ([I16_MIN], I16_MIN),
+        ([I16_MAX], I16_MAX),  # m = 1: the delta itself
+        ([I16_MIN] * 48, I16_MIN),
+        ([I16_MIN] * 47 + [I16_MIN + 1], I16_MIN),
     ]
     for deltas, expected in cases:
         Q = np.array(deltas, dtype=np.int16).reshape(-1, 1)
@@ -356,8 +403,10 @@ def test_aggregate_rounding_written_out(fn: Aggregator) -> None:
 @pytest.mark.parametrize("fn", [aggregate, aggregate_reference])
 def test_aggregate_clamps_both_ends(fn: Aggregator) -> None:
     w = np.array([CLAMP, -CLAMP, CLAMP - 5, -CLAMP + 5, (1 << 31) - 1, -(1 << 31), 0], dtype=np.int32)
-    Q = np.array([[I16_MAX, I16_MIN, 10, -10, 0, 0, I16_MIN],
-                  [I16_MAX, I16_MIN, 10, -10, 0, 0, I16_MIN]], dtype=np.int16)
+    Q = np.array(
+        [[I16_MAX, I16_MIN, 10, -10, 0, 0, I16_MIN], [I16_MAX, I16_MIN, 10, -10, 0, 0, I16_MIN]],
+        dtype=np.int16,
+    )
     assert fn(w, Q).tolist() == [CLAMP, -CLAMP, CLAMP, -CLAMP, CLAMP, -CLAMP, I16_MIN]
 
 
@@ -375,8 +424,12 @@ def test_aggregate_large_matches_reference_and_numpy() -> None:
 
 def test_aggregate_rejects_bad_shapes() -> None:
     w = np.zeros(4, dtype=np.int32)
-    for Q in (np.zeros((0, 4), dtype=np.int16), np.zeros((2, 5), dtype=np.int16),
-              np.zeros((2, 4), dtype=np.int32), np.zeros(4, dtype=np.int16)):
+    for Q in (
+        np.zeros((0, 4), dtype=np.int16),
+        np.zeros((2, 5), dtype=np.int16),
+        np.zeros((2, 4), dtype=np.int32),
+        np.zeros(4, dtype=np.int16),
+    ):
         with pytest.raises(ValueError):
             aggregate(w, Q)
     with pytest.raises(ValueError):
@@ -407,12 +460,14 @@ def test_quantize_round_trip_and_clipping() -> None:
 # An independent float cross-check: a trained float MLP and its quantized integer twin agree
 
 
-def _train_mlp(x: np.ndarray, y: np.ndarray, arch: tuple[int, ...], steps: int, lr: float,
-               seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _train_mlp(
+    x: np.ndarray, y: np.ndarray, arch: tuple[int, ...], steps: int, lr: float, seed: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Minibatch SGD on softmax cross-entropy, float64; layers as (W out x in, b)."""
     rng = np.random.default_rng(seed)
-    layers = [(rng.normal(0, np.sqrt(2 / n_in), (n_out, n_in)), np.zeros(n_out))
-              for n_in, n_out in pairwise(arch)]
+    layers = [
+        (rng.normal(0, np.sqrt(2 / n_in), (n_out, n_in)), np.zeros(n_out)) for n_in, n_out in pairwise(arch)
+    ]
     for _ in range(steps):
         idx = rng.integers(0, len(x), 64)
         acts = [x[idx]]
@@ -442,8 +497,15 @@ def _float_predict(layers: list[tuple[np.ndarray, np.ndarray]], x: np.ndarray) -
     return np.argmax(a, axis=1)
 
 
-def _check_integer_twin(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,
-                        arch: tuple[int, ...], steps: int, lr: float) -> None:
+def _check_integer_twin(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_test: np.ndarray,
+    y_test: np.ndarray,
+    arch: tuple[int, ...],
+    steps: int,
+    lr: float,
+) -> None:
     s = 16
     layers = _train_mlp(x_train, y_train, arch, steps, lr, seed=5)
     float_preds = _float_predict(layers, x_test)
@@ -457,7 +519,9 @@ def _check_integer_twin(x_train: np.ndarray, y_train: np.ndarray, x_test: np.nda
     agreement = np.mean(int_preds == float_preds)
     assert agreement >= 0.99, agreement
     y8 = y_test.astype(np.uint8)
-    assert accuracy_bps(weights, arch, s, xq, y8) == int(np.count_nonzero(int_preds == y_test)) * 10_000 // len(y8)
+    assert accuracy_bps(weights, arch, s, xq, y8) == int(
+        np.count_nonzero(int_preds == y_test)
+    ) * 10_000 // len(y8)
 
 
 def test_float_mlp_agrees_with_integer_twin_synthetic() -> None:

@@ -26,8 +26,18 @@ from mpsnode.node.wire import ERROR, LENGTH, REPLY, Msg, encode_frame
 from nodekit import Daemon, hello_frame, make_home, raw_connect, read_message, read_until_closed
 
 PARAMS = Params(block_time_ms=50)
-TIMEOUTS = ["--handshake-timeout", "1", "--frame-timeout", "1", "--slow-peer-timeout", "1",
-            "--outbox-bytes", "65536", "--metrics", "127.0.0.1:0"]
+TIMEOUTS = [
+    "--handshake-timeout",
+    "1",
+    "--frame-timeout",
+    "1",
+    "--slow-peer-timeout",
+    "1",
+    "--outbox-bytes",
+    "65536",
+    "--metrics",
+    "127.0.0.1:0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -169,9 +179,25 @@ def test_subscriber_that_stops_reading_is_dropped(node) -> None:
         # ... and never read again, while about 14 MB of blocks are made
         rng = np.random.default_rng(3)
         arch, samples = (1000, 2), 500
-        bodies = [CreateTask(arch, 8, rng.integers(-100, 100, 2002).astype("<i4").tobytes(), 9000, 2, 3, 3, 0, 5, 5,
-                             1, 1, rng.integers(-100, 100, samples * arch[0]).astype("<i2").tobytes(),
-                             rng.integers(0, 2, samples).astype(np.uint8).tobytes()) for _ in range(14)]
+        bodies = [
+            CreateTask(
+                arch,
+                8,
+                rng.integers(-100, 100, 2002).astype("<i4").tobytes(),
+                9000,
+                2,
+                3,
+                3,
+                0,
+                5,
+                5,
+                1,
+                1,
+                rng.integers(-100, 100, samples * arch[0]).astype("<i2").tobytes(),
+                rng.integers(0, 2, samples).astype(np.uint8).tobytes(),
+            )
+            for _ in range(14)
+        ]
         pushed = 0
 
         async def make_blocks() -> int:

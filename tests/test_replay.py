@@ -39,8 +39,9 @@ def create_task(target_bps: int, max_rounds: int, max_clients: int) -> CreateTas
     weights = rng.integers(-1000, 1000, N_PARAMS, dtype=np.int32).astype("<i4").tobytes()
     x = np.tile(rng.integers(-500, 500, ARCH[0], dtype=np.int16), 3).astype("<i2").tobytes()
     # one input under all three labels: the model is 33.33% accurate, whatever its weights
-    return CreateTask(ARCH, 8, weights, target_bps, max_rounds, 5, max_clients, 1, 50, 5, 100, 1, x,
-                      bytes([0, 1, 2]))
+    return CreateTask(
+        ARCH, 8, weights, target_bps, max_rounds, 5, max_clients, 1, 50, 5, 100, 1, x, bytes([0, 1, 2])
+    )
 
 
 def updates(rng: np.random.Generator, n: int, outlier: int | None) -> list[bytes]:
@@ -68,11 +69,13 @@ def build_home(path: Path) -> tuple[Path, int]:
         for round_ in (1, 2, 3):
             active = kit.chain.state().get_task(1).participants
             ds = updates(rng, 6, outlier=5 if round_ == 1 else None)
-            block, _ = kit.block([kit.tx(c, SubmitUpdate(1, round_, d)) for c, d in zip(clients, ds)
-                                  if c.address in active])
+            block, _ = kit.block(
+                [kit.tx(c, SubmitUpdate(1, round_, d)) for c, d in zip(clients, ds) if c.address in active]
+            )
             slash_height = slash_height or block.height
-        kit.block([kit.tx(kit.user, create_task(3000, 2, 5)),
-                   kit.tx(kit.user, Transfer(clients[0].address, 7))])
+        kit.block(
+            [kit.tx(kit.user, create_task(3000, 2, 5)), kit.tx(kit.user, Transfer(clients[0].address, 7))]
+        )
         kit.block([kit.tx(c, JoinTask(2)) for c in clients[:5]])
         kit.block([kit.tx(c, SubmitUpdate(2, 1, d)) for c, d in zip(clients[:5], updates(rng, 5, None))])
         kit.block([kit.tx(kit.user, Transfer(clients[1].address, 9))])
@@ -140,7 +143,9 @@ def test_replay_of_a_home_checks_every_root_and_audits_every_task(chain_home, ca
 
     code, out, _ = run_cli(capsys, "replay", "--home", str(home))
     assert code == 0 and "every root matches" in out
-    assert f"{slash[1].address.hex()[:8]}(-{slash[1].amount}, krum_score)" in out  # the slash in the round table
+    assert (
+        f"{slash[1].address.hex()[:8]}(-{slash[1].amount}, krum_score)" in out
+    )  # the slash in the round table
     assert "payments:" in out and "krum scores" in out and "refunded to the creator" in out
 
 
@@ -181,8 +186,8 @@ def tamper(export: Path, out: Path, height: int, **header_changes: bytes) -> Non
     pos, parts = len(MAGIC), [MAGIC]
     blocks = 0
     while pos < len(data):
-        tag, (n,) = data[pos:pos + 1], LENGTH.unpack(data[pos + 1:pos + 5])
-        payload = data[pos + 5:pos + 5 + n]
+        tag, (n,) = data[pos : pos + 1], LENGTH.unpack(data[pos + 1 : pos + 5])
+        payload = data[pos + 5 : pos + 5 + n]
         if tag == BLOCK:
             blocks += 1
             if blocks == height:
@@ -196,8 +201,9 @@ def tamper(export: Path, out: Path, height: int, **header_changes: bytes) -> Non
     out.write_bytes(b"".join(parts))
 
 
-def test_a_tampered_export_fails_at_its_height_with_the_daemons_report(chain_home, capsys,
-                                                                       tmp_path: Path) -> None:
+def test_a_tampered_export_fails_at_its_height_with_the_daemons_report(
+    chain_home, capsys, tmp_path: Path
+) -> None:
     home, _ = chain_home
     good = tmp_path / "chain.mps"
     assert run_cli(capsys, "export", "--home", str(home), "--out", str(good))[0] == 0
@@ -222,8 +228,9 @@ def test_a_tampered_export_fails_at_its_height_with_the_daemons_report(chain_hom
     assert code == 1 and "DIVERGENCE at height 4" in out and "state_root" in out
 
 
-def test_a_home_built_without_the_slash_diverges_where_it_was_due(tmp_path: Path, capsys,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_home_built_without_the_slash_diverges_where_it_was_due(
+    tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(round_rules, "slash_participant", lambda *a, **k: [])
     home, slash_height = build_home(tmp_path / "home")
     monkeypatch.undo()

@@ -29,8 +29,9 @@ N = model.param_count(ARCH)
 
 
 def start_task(kit: Kit, n_clients: int = 5, **kw: int) -> int:
-    body = small_task(arch=ARCH, samples=16, f=1, min_clients=5, max_clients=n_clients, join_blocks=1,
-                      round_blocks=5, **kw)
+    body = small_task(
+        arch=ARCH, samples=16, f=1, min_clients=5, max_clients=n_clients, join_blocks=1, round_blocks=5, **kw
+    )
     _, res = kit.block([kit.tx(kit.user, body)] + [kit.tx(c, Stake(2000)) for c in kit.clients])
     task_id = res.receipts[0].events[0].task_id
     kit.block([kit.tx(c, JoinTask(task_id)) for c in kit.clients[:n_clients]])
@@ -63,10 +64,12 @@ def expected_close(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int],
     addresses = [kit.clients[i].address for i in who]
     scores = krum.krum_scores_reference(krum.distance_matrix_reference(Q), f)
     params = kit.genesis.params
-    rule = krum.RoundRules(params.slash_direction_bps, params.coherence_gate_bps,
-                           params.slash_score_ratio_coherent_pct)
-    result = krum.compute_krum_result(scores.tolist(), f, addresses, params.slash_score_ratio_pct,
-                                      krum.direction_stats_reference(Q), rule)
+    rule = krum.RoundRules(
+        params.slash_direction_bps, params.coherence_gate_bps, params.slash_score_ratio_coherent_pct
+    )
+    result = krum.compute_krum_result(
+        scores.tolist(), f, addresses, params.slash_score_ratio_pct, krum.direction_stats_reference(Q), rule
+    )
     weights = np.frombuffer(kit.chain.state().get_model(task_id), dtype="<i4")
     new = model.aggregate_reference(weights, Q[list(result.selected)])
     val_x, val_y = kit.chain.state().get_valset(task_id)
@@ -166,10 +169,17 @@ def test_replay_agrees_on_scored_rounds(seed: int) -> None:
     builder, follower = Kit(), Kit()
     task_id = start_task(builder, target_accuracy_bps=10_000, max_rounds=2)
     for round_ in (1, 2):
-        submit_round(builder, task_id, round_, deltas(seed * 7 + round_, 5, {3: 80} if round_ == 1 else {}),
-                     who=[0, 1, 2, 3, 4] if round_ == 1 else [0, 1, 2, 4])
-        while builder.chain.state().get_task(task_id).round == round_ and \
-                builder.chain.state().get_task(task_id).status == TaskStatus.ACTIVE:
+        submit_round(
+            builder,
+            task_id,
+            round_,
+            deltas(seed * 7 + round_, 5, {3: 80} if round_ == 1 else {}),
+            who=[0, 1, 2, 3, 4] if round_ == 1 else [0, 1, 2, 4],
+        )
+        while (
+            builder.chain.state().get_task(task_id).round == round_
+            and builder.chain.state().get_task(task_id).status == TaskStatus.ACTIVE
+        ):
             builder.block()
     for h in range(1, builder.chain.head.height + 1):
         from mpsnode.consensus.block import decode_block
@@ -189,7 +199,9 @@ def test_sign_flipped_update_is_slashed_by_direction_and_no_honest_client_is() -
     result, new_weights, acc = expected_close(kit, task_id, ds, [0, 1, 2, 3, 4])
     bad = kit.clients[2].address
     scores = result.scores
-    assert 100 * max(scores) <= kit.genesis.params.slash_score_ratio_coherent_pct * result.median  # Krum: no flag
+    assert (
+        100 * max(scores) <= kit.genesis.params.slash_score_ratio_coherent_pct * result.median
+    )  # Krum: no flag
     assert result.coherent and result.flagged_direction == (2,) == result.flagged
     bonded = kit.account(bad).bonded
     res = submit_round(kit, task_id, 1, ds)

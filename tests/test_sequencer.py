@@ -109,8 +109,13 @@ def test_rejections_have_codes_and_reasons(node) -> None:
             p = g.params
 
             def tx(**kw) -> bytes:
-                fields = {"chain_id": g.chain_id, "sender": sender.address, "nonce": nonce, "fee": p.tx_base_fee,
-                          "body": Transfer(dest, 1)}
+                fields = {
+                    "chain_id": g.chain_id,
+                    "sender": sender.address,
+                    "nonce": nonce,
+                    "fee": p.tx_base_fee,
+                    "body": Transfer(dest, 1),
+                }
                 fields.update(kw)
                 return Tx(**fields).sign(sender).encode()
 
@@ -135,7 +140,9 @@ def test_rejections_have_codes_and_reasons(node) -> None:
             for attempt in range(5):
                 if attempt:
                     nonce = (await client.nonce(sender.address)).next_nonce
-                    good = Tx(g.chain_id, sender.address, nonce, p.tx_base_fee, Transfer(dest, 1)).sign(sender)
+                    good = Tx(g.chain_id, sender.address, nonce, p.tx_base_fee, Transfer(dest, 1)).sign(
+                        sender
+                    )
                 await client.submit(good)
                 other = Tx(g.chain_id, sender.address, nonce, p.tx_base_fee, Transfer(dest, 2)).sign(sender)
                 try:
@@ -164,7 +171,10 @@ def test_nonce_ahead_waits_for_the_gap(node) -> None:
     async def main() -> None:
         async with connect(daemon.address, genesis=g) as client:
             n = (await client.nonce(sender.address)).next_nonce
-            txs = [make_tx(sender, g.chain_id, n + i, Transfer(keys["user"].address, 1), g.params) for i in range(3)]
+            txs = [
+                make_tx(sender, g.chain_id, n + i, Transfer(keys["user"].address, 1), g.params)
+                for i in range(3)
+            ]
             # later nonces first: they are admitted and wait
             assert await client.submit(txs[2]) == txs[2].tx_id
             assert await client.submit(txs[1]) == txs[1].tx_id
@@ -266,9 +276,16 @@ def test_metrics_endpoint(node) -> None:
 
     run(reject_one)
     text = daemon.metrics_text()
-    for name in ("mps_height", "mps_mempool_txs", "mps_mempool_bytes", "mps_txs_admitted_total",
-                 "mps_block_build_seconds", "mps_block_commit_seconds", "mps_rounds_closed_total",
-                 "mps_slashes_total"):
+    for name in (
+        "mps_height",
+        "mps_mempool_txs",
+        "mps_mempool_bytes",
+        "mps_txs_admitted_total",
+        "mps_block_build_seconds",
+        "mps_block_commit_seconds",
+        "mps_rounds_closed_total",
+        "mps_slashes_total",
+    ):
         assert name in text, name
     assert 'mps_txs_rejected_total{code="102"}' in text
 
@@ -279,8 +296,14 @@ def test_cli_tx_and_query(node) -> None:
     addr = f"127.0.0.1:{daemon.port}"
 
     def cli(*args: str) -> dict:
-        out = subprocess.run([sys.executable, "-m", "mpsnode.cli", *args, "--home", str(home), "--node", addr,
-                              "--json"], check=False, cwd=REPO, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [sys.executable, "-m", "mpsnode.cli", *args, "--home", str(home), "--node", addr, "--json"],
+            check=False,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert out.returncode == 0, out.stderr
         return json.loads(out.stdout)
 
@@ -295,9 +318,30 @@ def test_cli_tx_and_query(node) -> None:
     status = cli("query", "status")
     assert status["height"] >= sent["height"]
     # human-readable by default, and errors are a code and a reason
-    out = subprocess.run([sys.executable, "-m", "mpsnode.cli", "tx", "join", "--task", "1", "--from", "client-5",
-                          "--home", str(home), "--node", addr, "--nonce", "0"], check=False, cwd=REPO, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpsnode.cli",
+            "tx",
+            "join",
+            "--task",
+            "1",
+            "--from",
+            "client-5",
+            "--home",
+            str(home),
+            "--node",
+            addr,
+            "--nonce",
+            "0",
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2 and "error 104 (NonceMismatch)" in out.stderr
 
 

@@ -140,8 +140,11 @@ batch_st = st.one_of(
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batches=st.lists(batch_st, min_size=1, max_size=20), flushes=st.lists(st.booleans(), max_size=20),
-       rnd=st.randoms(use_true_random=False))
+@given(
+    batches=st.lists(batch_st, min_size=1, max_size=20),
+    flushes=st.lists(st.booleans(), max_size=20),
+    rnd=st.randoms(use_true_random=False),
+)
 def test_incremental_root_matches_reference(batches: list, flushes: list[bool], rnd: random.Random) -> None:
     store = MemoryNodeStore()
     tree = SparseMerkleTree(store)
@@ -165,14 +168,16 @@ def test_incremental_root_matches_reference(batches: list, flushes: list[bool], 
     i = 0
     while i < len(items):
         step = rnd.randint(1, 8)
-        other.update(dict(items[i:i + step]))
+        other.update(dict(items[i : i + step]))
         i += step
     assert other.root == tree.root
 
 
 @settings(max_examples=60, deadline=None)
-@given(initial=st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=40),
-       extra=st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=40))
+@given(
+    initial=st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=40),
+    extra=st.dictionaries(st.sampled_from(KEYS), st.sampled_from(VALUES), max_size=40),
+)
 def test_insert_then_delete_extra_keys_restores_root(initial: dict, extra: dict) -> None:
     tree = SparseMerkleTree(MemoryNodeStore())
     before = tree.update(initial)
@@ -218,8 +223,14 @@ def test_long_chain_builds_and_collapses() -> None:
     tree.update(others)
     flush(tree, store)
     contents = dict(others)
-    for changes in ({a: b"A"}, {b: b"B"}, {a: b"A2", bytes([3]): None}, {b: None}, {b: b"B", a: None},
-                    {b: None}):
+    for changes in (
+        {a: b"A"},
+        {b: b"B"},
+        {a: b"A2", bytes([3]): None},
+        {b: None},
+        {b: b"B", a: None},
+        {b: None},
+    ):
         tree.update(changes)
         apply(contents, changes)
         assert tree.root == compute_root_reference(contents)
@@ -274,7 +285,7 @@ def test_proofs_verify_and_reject_wrong_claims() -> None:
             ends.add("exclusion-empty" if proof.leaf is None else "exclusion-leaf")
         sibs = proof.siblings
         for i in range(len(sibs)):
-            bad = Proof(sibs[:i] + (flip(sibs[i]),) + sibs[i + 1:], proof.leaf)
+            bad = Proof(sibs[:i] + (flip(sibs[i]),) + sibs[i + 1 :], proof.leaf)
             assert not verify_proof(root, key, value, bad)
         if sibs:
             assert not verify_proof(root, key, value, Proof(sibs[:-1], proof.leaf))
@@ -356,12 +367,31 @@ def test_proof_encoding_roundtrip_through_msgpack() -> None:
     assert Proof.decode(Proof((), None).encode()) == Proof((), None)
 
 
-@pytest.mark.parametrize("junk", [
-    None, b"", [], [[]], [[], [], []], {"a": 1}, [b"", []], [[], None], [[], b""],
-    [[b"\x00" * 31], []], [[b"\x00" * 33], []], [["a" * 32], []], [[bytearray(32)], []], [[1], []],
-    [[ZERO32] * 257, []], [[], [ZERO32]], [[], [ZERO32, ZERO32, ZERO32]], [[], [ZERO32, b"short"]],
-    [[], [True, ZERO32]], [[], [ZERO32, None]],
-])
+@pytest.mark.parametrize(
+    "junk",
+    [
+        None,
+        b"",
+        [],
+        [[]],
+        [[], [], []],
+        {"a": 1},
+        [b"", []],
+        [[], None],
+        [[], b""],
+        [[b"\x00" * 31], []],
+        [[b"\x00" * 33], []],
+        [["a" * 32], []],
+        [[bytearray(32)], []],
+        [[1], []],
+        [[ZERO32] * 257, []],
+        [[], [ZERO32]],
+        [[], [ZERO32, ZERO32, ZERO32]],
+        [[], [ZERO32, b"short"]],
+        [[], [True, ZERO32]],
+        [[], [ZERO32, None]],
+    ],
+)
 def test_proof_decode_rejects_junk(junk: object) -> None:
     with pytest.raises(ValueError):
         Proof.decode(junk)

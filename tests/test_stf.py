@@ -124,10 +124,20 @@ def test_create_task_escrow_and_base_fee(kit: Kit) -> None:
 def test_join_rules(kit: Kit) -> None:
     task_id = _task_flow(kit, min_clients=3, max_clients=4, join_blocks=50)
     c = kit.clients
-    _, res = kit.block([kit.tx(c[0], JoinTask(task_id)), kit.tx(c[0], JoinTask(task_id)),
-                        kit.tx(kit.user, JoinTask(task_id)), kit.tx(c[1], JoinTask(99))])
-    assert [r.status for r in res.receipts[:-1]] == [0, errors.AlreadyJoined.code,
-                                                      errors.StakeBelowMinimum.code, errors.UnknownTask.code]
+    _, res = kit.block(
+        [
+            kit.tx(c[0], JoinTask(task_id)),
+            kit.tx(c[0], JoinTask(task_id)),
+            kit.tx(kit.user, JoinTask(task_id)),
+            kit.tx(c[1], JoinTask(99)),
+        ]
+    )
+    assert [r.status for r in res.receipts[:-1]] == [
+        0,
+        errors.AlreadyJoined.code,
+        errors.StakeBelowMinimum.code,
+        errors.UnknownTask.code,
+    ]
     # unstaking below min_stake while in a task is refused
     _, res = kit.block([kit.tx(c[0], Unstake(1))])
     assert status(res) == errors.StakeLocked.code
@@ -154,24 +164,32 @@ def test_task_expires_without_enough_clients(kit: Kit) -> None:
 def test_submit_update_rules_void_rounds_and_expiry(kit: Kit) -> None:
     arch = (4, 3)
     n = param_count(arch)
-    task_id = _task_flow(kit, arch=arch, f=1, min_clients=5, max_clients=5, join_blocks=5, round_blocks=3,
-                         max_rounds=2)
+    task_id = _task_flow(
+        kit, arch=arch, f=1, min_clients=5, max_clients=5, join_blocks=5, round_blocks=3, max_rounds=2
+    )
     c = kit.clients
     _, res = kit.block([kit.tx(x, JoinTask(task_id)) for x in c[:5]])
     opened = [e for e in res.receipts[-1].events if isinstance(e, RoundOpened)]
     assert opened and opened[0].round == 1
     d0 = random_delta(n, 0)
-    _, res = kit.block([
-        kit.tx(c[0], SubmitUpdate(task_id, 1, d0)),
-        kit.tx(c[0], SubmitUpdate(task_id, 1, random_delta(n, 1))),
-        kit.tx(c[1], SubmitUpdate(task_id, 1, d0)),
-        kit.tx(c[2], SubmitUpdate(task_id, 2, random_delta(n, 2))),
-        kit.tx(c[3], SubmitUpdate(task_id, 1, random_delta(n, 3)[:-2])),
-        kit.tx(c[6], SubmitUpdate(task_id, 1, random_delta(n, 4))),
-    ])
+    _, res = kit.block(
+        [
+            kit.tx(c[0], SubmitUpdate(task_id, 1, d0)),
+            kit.tx(c[0], SubmitUpdate(task_id, 1, random_delta(n, 1))),
+            kit.tx(c[1], SubmitUpdate(task_id, 1, d0)),
+            kit.tx(c[2], SubmitUpdate(task_id, 2, random_delta(n, 2))),
+            kit.tx(c[3], SubmitUpdate(task_id, 1, random_delta(n, 3)[:-2])),
+            kit.tx(c[6], SubmitUpdate(task_id, 1, random_delta(n, 4))),
+        ]
+    )
     assert [r.status for r in res.receipts[:-1]] == [
-        0, errors.AlreadySubmitted.code, errors.DuplicateUpdate.code, errors.WrongRound.code,
-        errors.WrongUpdateSize.code, errors.NotParticipant.code]
+        0,
+        errors.AlreadySubmitted.code,
+        errors.DuplicateUpdate.code,
+        errors.WrongRound.code,
+        errors.WrongUpdateSize.code,
+        errors.NotParticipant.code,
+    ]
     # only 1 of 5 submitted (k < 2f+3): the round is void at its deadline
     while True:
         _, res = kit.block()
@@ -227,14 +245,17 @@ def test_apply_replays_builder_blocks() -> None:
         assert follower.chain.head == builder.chain.head
 
 
-@pytest.mark.parametrize("mutate, err", [
-    (lambda h, p: replace(h, state_root=bytes(32)), RootMismatch),
-    (lambda h, p: replace(h, receipts_root=bytes(32)), RootMismatch),
-    (lambda h, p: replace(h, tx_root=bytes(32)), RootMismatch),
-    (lambda h, p: replace(h, parent_hash=bytes(32)), WrongParent),
-    (lambda h, p: replace(h, height=h.height + 1), WrongHeight),
-    (lambda h, p: replace(h, timestamp_ms=p.timestamp_ms), BadTimestamp),
-])
+@pytest.mark.parametrize(
+    "mutate, err",
+    [
+        (lambda h, p: replace(h, state_root=bytes(32)), RootMismatch),
+        (lambda h, p: replace(h, receipts_root=bytes(32)), RootMismatch),
+        (lambda h, p: replace(h, tx_root=bytes(32)), RootMismatch),
+        (lambda h, p: replace(h, parent_hash=bytes(32)), WrongParent),
+        (lambda h, p: replace(h, height=h.height + 1), WrongHeight),
+        (lambda h, p: replace(h, timestamp_ms=p.timestamp_ms), BadTimestamp),
+    ],
+)
 def test_apply_rejects_bad_headers(mutate, err) -> None:
     builder, follower = _fresh_pair()
     parent = follower.chain.head_header
@@ -256,7 +277,9 @@ def test_apply_rejects_bad_sequencer_signature_and_invalid_tx() -> None:
     # a block carrying a tx with a wrong nonce
     k = Kit()
     stx = k.tx(k.clients[0], Stake(100), nonce=1)
-    header = Header(k.genesis.chain_id, 1, k.chain.head.block_hash, k.time_ms + 5, bytes(32), bytes(32), bytes(32))
+    header = Header(
+        k.genesis.chain_id, 1, k.chain.head.block_hash, k.time_ms + 5, bytes(32), bytes(32), bytes(32)
+    )
     from mpsnode.consensus.block import compute_tx_root
 
     header = replace(header, tx_root=compute_tx_root((stx,)))

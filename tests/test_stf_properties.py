@@ -23,8 +23,13 @@ actions = st.one_of(
     st.tuples(st.just("unstake"), st.integers(0, N_CLIENTS - 1), amounts),
     st.tuples(st.just("task"), st.integers(0, 2)),
     st.tuples(st.just("join"), st.integers(0, N_CLIENTS - 1), st.integers(1, 3)),
-    st.tuples(st.just("update"), st.integers(0, N_CLIENTS - 1), st.integers(1, 3), st.integers(1, 3),
-              st.integers(0, 3)),
+    st.tuples(
+        st.just("update"),
+        st.integers(0, N_CLIENTS - 1),
+        st.integers(1, 3),
+        st.integers(1, 3),
+        st.integers(0, 3),
+    ),
     st.tuples(st.just("end_block")),
 )
 

@@ -34,10 +34,17 @@ def h32(tag: str) -> bytes:
     return hashlib.blake2b(tag.encode(), digest_size=32).digest()
 
 
-def make_commit(height: int, *, state: Mapping[bytes, bytes | None] | None = None,
-                nodes: Mapping[bytes, bytes] | None = None, tx_ids: tuple[bytes, ...] = (),
-                task_events: Mapping[int, bytes] | None = None, mempool_remove: tuple[bytes, ...] = (),
-                meta: Mapping[bytes, bytes] | None = None, root: bytes | None = None) -> BlockCommit:
+def make_commit(
+    height: int,
+    *,
+    state: Mapping[bytes, bytes | None] | None = None,
+    nodes: Mapping[bytes, bytes] | None = None,
+    tx_ids: tuple[bytes, ...] = (),
+    task_events: Mapping[int, bytes] | None = None,
+    mempool_remove: tuple[bytes, ...] = (),
+    meta: Mapping[bytes, bytes] | None = None,
+    root: bytes | None = None,
+) -> BlockCommit:
     return BlockCommit(
         head=Head(height, h32(f"block {height}"), root or h32(f"root {height}"), 1000 + height),
         block=b"" if height == 0 else f"block bytes {height}".encode(),
@@ -62,8 +69,10 @@ def contents(store: Store) -> dict[str, object]:
         "state": list(store.iter_state()),
         "mempool": store.mempool_items(),
         "mempool_size": store.mempool_size(),
-        "blocks": [(store.get_block(i), store.get_header(i), store.get_receipts(i), store.get_events(i))
-                   for i in range(top + 3)],
+        "blocks": [
+            (store.get_block(i), store.get_header(i), store.get_receipts(i), store.get_events(i))
+            for i in range(top + 3)
+        ],
     }
 
 
@@ -99,16 +108,25 @@ def test_empty_store(store: Store) -> None:
 
 
 def test_genesis_then_blocks_every_read(store: Store) -> None:
-    g = make_commit(0, state={b"acct/a": b"100", b"acct/b": b"200"}, nodes={h32("n0"): b"node0"},
-                    meta={b"genesis": b"genesis bytes"})
+    g = make_commit(
+        0,
+        state={b"acct/a": b"100", b"acct/b": b"200"},
+        nodes={h32("n0"): b"node0"},
+        meta={b"genesis": b"genesis bytes"},
+    )
     store.commit(g)
     assert store.head() == g.head
     assert store.get_block(0) == b""  # genesis has an empty block, which is not "missing"
     assert store.get_meta(b"genesis") == b"genesis bytes"
 
     txs1 = (h32("tx a"), h32("tx b"), h32("tx c"))
-    b1 = make_commit(1, state={b"acct/a": b"90", b"acct/c": b"10"}, nodes={h32("n1"): b"node1"},
-                     tx_ids=txs1, task_events={7: b"t7 at 1"})
+    b1 = make_commit(
+        1,
+        state={b"acct/a": b"90", b"acct/c": b"10"},
+        nodes={h32("n1"): b"node1"},
+        tx_ids=txs1,
+        task_events={7: b"t7 at 1"},
+    )
     store.commit(b1)
     txs2 = (h32("tx d"),)
     b2 = make_commit(2, state={b"acct/b": b"150"}, nodes={h32("n2"): b"node2"}, tx_ids=txs2)
@@ -145,13 +163,31 @@ def test_state_deletes(store: Store) -> None:
 
 
 def test_iter_state_sorted_with_prefix(store: Store) -> None:
-    keys = [b"acct/\xff", b"acct/", b"acct/\x00", b"acct/b", b"acct/a", b"acc", b"task/1", b"acctx",
-            b"b", b"\x00", b"\xff\xff"]
+    keys = [
+        b"acct/\xff",
+        b"acct/",
+        b"acct/\x00",
+        b"acct/b",
+        b"acct/a",
+        b"acc",
+        b"task/1",
+        b"acctx",
+        b"b",
+        b"\x00",
+        b"\xff\xff",
+    ]
     store.commit(make_commit(0, state={k: b"v" + k for k in keys}))
     assert [k for k, _ in store.iter_state()] == sorted(keys)
     assert list(store.iter_state(b"acct/")) == [(k, b"v" + k) for k in sorted(keys) if k.startswith(b"acct/")]
-    assert [k for k, _ in store.iter_state(b"acc")] == [b"acc", b"acct/", b"acct/\x00", b"acct/a",
-                                                       b"acct/b", b"acct/\xff", b"acctx"]
+    assert [k for k, _ in store.iter_state(b"acc")] == [
+        b"acc",
+        b"acct/",
+        b"acct/\x00",
+        b"acct/a",
+        b"acct/b",
+        b"acct/\xff",
+        b"acctx",
+    ]
     assert list(store.iter_state(b"zz")) == []
     assert [k for k, _ in store.iter_state(b"\xff")] == [b"\xff\xff"]
 
@@ -176,9 +212,17 @@ def test_wrong_height_changes_nothing(store: Store) -> None:
     before = contents(store)
     for bad in (0, 2, 5):
         with pytest.raises(StoreError, match="next height is 1"):
-            store.commit(make_commit(bad, state={b"a": b"X", b"b": b"Y"}, nodes={h32("bad"): b"bad"},
-                                     tx_ids=(b"txbad",), task_events={1: b"bad"}, mempool_remove=(b"m1",),
-                                     meta={b"genesis": b"bad"}))
+            store.commit(
+                make_commit(
+                    bad,
+                    state={b"a": b"X", b"b": b"Y"},
+                    nodes={h32("bad"): b"bad"},
+                    tx_ids=(b"txbad",),
+                    task_events={1: b"bad"},
+                    mempool_remove=(b"m1",),
+                    meta={b"genesis": b"bad"},
+                )
+            )
         assert contents(store) == before
         assert store.get_node(h32("bad")) is None
         assert store.get_tx_location(b"txbad") is None
@@ -189,15 +233,18 @@ def test_wrong_height_changes_nothing(store: Store) -> None:
     assert store.head() is not None and store.head().height == 1  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("bad", [
-    {"state": {b"": b"v"}},
-    {"state": {b"k" * (MAX_KEY_SIZE + 1): b"v"}},
-    {"state": {b"k": "not bytes"}},
-    {"nodes": {b"": b"rec"}},
-    {"tx_ids": (b"",)},
-    {"meta": {b"store:head": b"forged"}},
-    {"task_events": {-1: b"e"}},
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"state": {b"": b"v"}},
+        {"state": {b"k" * (MAX_KEY_SIZE + 1): b"v"}},
+        {"state": {b"k": "not bytes"}},
+        {"nodes": {b"": b"rec"}},
+        {"tx_ids": (b"",)},
+        {"meta": {b"store:head": b"forged"}},
+        {"task_events": {-1: b"e"}},
+    ],
+)
 def test_malformed_commit_refused_before_writing(store: Store, bad: dict[str, object]) -> None:
     store.commit(make_commit(0, state={b"a": b"0"}))
     before = contents(store)
@@ -208,8 +255,11 @@ def test_malformed_commit_refused_before_writing(store: Store, bad: dict[str, ob
 
 def test_bad_head_refused(store: Store) -> None:
     c = make_commit(0)
-    for head in (Head(0, b"short", c.head.state_root, 0), Head(0, c.head.block_hash, b"", 0),
-                 Head(-1, c.head.block_hash, c.head.state_root, 0)):
+    for head in (
+        Head(0, b"short", c.head.state_root, 0),
+        Head(0, c.head.block_hash, b"", 0),
+        Head(-1, c.head.block_hash, c.head.state_root, 0),
+    ):
         with pytest.raises(StoreError):
             store.commit(BlockCommit(head, b"", b"h", (), b"", b"", {}, {}))
     assert store.head() is None
@@ -241,8 +291,19 @@ def test_failure_mid_transaction_writes_nothing(store: Store) -> None:
     before = contents(store)
     state = ExplodingMapping({b"a": b"new", b"b": b"new", b"c": b"new"}, bomb=b"c")
     c = make_commit(1, tx_ids=(b"tx",), mempool_remove=(b"m1",), task_events={1: b"e"})
-    c = BlockCommit(c.head, c.block, c.header, c.tx_ids, c.receipts, c.events, state, {h32("n"): b"n"},
-                    c.task_events, c.mempool_remove, {b"k": b"v"})
+    c = BlockCommit(
+        c.head,
+        c.block,
+        c.header,
+        c.tx_ids,
+        c.receipts,
+        c.events,
+        state,
+        {h32("n"): b"n"},
+        c.task_events,
+        c.mempool_remove,
+        {b"k": b"v"},
+    )
     with pytest.raises(RuntimeError, match="middle"):
         store.commit(c)
     assert contents(store) == before
@@ -402,8 +463,11 @@ def test_lmdb_readonly_refuses_writes(tmp_path: Path) -> None:
     with LmdbStore(tmp_path / "chain", readonly=True) as ro:
         assert ro.readonly
         assert ro.head() == make_commit(0).head
-        for write in (lambda: ro.commit(make_commit(1)), lambda: ro.mempool_put([(b"a", b"b")]),
-                      lambda: ro.mempool_remove([b"a"])):
+        for write in (
+            lambda: ro.commit(make_commit(1)),
+            lambda: ro.mempool_put([(b"a", b"b")]),
+            lambda: ro.mempool_remove([b"a"]),
+        ):
             with pytest.raises(StoreError, match="read-only"):
                 write()
         assert ro.head() == make_commit(0).head
@@ -430,8 +494,14 @@ def test_lmdb_readonly_reads_while_another_process_writes(tmp_path: Path) -> Non
     path = tmp_path / "chain"
     with LmdbStore(path) as writer:
         writer.commit(make_commit(0, state={b"k": b"v0"}))
-        child = subprocess.Popen([sys.executable, "-c", READER, str(path)], cwd=REPO, text=True,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        child = subprocess.Popen(
+            [sys.executable, "-c", READER, str(path)],
+            cwd=REPO,
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         try:
             assert child.stdout is not None and child.stdin is not None
             assert child.stdout.readline().split() == ["ready", "0"]

@@ -136,7 +136,8 @@ def check_store(path: Path, low: int, high: int, replay: Replay, rng: random.Ran
             assert getter(top + 1) is None, f"{context}: data above the head"
         assert msgpack.unpackb(store.get_header(top)) == [top, head.state_root]
         assert {k: hashlib.blake2b(v, digest_size=16).digest() for k, v in state.items()} == replay.state, (
-            f"{context}: state is not the fold of the stored blocks")
+            f"{context}: state is not the fold of the stored blocks"
+        )
         assert [h for h, _ in store.get_task_events(top % 3)][-1] == top
 
         items = store.mempool_items()
@@ -175,7 +176,10 @@ def run_crashes(tmp_path: Path, kills: int, max_delay: float) -> None:
         with open(log, "w") as out, open(err, "w") as errf:
             child = subprocess.Popen(
                 [sys.executable, "-c", CHILD, str(path), str(rng.randrange(2**32)), str(KEYS)],
-                cwd=REPO, stdout=out, stderr=errf)
+                cwd=REPO,
+                stdout=out,
+                stderr=errf,
+            )
         try:
             if rng.random() < 0.2:
                 time.sleep(rng.uniform(0, 0.3))  # sometimes while it starts up or opens the store

@@ -166,9 +166,13 @@ def test_round_vectors_agree_with_the_reference_twins() -> None:
             after = np.frombuffer(chain.state().get_model(event.task_id), dtype="<i4")
             assert np.array_equal(np.asarray(new, dtype=np.int64), after.astype(np.int64))
             x, y = chain.state().get_valset(event.task_id)
-            acc = model.accuracy_bps_reference(after, task.arch, task.scale_bits,
-                                               np.frombuffer(x, dtype="<i2").reshape(-1, task.arch[0]),
-                                               np.frombuffer(y, dtype=np.uint8))
+            acc = model.accuracy_bps_reference(
+                after,
+                task.arch,
+                task.scale_bits,
+                np.frombuffer(x, dtype="<i2").reshape(-1, task.arch[0]),
+                np.frombuffer(y, dtype=np.uint8),
+            )
             assert acc == event.accuracy_bps
     assert closes == 3
 

@@ -29,8 +29,9 @@ from mpsnode.node.wire import (
 )
 
 
-async def _reader_over(chunks: list[bytes], max_frame: int = 1000, frame_timeout: float = 5.0,
-                       close: bool = True) -> tuple[FrameReader, trio.testing.MemorySendStream]:
+async def _reader_over(
+    chunks: list[bytes], max_frame: int = 1000, frame_timeout: float = 5.0, close: bool = True
+) -> tuple[FrameReader, trio.testing.MemorySendStream]:
     send, recv = trio.testing.memory_stream_one_way_pair()
     for chunk in chunks:
         await send.send_all(chunk)
@@ -56,11 +57,14 @@ def test_frames_split_and_joined_arbitrarily() -> None:
     trio.run(main)
 
 
-@pytest.mark.parametrize("data,error", [
-    (LENGTH.pack(1001) + b"x", FrameTooLarge),
-    (LENGTH.pack(0), ProtocolViolation),
-    (LENGTH.pack(10) + b"abc", ProtocolViolation),  # closed mid-frame
-])
+@pytest.mark.parametrize(
+    "data,error",
+    [
+        (LENGTH.pack(1001) + b"x", FrameTooLarge),
+        (LENGTH.pack(0), ProtocolViolation),
+        (LENGTH.pack(10) + b"abc", ProtocolViolation),  # closed mid-frame
+    ],
+)
 def test_bad_frames(data: bytes, error: type[MpsError]) -> None:
     async def main() -> None:
         reader, _ = await _reader_over([data])
@@ -81,8 +85,9 @@ def test_half_a_frame_then_silence_times_out() -> None:
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
-@pytest.mark.parametrize("body", [b"\x90", b"\x91\x01", b"\x92\x01\xa1x", b"\x81\x01\x01", b"\xcb" + bytes(8),
-                                  b"\x92\xcc\x01\x01"])
+@pytest.mark.parametrize(
+    "body", [b"\x90", b"\x91\x01", b"\x92\x01\xa1x", b"\x81\x01\x01", b"\xcb" + bytes(8), b"\x92\xcc\x01\x01"]
+)
 def test_malformed_messages_are_protocol_violations(body: bytes) -> None:
     with pytest.raises(ProtocolViolation):
         decode_message(body, 100)

@@ -72,10 +72,31 @@ from mpsnode.consensus.stf.transition import (
 )
 
 __all__ = [
-    "BLOCK_SIZE", "CANONICAL_ENCODING", "CHAIN_ID", "CHECKS", "HEIGHT", "PARENT_HASH", "RECEIPTS_ROOT",
-    "SEQUENCER_SIGNATURE", "STATE_ROOT", "TIMESTAMP", "TX_CHAIN_ID", "TX_FEE", "TX_FEE_UNPAYABLE", "TX_FIELD",
-    "TX_NONCE", "TX_ROOT", "TX_SIGNATURE", "TX_SIZE", "Divergence", "Prechecked", "divergence_from",
-    "precheck", "precheck_many", "verify_block", "verify_signatures",
+    "BLOCK_SIZE",
+    "CANONICAL_ENCODING",
+    "CHAIN_ID",
+    "CHECKS",
+    "HEIGHT",
+    "PARENT_HASH",
+    "RECEIPTS_ROOT",
+    "SEQUENCER_SIGNATURE",
+    "STATE_ROOT",
+    "TIMESTAMP",
+    "TX_CHAIN_ID",
+    "TX_FEE",
+    "TX_FEE_UNPAYABLE",
+    "TX_FIELD",
+    "TX_NONCE",
+    "TX_ROOT",
+    "TX_SIGNATURE",
+    "TX_SIZE",
+    "Divergence",
+    "Prechecked",
+    "divergence_from",
+    "precheck",
+    "precheck_many",
+    "verify_block",
+    "verify_signatures",
 ]
 
 
@@ -90,9 +111,19 @@ class Divergence(MpsError):
 
     code = 720
 
-    def __init__(self, check: str, height: int, reason: str, *, computed: object = None, claimed: object = None,
-                 tx_index: int | None = None, block: Block | None = None,
-                 result: BlockResult | None = None, cause: InvalidBlock | None = None) -> None:
+    def __init__(
+        self,
+        check: str,
+        height: int,
+        reason: str,
+        *,
+        computed: object = None,
+        claimed: object = None,
+        tx_index: int | None = None,
+        block: Block | None = None,
+        result: BlockResult | None = None,
+        cause: InvalidBlock | None = None,
+    ) -> None:
         super().__init__(f"block {height} fails {check}: {reason}")
         self.check, self.height, self.detail = check, height, reason
         self.computed, self.claimed, self.tx_index = computed, claimed, tx_index
@@ -147,8 +178,9 @@ def precheck(height: int, data: bytes, config: Config, verify: Verify = verify_s
     return precheck_many([(height, data)], config, verify)[0]
 
 
-def precheck_many(items: Sequence[tuple[int, bytes]], config: Config,
-                  verify: Verify = verify_signatures) -> list[Prechecked]:
+def precheck_many(
+    items: Sequence[tuple[int, bytes]], config: Config, verify: Verify = verify_signatures
+) -> list[Prechecked]:
     """``precheck`` of many blocks, with every signature (sequencer's and txs') in one batch."""
     decoded, triples = decode_many(items, config)
     return assemble(decoded, verify(triples))
@@ -157,8 +189,9 @@ def precheck_many(items: Sequence[tuple[int, bytes]], config: Config,
 Decoded = tuple[int, bytes, "Block | None", "BlockDecodeError | None"]  # (height, data, block, decode error)
 
 
-def decode_many(items: Sequence[tuple[int, bytes]],
-                config: Config) -> tuple[list[Decoded], list[tuple[bytes, bytes, bytes]]]:
+def decode_many(
+    items: Sequence[tuple[int, bytes]], config: Config
+) -> tuple[list[Decoded], list[tuple[bytes, bytes, bytes]]]:
     """The first half of ``precheck_many``: decoded blocks, and the signatures to check, in order.
 
     A caller can check the signatures elsewhere (the batch kernel runs outside the GIL) and
@@ -186,13 +219,14 @@ def assemble(decoded: list[Decoded], oks: Sequence[bool]) -> list[Prechecked]:
             out.append(Prechecked(height, data, None, error, None))
             continue
         n = 1 + len(block.txs)
-        out.append(Prechecked(height, data, block, None, assemble_verdicts(block, oks[at:at + n])))
+        out.append(Prechecked(height, data, block, None, assemble_verdicts(block, oks[at : at + n])))
         at += n
     return out
 
 
-def verify_block(pre: Prechecked, parent: Header, state: State, tree: SparseMerkleTree,
-                 config: Config) -> tuple[Block, BlockResult]:
+def verify_block(
+    pre: Prechecked, parent: Header, state: State, tree: SparseMerkleTree, config: Config
+) -> tuple[Block, BlockResult]:
     """Check and re-execute one block on ``state``/``tree`` (at ``parent``'s root) with the state
     transition: ``(block, result)`` to commit, or the first failed check as a ``Divergence``."""
     height = parent.height + 1
@@ -242,14 +276,27 @@ def divergence_from(exc: InvalidBlock, height: int, block: Block) -> Divergence:
         computed, claimed = exc.computed.hex(), exc.claimed.hex()
         reason = _ROOT_REASONS.get(exc.which, reason)
         result = exc.result if isinstance(exc.result, BlockResult) else None
-    return Divergence(exc.check, height, reason, computed=computed, claimed=claimed, tx_index=tx_index,
-                      block=block, result=result, cause=exc)
+    return Divergence(
+        exc.check,
+        height,
+        reason,
+        computed=computed,
+        claimed=claimed,
+        tx_index=tx_index,
+        block=block,
+        result=result,
+        cause=exc,
+    )
 
 
-def _tx_values(cause: InvalidTransaction, sender: bytes, tx_id: bytes, signature: bytes) -> tuple[object, object]:
+def _tx_values(
+    cause: InvalidTransaction, sender: bytes, tx_id: bytes, signature: bytes
+) -> tuple[object, object]:
     if cause.check == TX_SIGNATURE:
-        return ({"signature_valid": False, "sender": sender.hex(), "tx_id": tx_id.hex()},
-                {"signature": signature.hex()})
+        return (
+            {"signature_valid": False, "sender": sender.hex(), "tx_id": tx_id.hex()},
+            {"signature": signature.hex()},
+        )
     if isinstance(cause, WrongChain):
         return cause.expected, cause.got
     if isinstance(cause, TxTooLarge):

@@ -90,8 +90,9 @@ class _Stopped(Exception):
     """The follower found a divergence and stops for good."""
 
 
-def _chunks(items: list[tuple[int, bytes]], max_bytes: int = PRECHECK_CHUNK_BYTES,
-            max_blocks: int = 64) -> list[list[tuple[int, bytes]]]:
+def _chunks(
+    items: list[tuple[int, bytes]], max_bytes: int = PRECHECK_CHUNK_BYTES, max_blocks: int = 64
+) -> list[list[tuple[int, bytes]]]:
     out: list[list[tuple[int, bytes]]] = [[]]
     size = 0
     for item in items:
@@ -106,8 +107,9 @@ def _chunks(items: list[tuple[int, bytes]], max_bytes: int = PRECHECK_CHUNK_BYTE
 class _Overlay:
     """State and tree-node reads through the writes of executed blocks not yet committed, then a snapshot."""
 
-    def __init__(self, layers: list[tuple[dict[bytes, bytes | None], dict[bytes, bytes]]],
-                 view: StoreView) -> None:
+    def __init__(
+        self, layers: list[tuple[dict[bytes, bytes | None], dict[bytes, bytes]]], view: StoreView
+    ) -> None:
         self._layers = layers
         self._view = view
 
@@ -128,8 +130,13 @@ class _Overlay:
 class Verifier:
     """One verifier: its own store and chain, the server it serves them with, and the follower."""
 
-    def __init__(self, store: LmdbStore, genesis: Genesis, config: VerifierConfig,
-                 metrics: VerifierMetrics | None = None) -> None:
+    def __init__(
+        self,
+        store: LmdbStore,
+        genesis: Genesis,
+        config: VerifierConfig,
+        metrics: VerifierMetrics | None = None,
+    ) -> None:
         self.store = store
         self.genesis = genesis
         self.config = config
@@ -137,8 +144,15 @@ class Verifier:
         self.chain = Chain(store, genesis)
         self.chain_config = genesis.config()
         self.watch = HeadWatch(self.chain.head.height)
-        self.server = NodeServer(store, genesis, self.watch, kind=VERIFIER, config=config.server,
-                                 stats=self.metrics, status_extra=self.status_fields)
+        self.server = NodeServer(
+            store,
+            genesis,
+            self.watch,
+            kind=VERIFIER,
+            config=config.server,
+            stats=self.metrics,
+            status_extra=self.status_fields,
+        )
         self.upstream = f"{config.upstream[0]}:{config.upstream[1]}"
         self.upstream_height = 0
         self.connected = False
@@ -182,13 +196,22 @@ class Verifier:
         cfg = self.config
         async with trio.open_nursery() as nursery:
             if cfg.metrics_port is not None:
-                self.metrics_port = await nursery.start(serve_metrics, self.metrics, cfg.metrics_host,
-                                                        cfg.metrics_port)
+                self.metrics_port = await nursery.start(
+                    serve_metrics, self.metrics, cfg.metrics_host, cfg.metrics_port
+                )
             self.port = await nursery.start(self.server.serve, cfg.host, cfg.port)
             head = self.chain.head
-            event(log, "listening", host=cfg.host, port=self.port, metrics_port=self.metrics_port,
-                  height=head.height, head=head.block_hash.hex(), upstream=self.upstream,
-                  chain_id=self.genesis.chain_id)
+            event(
+                log,
+                "listening",
+                host=cfg.host,
+                port=self.port,
+                metrics_port=self.metrics_port,
+                height=head.height,
+                head=head.block_hash.hex(),
+                upstream=self.upstream,
+                chain_id=self.genesis.chain_id,
+            )
             nursery.start_soon(self._follow)
             task_status.started(self.port)
 
@@ -204,21 +227,39 @@ class Verifier:
                     self.metrics.connected.set(1)
                     delay = cfg.backoff_min
                     self._saw_upstream(client.hello.height)
-                    event(log, "connected", upstream=self.upstream, upstream_kind=client.hello.kind,
-                          upstream_height=client.hello.height, height=self.head)
+                    event(
+                        log,
+                        "connected",
+                        upstream=self.upstream,
+                        upstream_kind=client.hello.kind,
+                        upstream_height=client.hello.height,
+                        height=self.head,
+                    )
                     await self._sync(client)
             except _Stopped:
                 return
             except WrongNetwork as exc:
-                event(log, "upstream is on another chain", logging.ERROR, upstream=self.upstream,
-                      error=exc.reason)
+                event(
+                    log,
+                    "upstream is on another chain",
+                    logging.ERROR,
+                    upstream=self.upstream,
+                    error=exc.reason,
+                )
                 self.fatal = exc
                 self.fatal_event.set()
                 return
             except (ConnectionLost, OSError, trio.TooSlowError, MpsError) as exc:
                 self.metrics.reconnects.inc()
-                event(log, "upstream unavailable", logging.WARNING, upstream=self.upstream,
-                      error=f"{type(exc).__name__}: {exc}", retry_in_s=round(delay, 2), height=self.head)
+                event(
+                    log,
+                    "upstream unavailable",
+                    logging.WARNING,
+                    upstream=self.upstream,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_in_s=round(delay, 2),
+                    height=self.head,
+                )
             finally:
                 self.connected = False
                 self.metrics.connected.set(0)
@@ -244,6 +285,7 @@ class Verifier:
         self._inflight.clear()
 
         async with trio.open_nursery() as nursery:
+
             async def stage(fn: Callable[..., Any], *args: Any) -> None:
                 try:
                     await fn(*args)
@@ -281,8 +323,9 @@ class Verifier:
             nonlocal next_height
             for offset, (height, _) in enumerate(items):
                 if height != next_height + offset:  # the upstream's bookkeeping, not the block: reconnect
-                    raise ProtocolViolation(f"upstream served height {height} where {next_height + offset} "
-                                            "was due")
+                    raise ProtocolViolation(
+                        f"upstream served height {height} where {next_height + offset} was due"
+                    )
             next_height += len(items)
             await out.send(items)
 
@@ -294,8 +337,14 @@ class Verifier:
                 await hand_on(items)
                 batches += 1
             if batches:
-                event(log, "caught up", blocks=next_height - start, batches=batches, height=next_height - 1,
-                      upstream_height=self.upstream_height)
+                event(
+                    log,
+                    "caught up",
+                    blocks=next_height - start,
+                    batches=batches,
+                    height=next_height - 1,
+                    upstream_height=self.upstream_height,
+                )
             async with client.subscribe(next_height) as pushes:
                 async for pushed in pushes:
                     items = [(pushed.height, pushed.data)]
@@ -309,8 +358,11 @@ class Verifier:
                     await hand_on(items)
         raise ConnectionLost("the upstream ended the subscription")
 
-    async def _precheck(self, raw: trio.MemoryReceiveChannel[list[tuple[int, bytes]]],
-                        out: trio.MemorySendChannel[list[Prechecked]]) -> None:
+    async def _precheck(
+        self,
+        raw: trio.MemoryReceiveChannel[list[tuple[int, bytes]]],
+        out: trio.MemorySendChannel[list[Prechecked]],
+    ) -> None:
         async with raw, out:
             async for items in raw:
                 for chunk in _chunks(items):  # small chunks: the executor starts on the first at once
@@ -320,8 +372,12 @@ class Verifier:
                     await out.send(pres)
 
     # verifying ------------------------------------------------------------------------------------
-    async def _execute(self, client: Client, prechecked: trio.MemoryReceiveChannel[list[Prechecked]],
-                       done: trio.MemorySendChannel[tuple[Block, BlockResult]]) -> None:
+    async def _execute(
+        self,
+        client: Client,
+        prechecked: trio.MemoryReceiveChannel[list[Prechecked]],
+        done: trio.MemorySendChannel[tuple[Block, BlockResult]],
+    ) -> None:
         """Check and re-execute blocks in order; on a failed check, report and stop (``_Stopped``)."""
         async with prechecked, done:
             async for pres in prechecked:
@@ -386,17 +442,32 @@ class Verifier:
                 claimed_receipts = reply[3] if len(reply) == 4 and isinstance(reply[3], bytes) else None
             except (MpsError, ConnectionLost):
                 pass
-        inv = Investigation.start(failure, genesis=self.genesis, parent=self.chain.head_header, data=pre.data,
-                                  claimed_receipts=claimed_receipts, get_state=self.store.get_state,
-                                  get_node=self.store.get_node, source=source)
+        inv = Investigation.start(
+            failure,
+            genesis=self.genesis,
+            parent=self.chain.head_header,
+            data=pre.data,
+            claimed_receipts=claimed_receipts,
+            get_state=self.store.get_state,
+            get_node=self.store.get_node,
+            source=source,
+        )
         claimed = await self._claimed_proofs(client, inv, source)
         report = inv.report(claimed)
         bundle = inv.bundle(claimed)
         path = await trio.to_thread.run_sync(write_report, self.config.reports_dir, report, bundle)
         self.report_path = path
-        event(log, "divergence", logging.ERROR, height=failure.height, check=failure.check,
-              reason=failure.detail, block_hash=report["block_hash"], report=str(path),
-              diverging_keys=len((report.get("state") or {}).get("diverging") or []))
+        event(
+            log,
+            "divergence",
+            logging.ERROR,
+            height=failure.height,
+            check=failure.check,
+            reason=failure.detail,
+            block_hash=report["block_hash"],
+            report=str(path),
+            diverging_keys=len((report.get("state") or {}).get("diverging") or []),
+        )
         self.diverged.set()
 
     async def _claimed_proofs(self, client: Client, inv: Investigation, source: str) -> ClaimedProofs | None:
@@ -408,7 +479,7 @@ class Verifier:
         try:
             with trio.fail_after(60):
                 for at in range(0, len(keys), MAX_PROOF_KEYS):
-                    chunk = keys[at:at + MAX_PROOF_KEYS]
+                    chunk = keys[at : at + MAX_PROOF_KEYS]
                     header, got = await client.state_proofs(inv.height, chunk)
                     if header.hash() != block.header.hash():
                         note = f"the upstream proves against another header at height {inv.height}"
@@ -471,18 +542,25 @@ def prepare_home(home_path: str, genesis_file: str | None) -> None:
     source = load_genesis(genesis_file)
     if target.exists():
         if load_genesis(target).hash() != source.hash():
-            raise ValueError(f"{target} is another chain's genesis than {genesis_file}: "
-                             "choose another --home")
+            raise ValueError(
+                f"{target} is another chain's genesis than {genesis_file}: choose another --home"
+            )
         return
     home.mkdir(parents=True, exist_ok=True)
     save_genesis(source, target)
 
 
-def run_daemon(home_path: str, *, upstream: str, genesis_file: str | None = None, listen: str | None = None,
-               metrics: str | None = None, exit_on_divergence: bool = False,
-               server: dict[str, Any] | None = None) -> int:
+def run_daemon(
+    home_path: str,
+    *,
+    upstream: str,
+    genesis_file: str | None = None,
+    listen: str | None = None,
+    metrics: str | None = None,
+    exit_on_divergence: bool = False,
+    server: dict[str, Any] | None = None,
+) -> int:
     """``mpsnode verifier``: open the home's store and verify until a signal. Prints one ready line."""
-
 
     setup_logging()
     prepare_home(home_path, genesis_file)
@@ -490,16 +568,32 @@ def run_daemon(home_path: str, *, upstream: str, genesis_file: str | None = None
     genesis = home.genesis()
     default_listen = home.listen if (home.path / "config.toml").is_file() else "127.0.0.1:7071"
     host, port = parse_hostport(listen or default_listen)
-    config = VerifierConfig(upstream=parse_hostport(upstream), host=host, port=port,
-                            reports_dir=home.path / "reports", exit_on_divergence=exit_on_divergence)
+    config = VerifierConfig(
+        upstream=parse_hostport(upstream),
+        host=host,
+        port=port,
+        reports_dir=home.path / "reports",
+        exit_on_divergence=exit_on_divergence,
+    )
     apply_node_options(config, metrics or home.metrics, server)
     store = LmdbStore(home.data_path, map_size=home.map_size)
     try:
         verifier = Verifier(store, genesis, config)
 
         def ready(v: Verifier) -> None:
-            print(json.dumps({"ready": True, "host": host, "port": v.port, "metrics_port": v.metrics_port,
-                              "height": v.head, "upstream": v.upstream}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        "ready": True,
+                        "host": host,
+                        "port": v.port,
+                        "metrics_port": v.metrics_port,
+                        "height": v.head,
+                        "upstream": v.upstream,
+                    }
+                ),
+                flush=True,
+            )
 
         code = trio.run(serve, verifier, ready)
     finally:

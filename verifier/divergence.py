@@ -142,19 +142,29 @@ def describe_value(key: bytes, value: bytes | None) -> Any:
     try:
         if tag == ACCOUNT and len(key) == 33:
             a = Account.decode(value)
-            return {"balance": a.balance, "nonce": a.nonce, "bonded": a.bonded,
-                    "unbonding": [[u.amount, u.release_height] for u in a.unbonding], "jailed": a.jailed,
-                    "tasks": list(a.tasks)}
+            return {
+                "balance": a.balance,
+                "nonce": a.nonce,
+                "bonded": a.bonded,
+                "unbonding": [[u.amount, u.release_height] for u in a.unbonding],
+                "jailed": a.jailed,
+                "tasks": list(a.tasks),
+            }
         if key == GLOBALS_KEY:
             g = Globals.decode(value)
             return {"next_task_id": g.next_task_id, "burned": g.burned, "open_tasks": list(g.open_tasks)}
         if tag == TASK and len(key) == 9:
             t = Task.decode(value)
-            return {"status": t.status.name, "round": t.round, "rounds_closed": t.rounds_closed,
-                    "participants": [p.hex() for p in t.participants],
-                    "submitted": [p.hex() for p in t.submitted],
-                    "escrow": t.escrow, "accuracy_bps": t.accuracy_bps,
-                    "rewards_weight": [[a.hex(), n] for a, n in t.rewards_weight]}
+            return {
+                "status": t.status.name,
+                "round": t.round,
+                "rounds_closed": t.rounds_closed,
+                "participants": [p.hex() for p in t.participants],
+                "submitted": [p.hex() for p in t.submitted],
+                "escrow": t.escrow,
+                "accuracy_bps": t.accuracy_bps,
+                "rewards_weight": [[a.hex(), n] for a, n in t.rewards_weight],
+            }
     except (DecodeError, ValueError):
         pass
     return {"bytes": len(value), "value_hash": compute_value_hash(value).hex()}
@@ -181,6 +191,7 @@ class Witness:
 
     def replaying(self) -> tuple[Getter, _NodeReader]:
         """Readers that serve only what was recorded; anything else means the bundle is incomplete."""
+
         def state_reader(key: bytes) -> bytes | None:
             if key not in self.state:
                 raise StoreError(f"the bundle's witness lacks state key {key.hex()}")
@@ -287,9 +298,18 @@ class Investigation:
         return self.failure.result
 
     @classmethod
-    def start(cls, failure: Divergence, *, genesis: Genesis, parent: Header, data: bytes,
-              claimed_receipts: bytes | None, get_state: Getter, get_node: Getter,
-              source: str) -> Investigation:
+    def start(
+        cls,
+        failure: Divergence,
+        *,
+        genesis: Genesis,
+        parent: Header,
+        data: bytes,
+        claimed_receipts: bytes | None,
+        get_state: Getter,
+        get_node: Getter,
+        source: str,
+    ) -> Investigation:
         """Re-execute the failed block on the parent state, recording what it reads (the witness)."""
         witness = Witness()
         inv = cls(failure, genesis, parent, data, claimed_receipts, witness, source)
@@ -297,8 +317,13 @@ class Investigation:
         if block is not None and failure.result is not None:
             state_reader, nodes = witness.recording(get_state, get_node)
             try:
-                state_transition(State(state_reader), SparseMerkleTree(nodes, parent.state_root), block,
-                                 parent, genesis.config())
+                state_transition(
+                    State(state_reader),
+                    SparseMerkleTree(nodes, parent.state_root),
+                    block,
+                    parent,
+                    genesis.config(),
+                )
             except InvalidBlock:
                 pass  # the same failure again, now with every read recorded
             # keys named only by the claimed side kept their parent value here: record it too
@@ -346,8 +371,12 @@ class Investigation:
             "tx_index": f.tx_index,
             "tx_id": tx_id,
             "header": header.to_json() if header is not None else None,
-            "parent": {"height": self.parent.height, "hash": self.parent.hash().hex(),
-                       "state_root": self.parent.state_root.hex(), "timestamp_ms": self.parent.timestamp_ms},
+            "parent": {
+                "height": self.parent.height,
+                "hash": self.parent.hash().hex(),
+                "state_root": self.parent.state_root.hex(),
+                "timestamp_ms": self.parent.timestamp_ms,
+            },
             "roots": self._roots(),
             "receipts": self._receipts(),
             "state": self._state(claimed),
@@ -362,9 +391,11 @@ class Investigation:
             return out
         h = block.header
         if result is not None:
-            pairs = [("tx_root", result.tx_root, h.tx_root),
-                     ("receipts_root", result.receipts_root, h.receipts_root),
-                     ("state_root", result.state_root, h.state_root)]
+            pairs = [
+                ("tx_root", result.tx_root, h.tx_root),
+                ("receipts_root", result.receipts_root, h.receipts_root),
+                ("state_root", result.state_root, h.state_root),
+            ]
         elif self.failure.check == "tx_root":
             pairs = [("tx_root", bytes.fromhex(str(self.failure.computed)), h.tx_root)]
         else:
@@ -379,11 +410,18 @@ class Investigation:
             return None
         computed = list(result.receipts)
         claimed = self.claimed_receipt_list()
-        out: dict[str, Any] = {"computed_count": len(computed), "claimed_count": None,
-                               "claimed_match_header": None, "differ": []}
+        out: dict[str, Any] = {
+            "computed_count": len(computed),
+            "claimed_count": None,
+            "claimed_match_header": None,
+            "differ": [],
+        }
         if claimed is None:
-            out["note"] = "no claimed receipts were available" if not self.claimed_receipts else \
-                "the claimed receipts do not decode"
+            out["note"] = (
+                "no claimed receipts were available"
+                if not self.claimed_receipts
+                else "the claimed receipts do not decode"
+            )
             return out
         out["claimed_count"] = len(claimed)
         out["claimed_match_header"] = receipts_root(claimed) == block.header.receipts_root
@@ -410,9 +448,15 @@ class Investigation:
         if result is None or block is None:
             return None
         root = block.header.state_root
-        out: dict[str, Any] = {"computed_root": result.state_root.hex(), "claimed_root": root.hex(),
-                               "match": result.state_root == root, "keys_compared": 0, "diverging": [],
-                               "source": None, "note": None}
+        out: dict[str, Any] = {
+            "computed_root": result.state_root.hex(),
+            "claimed_root": root.hex(),
+            "match": result.state_root == root,
+            "keys_compared": 0,
+            "diverging": [],
+            "source": None,
+            "note": None,
+        }
         if result.state_root == root:
             return out
         keys = self.state_keys()
@@ -439,17 +483,24 @@ class Investigation:
             value = writes.get(key, before)
             local_hash = None if value is None else compute_value_hash(value)
             if local_hash != claimed_hash:
-                diverging.append({"key": key.hex(), "what": describe_key(key),
-                                  "computed_value_hash": local_hash.hex() if local_hash else None,
-                                  "claimed_value_hash": claimed_hash.hex() if claimed_hash else None,
-                                  "computed_value": describe_value(key, value),
-                                  "value_before": describe_value(key, before)})
+                diverging.append(
+                    {
+                        "key": key.hex(),
+                        "what": describe_key(key),
+                        "computed_value_hash": local_hash.hex() if local_hash else None,
+                        "claimed_value_hash": claimed_hash.hex() if claimed_hash else None,
+                        "computed_value": describe_value(key, value),
+                        "value_before": describe_value(key, before),
+                    }
+                )
         out["diverging"] = diverging[:MAX_DIVERGING_KEYS]
         out["diverging_total"] = len(diverging)
         if invalid:
-            out["note"] = (f"{len(invalid)} of the claimed proofs do not verify against the claimed state "
-                           "root "
-                           f"(the claimed side cannot back its own header), e.g. key {invalid[0]}")
+            out["note"] = (
+                f"{len(invalid)} of the claimed proofs do not verify against the claimed state "
+                "root "
+                f"(the claimed side cannot back its own header), e.g. key {invalid[0]}"
+            )
         return out
 
     # the bundle --------------------------------------------------------------------------------
@@ -462,9 +513,22 @@ class Investigation:
         state = [[k, v] for k, v in sorted(self.witness.state.items()) if v is not None]
         absent = sorted(k for k, v in self.witness.state.items() if v is None)
         nodes = [[h, rec] for h, rec in sorted(self.witness.nodes.items())]
-        return encode([BUNDLE_MAGIC, BUNDLE_VERSION, self.height, genesis_json, self.parent.encode(),
-                       self.data,
-                       self.claimed_receipts or b"", state, absent, nodes, proofs, [source, note[:1000]]])
+        return encode(
+            [
+                BUNDLE_MAGIC,
+                BUNDLE_VERSION,
+                self.height,
+                genesis_json,
+                self.parent.encode(),
+                self.data,
+                self.claimed_receipts or b"",
+                state,
+                absent,
+                nodes,
+                proofs,
+                [source, note[:1000]],
+            ]
+        )
 
 
 def write_report(directory: str | Path, report: Mapping[str, Any], bundle: bytes) -> Path:
@@ -534,9 +598,15 @@ class Bundle:
         except (ValueError, MpsError) as exc:
             raise DecodeError(f"bundle genesis: {exc}") from None
         parent_header = decode_header(expect_bytes(parent, "parent header"))
-        return cls(expect_uint(height, "height"), genesis, parent_header,
-                   expect_bytes(data, "block"), expect_bytes(receipts, "receipts"), witness,
-                   ClaimedProofs(str(source), claimed_proofs, str(note)))
+        return cls(
+            expect_uint(height, "height"),
+            genesis,
+            parent_header,
+            expect_bytes(data, "block"),
+            expect_bytes(receipts, "receipts"),
+            witness,
+            ClaimedProofs(str(source), claimed_proofs, str(note)),
+        )
 
     def rerun(self) -> Investigation | None:
         """Re-run every check on the bundled block; the investigation if it fails again, else None."""
@@ -544,14 +614,33 @@ class Bundle:
         state_reader, nodes = self.witness.replaying()
         try:
             tree = SparseMerkleTree(nodes, self.parent.state_root)
-            verify_block(precheck(self.height, self.data, config), self.parent, State(state_reader), tree, config)
+            verify_block(
+                precheck(self.height, self.data, config), self.parent, State(state_reader), tree, config
+            )
         except Divergence as failure:
-            return Investigation(failure, self.genesis, self.parent, self.data, self.claimed_receipts or None,
-                                 self.witness, "bundle")
+            return Investigation(
+                failure,
+                self.genesis,
+                self.parent,
+                self.data,
+                self.claimed_receipts or None,
+                self.witness,
+                "bundle",
+            )
         except TreeNodeError as exc:
             raise StoreError(f"the bundle's witness lacks a tree node: {exc}") from None
         return None
 
 
-__all__ = ["STATE_ROOT", "Bundle", "ClaimedProofs", "Investigation", "Witness", "claimed_value_hash",
-           "describe_key", "describe_value", "proofs_from_store", "write_report"]
+__all__ = [
+    "STATE_ROOT",
+    "Bundle",
+    "ClaimedProofs",
+    "Investigation",
+    "Witness",
+    "claimed_value_hash",
+    "describe_key",
+    "describe_value",
+    "proofs_from_store",
+    "write_report",
+]

@@ -11,25 +11,42 @@ class VerifierMetrics(NodeMetrics):
     def __init__(self) -> None:
         super().__init__()
         r = self.registry
-        self.height = Gauge("mps_verifier_height", "Height of the newest verified (and committed) block",
-                            registry=r)
-        self.upstream_height = Gauge("mps_verifier_upstream_height", "Head height of the upstream, last seen",
-                                     registry=r)
+        self.height = Gauge(
+            "mps_verifier_height", "Height of the newest verified (and committed) block", registry=r
+        )
+        self.upstream_height = Gauge(
+            "mps_verifier_upstream_height", "Head height of the upstream, last seen", registry=r
+        )
         self.lag = Gauge("mps_verifier_lag_blocks", "Upstream head minus the verified head", registry=r)
-        self.blocks = Counter("mps_verifier_blocks_verified", "Blocks verified and committed since start",
-                              registry=r)
+        self.blocks = Counter(
+            "mps_verifier_blocks_verified", "Blocks verified and committed since start", registry=r
+        )
         self.txs = Counter("mps_verifier_txs_verified", "Txs in blocks verified since start", registry=r)
         self.connected = Gauge("mps_verifier_connected", "1 while connected to the upstream", registry=r)
-        self.reconnects = Counter("mps_verifier_reconnects", "Connections to the upstream lost or refused",
-                                  registry=r)
-        self.diverged = Gauge("mps_verifier_diverged", "1 once a block failed a check (the verifier stopped)",
-                              registry=r)
-        self.divergence_height = Gauge("mps_verifier_divergence_height",
-                                       "Height of the failed block (0: none)", registry=r)
-        self.precheck_seconds = Histogram("mps_verifier_precheck_seconds",
-                                          "Decoding and signature checks of one batch of blocks",
-                                          buckets=TIME_BUCKETS, registry=r)
-        self.execute_seconds = Histogram("mps_verifier_execute_seconds", "Re-executing a block with the STF",
-                                         buckets=TIME_BUCKETS, registry=r)
-        self.commit_seconds = Histogram("mps_verifier_commit_seconds", "The LMDB write of a verified block",
-                                        buckets=TIME_BUCKETS, registry=r)
+        self.reconnects = Counter(
+            "mps_verifier_reconnects", "Connections to the upstream lost or refused", registry=r
+        )
+        self.diverged = Gauge(
+            "mps_verifier_diverged", "1 once a block failed a check (the verifier stopped)", registry=r
+        )
+        self.divergence_height = Gauge(
+            "mps_verifier_divergence_height", "Height of the failed block (0: none)", registry=r
+        )
+        self.precheck_seconds = Histogram(
+            "mps_verifier_precheck_seconds",
+            "Decoding and signature checks of one batch of blocks",
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self.execute_seconds = Histogram(
+            "mps_verifier_execute_seconds",
+            "Re-executing a block with the STF",
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )
+        self.commit_seconds = Histogram(
+            "mps_verifier_commit_seconds",
+            "The LMDB write of a verified block",
+            buckets=TIME_BUCKETS,
+            registry=r,
+        )

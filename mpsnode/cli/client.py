@@ -56,13 +56,24 @@ def cmd_client_run(args: argparse.Namespace) -> int:
     data, seed = client_data(args)
     key = signer_key(args, home)
     if args.attack:
-        print(f"mpsnode client: EVALUATION ONLY: this client attacks the task ({args.attack})", file=sys.stderr)
+        print(
+            f"mpsnode client: EVALUATION ONLY: this client attacks the task ({args.attack})", file=sys.stderr
+        )
     state_dir = Path(args.state_dir) if args.state_dir else (home.path / "clients" if home else None)
-    config = ClientConfig(node=node, key=key, task_id=args.task, data=data, genesis=genesis, state_dir=state_dir,
-                          stake=args.stake, train=_train_config(args), seed=seed,
-                          attacker=Attacker(args.attack, colluders=args.colluders, seed=seed) if args.attack else None,
-                          reconnect_for=args.reconnect_for,
-                          timeout=args.timeout)
+    config = ClientConfig(
+        node=node,
+        key=key,
+        task_id=args.task,
+        data=data,
+        genesis=genesis,
+        state_dir=state_dir,
+        stake=args.stake,
+        train=_train_config(args),
+        seed=seed,
+        attacker=Attacker(args.attack, colluders=args.colluders, seed=seed) if args.attack else None,
+        reconnect_for=args.reconnect_for,
+        timeout=args.timeout,
+    )
 
     def show(ev: ClientEvent) -> None:
         if args.json:
@@ -72,17 +83,30 @@ def cmd_client_run(args: argparse.Namespace) -> int:
         print(f"{ev.kind:<12} {fields}", flush=True)
 
     if not args.json:
-        print(f"client {key.address.hex()[:16]}  task {args.task}  node {node}  {len(data)} samples"
-              f"{'  journal ' + str(state_dir) if state_dir else ''}", flush=True)
+        print(
+            f"client {key.address.hex()[:16]}  task {args.task}  node {node}  {len(data)} samples"
+            f"{'  journal ' + str(state_dir) if state_dir else ''}",
+            flush=True,
+        )
     try:
         result = trio.run(run_client, config, show)
     except KeyboardInterrupt:
-        print(f"mpsnode client: interrupted{'; journal kept in ' + str(state_dir) if state_dir else ''} "
-              "(a restart resubmits, never re-signs, an update already signed)", file=sys.stderr)
+        print(
+            f"mpsnode client: interrupted{'; journal kept in ' + str(state_dir) if state_dir else ''} "
+            "(a restart resubmits, never re-signs, an update already signed)",
+            file=sys.stderr,
+        )
         return 130
     ok = [r for r in result.rounds.values() if r.outcome == "ok"]
-    summary = {"done": True, "task": result.task_id, "status": result.status, "rounds_submitted": len(result.rounds),
-               "updates_ok": len(ok), "reconnects": result.reconnects, "accuracy_bps": result.accuracy_bps}
+    summary = {
+        "done": True,
+        "task": result.task_id,
+        "status": result.status,
+        "rounds_submitted": len(result.rounds),
+        "updates_ok": len(ok),
+        "reconnects": result.reconnects,
+        "accuracy_bps": result.accuracy_bps,
+    }
     if args.json:
         print(json.dumps({"event": "done", **summary}), flush=True)
     else:
@@ -105,12 +129,21 @@ def cmd_client_create_task(args: argparse.Namespace) -> int:
     scale_bits = fl.DEFAULT_SCALE_BITS if args.scale_bits is None else args.scale_bits
     if not 0 < args.target <= 1:
         raise ValueError(f"--target {args.target}: give the accuracy as a fraction in (0, 1], e.g. 0.9")
-    body = fl.create_task_body(validation, arch=arch, scale_bits=scale_bits,
-                               target_accuracy_bps=round(args.target * 10000), max_rounds=args.max_rounds,
-                               min_clients=args.min_clients, max_clients=args.max_clients,
-                               byzantine_f=args.byzantine_f, join_blocks=args.join_blocks,
-                               round_blocks=args.round_blocks, fee_per_round=args.fee_per_round,
-                               local_epochs=args.local_epochs, seed=args.seed)
+    body = fl.create_task_body(
+        validation,
+        arch=arch,
+        scale_bits=scale_bits,
+        target_accuracy_bps=round(args.target * 10000),
+        max_rounds=args.max_rounds,
+        min_clients=args.min_clients,
+        max_clients=args.max_clients,
+        byzantine_f=args.byzantine_f,
+        join_blocks=args.join_blocks,
+        round_blocks=args.round_blocks,
+        fee_per_round=args.fee_per_round,
+        local_epochs=args.local_epochs,
+        seed=args.seed,
+    )
 
     async def main() -> dict[str, Any]:
         async with connect(node, genesis=genesis, timeout=args.timeout) as client:
@@ -123,8 +156,14 @@ def cmd_client_create_task(args: argparse.Namespace) -> int:
                 raise ClientStopped(f"CREATE_TASK failed: {why}")
             assert outcome.receipt is not None
             created = next(e for e in outcome.receipt.events if isinstance(e, TaskCreated))
-            return {"task_id": created.task_id, "tx_id": stx.tx_id.hex(), "height": outcome.height,
-                    "escrow": created.escrow, "params": created.params, "validation_samples": len(validation)}
+            return {
+                "task_id": created.task_id,
+                "tx_id": stx.tx_id.hex(),
+                "height": outcome.height,
+                "escrow": created.escrow,
+                "params": created.params,
+                "validation_samples": len(validation),
+            }
 
     out = trio.run(main)
     print(json.dumps(out, indent=2) if args.json else "\n".join(f"{k:<18} {v}" for k, v in out.items()))

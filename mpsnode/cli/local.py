@@ -15,11 +15,22 @@ from mpsnode.node.inspect import inspect
 
 
 def cmd_init(args: argparse.Namespace) -> int:
-    net = genesis.make_network(args.home, clients=args.clients, chain_id=args.chain_id, devnet_keys=args.devnet)
+    net = genesis.make_network(
+        args.home, clients=args.clients, chain_id=args.chain_id, devnet_keys=args.devnet
+    )
     g = net.genesis
-    print_fields({"home": str(net.home), "chain_id": g.chain_id, "genesis_hash": g.hash().hex(),
-                  "state_root": g.state_root().hex(), "sequencer": g.sequencer.hex(),
-                  "clients": len(net.clients), "keys": str(net.home / "keys")}, args.json)
+    print_fields(
+        {
+            "home": str(net.home),
+            "chain_id": g.chain_id,
+            "genesis_hash": g.hash().hex(),
+            "state_root": g.state_root().hex(),
+            "sequencer": g.sequencer.hex(),
+            "clients": len(net.clients),
+            "keys": str(net.home / "keys"),
+        },
+        args.json,
+    )
     return 0
 
 
@@ -48,7 +59,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mpsnode demo: {exc}")
         return 2
-    opts = DemoOptions(clients=args.clients, malicious=args.malicious, attack=args.attack, alpha=alpha,
-                       target=args.target, max_rounds=args.max_rounds, seed=args.seed, home=args.home,
-                       byzantine_f=args.byzantine_f, plot=args.plot)
+    opts = DemoOptions(
+        clients=args.clients,
+        malicious=args.malicious,
+        attack=args.attack,
+        alpha=alpha,
+        target=args.target,
+        max_rounds=args.max_rounds,
+        seed=args.seed,
+        home=args.home,
+        byzantine_f=args.byzantine_f,
+        plot=args.plot,
+    )
     return run_demo(opts)

@@ -28,11 +28,18 @@ from sequencer.daemon import run_daemon
 
 
 def cmd_sequencer(args: argparse.Namespace) -> int:
-    return run_daemon(args.home, listen=args.listen, metrics=args.metrics, block_time_ms=args.block_time_ms,
-                      server=server_options(args))
+    return run_daemon(
+        args.home,
+        listen=args.listen,
+        metrics=args.metrics,
+        block_time_ms=args.block_time_ms,
+        server=server_options(args),
+    )
 
 
-def _run(fn: Callable[[Client, argparse.Namespace], Awaitable[dict[str, Any]]], args: argparse.Namespace) -> int:
+def _run(
+    fn: Callable[[Client, argparse.Namespace], Awaitable[dict[str, Any]]], args: argparse.Namespace
+) -> int:
     genesis, node, _ = resolve_node(args)
 
     async def main() -> dict[str, Any]:
@@ -83,9 +90,22 @@ def _create_task(args: argparse.Namespace) -> CreateTask:
     else:
         val_x = rng.integers(-256, 256, args.samples * arch[0]).astype("<i2").tobytes()
         val_y = rng.integers(0, arch[-1], args.samples).astype(np.uint8).tobytes()
-    return CreateTask(arch, args.scale_bits, weights, args.target_bps, args.max_rounds, args.min_clients,
-                      args.max_clients, args.byzantine_f, args.join_blocks, args.round_blocks, args.fee_per_round,
-                      args.local_epochs, val_x, val_y)
+    return CreateTask(
+        arch,
+        args.scale_bits,
+        weights,
+        args.target_bps,
+        args.max_rounds,
+        args.min_clients,
+        args.max_clients,
+        args.byzantine_f,
+        args.join_blocks,
+        args.round_blocks,
+        args.fee_per_round,
+        args.local_epochs,
+        val_x,
+        val_y,
+    )
 
 
 def cmd_tx(args: argparse.Namespace) -> int:
@@ -101,8 +121,15 @@ def cmd_tx(args: argparse.Namespace) -> int:
             await wallet.recover(client)
         stx = wallet.sign(body, args.fee)
         tx_id = await wallet.submit(client, stx)
-        out: dict[str, Any] = {"tx_id": tx_id.hex(), "kind": stx.tx.kind.name, "sender": key.address.hex(),
-                               "nonce": stx.tx.nonce, "fee": stx.tx.fee, "size": stx.size, "state": "accepted"}
+        out: dict[str, Any] = {
+            "tx_id": tx_id.hex(),
+            "kind": stx.tx.kind.name,
+            "sender": key.address.hex(),
+            "nonce": stx.tx.nonce,
+            "fee": stx.tx.fee,
+            "size": stx.size,
+            "state": "accepted",
+        }
         if args.wait:
             outcome = await client.wait_receipt(tx_id, timeout=args.timeout)
             out.update(_outcome_json(outcome))
@@ -134,22 +161,44 @@ async def _query(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         proven: Proven = await client.account(address)
         acct = proven.value
         nonce = await client.nonce(address)
-        return {"address": address.hex(), "balance": acct.balance, "nonce": acct.nonce, "bonded": acct.bonded,
-                "unbonding": [[u.amount, u.release_height] for u in acct.unbonding], "jailed": acct.jailed,
-                "tasks": list(acct.tasks), "pending_txs": nonce.pending, "next_nonce": nonce.next_nonce,
-                "proven_at_height": proven.height, "state_root": proven.header.state_root.hex()}
+        return {
+            "address": address.hex(),
+            "balance": acct.balance,
+            "nonce": acct.nonce,
+            "bonded": acct.bonded,
+            "unbonding": [[u.amount, u.release_height] for u in acct.unbonding],
+            "jailed": acct.jailed,
+            "tasks": list(acct.tasks),
+            "pending_txs": nonce.pending,
+            "next_nonce": nonce.next_nonce,
+            "proven_at_height": proven.height,
+            "state_root": proven.header.state_root.hex(),
+        }
     if what == "task":
         proven = await client.task(args.task_id)
         task = proven.value
         if task is None:
             raise NotFound(f"no task {args.task_id} at height {proven.height}")
-        out = {"task_id": task.task_id, "status": task.status.name, "creator": task.creator.hex(),
-               "arch": list(task.arch), "scale_bits": task.scale_bits, "target_accuracy_bps": task.target_accuracy_bps,
-               "round": task.round, "round_deadline": task.round_deadline, "rounds_closed": task.rounds_closed,
-               "max_rounds": task.max_rounds, "min_clients": task.min_clients, "max_clients": task.max_clients,
-               "byzantine_f": task.byzantine_f, "participants": [a.hex() for a in task.participants],
-               "submitted": [a.hex() for a in task.submitted], "escrow": task.escrow,
-               "accuracy_bps": task.accuracy_bps, "proven_at_height": proven.height}
+        out = {
+            "task_id": task.task_id,
+            "status": task.status.name,
+            "creator": task.creator.hex(),
+            "arch": list(task.arch),
+            "scale_bits": task.scale_bits,
+            "target_accuracy_bps": task.target_accuracy_bps,
+            "round": task.round,
+            "round_deadline": task.round_deadline,
+            "rounds_closed": task.rounds_closed,
+            "max_rounds": task.max_rounds,
+            "min_clients": task.min_clients,
+            "max_clients": task.max_clients,
+            "byzantine_f": task.byzantine_f,
+            "participants": [a.hex() for a in task.participants],
+            "submitted": [a.hex() for a in task.submitted],
+            "escrow": task.escrow,
+            "accuracy_bps": task.accuracy_bps,
+            "proven_at_height": proven.height,
+        }
         if args.model:
             model = await client.model(args.task_id)
             _, weights = model.value
@@ -163,22 +212,36 @@ async def _query(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         header, block, receipts = await client.block(args.height)
         out = header.to_json()
         if block is not None:
-            out["txs"] = [{"tx_id": t.tx_id.hex(), "kind": t.tx.kind.name, "sender": t.tx.sender.hex(),
-                           "nonce": t.tx.nonce, "fee": t.tx.fee, "size": t.size} for t in block.txs]
+            out["txs"] = [
+                {
+                    "tx_id": t.tx_id.hex(),
+                    "kind": t.tx.kind.name,
+                    "sender": t.tx.sender.hex(),
+                    "nonce": t.tx.nonce,
+                    "fee": t.tx.fee,
+                    "size": t.size,
+                }
+                for t in block.txs
+            ]
             out["receipts"] = [r.to_json() for r in receipts]
         return out
     if what == "receipt":
         tx_id = bytes.fromhex(args.tx_id)
         if len(tx_id) != 32:
             raise ValueError("a tx id is 64 hex digits")
-        outcome = (await client.wait_receipt(tx_id, timeout=args.timeout) if args.wait
-                   else await client.receipt(tx_id))
+        outcome = (
+            await client.wait_receipt(tx_id, timeout=args.timeout)
+            if args.wait
+            else await client.receipt(tx_id)
+        )
         return _outcome_json(outcome)
     if what == "events":
         if args.task is not None:
             items = await client.events(task_id=args.task, start=args.start, count=args.count)
         else:
-            items = await client.events(height=args.height if args.height is not None else 1, count=args.count)
+            items = await client.events(
+                height=args.height if args.height is not None else 1, count=args.count
+            )
         return {"blocks": [{"height": h, "events": [e.to_json() for e in evs]} for h, evs in items]}
     raise ValueError(f"unknown query {what}")
 

@@ -14,8 +14,9 @@ from mpsnode.demo.options import DemoOptions
 
 COMMAND = "command"  # the argparse destination holding "module:function"
 
-ATTACK_HELP = ("sign_flip, gaussian, scaled, label_flip, free_rider_zeros, free_rider_copy, alie, ipm_0.1, "
-               "ipm_2")
+ATTACK_HELP = (
+    "sign_flip, gaussian, scaled, label_flip, free_rider_zeros, free_rider_copy, alie, ipm_0.1, ipm_2"
+)
 
 
 def _runs(p: argparse.ArgumentParser, target: str) -> None:
@@ -29,8 +30,12 @@ def add_json(p: argparse.ArgumentParser) -> None:
 def add_node_arguments(p: argparse.ArgumentParser) -> None:
     """How a command finds the chain and the node (``common.resolve_node``)."""
     p.add_argument("--home", help="node home: genesis.json, keys/ and the default --node")
-    p.add_argument("--genesis", help="genesis.json of the chain (default: the home's; else fetched from the node)")
-    p.add_argument("--node", help="HOST:PORT of the node (default: the home's listen address, else 127.0.0.1:7070)")
+    p.add_argument(
+        "--genesis", help="genesis.json of the chain (default: the home's; else fetched from the node)"
+    )
+    p.add_argument(
+        "--node", help="HOST:PORT of the node (default: the home's listen address, else 127.0.0.1:7070)"
+    )
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait (connect, receipt)")
     add_json(p)
 
@@ -51,7 +56,9 @@ def add_server_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_digits_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--alpha", default="1.0", help="Dirichlet label skew of the digits split, or 'iid' (default 1.0)")
+    p.add_argument(
+        "--alpha", default="1.0", help="Dirichlet label skew of the digits split, or 'iid' (default 1.0)"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the digits split (same for every party)")
 
 
@@ -63,7 +70,9 @@ def _local(sub: Any) -> None:
     sp.add_argument("--home", required=True)
     sp.add_argument("--clients", type=int, default=10)
     sp.add_argument("--chain-id", default=None)
-    sp.add_argument("--devnet", action="store_true", help="well-known keys and fixed time (public, for testing)")
+    sp.add_argument(
+        "--devnet", action="store_true", help="well-known keys and fixed time (public, for testing)"
+    )
     add_json(sp)
     _runs(sp, "local:cmd_init")
 
@@ -85,20 +94,43 @@ def _local(sub: Any) -> None:
 
     sp = sub.add_parser("demo", help="run the end-to-end demo: a sequencer, a verifier, a task, FL clients")
     d = DemoOptions()
-    sp.add_argument("--clients", type=int, default=d.clients, help=f"clients in the task (default {d.clients})")
-    sp.add_argument("--malicious", type=int, default=d.malicious, help=f"of them attackers (default {d.malicious})")
-    sp.add_argument("--attack", default=d.attack,
-                    help=f"the attackers' attack, evaluation only (default {d.attack}): {ATTACK_HELP}")
-    sp.add_argument("--alpha", default=str(d.alpha), help="Dirichlet label skew of the clients' data, or 'iid' "
-                    f"(default {d.alpha}: mildly non-IID)")
-    sp.add_argument("--target", type=float, default=d.target, help=f"target accuracy, 0..1 (default {d.target})")
-    sp.add_argument("--max-rounds", type=int, default=d.max_rounds,
-                    help=f"the task's round limit (default {d.max_rounds})")
-    sp.add_argument("--seed", type=int, default=d.seed,
-                    help=f"data split, model and attacker choice (default {d.seed})")
-    sp.add_argument("--byzantine-f", type=int, default=None,
-                    help="the task's f (default: the attackers' count, as far as the clients allow)")
-    sp.add_argument("--home", default=None, help="keep the chain here (a new or empty dir; default: a new temp dir)")
+    sp.add_argument(
+        "--clients", type=int, default=d.clients, help=f"clients in the task (default {d.clients})"
+    )
+    sp.add_argument(
+        "--malicious", type=int, default=d.malicious, help=f"of them attackers (default {d.malicious})"
+    )
+    sp.add_argument(
+        "--attack",
+        default=d.attack,
+        help=f"the attackers' attack, evaluation only (default {d.attack}): {ATTACK_HELP}",
+    )
+    sp.add_argument(
+        "--alpha",
+        default=str(d.alpha),
+        help=f"Dirichlet label skew of the clients' data, or 'iid' (default {d.alpha}: mildly non-IID)",
+    )
+    sp.add_argument(
+        "--target", type=float, default=d.target, help=f"target accuracy, 0..1 (default {d.target})"
+    )
+    sp.add_argument(
+        "--max-rounds",
+        type=int,
+        default=d.max_rounds,
+        help=f"the task's round limit (default {d.max_rounds})",
+    )
+    sp.add_argument(
+        "--seed", type=int, default=d.seed, help=f"data split, model and attacker choice (default {d.seed})"
+    )
+    sp.add_argument(
+        "--byzantine-f",
+        type=int,
+        default=None,
+        help="the task's f (default: the attackers' count, as far as the clients allow)",
+    )
+    sp.add_argument(
+        "--home", default=None, help="keep the chain here (a new or empty dir; default: a new temp dir)"
+    )
     sp.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
     _runs(sp, "local:cmd_demo")
 
@@ -196,8 +228,9 @@ def _verifier(sub: Any) -> None:
     sp.add_argument("--genesis", help="copy this genesis.json into a new --home first")
     sp.add_argument("--listen", help="HOST:PORT serving blocks onward (default: config.toml, or :7071)")
     sp.add_argument("--metrics", help="HOST:PORT for Prometheus metrics")
-    sp.add_argument("--exit-on-divergence", action="store_true",
-                    help="exit (code 3) once a divergence is reported")
+    sp.add_argument(
+        "--exit-on-divergence", action="store_true", help="exit (code 3) once a divergence is reported"
+    )
     add_server_arguments(sp)
     _runs(sp, "verifier:cmd_verifier")
 
@@ -214,8 +247,9 @@ def _verifier(sub: Any) -> None:
     sp.add_argument("--plot", help="draw accuracy and Krum scores per round into this PNG")
     sp.add_argument("--reports", help="on a divergence, write <height>.json and <height>.bundle here")
     bar = sp.add_mutually_exclusive_group()
-    bar.add_argument("--progress", dest="progress", action="store_true", default=None,
-                     help="always show progress")
+    bar.add_argument(
+        "--progress", dest="progress", action="store_true", default=None, help="always show progress"
+    )
     bar.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress")
     _runs(sp, "verifier:cmd_replay")
 
@@ -229,28 +263,54 @@ def _client(sub: Any) -> None:
     add_signer_arguments(p)
     p.add_argument("--task", type=int, required=True, help="task id")
     data = p.add_mutually_exclusive_group(required=True)
-    data.add_argument("--digits-shard", metavar="I/N", help="shard I of the bundled digits split across N clients")
-    data.add_argument("--data", metavar="FILE.npz", help="your own training data: arrays x (float) and y (int)")
+    data.add_argument(
+        "--digits-shard", metavar="I/N", help="shard I of the bundled digits split across N clients"
+    )
+    data.add_argument(
+        "--data", metavar="FILE.npz", help="your own training data: arrays x (float) and y (int)"
+    )
     add_digits_arguments(p)
-    p.add_argument("--stake", type=int, default=None, help="bond up to this much before joining (default: min_stake)")
-    p.add_argument("--lr", type=float, default=None, help="local SGD learning rate (default: mpsnode.fl's, 0.3)")
-    p.add_argument("--batch-size", type=int, default=None, help="local minibatch size (default: mpsnode.fl's, 8)")
+    p.add_argument(
+        "--stake", type=int, default=None, help="bond up to this much before joining (default: min_stake)"
+    )
+    p.add_argument(
+        "--lr", type=float, default=None, help="local SGD learning rate (default: mpsnode.fl's, 0.3)"
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=None, help="local minibatch size (default: mpsnode.fl's, 8)"
+    )
     p.add_argument("--state-dir", help="where the submission journal is kept (default: HOME/clients)")
-    p.add_argument("--reconnect-for", type=float, default=120.0,
-                   help="seconds to keep reconnecting to a node that went away")
-    p.add_argument("--attack", default=None, help=f"EVALUATION ONLY: send a poisoned update instead ({ATTACK_HELP})")
+    p.add_argument(
+        "--reconnect-for",
+        type=float,
+        default=120.0,
+        help="seconds to keep reconnecting to a node that went away",
+    )
+    p.add_argument(
+        "--attack", default=None, help=f"EVALUATION ONLY: send a poisoned update instead ({ATTACK_HELP})"
+    )
     p.add_argument("--colluders", type=int, default=1, help="EVALUATION ONLY: attackers colluding (alie)")
     _runs(p, "client:cmd_client_run")
 
-    p = cs.add_parser("create-task", help="ask for a model trained on the digits split (or your validation set)")
+    p = cs.add_parser(
+        "create-task", help="ask for a model trained on the digits split (or your validation set)"
+    )
     add_node_arguments(p)
     add_signer_arguments(p)
     val = p.add_mutually_exclusive_group(required=True)
-    val.add_argument("--digits-clients", type=int, metavar="N", help="validation set of the digits split for N clients")
-    val.add_argument("--val", metavar="FILE.npz", help="your own validation set: arrays x (float) and y (int)")
+    val.add_argument(
+        "--digits-clients", type=int, metavar="N", help="validation set of the digits split for N clients"
+    )
+    val.add_argument(
+        "--val", metavar="FILE.npz", help="your own validation set: arrays x (float) and y (int)"
+    )
     add_digits_arguments(p)
-    p.add_argument("--arch", default=None, help="layer widths, e.g. 64,32,10 (default: mpsnode.fl's for digits)")
-    p.add_argument("--scale-bits", type=int, default=None, help="fixed-point bits (default: mpsnode.fl's, 12)")
+    p.add_argument(
+        "--arch", default=None, help="layer widths, e.g. 64,32,10 (default: mpsnode.fl's for digits)"
+    )
+    p.add_argument(
+        "--scale-bits", type=int, default=None, help="fixed-point bits (default: mpsnode.fl's, 12)"
+    )
     p.add_argument("--target", type=float, default=0.9, help="target validation accuracy, 0..1 (default 0.9)")
     p.add_argument("--max-rounds", type=int, default=30)
     p.add_argument("--min-clients", type=int, default=10)
@@ -264,7 +324,9 @@ def _client(sub: Any) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mpsnode", description="A rollup node for stake-secured federated learning.")
+    p = argparse.ArgumentParser(
+        prog="mpsnode", description="A rollup node for stake-secured federated learning."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
     _local(sub)
     _node(sub)

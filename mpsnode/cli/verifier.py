@@ -30,9 +30,15 @@ EXIT_DIVERGED_REPLAY = 1
 
 
 def cmd_verifier(args: argparse.Namespace) -> int:
-    return run_daemon(args.home, upstream=args.upstream, genesis_file=args.genesis, listen=args.listen,
-                      metrics=args.metrics, exit_on_divergence=args.exit_on_divergence,
-                      server=server_options(args))
+    return run_daemon(
+        args.home,
+        upstream=args.upstream,
+        genesis_file=args.genesis,
+        listen=args.listen,
+        metrics=args.metrics,
+        exit_on_divergence=args.exit_on_divergence,
+        server=server_options(args),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -48,13 +54,20 @@ def cmd_export(args: argparse.Namespace) -> int:
         summary = export_store(store, home.genesis(), args.out)
     finally:
         store.close()
-    out = {"out": str(summary.path), "blocks": summary.blocks, "head_height": summary.head_height,
-           "head_hash": summary.head_hash.hex(), "bytes": summary.bytes}
+    out = {
+        "out": str(summary.path),
+        "blocks": summary.blocks,
+        "head_height": summary.head_height,
+        "head_hash": summary.head_hash.hex(),
+        "bytes": summary.bytes,
+    }
     if args.json:
         print(json.dumps(out, indent=2))
     else:
-        print(f"exported {summary.blocks} blocks (head {summary.head_height} "
-              f"{summary.head_hash.hex()[:16]}...) to {summary.path}, {summary.bytes} bytes")
+        print(
+            f"exported {summary.blocks} blocks (head {summary.head_height} "
+            f"{summary.head_hash.hex()[:16]}...) to {summary.path}, {summary.bytes} bytes"
+        )
     return 0
 
 
@@ -77,8 +90,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
     finally:
         source.close()
     if args.plot:
-        targets = {t.task_id: t.target_accuracy_bps for t in outcome.audit.tasks.values()
-                   if t.target_accuracy_bps is not None}
+        targets = {
+            t.task_id: t.target_accuracy_bps
+            for t in outcome.audit.tasks.values()
+            if t.target_accuracy_bps is not None
+        }
         plot_audit(outcome.audit, args.plot, targets)
     if args.json:
         out = outcome.to_json()
@@ -94,12 +110,16 @@ def _print_outcome(outcome: ReplayOutcome, description: str, args: argparse.Name
     rate = f"{outcome.blocks / outcome.seconds:.1f} blocks/s" if outcome.seconds else ""
     head = outcome.head
     if outcome.ok:
-        print(f"replayed {outcome.blocks} blocks ({outcome.txs} txs) of {description} from genesis in a "
-              f"fresh state in {outcome.seconds:.2f} s ({rate}): every root matches")
+        print(
+            f"replayed {outcome.blocks} blocks ({outcome.txs} txs) of {description} from genesis in a "
+            f"fresh state in {outcome.seconds:.2f} s ({rate}): every root matches"
+        )
         print(f"head {head.height} {head.hash().hex()}  state root {head.state_root.hex()}")
     else:
-        print(f"replayed {outcome.blocks} blocks of {description}: every root matches up to height "
-              f"{head.height}")
+        print(
+            f"replayed {outcome.blocks} blocks of {description}: every root matches up to height "
+            f"{head.height}"
+        )
         print(format_report(outcome.report))
         if args.reports:
             print(f"report written to {Path(args.reports) / (str(outcome.report['height']) + '.json')}")
@@ -111,26 +131,33 @@ def _print_outcome(outcome: ReplayOutcome, description: str, args: argparse.Name
 
 def format_report(report: dict[str, Any]) -> str:
     """A divergence report in a few lines (the JSON holds everything)."""
-    lines = [f"DIVERGENCE at height {report['height']} (block {str(report['block_hash'])[:16]}...): "
-             f"{report['check']}: {report['reason']}",
-             f"  computed locally:  {json.dumps(report['computed'])}",
-             f"  claimed by header: {json.dumps(report['claimed'])}"]
+    lines = [
+        f"DIVERGENCE at height {report['height']} (block {str(report['block_hash'])[:16]}...): "
+        f"{report['check']}: {report['reason']}",
+        f"  computed locally:  {json.dumps(report['computed'])}",
+        f"  claimed by header: {json.dumps(report['claimed'])}",
+    ]
     for name, root in (report.get("roots") or {}).items():
         mark = "ok" if root["match"] else "MISMATCH"
-        lines.append(f"  {name:<14} {mark:<8} computed {root['computed'][:16]}...  "
-                     f"claimed {root['claimed'][:16]}...")
+        lines.append(
+            f"  {name:<14} {mark:<8} computed {root['computed'][:16]}...  claimed {root['claimed'][:16]}..."
+        )
     receipts = report.get("receipts")
     if receipts:
-        lines.append(f"  receipts: {len(receipts['differ'])} differ (claimed receipts match the header: "
-                     f"{receipts['claimed_match_header']})")
+        lines.append(
+            f"  receipts: {len(receipts['differ'])} differ (claimed receipts match the header: "
+            f"{receipts['claimed_match_header']})"
+        )
         for entry in receipts["differ"][:5]:
             only_c = ", ".join(e["event"] for e in entry.get("events_only_computed", []))
             only_h = ", ".join(e["event"] for e in entry.get("events_only_claimed", []))
             lines.append(f"    #{entry['index']}: only computed [{only_c}]  only claimed [{only_h}]")
     state = report.get("state")
     if state and not state["match"]:
-        lines.append(f"  state: {len(state['diverging'])} diverging keys of {state['keys_compared']} compared"
-                     + (f" ({state['note']})" if state.get("note") else ""))
+        lines.append(
+            f"  state: {len(state['diverging'])} diverging keys of {state['keys_compared']} compared"
+            + (f" ({state['note']})" if state.get("note") else "")
+        )
         for entry in state["diverging"][:8]:
             lines.append(f"    {entry['what']}: computed {json.dumps(entry['computed_value'])}")
     return "\n".join(lines)
@@ -140,7 +167,9 @@ def _replay_bundle(args: argparse.Namespace) -> int:
     try:
         bundle = Bundle.decode(Path(args.file).read_bytes())
     except DecodeError as exc:
-        raise DecodeError(f"{args.file} is neither an export (mpsnode export) nor a divergence bundle: {exc}") from None
+        raise DecodeError(
+            f"{args.file} is neither an export (mpsnode export) nor a divergence bundle: {exc}"
+        ) from None
     again = bundle.rerun()
     if again is None:
         out = {"ok": True, "height": bundle.height, "note": "the bundled block passes every check"}

@@ -53,16 +53,23 @@ from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import Overloaded, ShuttingDown, SlowPeer
 
 # Errors after which the client reconnects: the node went away or asked it to come back later.
-TRANSIENT = (OSError, ConnectionLost, trio.TooSlowError, trio.BrokenResourceError, ShuttingDown, Overloaded,
-             SlowPeer)
+TRANSIENT = (
+    OSError,
+    ConnectionLost,
+    trio.TooSlowError,
+    trio.BrokenResourceError,
+    ShuttingDown,
+    Overloaded,
+    SlowPeer,
+)
 DEADLINE_MARGIN_BLOCKS = 3  # an observing attacker stops waiting this many blocks before the deadline
-
 
 
 class ClientStopped(MpsError):
     """A client daemon cannot go on with its task (not joinable, a tx of its failed, no node reachable)."""
 
     code = 800
+
 
 @dataclass(frozen=True, slots=True)
 class ClientConfig:
@@ -139,7 +146,9 @@ class Journal:
                 raw = json.loads(path.read_text())
                 self.rounds = {int(r): RoundRecord(**rec) for r, rec in raw["rounds"].items()}
             except (ValueError, KeyError, TypeError) as exc:
-                raise ValueError(f"{path}: not a client journal ({exc}); move it away to start afresh") from None
+                raise ValueError(
+                    f"{path}: not a client journal ({exc}); move it away to start afresh"
+                ) from None
 
     @classmethod
     def for_client(cls, state_dir: Path | None, genesis_hash: bytes, address: bytes, task_id: int) -> Journal:
@@ -156,7 +165,9 @@ class Journal:
         if self.path is None:
             return
         tmp = self.path.with_suffix(".tmp")
-        data = json.dumps({"rounds": {str(r): rec.to_json() for r, rec in sorted(self.rounds.items())}}, indent=1)
+        data = json.dumps(
+            {"rounds": {str(r): rec.to_json() for r, rec in sorted(self.rounds.items())}}, indent=1
+        )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "w") as fh:
@@ -173,8 +184,12 @@ class Journal:
 
 
 class _Runner:
-    def __init__(self, config: ClientConfig, on_event: Callable[[ClientEvent], None] | None,
-                 limiter: trio.CapacityLimiter | None) -> None:
+    def __init__(
+        self,
+        config: ClientConfig,
+        on_event: Callable[[ClientEvent], None] | None,
+        limiter: trio.CapacityLimiter | None,
+    ) -> None:
         self.cfg = config
         self.address = config.key.address
         self.on_event = on_event
@@ -209,8 +224,10 @@ class _Runner:
                     lost_since = now
                     self.emit("disconnected", reason=f"{type(exc).__name__}: {exc}")
                 if now - lost_since > self.cfg.reconnect_for:
-                    raise ClientStopped(f"no working connection to {self.cfg.node} for "
-                                        f"{self.cfg.reconnect_for:.0f} s (last: {exc})") from None
+                    raise ClientStopped(
+                        f"no working connection to {self.cfg.node} for "
+                        f"{self.cfg.reconnect_for:.0f} s (last: {exc})"
+                    ) from None
                 await trio.sleep(delay)
                 delay = min(delay * 2, 2.0)
 
@@ -218,12 +235,15 @@ class _Runner:
         if self.wallet is None:
             assert client.genesis is not None
             self.wallet = Wallet(self.cfg.key, client.chain_id, client.params)
-            self.journal = Journal.for_client(self.cfg.state_dir, client.genesis.hash(), self.address,
-                                              self.cfg.task_id)
+            self.journal = Journal.for_client(
+                self.cfg.state_dir, client.genesis.hash(), self.address, self.cfg.task_id
+            )
         await self.resubmit_journal(client)
         refused = await self.wallet.recover(client)
         for stx, exc in refused:
-            self.emit("refused", nonce=stx.tx.nonce, tx_kind=stx.tx.kind.name, code=exc.code, reason=exc.reason)
+            self.emit(
+                "refused", nonce=stx.tx.nonce, tx_kind=stx.tx.kind.name, code=exc.code, reason=exc.reason
+            )
         status = await client.status()
         async with client.subscribe(from_height=status.height + 1) as blocks:
             await self.ensure_joined(client, blocks)
@@ -260,7 +280,9 @@ class _Runner:
         if task.status != TaskStatus.JOINING:
             if self.journal.rounds or task.status != TaskStatus.ACTIVE:
                 return  # we took part before (removed since) or the task is over: step() reports it
-            raise ClientStopped(f"task {task.task_id} is {task.status.name} and this client is not a participant")
+            raise ClientStopped(
+                f"task {task.task_id} is {task.status.name} and this client is not a participant"
+            )
         params = client.params
         target = max(self.cfg.stake or params.min_stake, params.min_stake)
         account = (await client.account(self.address)).value
@@ -279,7 +301,11 @@ class _Runner:
         stx = await self.wallet.send(client, body)
         outcome = await client.wait_receipt(stx.tx_id, timeout=self.cfg.timeout)
         if not outcome.ok:
-            why = outcome.receipt.status_name if outcome.receipt is not None else f"{outcome.state}: {outcome.reason}"
+            why = (
+                outcome.receipt.status_name
+                if outcome.receipt is not None
+                else f"{outcome.state}: {outcome.reason}"
+            )
             raise ClientStopped(f"{stx.tx.kind.name} for task {self.cfg.task_id} failed: {why}")
         self.emit(what, height=outcome.height, tx_id=stx.tx_id.hex())
 
@@ -335,22 +361,41 @@ class _Runner:
             return
         assert self.wallet is not None
         stx = self.wallet.sign(SubmitUpdate(task.task_id, ptask.round, delta.astype("<i2").tobytes()))
-        rec = RoundRecord(ptask.round, stx.encode().hex(), stx.tx_id.hex(), stx.tx.nonce, proven.height,
-                          proven.header.state_root.hex(), H(MODEL, blob).hex(), float(loss), int(clipped),
-                          self.cfg.attacker.name if self.cfg.attacker is not None else "")
+        rec = RoundRecord(
+            ptask.round,
+            stx.encode().hex(),
+            stx.tx_id.hex(),
+            stx.tx.nonce,
+            proven.height,
+            proven.header.state_root.hex(),
+            H(MODEL, blob).hex(),
+            float(loss),
+            int(clipped),
+            self.cfg.attacker.name if self.cfg.attacker is not None else "",
+        )
         self.journal.record(rec)  # on disk before it is sent: this round is never signed again
         await self.wallet.submit(client, stx)
-        self.emit("submitted", round=rec.round, tx_id=rec.tx_id, nonce=rec.nonce, proven_height=rec.proven_height,
-                  loss=None if math.isnan(rec.loss) else round(rec.loss, 4), clipped=rec.clipped, **({"attack": rec.attack} if rec.attack else {}))
+        self.emit(
+            "submitted",
+            round=rec.round,
+            tx_id=rec.tx_id,
+            nonce=rec.nonce,
+            proven_height=rec.proven_height,
+            loss=None if math.isnan(rec.loss) else round(rec.loss, 4),
+            clipped=rec.clipped,
+            **({"attack": rec.attack} if rec.attack else {}),
+        )
 
-    async def compute_delta(self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task,
-                            weights: np.ndarray) -> tuple[np.ndarray | None, float, int]:
+    async def compute_delta(
+        self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task, weights: np.ndarray
+    ) -> tuple[np.ndarray | None, float, int]:
         """The int16 delta to submit this round, with the training loss and the clipped count."""
         learner = self.get_learner(task)
 
         async def train() -> LocalUpdate:
-            return await trio.to_thread.run_sync(learner.train_round, weights, task.scale_bits, task.local_epochs,
-                                                 limiter=self.limiter)
+            return await trio.to_thread.run_sync(
+                learner.train_round, weights, task.scale_bits, task.local_epochs, limiter=self.limiter
+            )
 
         attacker = self.cfg.attacker
         if attacker is None:
@@ -372,7 +417,9 @@ class _Runner:
             self.learner = LocalLearner(data, task.arch, self.cfg.train, seed=self.cfg.seed)
         return self.learner
 
-    async def observe_round(self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task) -> np.ndarray | None:
+    async def observe_round(
+        self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task
+    ) -> np.ndarray | None:
         """The other participants' updates already included this round (proven), as float changes."""
         others_total = len(task.participants) - 1
         want = max(1, math.ceil(others_total / 2))
@@ -397,8 +444,9 @@ class _Runner:
     # --------------------------------------------------------------------------------------------------
     def finish(self, task: Task, status: str) -> ClientResult:
         self.emit("finished", status=status, accuracy_bps=task.accuracy_bps, rounds=task.rounds_closed)
-        return ClientResult(self.address, task.task_id, status, dict(self.journal.rounds), self.reconnects,
-                            task.accuracy_bps)
+        return ClientResult(
+            self.address, task.task_id, status, dict(self.journal.rounds), self.reconnects, task.accuracy_bps
+        )
 
 
 async def _next_block(blocks: trio.MemoryReceiveChannel[Any]) -> None:
@@ -416,8 +464,11 @@ async def _next_block(blocks: trio.MemoryReceiveChannel[Any]) -> None:
             raise ConnectionLost("the block subscription ended") from None
 
 
-async def run_client(config: ClientConfig, on_event: Callable[[ClientEvent], None] | None = None,
-                     limiter: trio.CapacityLimiter | None = None) -> ClientResult:
+async def run_client(
+    config: ClientConfig,
+    on_event: Callable[[ClientEvent], None] | None = None,
+    limiter: trio.CapacityLimiter | None = None,
+) -> ClientResult:
     """Follow ``config.task_id`` to its end; see the module docstring. ``limiter`` bounds training threads."""
     return await _Runner(config, on_event, limiter).run()
 

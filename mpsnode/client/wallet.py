@@ -15,8 +15,9 @@ from mpsnode.consensus.tx import Body, SignedTx, Tx, compute_min_fee
 from mpsnode.node.connection import Client
 
 
-def make_tx(key: crypto.Keypair, chain_id: str, nonce: int, body: Body, params: Params,
-            fee: int | None = None) -> SignedTx:
+def make_tx(
+    key: crypto.Keypair, chain_id: str, nonce: int, body: Body, params: Params, fee: int | None = None
+) -> SignedTx:
     """Sign ``body`` with the least fee that covers its size (or ``fee`` if given)."""
     if fee is not None:
         return Tx(chain_id, key.address, nonce, fee, body).sign(key)
@@ -32,7 +33,6 @@ def make_tx(key: crypto.Keypair, chain_id: str, nonce: int, body: Body, params: 
 
 # ---------------------------------------------------------------------------------------------
 # The connection
-
 
 
 @dataclass
@@ -99,4 +99,3 @@ class Wallet:
         if self.next_nonce is None or not refused:
             self.next_nonce = max(info.next_nonce, self.next_nonce or 0)
         return refused
-

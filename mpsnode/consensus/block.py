@@ -35,8 +35,16 @@ class Header:
     version: int = BLOCK_VERSION
 
     def encode_obj(self) -> list[Any]:
-        return [self.version, self.chain_id, self.height, self.parent_hash, self.timestamp_ms, self.tx_root,
-                self.receipts_root, self.state_root]
+        return [
+            self.version,
+            self.chain_id,
+            self.height,
+            self.parent_hash,
+            self.timestamp_ms,
+            self.tx_root,
+            self.receipts_root,
+            self.state_root,
+        ]
 
     def encode(self) -> bytes:
         return encode(self.encode_obj())
@@ -46,19 +54,34 @@ class Header:
 
     @classmethod
     def decode_obj(cls, obj: Any) -> Header:
-        version, chain_id, height, parent, ts, tx_root, receipts_root, state_root = expect_list(obj, 8, "header")
+        version, chain_id, height, parent, ts, tx_root, receipts_root, state_root = expect_list(
+            obj, 8, "header"
+        )
         if expect_uint(version, "header version") != BLOCK_VERSION:
             raise BlockDecodeError(f"unknown block version {version}")
-        return cls(expect_str(chain_id, "chain_id"), expect_uint(height, "height"),
-                   expect_bytes(parent, "parent_hash", 32), expect_uint(ts, "timestamp_ms"),
-                   expect_bytes(tx_root, "tx_root", 32), expect_bytes(receipts_root, "receipts_root", 32),
-                   expect_bytes(state_root, "state_root", 32), version)
+        return cls(
+            expect_str(chain_id, "chain_id"),
+            expect_uint(height, "height"),
+            expect_bytes(parent, "parent_hash", 32),
+            expect_uint(ts, "timestamp_ms"),
+            expect_bytes(tx_root, "tx_root", 32),
+            expect_bytes(receipts_root, "receipts_root", 32),
+            expect_bytes(state_root, "state_root", 32),
+            version,
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "chain_id": self.chain_id, "height": self.height,
-                "hash": self.hash().hex(), "parent_hash": self.parent_hash.hex(),
-                "timestamp_ms": self.timestamp_ms, "tx_root": self.tx_root.hex(),
-                "receipts_root": self.receipts_root.hex(), "state_root": self.state_root.hex()}
+        return {
+            "version": self.version,
+            "chain_id": self.chain_id,
+            "height": self.height,
+            "hash": self.hash().hex(),
+            "parent_hash": self.parent_hash.hex(),
+            "timestamp_ms": self.timestamp_ms,
+            "tx_root": self.tx_root.hex(),
+            "receipts_root": self.receipts_root.hex(),
+            "state_root": self.state_root.hex(),
+        }
 
 
 def decode_header(data: bytes) -> Header:

@@ -26,8 +26,14 @@ def encode(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, strict_types=True)
 
 
-def decode(data: bytes, *, max_bytes: int, max_bin_len: int | None = None, max_array_len: int = 1 << 20,
-           max_str_len: int = 256) -> Any:
+def decode(
+    data: bytes,
+    *,
+    max_bytes: int,
+    max_bin_len: int | None = None,
+    max_array_len: int = 1 << 20,
+    max_str_len: int = 256,
+) -> Any:
     """Decode canonical msgpack or raise ``DecodeError`` with a reason (never anything else)."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise DecodeError(f"expected bytes, got {type(data).__name__}")

@@ -199,9 +199,26 @@ class ParticipantRemoved(Event):
 
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.KIND: cls
-    for cls in (Transferred, Staked, UnstakeStarted, UnbondingReleased, Unjailed, TaskCreated, TaskJoined,
-                TaskStarted, RoundOpened, UpdateSubmitted, TaskExpired, Refunded, RoundClosed, Slashed,
-                Jailed, Rewarded, TaskCompleted, ParticipantRemoved)
+    for cls in (
+        Transferred,
+        Staked,
+        UnstakeStarted,
+        UnbondingReleased,
+        Unjailed,
+        TaskCreated,
+        TaskJoined,
+        TaskStarted,
+        RoundOpened,
+        UpdateSubmitted,
+        TaskExpired,
+        Refunded,
+        RoundClosed,
+        Slashed,
+        Jailed,
+        Rewarded,
+        TaskCompleted,
+        ParticipantRemoved,
+    )
 }
 
 

@@ -47,8 +47,15 @@ class Genesis:
         return sum(a.balance + a.bonded for a in self.allocations)
 
     def config(self) -> Config:
-        return Config(self.chain_id, self.params, self.sequencer, self.fee_recipient, self.treasury,
-                      self.genesis_time_ms, self.supply)
+        return Config(
+            self.chain_id,
+            self.params,
+            self.sequencer,
+            self.fee_recipient,
+            self.treasury,
+            self.genesis_time_ms,
+            self.supply,
+        )
 
     def state_items(self) -> dict[bytes, bytes]:
         items = {CONFIG_KEY: self.config().encode(), GLOBALS_KEY: Globals().encode()}
@@ -62,8 +69,15 @@ class Genesis:
         return compute_root_reference(self.state_items())
 
     def header(self) -> Header:
-        return Header(self.chain_id, 0, ZERO32, self.genesis_time_ms, EMPTY_LIST_ROOT, EMPTY_LIST_ROOT,
-                      self.state_root())
+        return Header(
+            self.chain_id,
+            0,
+            ZERO32,
+            self.genesis_time_ms,
+            EMPTY_LIST_ROOT,
+            EMPTY_LIST_ROOT,
+            self.state_root(),
+        )
 
     def hash(self) -> bytes:
         return self.header().hash()
@@ -77,23 +91,34 @@ class Genesis:
             "sequencer": self.sequencer.hex(),
             "fee_recipient": self.fee_recipient.hex(),
             "treasury": self.treasury.hex(),
-            "allocations": [{"address": a.address.hex(), "balance": a.balance, "bonded": a.bonded}
-                            for a in self.allocations],
+            "allocations": [
+                {"address": a.address.hex(), "balance": a.balance, "bonded": a.bonded}
+                for a in self.allocations
+            ],
         }
 
     @classmethod
     def from_json(cls, doc: Any) -> Genesis:
         if not isinstance(doc, dict):
             raise GenesisError("genesis", "must be a JSON object")
-        required = {"chain_id", "genesis_time_ms", "params", "sequencer", "fee_recipient", "treasury",
-                    "allocations"}
+        required = {
+            "chain_id",
+            "genesis_time_ms",
+            "params",
+            "sequencer",
+            "fee_recipient",
+            "treasury",
+            "allocations",
+        }
         for name in sorted(required - doc.keys()):
             raise GenesisError(name, "is missing")
         for name in sorted(doc.keys() - required):
             raise GenesisError(name, "is not a genesis field")
         chain_id = doc["chain_id"]
         if not isinstance(chain_id, str) or not CHAIN_ID_RE.match(chain_id):
-            raise GenesisError("chain_id", "must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit")
+            raise GenesisError(
+                "chain_id", "must be 1-64 characters of a-z 0-9 . _ - starting with a letter or digit"
+            )
         time_ms = _int(doc["genesis_time_ms"], "genesis_time_ms")
         params = _params(doc["params"])
         sequencer = _addr(doc["sequencer"], "sequencer")
@@ -106,15 +131,23 @@ class Genesis:
         out = []
         for i, a in enumerate(allocs):
             where = f"allocations[{i}]"
-            if not isinstance(a, dict) or not {"address", "balance"} <= a.keys() or a.keys() - {
-                    "address", "balance", "bonded"}:
+            if (
+                not isinstance(a, dict)
+                or not {"address", "balance"} <= a.keys()
+                or a.keys() - {"address", "balance", "bonded"}
+            ):
                 raise GenesisError(where, "must be an object with address, balance and optional bonded")
             address = _addr(a["address"], f"{where}.address")
             if address in seen:
                 raise GenesisError(f"{where}.address", "appears twice")
             seen.add(address)
-            out.append(Allocation(address, _int(a["balance"], f"{where}.balance"),
-                                  _int(a.get("bonded", 0), f"{where}.bonded")))
+            out.append(
+                Allocation(
+                    address,
+                    _int(a["balance"], f"{where}.balance"),
+                    _int(a.get("bonded", 0), f"{where}.bonded"),
+                )
+            )
         g = cls(chain_id, time_ms, params, sequencer, fee_recipient, treasury, tuple(out))
         if g.supply > MAX_SUPPLY:
             raise GenesisError("allocations", f"total supply {g.supply} exceeds {MAX_SUPPLY}")

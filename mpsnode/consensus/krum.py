@@ -281,8 +281,9 @@ def _row_abs_max(Q: np.ndarray, c0: int, c1: int, out: np.ndarray) -> None:
 
 
 @njit(cache=True, boundscheck=False, parallel=True)
-def _gram_parts(Q: np.ndarray, block_cols: int, chunk_max: int, chunk_min: int, partials: np.ndarray,
-                rowmax: np.ndarray) -> None:
+def _gram_parts(
+    Q: np.ndarray, block_cols: int, chunk_max: int, chunk_min: int, partials: np.ndarray, rowmax: np.ndarray
+) -> None:
     """Upper 3x3-tile triangle of Q Q^T, one partial per contiguous column range.
 
     Each prange iteration owns one column range, one partial and one rowmax row, so no two threads
@@ -338,8 +339,11 @@ def gram_matrix(
     threads); a non-contiguous or non-native ``Q`` is copied once first.
     """
     Q = validate_updates(Q)
-    for name, v in (("block_cols", block_cols), ("int32_chunk_max", int32_chunk_max),
-                    ("int32_chunk_min", int32_chunk_min)):
+    for name, v in (
+        ("block_cols", block_cols),
+        ("int32_chunk_max", int32_chunk_max),
+        ("int32_chunk_min", int32_chunk_min),
+    ):
         if type(v) is not int or v < 1:
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     k, d = Q.shape
@@ -417,9 +421,11 @@ def direction_stats(G: np.ndarray) -> DirectionStats:
     rows = G.sum(axis=1, dtype=np.int64).tolist()  # |r_i| <= 256 * 2^52 = 2^60: exact in int64
     diag = np.diagonal(G).tolist()
     total = sum(rows)  # Python int: up to 2^68
-    return DirectionStats(dots=tuple(r - g for r, g in zip(rows, diag)),
-                          norms=tuple(diag),
-                          others=tuple(total - 2 * r + g for r, g in zip(rows, diag)))
+    return DirectionStats(
+        dots=tuple(r - g for r, g in zip(rows, diag)),
+        norms=tuple(diag),
+        others=tuple(total - 2 * r + g for r, g in zip(rows, diag)),
+    )
 
 
 def is_coherent(stats: DirectionStats, gate_bps: int) -> bool:
@@ -431,8 +437,9 @@ def is_coherent(stats: DirectionStats, gate_bps: int) -> bool:
     return median * 10**8 >= gate_bps * gate_bps  # signed squared cosines order as the cosines do
 
 
-def compute_direction_flags(stats: DirectionStats, addresses: Sequence[bytes], eligible: Sequence[int],
-                            limit: int, threshold_bps: int) -> tuple[int, ...]:
+def compute_direction_flags(
+    stats: DirectionStats, addresses: Sequence[bytes], eligible: Sequence[int], limit: int, threshold_bps: int
+) -> tuple[int, ...]:
     """The ``eligible`` updates with ``cos_i < -threshold_bps / 10^4``, most negative first (ties by
     address), at most ``limit`` of them."""
     if limit <= 0:
@@ -443,8 +450,12 @@ def compute_direction_flags(stats: DirectionStats, addresses: Sequence[bytes], e
 
 
 def compute_krum_result(
-    scores: Sequence[int], f: int, addresses: Sequence[bytes], slash_score_ratio_pct: int,
-    direction: DirectionStats | None = None, rules: RoundRules | None = None,
+    scores: Sequence[int],
+    f: int,
+    addresses: Sequence[bytes],
+    slash_score_ratio_pct: int,
+    direction: DirectionStats | None = None,
+    rules: RoundRules | None = None,
 ) -> KrumResult:
     """Rank, select and flag from Krum scores and, with ``direction`` and ``rules``, by coherence.
 
@@ -475,20 +486,34 @@ def compute_krum_result(
     flagged: tuple[int, ...] = ()
     if median > 0:
         # Python ints: 100 * s_i can exceed 2^63.
-        flagged = tuple(i for i in ranking[k - f:] if 100 * s[i] > ratio * median)
+        flagged = tuple(i for i in ranking[k - f :] if 100 * s[i] > ratio * median)
     by_direction: tuple[int, ...] = ()
     if coherent and direction is not None and rules is not None:
         krum_flagged = set(flagged)
         eligible = [i for i in range(k) if i not in krum_flagged]
-        by_direction = compute_direction_flags(direction, addresses, eligible, f - len(flagged), rules.threshold_bps)
+        by_direction = compute_direction_flags(
+            direction, addresses, eligible, f - len(flagged), rules.threshold_bps
+        )
     excluded = set(by_direction)
     selected = tuple(i for i in ranking[: k - f] if i not in excluded)
-    return KrumResult(scores=s, ranking=ranking, selected=selected, flagged=flagged + by_direction, median=median,
-                      flagged_direction=by_direction, coherent=coherent)
+    return KrumResult(
+        scores=s,
+        ranking=ranking,
+        selected=selected,
+        flagged=flagged + by_direction,
+        median=median,
+        flagged_direction=by_direction,
+        coherent=coherent,
+    )
 
 
-def multi_krum(Q: np.ndarray, f: int, addresses: Sequence[bytes], slash_score_ratio_pct: int,
-               rules: RoundRules | None = None) -> KrumResult:
+def multi_krum(
+    Q: np.ndarray,
+    f: int,
+    addresses: Sequence[bytes],
+    slash_score_ratio_pct: int,
+    rules: RoundRules | None = None,
+) -> KrumResult:
     """Score the ``k`` updates in ``Q`` (rows, int16) sent by ``addresses``; select ``k - f``, flag outliers.
 
     With ``rules``, the coherence-gated rules apply too (``compute_krum_result``); all read one Gram matrix.

@@ -38,10 +38,10 @@ def list_proof(items: Sequence[bytes], index: int) -> list[bytes]:
     while hi - lo > 1:
         k = 1 << ((hi - lo - 1).bit_length() - 1)
         if i < k:
-            siblings.append(_root(leaves[lo + k:hi]))
+            siblings.append(_root(leaves[lo + k : hi]))
             hi = lo + k
         else:
-            siblings.append(_root(leaves[lo:lo + k]))
+            siblings.append(_root(leaves[lo : lo + k]))
             lo, i = lo + k, i - k
     path.extend(reversed(siblings))
     return path

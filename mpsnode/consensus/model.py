@@ -225,8 +225,15 @@ def _tile(A: np.ndarray, W: np.ndarray, b: np.ndarray, shift: int, i0: int, o0: 
 
 
 @njit(cache=True, boundscheck=False, parallel=True)
-def _dense(A: np.ndarray, W: np.ndarray, b: np.ndarray, shift: int, sample_block: int, output_block: int,
-           Z: np.ndarray) -> None:
+def _dense(
+    A: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    shift: int,
+    sample_block: int,
+    output_block: int,
+    Z: np.ndarray,
+) -> None:
     """``Z = A W^T + (b << shift)``: ``A`` is int32 ``n x in``, ``W`` int32 ``out x in``, ``Z`` int64.
 
     Each prange iteration owns one (sample block, output block) pair and writes only its own part
@@ -256,8 +263,9 @@ def _shift_relu(Z: np.ndarray, shift: int, A: np.ndarray) -> None:
 
 
 @njit(cache=True, boundscheck=False, parallel=True)
-def _aggregate(w: np.ndarray, Q: np.ndarray, rows: np.ndarray, chunk: int, acc: np.ndarray,
-               out: np.ndarray) -> None:
+def _aggregate(
+    w: np.ndarray, Q: np.ndarray, rows: np.ndarray, chunk: int, acc: np.ndarray, out: np.ndarray
+) -> None:
     """``out = clamp(w + (sum_{r in rows} Q[r] + m // 2) // m)``, ``m = len(rows)``, with Python floor
     division, column chunk by chunk.
 
@@ -351,14 +359,21 @@ def _accuracy_bps(predictions: np.ndarray, val_y: np.ndarray) -> int:
     return correct * 10_000 // samples
 
 
-def accuracy_bps(weights: np.ndarray, arch: Sequence[int], scale_bits: int, val_x: np.ndarray,
-                 val_y: np.ndarray) -> int:
+def accuracy_bps(
+    weights: np.ndarray, arch: Sequence[int], scale_bits: int, val_x: np.ndarray, val_y: np.ndarray
+) -> int:
     """``correct * 10000 // samples`` of the integer model on the validation set."""
     return _accuracy_bps(predict(weights, arch, scale_bits, val_x), val_y)
 
 
-def aggregate(model: np.ndarray, selected_deltas: np.ndarray, *, rows: Sequence[int] | None = None,
-              parts: int | None = None, chunk: int = AGGREGATE_CHUNK) -> np.ndarray:
+def aggregate(
+    model: np.ndarray,
+    selected_deltas: np.ndarray,
+    *,
+    rows: Sequence[int] | None = None,
+    parts: int | None = None,
+    chunk: int = AGGREGATE_CHUNK,
+) -> np.ndarray:
     """The new int32 model ``clamp(w + (sum of the m selected deltas + m // 2) // m)``.
 
     ``model`` is int32 (``d``), ``selected_deltas`` int16 (``m x d``, ``m >= 1``); neither is
@@ -393,8 +408,9 @@ def aggregate(model: np.ndarray, selected_deltas: np.ndarray, *, rows: Sequence[
 # Reference twins: plain Python ints, obviously correct, slow.
 
 
-def compute_logits_reference(weights: np.ndarray, arch: Sequence[int], scale_bits: int,
-                             x: np.ndarray) -> list[list[int]]:
+def compute_logits_reference(
+    weights: np.ndarray, arch: Sequence[int], scale_bits: int, x: np.ndarray
+) -> list[list[int]]:
     widths = _validate_forward_arch(arch)
     w = [int(v) for v in validate_weights(weights, widths)]
     s = validate_scale_bits(scale_bits)
@@ -423,8 +439,9 @@ def predict_reference(weights: np.ndarray, arch: Sequence[int], scale_bits: int,
     return np.array(preds, dtype=np.int64)
 
 
-def accuracy_bps_reference(weights: np.ndarray, arch: Sequence[int], scale_bits: int, val_x: np.ndarray,
-                           val_y: np.ndarray) -> int:
+def accuracy_bps_reference(
+    weights: np.ndarray, arch: Sequence[int], scale_bits: int, val_x: np.ndarray, val_y: np.ndarray
+) -> int:
     return _accuracy_bps(predict_reference(weights, arch, scale_bits, val_x), val_y)
 
 

@@ -23,7 +23,9 @@ class Params:
     slash_score_ratio_pct: int = 12000  # Krum: flag s_i > 120x the median score (honest max seen: 72x)
     coherence_gate_bps: int = 4000  # a round is coherent when its median cosine is >= 0.40
     slash_score_ratio_coherent_pct: int = 3000  # Krum in coherent rounds: 30x (honest max seen: 7.9x)
-    slash_direction_bps: int = 2500  # coherent rounds: flag cos(q_i, others) < -0.25 (honest min seen: -0.087)
+    slash_direction_bps: int = (
+        2500  # coherent rounds: flag cos(q_i, others) < -0.25 (honest min seen: -0.087)
+    )
     protocol_fee_bps: int = 500
     max_tx_bytes: int = 16 * MIB
     max_block_bytes: int = 256 * MIB

@@ -42,12 +42,21 @@ class Receipt:
     @classmethod
     def decode_obj(cls, obj: Any) -> Receipt:
         tx_id, status, fee, events = expect_list(obj, 4, "receipt")
-        return cls(expect_bytes(tx_id, "tx_id", 32), expect_uint(status, "status"), expect_uint(fee, "fee_paid"),
-                   tuple(decode_event(e) for e in expect_list(events, None, "events")))
+        return cls(
+            expect_bytes(tx_id, "tx_id", 32),
+            expect_uint(status, "status"),
+            expect_uint(fee, "fee_paid"),
+            tuple(decode_event(e) for e in expect_list(events, None, "events")),
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"tx_id": self.tx_id.hex(), "status": self.status, "status_name": self.status_name,
-                "fee_paid": self.fee_paid, "events": [e.to_json() for e in self.events]}
+        return {
+            "tx_id": self.tx_id.hex(),
+            "status": self.status,
+            "status_name": self.status_name,
+            "fee_paid": self.fee_paid,
+            "events": [e.to_json() for e in self.events],
+        }
 
 
 def receipts_root(receipts: list[Receipt]) -> bytes:

@@ -64,8 +64,9 @@ def verify_batch(items: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
     """
     kernel = _get_kernel()
     n = len(items)
-    shaped = all(len(a) == crypto.ADDRESS_LEN and len(m) == 32 and len(s) == crypto.SIGNATURE_LEN
-                 for a, m, s in items)
+    shaped = all(
+        len(a) == crypto.ADDRESS_LEN and len(m) == 32 and len(s) == crypto.SIGNATURE_LEN for a, m, s in items
+    )
     if kernel is None or not shaped or n == 0:
         return [crypto.verify(a, m, s) for a, m, s in items]
     pks = np.frombuffer(b"".join(a for a, _, _ in items), dtype=np.uint8).reshape(n, 32)

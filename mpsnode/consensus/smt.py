@@ -235,8 +235,9 @@ class SparseMerkleTree:
         self._root = root
         return root
 
-    def _update(self, node: bytes, depth: int, paths: list[int], entries: list[bytes],
-                lo: int, hi: int) -> tuple[bytes, bool | None]:
+    def _update(
+        self, node: bytes, depth: int, paths: list[int], entries: list[bytes], lo: int, hi: int
+    ) -> tuple[bytes, bool | None]:
         """New (hash, is_leaf) of the subtree ``node`` at ``depth`` after the changes ``[lo, hi)``.
 
         ``is_leaf`` is ``None`` when it is not known without a read.
@@ -255,10 +256,12 @@ class SparseMerkleTree:
         # All paths in [lo, hi) share their first ``depth`` bits; the right half starts at that
         # prefix followed by a 1 and then zeros.
         mid = bisect_left(paths, ((paths[lo] >> shift) | 1) << shift, lo, hi)
-        new_left, left_leaf = (self._update(left, depth + 1, paths, entries, lo, mid)
-                               if mid > lo else (left, None))
-        new_right, right_leaf = (self._update(right, depth + 1, paths, entries, mid, hi)
-                                 if mid < hi else (right, None))
+        new_left, left_leaf = (
+            self._update(left, depth + 1, paths, entries, lo, mid) if mid > lo else (left, None)
+        )
+        new_right, right_leaf = (
+            self._update(right, depth + 1, paths, entries, mid, hi) if mid < hi else (right, None)
+        )
         if new_left == left and new_right == right:
             return node, False
         return self._join(new_left, left_leaf, new_right, right_leaf)
@@ -315,8 +318,9 @@ class SparseMerkleTree:
             is_leaf = False
         return h, is_leaf
 
-    def _join(self, left: bytes, left_leaf: bool | None, right: bytes,
-              right_leaf: bool | None) -> tuple[bytes, bool | None]:
+    def _join(
+        self, left: bytes, left_leaf: bool | None, right: bytes, right_leaf: bool | None
+    ) -> tuple[bytes, bool | None]:
         # A subtree holding one leaf is that leaf, so a node left with one leaf and an empty side
         # collapses into the leaf (and so does each node of the chain above it).
         if left == ZERO32:
@@ -345,8 +349,9 @@ class SparseMerkleTree:
         self._pending[digest] = b"\x00" + entry
         return digest
 
-    def _merge_into_leaf(self, node: bytes, rec: bytes, depth: int, paths: list[int], entries: list[bytes],
-                         lo: int, hi: int) -> tuple[bytes, bool | None]:
+    def _merge_into_leaf(
+        self, node: bytes, rec: bytes, depth: int, paths: list[int], entries: list[bytes], lo: int, hi: int
+    ) -> tuple[bytes, bool | None]:
         """Several changes reach a subtree holding one leaf: rebuild it from the leaf and the sets."""
         leaf_entry = rec[1:65]
         leaf_path = int.from_bytes(rec[1:33], "big")
@@ -364,8 +369,9 @@ class SparseMerkleTree:
             return node, True  # only no-ops reached this leaf (its own value, deletes of absent keys)
         return self._build(depth, new_paths, new_entries, 0, len(new_paths))
 
-    def _build_sets(self, depth: int, paths: list[int], entries: list[bytes],
-                    lo: int, hi: int) -> tuple[bytes, bool]:
+    def _build_sets(
+        self, depth: int, paths: list[int], entries: list[bytes], lo: int, hi: int
+    ) -> tuple[bytes, bool]:
         """A subtree from scratch out of the sets (not the deletes) among the changes ``[lo, hi)``."""
         keep = [i for i in range(lo, hi) if len(entries[i]) == 64]
         if not keep:
@@ -374,8 +380,9 @@ class SparseMerkleTree:
             return self._build(depth, paths, entries, lo, hi)
         return self._build(depth, [paths[i] for i in keep], [entries[i] for i in keep], 0, len(keep))
 
-    def _build(self, depth: int, paths: list[int], entries: list[bytes],
-               lo: int, hi: int) -> tuple[bytes, bool]:
+    def _build(
+        self, depth: int, paths: list[int], entries: list[bytes], lo: int, hi: int
+    ) -> tuple[bytes, bool]:
         """The subtree at ``depth`` holding exactly the leaves ``entries[lo:hi]`` (at least one)."""
         if hi - lo == 1:
             return self._make_leaf(entries[lo]), True
@@ -387,10 +394,16 @@ class SparseMerkleTree:
         mid = bisect_left(paths, ((first >> split_bit) | 1) << split_bit, lo, hi)
         split_depth = 255 - split_bit
         # A lone leaf skips the recursive call: leaves are half of all subtrees in a bulk build.
-        left = self._make_leaf(entries[lo]) if mid - lo == 1 else self._build(
-            split_depth + 1, paths, entries, lo, mid)[0]
-        right = self._make_leaf(entries[mid]) if hi - mid == 1 else self._build(
-            split_depth + 1, paths, entries, mid, hi)[0]
+        left = (
+            self._make_leaf(entries[lo])
+            if mid - lo == 1
+            else self._build(split_depth + 1, paths, entries, lo, mid)[0]
+        )
+        right = (
+            self._make_leaf(entries[mid])
+            if hi - mid == 1
+            else self._build(split_depth + 1, paths, entries, mid, hi)[0]
+        )
         body = left + right
         h = _NODE_HASHER.copy()
         h.update(body)
@@ -414,8 +427,9 @@ def verify_proof(root: bytes, key: bytes, value: bytes | None, proof: Proof) -> 
     kh = compute_key_hash(key)
     path = int.from_bytes(kh, "big")
     leaf = proof.leaf
-    if leaf is not None and not (isinstance(leaf, tuple) and len(leaf) == 2
-                                 and _is_hash(leaf[0]) and _is_hash(leaf[1])):
+    if leaf is not None and not (
+        isinstance(leaf, tuple) and len(leaf) == 2 and _is_hash(leaf[0]) and _is_hash(leaf[1])
+    ):
         return False
     if value is not None:
         if leaf is None or leaf[0] != kh or leaf[1] != compute_value_hash(value):

@@ -72,8 +72,9 @@ def _decode_value(data: bytes) -> Any:
     so the canonical re-encoding check of untrusted input is skipped (it would double the cost of
     every account read); the record decoders still check every field's type and range."""
     try:
-        return msgpack.unpackb(data, raw=False, use_list=True, strict_map_key=True, max_map_len=0,
-                               max_ext_len=0)
+        return msgpack.unpackb(
+            data, raw=False, use_list=True, strict_map_key=True, max_map_len=0, max_ext_len=0
+        )
     except Exception as exc:
         raise DecodeError(f"corrupt state value: {type(exc).__name__}: {exc}") from None
 
@@ -93,15 +94,30 @@ class Config:
     supply: int
 
     def encode(self) -> bytes:
-        return encode([self.chain_id, self.params.encode(), self.sequencer, self.fee_recipient, self.treasury,
-                       self.genesis_time_ms, self.supply])
+        return encode(
+            [
+                self.chain_id,
+                self.params.encode(),
+                self.sequencer,
+                self.fee_recipient,
+                self.treasury,
+                self.genesis_time_ms,
+                self.supply,
+            ]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Config:
         c, p, s, f, t, g, n = expect_list(_decode_value(data), 7, "config")
-        return cls(expect_str(c, "chain_id"), Params.decode(p), expect_bytes(s, "sequencer", 32),
-                   expect_bytes(f, "fee_recipient", 32), expect_bytes(t, "treasury", 32),
-                   expect_uint(g, "genesis_time_ms"), expect_uint(n, "supply"))
+        return cls(
+            expect_str(c, "chain_id"),
+            Params.decode(p),
+            expect_bytes(s, "sequencer", 32),
+            expect_bytes(f, "fee_recipient", 32),
+            expect_bytes(t, "treasury", 32),
+            expect_uint(g, "genesis_time_ms"),
+            expect_uint(n, "supply"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,8 +132,11 @@ class Globals:
     @classmethod
     def decode(cls, data: bytes) -> Globals:
         n, b, o = expect_list(_decode_value(data), 3, "globals")
-        return cls(expect_uint(n, "next_task_id"), expect_uint(b, "burned"),
-                   tuple(expect_uint(t, "open task") for t in expect_list(o, None, "open_tasks")))
+        return cls(
+            expect_uint(n, "next_task_id"),
+            expect_uint(b, "burned"),
+            tuple(expect_uint(t, "open task") for t in expect_list(o, None, "open_tasks")),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +162,16 @@ class Account:
         return sum(u.amount for u in self.unbonding)
 
     def encode(self) -> bytes:
-        return encode([self.balance, self.nonce, self.bonded, [[u.amount, u.release_height] for u in self.unbonding],
-                       int(self.jailed), list(self.tasks)])
+        return encode(
+            [
+                self.balance,
+                self.nonce,
+                self.bonded,
+                [[u.amount, u.release_height] for u in self.unbonding],
+                int(self.jailed),
+                list(self.tasks),
+            ]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Account:
@@ -153,9 +180,14 @@ class Account:
         for e in expect_list(unb, None, "unbonding"):
             a, h = expect_list(e, 2, "unbonding entry")
             entries.append(Unbonding(expect_uint(a, "amount"), expect_uint(h, "release_height")))
-        return cls(expect_uint(bal, "balance"), expect_uint(nonce, "nonce"), expect_uint(bonded, "bonded"),
-                   tuple(entries), bool(expect_uint(jailed, "jailed", 1)),
-                   tuple(expect_uint(t, "task") for t in expect_list(tasks, None, "tasks")))
+        return cls(
+            expect_uint(bal, "balance"),
+            expect_uint(nonce, "nonce"),
+            expect_uint(bonded, "bonded"),
+            tuple(entries),
+            bool(expect_uint(jailed, "jailed", 1)),
+            tuple(expect_uint(t, "task") for t in expect_list(tasks, None, "tasks")),
+        )
 
 
 EMPTY_ACCOUNT = Account()
@@ -204,30 +236,94 @@ class Task:
         return self.status in (TaskStatus.JOINING, TaskStatus.ACTIVE)
 
     def encode(self) -> bytes:
-        return encode([self.task_id, self.creator, list(self.arch), self.scale_bits, self.target_accuracy_bps,
-                       self.max_rounds, self.min_clients, self.max_clients, self.byzantine_f, self.join_blocks,
-                       self.round_blocks, self.fee_per_round, self.local_epochs, int(self.status),
-                       self.created_height, self.escrow, list(self.participants), self.round,
-                       self.round_deadline, self.rounds_closed, self.billed_rounds, list(self.submitted),
-                       [[a, n] for a, n in self.rewards_weight], self.accuracy_bps])
+        return encode(
+            [
+                self.task_id,
+                self.creator,
+                list(self.arch),
+                self.scale_bits,
+                self.target_accuracy_bps,
+                self.max_rounds,
+                self.min_clients,
+                self.max_clients,
+                self.byzantine_f,
+                self.join_blocks,
+                self.round_blocks,
+                self.fee_per_round,
+                self.local_epochs,
+                int(self.status),
+                self.created_height,
+                self.escrow,
+                list(self.participants),
+                self.round,
+                self.round_deadline,
+                self.rounds_closed,
+                self.billed_rounds,
+                list(self.submitted),
+                [[a, n] for a, n in self.rewards_weight],
+                self.accuracy_bps,
+            ]
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Task:
         f = expect_list(_decode_value(data), 24, "task")
-        ints = [expect_uint(f[i], f"task field {i}") for i in (0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15,
-                                                                 17, 18, 19, 20, 23)]
-        (task_id, scale_bits, target, max_rounds, min_clients, max_clients, byz_f, join_blocks, round_blocks,
-         fee_per_round, local_epochs, status, created, escrow, round_, deadline, closed, billed, acc) = ints
+        ints = [
+            expect_uint(f[i], f"task field {i}")
+            for i in (0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 18, 19, 20, 23)
+        ]
+        (
+            task_id,
+            scale_bits,
+            target,
+            max_rounds,
+            min_clients,
+            max_clients,
+            byz_f,
+            join_blocks,
+            round_blocks,
+            fee_per_round,
+            local_epochs,
+            status,
+            created,
+            escrow,
+            round_,
+            deadline,
+            closed,
+            billed,
+            acc,
+        ) = ints
         addresses = lambda obj, what: tuple(expect_bytes(a, what, 32) for a in expect_list(obj, None, what))
         weights = []
         for item in expect_list(f[22], None, "rewards_weight"):
             a, n = expect_list(item, 2, "rewards_weight entry")
             weights.append((expect_bytes(a, "address", 32), expect_uint(n, "weight")))
-        return cls(task_id, expect_bytes(f[1], "creator", 32),
-                   tuple(expect_uint(w, "arch") for w in expect_list(f[2], None, "arch")), scale_bits, target,
-                   max_rounds, min_clients, max_clients, byz_f, join_blocks, round_blocks, fee_per_round,
-                   local_epochs, TaskStatus(status), created, escrow, addresses(f[16], "participants"), round_,
-                   deadline, closed, billed, addresses(f[21], "submitted"), tuple(weights), acc)
+        return cls(
+            task_id,
+            expect_bytes(f[1], "creator", 32),
+            tuple(expect_uint(w, "arch") for w in expect_list(f[2], None, "arch")),
+            scale_bits,
+            target,
+            max_rounds,
+            min_clients,
+            max_clients,
+            byz_f,
+            join_blocks,
+            round_blocks,
+            fee_per_round,
+            local_epochs,
+            TaskStatus(status),
+            created,
+            escrow,
+            addresses(f[16], "participants"),
+            round_,
+            deadline,
+            closed,
+            billed,
+            addresses(f[21], "submitted"),
+            tuple(weights),
+            acc,
+        )
 
     def with_(self, **changes: Any) -> Task:
         return replace(self, **changes)

@@ -129,19 +129,48 @@ class CreateTask:
     val_y: bytes  # uint8 labels
 
     def encode_obj(self) -> list[Any]:
-        return [list(self.arch), self.scale_bits, self.init_weights, self.target_accuracy_bps,
-                self.max_rounds, self.min_clients, self.max_clients, self.byzantine_f, self.join_blocks,
-                self.round_blocks, self.fee_per_round, self.local_epochs, self.val_x, self.val_y]
+        return [
+            list(self.arch),
+            self.scale_bits,
+            self.init_weights,
+            self.target_accuracy_bps,
+            self.max_rounds,
+            self.min_clients,
+            self.max_clients,
+            self.byzantine_f,
+            self.join_blocks,
+            self.round_blocks,
+            self.fee_per_round,
+            self.local_epochs,
+            self.val_x,
+            self.val_y,
+        ]
 
     @classmethod
     def decode_obj(cls, obj: Any) -> CreateTask:
         f = expect_list(obj, 14, "create_task body")
         arch = tuple(expect_uint(w, "arch width") for w in expect_list(f[0], None, "arch"))
-        names = ("scale_bits", "target_accuracy_bps", "max_rounds", "min_clients", "max_clients",
-                 "byzantine_f", "join_blocks", "round_blocks", "fee_per_round", "local_epochs")
+        names = (
+            "scale_bits",
+            "target_accuracy_bps",
+            "max_rounds",
+            "min_clients",
+            "max_clients",
+            "byzantine_f",
+            "join_blocks",
+            "round_blocks",
+            "fee_per_round",
+            "local_epochs",
+        )
         ints = [expect_uint(v, n) for v, n in zip([f[1], *f[3:12]], names)]
-        return cls(arch, ints[0], expect_bytes(f[2], "init_weights"), *ints[1:],
-                   expect_bytes(f[12], "val_x"), expect_bytes(f[13], "val_y"))
+        return cls(
+            arch,
+            ints[0],
+            expect_bytes(f[2], "init_weights"),
+            *ints[1:],
+            expect_bytes(f[12], "val_x"),
+            expect_bytes(f[13], "val_y"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,11 +200,15 @@ class SubmitUpdate:
     @classmethod
     def decode_obj(cls, obj: Any) -> SubmitUpdate:
         task_id, round_, delta = expect_list(obj, 3, "submit_update body")
-        return cls(expect_uint(task_id, "task_id"), expect_uint(round_, "round"), expect_bytes(delta, "delta"))
+        return cls(
+            expect_uint(task_id, "task_id"), expect_uint(round_, "round"), expect_bytes(delta, "delta")
+        )
 
 
 Body = Transfer | Stake | Unstake | CreateTask | JoinTask | SubmitUpdate
-BODY_TYPES: dict[int, Any] = {t.KIND: t for t in (Transfer, Stake, Unstake, CreateTask, JoinTask, SubmitUpdate)}
+BODY_TYPES: dict[int, Any] = {
+    t.KIND: t for t in (Transfer, Stake, Unstake, CreateTask, JoinTask, SubmitUpdate)
+}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -196,8 +229,15 @@ class Tx:
         return self.body.KIND
 
     def encode_obj(self) -> list[Any]:
-        return [self.version, int(self.kind), self.chain_id, self.sender, self.nonce, self.fee,
-                self.body.encode_obj()]
+        return [
+            self.version,
+            int(self.kind),
+            self.chain_id,
+            self.sender,
+            self.nonce,
+            self.fee,
+            self.body.encode_obj(),
+        ]
 
     def encode(self) -> bytes:
         return encode(self.encode_obj())
@@ -223,8 +263,14 @@ class Tx:
         body_type = BODY_TYPES.get(kind)
         if body_type is None:
             raise DecodeError(f"unknown tx kind {kind}")
-        return cls(expect_str(chain_id, "chain_id"), expect_bytes(sender, "sender", ADDR),
-                   expect_uint(nonce, "nonce"), expect_uint(fee, "fee"), body_type.decode_obj(body), version)
+        return cls(
+            expect_str(chain_id, "chain_id"),
+            expect_bytes(sender, "sender", ADDR),
+            expect_uint(nonce, "nonce"),
+            expect_uint(fee, "fee"),
+            body_type.decode_obj(body),
+            version,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,7 +324,9 @@ def compute_min_fee(size: int, params: Params) -> int:
     return params.tx_base_fee + params.fee_per_kib * math.ceil(size / 1024)
 
 
-def validate_transaction(stx: SignedTx, chain_id: str, params: Params, *, check_signature: bool = True) -> None:
+def validate_transaction(
+    stx: SignedTx, chain_id: str, params: Params, *, check_signature: bool = True
+) -> None:
     """Everything that can be judged without state. Raises an ``InvalidTransaction`` leaf."""
     tx = stx.tx
     if tx.chain_id != chain_id:
@@ -322,11 +370,17 @@ def validate_create_task(body: CreateTask) -> None:
     n_params = param_count(arch)
     _check(n_params <= MAX_PARAMS, "arch", f"{n_params} parameters exceeds the limit of {MAX_PARAMS}")
     _check(body.scale_bits <= MAX_SCALE_BITS, "scale_bits", f"must be 0..{MAX_SCALE_BITS}")
-    _check(len(body.init_weights) == 4 * n_params, "init_weights",
-           f"must be {4 * n_params} bytes (int32 per parameter), got {len(body.init_weights)}")
+    _check(
+        len(body.init_weights) == 4 * n_params,
+        "init_weights",
+        f"must be {4 * n_params} bytes (int32 per parameter), got {len(body.init_weights)}",
+    )
     weights = np.frombuffer(body.init_weights, dtype="<i4")
-    _check(bool(np.all(np.abs(weights.astype(np.int64)) <= MODEL_CLAMP)), "init_weights",
-           f"every weight must be within +-{MODEL_CLAMP}")
+    _check(
+        bool(np.all(np.abs(weights.astype(np.int64)) <= MODEL_CLAMP)),
+        "init_weights",
+        f"every weight must be within +-{MODEL_CLAMP}",
+    )
     _check(1 <= body.target_accuracy_bps <= MAX_BPS, "target_accuracy_bps", f"must be 1..{MAX_BPS}")
     _check(1 <= body.max_rounds <= MAX_ROUNDS, "max_rounds", f"must be 1..{MAX_ROUNDS}")
     _check(body.max_clients <= MAX_CLIENTS, "max_clients", f"must be <= {MAX_CLIENTS}")
@@ -337,7 +391,10 @@ def validate_create_task(body: CreateTask) -> None:
     _check(1 <= body.local_epochs <= MAX_LOCAL_EPOCHS, "local_epochs", f"must be 1..{MAX_LOCAL_EPOCHS}")
     samples = len(body.val_y)
     _check(samples >= 1, "val_y", "the validation set needs at least one sample")
-    _check(len(body.val_x) == 2 * samples * arch[0], "val_x",
-           f"must be {2 * samples * arch[0]} bytes (int16, {samples} samples x {arch[0]} inputs)")
+    _check(
+        len(body.val_x) == 2 * samples * arch[0],
+        "val_x",
+        f"must be {2 * samples * arch[0]} bytes (int16, {samples} samples x {arch[0]} inputs)",
+    )
     labels = np.frombuffer(body.val_y, dtype=np.uint8)
     _check(int(labels.max()) < arch[-1], "val_y", f"labels must be < {arch[-1]} (the output width)")

@@ -43,7 +43,9 @@ class DemoOptions:
         if f < 1:
             problems.append("--byzantine-f must be at least 1")
         elif self.clients - self.malicious < 2 * f + 3 and not problems:
-            problems.append(f"with f = {f}, a round is scored only with at least {2 * f + 3} updates, but once the "
-                            f"{self.malicious} attackers are slashed only {self.clients - self.malicious} clients "
-                            "remain: add clients or lower --malicious / --byzantine-f")
+            problems.append(
+                f"with f = {f}, a round is scored only with at least {2 * f + 3} updates, but once the "
+                f"{self.malicious} attackers are slashed only {self.clients - self.malicious} clients "
+                "remain: add clients or lower --malicious / --byzantine-f"
+            )
         return problems

@@ -64,9 +64,15 @@ class NodeProcess:
         with open(self.log_path, "w") as log:
             # own session: a Ctrl-C in the terminal reaches the demo, which stops its children in order
             # preexec_fn only calls prctl (resolved beforehand): nothing in it can wait on a lock
-            self.proc = subprocess.Popen([sys.executable, "-m", "mpsnode.cli", *self.argv], stdout=subprocess.PIPE,
-                                         stderr=log, stdin=subprocess.DEVNULL, text=True, start_new_session=True,
-                                         preexec_fn=_die_with_parent if _PRCTL is not None else None)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "mpsnode.cli", *self.argv],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                stdin=subprocess.DEVNULL,
+                text=True,
+                start_new_session=True,
+                preexec_fn=_die_with_parent if _PRCTL is not None else None,
+            )
         assert self.proc.stdout is not None
         deadline = time.monotonic() + timeout
         with selectors.DefaultSelector() as sel:
@@ -74,12 +80,16 @@ class NodeProcess:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise DemoFailed(f"the {self.name} did not get ready in {timeout:.0f} s; see {self.log_path}")
+                    raise DemoFailed(
+                        f"the {self.name} did not get ready in {timeout:.0f} s; see {self.log_path}"
+                    )
                 if sel.select(min(left, 0.5)):
                     line = self.proc.stdout.readline()
                     if not line:
-                        raise DemoFailed(f"the {self.name} exited with code {self.proc.wait()} while starting:\n"
-                                         + self.log_tail())
+                        raise DemoFailed(
+                            f"the {self.name} exited with code {self.proc.wait()} while starting:\n"
+                            + self.log_tail()
+                        )
                     self.ready = json.loads(line)
                     return self
 
@@ -111,7 +121,6 @@ class NodeProcess:
 
 class DemoFailed(Exception):
     """The demo cannot go on (a daemon did not start, the sequencer went away); the message says why."""
-
 
 
 def mpsnode_command() -> str:

@@ -59,13 +59,22 @@ def round_line(progress: Progress, ev: Any, slashes: list[Any], height: int, f: 
 
     took = time.monotonic() - progress.started_at
     if ev.void:
-        return (f"  round {ev.round:>3}  void: {len(ev.participants)} updates, fewer than 2f+3 = {2 * f + 3} "
-                f"(block {height}, {took:5.1f} s)")
+        return (
+            f"  round {ev.round:>3}  void: {len(ev.participants)} updates, fewer than 2f+3 = {2 * f + 3} "
+            f"(block {height}, {took:5.1f} s)"
+        )
     flagged = ", ".join(_name(progress, a) for a in ev.flagged) or "-"
-    slashed = ", ".join(f"{_name(progress, s.address)} -{s.amount} ({SLASH_REASONS.get(s.reason, s.reason)})"
-                        for s in slashes) or "-"
-    return (f"  round {ev.round:>3}  accuracy {ev.accuracy_bps / 100:6.2f}%  selected {len(ev.selected):>2}/"
-            f"{len(ev.participants):<2}  flagged {flagged:<24}  slashed {slashed}   (block {height}, {took:5.1f} s)")
+    slashed = (
+        ", ".join(
+            f"{_name(progress, s.address)} -{s.amount} ({SLASH_REASONS.get(s.reason, s.reason)})"
+            for s in slashes
+        )
+        or "-"
+    )
+    return (
+        f"  round {ev.round:>3}  accuracy {ev.accuracy_bps / 100:6.2f}%  selected {len(ev.selected):>2}/"
+        f"{len(ev.participants):<2}  flagged {flagged:<24}  slashed {slashed}   (block {height}, {took:5.1f} s)"
+    )
 
 
 @dataclass
@@ -87,30 +96,42 @@ def print_summary(opts: DemoOptions, outcome: DemoOutcome, root: Path, out: Any)
     clients = outcome.clients
     out("")
     width = max([len("role")] + [len(c.role) for c in clients])
-    out(f"  {'client':<10} {'address':<9} {'role':<{width}} {'stake before':>12} {'stake after':>16} {'slashed':>8} "
-        f"{'selected':>8} {'reward':>7}")
+    out(
+        f"  {'client':<10} {'address':<9} {'role':<{width}} {'stake before':>12} {'stake after':>16} {'slashed':>8} "
+        f"{'selected':>8} {'reward':>7}"
+    )
     for c in clients:
         after = f"{'(jailed) ' if c.jailed else ''}{c.stake_after}"
-        out(f"  {c.name:<10} {c.address.hex()[:8]:<9} {c.role:<{width}} {c.stake_before:>12} {after:>16} "
+        out(
+            f"  {c.name:<10} {c.address.hex()[:8]:<9} {c.role:<{width}} {c.stake_before:>12} {after:>16} "
             f"{c.slashed or '-':>8} {c.selected:>8} {c.reward:>7}"
-            + (f"   stopped: {c.error}" if c.error else ""))
+            + (f"   stopped: {c.error}" if c.error else "")
+        )
     attackers = [c for c in clients if c.attack]
     honest = [c for c in clients if not c.attack]
     out("")
     if attackers:
-        out(f"  attackers slashed   {sum(1 for c in attackers if c.slashed)}/{len(attackers)}; "
-            f"honest clients slashed {sum(1 for c in honest if c.slashed)}/{len(honest)}")
+        out(
+            f"  attackers slashed   {sum(1 for c in attackers if c.slashed)}/{len(attackers)}; "
+            f"honest clients slashed {sum(1 for c in honest if c.slashed)}/{len(honest)}"
+        )
     target = f"target {opts.target:.0%}"
     if outcome.task_status == "completed":
-        out(f"  task                completed in {outcome.rounds} rounds, accuracy "
-            f"{outcome.accuracy_bps / 100:.2f}% ({target})")
+        out(
+            f"  task                completed in {outcome.rounds} rounds, accuracy "
+            f"{outcome.accuracy_bps / 100:.2f}% ({target})"
+        )
     else:
-        out(f"  task                {outcome.task_status} after {outcome.rounds} rounds, accuracy "
-            f"{outcome.accuracy_bps / 100:.2f}% ({target})")
+        out(
+            f"  task                {outcome.task_status} after {outcome.rounds} rounds, accuracy "
+            f"{outcome.accuracy_bps / 100:.2f}% ({target})"
+        )
     out(f"  verifier            {outcome.verdict}")
     if outcome.plot is not None:
         out(f"  plot                {outcome.plot}")
-    out(f"  chain kept in       {root}  (sequencer store {root / 'data'}, verifier store {root / 'verifier' / 'data'})")
+    out(
+        f"  chain kept in       {root}  (sequencer store {root / 'data'}, verifier store {root / 'verifier' / 'data'})"
+    )
     out(f"  audit it again      {mpsnode_command()} replay --home {root} --plot {root / 'audit.png'}")
     out(f"  logs                {root / 'logs'}")
     out(f"  took                {outcome.seconds:.1f} s")

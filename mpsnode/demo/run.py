@@ -79,57 +79,84 @@ async def follow_task(node: Client, progress: Progress, f: int, out: Any) -> Non
             header = node.verify_header(block.header.encode(), block.signature)
             receipts = pushed.receipt_list()
             if receipts_root(receipts) != header.receipts_root:
-                raise VerificationFailed(f"block {header.height}: receipts do not match the signed receipts root")
+                raise VerificationFailed(
+                    f"block {header.height}: receipts do not match the signed receipts root"
+                )
             progress.head = header.height
             progress.audit.fold_block(header.height, receipts)
             for staked in (e for r in receipts for e in r.events if isinstance(e, Staked)):
                 progress.staked[staked.address] = staked.bonded
-            events = [e for r in receipts for e in r.events if getattr(e, "task_id", None) == progress.task_id]
+            events = [
+                e for r in receipts for e in r.events if getattr(e, "task_id", None) == progress.task_id
+            ]
             slashes = [e for e in events if isinstance(e, Slashed)]
             for ev in events:
                 if isinstance(ev, TaskStarted):
                     progress.status = "active"
-                    out(f"  task {progress.task_id} started at block {header.height} with {len(ev.participants)} "
-                        f"clients; round 1 is open")
+                    out(
+                        f"  task {progress.task_id} started at block {header.height} with {len(ev.participants)} "
+                        f"clients; round 1 is open"
+                    )
                 elif isinstance(ev, RoundClosed):
                     progress.rounds = ev.round
                     if not ev.void:
                         progress.accuracy_bps = ev.accuracy_bps
-                    out(round_line(progress, ev, [s for s in slashes if s.round == ev.round], header.height, f))
+                    out(
+                        round_line(
+                            progress, ev, [s for s in slashes if s.round == ev.round], header.height, f
+                        )
+                    )
                 elif isinstance(ev, TaskCompleted):
                     progress.status = "completed"
-                    out(f"  task {progress.task_id} COMPLETED after {ev.rounds} rounds at "
+                    out(
+                        f"  task {progress.task_id} COMPLETED after {ev.rounds} rounds at "
                         f"{ev.accuracy_bps / 100:.2f}%: the user is charged {ev.charged} "
-                        f"(protocol fee {ev.protocol_fee}), the clients are paid")
+                        f"(protocol fee {ev.protocol_fee}), the clients are paid"
+                    )
                 elif isinstance(ev, TaskExpired):
                     progress.status = "expired"
                     why = {1: "not enough clients joined", 2: "max rounds reached without the target"}
-                    out(f"  task {progress.task_id} EXPIRED after {ev.rounds} rounds: "
-                        f"{why.get(ev.reason, ev.reason)}; the escrow is refunded")
+                    out(
+                        f"  task {progress.task_id} EXPIRED after {ev.rounds} rounds: "
+                        f"{why.get(ev.reason, ev.reason)}; the escrow is refunded"
+                    )
             if progress.status in ("completed", "expired"):
                 return
 
 
-async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: NodeProcess, outcome: DemoOutcome,
-                out: Any) -> None:
+async def drive(
+    opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: NodeProcess, outcome: DemoOutcome, out: Any
+) -> None:
     """Create the task, run the clients and the round monitor, then collect the results."""
-
 
     genesis = net.genesis
     split = digits_split(opts.clients, opts.alpha, opts.seed)
     f = opts.f()
     rng = np.random.default_rng(opts.seed)
-    attackers = {int(i) for i in rng.choice(opts.clients, opts.malicious, replace=False)} if opts.malicious else set()
-    infos = [ClientInfo(i, f"client-{i}", net.keys[f"client-{i}"].address, opts.attack if i in attackers else None)
-             for i in range(opts.clients)]
+    attackers = (
+        {int(i) for i in rng.choice(opts.clients, opts.malicious, replace=False)} if opts.malicious else set()
+    )
+    infos = [
+        ClientInfo(i, f"client-{i}", net.keys[f"client-{i}"].address, opts.attack if i in attackers else None)
+        for i in range(opts.clients)
+    ]
     outcome.clients = infos
 
     async with connect(sequencer.address, genesis=genesis) as node:
         # the user asks for a model
-        body = fl.create_task_body(split.validation, target_accuracy_bps=round(opts.target * 10000),
-                                   max_rounds=opts.max_rounds, min_clients=opts.clients, max_clients=opts.clients,
-                                   byzantine_f=f, join_blocks=JOIN_BLOCKS, round_blocks=ROUND_BLOCKS,
-                                   fee_per_round=FEE_PER_ROUND, local_epochs=LOCAL_EPOCHS, seed=opts.seed)
+        body = fl.create_task_body(
+            split.validation,
+            target_accuracy_bps=round(opts.target * 10000),
+            max_rounds=opts.max_rounds,
+            min_clients=opts.clients,
+            max_clients=opts.clients,
+            byzantine_f=f,
+            join_blocks=JOIN_BLOCKS,
+            round_blocks=ROUND_BLOCKS,
+            fee_per_round=FEE_PER_ROUND,
+            local_epochs=LOCAL_EPOCHS,
+            seed=opts.seed,
+        )
         user = Wallet(net.keys["user"], genesis.chain_id, genesis.params)
         await user.recover(node)
         stx = await user.send(node, body)
@@ -137,18 +164,29 @@ async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: N
         if not created.ok or created.receipt is None:
             raise DemoFailed(f"CREATE_TASK failed: {created.to_json()}")
         task_id = next(e.task_id for e in created.receipt.events if isinstance(e, TaskCreated))
-        out(f"  user created task {task_id} at block {created.height}: digits, MLP {'-'.join(map(str, body.arch))}, "
+        out(
+            f"  user created task {task_id} at block {created.height}: digits, MLP {'-'.join(map(str, body.arch))}, "
             f"target {opts.target:.0%} within {opts.max_rounds} rounds, f = {f}, escrow "
-            f"{FEE_PER_ROUND * opts.max_rounds}; validation set {len(split.validation)} samples (held back)")
-        out(f"  {opts.clients} clients stake {DEMO_STAKE} and join; each runs what `mpsnode client run --home HOME "
+            f"{FEE_PER_ROUND * opts.max_rounds}; validation set {len(split.validation)} samples (held back)"
+        )
+        out(
+            f"  {opts.clients} clients stake {DEMO_STAKE} and join; each runs what `mpsnode client run --home HOME "
             f"--from client-I --task {task_id} --digits-shard I/{opts.clients} --alpha "
-            f"{'iid' if opts.alpha is None else opts.alpha} --seed {opts.seed} --stake {DEMO_STAKE}` runs")
+            f"{'iid' if opts.alpha is None else opts.alpha} --seed {opts.seed} --stake {DEMO_STAKE}` runs"
+        )
         if attackers:
-            out(f"  attackers (EVALUATION ONLY, {opts.attack}): "
-                f"{', '.join(infos[i].name for i in sorted(attackers))}  (marked * below)")
+            out(
+                f"  attackers (EVALUATION ONLY, {opts.attack}): "
+                f"{', '.join(infos[i].name for i in sorted(attackers))}  (marked * below)"
+            )
 
-        progress = Progress(task_id, {c.address: c.name for c in infos}, {c.address for c in infos if c.attack},
-                            Audit(), time.monotonic())
+        progress = Progress(
+            task_id,
+            {c.address: c.name for c in infos},
+            {c.address for c in infos if c.attack},
+            Audit(),
+            time.monotonic(),
+        )
         limiter = trio.CapacityLimiter(2)  # training threads: the machine's cores, not one per client
 
         def on_event(ev: ClientEvent) -> None:
@@ -157,12 +195,25 @@ async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: N
                 out(f"  {name}: {ev.kind} {json.dumps(ev.fields)}")
 
         async def one_client(info: ClientInfo) -> None:
-            config = ClientConfig(node=sequencer.address, key=net.keys[info.name], task_id=task_id,
-                                  data=split.clients[info.index], genesis=genesis, state_dir=net.home / "clients",
-                                  stake=DEMO_STAKE, seed=learner_seed(opts.seed, info.index),
-                                  attacker=(Attacker(info.attack, colluders=max(1, opts.malicious),
-                                                     seed=learner_seed(opts.seed, info.index))
-                                            if info.attack else None))
+            config = ClientConfig(
+                node=sequencer.address,
+                key=net.keys[info.name],
+                task_id=task_id,
+                data=split.clients[info.index],
+                genesis=genesis,
+                state_dir=net.home / "clients",
+                stake=DEMO_STAKE,
+                seed=learner_seed(opts.seed, info.index),
+                attacker=(
+                    Attacker(
+                        info.attack,
+                        colluders=max(1, opts.malicious),
+                        seed=learner_seed(opts.seed, info.index),
+                    )
+                    if info.attack
+                    else None
+                ),
+            )
             try:
                 info.result = await run_client(config, on_event, limiter)
             except ClientStopped as exc:
@@ -172,11 +223,16 @@ async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: N
         async def watch_sequencer(cancel: trio.CancelScope) -> None:
             while sequencer.alive():
                 await trio.sleep(0.5)
-            out(f"  the sequencer exited unexpectedly (code {sequencer.proc.returncode if sequencer.proc else '?'}):")
+            out(
+                f"  the sequencer exited unexpectedly (code {sequencer.proc.returncode if sequencer.proc else '?'}):"
+            )
             out(sequencer.log_tail())
             cancel.cancel()
 
-        async with connect(sequencer.address, genesis=genesis) as monitor_node, trio.open_nursery() as nursery:
+        async with (
+            connect(sequencer.address, genesis=genesis) as monitor_node,
+            trio.open_nursery() as nursery,
+        ):
             nursery.start_soon(watch_sequencer, nursery.cancel_scope)
             async with trio.open_nursery() as work:
                 work.start_soon(follow_task, monitor_node, progress, f, out)
@@ -185,8 +241,11 @@ async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: N
             nursery.cancel_scope.cancel()
         if progress.status not in ("completed", "expired"):
             raise DemoFailed("the run stopped before the task finished (see above)")
-        outcome.task_status, outcome.rounds, outcome.accuracy_bps = progress.status, progress.rounds, \
-            progress.accuracy_bps
+        outcome.task_status, outcome.rounds, outcome.accuracy_bps = (
+            progress.status,
+            progress.rounds,
+            progress.accuracy_bps,
+        )
 
         # the results, from proven state and the checked events
         for info in infos:
@@ -196,7 +255,11 @@ async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: N
         if proven_task.value is not None:
             progress.audit.describe(task_id, proven_task.value)
         status = await node.status()
-        outcome.head_height, outcome.head_hash, outcome.state_root = status.height, status.head_hash, status.state_root
+        outcome.head_height, outcome.head_hash, outcome.state_root = (
+            status.height,
+            status.head_hash,
+            status.state_root,
+        )
 
     by_address = {c.address: c for c in infos}
     for address, bonded in progress.staked.items():
@@ -219,13 +282,13 @@ async def drive(opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: N
     outcome.verdict, outcome.verifier_ok = await verifier_verdict(verifier, genesis, outcome)
 
     if opts.plot:
-
-        outcome.plot = plot_audit(progress.audit, net.home / "demo.png", {task_id: round(opts.target * 10000)})
+        outcome.plot = plot_audit(
+            progress.audit, net.home / "demo.png", {task_id: round(opts.target * 10000)}
+        )
 
 
 async def verifier_verdict(verifier: NodeProcess, genesis: Any, outcome: DemoOutcome) -> tuple[str, bool]:
     """Ask the verifier (its own STATUS) whether it re-executed the whole chain and every root matched."""
-
 
     target = outcome.head_height
     async with connect(verifier.address, genesis=genesis) as vnode:
@@ -238,16 +301,25 @@ async def verifier_verdict(verifier: NodeProcess, genesis: Any, outcome: DemoOut
         if v is None:
             return f"the node at {verifier.address} is not a verifier (kind {status.kind!r})", False
         if v.diverged:
-            return (f"DIVERGENCE at block {v.divergence_height}: {v.check}: {v.reason} "
-                    f"(report in {Path(verifier.argv[verifier.argv.index('--home') + 1]) / 'reports'})"), False
+            return (
+                f"DIVERGENCE at block {v.divergence_height}: {v.check}: {v.reason} "
+                f"(report in {Path(verifier.argv[verifier.argv.index('--home') + 1]) / 'reports'})"
+            ), False
         if status.height < target:
-            return f"the verifier verified only {status.height} of {target} blocks in {VERIFIER_CATCH_UP:.0f} s", False
+            return (
+                f"the verifier verified only {status.height} of {target} blocks in {VERIFIER_CATCH_UP:.0f} s",
+                False,
+            )
         header = await vnode.header(target)
         if header.hash() != outcome.head_hash:
-            return (f"the verifier's block {target} is {header.hash().hex()[:16]}..., the sequencer's "
-                    f"{outcome.head_hash.hex()[:16]}..."), False
-        return (f"{v.blocks_verified} blocks verified, all roots match (block {target} "
-                f"{outcome.head_hash.hex()[:16]}..., state root {header.state_root.hex()[:16]}...)"), True
+            return (
+                f"the verifier's block {target} is {header.hash().hex()[:16]}..., the sequencer's "
+                f"{outcome.head_hash.hex()[:16]}..."
+            ), False
+        return (
+            f"{v.blocks_verified} blocks verified, all roots match (block {target} "
+            f"{outcome.head_hash.hex()[:16]}..., state root {header.state_root.hex()[:16]}...)"
+        ), True
 
 
 def _leaves(exc: BaseException) -> list[BaseException]:
@@ -259,7 +331,6 @@ def _leaves(exc: BaseException) -> list[BaseException]:
 def run_demo(opts: DemoOptions, out: Any = None) -> int:
     """Run the demo; returns the exit code (see the module docstring)."""
 
-
     out = out or (lambda line: print(line, flush=True))
     started = time.monotonic()
     problems = opts.check(ATTACKS)
@@ -270,31 +341,54 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
     if opts.home is not None:
         root = Path(opts.home).resolve()
         if root.exists() and any(root.iterdir()):
-            out(f"mpsnode demo: {root} is not empty; give a new or empty --home (the demo creates a new chain)")
+            out(
+                f"mpsnode demo: {root} is not empty; give a new or empty --home (the demo creates a new chain)"
+            )
             return 2
     else:
         root = Path(tempfile.mkdtemp(prefix="mpsnode-demo-"))
-    out(f"mpsnode demo: {opts.clients} clients ({opts.malicious} attacking with {opts.attack!r}), digits "
+    out(
+        f"mpsnode demo: {opts.clients} clients ({opts.malicious} attacking with {opts.attack!r}), digits "
         f"{'IID' if opts.alpha is None else f'Dirichlet alpha {opts.alpha}'}, target {opts.target:.0%}, "
-        f"at most {opts.max_rounds} rounds, seed {opts.seed}")
+        f"at most {opts.max_rounds} rounds, seed {opts.seed}"
+    )
     net = make_network(root, clients=opts.clients, devnet_keys=True, listen=f"{LOCALHOST}:0")
     out(f"  devnet in {root}  (chain {net.genesis.chain_id}, genesis {net.genesis.hash().hex()[:16]}...)")
-    sequencer = NodeProcess("sequencer", ["sequencer", "--home", str(root), "--listen", f"{LOCALHOST}:0"],
-                            root / "logs" / "sequencer.log")
+    sequencer = NodeProcess(
+        "sequencer",
+        ["sequencer", "--home", str(root), "--listen", f"{LOCALHOST}:0"],
+        root / "logs" / "sequencer.log",
+    )
     outcome = DemoOutcome()
     procs: list[NodeProcess] = []
     code = 1
     try:
         procs.append(sequencer)
         sequencer.start()
-        out(f"  sequencer  pid {sequencer.proc.pid if sequencer.proc else '?'}  listening on {sequencer.address}")
-        verifier = NodeProcess("verifier", ["verifier", "--home", str(root / "verifier"), "--genesis",
-                                            str(root / "genesis.json"), "--upstream", sequencer.address,
-                                            "--listen", f"{LOCALHOST}:0"], root / "logs" / "verifier.log")
+        out(
+            f"  sequencer  pid {sequencer.proc.pid if sequencer.proc else '?'}  listening on {sequencer.address}"
+        )
+        verifier = NodeProcess(
+            "verifier",
+            [
+                "verifier",
+                "--home",
+                str(root / "verifier"),
+                "--genesis",
+                str(root / "genesis.json"),
+                "--upstream",
+                sequencer.address,
+                "--listen",
+                f"{LOCALHOST}:0",
+            ],
+            root / "logs" / "verifier.log",
+        )
         procs.append(verifier)
         verifier.start()
-        out(f"  verifier   pid {verifier.proc.pid if verifier.proc else '?'}  listening on {verifier.address}, "
-            f"re-executing every block of {sequencer.address}")
+        out(
+            f"  verifier   pid {verifier.proc.pid if verifier.proc else '?'}  listening on {verifier.address}, "
+            f"re-executing every block of {sequencer.address}"
+        )
         trio.run(drive, opts, net, sequencer, verifier, outcome, out)
         code = 0 if outcome.task_status == "completed" and outcome.verifier_ok else 1
     except BaseException as exc:  # sorted below; anything unknown is re-raised
@@ -303,8 +397,11 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
             out("\nmpsnode demo: interrupted; stopping the verifier and the sequencer")
             code = 130
         else:
-            known = [e for e in leaves if isinstance(e, (DemoFailed, MpsError, ConnectionLost, OSError,
-                                                         trio.TooSlowError))]
+            known = [
+                e
+                for e in leaves
+                if isinstance(e, (DemoFailed, MpsError, ConnectionLost, OSError, trio.TooSlowError))
+            ]
             if not known or len(known) != len(leaves):
                 raise
             for e in known:
@@ -322,5 +419,3 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
         print_summary(opts, outcome, root, out)
     out("RESULT: OK" if code == 0 else "RESULT: FAILED (see above)")
     return code
-
-

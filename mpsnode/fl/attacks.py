@@ -48,8 +48,17 @@ from mpsnode.fl.data import Dataset
 from mpsnode.fl.learner import quantize_update
 from mpsnode.fl.rounds import RoundView
 
-ATTACKS = ("sign_flip", "gaussian", "scaled", "label_flip", "free_rider_zeros", "free_rider_copy", "alie",
-           "ipm_0.1", "ipm_2")
+ATTACKS = (
+    "sign_flip",
+    "gaussian",
+    "scaled",
+    "label_flip",
+    "free_rider_zeros",
+    "free_rider_copy",
+    "alie",
+    "ipm_0.1",
+    "ipm_2",
+)
 # Attacks whose colluders would all send one identical vector (or copy someone): made distinct.
 IDENTICAL = frozenset({"free_rider_zeros", "free_rider_copy", "alie", "ipm_0.1", "ipm_2"})
 DEFAULT_GAUSSIAN_STD = 1.0  # parameter units: 10x the largest honest per-parameter RMS seen on digits (0.1)
@@ -95,8 +104,15 @@ def alie_z(n_clients: int, n_attackers: int) -> float:
     return NormalDist().inv_cdf(ratio)
 
 
-def craft(name: str, own: np.ndarray, honest: np.ndarray | None = None, *, n_clients: int,
-          rng: np.random.Generator, options: AttackOptions | None = None) -> np.ndarray:
+def craft(
+    name: str,
+    own: np.ndarray,
+    honest: np.ndarray | None = None,
+    *,
+    n_clients: int,
+    rng: np.random.Generator,
+    options: AttackOptions | None = None,
+) -> np.ndarray:
     """The float changes (``a x d``) the ``a`` colluding attackers send instead of ``own``."""
     validate_attack(name)
     opts = options or AttackOptions()
@@ -138,9 +154,17 @@ def make_distinct(deltas: np.ndarray, first_index: int = 0) -> np.ndarray:
     return out
 
 
-def craft_deltas(name: str, own: np.ndarray, honest: np.ndarray | None = None, *, n_clients: int, scale_bits: int,
-                 rng: np.random.Generator, options: AttackOptions | None = None,
-                 first_index: int = 0) -> tuple[np.ndarray, list[int]]:
+def craft_deltas(
+    name: str,
+    own: np.ndarray,
+    honest: np.ndarray | None = None,
+    *,
+    n_clients: int,
+    scale_bits: int,
+    rng: np.random.Generator,
+    options: AttackOptions | None = None,
+    first_index: int = 0,
+) -> tuple[np.ndarray, list[int]]:
     """The int16 deltas (``a x d``) the attackers submit, and how many entries of each were clipped.
 
     ``first_index`` is the first attacker's index among all attackers (see ``make_distinct``).
@@ -196,6 +220,13 @@ class Attacker:
             change = seen.mean(axis=0) - z * seen.std(axis=0)
             q, clipped = quantize_update(change, task.scale_bits)
             return make_distinct(q[None, :], first_index)[0], loss, clipped
-        deltas, clipped_per_row = craft_deltas(self.name, own, others, n_clients=n_clients,
-                                               scale_bits=task.scale_bits, rng=self.rng, first_index=first_index)
+        deltas, clipped_per_row = craft_deltas(
+            self.name,
+            own,
+            others,
+            n_clients=n_clients,
+            scale_bits=task.scale_bits,
+            rng=self.rng,
+            first_index=first_index,
+        )
         return deltas[0], loss, clipped_per_row[0]

@@ -128,8 +128,9 @@ def partition_iid(n_samples: int, n_clients: int, seed: int = 0) -> list[np.ndar
     return [np.sort(part) for part in np.array_split(perm, n_clients)]
 
 
-def partition_dirichlet(labels: np.ndarray, n_clients: int, alpha: float, seed: int = 0,
-                        min_samples: int = 10) -> list[np.ndarray]:
+def partition_dirichlet(
+    labels: np.ndarray, n_clients: int, alpha: float, seed: int = 0, min_samples: int = 10
+) -> list[np.ndarray]:
     """Label-skewed partition: each class is shared among clients in ``Dirichlet(alpha)`` proportions.
 
     Draws again (from the same seeded generator) until every client holds at least ``min_samples``
@@ -153,8 +154,10 @@ def partition_dirichlet(labels: np.ndarray, n_clients: int, alpha: float, seed: 
         out = [np.sort(np.concatenate(p)) for p in parts]
         if min(p.size for p in out) >= min_samples:
             return out
-    raise ValueError(f"no Dirichlet({alpha}) split of {labels.size} samples over {n_clients} clients gave "
-                     f"every client {min_samples} samples in {DIRICHLET_TRIES} draws")
+    raise ValueError(
+        f"no Dirichlet({alpha}) split of {labels.size} samples over {n_clients} clients gave "
+        f"every client {min_samples} samples in {DIRICHLET_TRIES} draws"
+    )
 
 
 def _check_clients(n_samples: int, n_clients: int, min_samples: int) -> None:
@@ -166,8 +169,15 @@ def _check_clients(n_samples: int, n_clients: int, min_samples: int) -> None:
         raise ValueError(f"{n_samples} samples cannot give {n_clients} clients {min_samples} each")
 
 
-def make_split(data: Dataset, n_clients: int, *, alpha: float | None = None, val_fraction: float = 0.2,
-               seed: int = 0, min_samples: int = 10) -> FederatedSplit:
+def make_split(
+    data: Dataset,
+    n_clients: int,
+    *,
+    alpha: float | None = None,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    min_samples: int = 10,
+) -> FederatedSplit:
     """Hold back a stratified validation set, then share the rest among ``n_clients``.
 
     ``alpha=None`` splits IID; a number splits non-IID with ``Dirichlet(alpha)`` label skew. The same
@@ -192,8 +202,10 @@ def quantize_validation(validation: Dataset, scale_bits: int) -> tuple[bytes, by
         raise ValueError("the validation set is empty")
     peak = float(np.abs(validation.x).max()) * float(1 << scale_bits)
     if round(peak) > INT16_MAX:
-        raise ValueError(f"validation inputs reach {peak:.0f} at scale 2^-{scale_bits}, beyond int16; "
-                         "scale the inputs down or lower scale_bits")
+        raise ValueError(
+            f"validation inputs reach {peak:.0f} at scale 2^-{scale_bits}, beyond int16; "
+            "scale the inputs down or lower scale_bits"
+        )
     val_x = model.quantize_inputs(validation.x, scale_bits).astype("<i2").tobytes()
     val_y = validation.y.astype(np.uint8).tobytes()
     return val_x, val_y

@@ -83,8 +83,9 @@ class LocalLearner:
     error-feedback residual between rounds; the model always starts from the global weights given.
     """
 
-    def __init__(self, data: Dataset, arch: Sequence[int], config: TrainConfig | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, data: Dataset, arch: Sequence[int], config: TrainConfig | None = None, seed: int = 0
+    ) -> None:
         self.arch = model.validate_arch(arch)
         if data.features != self.arch[0]:
             raise ValueError(f"the data has {data.features} features, the arch expects {self.arch[0]}")
@@ -102,9 +103,18 @@ class LocalLearner:
         w = model.validate_weights(np.asarray(global_weights), self.arch)
         start = model.dequantize(w, scale_bits)
         cfg = self.config
-        trained, loss = mlp.train_sgd(start, self.arch, self.data.x, self.data.y, epochs=local_epochs, lr=cfg.lr,
-                                      batch_size=cfg.batch_size, rng=self.rng, momentum=cfg.momentum,
-                                      weight_decay=cfg.weight_decay)
+        trained, loss = mlp.train_sgd(
+            start,
+            self.arch,
+            self.data.x,
+            self.data.y,
+            epochs=local_epochs,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            rng=self.rng,
+            momentum=cfg.momentum,
+            weight_decay=cfg.weight_decay,
+        )
         change = trained - start
         if cfg.error_feedback:
             change = change + self.residual

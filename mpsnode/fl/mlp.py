@@ -21,8 +21,10 @@ def _layers(params: np.ndarray, arch: Sequence[int]) -> list[tuple[np.ndarray, n
     widths = model.validate_arch(arch)
     if params.ndim != 1 or params.shape[0] != model.param_count(widths):
         raise ValueError(f"{params.shape} parameters for an arch of {model.param_count(widths)}")
-    return [(params[ws].reshape(widths[i + 1], widths[i]), params[bs])
-            for i, (ws, bs) in enumerate(model.layer_slices(widths))]
+    return [
+        (params[ws].reshape(widths[i + 1], widths[i]), params[bs])
+        for i, (ws, bs) in enumerate(model.layer_slices(widths))
+    ]
 
 
 def init_params(arch: Sequence[int], rng: np.random.Generator) -> np.ndarray:
@@ -56,7 +58,9 @@ def accuracy(params: np.ndarray, arch: Sequence[int], x: np.ndarray, y: np.ndarr
     return float(np.mean(predict(params, arch, x) == y)) if len(y) else 0.0
 
 
-def loss_and_grad(params: np.ndarray, arch: Sequence[int], x: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+def loss_and_grad(
+    params: np.ndarray, arch: Sequence[int], x: np.ndarray, y: np.ndarray
+) -> tuple[float, np.ndarray]:
     """Mean softmax cross-entropy over the batch and its gradient (flat, same layout as ``params``)."""
     layers = _layers(params, arch)
     logits, inputs = forward(params, arch, x)
@@ -80,9 +84,19 @@ def loss_and_grad(params: np.ndarray, arch: Sequence[int], x: np.ndarray, y: np.
     return loss, grad
 
 
-def train_sgd(params: np.ndarray, arch: Sequence[int], x: np.ndarray, y: np.ndarray, *, epochs: int, lr: float,
-              batch_size: int, rng: np.random.Generator, momentum: float = 0.0,
-              weight_decay: float = 0.0) -> tuple[np.ndarray, float]:
+def train_sgd(
+    params: np.ndarray,
+    arch: Sequence[int],
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    rng: np.random.Generator,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> tuple[np.ndarray, float]:
     """``epochs`` passes of minibatch SGD over ``(x, y)`` in a fresh random order each pass.
 
     Returns the new parameters (``params`` is not modified) and the mean minibatch loss of the
@@ -102,7 +116,7 @@ def train_sgd(params: np.ndarray, arch: Sequence[int], x: np.ndarray, y: np.ndar
         order = rng.permutation(n)
         losses = []
         for start in range(0, n, batch_size):
-            batch = order[start:start + batch_size]
+            batch = order[start : start + batch_size]
             loss, g = loss_and_grad(p, arch, x[batch], y[batch])
             if weight_decay:
                 g += weight_decay * p

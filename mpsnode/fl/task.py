@@ -26,25 +26,52 @@ def initial_weights(arch: Sequence[int], scale_bits: int, seed: int = 0) -> np.n
     return model.quantize_weights(params, scale_bits)
 
 
-def create_task_body(validation: Dataset, *, arch: Sequence[int] = DEFAULT_ARCH,
-                     scale_bits: int = DEFAULT_SCALE_BITS, target_accuracy_bps: int = 9000, max_rounds: int = 30,
-                     min_clients: int = 10, max_clients: int = 10, byzantine_f: int = 2, join_blocks: int = 20,
-                     round_blocks: int = 20, fee_per_round: int = 1000, local_epochs: int = 2, seed: int = 0,
-                     init_weights: np.ndarray | None = None) -> CreateTask:
+def create_task_body(
+    validation: Dataset,
+    *,
+    arch: Sequence[int] = DEFAULT_ARCH,
+    scale_bits: int = DEFAULT_SCALE_BITS,
+    target_accuracy_bps: int = 9000,
+    max_rounds: int = 30,
+    min_clients: int = 10,
+    max_clients: int = 10,
+    byzantine_f: int = 2,
+    join_blocks: int = 20,
+    round_blocks: int = 20,
+    fee_per_round: int = 1000,
+    local_epochs: int = 2,
+    seed: int = 0,
+    init_weights: np.ndarray | None = None,
+) -> CreateTask:
     """The CREATE_TASK body for training ``arch`` judged on ``validation``.
 
     ``init_weights`` (int32, on-chain layout) defaults to ``initial_weights(arch, scale_bits, seed)``.
     """
     widths = model.validate_arch(arch)
     if validation.features != widths[0]:
-        raise ValueError(f"the validation set has {validation.features} features, the arch expects {widths[0]}")
+        raise ValueError(
+            f"the validation set has {validation.features} features, the arch expects {widths[0]}"
+        )
     if validation.n_classes > widths[-1]:
         raise ValueError(f"{validation.n_classes} classes but the arch has {widths[-1]} outputs")
     weights = initial_weights(widths, scale_bits, seed) if init_weights is None else init_weights
     weights = model.validate_weights(np.asarray(weights), widths)
     val_x, val_y = quantize_validation(validation, scale_bits)
-    body = CreateTask(widths, scale_bits, weights.astype("<i4").tobytes(), target_accuracy_bps, max_rounds,
-                      min_clients, max_clients, byzantine_f, join_blocks, round_blocks, fee_per_round,
-                      local_epochs, val_x, val_y)
+    body = CreateTask(
+        widths,
+        scale_bits,
+        weights.astype("<i4").tobytes(),
+        target_accuracy_bps,
+        max_rounds,
+        min_clients,
+        max_clients,
+        byzantine_f,
+        join_blocks,
+        round_blocks,
+        fee_per_round,
+        local_epochs,
+        val_x,
+        val_y,
+    )
     validate_create_task(body)
     return body

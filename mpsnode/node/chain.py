@@ -42,7 +42,8 @@ class Chain:
             if stored != self.genesis_hash:
                 raise StoreError(
                     f"the store at hand belongs to genesis {stored.hex() if stored else '?'}, "
-                    f"not {self.genesis_hash.hex()}")
+                    f"not {self.genesis_hash.hex()}"
+                )
         self._head_header = decode_header(self._header_bytes(self.head.height))
 
     def _header_bytes(self, height: int) -> bytes:
@@ -58,12 +59,22 @@ class Chain:
         header = self.genesis.header()
         if root != header.state_root:  # the incremental tree and the reference must agree
             raise StoreError("genesis state root mismatch between tree and reference")
-        self.store.commit(BlockCommit(
-            head=Head(0, header.hash(), root, header.timestamp_ms), block=b"", header=header.encode(),
-            tx_ids=(), receipts=encode_receipts([]), events=encode([]), state_writes=items,
-            node_writes=tree.pending_nodes(),
-            meta={GENESIS_META: json.dumps(self.genesis.to_json(), sort_keys=True).encode(),
-                  GENESIS_HASH_META: header.hash()}))
+        self.store.commit(
+            BlockCommit(
+                head=Head(0, header.hash(), root, header.timestamp_ms),
+                block=b"",
+                header=header.encode(),
+                tx_ids=(),
+                receipts=encode_receipts([]),
+                events=encode([]),
+                state_writes=items,
+                node_writes=tree.pending_nodes(),
+                meta={
+                    GENESIS_META: json.dumps(self.genesis.to_json(), sort_keys=True).encode(),
+                    GENESIS_HASH_META: header.hash(),
+                },
+            )
+        )
 
     # reads -----------------------------------------------------------------------------------
     @property
@@ -87,22 +98,37 @@ class Chain:
     def apply(self, block: Block, *, verdicts: Verdicts | None = None) -> BlockResult:
         """Verify ``block`` on top of the head with ``state_transition`` and commit it; ``InvalidBlock``
         commits nothing. ``verdicts``: the block's signatures checked ahead (``compute_verdicts``)."""
-        result = state_transition(self.state(), self.tree(), block, self._head_header, self.config,
-                                  verdicts=verdicts)
+        result = state_transition(
+            self.state(), self.tree(), block, self._head_header, self.config, verdicts=verdicts
+        )
         self._commit(block, result)
         return result
 
-    def build(self, candidates: Iterable[SignedTx], timestamp_ms: int, key: crypto.Keypair, *,
-              signatures_checked: bool = False, mempool_remove: Iterable[bytes] = (),
-              ) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
+    def build(
+        self,
+        candidates: Iterable[SignedTx],
+        timestamp_ms: int,
+        key: crypto.Keypair,
+        *,
+        signatures_checked: bool = False,
+        mempool_remove: Iterable[bytes] = (),
+    ) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
         """Build, sign and commit the next block from ``candidates`` (the sequencer's path)."""
-        block, result, rejected = self.prepare(candidates, timestamp_ms, key, signatures_checked=signatures_checked)
+        block, result, rejected = self.prepare(
+            candidates, timestamp_ms, key, signatures_checked=signatures_checked
+        )
         self._commit(block, result, mempool_remove)
         return block, result, rejected
 
-    def prepare(self, candidates: Iterable[SignedTx], timestamp_ms: int, key: crypto.Keypair, *,
-                signatures_checked: bool = False, reader: StoreReader | None = None,
-                ) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
+    def prepare(
+        self,
+        candidates: Iterable[SignedTx],
+        timestamp_ms: int,
+        key: crypto.Keypair,
+        *,
+        signatures_checked: bool = False,
+        reader: StoreReader | None = None,
+    ) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
         """Build and sign the next block without committing it; ``commit_prepared`` commits it.
 
         Nothing may commit in between (the block is built on the current head). ``reader`` (a
@@ -112,12 +138,26 @@ class Chain:
             state, tree = self.state(), self.tree()
         else:
             state, tree = State(reader.get_state), SparseMerkleTree(reader, self.head.state_root)
-        return build_block(state, tree, self._head_header, self.config, candidates, timestamp_ms,
-                           key, signatures_checked=signatures_checked)
+        return build_block(
+            state,
+            tree,
+            self._head_header,
+            self.config,
+            candidates,
+            timestamp_ms,
+            key,
+            signatures_checked=signatures_checked,
+        )
 
-    def commit_prepared(self, block: Block, result: BlockResult, *, mempool_remove: Iterable[bytes] = (),
-                        meta: Mapping[bytes, bytes] | None = None,
-                        before_commit: Callable[[], None] | None = None) -> None:
+    def commit_prepared(
+        self,
+        block: Block,
+        result: BlockResult,
+        *,
+        mempool_remove: Iterable[bytes] = (),
+        meta: Mapping[bytes, bytes] | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
         """Commit a block from ``prepare`` with the mempool removals and meta records that go with it.
 
         ``before_commit`` is passed to ``Store.commit``.
@@ -126,19 +166,33 @@ class Chain:
             raise StoreError(f"block {block.height} was prepared on another head")
         self._commit(block, result, mempool_remove, meta, before_commit)
 
-    def _commit(self, block: Block, result: BlockResult, mempool_remove: Iterable[bytes] = (),
-                meta: Mapping[bytes, bytes] | None = None,
-                before_commit: Callable[[], None] | None = None) -> None:
+    def _commit(
+        self,
+        block: Block,
+        result: BlockResult,
+        mempool_remove: Iterable[bytes] = (),
+        meta: Mapping[bytes, bytes] | None = None,
+        before_commit: Callable[[], None] | None = None,
+    ) -> None:
         by_task: dict[int, list[list]] = defaultdict(list)
         for event in result.events:
             task_id = getattr(event, "task_id", None)
             if task_id is not None:
                 by_task[task_id].append(event.encode_obj())
-        self.store.commit(BlockCommit(
-            head=Head(block.height, block.hash(), result.state_root, block.header.timestamp_ms),
-            block=block.encode(), header=block.header.encode(), tx_ids=tuple(t.tx_id for t in block.txs),
-            receipts=encode_receipts(list(result.receipts)), events=encode([e.encode_obj() for e in result.events]),
-            state_writes=result.state_writes, node_writes=result.node_writes,
-            task_events={t: encode(evs) for t, evs in by_task.items()},
-            mempool_remove=tuple(mempool_remove), meta=dict(meta or {})), before_commit=before_commit)
+        self.store.commit(
+            BlockCommit(
+                head=Head(block.height, block.hash(), result.state_root, block.header.timestamp_ms),
+                block=block.encode(),
+                header=block.header.encode(),
+                tx_ids=tuple(t.tx_id for t in block.txs),
+                receipts=encode_receipts(list(result.receipts)),
+                events=encode([e.encode_obj() for e in result.events]),
+                state_writes=result.state_writes,
+                node_writes=result.node_writes,
+                task_events={t: encode(evs) for t, evs in by_task.items()},
+                mempool_remove=tuple(mempool_remove),
+                meta=dict(meta or {}),
+            ),
+            before_commit=before_commit,
+        )
         self._head_header = block.header

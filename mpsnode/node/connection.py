@@ -104,13 +104,30 @@ class VerifierStatus:
         if not isinstance(obj, list) or len(obj) != 9:
             raise ProtocolViolation("malformed verifier status")
         up, up_h, lag, verified, connected, diverged, div_h, check, reason = obj
-        return cls(str(up), int(up_h), int(lag), int(verified), bool(connected), bool(diverged), int(div_h),
-                   str(check), str(reason))
+        return cls(
+            str(up),
+            int(up_h),
+            int(lag),
+            int(verified),
+            bool(connected),
+            bool(diverged),
+            int(div_h),
+            str(check),
+            str(reason),
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"upstream": self.upstream, "upstream_height": self.upstream_height, "lag": self.lag,
-                "blocks_verified": self.blocks_verified, "connected": self.connected, "diverged": self.diverged,
-                "divergence_height": self.divergence_height, "check": self.check, "reason": self.reason}
+        return {
+            "upstream": self.upstream,
+            "upstream_height": self.upstream_height,
+            "lag": self.lag,
+            "blocks_verified": self.blocks_verified,
+            "connected": self.connected,
+            "diverged": self.diverged,
+            "divergence_height": self.divergence_height,
+            "check": self.check,
+            "reason": self.reason,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,10 +144,17 @@ class Status:
     verifier: VerifierStatus | None = None  # only from a verifier
 
     def to_json(self) -> dict[str, Any]:
-        out = {"chain_id": self.chain_id, "genesis_hash": self.genesis_hash.hex(), "height": self.height,
-               "head_hash": self.head_hash.hex(), "state_root": self.state_root.hex(),
-               "timestamp_ms": self.timestamp_ms, "mempool_txs": self.mempool_txs,
-               "mempool_bytes": self.mempool_bytes, "kind": self.kind}
+        out = {
+            "chain_id": self.chain_id,
+            "genesis_hash": self.genesis_hash.hex(),
+            "height": self.height,
+            "head_hash": self.head_hash.hex(),
+            "state_root": self.state_root.hex(),
+            "timestamp_ms": self.timestamp_ms,
+            "mempool_txs": self.mempool_txs,
+            "mempool_bytes": self.mempool_bytes,
+            "kind": self.kind,
+        }
         if self.verifier is not None:
             out["verifier"] = self.verifier.to_json()
         return out
@@ -271,7 +295,9 @@ class Client:
                     waiter.result = msg
                 waiter.event.set()
         except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionLost, MpsError) as exc:
-            self._fail(exc if isinstance(exc, (MpsError, ConnectionLost)) else ConnectionLost(str(exc) or "reset"))
+            self._fail(
+                exc if isinstance(exc, (MpsError, ConnectionLost)) else ConnectionLost(str(exc) or "reset")
+            )
 
     def _fail(self, exc: BaseException) -> None:
         self._closed = exc
@@ -341,15 +367,17 @@ class Client:
             raise VerificationFailed("state reply names another height than its header")
         values: list[bytes | None] = []
         for i, key in enumerate(keys):
-            present, value, proof_obj = reply[3 + 3 * i: 6 + 3 * i]
+            present, value, proof_obj = reply[3 + 3 * i : 6 + 3 * i]
             value = value if present else None
             try:
                 proof = Proof.decode(proof_obj)
             except ValueError as exc:
                 raise VerificationFailed(f"malformed proof: {exc}") from None
             if not verify_proof(header.state_root, key, value, proof):
-                raise VerificationFailed(f"proof of state key {key.hex()} does not match state root "
-                                         f"{header.state_root.hex()} at height {header.height}")
+                raise VerificationFailed(
+                    f"proof of state key {key.hex()} does not match state root "
+                    f"{header.state_root.hex()} at height {header.height}"
+                )
             values.append(value)
         return header, values
 
@@ -444,14 +472,15 @@ class Client:
     async def task(self, task_id: int) -> Proven:
         """The task record (``Proven.value`` is a ``Task``, or ``None`` if there is no such task)."""
         proven = await self.get_state(task_key(task_id))
-        return Proven(None if proven.value is None else Task.decode(proven.value), proven.height, proven.header)
+        return Proven(
+            None if proven.value is None else Task.decode(proven.value), proven.height, proven.header
+        )
 
     async def model(self, task_id: int) -> Proven:
         """``Proven.value`` is ``(Task, model bytes)`` (int32 little-endian), both proven at one header."""
         keys = [task_key(task_id), model_key(task_id)]
         header, (task_raw, model) = self._proven_values(await self.request(Msg.GET_MODEL, task_id), keys)
         if task_raw is None or model is None:
-
             raise NotFound(f"task {task_id} has no model at height {header.height}")
         return Proven((Task.decode(task_raw), model), header.height, header)
 
@@ -492,8 +521,9 @@ class Client:
         (items,) = await self.request(Msg.GET_BLOCKS, start, count)
         return [(h, b) for h, b in items]
 
-    async def events(self, *, height: int | None = None, task_id: int | None = None, start: int = 0,
-                     count: int = 100) -> list[tuple[int, list[Event]]]:
+    async def events(
+        self, *, height: int | None = None, task_id: int | None = None, start: int = 0, count: int = 100
+    ) -> list[tuple[int, list[Event]]]:
         """Events of blocks ``height ..`` (``count`` blocks) or of task ``task_id`` from ``start``."""
         if (height is None) == (task_id is None):
             raise ValueError("give height or task_id")
@@ -508,8 +538,9 @@ class Client:
         return out
 
     @asynccontextmanager
-    async def subscribe(self, from_height: int = 1, *, with_receipts: bool = False,
-                        buffer: int = 64) -> AsyncIterator[trio.MemoryReceiveChannel[PushedBlock]]:
+    async def subscribe(
+        self, from_height: int = 1, *, with_receipts: bool = False, buffer: int = 64
+    ) -> AsyncIterator[trio.MemoryReceiveChannel[PushedBlock]]:
         """Blocks from ``from_height`` on, then each new one as it is made.
 
         If this consumer falls behind, the connection stalls and the node eventually drops it.
@@ -542,8 +573,13 @@ class Client:
 
 
 @asynccontextmanager
-async def connect(address: str | tuple[str, int], *, genesis: Genesis | None = None,
-                  genesis_hash: bytes | None = None, timeout: float = 10.0) -> AsyncIterator[Client]:
+async def connect(
+    address: str | tuple[str, int],
+    *,
+    genesis: Genesis | None = None,
+    genesis_hash: bytes | None = None,
+    timeout: float = 10.0,
+) -> AsyncIterator[Client]:
     """Open a connection, say HELLO (refused if the node is on another chain) and yield the client.
 
     Without ``genesis`` the node's genesis is fetched and checked against the hash it announces

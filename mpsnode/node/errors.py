@@ -112,8 +112,10 @@ class NonceTooFarAhead(AdmissionRejected):
     code = 622
 
     def __init__(self, nonce: int, next_nonce: int, window: int) -> None:
-        super().__init__(f"nonce {nonce} is more than {window} ahead of the account's next nonce {next_nonce}; "
-                         f"submit the missing nonces first")
+        super().__init__(
+            f"nonce {nonce} is more than {window} ahead of the account's next nonce {next_nonce}; "
+            f"submit the missing nonces first"
+        )
         self.nonce, self.next_nonce, self.window = nonce, next_nonce, window
 
 
@@ -121,8 +123,10 @@ class NonceConflict(AdmissionRejected):
     code = 623
 
     def __init__(self, nonce: int, pending_tx: bytes) -> None:
-        super().__init__(f"another tx with nonce {nonce} is already pending ({pending_tx.hex()}); "
-                         f"wait for it or use the next nonce")
+        super().__init__(
+            f"another tx with nonce {nonce} is already pending ({pending_tx.hex()}); "
+            f"wait for it or use the next nonce"
+        )
         self.nonce, self.pending_tx = nonce, pending_tx
 
 

@@ -106,7 +106,8 @@ class ExportReader:
                 raise ExportError(f"{self.path}: the first record must be the genesis, found {tag!r}")
             try:
                 version, genesis_json, head, head_hash = expect_list(
-                    decode(payload, max_bytes=len(payload), max_bin_len=len(payload)), 4, "export header")
+                    decode(payload, max_bytes=len(payload), max_bin_len=len(payload)), 4, "export header"
+                )
                 if expect_uint(version, "version") != VERSION:
                     raise ExportError(f"{self.path}: export version {version}, this build reads {VERSION}")
                 self.genesis = Genesis.from_json(json.loads(expect_bytes(genesis_json, "genesis")))
@@ -152,8 +153,10 @@ class ExportReader:
                 except DecodeError as exc:
                     raise ExportError(f"{self.path}: bad end record: {exc.reason}") from None
                 if count != height or height != self.head_height:
-                    raise ExportError(f"{self.path}: {height} blocks, the end record says {count} and the "
-                                      f"header {self.head_height}")
+                    raise ExportError(
+                        f"{self.path}: {height} blocks, the end record says {count} and the "
+                        f"header {self.head_height}"
+                    )
                 return
             else:
                 raise ExportError(f"{self.path}: unexpected record {tag!r} after block {height}")

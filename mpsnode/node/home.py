@@ -25,7 +25,9 @@ class Home:
     def open(cls, path: str | Path) -> Home:
         path = Path(path)
         if not (path / "genesis.json").is_file():
-            raise FileNotFoundError(f"{path} has no genesis.json: create one with `mpsnode init --home {path}`")
+            raise FileNotFoundError(
+                f"{path} has no genesis.json: create one with `mpsnode init --home {path}`"
+            )
         config = {}
         if (path / "config.toml").is_file():
             try:

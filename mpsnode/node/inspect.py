@@ -33,8 +33,13 @@ def _inspect(store: LmdbStore, what: list[str]) -> dict[str, Any]:
     state = State(store.get_state)
     if cmd == "head" and not rest:
         header = decode_header(store.get_header(head.height) or b"")
-        return {"height": head.height, "hash": head.block_hash.hex(), "state_root": head.state_root.hex(),
-                "timestamp_ms": head.timestamp_ms, "chain_id": header.chain_id}
+        return {
+            "height": head.height,
+            "hash": head.block_hash.hex(),
+            "state_root": head.state_root.hex(),
+            "timestamp_ms": head.timestamp_ms,
+            "chain_id": header.chain_id,
+        }
     if cmd == "block" and len(rest) == 1:
         height = int(rest[0])
         data = store.get_block(height)
@@ -44,30 +49,57 @@ def _inspect(store: LmdbStore, what: list[str]) -> dict[str, Any]:
             raise ValueError(f"no block at height {height} (head is {head.height})")
         block = decode_block(data)
         receipts = decode_receipts(store.get_receipts(height) or b"")
-        return {**block.header.to_json(),
-                "txs": [{"tx_id": t.tx_id.hex(), "kind": t.tx.kind.name, "sender": t.tx.sender.hex(),
-                         "nonce": t.tx.nonce, "fee": t.tx.fee} for t in block.txs],
-                "receipts": [r.to_json() for r in receipts]}
+        return {
+            **block.header.to_json(),
+            "txs": [
+                {
+                    "tx_id": t.tx_id.hex(),
+                    "kind": t.tx.kind.name,
+                    "sender": t.tx.sender.hex(),
+                    "nonce": t.tx.nonce,
+                    "fee": t.tx.fee,
+                }
+                for t in block.txs
+            ],
+            "receipts": [r.to_json() for r in receipts],
+        }
     if cmd == "account" and len(rest) == 1:
         address = crypto.parse_address(rest[0])
         acct = state.get_account(address)
         proof_ok = _proof_ok(store, head.state_root, account_key(address))
-        return {"address": address.hex(), "balance": acct.balance, "nonce": acct.nonce, "bonded": acct.bonded,
-                "unbonding": [[u.amount, u.release_height] for u in acct.unbonding], "jailed": acct.jailed,
-                "tasks": list(acct.tasks), "proof_verified": proof_ok}
+        return {
+            "address": address.hex(),
+            "balance": acct.balance,
+            "nonce": acct.nonce,
+            "bonded": acct.bonded,
+            "unbonding": [[u.amount, u.release_height] for u in acct.unbonding],
+            "jailed": acct.jailed,
+            "tasks": list(acct.tasks),
+            "proof_verified": proof_ok,
+        }
     if cmd == "task" and len(rest) == 1:
         task = state.get_task(int(rest[0]))
         if task is None:
             raise ValueError(f"no task {rest[0]}")
         model = state.get_model(task.task_id)
-        return {"task_id": task.task_id, "status": task.status.name, "creator": task.creator.hex(),
-                "arch": list(task.arch), "scale_bits": task.scale_bits,
-                "target_accuracy_bps": task.target_accuracy_bps, "round": task.round,
-                "round_deadline": task.round_deadline, "rounds_closed": task.rounds_closed,
-                "max_rounds": task.max_rounds, "participants": [a.hex() for a in task.participants],
-                "submitted": [a.hex() for a in task.submitted], "escrow": task.escrow,
-                "accuracy_bps": task.accuracy_bps, "model_hash": H(b"mps-model", model).hex(),
-                "proof_verified": _proof_ok(store, head.state_root, task_key(task.task_id))}
+        return {
+            "task_id": task.task_id,
+            "status": task.status.name,
+            "creator": task.creator.hex(),
+            "arch": list(task.arch),
+            "scale_bits": task.scale_bits,
+            "target_accuracy_bps": task.target_accuracy_bps,
+            "round": task.round,
+            "round_deadline": task.round_deadline,
+            "rounds_closed": task.rounds_closed,
+            "max_rounds": task.max_rounds,
+            "participants": [a.hex() for a in task.participants],
+            "submitted": [a.hex() for a in task.submitted],
+            "escrow": task.escrow,
+            "accuracy_bps": task.accuracy_bps,
+            "model_hash": H(b"mps-model", model).hex(),
+            "proof_verified": _proof_ok(store, head.state_root, task_key(task.task_id)),
+        }
     raise ValueError(f"unknown inspect query {' '.join(what)!r}: use head | block H | account ADDR | task ID")
 
 

@@ -20,8 +20,9 @@ class NodeMetrics:
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
         self.connections = Gauge("mps_connections", "Open client connections", registry=r)
-        self.connections_closed = Counter("mps_connections_closed", "Closed connections, by reason", ["reason"],
-                                          registry=r)
+        self.connections_closed = Counter(
+            "mps_connections_closed", "Closed connections, by reason", ["reason"], registry=r
+        )
 
     def connection_opened(self) -> None:
         self.connections.inc()
@@ -35,8 +36,13 @@ class NodeMetrics:
         return generate_latest(self.registry)
 
 
-async def serve_metrics(metrics: NodeMetrics, host: str, port: int, *,
-                        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+async def serve_metrics(
+    metrics: NodeMetrics,
+    host: str,
+    port: int,
+    *,
+    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve ``metrics`` over HTTP on ``host:port``; reports the bound port when listening."""
     listeners = await trio.open_tcp_listeners(port, host=host)
     bound = listeners[0].socket.getsockname()[1]
@@ -51,12 +57,15 @@ async def serve_metrics(metrics: NodeMetrics, host: str, port: int, *,
                         return
                     request += data
                 if not request.startswith(b"GET "):
-                    await stream.send_all(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n"
-                                          b"Connection: close\r\n\r\n")
+                    await stream.send_all(
+                        b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
                     return
                 body = metrics.exposition()
-                head = (f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
-                        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+                head = (
+                    f"HTTP/1.1 200 OK\r\nContent-Type: {CONTENT_TYPE_LATEST}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                ).encode()
                 await stream.send_all(head + body)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass

@@ -160,9 +160,18 @@ class _NoStats:
 
 
 class NodeServer:
-    def __init__(self, store: Store, genesis: Genesis, watch: HeadWatch, *, kind: str,
-                 gateway: TxGateway | None = None, config: ServerConfig | None = None,
-                 stats: ServerStats | None = None, status_extra: Callable[[int], list[Any]] | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        genesis: Genesis,
+        watch: HeadWatch,
+        *,
+        kind: str,
+        gateway: TxGateway | None = None,
+        config: ServerConfig | None = None,
+        stats: ServerStats | None = None,
+        status_extra: Callable[[int], list[Any]] | None = None,
+    ) -> None:
         self.store = store
         self.genesis = genesis
         self.genesis_hash = genesis.hash()
@@ -180,8 +189,13 @@ class NodeServer:
         self._signatures: OrderedDict[int, bytes] = OrderedDict()
         self._receipt_leaves: OrderedDict[int, tuple[list[Any], list[bytes]]] = OrderedDict()
 
-    async def serve(self, host: str, port: int, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
-                    ) -> None:
+    async def serve(
+        self,
+        host: str,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
         """Listen on ``host:port`` (port 0 picks a free one); reports the bound port when ready."""
         listeners = await trio.open_tcp_listeners(port, host=host)
         bound = listeners[0].socket.getsockname()[1]
@@ -193,8 +207,13 @@ class NodeServer:
     async def handle(self, stream: trio.SocketStream) -> None:
         if self.connections >= self.config.max_connections:
             with trio.move_on_after(1):
-                await stream.send_all(encode_frame(error_message(0, Overloaded(
-                    f"node has {self.connections} connections, the limit; retry later"))))
+                await stream.send_all(
+                    encode_frame(
+                        error_message(
+                            0, Overloaded(f"node has {self.connections} connections, the limit; retry later")
+                        )
+                    )
+                )
             await trio.aclose_forcefully(stream)
             self.stats.connection_closed("overloaded")
             return
@@ -238,8 +257,17 @@ class NodeServer:
         if head is None:
             raise NotFound("the store is empty")
         count, size = self.gateway.mempool_size() if self.gateway else (0, 0)
-        out = [self.chain_id, self.genesis_hash, head.height, head.block_hash, head.state_root, head.timestamp_ms,
-               count, size, self.kind]
+        out = [
+            self.chain_id,
+            self.genesis_hash,
+            head.height,
+            head.block_hash,
+            head.state_root,
+            head.timestamp_ms,
+            count,
+            size,
+            self.kind,
+        ]
         if self.status_extra is not None:
             out.append(self.status_extra(head.height))
         return out
@@ -254,12 +282,24 @@ class NodeServer:
             if cached is None:
                 if blob is None:
                     raise NotFound(f"receipts of block {height} are missing")
-                items = expect_list(decode(blob, max_bytes=len(blob), max_array_len=1 << 24), None, "receipts")
+                items = expect_list(
+                    decode(blob, max_bytes=len(blob), max_array_len=1 << 24), None, "receipts"
+                )
                 cached = (items, [Receipt.decode_obj(r).hash() for r in items])
                 _remember(self._receipt_leaves, height, cached, 16)
             items, leaves = cached
-            return [TX_INCLUDED, height, index, encode(items[index]), header, signature,
-                    list_proof(leaves, index), len(leaves), 0, ""]
+            return [
+                TX_INCLUDED,
+                height,
+                index,
+                encode(items[index]),
+                header,
+                signature,
+                list_proof(leaves, index),
+                len(leaves),
+                0,
+                "",
+            ]
         if self.gateway is not None:
             if self.gateway.pending(tx_id):
                 return [TX_PENDING, 0, 0, b"", b"", b"", [], 0, 0, ""]
@@ -445,19 +485,31 @@ class _Connection:
             raise WrongNetwork(f"protocol version {version}; this node speaks {PROTOCOL_VERSION}")
         anonymous = genesis_hash == ZERO32  # "tell me your chain": the client checks GET_GENESIS itself
         if not anonymous and (chain_id != srv.chain_id or genesis_hash != srv.genesis_hash):
-            raise WrongNetwork(f"peer is on chain {chain_id!r} genesis {genesis_hash.hex()[:16]}..., this node is on "
-                               f"{srv.chain_id!r} genesis {srv.genesis_hash.hex()[:16]}...")
+            raise WrongNetwork(
+                f"peer is on chain {chain_id!r} genesis {genesis_hash.hex()[:16]}..., this node is on "
+                f"{srv.chain_id!r} genesis {srv.genesis_hash.hex()[:16]}..."
+            )
         head = srv.store.head()
         if head is None:
             raise ProtocolViolation("node has no chain yet")
-        self.send_nowait([Msg.HELLO | REPLY, msg[1], PROTOCOL_VERSION, srv.chain_id, srv.genesis_hash, head.height,
-                          head.block_hash, srv.kind, srv.genesis.sequencer])
+        self.send_nowait(
+            [
+                Msg.HELLO | REPLY,
+                msg[1],
+                PROTOCOL_VERSION,
+                srv.chain_id,
+                srv.genesis_hash,
+                head.height,
+                head.block_hash,
+                srv.kind,
+                srv.genesis.sequencer,
+            ]
+        )
 
     async def _dispatch(self, msg: list[Any]) -> None:
         kind, req_id = msg[0], msg[1]
         handler = _HANDLERS.get(kind)
         if handler is None:
-
             self.send_nowait(error_message(req_id, UnknownMessage(f"unknown message type {kind}")))
             return
         try:
@@ -536,10 +588,14 @@ class _Connection:
 
     def _take_waiter(self) -> None:
         if self.waiters >= self.server.config.max_waiters:
-            raise Overloaded(f"{self.waiters} subscriptions and receipt waits are open on this connection, the limit")
+            raise Overloaded(
+                f"{self.waiters} subscriptions and receipt waits are open on this connection, the limit"
+            )
         self.waiters += 1
 
-    async def _push_blocks(self, sub_id: int, start: int, with_receipts: int, scope: trio.CancelScope) -> None:
+    async def _push_blocks(
+        self, sub_id: int, start: int, with_receipts: int, scope: trio.CancelScope
+    ) -> None:
         srv = self.server
         try:
             with scope:
@@ -592,8 +648,9 @@ class _Connection:
     async def _get_model(self, msg: list[Any]) -> None:
         expect_fields(msg, 1, "GET_MODEL")
         task_id = field_uint(msg, 2, "task id")
-        await self.send([Msg.GET_MODEL | REPLY, msg[1], *self.server.state_reply([task_key(task_id),
-                                                                                  model_key(task_id)])])
+        await self.send(
+            [Msg.GET_MODEL | REPLY, msg[1], *self.server.state_reply([task_key(task_id), model_key(task_id)])]
+        )
 
     async def _get_receipt(self, msg: list[Any]) -> None:
         expect_fields(msg, 2, "GET_RECEIPT")

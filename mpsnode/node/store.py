@@ -80,7 +80,18 @@ META = "meta"
 MEMPOOL = "mempool"
 MEMPOOL_IDX = "mempool_idx"
 TABLES: tuple[str, ...] = (
-    HEADERS, BLOCKS, HASHES, TXS, RECEIPTS, EVENTS, TASK_EVENTS, STATE, NODES, META, MEMPOOL, MEMPOOL_IDX,
+    HEADERS,
+    BLOCKS,
+    HASHES,
+    TXS,
+    RECEIPTS,
+    EVENTS,
+    TASK_EVENTS,
+    STATE,
+    NODES,
+    META,
+    MEMPOOL,
+    MEMPOOL_IDX,
 )
 
 #: Meta keys under this prefix belong to the store; a ``BlockCommit`` may not write them.
@@ -211,8 +222,12 @@ def _check_commit(c: BlockCommit) -> None:
         _check_value(value, name)
         if len(value) != HASH_SIZE:
             raise StoreError(f"{name} must be {HASH_SIZE} bytes, got {len(value)}")
-    for name, blob in (("block", c.block), ("header", c.header), ("receipts", c.receipts),
-                       ("events", c.events)):
+    for name, blob in (
+        ("block", c.block),
+        ("header", c.header),
+        ("receipts", c.receipts),
+        ("events", c.events),
+    ):
         _check_value(blob, name)
     for tx_id in c.tx_ids:
         _check_key(tx_id, "tx id")
@@ -276,7 +291,7 @@ def _unpack_entry(entry: bytes) -> tuple[bytes, bytes]:
     n = int.from_bytes(entry[:2], "big")
     if len(entry) < 2 + n:
         raise StoreCorrupt("mempool entry shorter than its tx id")
-    return entry[2:2 + n], entry[2 + n:]
+    return entry[2 : 2 + n], entry[2 + n :]
 
 
 def _mempool_counters(t: _Txn) -> tuple[int, int, int]:
@@ -415,8 +430,10 @@ class StoreReader(ABC):
             return []
         prefix = u64be(task_id)
         with self._reading() as t:
-            return [(_u64(k[8:], "task event height"), v)
-                    for k, v in t.scan(TASK_EVENTS, prefix, prefix + u64be(start_height))]
+            return [
+                (_u64(k[8:], "task event height"), v)
+                for k, v in t.scan(TASK_EVENTS, prefix, prefix + u64be(start_height))
+            ]
 
     def get_meta(self, key: bytes) -> bytes | None:
         with self._reading() as t:
@@ -450,8 +467,12 @@ class StoreReader(ABC):
 class StoreView(StoreReader):
     """A consistent read view: every read sees the store as of ``Store.snapshot()``. Close it."""
 
-    def __init__(self, txn: _Txn, release: Callable[[], None],
-                 errors: Callable[[], AbstractContextManager[None]] | None = None) -> None:
+    def __init__(
+        self,
+        txn: _Txn,
+        release: Callable[[], None],
+        errors: Callable[[], AbstractContextManager[None]] | None = None,
+    ) -> None:
         self._txn: _Txn | None = txn
         self._release = release
         self._errors = errors
@@ -475,8 +496,9 @@ class StoreView(StoreReader):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -513,8 +535,9 @@ class Store(StoreReader):
             if before_commit is not None:
                 before_commit()
 
-    def mempool_put(self, items: Sequence[tuple[bytes, bytes]], *,
-                    before_commit: Callable[[], None] | None = None) -> int:
+    def mempool_put(
+        self, items: Sequence[tuple[bytes, bytes]], *, before_commit: Callable[[], None] | None = None
+    ) -> int:
         """Add (tx id, signed tx bytes) pairs in ONE write transaction (the group commit).
 
         A tx id already pending is left where it is. Returns how many were added. Durable on return.
@@ -543,8 +566,9 @@ class Store(StoreReader):
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -557,8 +581,12 @@ class _MemTxn:
 
     __slots__ = ("_lock", "_pending", "_tables")
 
-    def __init__(self, tables: dict[str, dict[bytes, bytes]], lock: threading.RLock,
-                 pending: dict[str, dict[bytes, bytes | None]] | None = None) -> None:
+    def __init__(
+        self,
+        tables: dict[str, dict[bytes, bytes]],
+        lock: threading.RLock,
+        pending: dict[str, dict[bytes, bytes | None]] | None = None,
+    ) -> None:
         self._tables = tables
         self._pending = pending
         self._lock = lock
@@ -707,16 +735,19 @@ class LmdbStore(Store):
     ``StoreError``. Every ``commit`` and mempool write is on disk when it returns.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE,
-                 readonly: bool = False) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, map_size: int = DEFAULT_MAP_SIZE, readonly: bool = False
+    ) -> None:
         self._path = os.path.realpath(os.fspath(path))
         self._map_size = map_size
         self._readonly = readonly
         self._closed = True
         with _OPEN_PATHS_LOCK:
             if self._path in _OPEN_PATHS:
-                raise StoreError(f"store {self._path} is already open in this process: share that handle "
-                                 "(or its snapshot()); LMDB must not be opened twice in one process")
+                raise StoreError(
+                    f"store {self._path} is already open in this process: share that handle "
+                    "(or its snapshot()); LMDB must not be opened twice in one process"
+                )
             _OPEN_PATHS.add(self._path)
         try:
             self._env = self._open_env()
@@ -748,9 +779,17 @@ class LmdbStore(Store):
             raise StoreError(f"no store at {self._path} (read-only open does not create one)")
         try:
             env = lmdb.open(
-                self._path, map_size=self._map_size, subdir=True, readonly=self._readonly, lock=True,
-                create=not self._readonly, max_dbs=len(TABLES) + 4, sync=True, metasync=True,
-                writemap=False, map_async=False,
+                self._path,
+                map_size=self._map_size,
+                subdir=True,
+                readonly=self._readonly,
+                lock=True,
+                create=not self._readonly,
+                max_dbs=len(TABLES) + 4,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                map_async=False,
             )
         except lmdb.Error as exc:
             raise StoreError(f"cannot open LMDB store at {self._path}: {exc}") from None
@@ -786,13 +825,16 @@ class LmdbStore(Store):
         with self._env.begin(db=dbs[META]) as txn:
             schema = txn.get(META_SCHEMA, db=dbs[META])
         if schema != encode([SCHEMA_VERSION]):
-            raise StoreCorrupt(f"{self._path} has store layout {schema!r}, this build reads "
-                               f"{encode([SCHEMA_VERSION])!r}")
+            raise StoreCorrupt(
+                f"{self._path} has store layout {schema!r}, this build reads {encode([SCHEMA_VERSION])!r}"
+            )
         return dbs
 
     def _full_message(self) -> str:
-        return (f"LMDB store {self._path} is full (map_size={self._map_size} bytes); nothing of this "
-                f"write was stored. Reopen the store with a larger map_size.")
+        return (
+            f"LMDB store {self._path} is full (map_size={self._map_size} bytes); nothing of this "
+            f"write was stored. Reopen the store with a larger map_size."
+        )
 
     @contextmanager
     def _errors(self) -> Iterator[None]:

@@ -107,7 +107,7 @@ def decode_message(body: bytes, max_bytes: int) -> list[Any]:
 
 
 def error_message(req_id: int, exc: MpsError) -> list[Any]:
-    reason = exc.reason if len(exc.reason) <= MAX_REASON else exc.reason[:MAX_REASON - 3] + "..."
+    reason = exc.reason if len(exc.reason) <= MAX_REASON else exc.reason[: MAX_REASON - 3] + "..."
     return [ERROR, req_id, exc.code, reason]
 
 
@@ -165,8 +165,14 @@ class FrameReader:
     (``idle_timeout`` applies there when given).
     """
 
-    def __init__(self, stream: trio.abc.ReceiveStream, max_frame: int, *, frame_timeout: float = 30.0,
-                 chunk: int = 256 * KIB) -> None:
+    def __init__(
+        self,
+        stream: trio.abc.ReceiveStream,
+        max_frame: int,
+        *,
+        frame_timeout: float = 30.0,
+        chunk: int = 256 * KIB,
+    ) -> None:
         self._stream = stream
         self.max_frame = max_frame
         self.frame_timeout = frame_timeout
@@ -181,7 +187,7 @@ class FrameReader:
     async def _fill(self, deadline: float | None) -> bool:
         """Read one chunk; False on EOF."""
         if self._pos and self._pos * 2 >= len(self._buf):
-            del self._buf[:self._pos]
+            del self._buf[: self._pos]
             self._pos = 0
         if deadline is None:
             data = await self._stream.receive_some(self._chunk)
@@ -206,7 +212,7 @@ class FrameReader:
             return None
         start = self._pos + 4
         with memoryview(self._buf) as view:
-            body = bytes(view[start:start + n])
+            body = bytes(view[start : start + n])
         self._pos = start + n
         return body
 
@@ -275,7 +281,9 @@ class Outbox:
                 while self.queued_bytes >= self.max_bytes and not self.closed:
                     await self._not_full.park()
             if self.queued_bytes >= self.max_bytes and not self.closed:
-                raise SlowPeer(f"peer did not read {self.queued_bytes} queued bytes within {self.timeout:g} s")
+                raise SlowPeer(
+                    f"peer did not read {self.queued_bytes} queued bytes within {self.timeout:g} s"
+                )
         self.put_nowait(frame)
 
     async def take(self, limit: int = 256 * KIB) -> bytes:
@@ -308,8 +316,11 @@ class Outbox:
         self._not_full.unpark_all()
 
 
-async def write_loop(stream: trio.abc.SendStream, outbox: Outbox, on_written: Callable[[int], None] | None = None,
-                     ) -> None:
+async def write_loop(
+    stream: trio.abc.SendStream,
+    outbox: Outbox,
+    on_written: Callable[[int], None] | None = None,
+) -> None:
     """Drain ``outbox`` into ``stream`` until cancelled (or the stream breaks)."""
     while True:
         data = await outbox.take()

@@ -55,12 +55,19 @@ class RoundAudit:
     slashed: list[tuple[bytes, int, int]] = field(default_factory=list)  # (address, amount burned, reason)
 
     def to_json(self) -> dict[str, Any]:
-        return {"round": self.round, "height": self.height, "void": self.void,
-                "accuracy_bps": self.accuracy_bps,
-                "participants": [a.hex() for a in self.participants], "scores": list(self.scores),
-                "selected": [a.hex() for a in self.selected], "flagged": [a.hex() for a in self.flagged],
-                "slashed": [{"address": a.hex(), "amount": n, "reason": slash_reason(why)}
-                            for a, n, why in self.slashed]}
+        return {
+            "round": self.round,
+            "height": self.height,
+            "void": self.void,
+            "accuracy_bps": self.accuracy_bps,
+            "participants": [a.hex() for a in self.participants],
+            "scores": list(self.scores),
+            "selected": [a.hex() for a in self.selected],
+            "flagged": [a.hex() for a in self.flagged],
+            "slashed": [
+                {"address": a.hex(), "amount": n, "reason": slash_reason(why)} for a, n, why in self.slashed
+            ],
+        }
 
 
 @dataclass
@@ -89,18 +96,30 @@ class TaskAudit:
     byzantine_f: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"task_id": self.task_id, "creator": self.creator.hex(), "created_height": self.created_height,
-                "params": self.params, "arch": list(self.arch),
-                "target_accuracy_bps": self.target_accuracy_bps, "max_rounds": self.max_rounds,
-                "byzantine_f": self.byzantine_f, "escrow": self.escrow, "base_fee": self.base_fee,
-                "joined": [a.hex() for a in self.joined], "started_height": self.started_height,
-                "status": self.status, "finished_height": self.finished_height,
-                "expired_reason": EXPIRY_REASONS.get(self.expired_reason or 0),
-                "final_accuracy_bps": self.accuracy_bps, "charged": self.charged,
-                "protocol_fee": self.protocol_fee,
-                "payments": {a.hex(): n for a, n in sorted(self.payments.items())}, "refunded": self.refunded,
-                "removed": [{"address": a.hex(), "reason": r} for a, r in self.removed],
-                "rounds": [r.to_json() for r in self.rounds]}
+        return {
+            "task_id": self.task_id,
+            "creator": self.creator.hex(),
+            "created_height": self.created_height,
+            "params": self.params,
+            "arch": list(self.arch),
+            "target_accuracy_bps": self.target_accuracy_bps,
+            "max_rounds": self.max_rounds,
+            "byzantine_f": self.byzantine_f,
+            "escrow": self.escrow,
+            "base_fee": self.base_fee,
+            "joined": [a.hex() for a in self.joined],
+            "started_height": self.started_height,
+            "status": self.status,
+            "finished_height": self.finished_height,
+            "expired_reason": EXPIRY_REASONS.get(self.expired_reason or 0),
+            "final_accuracy_bps": self.accuracy_bps,
+            "charged": self.charged,
+            "protocol_fee": self.protocol_fee,
+            "payments": {a.hex(): n for a, n in sorted(self.payments.items())},
+            "refunded": self.refunded,
+            "removed": [{"address": a.hex(), "reason": r} for a, r in self.removed],
+            "rounds": [r.to_json() for r in self.rounds],
+        }
 
 
 class Audit:
@@ -133,8 +152,9 @@ class Audit:
 
     def fold_event(self, height: int, event: Event) -> None:
         if isinstance(event, TaskCreated):
-            self.tasks[event.task_id] = TaskAudit(event.task_id, event.creator, height, event.params,
-                                                  event.escrow, event.base_fee)
+            self.tasks[event.task_id] = TaskAudit(
+                event.task_id, event.creator, height, event.params, event.escrow, event.base_fee
+            )
             self.undescribed.append(event.task_id)
             return
         task = self.tasks.get(getattr(event, "task_id", -1))
@@ -147,11 +167,23 @@ class Audit:
         elif isinstance(event, TaskStarted):
             task.started_height, task.status = height, "active"
         elif isinstance(event, Slashed):
-            self._slashes.setdefault((event.task_id, event.round), []).append((event.address, event.amount, event.reason))
+            self._slashes.setdefault((event.task_id, event.round), []).append(
+                (event.address, event.amount, event.reason)
+            )
         elif isinstance(event, RoundClosed):
-            task.rounds.append(RoundAudit(event.round, height, event.participants, event.scores,
-                                          event.selected, event.flagged, event.accuracy_bps, bool(event.void),
-                                          self._slashes.pop((event.task_id, event.round), [])))
+            task.rounds.append(
+                RoundAudit(
+                    event.round,
+                    height,
+                    event.participants,
+                    event.scores,
+                    event.selected,
+                    event.flagged,
+                    event.accuracy_bps,
+                    bool(event.void),
+                    self._slashes.pop((event.task_id, event.round), []),
+                )
+            )
             if not event.void:
                 task.accuracy_bps = event.accuracy_bps
         elif isinstance(event, ParticipantRemoved):
@@ -175,28 +207,39 @@ class Audit:
                 del self._slashes[(task_id, round_)]
 
     def to_json(self) -> dict[str, Any]:
-        return {"blocks": self.blocks, "txs": self.txs, "failed_txs": self.failed_txs,
-                "transfers": self.transfers,
-                "tasks": [t.to_json() for _, t in sorted(self.tasks.items())]}
+        return {
+            "blocks": self.blocks,
+            "txs": self.txs,
+            "failed_txs": self.failed_txs,
+            "transfers": self.transfers,
+            "tasks": [t.to_json() for _, t in sorted(self.tasks.items())],
+        }
 
     # text -------------------------------------------------------------------------------------------
     def format_text(self) -> str:
-        lines = [f"chain: {self.blocks} blocks, {self.txs} txs ({self.failed_txs} failed), "
-                 f"{len(self.tasks)} task{'s' if len(self.tasks) != 1 else ''}"]
+        lines = [
+            f"chain: {self.blocks} blocks, {self.txs} txs ({self.failed_txs} failed), "
+            f"{len(self.tasks)} task{'s' if len(self.tasks) != 1 else ''}"
+        ]
         for _, task in sorted(self.tasks.items()):
             lines += [""] + _task_text(task)
         return "\n".join(lines)
 
 
 def _task_text(t: TaskAudit) -> list[str]:
-    end = {"completed": f"completed at height {t.finished_height}",
-           "expired": f"expired at height {t.finished_height} ({EXPIRY_REASONS.get(t.expired_reason or 0)})",
-           "active": f"active since height {t.started_height}", "joining": "joining"}[t.status]
+    end = {
+        "completed": f"completed at height {t.finished_height}",
+        "expired": f"expired at height {t.finished_height} ({EXPIRY_REASONS.get(t.expired_reason or 0)})",
+        "active": f"active since height {t.started_height}",
+        "joining": "joining",
+    }[t.status]
     arch = "x".join(str(w) for w in t.arch) if t.arch else "?"
     target = f"target {t.target_accuracy_bps / 100:.2f}%" if t.target_accuracy_bps is not None else ""
-    lines = [f"task {t.task_id}  creator {short(t.creator)}  arch {arch} ({t.params} params)  {target}  "
-             f"f={t.byzantine_f}  created at height {t.created_height}  {end}",
-             f"  participants ({len(t.joined)}): {' '.join(short(a) for a in t.joined)}"]
+    lines = [
+        f"task {t.task_id}  creator {short(t.creator)}  arch {arch} ({t.params} params)  {target}  "
+        f"f={t.byzantine_f}  created at height {t.created_height}  {end}",
+        f"  participants ({len(t.joined)}): {' '.join(short(a) for a in t.joined)}",
+    ]
     if t.rounds:
         lines.append("  round  height  updates  void  accuracy  selected  flagged  slashed")
     for r in t.rounds:
@@ -204,16 +247,21 @@ def _task_text(t: TaskAudit) -> list[str]:
         flagged = " ".join(short(a) for a in r.flagged) or "-"
         acc = "-" if r.void else f"{r.accuracy_bps / 100:.2f}%"
         void = "yes" if r.void else "no"
-        lines.append(f"  {r.round:>5}  {r.height:>6}  {len(r.participants):>7}  {void:>4}"
-                     f"  {acc:>8}  {len(r.selected):>8}  {flagged}  {slashed}")
+        lines.append(
+            f"  {r.round:>5}  {r.height:>6}  {len(r.participants):>7}  {void:>4}"
+            f"  {acc:>8}  {len(r.selected):>8}  {flagged}  {slashed}"
+        )
         if r.scores:
             chosen = set(r.selected)
-            scores = "  ".join(f"{short(a)}={s}{'' if a in chosen else '*'}"
-                               for a, s in zip(r.participants, r.scores))
+            scores = "  ".join(
+                f"{short(a)}={s}{'' if a in chosen else '*'}" for a, s in zip(r.participants, r.scores)
+            )
             lines.append(f"         krum scores (* = not selected): {scores}")
     if t.status == "completed":
-        lines.append(f"  billed {t.charged} (protocol fee {t.protocol_fee}), final accuracy "
-                     f"{(t.accuracy_bps or 0) / 100:.2f}%")
+        lines.append(
+            f"  billed {t.charged} (protocol fee {t.protocol_fee}), final accuracy "
+            f"{(t.accuracy_bps or 0) / 100:.2f}%"
+        )
     if t.payments:
         lines.append("  payments: " + "  ".join(f"{short(a)}={n}" for a, n in sorted(t.payments.items())))
     if t.refunded:

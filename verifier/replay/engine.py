@@ -165,8 +165,10 @@ class ExportSource:
         return self.reader.blocks()
 
     def claimed_proofs(self, header: Header, keys: list[bytes]) -> ClaimedProofs | None:
-        note = ("an export holds blocks and receipts, not state: replay the node's --home to compare state "
-                "keys with its claimed root")
+        note = (
+            "an export holds blocks and receipts, not state: replay the node's --home to compare state "
+            "keys with its claimed root"
+        )
         return ClaimedProofs(self.description, note=note)
 
     def close(self) -> None:
@@ -186,12 +188,21 @@ class ReplayOutcome:
     claimed: ClaimedProofs | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"ok": self.ok, "blocks": self.blocks, "txs": self.txs, "seconds": round(self.seconds, 3),
-                "blocks_per_s": round(self.blocks / self.seconds, 1) if self.seconds else None,
-                "txs_per_s": round(self.txs / self.seconds, 1) if self.seconds else None,
-                "head": {"height": self.head.height, "hash": self.head.hash().hex(),
-                         "state_root": self.head.state_root.hex()},
-                "audit": self.audit.to_json(), "divergence": self.report}
+        return {
+            "ok": self.ok,
+            "blocks": self.blocks,
+            "txs": self.txs,
+            "seconds": round(self.seconds, 3),
+            "blocks_per_s": round(self.blocks / self.seconds, 1) if self.seconds else None,
+            "txs_per_s": round(self.txs / self.seconds, 1) if self.seconds else None,
+            "head": {
+                "height": self.head.height,
+                "hash": self.head.hash().hex(),
+                "state_root": self.head.state_root.hex(),
+            },
+            "audit": self.audit.to_json(),
+            "divergence": self.report,
+        }
 
 
 def _batches(source: ChainSource) -> Iterator[list[tuple[int, bytes, bytes | None]]]:
@@ -208,8 +219,9 @@ def _batches(source: ChainSource) -> Iterator[list[tuple[int, bytes, bytes | Non
         yield batch
 
 
-def _prechecked(source: ChainSource, config: Config,
-                pool: ThreadPoolExecutor) -> Iterator[tuple[Prechecked, bytes | None]]:
+def _prechecked(
+    source: ChainSource, config: Config, pool: ThreadPoolExecutor
+) -> Iterator[tuple[Prechecked, bytes | None]]:
     """Decoded and signature-checked blocks, the signatures of batch k checked while k - 1 executes.
 
     Decoding holds the GIL, so it stays on this thread; the signature batch kernel does not, so it
@@ -226,8 +238,9 @@ def _prechecked(source: ChainSource, config: Config,
         yield from zip(assemble(pending[0], pending[2].result()), pending[1])
 
 
-def replay(source: ChainSource, *, progress: bool | None = None,
-           on_block: Callable[[Header], None] | None = None) -> ReplayOutcome:
+def replay(
+    source: ChainSource, *, progress: bool | None = None, on_block: Callable[[Header], None] | None = None
+) -> ReplayOutcome:
     """Re-execute every block of ``source`` from genesis; stops at the first failed check.
 
     ``progress``: a progress bar on stderr (None: only on a terminal, for chains over 200 blocks).
@@ -241,8 +254,9 @@ def replay(source: ChainSource, *, progress: bool | None = None,
     t0 = time.perf_counter()
     txs = 0
     disable: bool | None = (None if source.head_height > 200 else True) if progress is None else not progress
-    bar = tqdm(total=source.head_height, unit="blk", desc="replay", disable=disable, mininterval=0.5,
-               smoothing=0.1)
+    bar = tqdm(
+        total=source.head_height, unit="blk", desc="replay", disable=disable, mininterval=0.5, smoothing=0.1
+    )
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="replay-signatures") as pool:
             for pre, claimed_receipts in _prechecked(source, config, pool):
@@ -250,8 +264,17 @@ def replay(source: ChainSource, *, progress: bool | None = None,
                     tree = SparseMerkleTree(state, state.root)
                     block, result = verify_block(pre, parent, State(state.get_state), tree, config)
                 except Divergence as failure:
-                    return _diverged(source, failure, pre, claimed_receipts, parent, state, audit, txs,
-                                     time.perf_counter() - t0)
+                    return _diverged(
+                        source,
+                        failure,
+                        pre,
+                        claimed_receipts,
+                        parent,
+                        state,
+                        audit,
+                        txs,
+                        time.perf_counter() - t0,
+                    )
                 state.apply(result.state_writes, result.node_writes, result.state_root)
                 audit.fold_block(block.height, result.receipts)
                 while audit.undescribed:
@@ -269,16 +292,33 @@ def replay(source: ChainSource, *, progress: bool | None = None,
     finally:
         bar.close()
     if parent.height != source.head_height:
-        raise ExportError(f"{source.description} announced head {source.head_height}, replay ended at "
-                          f"{parent.height}")
+        raise ExportError(
+            f"{source.description} announced head {source.head_height}, replay ended at {parent.height}"
+        )
     return ReplayOutcome(True, parent.height, txs, time.perf_counter() - t0, parent, audit)
 
 
-def _diverged(source: ChainSource, failure: Divergence, pre: Prechecked, claimed_receipts: bytes | None,
-              parent: Header, state: ReplayState, audit: Audit, txs: int, seconds: float) -> ReplayOutcome:
-    inv = Investigation.start(failure, genesis=source.genesis, parent=parent, data=pre.data,
-                              claimed_receipts=claimed_receipts, get_state=state.get_state,
-                              get_node=state.get_node, source=source.description)
+def _diverged(
+    source: ChainSource,
+    failure: Divergence,
+    pre: Prechecked,
+    claimed_receipts: bytes | None,
+    parent: Header,
+    state: ReplayState,
+    audit: Audit,
+    txs: int,
+    seconds: float,
+) -> ReplayOutcome:
+    inv = Investigation.start(
+        failure,
+        genesis=source.genesis,
+        parent=parent,
+        data=pre.data,
+        claimed_receipts=claimed_receipts,
+        get_state=state.get_state,
+        get_node=state.get_node,
+        source=source.description,
+    )
     keys = inv.state_keys()
     claimed = source.claimed_proofs(inv.block.header, keys) if keys and inv.block is not None else None
     return ReplayOutcome(False, parent.height, txs, seconds, parent, audit, inv.report(claimed), inv, claimed)

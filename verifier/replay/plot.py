@@ -28,18 +28,21 @@ def plot_audit(audit: Audit, path: str | Path, targets: dict[int, int] | None = 
 
     tasks = [t for _, t in sorted(audit.tasks.items()) if t.rounds]
     rows = max(1, len(tasks))
-    fig, axes = plt.subplots(rows, 2, figsize=(14, 4.6 * rows), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 1.35]})
+    fig, axes = plt.subplots(
+        rows, 2, figsize=(14, 4.6 * rows), squeeze=False, gridspec_kw={"width_ratios": [1, 1.35]}
+    )
     if not tasks:
         for ax in axes[0]:
             ax.axis("off")
-        axes[0][0].text(0.5, 0.5, "no task closed a round in this chain", ha="center", va="center",
-                        fontsize=13)
+        axes[0][0].text(
+            0.5, 0.5, "no task closed a round in this chain", ha="center", va="center", fontsize=13
+        )
     for row, task in enumerate(tasks):
         _accuracy(axes[row][0], task, (targets or {}).get(task.task_id))
         _scores(axes[row][1], task)
-    fig.suptitle(f"mpsnode audit: {audit.blocks} blocks, {audit.txs} txs, {len(audit.tasks)} task(s)",
-                 fontsize=13)
+    fig.suptitle(
+        f"mpsnode audit: {audit.blocks} blocks, {audit.txs} txs, {len(audit.tasks)} task(s)", fontsize=13
+    )
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
@@ -49,15 +52,27 @@ def plot_audit(audit: Audit, path: str | Path, targets: dict[int, int] | None = 
 
 def _accuracy(ax, task: TaskAudit, target_bps: int | None) -> None:
     closed = [r for r in task.rounds if not r.void]
-    ax.plot([r.round for r in closed], [r.accuracy_bps / 100 for r in closed], marker="o", color="tab:blue",
-            label="accuracy after the round")
+    ax.plot(
+        [r.round for r in closed],
+        [r.accuracy_bps / 100 for r in closed],
+        marker="o",
+        color="tab:blue",
+        label="accuracy after the round",
+    )
     void = [r for r in task.rounds if r.void]
     if void:
-        ax.scatter([r.round for r in void], [r.accuracy_bps / 100 for r in void], marker="x", color="gray",
-                   label="void round (too few updates)", zorder=3)
+        ax.scatter(
+            [r.round for r in void],
+            [r.accuracy_bps / 100 for r in void],
+            marker="x",
+            color="gray",
+            label="void round (too few updates)",
+            zorder=3,
+        )
     if target_bps is not None:
-        ax.axhline(target_bps / 100, linestyle="--", color="tab:green",
-                   label=f"target {target_bps / 100:.2f}%")
+        ax.axhline(
+            target_bps / 100, linestyle="--", color="tab:green", label=f"target {target_bps / 100:.2f}%"
+        )
     ax.set_xlabel("round")
     ax.set_ylabel("validation accuracy (%)")
     ax.set_ylim(0, 103)
@@ -107,8 +122,16 @@ def _scores(ax, task: TaskAudit) -> None:
         ratios = sorted(s / max(medians[r.round], 1) for s in r.scores if off_scale(r.round, s))
         if ratios:
             text = f"{ratios[0]:.0f}x" if len(ratios) == 1 else f"{ratios[0]:.0f}-{ratios[-1]:.0f}x"
-            ax.annotate(text, (r.round, ceiling), textcoords="offset points", xytext=(0, -7), fontsize=7,
-                        rotation=90, ha="center", va="top")
+            ax.annotate(
+                text,
+                (r.round, ceiling),
+                textcoords="offset points",
+                xytext=(0, -7),
+                fontsize=7,
+                rotation=90,
+                ha="center",
+                va="top",
+            )
     slashed_label = "slashed"
     for r in rounds:
         lines = []
@@ -120,16 +143,35 @@ def _scores(ax, task: TaskAudit) -> None:
                 slashed_label = "_nolegend_"
                 lines.append((y, f"{short(address)} slashed -{amount} ({slash_reason(reason)})"))
         if lines:  # the round's slashes in one block of text, right of the highest cross
-            ax.annotate("\n".join(text for _, text in lines), (r.round, max(y for y, _ in lines)),
-                        textcoords="offset points", xytext=(9, -6), fontsize=8, color="red", va="top")
+            ax.annotate(
+                "\n".join(text for _, text in lines),
+                (r.round, max(y for y, _ in lines)),
+                textcoords="offset points",
+                xytext=(9, -6),
+                fontsize=8,
+                color="red",
+                va="top",
+            )
     ax.set_ylim(low - 0.05 * max(high - low, 1), ceiling + 0.08 * max(high - low, 1))
     ax.set_xlabel("round")
     ax.set_ylabel("Krum score (sum of squared distances)")
     ax.set_xticks(_round_ticks(task))
     ax.grid(alpha=0.3)
-    ax.set_title(f"task {task.task_id}: Krum score per client (hollow: not selected; "
-                 f"\u25b2 off scale: > {OFF_SCALE}x the round's median, ratio written below)", fontsize=10)
+    ax.set_title(
+        f"task {task.task_id}: Krum score per client (hollow: not selected; "
+        f"\u25b2 off scale: > {OFF_SCALE}x the round's median, ratio written below)",
+        fontsize=10,
+    )
     handles, labels = ax.get_legend_handles_labels()
     if labels and len(labels) <= MAX_LEGEND + 1:
-        ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7,
-                  ncol=1 if len(labels) <= 14 else 2, title="client", title_fontsize=8, borderaxespad=0)
+        ax.legend(
+            handles,
+            labels,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=7,
+            ncol=1 if len(labels) <= 14 else 2,
+            title="client",
+            title_fontsize=8,
+            borderaxespad=0,
+        )

@@ -31,7 +31,9 @@ from mpsnode.consensus.stf.env import BlockEnv
 from mpsnode.consensus.stf.task import EXPIRED_MAX_ROUNDS, clear_pending_updates, finish_task, refund_escrow
 
 # Slashed.reason / ParticipantRemoved.reason
-SLASH_KRUM_SCORE = 1  # Krum score above slash_score_ratio_pct (coherent round: ..._coherent_pct) of the median
+SLASH_KRUM_SCORE = (
+    1  # Krum score above slash_score_ratio_pct (coherent round: ..._coherent_pct) of the median
+)
 SLASH_DIRECTION = 2  # coherent round, update points against the sum of the others (slash_direction_bps)
 SLASH_REASONS = {SLASH_KRUM_SCORE: "krum_score", SLASH_DIRECTION: "direction"}  # names for people and JSON
 
@@ -59,8 +61,12 @@ def get_round_updates(state: State, task: Task) -> np.ndarray:
     Q = np.empty((len(task.submitted), d), dtype=np.int16)
     for row, address in enumerate(task.submitted):
         stored = state.get_update_stored(task.task_id, address)  # H(delta) || delta: no slice copy
-        if stored is None or len(stored) != 32 + 2 * d:  # admission guarantees both; a broken store must not pass
-            raise RuntimeError(f"task {task.task_id}: pending update of {address.hex()} is missing or malformed")
+        if (
+            stored is None or len(stored) != 32 + 2 * d
+        ):  # admission guarantees both; a broken store must not pass
+            raise RuntimeError(
+                f"task {task.task_id}: pending update of {address.hex()} is missing or malformed"
+            )
         Q[row] = np.frombuffer(stored, dtype="<i2", offset=32)
     return Q
 
@@ -71,14 +77,16 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
         # Too few updates for Krum to tell honest from Byzantine: no aggregation, no slash, no bill.
         task = replace(task, rounds_closed=task.rounds_closed + 1)
         state.set_task(task)
-        events: list[Event] = [RoundClosed(task.task_id, task.round, task.submitted, (), (), (),
-                                           task.accuracy_bps, 1)]
+        events: list[Event] = [
+            RoundClosed(task.task_id, task.round, task.submitted, (), (), (), task.accuracy_bps, 1)
+        ]
         return events + advance_round(state, env, task)
 
     Q = get_round_updates(state, task)
     params = env.params
-    rules = krum.RoundRules(params.slash_direction_bps, params.coherence_gate_bps,
-                            params.slash_score_ratio_coherent_pct)
+    rules = krum.RoundRules(
+        params.slash_direction_bps, params.coherence_gate_bps, params.slash_score_ratio_coherent_pct
+    )
     result = krum.multi_krum(Q, f, task.submitted, params.slash_score_ratio_pct, rules)
     selected = tuple(task.submitted[i] for i in result.selected)
     flagged = tuple(task.submitted[i] for i in result.flagged)
@@ -94,17 +102,27 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
     new_weights = model.aggregate(weights, Q, rows=result.selected)
     state.set_model(task.task_id, new_weights.astype("<i4").tobytes())
     val_x, val_y = state.get_valset(task.task_id)
-    accuracy = model.accuracy_bps(new_weights, task.arch, task.scale_bits,
-                                  np.frombuffer(val_x, dtype="<i2").reshape(-1, task.arch[0]),
-                                  np.frombuffer(val_y, dtype=np.uint8))
+    accuracy = model.accuracy_bps(
+        new_weights,
+        task.arch,
+        task.scale_bits,
+        np.frombuffer(val_x, dtype="<i2").reshape(-1, task.arch[0]),
+        np.frombuffer(val_y, dtype=np.uint8),
+    )
     counts = dict(task.rewards_weight)
     for address in selected:
         counts[address] = counts.get(address, 0) + 1
-    task = replace(task, rounds_closed=task.rounds_closed + 1, billed_rounds=task.billed_rounds + 1,
-                   accuracy_bps=accuracy, rewards_weight=tuple(sorted(counts.items())))
+    task = replace(
+        task,
+        rounds_closed=task.rounds_closed + 1,
+        billed_rounds=task.billed_rounds + 1,
+        accuracy_bps=accuracy,
+        rewards_weight=tuple(sorted(counts.items())),
+    )
     state.set_task(task)
-    events.append(RoundClosed(task.task_id, task.round, task.submitted, result.scores, selected, flagged,
-                              accuracy, 0))
+    events.append(
+        RoundClosed(task.task_id, task.round, task.submitted, result.scores, selected, flagged, accuracy, 0)
+    )
     if accuracy >= task.target_accuracy_bps:
         return events + complete_task(state, env, task)
     return events + advance_round(state, env, task)
@@ -114,14 +132,29 @@ def slash_participant(state: State, params: Params, task: Task, address: bytes, 
     """Burn ``slash_bps`` of the bonded stake, jail, and remove from the task (forfeiting its rewards)."""
     acct = state.get_account(address)
     amount = acct.bonded * params.slash_bps // 10_000
-    state.set_account(address, replace(acct, bonded=acct.bonded - amount, jailed=True,
-                                       tasks=tuple(t for t in acct.tasks if t != task.task_id)))
+    state.set_account(
+        address,
+        replace(
+            acct,
+            bonded=acct.bonded - amount,
+            jailed=True,
+            tasks=tuple(t for t in acct.tasks if t != task.task_id),
+        ),
+    )
     state.increase_burned(amount)
     current = state.get_task(task.task_id) or task
-    state.set_task(replace(current, participants=tuple(a for a in current.participants if a != address),
-                           rewards_weight=tuple((a, n) for a, n in current.rewards_weight if a != address)))
-    return [Slashed(task.task_id, address, amount, reason, task.round), Jailed(address),
-            ParticipantRemoved(task.task_id, address, reason)]
+    state.set_task(
+        replace(
+            current,
+            participants=tuple(a for a in current.participants if a != address),
+            rewards_weight=tuple((a, n) for a, n in current.rewards_weight if a != address),
+        )
+    )
+    return [
+        Slashed(task.task_id, address, amount, reason, task.round),
+        Jailed(address),
+        ParticipantRemoved(task.task_id, address, reason),
+    ]
 
 
 def complete_task(state: State, env: BlockEnv, task: Task) -> list[Event]:

@@ -43,12 +43,24 @@ def process_create_task(state: State, env: BlockEnv, sender: bytes, body: Create
     g = state.get_globals()
     task_id = g.next_task_id
     state.set_globals(replace(g, next_task_id=task_id + 1, open_tasks=(*g.open_tasks, task_id)))
-    task = Task(task_id=task_id, creator=sender, arch=body.arch, scale_bits=body.scale_bits,
-                target_accuracy_bps=body.target_accuracy_bps, max_rounds=body.max_rounds,
-                min_clients=body.min_clients, max_clients=body.max_clients, byzantine_f=body.byzantine_f,
-                join_blocks=body.join_blocks, round_blocks=body.round_blocks, fee_per_round=body.fee_per_round,
-                local_epochs=body.local_epochs, status=TaskStatus.JOINING, created_height=env.height,
-                escrow=escrow)
+    task = Task(
+        task_id=task_id,
+        creator=sender,
+        arch=body.arch,
+        scale_bits=body.scale_bits,
+        target_accuracy_bps=body.target_accuracy_bps,
+        max_rounds=body.max_rounds,
+        min_clients=body.min_clients,
+        max_clients=body.max_clients,
+        byzantine_f=body.byzantine_f,
+        join_blocks=body.join_blocks,
+        round_blocks=body.round_blocks,
+        fee_per_round=body.fee_per_round,
+        local_epochs=body.local_epochs,
+        status=TaskStatus.JOINING,
+        created_height=env.height,
+        escrow=escrow,
+    )
     state.set_task(task)
     state.set_model(task_id, body.init_weights)
     state.set_valset(task_id, body.val_x, body.val_y)

@@ -89,9 +89,23 @@ STATE_ROOT = "state_root"
 
 #: Every check, in the order it runs.
 CHECKS: tuple[str, ...] = (
-    CANONICAL_ENCODING, SEQUENCER_SIGNATURE, CHAIN_ID, HEIGHT, PARENT_HASH, TIMESTAMP, BLOCK_SIZE,
-    TX_CHAIN_ID, TX_SIZE, TX_FEE, TX_FIELD, TX_SIGNATURE, TX_ROOT, TX_NONCE, TX_FEE_UNPAYABLE,
-    RECEIPTS_ROOT, STATE_ROOT,
+    CANONICAL_ENCODING,
+    SEQUENCER_SIGNATURE,
+    CHAIN_ID,
+    HEIGHT,
+    PARENT_HASH,
+    TIMESTAMP,
+    BLOCK_SIZE,
+    TX_CHAIN_ID,
+    TX_SIZE,
+    TX_FEE,
+    TX_FIELD,
+    TX_SIGNATURE,
+    TX_ROOT,
+    TX_NONCE,
+    TX_FEE_UNPAYABLE,
+    RECEIPTS_ROOT,
+    STATE_ROOT,
 )
 
 Processor = Callable[[State, BlockEnv, bytes, Any], list[Event]]
@@ -143,8 +157,10 @@ class Verdicts:
 
 def compute_signature_items(block: Block, sequencer: bytes) -> list[tuple[bytes, bytes, bytes]]:
     """The block's signatures as (address, message, signature): the sequencer's first, then each tx's."""
-    return [(sequencer, block.hash(), block.signature),
-            *((t.tx.sender, t.tx_id, t.signature) for t in block.txs)]
+    return [
+        (sequencer, block.hash(), block.signature),
+        *((t.tx.sender, t.tx_id, t.signature) for t in block.txs),
+    ]
 
 
 def compute_verdicts(block: Block, config: Config, verify: Verify = verify_each) -> Verdicts:
@@ -249,8 +265,9 @@ def apply_body(state: State, tree: SparseMerkleTree, env: BlockEnv, txs: tuple[S
     return _finish(state, tree, env, receipts, txs)
 
 
-def _finish(state: State, tree: SparseMerkleTree, env: BlockEnv, receipts: list[Receipt],
-            txs: tuple[SignedTx, ...]) -> BlockResult:
+def _finish(
+    state: State, tree: SparseMerkleTree, env: BlockEnv, receipts: list[Receipt], txs: tuple[SignedTx, ...]
+) -> BlockResult:
     receipts.append(process_end_of_block(state, env))
     writes = state.writes()
     root = tree.update(writes)
@@ -259,8 +276,15 @@ def _finish(state: State, tree: SparseMerkleTree, env: BlockEnv, receipts: list[
     return BlockResult(tuple(receipts), writes, nodes, root, receipts_root(receipts), compute_tx_root(txs))
 
 
-def state_transition(state: State, tree: SparseMerkleTree, block: Block, parent: Header, config: Config, *,
-                     verdicts: Verdicts | None = None) -> BlockResult:
+def state_transition(
+    state: State,
+    tree: SparseMerkleTree,
+    block: Block,
+    parent: Header,
+    config: Config,
+    *,
+    verdicts: Verdicts | None = None,
+) -> BlockResult:
     """Check ``block`` against ``parent`` and re-execute it; the first failed check raises its
     ``InvalidBlock`` leaf (``CHECKS`` order).
 
@@ -282,10 +306,17 @@ def state_transition(state: State, tree: SparseMerkleTree, block: Block, parent:
     return result
 
 
-def build_block(state: State, tree: SparseMerkleTree, parent: Header, config: Config,
-                candidates: Iterable[SignedTx], timestamp_ms: int, key: crypto.Keypair, *,
-                signatures_checked: bool = False,
-                ) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
+def build_block(
+    state: State,
+    tree: SparseMerkleTree,
+    parent: Header,
+    config: Config,
+    candidates: Iterable[SignedTx],
+    timestamp_ms: int,
+    key: crypto.Keypair,
+    *,
+    signatures_checked: bool = False,
+) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
     """The sequencer's path: include candidates in order, leave out the invalid, sign the header.
 
     A candidate larger than what is left of ``max_block_bytes`` stays out (for a later block);
@@ -311,6 +342,13 @@ def build_block(state: State, tree: SparseMerkleTree, parent: Header, config: Co
         budget -= stx.size
     txs = tuple(included)
     result = _finish(state, tree, env, receipts, txs)
-    header = Header(config.chain_id, env.height, parent.hash(), timestamp_ms, result.tx_root,
-                    result.receipts_root, result.state_root)
+    header = Header(
+        config.chain_id,
+        env.height,
+        parent.hash(),
+        timestamp_ms,
+        result.tx_root,
+        result.receipts_root,
+        result.state_root,
+    )
     return sign_header(header, key, txs), result, rejected
