@@ -45,7 +45,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def start_daemon(home: Path, extra: list[str]) -> tuple[subprocess.Popen, int, int | None]:
-    log = open(home / "sequencer.log", "w")
+    log = open(home / "sequencer.log", "w")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -77,7 +77,7 @@ def start_verifier(home: Path, upstream_port: int) -> tuple[subprocess.Popen, in
     vhome = home / "verifier"
     vhome.mkdir()
     (vhome / "genesis.json").write_text((home / "genesis.json").read_text())
-    log = open(vhome / "verifier.log", "w")
+    log = open(vhome / "verifier.log", "w")  # noqa: SIM115 - lives as long as the process
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -200,7 +200,7 @@ async def run_load(port: int, g, txs_by_conn: list[list], inflight: int, total: 
                 t0 = time.perf_counter()
                 try:
                     await client.submit(raw)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - counted and reported
                     errors.append(repr(exc))
                 latencies.append(time.perf_counter() - t0)
                 limit.release()

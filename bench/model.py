@@ -70,7 +70,7 @@ def bench_evaluate(arch: list[int], samples: int, reps: int) -> dict[str, Any]:
             model.dequantize(weights[wsl], s).reshape(n_out, n_in).astype(np.float32),
             model.dequantize(weights[bsl], s).astype(np.float32),
         )
-        for (wsl, bsl), n_in, n_out in zip(model.layer_slices(arch), arch[:-1], arch[1:])
+        for (wsl, bsl), n_in, n_out in zip(model.layer_slices(arch), arch[:-1], arch[1:], strict=True)
     ]
     x32 = model.dequantize(x, s).astype(np.float32)
     f32_s = best_of(lambda: float32_forward(ws32, x32), reps)

@@ -155,7 +155,7 @@ async def paced_load(port: int, g, txs: list[bytes], rate: float, connections: i
         async def one(client: Client, raw: bytes) -> None:
             try:
                 await client.submit(raw)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - reported below
                 errors.append(repr(exc))
 
         start = trio.current_time()

@@ -34,8 +34,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import itertools
+
 import genesis as genesis_tool
-from mpsnode import krum, model
+from mpsnode.consensus import krum, model
 from mpsnode.consensus.events import RoundClosed
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.smt import SparseMerkleTree
@@ -101,7 +103,7 @@ def build(k: int, arch: list[int], samples: int, f: int, home: Path) -> tuple[Ch
         np.concatenate(
             [
                 np.concatenate([rng.normal(0, 1 / np.sqrt(i), o * i), np.zeros(o)])
-                for i, o in zip(arch[:-1], arch[1:])
+                for i, o in itertools.pairwise(arch)
             ]
         ),
         16,

@@ -72,7 +72,7 @@ def run(n: int, seed: int) -> dict[str, object]:
     prove_s = time.perf_counter() - t0
     root = tree.root
     t0 = time.perf_counter()
-    ok = [verify_proof(root, k, v, p) for (k, v), p in zip(samples, proofs)]
+    ok = [verify_proof(root, k, v, p) for (k, v), p in zip(samples, proofs, strict=True)]
     verify_s = time.perf_counter() - t0
     if not all(ok):
         raise SystemExit("a proof failed to verify")

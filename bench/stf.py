@@ -17,7 +17,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import genesis as genesis_tool
-from mpsnode import crypto
+from mpsnode.consensus import crypto
 from mpsnode.consensus.tx import Transfer, Tx
 from mpsnode.node.chain import Chain
 from mpsnode.node.files import generate_key
@@ -29,7 +29,7 @@ def raw_verify_rate(n: int = 5000) -> float:
     msgs = [os.urandom(32) for _ in range(n)]
     sigs = [key.sign(m) for m in msgs]
     t0 = time.perf_counter()
-    for m, s in zip(msgs, sigs):
+    for m, s in zip(msgs, sigs, strict=True):
         if not crypto.verify(key.address, m, s):
             raise RuntimeError("verify failed")
     return n / (time.perf_counter() - t0)

@@ -239,7 +239,7 @@ class Sequencer:
             loaded.append(Entry(stx, raw))
         oks = verify_batch([(e.sender, e.tx_id, e.stx.signature) for e in loaded])
         good = []
-        for entry, ok in zip(loaded, oks):
+        for entry, ok in zip(loaded, oks, strict=True):
             if not ok or self.index.by_nonce(entry.sender, entry.nonce) is not None:
                 bad.append(entry.tx_id)
                 continue
@@ -277,7 +277,7 @@ class Sequencer:
         """
         index, policy, included_at = self.index, self.config.policy, self._included_height
         admitted = []
-        for sub, ok in zip(batch, oks):
+        for sub, ok in zip(batch, oks, strict=True):
             if not ok:
                 sub.done(BadSignature("signature does not verify for the sender's key"))
                 continue

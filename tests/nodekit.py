@@ -57,7 +57,7 @@ class Daemon:
     def start(self, timeout: float = 60.0) -> Daemon:
         assert self.proc is None or self.proc.poll() is not None, "already running"
         self.starts += 1
-        err = open(self.home / f"{self.name}-{self.starts}.log", "w")
+        err = open(self.home / f"{self.name}-{self.starts}.log", "w")  # noqa: SIM115 - closed by the process end
         env = dict(os.environ)
         env.pop("PYTHONPATH", None)
         self.proc = subprocess.Popen(

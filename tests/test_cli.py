@@ -40,7 +40,7 @@ def test_help_does_not_load_the_heavy_modules() -> None:
     assert loaded == ""
 
 
-def test_a_missing_key_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # noqa: ANN001
+def test_a_missing_key_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
     assert main(["keys", "show", str(tmp_path / "nope.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read key file" in err

@@ -108,7 +108,9 @@ async def drive(
         with trio.fail_after(TIMEOUT):
             while (await client.task(1)).value.round != 1:
                 await trio.sleep(0.05)
-        await _send_all(client, [c.sign(SubmitUpdate(1, 1, d)) for c, d in zip(clients, deltas(outlier))])
+        await _send_all(
+            client, [c.sign(SubmitUpdate(1, 1, d)) for c, d in zip(clients, deltas(outlier), strict=True)]
+        )
         for height, events in await client.events(task_id=1):
             if any(isinstance(e, RoundClosed) and e.round == 1 for e in events):
                 return height
@@ -296,7 +298,7 @@ def test_sabotaged_round_rules_are_caught(tmp_path: Path, daemons: list) -> None
         return closed
 
     closed = trio.run(both)
-    for rule, v in verifiers.items():
+    for v in verifiers.values():
         assert v.proc.wait(TIMEOUT) == EXIT_DIVERGED, v.log_text()[-2000:]
     outlier = genesis_tool.devnet_key("client-4").address.hex()
 

@@ -65,7 +65,8 @@ def test_split_is_a_partition_disjoint_from_validation_and_reproducible(alpha: f
     assert np.array_equal(table([*split.clients, split.validation]), table([digits()]))
     assert min(len(c) for c in split.clients) >= 10
     assert all(
-        np.array_equal(a.y, b.y) and np.array_equal(a.x, b.x) for a, b in zip(split.clients, again.clients)
+        np.array_equal(a.y, b.y) and np.array_equal(a.x, b.x)
+        for a, b in zip(split.clients, again.clients, strict=True)
     )
     # the validation set is stratified: every class holds back about 20%
     assert np.all(np.abs(split.validation.label_counts() - 0.2 * digits().label_counts()) <= 1)
@@ -244,7 +245,7 @@ def test_learner_updates_close_a_round_on_the_chain() -> None:
         for i, c in enumerate(split.clients)
     ]
     _, res = kit.block(
-        [kit.tx(c, SubmitUpdate(task_id, 1, u.to_bytes())) for c, u in zip(kit.clients, updates)]
+        [kit.tx(c, SubmitUpdate(task_id, 1, u.to_bytes())) for c, u in zip(kit.clients, updates, strict=True)]
     )
     closed = next(e for e in res.receipts[-1].events if isinstance(e, RoundClosed))
     assert closed.flagged == () and len(closed.selected) == 4

@@ -416,7 +416,9 @@ def test_sign_flipped_updates_are_flagged_by_direction_and_not_aggregated() -> N
     assert not set(r.selected) & {2, 6} and len(r.selected) == 9 - 2 - len(set(r.ranking[:7]) & {2, 6})
     stats = krum.direction_stats_reference(Q)
     keys = [stats.signed_cos2(i) for i in (2, 6)]
-    assert list(r.flagged_direction) == [i for _, i in sorted(zip(keys, (2, 6)))]  # most negative first
+    assert list(r.flagged_direction) == [
+        i for _, i in sorted(zip(keys, (2, 6), strict=True))
+    ]  # most negative first
 
 
 def test_direction_rule_needs_agreement_and_respects_its_limits() -> None:

@@ -74,7 +74,7 @@ def test_numba_right_shift_is_floor_and_floordiv_is_pythons() -> None:
     shifts = [0, 1, 2, 16, 24]
     divisors = [1, 2, 3, 4, 7, 48, 256]
     cases = [(a, s, m) for a in values for s in shifts for m in divisors]
-    a, s, m = (np.array(col, dtype=np.int64) for col in zip(*cases))
+    a, s, m = (np.array(col, dtype=np.int64) for col in zip(*cases, strict=True))
     out_shift = np.empty_like(a)
     out_div = np.empty_like(a)
     _numba_shift_div(a, s, m, out_shift, out_div)

@@ -70,14 +70,23 @@ def build_home(path: Path) -> tuple[Path, int]:
             active = kit.chain.state().get_task(1).participants
             ds = updates(rng, 6, outlier=5 if round_ == 1 else None)
             block, _ = kit.block(
-                [kit.tx(c, SubmitUpdate(1, round_, d)) for c, d in zip(clients, ds) if c.address in active]
+                [
+                    kit.tx(c, SubmitUpdate(1, round_, d))
+                    for c, d in zip(clients, ds, strict=True)
+                    if c.address in active
+                ]
             )
             slash_height = slash_height or block.height
         kit.block(
             [kit.tx(kit.user, create_task(3000, 2, 5)), kit.tx(kit.user, Transfer(clients[0].address, 7))]
         )
         kit.block([kit.tx(c, JoinTask(2)) for c in clients[:5]])
-        kit.block([kit.tx(c, SubmitUpdate(2, 1, d)) for c, d in zip(clients[:5], updates(rng, 5, None))])
+        kit.block(
+            [
+                kit.tx(c, SubmitUpdate(2, 1, d))
+                for c, d in zip(clients[:5], updates(rng, 5, None), strict=True)
+            ]
+        )
         kit.block([kit.tx(kit.user, Transfer(clients[1].address, 9))])
     finally:
         store.close()
@@ -124,7 +133,9 @@ def test_replay_of_a_home_checks_every_root_and_audits_every_task(chain_home, ca
     closed = [(h, e) for h, e in events if isinstance(e, RoundClosed)]
     audited = [(r["height"], r) for t in tasks.values() for r in t["rounds"]]
     assert len(audited) == len(closed) == 4
-    for (h, event), (audited_h, r) in zip(sorted(closed, key=lambda x: (x[1].task_id, x[0])), audited):
+    for (h, event), (audited_h, r) in zip(
+        sorted(closed, key=lambda x: (x[1].task_id, x[0])), audited, strict=True
+    ):
         assert (audited_h, r["round"], r["accuracy_bps"]) == (h, event.round, event.accuracy_bps)
         assert r["scores"] == list(event.scores)
         for name in ("participants", "selected", "flagged"):

@@ -76,7 +76,7 @@ def expected_close(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int],
     x = np.frombuffer(val_x, dtype="<i2").reshape(-1, ARCH[0])
     y = np.frombuffer(val_y, dtype=np.uint8)
     preds = model.predict_reference(new, ARCH, task.scale_bits, x)
-    acc = int(sum(int(p) == int(t) for p, t in zip(preds, y))) * 10000 // len(y)
+    acc = int(sum(int(p) == int(t) for p, t in zip(preds, y, strict=True))) * 10000 // len(y)
     return result, np.asarray(new, dtype=np.int32), acc
 
 
@@ -91,7 +91,7 @@ def test_outlier_is_slashed_and_selection_is_aggregated() -> None:
     burned = kit.chain.state().get_globals().burned
     res = submit_round(kit, task_id, 1, ds)  # all 5 submitted: the round closes in this block
     events = res.receipts[-1].events
-    closed = [e for e in events if isinstance(e, RoundClosed)][0]
+    closed = next(e for e in events if isinstance(e, RoundClosed))
     assert closed.void == 0 and closed.scores == result.scores
     assert closed.flagged == (bad,) and len(closed.selected) == 4 and bad not in closed.selected
     assert closed.accuracy_bps == acc
@@ -127,7 +127,7 @@ def test_completion_bills_and_pays_pro_rata_with_dust_to_treasury() -> None:
     assert len(rewards) == 4 and all(e.amount == pool // 4 for e in rewards)
     dust = pool - sum(e.amount for e in rewards)
     assert kit.account(kit.genesis.treasury).balance == treasury_before + protocol_fee + dust
-    refund = [e for e in events if isinstance(e, Refunded)][0]
+    refund = next(e for e in events if isinstance(e, Refunded))
     assert refund.amount == 333 * 5 - charged
     assert kit.account(kit.user).balance == user_before + refund.amount
     task = kit.chain.state().get_task(task_id)
@@ -206,7 +206,7 @@ def test_sign_flipped_update_is_slashed_by_direction_and_no_honest_client_is() -
     bonded = kit.account(bad).bonded
     res = submit_round(kit, task_id, 1, ds)
     events = res.receipts[-1].events
-    closed = [e for e in events if isinstance(e, RoundClosed)][0]
+    closed = next(e for e in events if isinstance(e, RoundClosed))
     assert closed.flagged == (bad,) and bad not in closed.selected
     assert closed.selected == tuple(kit.clients[i].address for i in result.selected)
     slash = bonded * kit.genesis.params.slash_bps // 10_000

@@ -97,7 +97,7 @@ def test_invalid_txs_are_never_included(kit: Kit) -> None:
         (kit.tx(a, Stake(0), nonce=0), InvalidField),
     ]
     for stx, err in cases:
-        block, res, rejected = kit.chain.build([stx], kit.time_ms + 1, kit.keys["sequencer"])
+        block, _res, rejected = kit.chain.build([stx], kit.time_ms + 1, kit.keys["sequencer"])
         kit.time_ms += 1
         assert block.txs == () and isinstance(rejected[0][1], err)
     assert kit.account(a).nonce == 0

@@ -389,7 +389,7 @@ def test_writes_from_many_threads(store: Store) -> None:
         try:
             for i in range(20):
                 store.mempool_put([(f"{t}/{i}/{j}".encode(), b"x" * 10) for j in range(3)])
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
     threads = [threading.Thread(target=put, args=(t,)) for t in range(4)]

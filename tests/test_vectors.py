@@ -135,7 +135,7 @@ def test_sequencer_path(case: str, tmp_path: Path) -> None:
 def test_round_vectors_agree_with_the_reference_twins() -> None:
     """The pinned round closes, recomputed from the blocks' update bytes with the plain reference
     Krum and aggregation: the golden values are Krum's, not just whatever the kernels returned."""
-    genesis, blocks, expected = load("rounds")
+    genesis, blocks, _expected = load("rounds")
     chain = Chain(MemoryStore(), genesis)
     updates: dict[tuple[int, int], list[tuple[bytes, bytes]]] = {}
     closes = 0

@@ -45,7 +45,7 @@ def test_frames_split_and_joined_arbitrarily() -> None:
     data = b"".join(encode_frame(m) for m in msgs)
     rng = random.Random(1)
     cuts = sorted(rng.sample(range(1, len(data)), 60))
-    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+    chunks = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)], strict=True)]
 
     async def main() -> None:
         reader, _ = await _reader_over(chunks)

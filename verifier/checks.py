@@ -257,9 +257,7 @@ def divergence_from(exc: InvalidBlock, height: int, block: Block) -> Divergence:
     if isinstance(exc, BadBlockSignature):
         computed = {"sequencer": exc.sequencer.hex(), "block_hash": exc.block_hash.hex()}
         claimed = {"signature": exc.signature.hex()}
-    elif isinstance(exc, WrongBlockChain):
-        computed, claimed = exc.expected, exc.got
-    elif isinstance(exc, WrongHeight):
+    elif isinstance(exc, (WrongBlockChain, WrongHeight)):
         computed, claimed = exc.expected, exc.got
     elif isinstance(exc, WrongParent):
         computed, claimed = exc.expected.hex(), exc.got.hex()

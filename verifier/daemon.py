@@ -289,7 +289,7 @@ class Verifier:
             async def stage(fn: Callable[..., Any], *args: Any) -> None:
                 try:
                     await fn(*args)
-                except Exception as exc:
+                except Exception as exc:  # noqa: BLE001 - re-raised below, outside the nursery's group
                     failures.append(exc)
                 nursery.cancel_scope.cancel()
 
@@ -484,7 +484,7 @@ class Verifier:
                     if header.hash() != block.header.hash():
                         note = f"the upstream proves against another header at height {inv.height}"
                         return ClaimedProofs(source, note=f"{note} ({header.hash().hex()})")
-                    proofs.update(zip(chunk, got))
+                    proofs.update(zip(chunk, got, strict=True))
         except (MpsError, ConnectionLost, trio.TooSlowError) as exc:
             kind = "proofs that do not check out" if isinstance(exc, VerificationFailed) else "no proofs"
             return ClaimedProofs(source, note=f"the upstream gave {kind}: {type(exc).__name__}: {exc}")

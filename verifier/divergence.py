@@ -18,6 +18,7 @@ The report is JSON (format ``mps-divergence-report/1``); docs/VERIFIER.md descri
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable, Iterable, Mapping
@@ -316,7 +317,7 @@ class Investigation:
         block = inv.block
         if block is not None and failure.result is not None:
             state_reader, nodes = witness.recording(get_state, get_node)
-            try:
+            with contextlib.suppress(InvalidBlock):  # the same failure again, now with every read recorded
                 state_transition(
                     State(state_reader),
                     SparseMerkleTree(nodes, parent.state_root),
@@ -324,8 +325,6 @@ class Investigation:
                     parent,
                     genesis.config(),
                 )
-            except InvalidBlock:
-                pass  # the same failure again, now with every read recorded
             # keys named only by the claimed side kept their parent value here: record it too
             for key in inv.state_keys():
                 if key not in failure.result.state_writes and key not in witness.state:

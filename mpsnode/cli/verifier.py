@@ -120,9 +120,10 @@ def _print_outcome(outcome: ReplayOutcome, description: str, args: argparse.Name
             f"replayed {outcome.blocks} blocks of {description}: every root matches up to height "
             f"{head.height}"
         )
-        print(format_report(outcome.report))
+        report = outcome.report or {}
+        print(format_report(report))
         if args.reports:
-            print(f"report written to {Path(args.reports) / (str(outcome.report['height']) + '.json')}")
+            print(f"report written to {Path(args.reports) / (str(report.get('height')) + '.json')}")
     print()
     print(outcome.audit.format_text())
     if args.plot:

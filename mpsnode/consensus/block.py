@@ -136,5 +136,5 @@ def decode_block(data: bytes, max_bytes: int = MAX_BLOCK_BYTES_HARD) -> Block:
         raise
     except MpsError as exc:
         raise BlockDecodeError(f"malformed block: {exc.reason}") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the contract is: never another exception type
         raise BlockDecodeError(f"malformed block: {type(exc).__name__}: {exc}") from None

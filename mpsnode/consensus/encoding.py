@@ -57,12 +57,12 @@ def decode(
         )
     except msgpack.ExtraData:
         raise DecodeError("trailing bytes after the value") from None
-    except Exception as exc:  # the C unpacker raises several types; all mean "not msgpack"
+    except Exception as exc:  # noqa: BLE001 - the C unpacker raises several types; all mean "not msgpack"
         raise DecodeError(f"not valid msgpack: {type(exc).__name__}: {exc}") from None
     _check_types(obj)
     try:
         again = encode(obj)
-    except Exception as exc:  # pragma: no cover - _check_types admits only encodable values
+    except Exception as exc:  # noqa: BLE001  # pragma: no cover - _check_types admits only encodable values
         raise DecodeError(f"cannot re-encode: {exc}") from None
     if again != data:
         raise DecodeError("non-canonical encoding (re-encoding gives different bytes)")

@@ -422,9 +422,9 @@ def direction_stats(G: np.ndarray) -> DirectionStats:
     diag = np.diagonal(G).tolist()
     total = sum(rows)  # Python int: up to 2^68
     return DirectionStats(
-        dots=tuple(r - g for r, g in zip(rows, diag)),
+        dots=tuple(r - g for r, g in zip(rows, diag, strict=True)),
         norms=tuple(diag),
-        others=tuple(total - 2 * r + g for r, g in zip(rows, diag)),
+        others=tuple(total - 2 * r + g for r, g in zip(rows, diag, strict=True)),
     )
 
 
@@ -541,14 +541,16 @@ def _rows(Q: np.ndarray) -> list[list[int]]:
 def gram_matrix_reference(Q: np.ndarray) -> np.ndarray:
     rows = _rows(Q)
     k = len(rows)
-    G = [[sum(a * b for a, b in zip(rows[i], rows[j])) for j in range(k)] for i in range(k)]
+    G = [[sum(a * b for a, b in zip(rows[i], rows[j], strict=True)) for j in range(k)] for i in range(k)]
     return np.array(G, dtype=np.int64).reshape(k, k)
 
 
 def distance_matrix_reference(Q: np.ndarray) -> np.ndarray:
     rows = _rows(Q)
     k = len(rows)
-    D = [[sum((a - b) ** 2 for a, b in zip(rows[i], rows[j])) for j in range(k)] for i in range(k)]
+    D = [
+        [sum((a - b) ** 2 for a, b in zip(rows[i], rows[j], strict=True)) for j in range(k)] for i in range(k)
+    ]
     return np.array(D, dtype=np.int64).reshape(k, k)
 
 
@@ -568,8 +570,8 @@ def direction_stats_reference(Q: np.ndarray) -> DirectionStats:
     total = [sum(row[p] for row in rows) for p in range(d)]
     dots, norms, others = [], [], []
     for row in rows:
-        other = [t - v for t, v in zip(total, row)]
-        dots.append(sum(a * b for a, b in zip(row, other)))
+        other = [t - v for t, v in zip(total, row, strict=True)]
+        dots.append(sum(a * b for a, b in zip(row, other, strict=True)))
         norms.append(sum(a * a for a in row))
         others.append(sum(b * b for b in other))
     return DirectionStats(tuple(dots), tuple(norms), tuple(others))

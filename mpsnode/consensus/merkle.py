@@ -64,6 +64,6 @@ def verify_list_proof(root: bytes, item: bytes, index: int, count: int, path: Se
     if len(sides) != len(path):
         return False
     node = H(LIST_LEAF, item)
-    for sibling, right in zip(path, reversed(sides)):
+    for sibling, right in zip(path, reversed(sides), strict=True):
         node = H(LIST_NODE, node + sibling) if right else H(LIST_NODE, sibling + node)
     return node == root

@@ -38,7 +38,7 @@ class Params:
     @classmethod
     def decode(cls, obj: Any) -> Params:
         items = expect_list(obj, len(fields(cls)), "params")
-        values = {f.name: expect_uint(v, f"params.{f.name}") for f, v in zip(fields(cls), items)}
+        values = {f.name: expect_uint(v, f"params.{f.name}") for f, v in zip(fields(cls), items, strict=True)}
         return cls(**values)
 
     def to_json(self) -> dict[str, int]:

@@ -47,7 +47,7 @@ def _get_kernel():
     if _kernel is None and not _fallback_reason:
         try:
             _kernel = _build_kernel()
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure means: use the slow, sure path
             _fallback_reason = f"{type(exc).__name__}: {exc}"
     return _kernel
 

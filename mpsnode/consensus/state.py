@@ -75,7 +75,7 @@ def _decode_value(data: bytes) -> Any:
         return msgpack.unpackb(
             data, raw=False, use_list=True, strict_map_key=True, max_map_len=0, max_ext_len=0
         )
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a corrupt store must surface as one clear error
         raise DecodeError(f"corrupt state value: {type(exc).__name__}: {exc}") from None
 
 

@@ -162,14 +162,13 @@ class CreateTask:
             "fee_per_round",
             "local_epochs",
         )
-        ints = [expect_uint(v, n) for v, n in zip([f[1], *f[3:12]], names)]
+        ints = {n: expect_uint(v, n) for v, n in zip([f[1], *f[3:12]], names, strict=True)}
         return cls(
-            arch,
-            ints[0],
-            expect_bytes(f[2], "init_weights"),
-            *ints[1:],
-            expect_bytes(f[12], "val_x"),
-            expect_bytes(f[13], "val_y"),
+            arch=arch,
+            init_weights=expect_bytes(f[2], "init_weights"),
+            val_x=expect_bytes(f[12], "val_x"),
+            val_y=expect_bytes(f[13], "val_y"),
+            **ints,
         )
 
 
@@ -312,7 +311,7 @@ def decode_signed_tx(data: bytes, max_bytes: int = MAX_TX_BYTES_HARD) -> SignedT
         return SignedTx.from_obj(obj, len(data))
     except InvalidTransaction:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - the contract is: never another exception type
         raise DecodeError(f"malformed tx: {type(exc).__name__}: {exc}") from None
 
 

@@ -111,7 +111,7 @@ def split_validation(data: Dataset, fraction: float = 0.2, seed: int = 0) -> tup
     val_idx: list[np.ndarray] = []
     for c in range(data.n_classes):
         idx = rng.permutation(np.flatnonzero(data.y == c))
-        n_val = int(round(fraction * idx.size))
+        n_val = round(fraction * idx.size)
         val_idx.append(idx[:n_val])
         train_idx.append(idx[n_val:])
     train = np.sort(np.concatenate(train_idx))

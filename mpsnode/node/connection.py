@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -562,10 +562,8 @@ class Client:
             self._subs.pop(req_id, None)
             send.close()
             if self._closed is None:
-                try:
+                with suppress(ConnectionLost):
                     self._send(Msg.UNSUBSCRIBE, self._new_id(), [req_id])
-                except ConnectionLost:
-                    pass
 
     async def aclose(self) -> None:
         self._fail(ConnectionLost("closed by the client"))

@@ -96,7 +96,7 @@ class ExportReader:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._fh: BinaryIO = open(self.path, "rb")
+        self._fh: BinaryIO = open(self.path, "rb")  # noqa: SIM115 - closed by close()
         try:
             self._size = os.fstat(self._fh.fileno()).st_size
             if self._fh.read(len(MAGIC)) != MAGIC:

@@ -131,7 +131,7 @@ class Audit:
         self.txs = 0
         self.failed_txs = 0
         self.transfers = 0
-        self._slashes: dict[tuple[int, int], list[tuple[bytes, int]]] = {}
+        self._slashes: dict[tuple[int, int], list[tuple[bytes, int, int]]] = {}
         self.undescribed: list[int] = []  # tasks created whose record was not read yet
 
     def describe(self, task_id: int, task: Task) -> None:
@@ -254,7 +254,8 @@ def _task_text(t: TaskAudit) -> list[str]:
         if r.scores:
             chosen = set(r.selected)
             scores = "  ".join(
-                f"{short(a)}={s}{'' if a in chosen else '*'}" for a, s in zip(r.participants, r.scores)
+                f"{short(a)}={s}{'' if a in chosen else '*'}"
+                for a, s in zip(r.participants, r.scores, strict=True)
             )
             lines.append(f"         krum scores (* = not selected): {scores}")
     if t.status == "completed":

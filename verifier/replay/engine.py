@@ -232,10 +232,10 @@ def _prechecked(
         decoded, triples = decode_many([(h, data) for h, data, _ in batch], config)
         submitted = (decoded, [r for _, _, r in batch], pool.submit(verify_signatures, triples))
         if pending is not None:
-            yield from zip(assemble(pending[0], pending[2].result()), pending[1])
+            yield from zip(assemble(pending[0], pending[2].result()), pending[1], strict=True)
         pending = submitted
     if pending is not None:
-        yield from zip(assemble(pending[0], pending[2].result()), pending[1])
+        yield from zip(assemble(pending[0], pending[2].result()), pending[1], strict=True)
 
 
 def replay(

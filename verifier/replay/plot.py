@@ -91,7 +91,7 @@ def _round_ticks(task: TaskAudit) -> list[int]:
 def _scores(ax, task: TaskAudit) -> None:
     """Scores on a linear axis fitted to the honest spread; a score over ``OFF_SCALE`` x its round's
     median sits on the top edge as a triangle with its value written beside it."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy, only a plot needs it (plot_audit set the backend)
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy, only a plot needs it; plot_audit set the backend
 
     rounds = [r for r in task.rounds if r.scores]
     medians = {r.round: sorted(r.scores)[(len(r.scores) - 1) // 2] for r in rounds}
@@ -112,7 +112,7 @@ def _scores(ax, task: TaskAudit) -> None:
         xs = [r.round for r, _ in points]
         ys = [ceiling if off_scale(r.round, s) else s for r, s in points]
         ax.plot(xs, ys, color=color, alpha=0.6, linewidth=1, label=short(address))
-        for (r, score), y in zip(points, ys):
+        for (r, score), y in zip(points, ys, strict=True):
             marker = "^" if y == ceiling and off_scale(r.round, score) else "o"
             if address in r.selected:
                 ax.scatter([r.round], [y], color=color, s=22, marker=marker, zorder=3)

@@ -129,9 +129,9 @@ def finish_task(state: State, task: Task, status: TaskStatus) -> None:
 def refund_escrow(state: State, task: Task) -> list[Event]:
     """Return what is left of the task's escrow to its creator."""
     current = state.get_task(task.task_id)
-    amount = current.escrow if current is not None else 0
-    if amount == 0:
+    if current is None or current.escrow == 0:
         return []
+    amount = current.escrow
     state.increase_balance(task.creator, amount)
     state.set_task(replace(current, escrow=0))
     return [Refunded(task.task_id, task.creator, amount)]
