@@ -54,10 +54,11 @@ from mpsnode.node.errors import ShuttingDown
 from mpsnode.node.files import load_key
 from mpsnode.node.home import Home
 from mpsnode.node.log import event, setup_logging
+from mpsnode.node.messages import SEQUENCER
 from mpsnode.node.metrics import serve_metrics
 from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig, apply_node_options
 from mpsnode.node.store import LmdbStore, Store
-from mpsnode.node.wire import SEQUENCER, parse_hostport
+from mpsnode.node.wire import parse_hostport
 from mpsnode.node.writes import run_write
 from sequencer.admission import AdmissionPolicy, check_admission
 from sequencer.mempool import Entry, MempoolIndex

@@ -26,7 +26,8 @@ from mpsnode.consensus import crypto
 from mpsnode.consensus.encoding import decode
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.params import Params
-from mpsnode.node.wire import LENGTH, PROTOCOL_VERSION, Msg, encode_frame
+from mpsnode.node.messages import Msg
+from mpsnode.node.wire import LENGTH, PROTOCOL_VERSION, encode_frame
 
 REPO = Path(__file__).resolve().parent.parent
 LOCALHOST = "127.0.0.1"

@@ -36,15 +36,8 @@ from mpsnode.consensus.block import Block, Header, compute_tx_root, decode_block
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.tx import Kind, SignedTx, SubmitUpdate
-from mpsnode.node.wire import (
-    BLOCK_PUSH,
-    REPLY,
-    FrameReader,
-    Msg,
-    decode_message,
-    encode_frame,
-    max_reply_frame,
-)
+from mpsnode.node.messages import BLOCK_PUSH, REPLY, Msg
+from mpsnode.node.wire import FrameReader, decode_message, encode_frame, max_reply_frame
 from verifier import checks
 
 OTHER_CHAIN = "mps-othernet"

@@ -39,7 +39,8 @@ from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.smt import MemoryNodeStore, SparseMerkleTree, compute_value_hash, verify_proof
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer
-from mpsnode.node.connection import Client, Status, connect
+from mpsnode.node.connection import Client, connect
+from mpsnode.node.messages import Status
 from verifier import checks
 from verifier.daemon import EXIT_DIVERGED
 from verifier.divergence import claimed_value_hash

@@ -21,7 +21,8 @@ from mpsnode.consensus.params import Params
 from mpsnode.consensus.tx import CreateTask, Transfer
 from mpsnode.node.connection import connect
 from mpsnode.node.errors import FrameTooLarge, ProtocolViolation
-from mpsnode.node.wire import ERROR, LENGTH, REPLY, Msg, encode_frame
+from mpsnode.node.messages import REPLY, Msg
+from mpsnode.node.wire import ERROR, LENGTH, encode_frame
 
 from nodekit import Daemon, hello_frame, make_home, raw_connect, read_message, read_until_closed
 

@@ -38,7 +38,7 @@ from mpsnode.node.errors import (
     VerificationFailed,
     WrongNetwork,
 )
-from mpsnode.node.wire import Msg
+from mpsnode.node.messages import Msg, StateReply
 
 from chainkit import small_task
 from nodekit import REPO, Daemon, make_home
@@ -238,11 +238,11 @@ def test_task_and_model_queries_are_proven(node) -> None:
             reply = await client.request(Msg.GET_STATE, b"T" + task_id.to_bytes(8, "big"))
             reply[4] = reply[4][:-1] + bytes([reply[4][-1] ^ 1])
             with pytest.raises(VerificationFailed):
-                client._proven_values(reply, [b"T" + task_id.to_bytes(8, "big")])
+                client._proven_values(StateReply.from_fields(reply), [b"T" + task_id.to_bytes(8, "big")])
             reply = await client.request(Msg.GET_STATE, b"T" + task_id.to_bytes(8, "big"))
             reply[2] = bytes(64)
             with pytest.raises(VerificationFailed):
-                client._proven_values(reply, [b"T" + task_id.to_bytes(8, "big")])
+                client._proven_values(StateReply.from_fields(reply), [b"T" + task_id.to_bytes(8, "big")])
 
     run(main)
 

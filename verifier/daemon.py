@@ -28,6 +28,7 @@ server keeps serving the verified chain and the divergence in STATUS; with
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -53,10 +54,11 @@ from mpsnode.node.errors import ProtocolViolation, VerificationFailed, WrongNetw
 from mpsnode.node.files import load_genesis, save_genesis
 from mpsnode.node.home import Home
 from mpsnode.node.log import event, setup_logging
+from mpsnode.node.messages import VERIFIER, GetBlock, VerifierStatus
 from mpsnode.node.metrics import serve_metrics
 from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig, apply_node_options
 from mpsnode.node.store import LmdbStore, StoreView
-from mpsnode.node.wire import VERIFIER, Msg, parse_hostport
+from mpsnode.node.wire import parse_hostport
 from mpsnode.node.writes import run_write
 from verifier.checks import Divergence, Prechecked, precheck_many, verify_block
 from verifier.divergence import ClaimedProofs, Investigation, write_report
@@ -176,14 +178,23 @@ class Verifier:
     def lag(self) -> int:
         return max(0, self.upstream_height - self.head)
 
-    def status_fields(self, height: int) -> list[Any]:
-        """The verifier part of a STATUS reply (``mpsnode.client.VerifierStatus``) whose head is at
-        ``height``: the store holds verified blocks only, so that is also the count verified (the same
-        read as the reply's head, never a moment behind it while a commit finishes)."""
+    def status_fields(self, height: int) -> VerifierStatus:
+        """The verifier part of a STATUS reply whose head is at ``height``: the store holds verified
+        blocks only, so that is also the count verified (the same read as the reply's head, never a
+        moment behind it while a commit finishes)."""
         d = self.divergence
-        found = [1, d.height, d.check, d.detail[:200]] if d is not None else [0, 0, "", ""]
         lag = max(0, self.upstream_height - height)
-        return [self.upstream, self.upstream_height, lag, height, int(self.connected), *found]
+        return VerifierStatus(
+            self.upstream,
+            self.upstream_height,
+            lag,
+            height,
+            self.connected,
+            d is not None,
+            d.height if d else 0,
+            d.check if d else "",
+            d.detail[:200] if d else "",
+        )
 
     def _saw_upstream(self, height: int) -> None:
         self.upstream_height = max(self.upstream_height, height)
@@ -436,12 +447,8 @@ class Verifier:
         self.metrics.divergence_height.set(failure.height)
         source = f"upstream {self.upstream}"
         claimed_receipts: bytes | None = None
-        with trio.move_on_after(30):
-            try:
-                reply = await client.request(Msg.GET_BLOCK, failure.height)
-                claimed_receipts = reply[3] if len(reply) == 4 and isinstance(reply[3], bytes) else None
-            except (MpsError, ConnectionLost):
-                pass
+        with trio.move_on_after(30), contextlib.suppress(MpsError, ConnectionLost):  # the report says so
+            claimed_receipts = (await client.call(GetBlock(failure.height))).receipts
         inv = Investigation.start(
             failure,
             genesis=self.genesis,

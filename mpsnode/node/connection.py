@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import trio
@@ -44,18 +44,52 @@ from mpsnode.consensus.smt import Proof, verify_proof
 from mpsnode.consensus.state import EMPTY_ACCOUNT, Account, Task, account_key, model_key, task_key
 from mpsnode.consensus.tx import SignedTx, decode_signed_tx
 from mpsnode.node.errors import AlreadyKnown, NotFound, ProtocolViolation, VerificationFailed, WrongNetwork
-from mpsnode.node.wire import (
+from mpsnode.node.messages import (
     BLOCK_PUSH,
-    ERROR,
     EVENTS_BY_HEIGHT,
     EVENTS_BY_TASK,
-    PROTOCOL_VERSION,
+    REPLIES,
     REPLY,
     TX_DROPPED,
     TX_INCLUDED,
     TX_STATES,
-    FrameReader,
+    BlockPush,
+    BlockReply,
+    BlocksReply,
+    EventsReply,
+    GenesisReply,
+    GetBlock,
+    GetBlocks,
+    GetEvents,
+    GetGenesis,
+    GetHeader,
+    GetModel,
+    GetNonce,
+    GetProofs,
+    GetReceipt,
+    GetState,
+    GetStatus,
+    HeaderReply,
+    Hello,
+    HelloRequest,
+    Message,
+    ModelReply,
     Msg,
+    NonceInfo,
+    Ping,
+    ProofsReply,
+    ReceiptReply,
+    StateReply,
+    Status,
+    Submitted,
+    SubmitTx,
+    Subscribe,
+    Unsubscribe,
+)
+from mpsnode.node.wire import (
+    ERROR,
+    PROTOCOL_VERSION,
+    FrameReader,
     Outbox,
     decode_message,
     encode_frame,
@@ -72,92 +106,6 @@ class ConnectionLost(ConnectionError):
 
 # ---------------------------------------------------------------------------------------------
 # Values
-
-
-@dataclass(frozen=True, slots=True)
-class Hello:
-    version: int
-    chain_id: str
-    genesis_hash: bytes
-    height: int
-    head_hash: bytes
-    kind: str
-    sequencer: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class VerifierStatus:
-    """What a verifier adds to STATUS: how far it has verified, and whether it found a divergence."""
-
-    upstream: str
-    upstream_height: int
-    lag: int  # upstream_height - the verifier's head
-    blocks_verified: int  # every block in the verifier's store passed every check
-    connected: bool
-    diverged: bool
-    divergence_height: int  # 0 when not diverged
-    check: str  # the failed check's name ("" when not diverged)
-    reason: str
-
-    @classmethod
-    def from_wire(cls, obj: Any) -> VerifierStatus:
-        if not isinstance(obj, list) or len(obj) != 9:
-            raise ProtocolViolation("malformed verifier status")
-        up, up_h, lag, verified, connected, diverged, div_h, check, reason = obj
-        return cls(
-            str(up),
-            int(up_h),
-            int(lag),
-            int(verified),
-            bool(connected),
-            bool(diverged),
-            int(div_h),
-            str(check),
-            str(reason),
-        )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "upstream": self.upstream,
-            "upstream_height": self.upstream_height,
-            "lag": self.lag,
-            "blocks_verified": self.blocks_verified,
-            "connected": self.connected,
-            "diverged": self.diverged,
-            "divergence_height": self.divergence_height,
-            "check": self.check,
-            "reason": self.reason,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    chain_id: str
-    genesis_hash: bytes
-    height: int
-    head_hash: bytes
-    state_root: bytes
-    timestamp_ms: int
-    mempool_txs: int
-    mempool_bytes: int
-    kind: str
-    verifier: VerifierStatus | None = None  # only from a verifier
-
-    def to_json(self) -> dict[str, Any]:
-        out = {
-            "chain_id": self.chain_id,
-            "genesis_hash": self.genesis_hash.hex(),
-            "height": self.height,
-            "head_hash": self.head_hash.hex(),
-            "state_root": self.state_root.hex(),
-            "timestamp_ms": self.timestamp_ms,
-            "mempool_txs": self.mempool_txs,
-            "mempool_bytes": self.mempool_bytes,
-            "kind": self.kind,
-        }
-        if self.verifier is not None:
-            out["verifier"] = self.verifier.to_json()
-        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -207,17 +155,6 @@ class PushedBlock:
         return decode_receipts(self.receipts) if self.receipts else []
 
 
-@dataclass(frozen=True, slots=True)
-class NonceInfo:
-    state_nonce: int  # the account's nonce at the head
-    next_nonce: int  # the first nonce no pending tx holds
-    pending: int
-
-
-# ---------------------------------------------------------------------------------------------
-# Building txs
-
-
 class _Waiter:
     __slots__ = ("error", "event", "result")
 
@@ -252,8 +189,17 @@ class Client:
             raise ConnectionLost(f"connection is closed: {self._closed}")
         self._outbox.put_nowait(encode_frame([int(msg_type), req_id, *fields]))
 
+    async def call(self, request: Message) -> Any:
+        """Send ``request`` and wait for its typed reply (``messages.REPLIES``); raises its error.
+
+        A reply that is not a well-formed message of the expected kind is a ``ProtocolViolation``.
+        """
+        fields = await self.request(request.TYPE, *request.to_obj())
+        return REPLIES[request.TYPE].from_fields(fields)
+
     async def request(self, msg_type: int, *fields: Any) -> list[Any]:
-        """Send one request and wait for its reply's fields (after type and id); raises its error."""
+        """The raw form of ``call`` (for tools and tests): send one request's fields and wait for its
+        reply's fields (after type and id); raises its error."""
         req_id = self._new_id()
         waiter = self._waiters[req_id] = _Waiter()
         try:
@@ -278,9 +224,10 @@ class Client:
                 kind, req_id = msg[0], msg[1]
                 if kind == BLOCK_PUSH:
                     channel = self._subs.get(req_id)
-                    if channel is not None and len(msg) == 5:
+                    if channel is not None:
+                        push = BlockPush.from_wire(msg)
                         try:
-                            await channel.send(PushedBlock(msg[2], msg[3], msg[4]))
+                            await channel.send(PushedBlock(push.height, push.block, push.receipts))
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             self._subs.pop(req_id, None)
                     continue
@@ -318,12 +265,14 @@ class Client:
     async def _handshake(self) -> None:
         genesis_hash = self.genesis.hash() if self.genesis is not None else ZERO32
         chain_id = self.genesis.chain_id if self.genesis is not None else ""
-        r = await self.request(Msg.HELLO, PROTOCOL_VERSION, chain_id, genesis_hash, 0)
-        self.hello = Hello(*r)
+        self.hello = await self.call(HelloRequest(PROTOCOL_VERSION, chain_id, genesis_hash, 0))
 
     async def _adopt_genesis(self, genesis_hash: bytes | None) -> None:
-        (raw,) = await self.request(Msg.GET_GENESIS)
-        genesis = Genesis.from_json(json.loads(raw))
+        reply: GenesisReply = await self.call(GetGenesis())
+        try:
+            genesis = Genesis.from_json(json.loads(reply.genesis_json))
+        except (ValueError, MpsError) as exc:
+            raise VerificationFailed(f"the node's genesis does not read: {exc}") from None
         assert self.hello is not None
         if genesis.hash() != self.hello.genesis_hash:
             raise VerificationFailed("the node's genesis does not hash to the genesis hash it announced")
@@ -358,19 +307,19 @@ class Client:
             raise VerificationFailed(f"header {header.height} is not signed by the genesis sequencer key")
         return header
 
-    def _proven_values(self, reply: list[Any], keys: Sequence[bytes]) -> tuple[Header, list[bytes | None]]:
-        if len(reply) != 3 + 3 * len(keys):
-            raise ProtocolViolation("state reply has the wrong number of fields")
-        height, header_bytes, signature = reply[0], reply[1], reply[2]
-        header = self.verify_header(header_bytes, signature)
-        if header.height != height:
+    def _proven_values(
+        self, reply: StateReply | ModelReply, keys: Sequence[bytes]
+    ) -> tuple[Header, list[bytes | None]]:
+        if len(reply.entries) != len(keys):
+            raise ProtocolViolation(f"state reply has {len(reply.entries)} entries for {len(keys)} keys")
+        header = self.verify_header(reply.header, reply.signature)
+        if header.height != reply.height:
             raise VerificationFailed("state reply names another height than its header")
         values: list[bytes | None] = []
-        for i, key in enumerate(keys):
-            present, value, proof_obj = reply[3 + 3 * i : 6 + 3 * i]
-            value = value if present else None
+        for entry, key in zip(reply.entries, keys, strict=True):
+            value = entry.value if entry.present else None
             try:
-                proof = Proof.decode(proof_obj)
+                proof = Proof.decode(entry.proof)
             except ValueError as exc:
                 raise VerificationFailed(f"malformed proof: {exc}") from None
             if not verify_proof(header.state_root, key, value, proof):
@@ -383,14 +332,11 @@ class Client:
 
     # requests -------------------------------------------------------------------------------------------
     async def ping(self) -> None:
-        await self.request(Msg.PING)
+        await self.call(Ping())
 
     async def status(self) -> Status:
-        r = await self.request(Msg.STATUS)
-        if len(r) not in (9, 10):
-            raise ProtocolViolation("status reply has the wrong number of fields")
-        status = Status(*r[:9])
-        return replace(status, verifier=VerifierStatus.from_wire(r[9])) if len(r) == 10 else status
+        status: Status = await self.call(GetStatus())
+        return status
 
     async def submit(self, tx: SignedTx | bytes) -> bytes:
         """Submit a tx; returns its id once the node holds it durably. Raises the rejection.
@@ -400,13 +346,12 @@ class Client:
         """
         raw = tx.encode() if isinstance(tx, SignedTx) else tx
         try:
-            (tx_id,) = await self.request(Msg.SUBMIT_TX, raw)
+            reply: Submitted = await self.call(SubmitTx(raw))
         except AlreadyKnown:
             if isinstance(tx, SignedTx):
                 return tx.tx_id
-
             return decode_signed_tx(raw).tx_id
-        return tx_id
+        return reply.tx_id
 
     async def submit_many(self, txs: Iterable[SignedTx | bytes]) -> list[bytes | MpsError]:
         """Submit many txs pipelined; per tx, its id (durable) or the error that refused it."""
@@ -426,15 +371,15 @@ class Client:
 
     async def receipt(self, tx_id: bytes, wait_ms: int = 0) -> TxOutcome:
         """Where ``tx_id`` stands; if included, its receipt proven against the block's signed header."""
-        r = await self.request(Msg.GET_RECEIPT, tx_id, wait_ms)
-        if len(r) != 10:
-            raise ProtocolViolation("receipt reply has the wrong number of fields")
-        state, height, index, receipt_bytes, header_bytes, signature, path, count, code, reason = r
-        if state == TX_INCLUDED:
-            header = self.verify_header(header_bytes, signature)
+        r: ReceiptReply = await self.call(GetReceipt(tx_id, wait_ms))
+        height, index, receipt_bytes = r.height, r.index, r.receipt
+        if r.state == TX_INCLUDED:
+            header = self.verify_header(r.header, r.signature)
             if header.height != height:
                 raise VerificationFailed("receipt reply names another height than its header")
-            if not verify_list_proof(header.receipts_root, H(RECEIPT, receipt_bytes), index, count, path):
+            if not verify_list_proof(
+                header.receipts_root, H(RECEIPT, receipt_bytes), index, r.count, list(r.path)
+            ):
                 raise VerificationFailed(f"receipt of {tx_id.hex()} is not in block {height}'s receipts root")
             try:
                 receipt = Receipt.decode_obj(decode(receipt_bytes, max_bytes=len(receipt_bytes)))
@@ -443,9 +388,9 @@ class Client:
             if receipt.tx_id != tx_id:
                 raise VerificationFailed("the proven receipt is another tx's")
             return TxOutcome(tx_id, "included", height, index, receipt)
-        if state == TX_DROPPED:
-            return TxOutcome(tx_id, "dropped", height, code=code, reason=reason)
-        return TxOutcome(tx_id, TX_STATES.get(state, "unknown"))
+        if r.state == TX_DROPPED:
+            return TxOutcome(tx_id, "dropped", height, code=r.code, reason=r.reason)
+        return TxOutcome(tx_id, TX_STATES.get(r.state, "unknown"))
 
     async def wait_receipt(self, tx_id: bytes, timeout: float = 60.0) -> TxOutcome:
         """Wait until ``tx_id`` is included or dropped; ``trio.TooSlowError`` after ``timeout`` s."""
@@ -456,11 +401,12 @@ class Client:
                     return outcome
 
     async def nonce(self, address: bytes) -> NonceInfo:
-        return NonceInfo(*await self.request(Msg.GET_NONCE, address))
+        info: NonceInfo = await self.call(GetNonce(address))
+        return info
 
     async def get_state(self, key: bytes) -> Proven:
         """The raw value of a state key (``None``: absent), proven."""
-        header, (value,) = self._proven_values(await self.request(Msg.GET_STATE, key), [key])
+        header, (value,) = self._proven_values(await self.call(GetState(key)), [key])
         return Proven(value, header.height, header)
 
     async def account(self, address: bytes) -> Proven:
@@ -479,14 +425,14 @@ class Client:
     async def model(self, task_id: int) -> Proven:
         """``Proven.value`` is ``(Task, model bytes)`` (int32 little-endian), both proven at one header."""
         keys = [task_key(task_id), model_key(task_id)]
-        header, (task_raw, model) = self._proven_values(await self.request(Msg.GET_MODEL, task_id), keys)
+        header, (task_raw, model) = self._proven_values(await self.call(GetModel(task_id)), keys)
         if task_raw is None or model is None:
             raise NotFound(f"task {task_id} has no model at height {header.height}")
         return Proven((Task.decode(task_raw), model), header.height, header)
 
     async def header(self, height: int) -> Header:
-        header_bytes, signature = await self.request(Msg.GET_HEADER, height)
-        return self.verify_header(header_bytes, signature)
+        reply: HeaderReply = await self.call(GetHeader(height))
+        return self.verify_header(reply.header, reply.signature)
 
     async def state_proofs(self, height: int, keys: Sequence[bytes]) -> tuple[Header, list[Proof]]:
         """Proofs of ``keys`` against the state root of block ``height`` (header signature checked).
@@ -494,32 +440,35 @@ class Client:
         Each proof shows the key's value hash at that height (or its absence); check it against
         a root you trust, e.g. with ``verifier.divergence.claimed_value_hash``.
         """
-        r = await self.request(Msg.GET_PROOFS, height, list(keys))
-        if len(r) != 4 or not isinstance(r[3], list) or len(r[3]) != len(keys):
-            raise ProtocolViolation("proofs reply has the wrong shape")
-        header = self.verify_header(r[1], r[2])
+        r: ProofsReply = await self.call(GetProofs(height, tuple(keys)))
+        if len(r.proofs) != len(keys):
+            raise ProtocolViolation(f"proofs reply has {len(r.proofs)} proofs for {len(keys)} keys")
+        header = self.verify_header(r.header, r.signature)
         if header.height != height:
             raise VerificationFailed(f"asked for proofs at height {height}, got a header of {header.height}")
         try:
-            return header, [Proof.decode(p) for p in r[3]]
+            return header, [Proof.decode(p) for p in r.proofs]
         except ValueError as exc:
             raise VerificationFailed(f"malformed proof: {exc}") from None
 
     async def block(self, height: int) -> tuple[Header, Block | None, list[Receipt]]:
         """Block ``height`` (``None`` at genesis) and its receipts, signature checked."""
-        _, header_bytes, block_bytes, receipts = await self.request(Msg.GET_BLOCK, height)
+        reply: BlockReply = await self.call(GetBlock(height))
         if height == 0:
-            return self.verify_header(header_bytes, b""), None, []
-        block = decode_block(block_bytes)
+            return self.verify_header(reply.header, b""), None, []
+        try:
+            block = decode_block(reply.block)
+        except BlockDecodeError as exc:
+            raise VerificationFailed(f"block {height} does not decode: {exc.reason}") from None
         header = self.verify_header(block.header.encode(), block.signature)
         if header.height != height:
             raise VerificationFailed(f"asked for block {height}, got {header.height}")
-        return header, block, decode_receipts(receipts)
+        return header, block, decode_receipts(reply.receipts)
 
     async def blocks(self, start: int, count: int) -> list[tuple[int, bytes]]:
         """Raw blocks from ``start`` (at most ``count``, fewer if large or past the head)."""
-        (items,) = await self.request(Msg.GET_BLOCKS, start, count)
-        return [(h, b) for h, b in items]
+        reply: BlocksReply = await self.call(GetBlocks(start, count))
+        return [(item.height, item.data) for item in reply.blocks]
 
     async def events(
         self, *, height: int | None = None, task_id: int | None = None, start: int = 0, count: int = 100
@@ -528,13 +477,15 @@ class Client:
         if (height is None) == (task_id is None):
             raise ValueError("give height or task_id")
         if height is not None:
-            (items,) = await self.request(Msg.GET_EVENTS, EVENTS_BY_HEIGHT, height, 0, count)
+            request = GetEvents(EVENTS_BY_HEIGHT, height, 0, count)
         else:
-            (items,) = await self.request(Msg.GET_EVENTS, EVENTS_BY_TASK, task_id, start, count)
+            assert task_id is not None
+            request = GetEvents(EVENTS_BY_TASK, task_id, start, count)
+        reply: EventsReply = await self.call(request)
         out = []
-        for h, blob in items:
-            objs = decode(blob, max_bytes=len(blob), max_array_len=1 << 24)
-            out.append((h, [decode_event(e) for e in objs]))
+        for item in reply.blocks:
+            objs = decode(item.events, max_bytes=len(item.events), max_array_len=1 << 24)
+            out.append((item.height, [decode_event(e) for e in objs]))
         return out
 
     @asynccontextmanager
@@ -550,7 +501,7 @@ class Client:
         waiter = self._waiters[req_id] = _Waiter()
         self._subs[req_id] = send
         try:
-            self._send(Msg.SUBSCRIBE, req_id, [from_height, int(with_receipts)])
+            self._send(Msg.SUBSCRIBE, req_id, Subscribe(from_height, with_receipts).to_obj())
             await waiter.event.wait()
             self._waiters.pop(req_id, None)
             if waiter.error is not None:
@@ -563,7 +514,7 @@ class Client:
             send.close()
             if self._closed is None:
                 with suppress(ConnectionLost):
-                    self._send(Msg.UNSUBSCRIBE, self._new_id(), [req_id])
+                    self._send(Msg.UNSUBSCRIBE, self._new_id(), Unsubscribe(req_id).to_obj())
 
     async def aclose(self) -> None:
         self._fail(ConnectionLost("closed by the client"))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -44,26 +44,60 @@ from mpsnode.node.errors import (
     UnknownMessage,
     WrongNetwork,
 )
-from mpsnode.node.store import Store, StoreReader
-from mpsnode.node.wire import (
-    BLOCK_PUSH,
+from mpsnode.node.messages import (
     EVENTS_BY_HEIGHT,
     EVENTS_BY_TASK,
-    PROTOCOL_VERSION,
-    REPLY,
+    MAX_KEY,
+    REQUESTS,
     TX_DROPPED,
     TX_INCLUDED,
     TX_PENDING,
     TX_UNKNOWN,
-    FrameReader,
+    BlockPush,
+    BlockReply,
+    BlocksReply,
+    EventsReply,
+    GenesisReply,
+    GetBlock,
+    GetBlocks,
+    GetEvents,
+    GetHeader,
+    GetModel,
+    GetNonce,
+    GetProofs,
+    GetReceipt,
+    GetState,
+    HeaderReply,
+    HeightBlock,
+    HeightEvents,
+    Hello,
+    HelloRequest,
+    Message,
+    ModelReply,
     Msg,
+    NonceInfo,
+    Pong,
+    ProofsReply,
+    ReceiptReply,
+    StateEntry,
+    StateReply,
+    Status,
+    Submitted,
+    SubmitTx,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    VerifierStatus,
+)
+from mpsnode.node.store import Store, StoreReader
+from mpsnode.node.wire import (
+    PROTOCOL_VERSION,
+    FrameReader,
     Outbox,
     decode_message,
     encode_frame,
     error_message,
-    expect_fields,
-    field_bytes,
-    field_uint,
     max_request_frame,
     parse_hostport,
     write_loop,
@@ -170,7 +204,7 @@ class NodeServer:
         gateway: TxGateway | None = None,
         config: ServerConfig | None = None,
         stats: ServerStats | None = None,
-        status_extra: Callable[[int], list[Any]] | None = None,
+        status_extra: Callable[[int], VerifierStatus] | None = None,
     ) -> None:
         self.store = store
         self.genesis = genesis
@@ -184,7 +218,7 @@ class NodeServer:
         self.status_extra = status_extra  # a verifier appends its own status, given the reply's head height
         self.max_frame = max_request_frame(genesis.params)
         self.connections = 0
-        self._genesis_json = json.dumps(genesis.to_json(), sort_keys=True).encode()
+        self.genesis_json = json.dumps(genesis.to_json(), sort_keys=True).encode()
         # blocks never change once committed: remember what is costly to re-derive from them
         self._signatures: OrderedDict[int, bytes] = OrderedDict()
         self._receipt_leaves: OrderedDict[int, tuple[list[Any], list[bytes]]] = OrderedDict()
@@ -247,17 +281,18 @@ class NodeServer:
             _remember(self._signatures, height, signature, 4096)
         return header, signature
 
-    def prove(self, view: StoreReader, state_root: bytes, key: bytes) -> tuple[bytes | None, list[Any]]:
+    def prove(self, view: StoreReader, state_root: bytes, key: bytes) -> StateEntry:
         value = view.get_state(key)
         proof = SparseMerkleTree(view, state_root).prove(key)
-        return value, proof.encode()
+        return StateEntry(value is not None, value or b"", proof.encode())
 
-    def status(self) -> list[Any]:
+    def status(self) -> Status:
         head = self.store.head()
         if head is None:
             raise NotFound("the store is empty")
         count, size = self.gateway.mempool_size() if self.gateway else (0, 0)
-        out = [
+        extra = self.status_extra(head.height) if self.status_extra is not None else None
+        return Status(
             self.chain_id,
             self.genesis_hash,
             head.height,
@@ -267,12 +302,10 @@ class NodeServer:
             count,
             size,
             self.kind,
-        ]
-        if self.status_extra is not None:
-            out.append(self.status_extra(head.height))
-        return out
+            extra,
+        )
 
-    def receipt_status(self, tx_id: bytes) -> list[Any]:
+    def receipt_status(self, tx_id: bytes) -> ReceiptReply:
         location = self.store.get_tx_location(tx_id)
         if location is not None:
             height, index = location
@@ -288,37 +321,35 @@ class NodeServer:
                 cached = (items, [Receipt.decode_obj(r).hash() for r in items])
                 _remember(self._receipt_leaves, height, cached, 16)
             items, leaves = cached
-            return [
+            return ReceiptReply(
                 TX_INCLUDED,
                 height,
                 index,
                 encode(items[index]),
                 header,
                 signature,
-                list_proof(leaves, index),
+                tuple(list_proof(leaves, index)),
                 len(leaves),
-                0,
-                "",
-            ]
+            )
         if self.gateway is not None:
             if self.gateway.pending(tx_id):
-                return [TX_PENDING, 0, 0, b"", b"", b"", [], 0, 0, ""]
+                return ReceiptReply(TX_PENDING)
             dropped = self.gateway.dropped(tx_id)
             if dropped is not None:
                 height, code, reason = dropped
-                return [TX_DROPPED, height, 0, b"", b"", b"", [], 0, code, reason]
-        return [TX_UNKNOWN, 0, 0, b"", b"", b"", [], 0, 0, ""]
+                return ReceiptReply(TX_DROPPED, height, code=code, reason=reason)
+        return ReceiptReply(TX_UNKNOWN)
 
-    def block_reply(self, height: int) -> list[Any]:
+    def block_reply(self, height: int) -> BlockReply:
         header = self.store.get_header(height)
         if header is None:
             raise NotFound(f"no block at height {height} (head is {self.watch.height})")
         block = self.store.get_block(height) or b""
         receipts = self.store.get_receipts(height) or encode([])
-        return [height, header, block, receipts]
+        return BlockReply(height, header, block, receipts)
 
-    def blocks_range(self, start: int, count: int) -> list[list[Any]]:
-        out: list[list[Any]] = []
+    def blocks_range(self, start: int, count: int) -> tuple[HeightBlock, ...]:
+        out: list[HeightBlock] = []
         size = 0
         for height in range(max(start, 1), min(start + count, self.watch.height + 1)):
             block = self.store.get_block(height)
@@ -326,25 +357,27 @@ class NodeServer:
                 break
             if out and size + len(block) > RANGE_BUDGET:
                 break
-            out.append([height, block])
+            out.append(HeightBlock(height, block))
             size += len(block)
-        return out
+        return tuple(out)
 
-    def events(self, selector: int, value: int, start: int, count: int) -> list[list[Any]]:
+    def events(self, selector: int, value: int, start: int, count: int) -> tuple[HeightEvents, ...]:
         count = min(count, MAX_EVENTS)
         if selector == EVENTS_BY_HEIGHT:
             out = []
             for height in range(value, min(value + count, self.watch.height + 1)):
                 blob = self.store.get_events(height)
                 if blob is not None:
-                    out.append([height, blob])
-            return out
+                    out.append(HeightEvents(height, blob))
+            return tuple(out)
         if selector == EVENTS_BY_TASK:
-            return [[h, blob] for h, blob in self.store.get_task_events(value, start)[:count]]
+            return tuple(
+                HeightEvents(h, blob) for h, blob in self.store.get_task_events(value, start)[:count]
+            )
         raise BadRequest(f"events selector must be {EVENTS_BY_HEIGHT} (height) or {EVENTS_BY_TASK} (task)")
 
-    def proofs_reply(self, height: int, keys: list[bytes]) -> list[Any]:
-        """[height, header, signature, [proof per key]]: proofs against the state root of block ``height``.
+    def proofs_reply(self, height: int, keys: Sequence[bytes]) -> ProofsReply:
+        """Proofs of ``keys`` against the state root of block ``height``, with its signed header.
 
         Tree nodes are never deleted, so any committed root still proves; the values themselves
         are not kept per height, so each proof shows the value's hash (its leaf).
@@ -357,12 +390,12 @@ class NodeServer:
                 proofs = [tree.prove(key).encode() for key in keys]
             except TreeNodeError as exc:
                 raise NotFound(f"the tree of block {height} is not readable: {exc}") from None
-            return [height, header, signature, proofs]
+            return ProofsReply(height, header, signature, tuple(proofs))
         finally:
             view.close()
 
-    def state_reply(self, keys: list[bytes]) -> list[Any]:
-        """[height, header, signature, (present, value, proof) per key], all from one snapshot."""
+    def state_entries(self, keys: Sequence[bytes]) -> tuple[int, bytes, bytes, tuple[StateEntry, ...]]:
+        """The head's height, header and signature, and each key's entry, all from one snapshot."""
         view = self.store.snapshot()
         try:
             head = view.head()
@@ -370,11 +403,7 @@ class NodeServer:
                 raise NotFound("the store is empty")
             header, signature = self.header_and_signature(view, head.height)
             root = decode_header(header).state_root
-            out: list[Any] = [head.height, header, signature]
-            for key in keys:
-                value, proof = self.prove(view, root, key)
-                out += [0 if value is None else 1, value or b"", proof]
-            return out
+            return head.height, header, signature, tuple(self.prove(view, root, key) for key in keys)
         finally:
             view.close()
 
@@ -398,11 +427,11 @@ class _Connection:
         self.nursery: trio.Nursery | None = None
         self.close_reason = "closed"
 
-    def send_nowait(self, msg: list[Any]) -> None:
-        self.outbox.put_nowait(encode_frame(msg))
+    def send_nowait(self, reply: Message, req_id: int) -> None:
+        self.outbox.put_nowait(encode_frame(reply.to_wire(req_id)))
 
-    async def send(self, msg: list[Any]) -> None:
-        await self.outbox.put(encode_frame(msg))
+    async def send(self, reply: Message, req_id: int) -> None:
+        await self.outbox.put(encode_frame(reply.to_wire(req_id)))
 
     async def run(self) -> str:
         failure: MpsError | None = None
@@ -462,68 +491,61 @@ class _Connection:
         msg = self._decode(body)
         if msg[0] != Msg.HELLO:
             raise ProtocolViolation("the first message must be HELLO")
-        self._hello(msg)
+        self._hello(HelloRequest.from_wire(msg), msg[1])
         while True:
             body = await self.reader.read_frame()
             if body is None:
                 return
-            msg = self._decode(body)
-            await self._dispatch(msg)
+            await self._dispatch(self._decode(body))
 
     def _decode(self, body: bytes) -> list[Any]:
-
         return decode_message(body, self.server.max_frame)
 
-    def _hello(self, msg: list[Any]) -> None:
+    def _hello(self, hello: HelloRequest, req_id: int) -> None:
         srv = self.server
-        expect_fields(msg, 4, "HELLO")
-        version = field_uint(msg, 2, "protocol version")
-        chain_id = msg[3]
-        genesis_hash = field_bytes(msg, 4, "genesis hash", 32)
-        field_uint(msg, 5, "head height")
-        if version != PROTOCOL_VERSION:
-            raise WrongNetwork(f"protocol version {version}; this node speaks {PROTOCOL_VERSION}")
-        anonymous = genesis_hash == ZERO32  # "tell me your chain": the client checks GET_GENESIS itself
-        if not anonymous and (chain_id != srv.chain_id or genesis_hash != srv.genesis_hash):
+        if hello.version != PROTOCOL_VERSION:
+            raise WrongNetwork(f"protocol version {hello.version}; this node speaks {PROTOCOL_VERSION}")
+        anonymous = hello.genesis_hash == ZERO32  # "tell me your chain": the client checks GET_GENESIS itself
+        if not anonymous and (hello.chain_id != srv.chain_id or hello.genesis_hash != srv.genesis_hash):
             raise WrongNetwork(
-                f"peer is on chain {chain_id!r} genesis {genesis_hash.hex()[:16]}..., this node is on "
-                f"{srv.chain_id!r} genesis {srv.genesis_hash.hex()[:16]}..."
+                f"peer is on chain {hello.chain_id!r} genesis {hello.genesis_hash.hex()[:16]}..., this node is "
+                f"on {srv.chain_id!r} genesis {srv.genesis_hash.hex()[:16]}..."
             )
         head = srv.store.head()
         if head is None:
             raise ProtocolViolation("node has no chain yet")
-        self.send_nowait(
-            [
-                Msg.HELLO | REPLY,
-                msg[1],
-                PROTOCOL_VERSION,
-                srv.chain_id,
-                srv.genesis_hash,
-                head.height,
-                head.block_hash,
-                srv.kind,
-                srv.genesis.sequencer,
-            ]
+        reply = Hello(
+            PROTOCOL_VERSION,
+            srv.chain_id,
+            srv.genesis_hash,
+            head.height,
+            head.block_hash,
+            srv.kind,
+            srv.genesis.sequencer,
         )
+        self.send_nowait(reply, req_id)
 
     async def _dispatch(self, msg: list[Any]) -> None:
+        """Decode the request by its type (a malformed one is a ``ProtocolViolation``) and handle it;
+        a refusal (any other ``MpsError``) is the request's error reply."""
         kind, req_id = msg[0], msg[1]
         handler = _HANDLERS.get(kind)
         if handler is None:
-            self.send_nowait(error_message(req_id, UnknownMessage(f"unknown message type {kind}")))
+            self.send_nowait_error(req_id, UnknownMessage(f"unknown message type {kind}"))
             return
+        request = REQUESTS[kind].from_wire(msg)
         try:
-            await handler(self, msg)
+            await handler(self, request, req_id)
         except (ProtocolViolation, SlowPeer):
             raise
         except MpsError as exc:
-            await self.send(error_message(req_id, exc))
+            await self.outbox.put(encode_frame(error_message(req_id, exc)))
+
+    def send_nowait_error(self, req_id: int, exc: MpsError) -> None:
+        self.outbox.put_nowait(encode_frame(error_message(req_id, exc)))
 
     # handlers ---------------------------------------------------------------------------------------
-    async def _submit(self, msg: list[Any]) -> None:
-        expect_fields(msg, 1, "SUBMIT_TX")
-        raw = field_bytes(msg, 2, "tx")
-        req_id = msg[1]
+    async def _submit(self, request: SubmitTx, req_id: int) -> None:
         gateway = self.server.gateway
         if gateway is None:
             raise NotSupported(f"this node is a {self.server.kind}: submit txs to the sequencer")
@@ -537,12 +559,12 @@ class _Connection:
             released = True
             self.inflight.release()
             if isinstance(result, MpsError):
-                self.outbox.put_nowait(encode_frame(error_message(req_id, result)))
+                self.send_nowait_error(req_id, result)
             else:
-                self.outbox.put_nowait(encode_frame([Msg.SUBMIT_TX | REPLY, req_id, result]))
+                self.send_nowait(Submitted(result), req_id)
 
         try:
-            await gateway.submit(raw, done)
+            await gateway.submit(request.tx, done)
         except MpsError as exc:
             done(exc)
         except BaseException:
@@ -551,40 +573,30 @@ class _Connection:
                 self.inflight.release()
             raise
 
-    async def _status(self, msg: list[Any]) -> None:
-        expect_fields(msg, 0, "STATUS")
-        await self.send([Msg.STATUS | REPLY, msg[1], *self.server.status()])
+    async def _status(self, request: Message, req_id: int) -> None:
+        await self.send(self.server.status(), req_id)
 
-    async def _get_block(self, msg: list[Any]) -> None:
-        expect_fields(msg, 1, "GET_BLOCK")
-        height = field_uint(msg, 2, "height")
-        await self.send([Msg.GET_BLOCK | REPLY, msg[1], *self.server.block_reply(height)])
+    async def _get_block(self, request: GetBlock, req_id: int) -> None:
+        await self.send(self.server.block_reply(request.height), req_id)
 
-    async def _get_header(self, msg: list[Any]) -> None:
-        expect_fields(msg, 1, "GET_HEADER")
-        height = field_uint(msg, 2, "height")
-        header, signature = self.server.header_and_signature(self.server.store, height)
-        await self.send([Msg.GET_HEADER | REPLY, msg[1], header, signature])
+    async def _get_header(self, request: GetHeader, req_id: int) -> None:
+        header, signature = self.server.header_and_signature(self.server.store, request.height)
+        await self.send(HeaderReply(header, signature), req_id)
 
-    async def _get_blocks(self, msg: list[Any]) -> None:
-        expect_fields(msg, 2, "GET_BLOCKS")
-        start = field_uint(msg, 2, "start height")
-        count = min(field_uint(msg, 3, "count"), MAX_RANGE_BLOCKS)
-        await self.send([Msg.GET_BLOCKS | REPLY, msg[1], self.server.blocks_range(start, count)])
+    async def _get_blocks(self, request: GetBlocks, req_id: int) -> None:
+        count = min(request.count, MAX_RANGE_BLOCKS)
+        await self.send(BlocksReply(self.server.blocks_range(request.start, count)), req_id)
 
-    async def _subscribe(self, msg: list[Any]) -> None:
-        expect_fields(msg, 2, "SUBSCRIBE")
-        start = max(field_uint(msg, 2, "from height"), 1)
-        with_receipts = field_uint(msg, 3, "with receipts", 1)
-        sub_id = msg[1]
-        if sub_id in self.subscriptions:
-            raise BadRequest(f"subscription {sub_id} exists")
+    async def _subscribe(self, request: Subscribe, req_id: int) -> None:
+        start = max(request.from_height, 1)
+        if req_id in self.subscriptions:
+            raise BadRequest(f"subscription {req_id} exists")
         self._take_waiter()
         scope = trio.CancelScope()
-        self.subscriptions[sub_id] = scope
-        await self.send([Msg.SUBSCRIBE | REPLY, sub_id, self.server.watch.height])
+        self.subscriptions[req_id] = scope
+        await self.send(Subscribed(self.server.watch.height), req_id)
         assert self.nursery is not None
-        self.nursery.start_soon(self._push_blocks, sub_id, start, with_receipts, scope)
+        self.nursery.start_soon(self._push_blocks, req_id, start, request.with_receipts, scope)
 
     def _take_waiter(self) -> None:
         if self.waiters >= self.server.config.max_waiters:
@@ -594,7 +606,7 @@ class _Connection:
         self.waiters += 1
 
     async def _push_blocks(
-        self, sub_id: int, start: int, with_receipts: int, scope: trio.CancelScope
+        self, sub_id: int, start: int, with_receipts: bool, scope: trio.CancelScope
     ) -> None:
         srv = self.server
         try:
@@ -606,7 +618,7 @@ class _Connection:
                         if block is None:
                             break
                         receipts = (srv.store.get_receipts(height) or b"") if with_receipts else b""
-                        await self.send([BLOCK_PUSH, sub_id, height, block, receipts])
+                        await self.send(BlockPush(height, block, receipts), sub_id)
                         height += 1
                     await srv.watch.wait_above(height - 1)
         except SlowPeer as exc:
@@ -618,101 +630,87 @@ class _Connection:
             self.waiters -= 1
             self.subscriptions.pop(sub_id, None)
 
-    async def _unsubscribe(self, msg: list[Any]) -> None:
-        expect_fields(msg, 1, "UNSUBSCRIBE")
-        sub_id = field_uint(msg, 2, "subscription id")
-        scope = self.subscriptions.pop(sub_id, None)
+    async def _unsubscribe(self, request: Unsubscribe, req_id: int) -> None:
+        scope = self.subscriptions.pop(request.subscription, None)
         if scope is None:
-            raise NotFound(f"no subscription {sub_id}")
+            raise NotFound(f"no subscription {request.subscription}")
         scope.cancel()
-        await self.send([Msg.UNSUBSCRIBE | REPLY, msg[1]])
+        await self.send(Unsubscribed(), req_id)
 
-    async def _get_state(self, msg: list[Any]) -> None:
-        expect_fields(msg, 1, "GET_STATE")
-        key = field_bytes(msg, 2, "key")
-        if not 1 <= len(key) <= 511:
-            raise BadRequest("a state key is 1..511 bytes")
-        await self.send([Msg.GET_STATE | REPLY, msg[1], *self.server.state_reply([key])])
+    async def _get_state(self, request: GetState, req_id: int) -> None:
+        _check_key(request.key)
+        await self.send(StateReply(*self.server.state_entries([request.key])), req_id)
 
-    async def _get_proofs(self, msg: list[Any]) -> None:
-        expect_fields(msg, 2, "GET_PROOFS")
-        height = field_uint(msg, 2, "height")
-        keys = msg[3]
-        if not isinstance(keys, list) or not 1 <= len(keys) <= MAX_PROOF_KEYS:
+    async def _get_proofs(self, request: GetProofs, req_id: int) -> None:
+        if not 1 <= len(request.keys) <= MAX_PROOF_KEYS:
             raise BadRequest(f"GET_PROOFS takes 1..{MAX_PROOF_KEYS} keys")
-        for key in keys:
-            if type(key) is not bytes or not 1 <= len(key) <= 511:
-                raise BadRequest("a state key is 1..511 bytes")
-        await self.send([Msg.GET_PROOFS | REPLY, msg[1], *self.server.proofs_reply(height, keys)])
+        for key in request.keys:
+            _check_key(key)
+        await self.send(self.server.proofs_reply(request.height, request.keys), req_id)
 
-    async def _get_model(self, msg: list[Any]) -> None:
-        expect_fields(msg, 1, "GET_MODEL")
-        task_id = field_uint(msg, 2, "task id")
-        await self.send(
-            [Msg.GET_MODEL | REPLY, msg[1], *self.server.state_reply([task_key(task_id), model_key(task_id)])]
-        )
+    async def _get_model(self, request: GetModel, req_id: int) -> None:
+        keys = [task_key(request.task_id), model_key(request.task_id)]
+        await self.send(ModelReply(*self.server.state_entries(keys)), req_id)
 
-    async def _get_receipt(self, msg: list[Any]) -> None:
-        expect_fields(msg, 2, "GET_RECEIPT")
-        tx_id = field_bytes(msg, 2, "tx id", 32)
-        wait_ms = min(field_uint(msg, 3, "wait ms"), MAX_WAIT_MS)
-        reply = self.server.receipt_status(tx_id)
-        if reply[0] in (TX_INCLUDED, TX_DROPPED) or wait_ms == 0:
-            await self.send([Msg.GET_RECEIPT | REPLY, msg[1], *reply])
+    async def _get_receipt(self, request: GetReceipt, req_id: int) -> None:
+        wait_ms = min(request.wait_ms, MAX_WAIT_MS)
+        reply = self.server.receipt_status(request.tx_id)
+        if reply.state in (TX_INCLUDED, TX_DROPPED) or wait_ms == 0:
+            await self.send(reply, req_id)
             return
         self._take_waiter()
         assert self.nursery is not None
-        self.nursery.start_soon(self._wait_receipt, msg[1], tx_id, wait_ms)
+        self.nursery.start_soon(self._wait_receipt, req_id, request.tx_id, wait_ms)
 
     async def _wait_receipt(self, req_id: int, tx_id: bytes, wait_ms: int) -> None:
         try:
             reply = self.server.receipt_status(tx_id)
             with trio.move_on_after(wait_ms / 1000):
-                while reply[0] not in (TX_INCLUDED, TX_DROPPED):
+                while reply.state not in (TX_INCLUDED, TX_DROPPED):
                     await self.server.watch.wait_change()
                     reply = self.server.receipt_status(tx_id)
-            await self.send([Msg.GET_RECEIPT | REPLY, req_id, *reply])
+            await self.send(reply, req_id)
         except MpsError as exc:
             if isinstance(exc, SlowPeer):
                 assert self.nursery is not None
                 self.nursery.cancel_scope.cancel()
                 return
-            self.send_nowait(error_message(req_id, exc))
+            self.send_nowait_error(req_id, exc)
         finally:
             self.waiters -= 1
 
-    async def _get_events(self, msg: list[Any]) -> None:
-        expect_fields(msg, 4, "GET_EVENTS")
-        selector = field_uint(msg, 2, "selector")
-        value = field_uint(msg, 3, "height or task id")
-        start = field_uint(msg, 4, "start height")
-        count = field_uint(msg, 5, "count")
-        await self.send([Msg.GET_EVENTS | REPLY, msg[1], self.server.events(selector, value, start, count)])
+    async def _get_events(self, request: GetEvents, req_id: int) -> None:
+        events = self.server.events(request.selector, request.value, request.start, request.count)
+        await self.send(EventsReply(events), req_id)
 
-    async def _get_genesis(self, msg: list[Any]) -> None:
-        expect_fields(msg, 0, "GET_GENESIS")
-        await self.send([Msg.GET_GENESIS | REPLY, msg[1], self.server._genesis_json])
+    async def _get_genesis(self, request: Message, req_id: int) -> None:
+        await self.send(GenesisReply(self.server.genesis_json), req_id)
 
-    async def _get_nonce(self, msg: list[Any]) -> None:
-        expect_fields(msg, 1, "GET_NONCE")
-        address = field_bytes(msg, 2, "address", 32)
-        raw = self.server.store.get_state(account_key(address))
-
+    async def _get_nonce(self, request: GetNonce, req_id: int) -> None:
+        raw = self.server.store.get_state(account_key(request.address))
         state_nonce = 0 if raw is None else Account.decode(raw).nonce
         if self.server.gateway is not None:
-            next_nonce, pending = self.server.gateway.next_nonce(address, state_nonce)
+            next_nonce, pending = self.server.gateway.next_nonce(request.address, state_nonce)
         else:
             next_nonce, pending = state_nonce, 0
-        await self.send([Msg.GET_NONCE | REPLY, msg[1], state_nonce, next_nonce, pending])
+        await self.send(NonceInfo(state_nonce, next_nonce, pending), req_id)
 
-    async def _ping(self, msg: list[Any]) -> None:
-        await self.send([Msg.PING | REPLY, msg[1]])
+    async def _ping(self, request: Message, req_id: int) -> None:
+        await self.send(Pong(), req_id)
 
-    async def _hello_again(self, msg: list[Any]) -> None:
+    async def _hello_again(self, request: Message, req_id: int) -> None:
         raise ProtocolViolation("HELLO was already exchanged")
 
 
-_HANDLERS: dict[int, Callable[[_Connection, list[Any]], Awaitable[None]]] = {
+def _check_key(key: bytes) -> None:
+    if not 1 <= len(key) <= MAX_KEY:
+        raise BadRequest(f"a state key is 1..{MAX_KEY} bytes")
+
+
+Handler = Callable[["_Connection", Any, int], Awaitable[None]]
+
+
+_HANDLERS: dict[int, Handler] = {
     Msg.HELLO: _Connection._hello_again,
     Msg.SUBMIT_TX: _Connection._submit,
     Msg.STATUS: _Connection._status,

@@ -3,8 +3,9 @@
 A frame is a 4-byte big-endian length ``n`` (1 <= n <= the receiver's limit) and ``n`` bytes of
 canonical msgpack (``mpsnode.encoding``). Every message is an array whose first two fields are
 the message type and a request id chosen by the client; a reply carries the request's id. The
-full message table is in ``docs/WIRE.md``; this module holds the framing, the codec and the
-limits, for the server (``mpsnode.server``) and the client (``mpsnode.client``) alike.
+full message table is in ``docs/WIRE.md`` and each message is a typed value in
+``mpsnode.node.messages``; this module holds the framing, the codec, the error replies and the
+limits, for the server (``mpsnode.node.server``) and the client (``mpsnode.node.connection``) alike.
 
 Limits: a node accepts request frames up to ``max_tx_bytes + 64 KiB`` (a request holds at most
 one tx) and refuses a longer length prefix before reading its body. Replies can be larger (a
@@ -16,12 +17,11 @@ from __future__ import annotations
 import struct
 from collections import deque
 from collections.abc import Callable
-from enum import IntEnum
 from typing import Any
 
 import trio
 
-from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_uint
+from mpsnode.consensus.encoding import decode, encode, expect_list, expect_uint
 from mpsnode.consensus.errors import DecodeError, MpsError, error_classes
 from mpsnode.consensus.params import Params
 from mpsnode.node.errors import FrameTooLarge, ProtocolViolation, SlowPeer
@@ -46,40 +46,7 @@ def max_reply_frame(params: Params) -> int:
     return max(params.max_block_bytes, MAX_MODEL_BYTES) + REPLY_SLACK
 
 
-class Msg(IntEnum):
-    """Request types; the reply to request ``t`` has type ``t | REPLY``."""
-
-    HELLO = 1
-    SUBMIT_TX = 2
-    STATUS = 3
-    GET_BLOCK = 4
-    GET_BLOCKS = 5
-    SUBSCRIBE = 6
-    UNSUBSCRIBE = 7
-    GET_STATE = 8
-    GET_RECEIPT = 9
-    GET_EVENTS = 10
-    GET_MODEL = 11
-    GET_GENESIS = 12
-    GET_NONCE = 13
-    PING = 14
-    GET_HEADER = 15
-    GET_PROOFS = 16  # sparse-Merkle proofs of keys against the state root of a past block
-
-
-REPLY = 0x80
-BLOCK_PUSH = 0x40  # [BLOCK_PUSH, subscription id (= the SUBSCRIBE request id), height, block, receipts]
 ERROR = 0xFF  # [ERROR, request id (0 if none), code, reason]
-
-# GET_RECEIPT states
-TX_UNKNOWN, TX_PENDING, TX_INCLUDED, TX_DROPPED = 0, 1, 2, 3
-TX_STATES = {TX_UNKNOWN: "unknown", TX_PENDING: "pending", TX_INCLUDED: "included", TX_DROPPED: "dropped"}
-
-# GET_EVENTS selectors
-EVENTS_BY_HEIGHT, EVENTS_BY_TASK = 0, 1
-
-# Node kinds (HELLO, STATUS)
-SEQUENCER, VERIFIER = "sequencer", "verifier"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,30 +94,6 @@ def parse_error(msg: list[Any]) -> MpsError:
     if len(msg) != 4 or type(msg[2]) is not int or type(msg[3]) is not str:
         return ProtocolViolation("malformed error reply")
     return error_from_wire(msg[2], msg[3])
-
-
-def _field(expect: Callable[..., Any], msg: list[Any], index: int, what: str, bound: int | None) -> Any:
-    """``msg[index]`` checked by ``expect``; a missing or bad field is the peer's protocol violation."""
-    try:
-        return expect(msg[index], what, bound)
-    except IndexError:
-        raise ProtocolViolation(f"{what}: missing") from None
-    except DecodeError as exc:
-        raise ProtocolViolation(exc.reason) from None
-
-
-def field_uint(msg: list[Any], index: int, what: str, max_value: int = 2**64 - 1) -> int:
-    return _field(expect_uint, msg, index, what, max_value)
-
-
-def field_bytes(msg: list[Any], index: int, what: str, length: int | None = None) -> bytes:
-    return _field(expect_bytes, msg, index, what, length)
-
-
-def expect_fields(msg: list[Any], n: int, what: str) -> None:
-    """``msg`` is ``[type, req_id]`` plus exactly ``n`` fields."""
-    if len(msg) != n + 2:
-        raise ProtocolViolation(f"{what}: expected {n} fields, got {len(msg) - 2}")
 
 
 # ---------------------------------------------------------------------------------------------

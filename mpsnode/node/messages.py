@@ -1,0 +1,564 @@
+"""Typed wire messages: one frozen dataclass per request and per reply, encoded from its fields.
+
+A message on the wire is ``[type, request id, field...]`` (``docs/WIRE.md``). Each class here
+lists its fields in wire order, each with its kind (``uint``, ``blob``, ``text``, ``flag``, a
+list of a kind, a nested record, or ``raw`` for a canonical object another module decodes), and
+the codec is written once for all of them, as events and txs are: ``to_wire`` lays the fields
+out, ``from_wire`` checks every one. A field that is missing, extra or of the wrong kind is the
+peer's ``ProtocolViolation`` (the connection is closed), never an ``IndexError`` or a
+``TypeError``; a value of the right kind but out of range is the handler's to refuse
+(``BadRequest``). The server and the client library share these classes, so neither side
+indexes a reply by hand.
+
+Two layouts are not a fixed list of fields: the trailing ``verifier`` of a STATUS reply is
+present only from a verifier (``optional=True``), and the ``(present, value, proof)`` triples of a
+state reply follow its header inline (``inline=True``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from enum import IntEnum
+from typing import Any, ClassVar, Self
+
+from mpsnode.consensus.encoding import U64_MAX, expect_bytes, expect_list, expect_str, expect_uint
+from mpsnode.consensus.errors import DecodeError
+from mpsnode.node.errors import ProtocolViolation
+
+REPLY = 0x80
+BLOCK_PUSH = 0x40
+MAX_TEXT = 4000  # characters of a str field (a reason is cut to 1000 before it is sent)
+MAX_KEY = 511  # bytes of a state key
+
+
+# ---------------------------------------------------------------------------------------------
+# Field kinds
+
+
+@dataclass(frozen=True, slots=True)
+class Kind:
+    """How one field travels: ``encode`` a value to its msgpack object, ``decode`` it back (checked)."""
+
+    encode: Callable[[Any], Any]
+    decode: Callable[[Any, str], Any]
+
+
+def _same(value: Any) -> Any:
+    return value
+
+
+UINT = Kind(_same, lambda obj, what: expect_uint(obj, what, U64_MAX))
+FLAG = Kind(int, lambda obj, what: bool(expect_uint(obj, what, 1)))
+BLOB = Kind(_same, lambda obj, what: expect_bytes(obj, what))
+HASH = Kind(_same, lambda obj, what: expect_bytes(obj, what, 32))
+TEXT = Kind(_same, lambda obj, what: _text(obj, what))
+RAW = Kind(_same, lambda obj, what: obj)  # a canonical object decoded by its owner (a proof)
+
+
+def _text(obj: Any, what: str) -> str:
+    if type(obj) is not str:
+        raise DecodeError(f"{what}: expected str")
+    if len(obj) > MAX_TEXT:
+        raise DecodeError(f"{what}: longer than {MAX_TEXT} characters")
+    return obj
+
+
+def _nonempty_text(obj: Any, what: str) -> str:
+    return expect_str(obj, what, MAX_TEXT)
+
+
+NAME = Kind(_same, _nonempty_text)
+
+
+def list_of(kind: Kind) -> Kind:
+    return Kind(
+        lambda values: [kind.encode(v) for v in values],
+        lambda obj, what: tuple(kind.decode(v, what) for v in expect_list(obj, None, what)),
+    )
+
+
+def record(cls: type[Record]) -> Kind:
+    return Kind(
+        lambda value: value.to_obj(), lambda obj, what: cls.decode_items(expect_list(obj, None, what), what)
+    )
+
+
+def wire(
+    kind: Kind | None = None,
+    default: Any = MISSING,
+    *,
+    optional: bool = False,
+    inline: type[Record] | None = None,
+) -> Any:
+    """A dataclass field of ``kind``. ``optional``: a trailing field, sent only when not None.
+    ``inline``: a trailing tuple of these records, laid out field by field after the others."""
+    metadata = {"wire": kind, "optional": optional, "inline": inline}
+    if default is MISSING:
+        return field(metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records and messages
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A value that travels as an array of its fields, in declaration order."""
+
+    def to_obj(self) -> list[Any]:
+        out: list[Any] = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.metadata["optional"] and value is None:
+                continue
+            if f.metadata["inline"] is not None:
+                out.extend(item for v in value for item in v.to_obj())
+                continue
+            out.append(f.metadata["wire"].encode(value))
+        return out
+
+    @classmethod
+    def decode_items(cls, items: list[Any], name: str) -> Self:
+        """From the array of its fields; ``DecodeError`` naming the first field that is wrong."""
+        values: dict[str, Any] = {}
+        at = 0
+        for f in fields(cls):  # type: ignore[arg-type]
+            kind: Kind = f.metadata["wire"]
+            inline: type[Record] | None = f.metadata["inline"]
+            if inline is not None:
+                values[f.name] = _inline(inline, items[at:], f.name)
+                at = len(items)
+                continue
+            if at >= len(items):
+                if f.metadata["optional"]:
+                    values[f.name] = None
+                    continue
+                raise DecodeError(f"{f.name}: missing ({len(items)} fields)")
+            values[f.name] = kind.decode(items[at], f.name)
+            at += 1
+        if at != len(items):
+            raise DecodeError(f"{len(items)} fields, expected {at}")
+        return cls(**values)
+
+
+def _inline(cls: type[Record], items: list[Any], what: str) -> tuple[Any, ...]:
+    """Records of ``cls`` laid out one after another, field by field."""
+    width = len(fields(cls))  # type: ignore[arg-type]
+    if len(items) % width:
+        raise DecodeError(f"{what}: {len(items)} fields is not a whole number of {width}-field entries")
+    return tuple(cls.decode_items(items[i : i + width], what) for i in range(0, len(items), width))
+
+
+@dataclass(frozen=True, slots=True)
+class Message(Record):
+    """A request or a reply: ``[TYPE, request id, field...]``."""
+
+    TYPE: ClassVar[int]
+
+    def to_wire(self, req_id: int) -> list[Any]:
+        return [int(self.TYPE), req_id, *self.to_obj()]
+
+    @classmethod
+    def from_wire(cls, msg: Sequence[Any]) -> Self:
+        """From a whole message (``wire.decode_message``'s array) of this type."""
+        if not msg or msg[0] != cls.TYPE:
+            raise ProtocolViolation(f"{cls.__name__}: message of type {msg[0] if msg else '?'}")
+        return cls.from_fields(list(msg[2:]))
+
+    @classmethod
+    def from_fields(cls, items: list[Any]) -> Self:
+        """From the fields after type and request id; ``ProtocolViolation`` naming a malformed field."""
+        try:
+            return cls.decode_items(items, cls.__name__)
+        except DecodeError as exc:
+            raise ProtocolViolation(f"{cls.__name__}: {exc.reason}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests (client -> node)
+
+
+class Msg(IntEnum):
+    """Request types; the reply to request ``t`` has type ``t | REPLY``."""
+
+    HELLO = 1
+    SUBMIT_TX = 2
+    STATUS = 3
+    GET_BLOCK = 4
+    GET_BLOCKS = 5
+    SUBSCRIBE = 6
+    UNSUBSCRIBE = 7
+    GET_STATE = 8
+    GET_RECEIPT = 9
+    GET_EVENTS = 10
+    GET_MODEL = 11
+    GET_GENESIS = 12
+    GET_NONCE = 13
+    PING = 14
+    GET_HEADER = 15
+    GET_PROOFS = 16  # sparse-Merkle proofs of keys against the state root of a past block
+
+
+@dataclass(frozen=True, slots=True)
+class HelloRequest(Message):
+    TYPE = Msg.HELLO
+    version: int = wire(UINT)
+    chain_id: str = wire(TEXT)  # "" with an all-zero genesis hash: "tell me your chain"
+    genesis_hash: bytes = wire(HASH)
+    height: int = wire(UINT)
+
+
+@dataclass(frozen=True, slots=True)
+class SubmitTx(Message):
+    TYPE = Msg.SUBMIT_TX
+    tx: bytes = wire(BLOB)
+
+
+@dataclass(frozen=True, slots=True)
+class GetStatus(Message):
+    TYPE = Msg.STATUS
+
+
+@dataclass(frozen=True, slots=True)
+class GetBlock(Message):
+    TYPE = Msg.GET_BLOCK
+    height: int = wire(UINT)
+
+
+@dataclass(frozen=True, slots=True)
+class GetBlocks(Message):
+    TYPE = Msg.GET_BLOCKS
+    start: int = wire(UINT)
+    count: int = wire(UINT)
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe(Message):
+    TYPE = Msg.SUBSCRIBE
+    from_height: int = wire(UINT)
+    with_receipts: bool = wire(FLAG)
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe(Message):
+    TYPE = Msg.UNSUBSCRIBE
+    subscription: int = wire(UINT)
+
+
+@dataclass(frozen=True, slots=True)
+class GetState(Message):
+    TYPE = Msg.GET_STATE
+    key: bytes = wire(BLOB)
+
+
+@dataclass(frozen=True, slots=True)
+class GetReceipt(Message):
+    TYPE = Msg.GET_RECEIPT
+    tx_id: bytes = wire(HASH)
+    wait_ms: int = wire(UINT)
+
+
+@dataclass(frozen=True, slots=True)
+class GetEvents(Message):
+    TYPE = Msg.GET_EVENTS
+    selector: int = wire(UINT)  # EVENTS_BY_HEIGHT or EVENTS_BY_TASK
+    value: int = wire(UINT)  # the first height, or the task id
+    start: int = wire(UINT)  # by task: from this height
+    count: int = wire(UINT)
+
+
+@dataclass(frozen=True, slots=True)
+class GetModel(Message):
+    TYPE = Msg.GET_MODEL
+    task_id: int = wire(UINT)
+
+
+@dataclass(frozen=True, slots=True)
+class GetGenesis(Message):
+    TYPE = Msg.GET_GENESIS
+
+
+@dataclass(frozen=True, slots=True)
+class GetNonce(Message):
+    TYPE = Msg.GET_NONCE
+    address: bytes = wire(HASH)
+
+
+@dataclass(frozen=True, slots=True)
+class Ping(Message):
+    TYPE = Msg.PING
+
+
+@dataclass(frozen=True, slots=True)
+class GetHeader(Message):
+    TYPE = Msg.GET_HEADER
+    height: int = wire(UINT)
+
+
+@dataclass(frozen=True, slots=True)
+class GetProofs(Message):
+    TYPE = Msg.GET_PROOFS
+    height: int = wire(UINT)
+    keys: tuple[bytes, ...] = wire(list_of(BLOB))
+
+
+# ---------------------------------------------------------------------------------------------
+# Replies (node -> client) and pushes
+
+# GET_RECEIPT states
+TX_UNKNOWN, TX_PENDING, TX_INCLUDED, TX_DROPPED = 0, 1, 2, 3
+TX_STATES = {TX_UNKNOWN: "unknown", TX_PENDING: "pending", TX_INCLUDED: "included", TX_DROPPED: "dropped"}
+
+# GET_EVENTS selectors
+EVENTS_BY_HEIGHT, EVENTS_BY_TASK = 0, 1
+
+# Node kinds (HELLO, STATUS)
+SEQUENCER, VERIFIER = "sequencer", "verifier"
+
+
+@dataclass(frozen=True, slots=True)
+class Hello(Message):
+    TYPE = Msg.HELLO | REPLY
+    version: int = wire(UINT)
+    chain_id: str = wire(NAME)
+    genesis_hash: bytes = wire(HASH)
+    height: int = wire(UINT)
+    head_hash: bytes = wire(HASH)
+    kind: str = wire(NAME)  # "sequencer" or "verifier"
+    sequencer: bytes = wire(HASH)
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted(Message):
+    TYPE = Msg.SUBMIT_TX | REPLY
+    tx_id: bytes = wire(HASH)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifierStatus(Record):
+    """What a verifier adds to STATUS: how far it has verified, and whether it found a divergence."""
+
+    upstream: str = wire(TEXT)
+    upstream_height: int = wire(UINT)
+    lag: int = wire(UINT)  # upstream_height - the verifier's head
+    blocks_verified: int = wire(UINT)  # every block in the verifier's store passed every check
+    connected: bool = wire(FLAG)
+    diverged: bool = wire(FLAG)
+    divergence_height: int = wire(UINT)  # 0 when not diverged
+    check: str = wire(TEXT)  # the failed check's name ("" when not diverged)
+    reason: str = wire(TEXT)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass(frozen=True, slots=True)
+class Status(Message):
+    TYPE = Msg.STATUS | REPLY
+    chain_id: str = wire(NAME)
+    genesis_hash: bytes = wire(HASH)
+    height: int = wire(UINT)
+    head_hash: bytes = wire(HASH)
+    state_root: bytes = wire(HASH)
+    timestamp_ms: int = wire(UINT)
+    mempool_txs: int = wire(UINT)
+    mempool_bytes: int = wire(UINT)
+    kind: str = wire(NAME)
+    verifier: VerifierStatus | None = wire(
+        record(VerifierStatus), None, optional=True
+    )  # only from a verifier
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "verifier":
+                if value is not None:
+                    out["verifier"] = value.to_json()
+            else:
+                out[f.name] = value.hex() if isinstance(value, bytes) else value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class BlockReply(Message):
+    TYPE = Msg.GET_BLOCK | REPLY
+    height: int = wire(UINT)
+    header: bytes = wire(BLOB)
+    block: bytes = wire(BLOB)  # empty at height 0
+    receipts: bytes = wire(BLOB)  # the encoded receipt list
+
+
+@dataclass(frozen=True, slots=True)
+class HeightBlock(Record):
+    height: int = wire(UINT)
+    data: bytes = wire(BLOB)
+
+
+@dataclass(frozen=True, slots=True)
+class BlocksReply(Message):
+    TYPE = Msg.GET_BLOCKS | REPLY
+    blocks: tuple[HeightBlock, ...] = wire(list_of(record(HeightBlock)))
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribed(Message):
+    TYPE = Msg.SUBSCRIBE | REPLY
+    height: int = wire(UINT)  # the node's head when the subscription started
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribed(Message):
+    TYPE = Msg.UNSUBSCRIBE | REPLY
+
+
+@dataclass(frozen=True, slots=True)
+class BlockPush(Message):
+    """A block pushed to a subscription (``req id`` = the SUBSCRIBE request's id)."""
+
+    TYPE = BLOCK_PUSH
+    height: int = wire(UINT)
+    block: bytes = wire(BLOB)
+    receipts: bytes = wire(BLOB)  # empty unless the subscription asked for receipts
+
+
+@dataclass(frozen=True, slots=True)
+class StateEntry(Record):
+    """One key's answer: whether it is present, its value, and its proof (``smt.Proof``'s object)."""
+
+    present: bool = wire(FLAG)
+    value: bytes = wire(BLOB)
+    proof: Any = wire(RAW)
+
+
+@dataclass(frozen=True, slots=True)
+class StateReply(Message):
+    """GET_STATE and GET_MODEL: the head's signed header and each key's entry, from one snapshot."""
+
+    TYPE = Msg.GET_STATE | REPLY
+    height: int = wire(UINT)
+    header: bytes = wire(BLOB)
+    signature: bytes = wire(BLOB)
+    entries: tuple[StateEntry, ...] = wire(inline=StateEntry)
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReply(Message):
+    """GET_MODEL: the task's and the model's entries (in that order), like ``StateReply``."""
+
+    TYPE = Msg.GET_MODEL | REPLY
+    height: int = wire(UINT)
+    header: bytes = wire(BLOB)
+    signature: bytes = wire(BLOB)
+    entries: tuple[StateEntry, ...] = wire(inline=StateEntry)
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptReply(Message):
+    """Where a tx stands; the receipt fields are filled when included, ``code``/``reason`` when dropped."""
+
+    TYPE = Msg.GET_RECEIPT | REPLY
+    state: int = wire(UINT)  # TX_UNKNOWN, TX_PENDING, TX_INCLUDED, TX_DROPPED
+    height: int = wire(UINT, 0)
+    index: int = wire(UINT, 0)
+    receipt: bytes = wire(BLOB, b"")
+    header: bytes = wire(BLOB, b"")
+    signature: bytes = wire(BLOB, b"")
+    path: tuple[bytes, ...] = wire(list_of(HASH), ())
+    count: int = wire(UINT, 0)
+    code: int = wire(UINT, 0)
+    reason: str = wire(TEXT, "")
+
+
+@dataclass(frozen=True, slots=True)
+class HeightEvents(Record):
+    height: int = wire(UINT)
+    events: bytes = wire(BLOB)  # the block's encoded event list
+
+
+@dataclass(frozen=True, slots=True)
+class EventsReply(Message):
+    TYPE = Msg.GET_EVENTS | REPLY
+    blocks: tuple[HeightEvents, ...] = wire(list_of(record(HeightEvents)))
+
+
+@dataclass(frozen=True, slots=True)
+class GenesisReply(Message):
+    TYPE = Msg.GET_GENESIS | REPLY
+    genesis_json: bytes = wire(BLOB)  # utf-8 JSON, sorted keys
+
+
+@dataclass(frozen=True, slots=True)
+class NonceInfo(Message):
+    TYPE = Msg.GET_NONCE | REPLY
+    state_nonce: int = wire(UINT)  # the account's nonce at the head
+    next_nonce: int = wire(UINT)  # the first nonce no pending tx holds
+    pending: int = wire(UINT)
+
+
+@dataclass(frozen=True, slots=True)
+class Pong(Message):
+    TYPE = Msg.PING | REPLY
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderReply(Message):
+    TYPE = Msg.GET_HEADER | REPLY
+    header: bytes = wire(BLOB)
+    signature: bytes = wire(BLOB)  # empty at height 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProofsReply(Message):
+    TYPE = Msg.GET_PROOFS | REPLY
+    height: int = wire(UINT)
+    header: bytes = wire(BLOB)
+    signature: bytes = wire(BLOB)
+    proofs: tuple[Any, ...] = wire(list_of(RAW))  # smt.Proof objects, one per key
+
+
+#: Request type -> its class, and request type -> the class of its reply.
+REQUESTS: dict[int, type[Message]] = {
+    cls.TYPE: cls
+    for cls in (
+        HelloRequest,
+        SubmitTx,
+        GetStatus,
+        GetBlock,
+        GetBlocks,
+        Subscribe,
+        Unsubscribe,
+        GetState,
+        GetReceipt,
+        GetEvents,
+        GetModel,
+        GetGenesis,
+        GetNonce,
+        Ping,
+        GetHeader,
+        GetProofs,
+    )
+}
+REPLIES: dict[int, type[Message]] = {
+    cls.TYPE & ~REPLY: cls
+    for cls in (
+        Hello,
+        Submitted,
+        Status,
+        BlockReply,
+        BlocksReply,
+        Subscribed,
+        Unsubscribed,
+        StateReply,
+        ReceiptReply,
+        EventsReply,
+        ModelReply,
+        GenesisReply,
+        NonceInfo,
+        Pong,
+        HeaderReply,
+        ProofsReply,
+    )
+}
