@@ -92,7 +92,6 @@ class _Submission:
     stx: SignedTx
     raw: bytes
     done: Callable[[bytes | MpsError], None]
-    t0: float
 
 
 class Sequencer:
@@ -168,7 +167,7 @@ class Sequencer:
         except MpsError as exc:
             finish(exc)
             return
-        await self._verify_send.send(_Submission(stx, raw, finish, t0))
+        await self._verify_send.send(_Submission(stx, raw, finish))
 
     def pending(self, tx_id: bytes) -> bool:
         return tx_id in self.index
@@ -288,7 +287,7 @@ class Sequencer:
             except MpsError as exc:
                 sub.done(exc)
                 continue
-            entry = Entry(stx, sub.raw, sub.t0)
+            entry = Entry(stx, sub.raw)
             index.reserve(entry)
             admitted.append((entry, sub.done))
         return admitted

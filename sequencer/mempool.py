@@ -24,8 +24,6 @@ from mpsnode.consensus.tx import SignedTx
 class Entry:
     stx: SignedTx
     raw: bytes
-    admitted_at: float = 0.0  # trio clock, for ack latency
-    durable: bool = False
 
     @property
     def tx_id(self) -> bytes:
@@ -98,9 +96,6 @@ class MempoolIndex:
     def durable_count(self) -> int:
         return len(self._durable)
 
-    def durable_entries(self) -> Iterable[Entry]:
-        return self._durable.values()
-
     # writes ----------------------------------------------------------------------------------
     def reserve(self, entry: Entry) -> None:
         """Admission accepted ``entry``: hold its id and nonce until it is durable or released."""
@@ -114,7 +109,6 @@ class MempoolIndex:
         """The group commit holding ``entries`` returned: they are block candidates now, in this order."""
         for entry in entries:
             if self._by_id.get(entry.tx_id) is entry:
-                entry.durable = True
                 self._durable[entry.tx_id] = entry
 
     def release(self, tx_ids: Iterable[bytes]) -> list[Entry]:

@@ -8,25 +8,18 @@ from typing import Any
 
 import pytest
 
+from mpsnode.consensus.records import BLOB, FLAG, HASH, NAME, RAW, TEXT, UINT, Record
 from mpsnode.node.errors import ProtocolViolation
 from mpsnode.node.messages import (
-    BLOB,
-    FLAG,
-    HASH,
-    NAME,
-    RAW,
     REPLIES,
     REQUESTS,
-    TEXT,
-    TX_PENDING,
-    UINT,
     Message,
     Msg,
     ReceiptReply,
-    Record,
     StateEntry,
     StateReply,
     Status,
+    TxState,
     VerifierStatus,
 )
 from mpsnode.node.wire import decode_message, encode_frame
@@ -49,6 +42,8 @@ def sample(cls: type[Record]) -> Record:
         kind, inline = f.metadata["wire"], f.metadata["inline"]
         if inline is not None:
             values[f.name] = (sample(inline), sample(inline))
+        elif f.name == "state":  # ReceiptReply's TxState
+            values[f.name] = TxState.INCLUDED
         elif id(kind) in SAMPLES:
             values[f.name] = SAMPLES[id(kind)]
         elif f.name == "verifier":
@@ -85,7 +80,7 @@ def test_a_missing_extra_or_mistyped_field_is_a_protocol_violation(cls: type[Mes
 def test_layouts_are_the_documented_ones() -> None:
     """docs/WIRE.md: positional fields, a pending receipt padded with empty values, a verifier's
     STATUS one array longer, state entries inline after the header."""
-    assert ReceiptReply(TX_PENDING).to_wire(3) == [
+    assert ReceiptReply(TxState.PENDING).to_wire(3) == [
         Msg.GET_RECEIPT | 0x80,
         3,
         1,
@@ -113,4 +108,4 @@ def test_layouts_are_the_documented_ones() -> None:
 
 def test_a_reply_of_the_wrong_type_is_refused() -> None:
     with pytest.raises(ProtocolViolation):
-        Status.from_wire(ReceiptReply(TX_PENDING).to_wire(1))
+        Status.from_wire(ReceiptReply(TxState.PENDING).to_wire(1))

@@ -18,7 +18,6 @@ from mpsnode.consensus.errors import DecodeError
 
 MAX_DEPTH = 16
 U64_MAX = 2**64 - 1
-I64_MIN, I64_MAX = -(2**63), 2**63 - 1
 
 
 def encode(obj: Any) -> bytes:

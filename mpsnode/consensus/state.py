@@ -21,8 +21,8 @@ for the block and one per tx, so a failed tx is dropped whole (``begin``/``commi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum
 from typing import Any
 
@@ -31,6 +31,7 @@ import msgpack
 from mpsnode.consensus.encoding import encode, expect_bytes, expect_list, expect_str, expect_uint, u64be
 from mpsnode.consensus.errors import DecodeError, InsufficientBalance
 from mpsnode.consensus.params import Params
+from mpsnode.consensus.records import HASH, UINT, Record, enum_of, list_of, pair, wire
 
 CONFIG_KEY = b"C"
 GLOBALS_KEY = b"G"
@@ -121,22 +122,17 @@ class Config:
 
 
 @dataclass(frozen=True, slots=True)
-class Globals:
-    next_task_id: int = 1
-    burned: int = 0
-    open_tasks: tuple[int, ...] = ()  # tasks joining or running, ascending
+class Globals(Record):
+    next_task_id: int = wire(UINT, 1)
+    burned: int = wire(UINT, 0)
+    open_tasks: tuple[int, ...] = wire(list_of(UINT), ())  # tasks joining or running, ascending
 
     def encode(self) -> bytes:
-        return encode([self.next_task_id, self.burned, list(self.open_tasks)])
+        return encode(self.to_obj())
 
     @classmethod
     def decode(cls, data: bytes) -> Globals:
-        n, b, o = expect_list(_decode_value(data), 3, "globals")
-        return cls(
-            expect_uint(n, "next_task_id"),
-            expect_uint(b, "burned"),
-            tuple(expect_uint(t, "open task") for t in expect_list(o, None, "open_tasks")),
-        )
+        return cls.decode_items(expect_list(_decode_value(data), 3, "globals"), "globals")
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,31 +197,34 @@ class TaskStatus(IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Task:
-    task_id: int
-    creator: bytes
-    arch: tuple[int, ...]
-    scale_bits: int
-    target_accuracy_bps: int
-    max_rounds: int
-    min_clients: int
-    max_clients: int
-    byzantine_f: int
-    join_blocks: int
-    round_blocks: int
-    fee_per_round: int
-    local_epochs: int
-    status: TaskStatus
-    created_height: int
-    escrow: int
-    participants: tuple[bytes, ...] = ()  # active participants, in join order
-    round: int = 0  # the open round (1-based); 0 before the task starts
-    round_deadline: int = 0  # last height at which the open round accepts updates
-    rounds_closed: int = 0
-    billed_rounds: int = 0  # closed rounds that were not void
-    submitted: tuple[bytes, ...] = ()  # senders of the open round's updates, in order
-    rewards_weight: tuple[tuple[bytes, int], ...] = ()  # address -> selected updates over the task
-    accuracy_bps: int = 0  # accuracy of the global model after the last closed round
+class Task(Record):
+    """A task's record; encoded from its fields in this order (``records.Record``)."""
+
+    task_id: int = wire(UINT)
+    creator: bytes = wire(HASH)
+    arch: tuple[int, ...] = wire(list_of(UINT))
+    scale_bits: int = wire(UINT)
+    target_accuracy_bps: int = wire(UINT)
+    max_rounds: int = wire(UINT)
+    min_clients: int = wire(UINT)
+    max_clients: int = wire(UINT)
+    byzantine_f: int = wire(UINT)
+    join_blocks: int = wire(UINT)
+    round_blocks: int = wire(UINT)
+    fee_per_round: int = wire(UINT)
+    local_epochs: int = wire(UINT)
+    status: TaskStatus = wire(enum_of(TaskStatus))
+    created_height: int = wire(UINT)
+    escrow: int = wire(UINT)
+    participants: tuple[bytes, ...] = wire(list_of(HASH), ())  # active participants, in join order
+    round: int = wire(UINT, 0)  # the open round (1-based); 0 before the task starts
+    round_deadline: int = wire(UINT, 0)  # last height at which the open round accepts updates
+    rounds_closed: int = wire(UINT, 0)
+    billed_rounds: int = wire(UINT, 0)  # closed rounds that were not void
+    submitted: tuple[bytes, ...] = wire(list_of(HASH), ())  # senders of the open round's updates, in order
+    # address -> selected updates over the task
+    rewards_weight: tuple[tuple[bytes, int], ...] = wire(list_of(pair(HASH, UINT)), ())
+    accuracy_bps: int = wire(UINT, 0)  # accuracy of the global model after the last closed round
 
     @property
     def join_deadline(self) -> int:
@@ -236,97 +235,11 @@ class Task:
         return self.status in (TaskStatus.JOINING, TaskStatus.ACTIVE)
 
     def encode(self) -> bytes:
-        return encode(
-            [
-                self.task_id,
-                self.creator,
-                list(self.arch),
-                self.scale_bits,
-                self.target_accuracy_bps,
-                self.max_rounds,
-                self.min_clients,
-                self.max_clients,
-                self.byzantine_f,
-                self.join_blocks,
-                self.round_blocks,
-                self.fee_per_round,
-                self.local_epochs,
-                int(self.status),
-                self.created_height,
-                self.escrow,
-                list(self.participants),
-                self.round,
-                self.round_deadline,
-                self.rounds_closed,
-                self.billed_rounds,
-                list(self.submitted),
-                [[a, n] for a, n in self.rewards_weight],
-                self.accuracy_bps,
-            ]
-        )
+        return encode(self.to_obj())
 
     @classmethod
     def decode(cls, data: bytes) -> Task:
-        f = expect_list(_decode_value(data), 24, "task")
-        ints = [
-            expect_uint(f[i], f"task field {i}")
-            for i in (0, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 17, 18, 19, 20, 23)
-        ]
-        (
-            task_id,
-            scale_bits,
-            target,
-            max_rounds,
-            min_clients,
-            max_clients,
-            byz_f,
-            join_blocks,
-            round_blocks,
-            fee_per_round,
-            local_epochs,
-            status,
-            created,
-            escrow,
-            round_,
-            deadline,
-            closed,
-            billed,
-            acc,
-        ) = ints
-        addresses = lambda obj, what: tuple(expect_bytes(a, what, 32) for a in expect_list(obj, None, what))
-        weights = []
-        for item in expect_list(f[22], None, "rewards_weight"):
-            a, n = expect_list(item, 2, "rewards_weight entry")
-            weights.append((expect_bytes(a, "address", 32), expect_uint(n, "weight")))
-        return cls(
-            task_id,
-            expect_bytes(f[1], "creator", 32),
-            tuple(expect_uint(w, "arch") for w in expect_list(f[2], None, "arch")),
-            scale_bits,
-            target,
-            max_rounds,
-            min_clients,
-            max_clients,
-            byz_f,
-            join_blocks,
-            round_blocks,
-            fee_per_round,
-            local_epochs,
-            TaskStatus(status),
-            created,
-            escrow,
-            addresses(f[16], "participants"),
-            round_,
-            deadline,
-            closed,
-            billed,
-            addresses(f[21], "submitted"),
-            tuple(weights),
-            acc,
-        )
-
-    def with_(self, **changes: Any) -> Task:
-        return replace(self, **changes)
+        return cls.decode_items(expect_list(_decode_value(data), len(fields(cls)), "task"), "task")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,16 +289,7 @@ class State:
             raise RuntimeError("a tx layer is still open")
         return dict(self._layers[0])
 
-    def written_keys(self) -> Iterator[bytes]:
-        return iter(self._layers[0])
-
     # typed helpers ---------------------------------------------------------------------------
-    def get_config(self) -> Config:
-        data = self.get(CONFIG_KEY)
-        if data is None:
-            raise RuntimeError("state has no config: not initialised from a genesis")
-        return Config.decode(data)
-
     def get_globals(self) -> Globals:
         data = self.get(GLOBALS_KEY)
         return Globals() if data is None else Globals.decode(data)
@@ -466,7 +370,7 @@ class State:
     def set_unbonding_queue(self, height: int, addresses: tuple[bytes, ...]) -> None:
         self.set(unbonding_queue_key(height), encode(list(addresses)) if addresses else None)
 
-    # balance movers: the only writers of amounts ---------------------------------------------------
+    # balance movers ---------------------------------------------------
     def increase_balance(self, address: bytes, amount: int) -> None:
         acct = self.get_account(address)
         self.set_account(address, replace(acct, balance=acct.balance + amount))

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mpsnode.client.daemon import ClientResult
-from mpsnode.consensus.stf.round import SLASH_REASONS
+from mpsnode.consensus.stf.round import SlashReason
 from mpsnode.demo.options import DemoOptions
 from mpsnode.demo.processes import mpsnode_command
 from verifier.replay.audit import Audit
@@ -66,8 +66,7 @@ def round_line(progress: Progress, ev: Any, slashes: list[Any], height: int, f: 
     flagged = ", ".join(_name(progress, a) for a in ev.flagged) or "-"
     slashed = (
         ", ".join(
-            f"{_name(progress, s.address)} -{s.amount} ({SLASH_REASONS.get(s.reason, s.reason)})"
-            for s in slashes
+            f"{_name(progress, s.address)} -{s.amount} ({SlashReason.describe(s.reason)})" for s in slashes
         )
         or "-"
     )

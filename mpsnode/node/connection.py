@@ -50,9 +50,6 @@ from mpsnode.node.messages import (
     EVENTS_BY_TASK,
     REPLIES,
     REPLY,
-    TX_DROPPED,
-    TX_INCLUDED,
-    TX_STATES,
     BlockPush,
     BlockReply,
     BlocksReply,
@@ -84,6 +81,7 @@ from mpsnode.node.messages import (
     Submitted,
     SubmitTx,
     Subscribe,
+    TxState,
     Unsubscribe,
 )
 from mpsnode.node.wire import (
@@ -373,7 +371,7 @@ class Client:
         """Where ``tx_id`` stands; if included, its receipt proven against the block's signed header."""
         r: ReceiptReply = await self.call(GetReceipt(tx_id, wait_ms))
         height, index, receipt_bytes = r.height, r.index, r.receipt
-        if r.state == TX_INCLUDED:
+        if r.state == TxState.INCLUDED:
             header = self.verify_header(r.header, r.signature)
             if header.height != height:
                 raise VerificationFailed("receipt reply names another height than its header")
@@ -388,9 +386,9 @@ class Client:
             if receipt.tx_id != tx_id:
                 raise VerificationFailed("the proven receipt is another tx's")
             return TxOutcome(tx_id, "included", height, index, receipt)
-        if r.state == TX_DROPPED:
+        if r.state == TxState.DROPPED:
             return TxOutcome(tx_id, "dropped", height, code=r.code, reason=r.reason)
-        return TxOutcome(tx_id, TX_STATES.get(r.state, "unknown"))
+        return TxOutcome(tx_id, r.state.name.lower())
 
     async def wait_receipt(self, tx_id: bytes, timeout: float = 60.0) -> TxOutcome:
         """Wait until ``tx_id`` is included or dropped; ``trio.TooSlowError`` after ``timeout`` s."""

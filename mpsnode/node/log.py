@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from typing import Any, TextIO
 
 
@@ -41,6 +40,3 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
     if logger.isEnabledFor(level):
         logger.log(level, name, extra={"fields": fields})
 
-
-def now_ms() -> int:
-    return int(time.time() * 1000)

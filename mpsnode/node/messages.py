@@ -1,154 +1,47 @@
 """Typed wire messages: one frozen dataclass per request and per reply, encoded from its fields.
 
 A message on the wire is ``[type, request id, field...]`` (``docs/WIRE.md``). Each class here
-lists its fields in wire order, each with its kind (``uint``, ``blob``, ``text``, ``flag``, a
-list of a kind, a nested record, or ``raw`` for a canonical object another module decodes), and
-the codec is written once for all of them, as events and txs are: ``to_wire`` lays the fields
-out, ``from_wire`` checks every one. A field that is missing, extra or of the wrong kind is the
-peer's ``ProtocolViolation`` (the connection is closed), never an ``IndexError`` or a
-``TypeError``; a value of the right kind but out of range is the handler's to refuse
-(``BadRequest``). The server and the client library share these classes, so neither side
-indexes a reply by hand.
+lists its fields in wire order, each with its kind (``mpsnode.consensus.records``: ``UINT``,
+``BLOB``, ``TEXT``, ``FLAG``, a list of a kind, a nested record, or ``RAW`` for a canonical
+object another module decodes), and the codec is written once for all of them, as for events
+and state records: ``to_wire`` lays the fields out, ``from_wire`` checks every one. A field
+that is missing, extra or of the wrong kind is the peer's ``ProtocolViolation`` (the
+connection is closed), never an ``IndexError`` or a ``TypeError``; a value of the right kind but
+out of range is the handler's to refuse (``BadRequest``). The server and the client library
+share these classes, so neither side indexes a reply by hand.
 
 Two layouts are not a fixed list of fields: the trailing ``verifier`` of a STATUS reply is
 present only from a verifier (``optional=True``), and the ``(present, value, proof)`` triples of a
-state reply follow its header inline (``inline=True``).
+state reply follow its header inline (``inline=StateEntry``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import MISSING, dataclass, field, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from enum import IntEnum
 from typing import Any, ClassVar, Self
 
-from mpsnode.consensus.encoding import U64_MAX, expect_bytes, expect_list, expect_str, expect_uint
 from mpsnode.consensus.errors import DecodeError
+from mpsnode.consensus.records import (
+    BLOB,
+    FLAG,
+    HASH,
+    NAME,
+    RAW,
+    TEXT,
+    UINT,
+    Record,
+    enum_of,
+    list_of,
+    record,
+    wire,
+)
 from mpsnode.node.errors import ProtocolViolation
 
 REPLY = 0x80
 BLOCK_PUSH = 0x40
-MAX_TEXT = 4000  # characters of a str field (a reason is cut to 1000 before it is sent)
 MAX_KEY = 511  # bytes of a state key
-
-
-# ---------------------------------------------------------------------------------------------
-# Field kinds
-
-
-@dataclass(frozen=True, slots=True)
-class Kind:
-    """How one field travels: ``encode`` a value to its msgpack object, ``decode`` it back (checked)."""
-
-    encode: Callable[[Any], Any]
-    decode: Callable[[Any, str], Any]
-
-
-def _same(value: Any) -> Any:
-    return value
-
-
-UINT = Kind(_same, lambda obj, what: expect_uint(obj, what, U64_MAX))
-FLAG = Kind(int, lambda obj, what: bool(expect_uint(obj, what, 1)))
-BLOB = Kind(_same, lambda obj, what: expect_bytes(obj, what))
-HASH = Kind(_same, lambda obj, what: expect_bytes(obj, what, 32))
-TEXT = Kind(_same, lambda obj, what: _text(obj, what))
-RAW = Kind(_same, lambda obj, what: obj)  # a canonical object decoded by its owner (a proof)
-
-
-def _text(obj: Any, what: str) -> str:
-    if type(obj) is not str:
-        raise DecodeError(f"{what}: expected str")
-    if len(obj) > MAX_TEXT:
-        raise DecodeError(f"{what}: longer than {MAX_TEXT} characters")
-    return obj
-
-
-def _nonempty_text(obj: Any, what: str) -> str:
-    return expect_str(obj, what, MAX_TEXT)
-
-
-NAME = Kind(_same, _nonempty_text)
-
-
-def list_of(kind: Kind) -> Kind:
-    return Kind(
-        lambda values: [kind.encode(v) for v in values],
-        lambda obj, what: tuple(kind.decode(v, what) for v in expect_list(obj, None, what)),
-    )
-
-
-def record(cls: type[Record]) -> Kind:
-    return Kind(
-        lambda value: value.to_obj(), lambda obj, what: cls.decode_items(expect_list(obj, None, what), what)
-    )
-
-
-def wire(
-    kind: Kind | None = None,
-    default: Any = MISSING,
-    *,
-    optional: bool = False,
-    inline: type[Record] | None = None,
-) -> Any:
-    """A dataclass field of ``kind``. ``optional``: a trailing field, sent only when not None.
-    ``inline``: a trailing tuple of these records, laid out field by field after the others."""
-    metadata = {"wire": kind, "optional": optional, "inline": inline}
-    if default is MISSING:
-        return field(metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-# ---------------------------------------------------------------------------------------------
-# Records and messages
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """A value that travels as an array of its fields, in declaration order."""
-
-    def to_obj(self) -> list[Any]:
-        out: list[Any] = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.metadata["optional"] and value is None:
-                continue
-            if f.metadata["inline"] is not None:
-                out.extend(item for v in value for item in v.to_obj())
-                continue
-            out.append(f.metadata["wire"].encode(value))
-        return out
-
-    @classmethod
-    def decode_items(cls, items: list[Any], name: str) -> Self:
-        """From the array of its fields; ``DecodeError`` naming the first field that is wrong."""
-        values: dict[str, Any] = {}
-        at = 0
-        for f in fields(cls):  # type: ignore[arg-type]
-            kind: Kind = f.metadata["wire"]
-            inline: type[Record] | None = f.metadata["inline"]
-            if inline is not None:
-                values[f.name] = _inline(inline, items[at:], f.name)
-                at = len(items)
-                continue
-            if at >= len(items):
-                if f.metadata["optional"]:
-                    values[f.name] = None
-                    continue
-                raise DecodeError(f"{f.name}: missing ({len(items)} fields)")
-            values[f.name] = kind.decode(items[at], f.name)
-            at += 1
-        if at != len(items):
-            raise DecodeError(f"{len(items)} fields, expected {at}")
-        return cls(**values)
-
-
-def _inline(cls: type[Record], items: list[Any], what: str) -> tuple[Any, ...]:
-    """Records of ``cls`` laid out one after another, field by field."""
-    width = len(fields(cls))  # type: ignore[arg-type]
-    if len(items) % width:
-        raise DecodeError(f"{what}: {len(items)} fields is not a whole number of {width}-field entries")
-    return tuple(cls.decode_items(items[i : i + width], what) for i in range(0, len(items), width))
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,9 +200,15 @@ class GetProofs(Message):
 # ---------------------------------------------------------------------------------------------
 # Replies (node -> client) and pushes
 
-# GET_RECEIPT states
-TX_UNKNOWN, TX_PENDING, TX_INCLUDED, TX_DROPPED = 0, 1, 2, 3
-TX_STATES = {TX_UNKNOWN: "unknown", TX_PENDING: "pending", TX_INCLUDED: "included", TX_DROPPED: "dropped"}
+
+class TxState(IntEnum):
+    """Where a tx stands (GET_RECEIPT); ``name.lower()`` is how the client and the CLI call it."""
+
+    UNKNOWN = 0
+    PENDING = 1
+    INCLUDED = 2
+    DROPPED = 3
+
 
 # GET_EVENTS selectors
 EVENTS_BY_HEIGHT, EVENTS_BY_TASK = 0, 1
@@ -460,7 +359,7 @@ class ReceiptReply(Message):
     """Where a tx stands; the receipt fields are filled when included, ``code``/``reason`` when dropped."""
 
     TYPE = Msg.GET_RECEIPT | REPLY
-    state: int = wire(UINT)  # TX_UNKNOWN, TX_PENDING, TX_INCLUDED, TX_DROPPED
+    state: TxState = wire(enum_of(TxState))
     height: int = wire(UINT, 0)
     index: int = wire(UINT, 0)
     receipt: bytes = wire(BLOB, b"")

@@ -49,10 +49,6 @@ from mpsnode.node.messages import (
     EVENTS_BY_TASK,
     MAX_KEY,
     REQUESTS,
-    TX_DROPPED,
-    TX_INCLUDED,
-    TX_PENDING,
-    TX_UNKNOWN,
     BlockPush,
     BlockReply,
     BlocksReply,
@@ -86,6 +82,7 @@ from mpsnode.node.messages import (
     SubmitTx,
     Subscribe,
     Subscribed,
+    TxState,
     Unsubscribe,
     Unsubscribed,
     VerifierStatus,
@@ -131,9 +128,6 @@ class HeadWatch:
 
     async def wait_change(self) -> None:
         await self._event.wait()
-
-
-Reply = Callable[[list[Any]], None]
 
 
 class TxGateway(Protocol):
@@ -322,7 +316,7 @@ class NodeServer:
                 _remember(self._receipt_leaves, height, cached, 16)
             items, leaves = cached
             return ReceiptReply(
-                TX_INCLUDED,
+                TxState.INCLUDED,
                 height,
                 index,
                 encode(items[index]),
@@ -333,12 +327,12 @@ class NodeServer:
             )
         if self.gateway is not None:
             if self.gateway.pending(tx_id):
-                return ReceiptReply(TX_PENDING)
+                return ReceiptReply(TxState.PENDING)
             dropped = self.gateway.dropped(tx_id)
             if dropped is not None:
                 height, code, reason = dropped
-                return ReceiptReply(TX_DROPPED, height, code=code, reason=reason)
-        return ReceiptReply(TX_UNKNOWN)
+                return ReceiptReply(TxState.DROPPED, height, code=code, reason=reason)
+        return ReceiptReply(TxState.UNKNOWN)
 
     def block_reply(self, height: int) -> BlockReply:
         header = self.store.get_header(height)
@@ -435,7 +429,7 @@ class _Connection:
 
     async def run(self) -> str:
         failure: MpsError | None = None
-        try:
+        try:  # every stream error is caught where it happens: none leaves the nursery (strict groups)
             async with trio.open_nursery() as nursery:
                 self.nursery = nursery
                 nursery.start_soon(self._write)
@@ -450,10 +444,6 @@ class _Connection:
                 except (trio.BrokenResourceError, trio.ClosedResourceError):
                     self.close_reason = "reset"
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self.close_reason = "reset"
-        except SlowPeer:
-            self.close_reason = "slow"
         finally:
             self.outbox.close()
         if failure is not None:
@@ -655,7 +645,7 @@ class _Connection:
     async def _get_receipt(self, request: GetReceipt, req_id: int) -> None:
         wait_ms = min(request.wait_ms, MAX_WAIT_MS)
         reply = self.server.receipt_status(request.tx_id)
-        if reply.state in (TX_INCLUDED, TX_DROPPED) or wait_ms == 0:
+        if reply.state in (TxState.INCLUDED, TxState.DROPPED) or wait_ms == 0:
             await self.send(reply, req_id)
             return
         self._take_waiter()
@@ -666,7 +656,7 @@ class _Connection:
         try:
             reply = self.server.receipt_status(tx_id)
             with trio.move_on_after(wait_ms / 1000):
-                while reply.state not in (TX_INCLUDED, TX_DROPPED):
+                while reply.state not in (TxState.INCLUDED, TxState.DROPPED):
                     await self.server.watch.wait_change()
                     reply = self.server.receipt_status(tx_id)
             await self.send(reply, req_id)

@@ -122,7 +122,6 @@ class FrameReader:
         self._chunk = chunk
         self._buf = bytearray()
         self._pos = 0
-        self.bytes_read = 0
 
     def _available(self) -> int:
         return len(self._buf) - self._pos
@@ -142,7 +141,6 @@ class FrameReader:
         if not data:
             return False
         self._buf += data
-        self.bytes_read += len(data)
         return True
 
     def next_buffered(self) -> bytes | None:
@@ -246,11 +244,6 @@ class Outbox:
         self.queued_bytes -= len(out)
         self._not_full.unpark_all()
         return out
-
-    async def wait_empty(self) -> None:
-        """Until every queued frame was handed to the writer."""
-        while self._frames and not self.closed:
-            await self._not_full.park()
 
     def close(self) -> None:
         self.closed = True

@@ -10,6 +10,7 @@ and rewards), expire it (refund) or open the next round.
 from __future__ import annotations
 
 from dataclasses import replace
+from enum import IntEnum
 
 import numpy as np
 
@@ -30,12 +31,20 @@ from mpsnode.consensus.state import State, Task, TaskStatus
 from mpsnode.consensus.stf.env import BlockEnv
 from mpsnode.consensus.stf.task import EXPIRED_MAX_ROUNDS, clear_pending_updates, finish_task, refund_escrow
 
-# Slashed.reason / ParticipantRemoved.reason
-SLASH_KRUM_SCORE = (
-    1  # Krum score above slash_score_ratio_pct (coherent round: ..._coherent_pct) of the median
-)
-SLASH_DIRECTION = 2  # coherent round, update points against the sum of the others (slash_direction_bps)
-SLASH_REASONS = {SLASH_KRUM_SCORE: "krum_score", SLASH_DIRECTION: "direction"}  # names for people and JSON
+
+class SlashReason(IntEnum):
+    """``Slashed.reason`` and ``ParticipantRemoved.reason``: the rule that flagged the update."""
+
+    KRUM_SCORE = 1  # Krum score above slash_score_ratio_pct (coherent round: ..._coherent_pct) of the median
+    DIRECTION = 2  # coherent round, update points against the sum of the others (slash_direction_bps)
+
+    @classmethod
+    def describe(cls, code: int) -> str:
+        """The rule's name for people and JSON (``krum_score``, ``direction``), or the code itself."""
+        try:
+            return cls(code).name.lower()
+        except ValueError:
+            return str(code)
 
 
 def is_round_due(task: Task, height: int) -> bool:
@@ -94,7 +103,7 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
     events = []
     by_direction = set(result.flagged_direction)
     for i in result.flagged:
-        reason = SLASH_DIRECTION if i in by_direction else SLASH_KRUM_SCORE
+        reason = int(SlashReason.DIRECTION if i in by_direction else SlashReason.KRUM_SCORE)
         events += slash_participant(state, params, task, task.submitted[i], reason)
     task = state.get_task(task.task_id) or task  # participants changed if anyone was slashed
 
