@@ -145,7 +145,7 @@ def test_many_column_blocks(block_cols: int) -> None:
 
 
 def test_extreme_magnitudes_at_max_params() -> None:
-    """The largest distance DESIGN.md allows: 2^22 parameters at opposite ends of int16."""
+    """The largest distance the protocol allows: 2^22 parameters at opposite ends of int16."""
     d = krum.MAX_PARAMS
     Q = np.empty((3, d), dtype=np.int16)
     Q[0] = I16_MAX

@@ -6,7 +6,7 @@ distance ``D[i][j] = sum_p (Q[i,p] - Q[j,p])^2``; they come from the Gram matrix
 (the direction of each update against the sum of the others) reads it too. A client's score ``s_i``
 is the sum of its ``k - f - 2`` smallest distances to the others; Multi-Krum ranks by
 ``(score, address)``, selects the first ``k - f`` and flags the clear outliers among the rest
-(DESIGN.md, "Closing a round").
+(docs/PROTOCOL.md, section 7).
 
 This is consensus code: every node must produce the same integers, whatever its CPU, thread count
 or BLAS. So nothing here touches a float. The bounds that make every step exact, with ``|q| <= 2^15``,

@@ -3,7 +3,7 @@
 ``arch = [in, h1, ..., out]`` gives the layer widths. The parameters are one flat int32 vector,
 layer by layer: the layer's weights row-major (``out x in``), then its ``out`` biases. Weights are in
 units of ``2^-s`` (``s = scale_bits``, 0..24) and stay within the model clamp ``+-(2^24 - 1)``.
-Validation inputs are int16 (``samples x in``) at the same scale; labels are uint8 (DESIGN.md,
+Validation inputs are int16 (``samples x in``) at the same scale; labels are uint8 (docs/PROTOCOL.md,
 "Transactions" and "Closing a round").
 
 This is consensus code: every node must produce the same integers, whatever its CPU, thread count

@@ -6,7 +6,7 @@ waits for the interpreter's switch interval). ``verify_batch`` instead runs a nu
 ``nogil=True`` that calls the very same libsodium function PyNaCl wraps
 (``crypto_sign_ed25519_verify_detached`` in PyNaCl's bundled, pinned libsodium), so a whole
 batch runs on another core in one GIL release and gives the same answer as ``crypto.verify``
-(``tests/test_sigverify.py`` holds them equal). If the symbol cannot be bound, it falls back to
+(``tests/test_wire.py::test_batch_verify_equals_pynacl`` holds them equal). If the symbol cannot be bound, it falls back to
 ``crypto.verify`` one by one.
 """
 
