@@ -35,6 +35,7 @@ class Header:
     version: int = BLOCK_VERSION
 
     def encode_obj(self) -> list[Any]:
+        """The header as its canonical array ``[version, chain_id, height, ...]``."""
         return [
             self.version,
             self.chain_id,
@@ -47,13 +48,16 @@ class Header:
         ]
 
     def encode(self) -> bytes:
+        """The header's canonical bytes (what the block hash is taken over)."""
         return encode(self.encode_obj())
 
     def hash(self) -> bytes:
+        """The block hash: ``H(mps-header, encode(header))``."""
         return H(HEADER, self.encode())
 
     @classmethod
     def decode_obj(cls, obj: Any) -> Header:
+        """A header from its decoded array; ``BlockDecodeError`` for a malformed field or an unknown version."""
         version, chain_id, height, parent, ts, tx_root, receipts_root, state_root = expect_list(
             obj, 8, "header"
         )
@@ -71,6 +75,7 @@ class Header:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The header as JSON-able fields (bytes as hex)."""
         return {
             "version": self.version,
             "chain_id": self.chain_id,
@@ -85,6 +90,7 @@ class Header:
 
 
 def decode_header(data: bytes) -> Header:
+    """A header from canonical bytes; raises only ``BlockDecodeError``."""
     try:
         return Header.decode_obj(decode(data, max_bytes=1024))
     except InvalidBlock:
@@ -101,26 +107,33 @@ class Block:
 
     @property
     def height(self) -> int:
+        """The block's height (its header's)."""
         return self.header.height
 
     def hash(self) -> bytes:
+        """The block hash (its header's)."""
         return self.header.hash()
 
     def encode_obj(self) -> list[Any]:
+        """The block as ``[header, [signed tx...], signature]``."""
         return [self.header.encode_obj(), [t.encode_obj() for t in self.txs], self.signature]
 
     def encode(self) -> bytes:
+        """The block's canonical bytes."""
         return encode(self.encode_obj())
 
     def verify_signature(self, sequencer: bytes) -> bool:
+        """Whether ``signature`` is ``sequencer``'s signature of the block hash."""
         return crypto.verify(sequencer, self.hash(), self.signature)
 
 
 def compute_tx_root(txs: tuple[SignedTx, ...] | list[SignedTx]) -> bytes:
+    """The list root of ``H(mps-tx-leaf, tx_id || signature)`` over ``txs`` in order."""
     return list_root([t.leaf() for t in txs])
 
 
 def sign_header(header: Header, key: crypto.Keypair, txs: tuple[SignedTx, ...]) -> Block:
+    """The block of ``header`` and ``txs``, signed by ``key`` (the sequencer)."""
     return Block(header, tuple(txs), key.sign(header.hash()))
 
 

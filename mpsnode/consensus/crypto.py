@@ -17,6 +17,7 @@ class Keypair:
 
     @classmethod
     def from_seed(cls, seed: bytes) -> Keypair:
+        """The key of a 32-byte ed25519 seed; ``ValueError`` for another length."""
         if len(seed) != 32:
             raise ValueError("an ed25519 seed is 32 bytes")
         return cls(bytes(seed))
@@ -27,9 +28,11 @@ class Keypair:
 
     @property
     def address(self) -> bytes:
+        """The 32-byte public key: the account's address."""
         return bytes(self._signing_key.verify_key)
 
     def sign(self, message: bytes) -> bytes:
+        """The 64-byte ed25519 signature of ``message``."""
         return self._signing_key.sign(message).signature
 
     def __repr__(self) -> str:  # never print the seed

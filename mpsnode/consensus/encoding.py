@@ -100,6 +100,7 @@ def _msgpack_name(item: Any) -> str:
 
 
 def expect_list(obj: Any, length: int | None, what: str) -> list[Any]:
+    """``obj`` if it is an array (of ``length`` items when given); else ``DecodeError`` naming ``what``."""
     if type(obj) is not list:
         raise DecodeError(f"{what}: expected an array")
     if length is not None and len(obj) != length:
@@ -108,6 +109,7 @@ def expect_list(obj: Any, length: int | None, what: str) -> list[Any]:
 
 
 def expect_uint(obj: Any, what: str, max_value: int = U64_MAX) -> int:
+    """``obj`` if it is an int in ``0..max_value``; else ``DecodeError`` naming ``what``."""
     if type(obj) is not int:
         raise DecodeError(f"{what}: expected an integer")
     if obj < 0 or obj > max_value:
@@ -116,6 +118,7 @@ def expect_uint(obj: Any, what: str, max_value: int = U64_MAX) -> int:
 
 
 def expect_bytes(obj: Any, what: str, length: int | None = None, max_len: int | None = None) -> bytes:
+    """``obj`` if it is bin (of ``length`` bytes, or at most ``max_len``); else ``DecodeError``."""
     if type(obj) is not bytes:
         raise DecodeError(f"{what}: expected bin")
     if length is not None and len(obj) != length:
@@ -126,6 +129,7 @@ def expect_bytes(obj: Any, what: str, length: int | None = None, max_len: int | 
 
 
 def expect_str(obj: Any, what: str, max_len: int = 64) -> str:
+    """``obj`` if it is a str of 1..``max_len`` characters; else ``DecodeError``."""
     if type(obj) is not str:
         raise DecodeError(f"{what}: expected str")
     if not obj or len(obj) > max_len:
@@ -134,4 +138,5 @@ def expect_str(obj: Any, what: str, max_len: int = 64) -> str:
 
 
 def u64be(n: int) -> bytes:
+    """``n`` as 8 big-endian bytes (ids in state keys, so byte order is numeric order)."""
     return n.to_bytes(8, "big")

@@ -180,6 +180,7 @@ class RootMismatch(InvalidBlock):
 
     @property
     def check(self) -> str:
+        """The root that differs: ``tx_root``, ``receipts_root`` or ``state_root``."""
         return self.which
 
 
@@ -203,6 +204,7 @@ class BlockHasInvalidTx(InvalidBlock):
 
     @property
     def check(self) -> str:
+        """The check the tx failed (its cause's)."""
         return self.cause.check
 
 

@@ -18,13 +18,16 @@ class Event:
     KIND: ClassVar[int] = 0
 
     def encode_obj(self) -> list[Any]:
+        """The event as ``[KIND, field...]`` in declaration order (tuples as arrays)."""
         return [self.KIND, *(_to_obj(getattr(self, f.name)) for f in fields(self))]
 
     @property
     def name(self) -> str:
+        """The event's class name (``Staked``, ``RoundClosed``, ...)."""
         return type(self).__name__
 
     def to_json(self) -> dict[str, Any]:
+        """The event as JSON-able fields, with its name under ``event``."""
         return {"event": self.name, **{f.name: _to_json(getattr(self, f.name)) for f in fields(self)}}
 
 
@@ -223,6 +226,7 @@ EVENT_TYPES: dict[int, type[Event]] = {
 
 
 def decode_event(obj: Any) -> Event:
+    """The event encoded as ``obj``; ``DecodeError`` for an unknown kind or a malformed field."""
     items = expect_list(obj, None, "event")
     if not items:
         raise DecodeError("event: empty")

@@ -44,9 +44,11 @@ class Genesis:
 
     @property
     def supply(self) -> int:
+        """The total of every allocation, balance and bond: the invariant's constant."""
         return sum(a.balance + a.bonded for a in self.allocations)
 
     def config(self) -> Config:
+        """The chain's ``Config`` (what the state's ``C`` key holds)."""
         return Config(
             self.chain_id,
             self.params,
@@ -58,6 +60,7 @@ class Genesis:
         )
 
     def state_items(self) -> dict[bytes, bytes]:
+        """The genesis state: config, globals and every allocated account, as key -> value."""
         items = {CONFIG_KEY: self.config().encode(), GLOBALS_KEY: Globals().encode()}
         for a in self.allocations:
             acct = Account(balance=a.balance, bonded=a.bonded)
@@ -66,9 +69,11 @@ class Genesis:
         return items
 
     def state_root(self) -> bytes:
+        """The sparse-Merkle root of ``state_items`` (computed by the reference tree)."""
         return compute_root_reference(self.state_items())
 
     def header(self) -> Header:
+        """The height-0 header: zero parent, empty tx and receipt roots, the genesis state root."""
         return Header(
             self.chain_id,
             0,
@@ -80,10 +85,12 @@ class Genesis:
         )
 
     def hash(self) -> bytes:
+        """The genesis hash: the hash of the height-0 header."""
         return self.header().hash()
 
     # JSON ----------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
+        """The genesis as the JSON of a genesis file."""
         return {
             "chain_id": self.chain_id,
             "genesis_time_ms": self.genesis_time_ms,
@@ -99,6 +106,7 @@ class Genesis:
 
     @classmethod
     def from_json(cls, doc: Any) -> Genesis:
+        """A genesis from a genesis file's JSON; ``GenesisError`` naming the field that is wrong."""
         if not isinstance(doc, dict):
             raise GenesisError("genesis", "must be a JSON object")
         required = {

@@ -18,6 +18,7 @@ class SupplyBreakdown:
 
     @property
     def total(self) -> int:
+        """Balances + bonded + unbonding + escrows + burned: must equal the genesis supply."""
         return self.balances + self.bonded + self.unbonding + self.escrows + self.burned
 
 

@@ -539,6 +539,7 @@ def _rows(Q: np.ndarray) -> list[list[int]]:
 
 
 def gram_matrix_reference(Q: np.ndarray) -> np.ndarray:
+    """Reference twin of ``gram_matrix``: ``G[i][j] = sum(q_i * q_j)`` in Python ints."""
     rows = _rows(Q)
     k = len(rows)
     G = [[sum(a * b for a, b in zip(rows[i], rows[j], strict=True)) for j in range(k)] for i in range(k)]
@@ -546,6 +547,7 @@ def gram_matrix_reference(Q: np.ndarray) -> np.ndarray:
 
 
 def distance_matrix_reference(Q: np.ndarray) -> np.ndarray:
+    """Reference twin of ``distance_matrix``: ``D[i][j] = sum((q_i - q_j)^2)`` in Python ints."""
     rows = _rows(Q)
     k = len(rows)
     D = [
@@ -555,6 +557,8 @@ def distance_matrix_reference(Q: np.ndarray) -> np.ndarray:
 
 
 def krum_scores_reference(D: np.ndarray, f: int) -> np.ndarray:
+    """Reference twin of ``krum_scores``: each row's sum of its ``k - f - 2`` smallest off-diagonal
+    distances."""
     _validate_distances(D)
     k = D.shape[0]
     _validate_f(k, f)

@@ -27,7 +27,6 @@ MODEL_CLAMP = (1 << 24) - 1  # |w| for every weight, and the hidden activations'
 MAX_FAN_IN = 1 << 14  # widths of every layer but the last (2^14 * (2^24 - 1)^2 < 2^62)
 MAX_SCALE_BITS = 24  # fixed-point bits of weights, inputs and deltas ((2^24 - 1) << 24 < 2^48)
 MAX_DISTANCE = 1 << 54  # every squared distance of int16 rows of <= MAX_PARAMS entries is below this
-DELTA_BITS = 16  # a delta entry is int16
 
 # Bounds of CREATE_TASK's other fields (sizes a node must be able to hold, not overflow bounds)
 MAX_LAYERS = 16
@@ -37,4 +36,3 @@ MAX_BLOCKS = 1_000_000  # join_blocks and round_blocks
 MAX_LOCAL_EPOCHS = 1000
 MAX_BPS = 10_000  # basis points: 10000 = 100%
 
-INT64_MAX = (1 << 63) - 1

@@ -14,6 +14,7 @@ EMPTY_LIST_ROOT = H(LIST_NODE, b"")
 
 
 def list_root(items: Sequence[bytes]) -> bytes:
+    """The RFC 6962-shaped root of ``leaves`` (already hashed items): ``EMPTY`` for none."""
     if not items:
         return EMPTY_LIST_ROOT
     return _root([H(LIST_LEAF, d) for d in items])

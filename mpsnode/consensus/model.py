@@ -117,6 +117,7 @@ def _validate_forward_arch(arch: Sequence[int]) -> tuple[int, ...]:
 
 
 def validate_scale_bits(scale_bits: int) -> int:
+    """``scale_bits`` if it is an int in ``0..MAX_SCALE_BITS``; else ``ValueError``."""
     if type(scale_bits) is not int or not 0 <= scale_bits <= MAX_SCALE_BITS:
         raise ValueError(f"scale_bits must be an int in 0..{MAX_SCALE_BITS}, got {scale_bits!r}")
     return scale_bits
@@ -155,6 +156,8 @@ def validate_inputs(x: np.ndarray, arch: Sequence[int]) -> np.ndarray:
 
 
 def validate_deltas(model: np.ndarray, selected_deltas: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The model as int32 and the selected deltas as a ``m x d`` int16 matrix; ``ValueError`` for other
+    shapes or types."""
     w = _as_vector(model, "model", 4)
     Q = selected_deltas
     if not isinstance(Q, np.ndarray) or Q.ndim != 2:
@@ -411,6 +414,7 @@ def aggregate(
 def compute_logits_reference(
     weights: np.ndarray, arch: Sequence[int], scale_bits: int, x: np.ndarray
 ) -> list[list[int]]:
+    """Reference twin of ``compute_logits``: the integer forward pass in Python ints."""
     widths = _validate_forward_arch(arch)
     w = [int(v) for v in validate_weights(weights, widths)]
     s = validate_scale_bits(scale_bits)
@@ -429,6 +433,7 @@ def compute_logits_reference(
 
 
 def predict_reference(weights: np.ndarray, arch: Sequence[int], scale_bits: int, x: np.ndarray) -> np.ndarray:
+    """Reference twin of ``predict``: argmax of the reference logits, lowest index on ties."""
     preds = []
     for z in compute_logits_reference(weights, arch, scale_bits, x):
         best = 0
@@ -442,10 +447,12 @@ def predict_reference(weights: np.ndarray, arch: Sequence[int], scale_bits: int,
 def accuracy_bps_reference(
     weights: np.ndarray, arch: Sequence[int], scale_bits: int, val_x: np.ndarray, val_y: np.ndarray
 ) -> int:
+    """Reference twin of ``accuracy_bps``: ``correct * 10000 // samples``."""
     return _accuracy_bps(predict_reference(weights, arch, scale_bits, val_x), val_y)
 
 
 def aggregate_reference(model: np.ndarray, selected_deltas: np.ndarray) -> np.ndarray:
+    """Reference twin of ``aggregate``: ``clamp(w + (sum + m // 2) // m)`` per parameter in Python ints."""
     w, Q = validate_deltas(model, selected_deltas)
     m = Q.shape[0]
     rows = [[int(v) for v in row] for row in Q]

@@ -37,11 +37,13 @@ class Params:
 
     @classmethod
     def decode(cls, obj: Any) -> Params:
+        """Params from their array in declaration order; ``DecodeError`` naming a bad field."""
         items = expect_list(obj, len(fields(cls)), "params")
         values = {f.name: expect_uint(v, f"params.{f.name}") for f, v in zip(fields(cls), items, strict=True)}
         return cls(**values)
 
     def to_json(self) -> dict[str, int]:
+        """The params by name."""
         return asdict(self)
 
     def validate(self) -> list[tuple[str, str]]:

@@ -27,20 +27,25 @@ class Receipt:
 
     @property
     def ok(self) -> bool:
+        """Whether the tx's effect succeeded (status 0)."""
         return self.status == 0
 
     @property
     def status_name(self) -> str:
+        """The status's name (``ok`` or the failure's class name)."""
         return describe_code(self.status)
 
     def encode_obj(self) -> list[Any]:
+        """The receipt as ``[tx_id, status, fee_paid, [event...]]``."""
         return [self.tx_id, self.status, self.fee_paid, [e.encode_obj() for e in self.events]]
 
     def hash(self) -> bytes:
+        """``H(mps-receipt, encode(receipt))``: the receipts root's leaf."""
         return H(RECEIPT, encode(self.encode_obj()))
 
     @classmethod
     def decode_obj(cls, obj: Any) -> Receipt:
+        """A receipt from its decoded array; ``DecodeError`` for a malformed field."""
         tx_id, status, fee, events = expect_list(obj, 4, "receipt")
         return cls(
             expect_bytes(tx_id, "tx_id", 32),
@@ -50,6 +55,7 @@ class Receipt:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The receipt as JSON-able fields, with the status's name."""
         return {
             "tx_id": self.tx_id.hex(),
             "status": self.status,
@@ -60,13 +66,16 @@ class Receipt:
 
 
 def receipts_root(receipts: list[Receipt]) -> bytes:
+    """The list root of the receipts' hashes, in order."""
     return list_root([r.hash() for r in receipts])
 
 
 def encode_receipts(receipts: list[Receipt]) -> bytes:
+    """A block's receipts as one canonical list (how the store keeps them)."""
     return encode([r.encode_obj() for r in receipts])
 
 
 def decode_receipts(data: bytes) -> list[Receipt]:
+    """The receipts of ``encode_receipts``; ``DecodeError`` for anything else."""
     obj = decode(data, max_bytes=len(data) + 1, max_array_len=1 << 24)
     return [Receipt.decode_obj(r) for r in expect_list(obj, None, "receipts")]

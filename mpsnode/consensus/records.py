@@ -62,6 +62,7 @@ NAME = Kind(_same, _nonempty_text)
 
 
 def list_of(kind: Kind) -> Kind:
+    """A field holding a tuple of ``kind`` values, encoded as an array."""
     return Kind(
         lambda values: [kind.encode(v) for v in values],
         lambda obj, what: tuple(kind.decode(v, what) for v in expect_list(obj, None, what)),
@@ -69,6 +70,8 @@ def list_of(kind: Kind) -> Kind:
 
 
 def pair(first: Kind, second: Kind) -> Kind:
+    """A field holding a 2-tuple ``(first, second)``, encoded as a 2-array."""
+
     def decode(obj: Any, what: str) -> tuple[Any, Any]:
         a, b = expect_list(obj, 2, what)
         return first.decode(a, what), second.decode(b, what)
@@ -77,6 +80,8 @@ def pair(first: Kind, second: Kind) -> Kind:
 
 
 def enum_of(enum: type[IntEnum]) -> Kind:
+    """A field holding a member of ``enum``, encoded as its int; an unknown value is a ``DecodeError``."""
+
     def decode(obj: Any, what: str) -> IntEnum:
         value = expect_uint(obj, what)
         try:
@@ -88,6 +93,7 @@ def enum_of(enum: type[IntEnum]) -> Kind:
 
 
 def record(cls: type[Record]) -> Kind:
+    """A field holding a nested ``cls`` record, encoded as its array."""
     return Kind(
         lambda value: value.to_obj(), lambda obj, what: cls.decode_items(expect_list(obj, None, what), what)
     )
@@ -117,6 +123,8 @@ class Record:
     """A value that travels as an array of its fields, in declaration order."""
 
     def to_obj(self) -> list[Any]:
+        """The record as the array of its fields (``optional`` ones left out when None, ``inline`` ones
+        spread)."""
         out: list[Any] = []
         for f in fields(self):
             value = getattr(self, f.name)

@@ -6,8 +6,8 @@ waits for the interpreter's switch interval). ``verify_batch`` instead runs a nu
 ``nogil=True`` that calls the very same libsodium function PyNaCl wraps
 (``crypto_sign_ed25519_verify_detached`` in PyNaCl's bundled, pinned libsodium), so a whole
 batch runs on another core in one GIL release and gives the same answer as ``crypto.verify``
-(``tests/test_wire.py::test_batch_verify_equals_pynacl`` holds them equal). If the symbol cannot be bound, it falls back to
-``crypto.verify`` one by one.
+(``tests/test_wire.py::test_batch_verify_equals_pynacl`` holds them equal). If the symbol cannot
+be bound, it falls back to ``crypto.verify`` one by one.
 """
 
 from __future__ import annotations

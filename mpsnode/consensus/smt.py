@@ -54,14 +54,17 @@ def compute_key_hash(key: bytes) -> bytes:
 
 
 def compute_value_hash(value: bytes) -> bytes:
+    """``H(mps-smt-val, value)``."""
     return _hash_with(_VAL_HASHER, value)
 
 
 def compute_leaf_hash(kh: bytes, value_hash: bytes) -> bytes:
+    """A one-leaf subtree: ``H(mps-smt-leaf, key_hash || value_hash)``."""
     return _hash_with(_LEAF_HASHER, kh + value_hash)
 
 
 def compute_node_hash(left: bytes, right: bytes) -> bytes:
+    """An inner node: ``H(mps-smt-node, left || right)``."""
     return _hash_with(_NODE_HASHER, left + right)
 
 
@@ -72,7 +75,9 @@ class TreeNodeError(Exception):
 class NodeStore(Protocol):
     """Storage for tree nodes: the record of a node by its hash, ``None`` if unknown."""
 
-    def get_node(self, h: bytes) -> bytes | None: ...
+    def get_node(self, h: bytes) -> bytes | None:
+        """The node record stored under hash ``h``, or None."""
+        ...
 
 
 class MemoryNodeStore:
@@ -84,9 +89,11 @@ class MemoryNodeStore:
         self._nodes: dict[bytes, bytes] = dict(nodes) if nodes else {}
 
     def get_node(self, h: bytes) -> bytes | None:
+        """The node record stored under hash ``h``, or None."""
         return self._nodes.get(h)
 
     def put_nodes(self, nodes: Mapping[bytes, bytes]) -> None:
+        """Keep ``nodes`` (hash -> record), as a store's commit would."""
         self._nodes.update(nodes)
 
     def __len__(self) -> int:
@@ -150,6 +157,7 @@ class SparseMerkleTree:
 
     @property
     def root(self) -> bytes:
+        """The current root."""
         return self._root
 
     def pending_nodes(self) -> dict[bytes, bytes]:

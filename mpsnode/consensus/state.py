@@ -41,30 +41,37 @@ _MAX_VALUE = 1 << 26  # the largest value (a 2^22-parameter int32 model) is 16 M
 
 
 def account_key(address: bytes) -> bytes:
+    """State key of an account: ``A`` + address."""
     return ACCOUNT + address
 
 
 def task_key(task_id: int) -> bytes:
+    """State key of a task record: ``T`` + u64be(task id)."""
     return TASK + u64be(task_id)
 
 
 def model_key(task_id: int) -> bytes:
+    """State key of a task's global model: ``M`` + u64be(task id)."""
     return MODEL + u64be(task_id)
 
 
 def valset_key(task_id: int) -> bytes:
+    """State key of a task's validation set: ``V`` + u64be(task id)."""
     return VALSET + u64be(task_id)
 
 
 def update_key(task_id: int, address: bytes) -> bytes:
+    """State key of a participant's pending update: ``U`` + u64be(task id) + address."""
     return UPDATE + u64be(task_id) + address
 
 
 def duplicate_key(task_id: int, delta_hash: bytes) -> bytes:
+    """State key of the open round's duplicate index entry: ``D`` + u64be(task id) + delta hash."""
     return DUPLICATE + u64be(task_id) + delta_hash
 
 
 def unbonding_queue_key(height: int) -> bytes:
+    """State key of the addresses whose unbonding matures at ``height``: ``Q`` + u64be(height)."""
     return UNBONDING_QUEUE + u64be(height)
 
 
@@ -95,6 +102,7 @@ class Config:
     supply: int
 
     def encode(self) -> bytes:
+        """The config's canonical bytes (the ``C`` value)."""
         return encode(
             [
                 self.chain_id,
@@ -109,6 +117,7 @@ class Config:
 
     @classmethod
     def decode(cls, data: bytes) -> Config:
+        """The config of a ``C`` value; ``DecodeError`` for a malformed field."""
         c, p, s, f, t, g, n = expect_list(_decode_value(data), 7, "config")
         return cls(
             expect_str(c, "chain_id"),
@@ -128,10 +137,12 @@ class Globals(Record):
     open_tasks: tuple[int, ...] = wire(list_of(UINT), ())  # tasks joining or running, ascending
 
     def encode(self) -> bytes:
+        """The globals' canonical bytes (the ``G`` value)."""
         return encode(self.to_obj())
 
     @classmethod
     def decode(cls, data: bytes) -> Globals:
+        """The globals of a ``G`` value; ``DecodeError`` for a malformed field."""
         return cls.decode_items(expect_list(_decode_value(data), 3, "globals"), "globals")
 
 
@@ -151,13 +162,16 @@ class Account:
     tasks: tuple[int, ...] = ()  # open tasks this account takes part in, ascending
 
     def is_empty(self) -> bool:
+        """Whether this is the all-zero account (stored as absent)."""
         return self == EMPTY_ACCOUNT
 
     @property
     def unbonding_total(self) -> int:
+        """The sum of the unbonding entries."""
         return sum(u.amount for u in self.unbonding)
 
     def encode(self) -> bytes:
+        """The account's canonical bytes (an ``A`` value)."""
         return encode(
             [
                 self.balance,
@@ -171,6 +185,7 @@ class Account:
 
     @classmethod
     def decode(cls, data: bytes) -> Account:
+        """The account of an ``A`` value; ``DecodeError`` for a malformed field."""
         bal, nonce, bonded, unb, jailed, tasks = expect_list(_decode_value(data), 6, "account")
         entries = []
         for e in expect_list(unb, None, "unbonding"):
@@ -228,17 +243,21 @@ class Task(Record):
 
     @property
     def join_deadline(self) -> int:
+        """The last height at which the task accepts JOIN_TASK."""
         return self.created_height + self.join_blocks
 
     @property
     def is_open(self) -> bool:
+        """Whether the task is joining or active."""
         return self.status in (TaskStatus.JOINING, TaskStatus.ACTIVE)
 
     def encode(self) -> bytes:
+        """The task's canonical bytes (a ``T`` value): its fields in declaration order."""
         return encode(self.to_obj())
 
     @classmethod
     def decode(cls, data: bytes) -> Task:
+        """The task of a ``T`` value; ``DecodeError`` naming the first malformed field."""
         return cls.decode_items(expect_list(_decode_value(data), len(fields(cls)), "task"), "task")
 
 
@@ -261,26 +280,32 @@ class State:
 
     # raw access ------------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
+        """The value of ``key`` as this block sees it so far (None: absent)."""
         for layer in reversed(self._layers):
             if key in layer:
                 return layer[key]
         return self.reader(key)
 
     def set(self, key: bytes, value: bytes | None) -> None:
+        """Write ``value`` (None deletes) into the open layer."""
         self._layers[-1][key] = value
 
     def delete(self, key: bytes) -> None:
+        """Delete ``key`` in the open layer."""
         self._layers[-1][key] = _DELETED
 
     # tx-level atomicity ------------------------------------------------------------------------
     def begin(self) -> None:
+        """Open a tx layer: what follows is kept by ``commit`` or dropped whole by ``rollback``."""
         self._layers.append({})
 
     def commit(self) -> None:
+        """Fold the open tx layer into the block's."""
         top = self._layers.pop()
         self._layers[-1].update(top)
 
     def rollback(self) -> None:
+        """Drop the open tx layer."""
         self._layers.pop()
 
     def writes(self) -> dict[bytes, bytes | None]:
@@ -291,13 +316,16 @@ class State:
 
     # typed helpers ---------------------------------------------------------------------------
     def get_globals(self) -> Globals:
+        """The globals (defaults before the first write)."""
         data = self.get(GLOBALS_KEY)
         return Globals() if data is None else Globals.decode(data)
 
     def set_globals(self, g: Globals) -> None:
+        """Write the globals."""
         self.set(GLOBALS_KEY, g.encode())
 
     def get_account(self, address: bytes) -> Account:
+        """The account of ``address`` (the empty account if absent); decoded once per stored value."""
         key = account_key(address)
         data = self.get(key)
         if data is None:
@@ -310,6 +338,7 @@ class State:
         return account
 
     def set_account(self, address: bytes, account: Account) -> None:
+        """Write the account of ``address``; the empty account is deleted."""
         key = account_key(address)
         if account.is_empty():
             self.set(key, None)
@@ -319,22 +348,27 @@ class State:
         self._accounts[key] = (data, account)
 
     def get_task(self, task_id: int) -> Task | None:
+        """The task record, or None if there is no such task."""
         data = self.get(task_key(task_id))
         return None if data is None else Task.decode(data)
 
     def set_task(self, task: Task) -> None:
+        """Write the task record."""
         self.set(task_key(task.task_id), task.encode())
 
     def get_model(self, task_id: int) -> bytes:
+        """The task's global model (int32 little-endian); ``KeyError`` if the task has none."""
         data = self.get(model_key(task_id))
         if data is None:
             raise KeyError(f"task {task_id} has no model")
         return data
 
     def set_model(self, task_id: int, weights: bytes) -> None:
+        """Write the task's global model."""
         self.set(model_key(task_id), weights)
 
     def get_valset(self, task_id: int) -> tuple[bytes, bytes]:
+        """The task's ``(val_x, val_y)``; ``KeyError`` if the task has none."""
         data = self.get(valset_key(task_id))
         if data is None:
             raise KeyError(f"task {task_id} has no validation set")
@@ -342,6 +376,7 @@ class State:
         return expect_bytes(x, "val_x"), expect_bytes(y, "val_y")
 
     def set_valset(self, task_id: int, val_x: bytes, val_y: bytes) -> None:
+        """Write the task's validation set."""
         self.set(valset_key(task_id), encode([val_x, val_y]))
 
     def get_update(self, task_id: int, address: bytes) -> bytes | None:
@@ -359,29 +394,34 @@ class State:
         return self.get(update_key(task_id, address))
 
     def set_update(self, task_id: int, address: bytes, delta_hash: bytes, delta: bytes) -> None:
+        """Store a participant's pending update as ``delta_hash || delta``."""
         self.set(update_key(task_id, address), delta_hash + delta)
 
     def get_unbonding_queue(self, height: int) -> tuple[bytes, ...]:
+        """The addresses whose unbonding matures at ``height``."""
         data = self.get(unbonding_queue_key(height))
         if data is None:
             return ()
         return tuple(expect_bytes(a, "address", 32) for a in expect_list(_decode_value(data), None, "queue"))
 
     def set_unbonding_queue(self, height: int, addresses: tuple[bytes, ...]) -> None:
+        """Write the addresses maturing at ``height`` (none deletes the key)."""
         self.set(unbonding_queue_key(height), encode(list(addresses)) if addresses else None)
 
     # balance movers ---------------------------------------------------
     def increase_balance(self, address: bytes, amount: int) -> None:
+        """Add ``amount`` to ``address``'s balance."""
         acct = self.get_account(address)
         self.set_account(address, replace(acct, balance=acct.balance + amount))
 
     def decrease_balance(self, address: bytes, amount: int) -> None:
-
+        """Take ``amount`` from ``address``'s balance; ``InsufficientBalance`` if it holds less."""
         acct = self.get_account(address)
         if acct.balance < amount:
             raise InsufficientBalance(amount, acct.balance)
         self.set_account(address, replace(acct, balance=acct.balance - amount))
 
     def increase_burned(self, amount: int) -> None:
+        """Add ``amount`` to the burned total (slashed stake)."""
         g = self.get_globals()
         self.set_globals(replace(g, burned=g.burned + amount))

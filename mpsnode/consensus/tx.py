@@ -74,10 +74,12 @@ class Transfer:
     amount: int
 
     def encode_obj(self) -> list[Any]:
+        """The body as ``[to, amount]``."""
         return [self.to, self.amount]
 
     @classmethod
     def decode_obj(cls, obj: Any) -> Transfer:
+        """The body of ``[to, amount]``; ``DecodeError`` for a malformed field."""
         to, amount = expect_list(obj, 2, "transfer body")
         return cls(expect_bytes(to, "to", ADDR), expect_uint(amount, "amount"))
 
@@ -88,10 +90,12 @@ class Stake:
     amount: int
 
     def encode_obj(self) -> list[Any]:
+        """The body as ``[amount]``."""
         return [self.amount]
 
     @classmethod
     def decode_obj(cls, obj: Any) -> Stake:
+        """The body of ``[amount]``; ``DecodeError`` for a malformed field."""
         (amount,) = expect_list(obj, 1, "stake body")
         return cls(expect_uint(amount, "amount"))
 
@@ -102,10 +106,12 @@ class Unstake:
     amount: int
 
     def encode_obj(self) -> list[Any]:
+        """The body as ``[amount]``."""
         return [self.amount]
 
     @classmethod
     def decode_obj(cls, obj: Any) -> Unstake:
+        """The body of ``[amount]``; ``DecodeError`` for a malformed field."""
         (amount,) = expect_list(obj, 1, "unstake body")
         return cls(expect_uint(amount, "amount"))
 
@@ -129,6 +135,7 @@ class CreateTask:
     val_y: bytes  # uint8 labels
 
     def encode_obj(self) -> list[Any]:
+        """The body's 14 fields in protocol order."""
         return [
             list(self.arch),
             self.scale_bits,
@@ -148,6 +155,8 @@ class CreateTask:
 
     @classmethod
     def decode_obj(cls, obj: Any) -> CreateTask:
+        """The body of its 14 fields; ``DecodeError`` for a malformed field (the limits are
+        ``validate_create_task``'s)."""
         f = expect_list(obj, 14, "create_task body")
         arch = tuple(expect_uint(w, "arch width") for w in expect_list(f[0], None, "arch"))
         names = (
@@ -178,10 +187,12 @@ class JoinTask:
     task_id: int
 
     def encode_obj(self) -> list[Any]:
+        """The body as ``[task_id]``."""
         return [self.task_id]
 
     @classmethod
     def decode_obj(cls, obj: Any) -> JoinTask:
+        """The body of ``[task_id]``; ``DecodeError`` for a malformed field."""
         (task_id,) = expect_list(obj, 1, "join_task body")
         return cls(expect_uint(task_id, "task_id"))
 
@@ -194,10 +205,12 @@ class SubmitUpdate:
     delta: bytes  # int16 little-endian, one per parameter
 
     def encode_obj(self) -> list[Any]:
+        """The body as ``[task_id, round, delta]``."""
         return [self.task_id, self.round, self.delta]
 
     @classmethod
     def decode_obj(cls, obj: Any) -> SubmitUpdate:
+        """The body of ``[task_id, round, delta]``; ``DecodeError`` for a malformed field."""
         task_id, round_, delta = expect_list(obj, 3, "submit_update body")
         return cls(
             expect_uint(task_id, "task_id"), expect_uint(round_, "round"), expect_bytes(delta, "delta")
@@ -225,9 +238,11 @@ class Tx:
 
     @property
     def kind(self) -> Kind:
+        """The tx kind, from its body's type."""
         return self.body.KIND
 
     def encode_obj(self) -> list[Any]:
+        """The tx as ``[version, kind, chain_id, sender, nonce, fee, body]``."""
         return [
             self.version,
             int(self.kind),
@@ -239,12 +254,15 @@ class Tx:
         ]
 
     def encode(self) -> bytes:
+        """The tx's canonical bytes (what is signed, through ``signing_hash``)."""
         return encode(self.encode_obj())
 
     def signing_hash(self) -> bytes:
+        """``H(mps-tx-sign, encode(tx))``: the message signed, and the tx id."""
         return H(TX_SIGN, self.encode())
 
     def sign(self, key: crypto.Keypair) -> SignedTx:
+        """The tx signed by ``key`` (the sender's key)."""
         if key.address != self.sender:
             raise ValueError("signing key does not match the tx sender")
         tx_bytes = self.encode()
@@ -254,6 +272,7 @@ class Tx:
 
     @classmethod
     def decode_obj(cls, obj: Any) -> Tx:
+        """A tx from its decoded array; ``DecodeError`` for an unknown version or kind or a malformed field."""
         version, kind, chain_id, sender, nonce, fee, body = expect_list(obj, 7, "tx")
         expect_uint(version, "version")
         if version != TX_VERSION:
@@ -280,9 +299,11 @@ class SignedTx:
     size: int  # length of the canonical SignedTx encoding
 
     def encode_obj(self) -> list[Any]:
+        """The signed tx as ``[tx, signature]``."""
         return [self.tx.encode_obj(), self.signature]
 
     def encode(self) -> bytes:
+        """The signed tx's canonical bytes."""
         return encode(self.encode_obj())
 
     def leaf(self) -> bytes:
@@ -290,6 +311,7 @@ class SignedTx:
         return H(TX_LEAF, self.tx_id + self.signature)
 
     def verify_signature(self) -> bool:
+        """Whether the signature is the sender's over the tx id."""
         return crypto.verify(self.tx.sender, self.tx_id, self.signature)
 
     @classmethod
@@ -320,6 +342,7 @@ def decode_signed_tx(data: bytes, max_bytes: int = MAX_TX_BYTES_HARD) -> SignedT
 
 
 def compute_min_fee(size: int, params: Params) -> int:
+    """The least fee a tx of ``size`` bytes pays: ``tx_base_fee + fee_per_kib * ceil(size / 1024)``."""
     return params.tx_base_fee + params.fee_per_kib * math.ceil(size / 1024)
 
 
@@ -341,6 +364,7 @@ def validate_transaction(
 
 
 def validate_body(body: Body) -> None:
+    """A body's stateless field rules; raises ``InvalidField`` (CREATE_TASK: ``validate_create_task``)."""
     if isinstance(body, (Transfer, Stake, Unstake)):
         if body.amount == 0:
             raise InvalidField("amount", "must be positive")

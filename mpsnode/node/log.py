@@ -39,4 +39,3 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
     """Log ``name`` with ``fields`` as structured data."""
     if logger.isEnabledFor(level):
         logger.log(level, name, extra={"fields": fields})
-

@@ -16,8 +16,10 @@ class BlockEnv:
 
     @property
     def params(self) -> Params:
+        """The chain's params."""
         return self.config.params
 
     @property
     def chain_id(self) -> str:
+        """The chain's id."""
         return self.config.chain_id

@@ -48,6 +48,8 @@ class SlashReason(IntEnum):
 
 
 def is_round_due(task: Task, height: int) -> bool:
+    """Whether ``task``'s open round closes at this block: every participant submitted, or the deadline
+    passed."""
     if task.status != TaskStatus.ACTIVE:
         return False
     complete = len(task.submitted) == len(task.participants)
@@ -81,6 +83,8 @@ def get_round_updates(state: State, task: Task) -> np.ndarray:
 
 
 def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
+    """Close ``task``'s open round (docs/PROTOCOL.md section 7): score, slash, aggregate, evaluate, then
+    complete, expire or open the next round; returns the events."""
     k, f = len(task.submitted), task.byzantine_f
     if k < 2 * f + 3:
         # Too few updates for Krum to tell honest from Byzantine: no aggregation, no slash, no bill.

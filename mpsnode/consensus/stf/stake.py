@@ -12,6 +12,7 @@ from mpsnode.consensus.tx import Stake, Unstake
 
 
 def process_stake(state: State, env: BlockEnv, sender: bytes, body: Stake) -> list[Event]:
+    """STAKE: balance -> bonded (unjails at ``min_stake``); ``InsufficientBalance``."""
     state.decrease_balance(sender, body.amount)
     acct = state.get_account(sender)
     bonded = acct.bonded + body.amount
@@ -26,6 +27,8 @@ def process_stake(state: State, env: BlockEnv, sender: bytes, body: Stake) -> li
 
 
 def process_unstake(state: State, env: BlockEnv, sender: bytes, body: Unstake) -> list[Event]:
+    """UNSTAKE: bonded -> an unbonding entry released at ``height + unbonding_blocks``;
+    ``InsufficientBonded``, ``StakeLocked``."""
     acct = state.get_account(sender)
     if body.amount > acct.bonded:
         raise InsufficientBonded(body.amount, acct.bonded)

@@ -36,6 +36,8 @@ EXPIRED_MAX_ROUNDS = 2
 
 
 def process_create_task(state: State, env: BlockEnv, sender: bytes, body: CreateTask) -> list[Event]:
+    """CREATE_TASK: pay the base fee, escrow the round fees, store the task, model and validation set;
+    ``InsufficientBalance``."""
     params = env.params
     escrow = body.fee_per_round * body.max_rounds
     state.decrease_balance(sender, params.task_base_fee + escrow)
@@ -68,6 +70,8 @@ def process_create_task(state: State, env: BlockEnv, sender: bytes, body: Create
 
 
 def process_join_task(state: State, env: BlockEnv, sender: bytes, body: JoinTask) -> list[Event]:
+    """JOIN_TASK: add the sender to a joining task; ``UnknownTask``, ``TaskNotJoining``, ``TaskFull``,
+    ``AlreadyJoined``, ``Jailed``, ``StakeBelowMinimum``."""
     task = state.get_task(body.task_id)
     if task is None:
         raise UnknownTask(body.task_id)

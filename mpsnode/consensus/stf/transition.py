@@ -133,6 +133,7 @@ class BlockResult:
 
     @property
     def events(self) -> list[Event]:
+        """Every event of the block, in receipt order."""
         return [e for r in self.receipts for e in r.events]
 
 

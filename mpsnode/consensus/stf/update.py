@@ -22,6 +22,8 @@ from mpsnode.consensus.tx import SubmitUpdate
 
 
 def process_submit_update(state: State, env: BlockEnv, sender: bytes, body: SubmitUpdate) -> list[Event]:
+    """SUBMIT_UPDATE: store the delta for the open round; ``UnknownTask``, ``TaskNotActive``, ``WrongRound``,
+    ``NotParticipant``, ``AlreadySubmitted``, ``WrongUpdateSize``, ``DuplicateUpdate``."""
     task = state.get_task(body.task_id)
     if task is None:
         raise UnknownTask(body.task_id)
