@@ -35,4 +35,3 @@ MAX_ROUNDS = 100_000
 MAX_BLOCKS = 1_000_000  # join_blocks and round_blocks
 MAX_LOCAL_EPOCHS = 1000
 MAX_BPS = 10_000  # basis points: 10000 = 100%
-
