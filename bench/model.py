@@ -31,6 +31,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mpsnode.consensus import model
+from mpsnode.fl import quantize
 
 
 def best_of(fn: Callable[[], Any], reps: int) -> float:
@@ -59,20 +60,20 @@ def bench_evaluate(arch: list[int], samples: int, reps: int) -> dict[str, Any]:
     d = model.param_count(arch)
     floats = [rng.normal(0, 1 / np.sqrt(n_in), (n_out, n_in)) for n_in, n_out in pairwise(arch)]
     flat = np.concatenate([np.concatenate([W.ravel(), np.zeros(W.shape[0])]) for W in floats])
-    weights = model.quantize_weights(flat, s)
-    x = model.quantize_inputs(rng.uniform(-0.5, 0.5, (samples, arch[0])), s)
+    weights = quantize.quantize_weights(flat, s)
+    x = quantize.quantize_inputs(rng.uniform(-0.5, 0.5, (samples, arch[0])), s)
     y = rng.integers(0, arch[-1], samples).astype(np.uint8)
     macs = sum(n_in * n_out for n_in, n_out in pairwise(arch)) * samples
 
     exact_s = best_of(lambda: model.accuracy_bps(weights, arch, s, x, y), reps)
     ws32 = [
         (
-            model.dequantize(weights[wsl], s).reshape(n_out, n_in).astype(np.float32),
-            model.dequantize(weights[bsl], s).astype(np.float32),
+            quantize.dequantize(weights[wsl], s).reshape(n_out, n_in).astype(np.float32),
+            quantize.dequantize(weights[bsl], s).astype(np.float32),
         )
         for (wsl, bsl), n_in, n_out in zip(model.layer_slices(arch), arch[:-1], arch[1:], strict=True)
     ]
-    x32 = model.dequantize(x, s).astype(np.float32)
+    x32 = quantize.dequantize(x, s).astype(np.float32)
     f32_s = best_of(lambda: float32_forward(ws32, x32), reps)
     agree = float(np.mean(float32_forward(ws32, x32) == model.predict(weights, arch, s, x)))
     return {

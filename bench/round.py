@@ -43,6 +43,7 @@ from mpsnode.consensus.params import Params
 from mpsnode.consensus.smt import SparseMerkleTree
 from mpsnode.consensus.stf import round as stf_round
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tx
+from mpsnode.fl import quantize
 from mpsnode.node.chain import Chain
 from mpsnode.node.store import LmdbStore
 
@@ -99,7 +100,7 @@ def build(k: int, arch: list[int], samples: int, f: int, home: Path) -> tuple[Ch
 
     rng = np.random.default_rng(5)
     d = model.param_count(arch)
-    init = model.quantize_weights(
+    init = quantize.quantize_weights(
         np.concatenate(
             [
                 np.concatenate([rng.normal(0, 1 / np.sqrt(i), o * i), np.zeros(o)])
@@ -108,7 +109,7 @@ def build(k: int, arch: list[int], samples: int, f: int, home: Path) -> tuple[Ch
         ),
         16,
     )
-    val_x = model.quantize_inputs(rng.uniform(-0.5, 0.5, (samples, arch[0])), 16)
+    val_x = quantize.quantize_inputs(rng.uniform(-0.5, 0.5, (samples, arch[0])), 16)
     val_y = rng.integers(0, arch[-1], samples).astype(np.uint8)
     body = CreateTask(
         tuple(arch),

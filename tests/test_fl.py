@@ -14,7 +14,7 @@ from mpsnode.consensus.errors import InvalidField
 from mpsnode.consensus.events import RoundClosed
 from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate
-from mpsnode.fl import attacks, mlp
+from mpsnode.fl import attacks, mlp, quantize
 
 from chainkit import Kit
 
@@ -95,7 +95,7 @@ def test_validation_set_quantizes_to_the_task_scale_and_refuses_clipping() -> No
     val_x, val_y = fl.quantize_validation(val, S)
     x, y = fl.decode_validation(val_x, val_y, ARCH)
     assert x.dtype == np.int16 and x.shape == (len(val), 64) and int(x.max()) == 1 << S
-    assert np.array_equal(x, model.quantize_inputs(val.x, S)) and np.array_equal(y, val.y.astype(np.uint8))
+    assert np.array_equal(x, quantize.quantize_inputs(val.x, S)) and np.array_equal(y, val.y.astype(np.uint8))
     with pytest.raises(ValueError, match="beyond int16"):
         fl.quantize_validation(val, 15)  # 1.0 * 2^15 does not fit int16
 
@@ -134,7 +134,7 @@ def test_float_layout_is_the_on_chain_layout() -> None:
         rng=np.random.default_rng(2),
     )
     float_pred = mlp.predict(params, ARCH, d.x)
-    int_pred = model.predict(model.quantize_weights(params, S), ARCH, S, model.quantize_inputs(d.x, S))
+    int_pred = model.predict(quantize.quantize_weights(params, S), ARCH, S, quantize.quantize_inputs(d.x, S))
     assert np.mean(float_pred == int_pred) > 0.99
     assert mlp.accuracy(params, ARCH, d.x, d.y) > 0.85
     # a permuted layout (weights read column-major) would not agree
@@ -163,7 +163,7 @@ def test_learner_returns_the_quantized_change_from_the_global_model() -> None:
     learner = fl.LocalLearner(split.clients[0], ARCH, seed=7)
     up = learner.train_round(w, S, 2)
     assert up.delta.dtype == np.int16 and up.delta.shape == (model.param_count(ARCH),)
-    assert np.array_equal(up.delta, model.quantize_delta(up.change, S)) and up.clipped == 0
+    assert np.array_equal(up.delta, quantize.quantize_delta(up.change, S)) and up.clipped == 0
     assert np.isfinite(up.loss) and up.samples == len(split.clients[0])
     assert up.to_bytes() == up.delta.astype("<i2").tobytes()
     # same seed, same global model: the same delta
@@ -182,7 +182,7 @@ def test_error_feedback_carries_what_quantization_lost() -> None:
     plain = fl.LocalLearner(split.clients[1], ARCH, fl.TrainConfig(error_feedback=False), seed=1)
     ef = fl.LocalLearner(split.clients[1], ARCH, fl.TrainConfig(error_feedback=True), seed=1)
     up = ef.train_round(w, 4, 1)
-    assert np.allclose(ef.residual, up.change - model.dequantize(up.delta, 4))
+    assert np.allclose(ef.residual, up.change - quantize.dequantize(up.delta, 4))
     assert np.abs(ef.residual).max() <= 0.5 / 16 + 1e-12
     sent_plain = sent_ef = 0
     for _ in range(3):

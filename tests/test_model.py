@@ -26,6 +26,7 @@ from mpsnode.consensus.model import (
     predict,
     predict_reference,
 )
+from mpsnode.fl import quantize
 
 I16_MIN, I16_MAX = -32768, 32767
 CLAMP = WEIGHT_CLAMP  # 2^24 - 1
@@ -445,15 +446,15 @@ def test_aggregate_rejects_bad_shapes() -> None:
 def test_quantize_round_trip_and_clipping() -> None:
     s = 16
     v = np.array([0.0, 1.0, -1.0, 0.25, 1.5 / 65536, -2.5 / 65536, 1e9, -1e9, 3.3])
-    q = model.quantize_weights(v, s)
+    q = quantize.quantize_weights(v, s)
     assert q.dtype == np.int32
     assert q.tolist() == [0, 65536, -65536, 16384, 2, -2, CLAMP, -CLAMP, round(3.3 * 65536)]
-    assert np.all(np.abs(model.dequantize(q[:6], s) - v[:6]) <= 2.0 ** -(s + 1))
-    x = model.quantize_inputs(np.array([0.4999, -0.5, 0.6, -0.6]), s)
+    assert np.all(np.abs(quantize.dequantize(q[:6], s) - v[:6]) <= 2.0 ** -(s + 1))
+    x = quantize.quantize_inputs(np.array([0.4999, -0.5, 0.6, -0.6]), s)
     assert x.dtype == np.int16 and x.tolist() == [32761, I16_MIN + 1, I16_MAX, -I16_MAX]
-    assert model.quantize_delta(np.array([1e-3, -1.0]), s).tolist() == [66, I16_MIN + 1]
+    assert quantize.quantize_delta(np.array([1e-3, -1.0]), s).tolist() == [66, I16_MIN + 1]
     with pytest.raises(ValueError):
-        model.quantize_weights(np.array([np.nan]), s)
+        quantize.quantize_weights(np.array([np.nan]), s)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -512,9 +513,9 @@ def _check_integer_twin(
     assert np.mean(float_preds == y_test) >= 0.85  # a real model, so agreement is not trivial
     # The flat layout written out independently of layer_slices: per layer W row-major, then b.
     flat = np.concatenate([np.concatenate([W.ravel(), b]) for W, b in layers])
-    weights = model.quantize_weights(flat, s)
+    weights = quantize.quantize_weights(flat, s)
     assert int(np.abs(weights).max()) < CLAMP  # nothing clipped: the comparison is fair
-    xq = model.quantize_inputs(x_test, s)
+    xq = quantize.quantize_inputs(x_test, s)
     int_preds = predict(weights, arch, s, xq)
     agreement = np.mean(int_preds == float_preds)
     assert agreement >= 0.99, agreement

@@ -41,13 +41,13 @@ import numpy as np
 import trio
 
 from mpsnode.client.wallet import Wallet
-from mpsnode.consensus import crypto, model
+from mpsnode.consensus import crypto
 from mpsnode.consensus.errors import MpsError, NonceMismatch
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import MODEL, H
 from mpsnode.consensus.state import Task, TaskStatus, update_key
 from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, SubmitUpdate, decode_signed_tx
-from mpsnode.fl import Dataset, LocalLearner, LocalUpdate, TrainConfig, weights_from_bytes
+from mpsnode.fl import Dataset, LocalLearner, LocalUpdate, TrainConfig, quantize, weights_from_bytes
 from mpsnode.fl.rounds import Attacker, RoundView
 from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import Overloaded, ShuttingDown, SlowPeer
@@ -438,7 +438,7 @@ class _Runner:
             if proven.value is None:
                 continue
             q = np.frombuffer(proven.value[32:], dtype="<i2")  # value = H(mps-update, delta) || delta
-            rows.append(model.dequantize(q.astype(np.int32), task.scale_bits))
+            rows.append(quantize.dequantize(q.astype(np.int32), task.scale_bits))
         return np.stack(rows) if rows else None
 
     # --------------------------------------------------------------------------------------------------

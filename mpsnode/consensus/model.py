@@ -461,37 +461,3 @@ def aggregate_reference(model: np.ndarray, selected_deltas: np.ndarray) -> np.nd
         a = (sum(row[p] for row in rows) + m // 2) // m  # Python's // is floor division
         new.append(min(max(wp + a, -WEIGHT_CLAMP), WEIGHT_CLAMP))
     return np.array(new, dtype=np.int32)
-
-
-# ---------------------------------------------------------------------------------------------
-# Client-side helpers. NOT consensus: floats are fine here. They turn a float model, its inputs or
-# a float update into the fixed-point integers that CREATE_TASK and SUBMIT_UPDATE carry.
-
-
-def _quantize(values: np.ndarray, scale_bits: int, bound: int, dtype: type[np.integer]) -> np.ndarray:
-    s = validate_scale_bits(scale_bits)
-    scaled = np.rint(np.asarray(values, dtype=np.float64) * float(1 << s))  # nearest, ties to even
-    if np.isnan(scaled).any():
-        raise ValueError("cannot quantize NaN")
-    return np.clip(scaled, -bound, bound).astype(dtype)
-
-
-def quantize_weights(float_weights: np.ndarray, scale_bits: int) -> np.ndarray:
-    """Round ``float_weights * 2^s`` to the nearest int32, clipped to the model clamp."""
-    return _quantize(float_weights, scale_bits, WEIGHT_CLAMP, np.int32)
-
-
-def quantize_inputs(float_x: np.ndarray, scale_bits: int) -> np.ndarray:
-    """Round ``float_x * 2^s`` to the nearest int16, clipped to +-32767 (val_x for CREATE_TASK)."""
-    return _quantize(float_x, scale_bits, (1 << 15) - 1, np.int16)
-
-
-def quantize_delta(float_delta: np.ndarray, scale_bits: int) -> np.ndarray:
-    """Round an update ``float_delta * 2^s`` to the nearest int16, clipped to +-32767 (SUBMIT_UPDATE)."""
-    return _quantize(float_delta, scale_bits, (1 << 15) - 1, np.int16)
-
-
-def dequantize(q: np.ndarray, scale_bits: int) -> np.ndarray:
-    """The float64 values ``q * 2^-s`` of fixed-point integers (weights, inputs or deltas)."""
-    s = validate_scale_bits(scale_bits)
-    return np.asarray(q, dtype=np.float64) / float(1 << s)

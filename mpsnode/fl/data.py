@@ -20,6 +20,7 @@ import numpy as np
 
 from mpsnode.consensus import model
 from mpsnode.consensus.limits import MAX_CLASSES  # labels travel as uint8 in CREATE_TASK
+from mpsnode.fl import quantize
 
 INT16_MAX = (1 << 15) - 1
 DIRICHLET_TRIES = 1000  # redraws allowed before a split with min_samples per client is declared impossible
@@ -206,7 +207,7 @@ def quantize_validation(validation: Dataset, scale_bits: int) -> tuple[bytes, by
             f"validation inputs reach {peak:.0f} at scale 2^-{scale_bits}, beyond int16; "
             "scale the inputs down or lower scale_bits"
         )
-    val_x = model.quantize_inputs(validation.x, scale_bits).astype("<i2").tobytes()
+    val_x = quantize.quantize_inputs(validation.x, scale_bits).astype("<i2").tobytes()
     val_y = validation.y.astype(np.uint8).tobytes()
     return val_x, val_y
 

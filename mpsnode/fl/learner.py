@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mpsnode.consensus import model
-from mpsnode.fl import mlp
+from mpsnode.fl import mlp, quantize
 from mpsnode.fl.data import Dataset
 
 INT16_LIMIT = (1 << 15) - 1  # quantize_delta clips to +-32767 (symmetric)
@@ -67,7 +67,7 @@ def quantize_update(change: np.ndarray, scale_bits: int) -> tuple[np.ndarray, in
     if not np.isfinite(scaled).all():
         raise ValueError("the update holds NaN or infinite values")
     clipped = int(np.count_nonzero(np.abs(scaled) > INT16_LIMIT))
-    return model.quantize_delta(change, scale_bits), clipped
+    return quantize.quantize_delta(change, scale_bits), clipped
 
 
 def weights_from_bytes(blob: bytes, arch: Sequence[int]) -> np.ndarray:
@@ -101,7 +101,7 @@ class LocalLearner:
     def train_round(self, global_weights: np.ndarray, scale_bits: int, local_epochs: int) -> LocalUpdate:
         """Train ``local_epochs`` from ``global_weights`` (int32, on-chain) and quantize the change."""
         w = model.validate_weights(np.asarray(global_weights), self.arch)
-        start = model.dequantize(w, scale_bits)
+        start = quantize.dequantize(w, scale_bits)
         cfg = self.config
         trained, loss = mlp.train_sgd(
             start,
@@ -120,7 +120,7 @@ class LocalLearner:
             change = change + self.residual
         delta, clipped = quantize_update(change, scale_bits)
         if cfg.error_feedback:
-            self.residual = change - model.dequantize(delta, scale_bits)
+            self.residual = change - quantize.dequantize(delta, scale_bits)
         return LocalUpdate(delta, change, clipped, loss, len(self.data))
 
     def reset(self) -> None:

@@ -2,8 +2,8 @@
 
 Client-side code, not consensus. The parameters are one flat float64 vector laid out exactly as the
 chain's integer model (``mpsnode.model.layer_slices``: per layer the weights row-major ``out x in``,
-then the ``out`` biases), so ``model.quantize_weights(params, s)`` is the on-chain model and
-``model.dequantize(weights, s)`` brings an on-chain model back. The network is the one the chain
+then the ``out`` biases), so ``quantize.quantize_weights(params, s)`` is the on-chain model and
+``quantize.dequantize(weights, s)`` brings an on-chain model back. The network is the one the chain
 evaluates: fully connected, ReLU on every hidden layer, the last layer's outputs are the logits.
 """
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from mpsnode.consensus import model
 from mpsnode.consensus.tx import CreateTask, validate_create_task
-from mpsnode.fl import mlp
+from mpsnode.fl import mlp, quantize
 from mpsnode.fl.data import Dataset, quantize_validation
 
 DEFAULT_ARCH = (64, 32, 10)  # digits: 64 pixels, one hidden layer of 32, 10 classes (2410 parameters)
@@ -23,7 +23,7 @@ DEFAULT_SCALE_BITS = 12  # deltas up to +-8.0 in steps of 2^-12; inputs in [0, 1
 def initial_weights(arch: Sequence[int], scale_bits: int, seed: int = 0) -> np.ndarray:
     """A seeded He-normal initial model, quantized to int32 at ``2^-scale_bits``."""
     params = mlp.init_params(arch, np.random.default_rng(seed))
-    return model.quantize_weights(params, scale_bits)
+    return quantize.quantize_weights(params, scale_bits)
 
 
 def create_task_body(
