@@ -260,7 +260,15 @@ class Verifier:
                 self.fatal = exc
                 self.fatal_event.set()
                 return
-            except (ConnectionLost, OSError, trio.TooSlowError, MpsError) as exc:
+            except (
+                ConnectionLost,
+                OSError,
+                trio.TooSlowError,
+                trio.BrokenResourceError,
+                trio.ClosedResourceError,
+                trio.EndOfChannel,
+                MpsError,
+            ) as exc:  # whatever the upstream did: reconnect
                 self.metrics.reconnects.inc()
                 event(
                     log,
@@ -357,16 +365,22 @@ class Verifier:
                     upstream_height=self.upstream_height,
                 )
             async with client.subscribe(next_height) as pushes:
+                ended = False
                 async for pushed in pushes:
                     items = [(pushed.height, pushed.data)]
-                    while len(items) < batch:
+                    while len(items) < batch and not ended:
                         try:
                             more = pushes.receive_nowait()
                         except trio.WouldBlock:
                             break
+                        except (trio.EndOfChannel, trio.ClosedResourceError):
+                            ended = True  # the connection closed behind the blocks still buffered
+                            break
                         items.append((more.height, more.data))
                     self._saw_upstream(items[-1][0])
                     await hand_on(items)
+                    if ended:
+                        break
         raise ConnectionLost("the upstream ended the subscription")
 
     async def _precheck(

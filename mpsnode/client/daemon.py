@@ -50,12 +50,14 @@ from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, SubmitUpdate, decode
 from mpsnode.fl import Dataset, LocalLearner, LocalUpdate, TrainConfig, quantize, weights_from_bytes
 from mpsnode.fl.rounds import Attacker, RoundView
 from mpsnode.node.connection import Client, ConnectionLost, connect
-from mpsnode.node.errors import Overloaded, ShuttingDown, SlowPeer
+from mpsnode.node.errors import Overloaded, ShuttingDown, SlowPeer, TruncatedFrame
 
 # Errors after which the client reconnects: the node went away or asked it to come back later.
 TRANSIENT = (
     OSError,
     ConnectionLost,
+    TruncatedFrame,  # the node died while sending
+
     trio.TooSlowError,
     trio.BrokenResourceError,
     ShuttingDown,

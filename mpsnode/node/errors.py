@@ -50,6 +50,12 @@ class FrameTooLarge(ProtocolViolation):
         self.size, self.limit = size, limit
 
 
+class TruncatedFrame(ProtocolViolation):
+    """The connection closed inside a frame: the peer went away mid-message (reconnect and retry)."""
+
+    code = 611
+
+
 class UnknownMessage(NodeError):
     code = 603
 

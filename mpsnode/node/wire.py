@@ -24,7 +24,7 @@ import trio
 from mpsnode.consensus.encoding import decode, encode, expect_list, expect_uint
 from mpsnode.consensus.errors import DecodeError, MpsError, error_classes
 from mpsnode.consensus.params import Params
-from mpsnode.node.errors import FrameTooLarge, ProtocolViolation, SlowPeer
+from mpsnode.node.errors import FrameTooLarge, ProtocolViolation, SlowPeer, TruncatedFrame
 
 PROTOCOL_VERSION = 1
 LENGTH = struct.Struct(">I")
@@ -188,7 +188,7 @@ class FrameReader:
                 # a large frame: read the rest in chunks as large as what is missing
                 self._chunk = max(self._chunk, min(n + 4 - self._available(), 16 * MIB))
             if not await self._fill(deadline):
-                raise ProtocolViolation(f"connection closed mid-frame ({self._available()} bytes buffered)")
+                raise TruncatedFrame(f"connection closed mid-frame ({self._available()} bytes buffered)")
 
 
 class Outbox:
