@@ -29,6 +29,9 @@ USER_BALANCE = 1_000_000_000
 CLIENT_BALANCE = 1_000_000
 
 
+MAX_NETWORK_CLIENTS = 10_000  # client keys written by one `mpsnode init`
+
+
 def devnet_key(name: str) -> crypto.Keypair:
     """The well-known devnet key called ``name`` (public by design)."""
     return crypto.Keypair.from_seed(
@@ -92,7 +95,8 @@ def make_network(
     listen: str = "127.0.0.1:7070",
 ) -> Network:
     """Write a new network into ``home`` (refuses to overwrite an existing genesis)."""
-
+    if not 0 <= clients <= MAX_NETWORK_CLIENTS:
+        raise ValueError(f"--clients {clients}: a network has 0..{MAX_NETWORK_CLIENTS} client keys")
     home = Path(home)
     if (home / "genesis.json").exists():
         raise FileExistsError(f"{home / 'genesis.json'} already exists; choose an empty --home")

@@ -53,6 +53,7 @@ from mpsnode.node.chain import Chain
 from mpsnode.node.errors import ShuttingDown
 from mpsnode.node.files import load_key
 from mpsnode.node.home import Home
+from mpsnode.node.lock import home_lock
 from mpsnode.node.log import event, setup_logging
 from mpsnode.node.messages import SEQUENCER
 from mpsnode.node.metrics import serve_metrics
@@ -516,6 +517,7 @@ def run_daemon(
     host, port = parse_hostport(listen or home.listen)
     config = SequencerConfig(host=host, port=port, block_time_ms=block_time_ms)
     apply_node_options(config, metrics or home.metrics, server)
+    lock = home_lock(home.path, "sequencer").acquire()
     store = LmdbStore(home.data_path, map_size=home.map_size)
     try:
         sequencer = Sequencer(store, genesis, key, config)
@@ -537,6 +539,7 @@ def run_daemon(
         trio.run(serve, sequencer, ready)
     finally:
         store.close()
+        lock.release()
     event(log, "stopped")
     sys.stdout.flush()
     return 0

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from mpsnode.cli.main import main, resolve
 from mpsnode.cli.parsers import COMMAND, build_parser
+
+from nodekit import REPO, make_home
 
 
 def _leaves(parser: argparse.ArgumentParser, inherited: str | None = None) -> list[tuple[str, str | None]]:
@@ -44,3 +49,175 @@ def test_a_missing_key_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_
     assert main(["keys", "show", str(tmp_path / "nope.json")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "cannot read key file" in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: one line, a documented exit code, never a traceback
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("bad")
+    make_home(root / "home", clients=2)
+    (root / "garbage").write_text("not msgpack, not a key, not an array\n")
+    (root / "empty").mkdir()
+    return {"home": root / "home", "garbage": root / "garbage", "empty": root / "empty"}
+
+
+BAD = [
+    # (name, argv with {home} {garbage} {empty} {busy}, expected exit code)
+    ("sequencer-no-home", ["sequencer", "--home", "{empty}"], 2),
+    ("sequencer-busy-port", ["sequencer", "--home", "{home}", "--listen", "127.0.0.1:{busy}"], 2),
+    (
+        "sequencer-busy-metrics",
+        ["sequencer", "--home", "{home}", "--listen", "127.0.0.1:0", "--metrics", "127.0.0.1:{busy}"],
+        2,
+    ),
+    ("sequencer-bad-listen", ["sequencer", "--home", "{home}", "--listen", "nowhere:port"], 2),
+    ("verifier-bad-upstream", ["verifier", "--home", "{empty}", "--upstream", "x:y"], 2),
+    ("verifier-no-genesis", ["verifier", "--home", "{empty}", "--upstream", "127.0.0.1:1"], 2),
+    ("query-unreachable", ["query", "status", "--node", "127.0.0.1:1"], 3),
+    ("query-bad-node", ["query", "status", "--node", "127.0.0.1:notaport"], 2),
+    (
+        "tx-bad-address",
+        [
+            "tx",
+            "transfer",
+            "--to",
+            "zz",
+            "--amount",
+            "1",
+            "--home",
+            "{home}",
+            "--from",
+            "user",
+            "--node",
+            "127.0.0.1:1",
+        ],
+        2,
+    ),
+    ("tx-no-signer", ["tx", "stake", "--amount", "1", "--node", "127.0.0.1:1"], 2),
+    (
+        "tx-delta-not-npy",
+        [
+            "tx",
+            "submit-update",
+            "--task",
+            "1",
+            "--round",
+            "1",
+            "--delta",
+            "{garbage}",
+            "--home",
+            "{home}",
+            "--from",
+            "user",
+            "--node",
+            "127.0.0.1:1",
+        ],
+        2,
+    ),
+    ("keys-missing", ["keys", "show", "{empty}/nope.json"], 2),
+    ("keys-not-a-key", ["keys", "show", "{garbage}"], 2),
+    ("inspect-no-home", ["inspect", "--home", "{empty}"], 2),
+    ("replay-missing", ["replay", "{empty}/nope"], 2),
+    ("replay-garbage", ["replay", "{garbage}"], 2),
+    ("replay-dir", ["replay", "{empty}"], 2),
+    ("export-no-home", ["export", "--home", "{empty}", "--out", "{empty}/x"], 2),
+    (
+        "client-bad-shard",
+        [
+            "client",
+            "run",
+            "--task",
+            "1",
+            "--digits-shard",
+            "9/3",
+            "--home",
+            "{home}",
+            "--from",
+            "client-0",
+            "--node",
+            "127.0.0.1:1",
+        ],
+        2,
+    ),
+    (
+        "client-missing-data",
+        [
+            "client",
+            "run",
+            "--task",
+            "1",
+            "--data",
+            "{empty}/nope.npz",
+            "--home",
+            "{home}",
+            "--from",
+            "client-0",
+            "--node",
+            "127.0.0.1:1",
+        ],
+        2,
+    ),
+    (
+        "client-text-data",
+        [
+            "client",
+            "run",
+            "--task",
+            "1",
+            "--data",
+            "{garbage}",
+            "--home",
+            "{home}",
+            "--from",
+            "client-0",
+            "--node",
+            "127.0.0.1:1",
+        ],
+        2,
+    ),
+    ("init-negative-clients", ["init", "--home", "{empty}/new", "--clients", "-3"], 2),
+    ("demo-too-few-clients", ["demo", "--clients", "2", "--malicious", "0"], 2),
+    ("unknown-flag", ["query", "status", "--frobnicate"], 2),
+]
+
+
+@pytest.mark.parametrize(("name", "argv", "code"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_one_line_and_no_traceback(
+    name: str, argv: list[str], code: int, bad_inputs: dict[str, Path]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        values = {k: str(v) for k, v in bad_inputs.items()} | {"busy": str(busy.getsockname()[1])}
+        done = subprocess.run(
+            [sys.executable, "-m", "mpsnode.cli", *(a.format(**values) for a in argv)],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert "Traceback" not in done.stderr, done.stderr
+    assert done.returncode == code, (done.returncode, done.stdout, done.stderr)
+    lines = [line for line in done.stderr.splitlines() if line.strip() and not line.startswith('{"ts":')]
+    assert lines, "a refusal says why"
+    if name != "unknown-flag":  # argparse prints its usage line too
+        assert len(lines) == 1, done.stderr
+    assert "allow_pickle" not in done.stderr  # never suggest unsafe loading
+
+
+def test_a_closed_stdout_exits_quietly(bad_inputs: dict[str, Path]) -> None:
+    reader, writer = os.pipe()
+    os.close(reader)  # like `| head` that has already gone
+    done = subprocess.run(
+        [sys.executable, "-m", "mpsnode.cli", "init", "--home", str(bad_inputs["empty"] / "p")],
+        cwd=REPO,
+        stdout=writer,
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+    )
+    os.close(writer)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

@@ -282,6 +282,7 @@ def test_restarted_client_resubmits_its_journaled_update_not_a_new_one(
             orphan = wallet.sign(SubmitUpdate(task_id, 1, update.to_bytes()))
             journal = Journal.for_client(state_dir, net.genesis.hash(), late.address, task_id)
             journal.record(RoundRecord(1, orphan.encode().hex(), orphan.tx_id.hex(), orphan.tx.nonce))
+            journal.close()  # the crashed process's lock went with it
             assert (await client.receipt(orphan.tx_id)).state == "unknown"
 
             results: list[ClientResult] = []

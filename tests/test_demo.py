@@ -135,7 +135,7 @@ def test_demo_refuses_options_that_cannot_work(tmp_path: Path, capsys: pytest.Ca
     assert run_demo(DemoOptions(attack="nope")) == 2
     (tmp_path / "x").write_text("taken")
     assert run_demo(DemoOptions(home=str(tmp_path))) == 2
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # refusals go to stderr, as every command's do
     assert (
         "--clients must be" in out and "once the 3 attackers are slashed" in out and "--attack must be" in out
     )

@@ -53,6 +53,7 @@ from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import ProtocolViolation, VerificationFailed, WrongNetwork
 from mpsnode.node.files import load_genesis, save_genesis
 from mpsnode.node.home import Home
+from mpsnode.node.lock import home_lock
 from mpsnode.node.log import event, setup_logging
 from mpsnode.node.messages import VERIFIER, GetBlock, VerifierStatus
 from mpsnode.node.metrics import serve_metrics
@@ -597,6 +598,7 @@ def run_daemon(
         exit_on_divergence=exit_on_divergence,
     )
     apply_node_options(config, metrics or home.metrics, server)
+    lock = home_lock(home.path, "verifier").acquire()
     store = LmdbStore(home.data_path, map_size=home.map_size)
     try:
         verifier = Verifier(store, genesis, config)
@@ -619,6 +621,7 @@ def run_daemon(
         code = trio.run(serve, verifier, ready)
     finally:
         store.close()
+        lock.release()
     event(log, "stopped", code=code)
     sys.stdout.flush()
     return code

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import genesis
@@ -57,7 +58,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         alpha = parse_alpha(args.alpha)
     except ValueError as exc:
-        print(f"mpsnode demo: {exc}")
+        print(f"mpsnode demo: {exc}", file=sys.stderr)
         return 2
     opts = DemoOptions(
         clients=args.clients,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Callable
 
@@ -29,22 +30,53 @@ def resolve(target: str) -> Command:
     return command
 
 
+#: Exit codes (README, "CLI"): 0 done; 1 done, but what was asked for failed (a failed receipt, a
+#: divergence found by replay, a task that did not complete); 2 refused: bad input, or the node or the
+#: chain said no; 3 the node cannot be reached; 4 timed out waiting for the node; 130 interrupted.
+EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 2, 3, 4, 130
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for sub in exc.exceptions for leaf in _leaves(sub)]
+    return [exc]
+
+
+def explain(exc: BaseException) -> tuple[int, str] | None:
+    """The exit code and the one line for an expected failure; None for a bug (its traceback shows)."""
+    if isinstance(exc, MpsError):
+        return EXIT_REFUSED, f"mpsnode: error {exc.code} ({type(exc).__name__}): {exc.reason}"
+    if isinstance(exc, (ValueError, FileNotFoundError, FileExistsError, IsADirectoryError, ConnectionLost)):
+        return EXIT_REFUSED, f"mpsnode: {exc}"
+    if isinstance(exc, PermissionError):
+        return EXIT_REFUSED, f"mpsnode: {exc.strerror}: {exc.filename}" if exc.filename else f"mpsnode: {exc}"
+    if isinstance(exc, OSError):  # connection refused and the like
+        return EXIT_UNREACHABLE, f"mpsnode: cannot reach the node: {exc.strerror or exc}"
+    if isinstance(exc, trio.TooSlowError):
+        return EXIT_TIMEOUT, "mpsnode: timed out waiting for the node"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(resolve(getattr(args, COMMAND))(args) or 0)
-    except MpsError as exc:
-        print(f"mpsnode: error {exc.code} ({type(exc).__name__}): {exc.reason}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError, FileExistsError, ConnectionLost) as exc:
-        print(f"mpsnode: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # connection refused and the like
-        print(f"mpsnode: cannot reach the node: {exc}", file=sys.stderr)
-        return 3
-    except trio.TooSlowError:
-        print("mpsnode: timed out waiting for the node", file=sys.stderr)
-        return 4
+    except BaseException as exc:  # sorted below; a bug's traceback is re-raised
+        leaves = _leaves(exc)
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            print("mpsnode: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if any(isinstance(e, BrokenPipeError) for e in leaves):  # stdout closed early (| head): quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+            return 0
+        if isinstance(exc, SystemExit):
+            raise
+        explained = [explain(e) for e in leaves]
+        first = explained[0]
+        if first is None or not all(explained):
+            raise
+        print(first[1], file=sys.stderr)
+        return first[0]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from mpsnode.cli.common import parse_address, print_fields, resolve_node, server
 from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.tx import Body, CreateTask, JoinTask, Stake, SubmitUpdate, Transfer, Unstake
+from mpsnode.fl.data import load_array, load_arrays
 from mpsnode.node.connection import Client, Proven, connect
 from mpsnode.node.errors import NotFound
 from mpsnode.node.home import Home
@@ -66,7 +67,7 @@ def _body(args: argparse.Namespace, home: Home | None) -> Body:
         return JoinTask(args.task)
     if kind == "submit-update":
         if args.delta:
-            delta = np.load(args.delta).astype("<i2").tobytes()
+            delta = load_array(args.delta, "--delta").astype("<i2").tobytes()
         else:
             rng = np.random.default_rng(args.random_delta)
             delta = rng.integers(-args.scale, args.scale, args.params, dtype=np.int16).astype("<i2").tobytes()
@@ -81,11 +82,11 @@ def _create_task(args: argparse.Namespace) -> CreateTask:
     n_params = sum(arch[i] * arch[i + 1] + arch[i + 1] for i in range(len(arch) - 1))
     rng = np.random.default_rng(args.seed)
     if args.init:
-        weights = np.load(args.init).astype("<i4").tobytes()
+        weights = load_array(args.init, "--init").astype("<i4").tobytes()
     else:
         weights = rng.integers(-args.init_scale, args.init_scale, n_params).astype("<i4").tobytes()
     if args.val:
-        data = np.load(args.val)
+        data = load_arrays(args.val, "--val", ("x", "y"))
         val_x, val_y = data["x"].astype("<i2").tobytes(), data["y"].astype(np.uint8).tobytes()
     else:
         val_x = rng.integers(-256, 256, args.samples * arch[0]).astype("<i2").tobytes()

@@ -51,13 +51,13 @@ from mpsnode.fl import Dataset, LocalLearner, LocalUpdate, TrainConfig, quantize
 from mpsnode.fl.rounds import Attacker, RoundView
 from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import Overloaded, ShuttingDown, SlowPeer, TruncatedFrame
+from mpsnode.node.lock import ExclusiveLock
 
 # Errors after which the client reconnects: the node went away or asked it to come back later.
 TRANSIENT = (
     OSError,
     ConnectionLost,
     TruncatedFrame,  # the node died while sending
-
     trio.TooSlowError,
     trio.BrokenResourceError,
     ShuttingDown,
@@ -143,11 +143,14 @@ class Journal:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self.rounds: dict[int, RoundRecord] = {}
+        # one client daemon per journal: a second would sign its own updates for the same rounds
+        self.lock = ExclusiveLock(path.with_suffix(".lock"), "client daemon").acquire() if path else None
         if path is not None and path.is_file():
             try:
                 raw = json.loads(path.read_text())
                 self.rounds = {int(r): RoundRecord(**rec) for r, rec in raw["rounds"].items()}
             except (ValueError, KeyError, TypeError) as exc:
+                self.close()
                 raise ValueError(
                     f"{path}: not a client journal ({exc}); move it away to start afresh"
                 ) from None
@@ -158,6 +161,11 @@ class Journal:
         if state_dir is None:
             return cls(None)
         return cls(Path(state_dir) / f"{genesis_hash.hex()[:12]}-{address.hex()[:16]}-task{task_id}.json")
+
+    def close(self) -> None:
+        """Let another client daemon take this journal."""
+        if self.lock is not None:
+            self.lock.release()
 
     def record(self, rec: RoundRecord) -> None:
         self.rounds[rec.round] = rec
@@ -472,7 +480,11 @@ async def run_client(
     limiter: trio.CapacityLimiter | None = None,
 ) -> ClientResult:
     """Follow ``config.task_id`` to its end; see the module docstring. ``limiter`` bounds training threads."""
-    return await _Runner(config, on_event, limiter).run()
+    runner = _Runner(config, on_event, limiter)
+    try:
+        return await runner.run()
+    finally:
+        runner.journal.close()
 
 
 def signed_update(record: RoundRecord) -> SignedTx:

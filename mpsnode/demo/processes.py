@@ -111,7 +111,7 @@ class NodeProcess:
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # slow, or a second Ctrl-C: kill it
                 self.proc.kill()
                 self.proc.wait(timeout)
         if self.proc.stdout is not None:

@@ -29,6 +29,7 @@ either failed; 2 for bad options; 130 when interrupted (Ctrl-C stops every proce
 from __future__ import annotations
 
 import json
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -336,13 +337,14 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
     problems = opts.check(ATTACKS)
     if problems:
         for p in problems:
-            out(f"mpsnode demo: {p}")
+            print(f"mpsnode demo: {p}", file=sys.stderr)
         return 2
     if opts.home is not None:
         root = Path(opts.home).resolve()
         if root.exists() and any(root.iterdir()):
-            out(
-                f"mpsnode demo: {root} is not empty; give a new or empty --home (the demo creates a new chain)"
+            print(
+                f"mpsnode demo: {root} is not empty; give a new or empty --home (the demo creates a new chain)",
+                file=sys.stderr,
             )
             return 2
     else:

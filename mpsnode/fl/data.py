@@ -256,13 +256,45 @@ def learner_seed(split_seed: int, shard: int) -> int:
     return split_seed * 1009 + shard
 
 
+def load_arrays(path: str, what: str, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of an .npz file (numpy's own format, read without pickles); one
+    ``ValueError`` naming the flag ``what`` and the file for anything else."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not isinstance(data, np.lib.npyio.NpzFile):
+                raise ValueError(
+                    f"{what} {path}: an .npz archive is needed, with arrays {', '.join(map(repr, names))}"
+                )
+            missing = [n for n in names if n not in data]
+            if missing:
+                wanted, lacking = ", ".join(map(repr, names)), ", ".join(map(repr, missing))
+                raise ValueError(f"{what} {path}: needs arrays {wanted}; missing {lacking}")
+            return {n: data[n] for n in data.files}
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+    except (ValueError, KeyError) as exc:
+        if str(exc).startswith(what):
+            raise
+        raise ValueError(f"{what} {path}: not an .npz or .npy file (numpy's binary formats)") from None
+
+
+def load_array(path: str, what: str) -> np.ndarray:
+    """The one array of an .npy file (numpy's own format, read without pickles); one ``ValueError``
+    naming the flag ``what`` and the file for anything else."""
+    try:
+        array = np.load(path, allow_pickle=False)
+    except (OSError, EOFError) as exc:
+        raise ValueError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+    except ValueError:
+        raise ValueError(f"{what} {path}: not an .npy file (numpy's binary format, np.save)") from None
+    if not isinstance(array, np.ndarray):
+        array.close()
+        raise ValueError(f"{what} {path}: an .npy file with one array is needed, not an .npz archive")
+    return array
+
+
 def load_npz(path: str, what: str) -> Dataset:
     """A ``Dataset`` from an .npz with arrays ``x`` (samples x features) and ``y`` (labels), and
     optionally ``n_classes``; ``what`` names the flag in errors."""
-    try:
-        with np.load(path) as data:
-            if "x" not in data or "y" not in data:
-                raise ValueError(f"{what} {path}: needs arrays 'x' (samples x features) and 'y' (labels)")
-            return from_arrays(data["x"], data["y"], int(data["n_classes"]) if "n_classes" in data else None)
-    except (OSError, EOFError) as exc:
-        raise ValueError(f"{what} {path}: cannot read ({exc})") from None
+    data = load_arrays(path, what, ("x", "y"))
+    return from_arrays(data["x"], data["y"], int(data["n_classes"]) if "n_classes" in data else None)

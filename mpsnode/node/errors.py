@@ -20,6 +20,12 @@ class StoreCorrupt(StoreError):
     code = 502
 
 
+class HomeInUse(StoreError):
+    """Another process holds the home (or the client journal) this one was to use."""
+
+    code = 504
+
+
 class ExportError(StoreError):
     """A chain export file that is not one, or is truncated or out of order; ``reason`` says where."""
 
@@ -54,6 +60,12 @@ class TruncatedFrame(ProtocolViolation):
     """The connection closed inside a frame: the peer went away mid-message (reconnect and retry)."""
 
     code = 611
+
+
+class ListenFailed(NodeError):
+    """A node cannot listen where it was told to (the port is taken, the address is not this host's)."""
+
+    code = 612
 
 
 class UnknownMessage(NodeError):

@@ -96,6 +96,7 @@ from mpsnode.node.wire import (
     encode_frame,
     error_message,
     max_request_frame,
+    open_listeners,
     parse_hostport,
     write_loop,
 )
@@ -225,7 +226,7 @@ class NodeServer:
         task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` (port 0 picks a free one); reports the bound port when ready."""
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        listeners = await open_listeners(host, port, f"the {self.kind}'s wire protocol (--listen)")
         bound = listeners[0].socket.getsockname()[1]
         async with trio.open_nursery() as nursery:
             await nursery.start(trio.serve_listeners, self.handle, listeners)

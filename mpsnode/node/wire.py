@@ -24,7 +24,7 @@ import trio
 from mpsnode.consensus.encoding import decode, encode, expect_list, expect_uint
 from mpsnode.consensus.errors import DecodeError, MpsError, error_classes
 from mpsnode.consensus.params import Params
-from mpsnode.node.errors import FrameTooLarge, ProtocolViolation, SlowPeer, TruncatedFrame
+from mpsnode.node.errors import FrameTooLarge, ListenFailed, ProtocolViolation, SlowPeer, TruncatedFrame
 
 PROTOCOL_VERSION = 1
 LENGTH = struct.Struct(">I")
@@ -263,6 +263,17 @@ async def write_loop(
         await stream.send_all(data)
         if on_written is not None:
             on_written(len(data))
+
+
+async def open_listeners(host: str, port: int, what: str) -> list[trio.SocketListener]:
+    """TCP listeners on ``host:port`` (0: a free port); ``ListenFailed`` saying why not, in one line."""
+    try:
+        return await trio.open_tcp_listeners(port, host=host)
+    except OSError as exc:
+        raise ListenFailed(
+            f"cannot listen on {host}:{port} for {what}: {exc.strerror or exc}; "
+            "choose another address or stop the process that holds it"
+        ) from None
 
 
 def parse_hostport(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
