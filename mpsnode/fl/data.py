@@ -271,7 +271,7 @@ def load_arrays(path: str, what: str, names: Sequence[str]) -> dict[str, np.ndar
                 raise ValueError(f"{what} {path}: needs arrays {wanted}; missing {lacking}")
             return {n: data[n] for n in data.files}
     except (OSError, EOFError) as exc:
-        raise ValueError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+        raise ValueError(f"{what} {path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     except (ValueError, KeyError) as exc:
         if str(exc).startswith(what):
             raise
@@ -284,7 +284,7 @@ def load_array(path: str, what: str) -> np.ndarray:
     try:
         array = np.load(path, allow_pickle=False)
     except (OSError, EOFError) as exc:
-        raise ValueError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+        raise ValueError(f"{what} {path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
     except ValueError:
         raise ValueError(f"{what} {path}: not an .npy file (numpy's binary format, np.save)") from None
     if not isinstance(array, np.ndarray):
