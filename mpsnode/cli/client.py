@@ -26,12 +26,16 @@ import trio
 
 from mpsnode import fl
 from mpsnode.cli.common import resolve_node, signer_key
-from mpsnode.client.daemon import ClientConfig, ClientEvent, ClientStopped, run_client
+from mpsnode.client.daemon import ClientConfig, ClientEvent, run_client
+from mpsnode.client.preflight import preflight
 from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.events import TaskCreated
 from mpsnode.fl.attacks import Attacker
 from mpsnode.fl.data import digits_split, learner_seed, load_npz, parse_alpha, parse_shard
 from mpsnode.node.connection import connect
+from mpsnode.node.errors import WouldFail
+
+DEFAULT_TASK_CLIENTS = 10  # a task on your own validation set, unless told
 
 
 def client_data(args: argparse.Namespace) -> tuple[fl.Dataset, int]:
@@ -118,9 +122,39 @@ def cmd_client_run(args: argparse.Namespace) -> int:
 # client create-task
 
 
+def default_byzantine_f(clients: int) -> int:
+    """The f a task of ``clients`` participants gets unless told: one in five, at least one, and at most
+    what the chain accepts (``min_clients >= 2 f + 3``)."""
+    return max(0, min((clients - 3) // 2, max(1, clients // 5)))
+
+
+def task_sizes(args: argparse.Namespace) -> tuple[int, int, int]:
+    """``(min_clients, max_clients, f)`` from the flags: ``--digits-clients N`` sizes the task to the
+    split's N shards unless told otherwise; a task that could never start is refused."""
+    shards = args.digits_clients
+    max_clients = args.max_clients if args.max_clients is not None else (shards or DEFAULT_TASK_CLIENTS)
+    min_clients = (
+        args.min_clients if args.min_clients is not None else min(shards or max_clients, max_clients)
+    )
+    f = args.byzantine_f if args.byzantine_f is not None else default_byzantine_f(min_clients)
+    if shards is not None and min_clients > shards:
+        raise ValueError(
+            f"--min-clients {min_clients} but the digits split has {shards} shards: the task could never start; "
+            f"give --min-clients <= {shards} (or --digits-clients >= {min_clients})"
+        )
+    if min_clients < 2 * f + 3:
+        raise ValueError(
+            f"--byzantine-f {f} needs at least 2f + 3 = {2 * f + 3} clients per round, and --min-clients is "
+            f"{min_clients}: lower --byzantine-f to {max(0, (min_clients - 3) // 2)} or raise --min-clients"
+        )
+    return min_clients, max_clients, f
+
+
 def cmd_client_create_task(args: argparse.Namespace) -> int:
+    """Create a task; exit 0 with its id, 1 if the CREATE_TASK was included but failed, 2 if refused."""
     genesis, node, home = resolve_node(args)
     key = signer_key(args, home)
+    min_clients, max_clients, f = task_sizes(args)
     if args.val:
         validation = load_npz(args.val, "--val")
     else:
@@ -135,9 +169,9 @@ def cmd_client_create_task(args: argparse.Namespace) -> int:
         scale_bits=scale_bits,
         target_accuracy_bps=round(args.target * 10000),
         max_rounds=args.max_rounds,
-        min_clients=args.min_clients,
-        max_clients=args.max_clients,
-        byzantine_f=args.byzantine_f,
+        min_clients=min_clients,
+        max_clients=max_clients,
+        byzantine_f=f,
         join_blocks=args.join_blocks,
         round_blocks=args.round_blocks,
         fee_per_round=args.fee_per_round,
@@ -145,15 +179,23 @@ def cmd_client_create_task(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
 
-    async def main() -> dict[str, Any]:
+    async def main() -> dict[str, Any] | str:
         async with connect(node, genesis=genesis, timeout=args.timeout) as client:
             wallet = Wallet(key, client.chain_id, client.params)
             await wallet.recover(client)
-            stx = await wallet.send(client, body)
+            stx = wallet.sign(body)
+            forecast = await preflight(client, stx)
+            if forecast is not None and forecast.failure is not None:
+                problem = forecast.failure
+                raise WouldFail(
+                    f"the CREATE_TASK would fail: {type(problem).__name__}: {problem.reason}; "
+                    "nothing was sent"
+                )
+            await wallet.submit(client, stx)
             outcome = await client.wait_receipt(stx.tx_id, timeout=args.timeout)
             if not outcome.ok:
                 why = outcome.receipt.status_name if outcome.receipt else f"{outcome.state}: {outcome.reason}"
-                raise ClientStopped(f"CREATE_TASK failed: {why}")
+                return f"the CREATE_TASK failed ({why}); its fee is spent"
             assert outcome.receipt is not None
             created = next(e for e in outcome.receipt.events if isinstance(e, TaskCreated))
             return {
@@ -162,9 +204,22 @@ def cmd_client_create_task(args: argparse.Namespace) -> int:
                 "height": outcome.height,
                 "escrow": created.escrow,
                 "params": created.params,
+                "min_clients": min_clients,
+                "max_clients": max_clients,
+                "byzantine_f": f,
+                "join_deadline": outcome.height + args.join_blocks,
                 "validation_samples": len(validation),
             }
 
     out = trio.run(main)
+    if isinstance(out, str):
+        print(f"mpsnode: {out}", file=sys.stderr)
+        return 1
     print(json.dumps(out, indent=2) if args.json else "\n".join(f"{k:<18} {v}" for k, v in out.items()))
+    if not args.json:
+        print(
+            f"the task starts once {min_clients} clients joined, by block {out['join_deadline']}; "
+            "otherwise it expires and the escrow is refunded",
+            file=sys.stderr,
+        )
     return 0

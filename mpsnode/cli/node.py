@@ -8,6 +8,7 @@ genesis is fetched and trusted on first use). Output is human-readable; ``--json
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,17 +16,24 @@ import numpy as np
 import trio
 
 from mpsnode.cli.common import parse_address, print_fields, resolve_node, server_options, signer_key
+from mpsnode.client.preflight import preflight
 from mpsnode.client.wallet import Wallet
+from mpsnode.consensus.events import TaskExpired
 from mpsnode.consensus.hashing import H
-from mpsnode.consensus.tx import Body, CreateTask, JoinTask, Stake, SubmitUpdate, Transfer, Unstake
+from mpsnode.consensus.state import Task, TaskStatus
+from mpsnode.consensus.stf.task import EXPIRED_NOT_ENOUGH_CLIENTS
+from mpsnode.consensus.tx import Body, CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate, Transfer, Unstake
 from mpsnode.fl.data import load_array, load_arrays
 from mpsnode.node.connection import Client, Proven, connect
-from mpsnode.node.errors import NotFound
+from mpsnode.node.errors import NotFound, WouldFail
 from mpsnode.node.home import Home
 from sequencer.daemon import run_daemon
 
 # ---------------------------------------------------------------------------------------------
 # sequencer
+
+
+EXIT_FAILED = 1  # the tx was included with a failed effect, or dropped
 
 
 def cmd_sequencer(args: argparse.Namespace) -> int:
@@ -110,33 +118,63 @@ def _create_task(args: argparse.Namespace) -> CreateTask:
 
 
 def cmd_tx(args: argparse.Namespace) -> int:
-    home = Home.open(args.home) if args.home else None
+    """Sign, check, submit and (by default) wait: exit 0 when the tx did what it asked, 1 when it was
+    included with a failed effect or dropped, 2 when it was not sent (it would fail, or bad input)."""
+    genesis, node, home = resolve_node(args)
     key = signer_key(args, home)
     body = _body(args, home)
 
-    async def send(client: Client, args: argparse.Namespace) -> dict[str, Any]:
-        wallet = Wallet(key, client.chain_id, client.params)
-        if args.nonce is not None:
-            wallet.next_nonce = args.nonce
-        else:
-            await wallet.recover(client)
-        stx = wallet.sign(body, args.fee)
-        tx_id = await wallet.submit(client, stx)
-        out: dict[str, Any] = {
-            "tx_id": tx_id.hex(),
-            "kind": stx.tx.kind.name,
-            "sender": key.address.hex(),
-            "nonce": stx.tx.nonce,
-            "fee": stx.tx.fee,
-            "size": stx.size,
-            "state": "accepted",
-        }
-        if args.wait:
+    async def send() -> tuple[int, dict[str, Any]]:
+        async with connect(node, genesis=genesis, timeout=args.timeout) as client:
+            wallet = Wallet(key, client.chain_id, client.params)
+            if args.nonce is not None:
+                wallet.next_nonce = args.nonce
+            else:
+                await wallet.recover(client)
+            stx = wallet.sign(body, args.fee)
+            if not args.force:
+                await _check_before_sending(client, stx)
+            tx_id = await wallet.submit(client, stx)
+            out: dict[str, Any] = {
+                "tx_id": tx_id.hex(),
+                "kind": stx.tx.kind.name,
+                "sender": key.address.hex(),
+                "nonce": stx.tx.nonce,
+                "fee": stx.tx.fee,
+                "size": stx.size,
+                "state": "accepted",
+            }
+            if not args.wait:
+                return 0, out
             outcome = await client.wait_receipt(tx_id, timeout=args.timeout)
             out.update(_outcome_json(outcome))
-        return out
+            return (0 if outcome.ok else EXIT_FAILED), out
 
-    return _run(send, args)
+    code, out = trio.run(send)
+    print_fields(out, args.json)
+    if code:
+        why = out.get("status") if out.get("state") == "included" else f"dropped: {out.get('reason', '')}"
+        print(f"mpsnode: the {out['kind']} failed ({why}); its fee is spent", file=sys.stderr)
+    return code
+
+
+async def _check_before_sending(client: Client, stx: SignedTx) -> None:
+    """Refuse a tx that cannot do what it asks (``WouldFail``): a nonce gap, or a failure the chain's
+    rules foresee on the proven head state (``client.preflight``)."""
+    info = await client.nonce(stx.tx.sender)
+    if stx.tx.nonce > info.next_nonce:
+        raise WouldFail(
+            f"nonce {stx.tx.nonce} leaves a gap: the next free nonce is {info.next_nonce}, and the tx would wait "
+            f"until nonces {info.next_nonce}..{stx.tx.nonce - 1} are used; nothing was sent (--force sends it)"
+        )
+    forecast = await preflight(client, stx)
+    # an invalid tx (nonce, fee) costs nothing: the node refuses it with its own reason
+    problem = forecast.failure if forecast is not None else None
+    if problem is not None:
+        raise WouldFail(
+            f"the {stx.tx.kind.name} would fail: {type(problem).__name__}: {problem.reason}; nothing was sent "
+            "(--force sends it anyway)"
+        )
 
 
 def _outcome_json(outcome: Any) -> dict[str, Any]:
@@ -198,8 +236,11 @@ async def _query(client: Client, args: argparse.Namespace) -> dict[str, Any]:
             "submitted": [a.hex() for a in task.submitted],
             "escrow": task.escrow,
             "accuracy_bps": task.accuracy_bps,
+            "void_rounds": task.rounds_closed - task.billed_rounds,
+            "join_deadline": task.join_deadline,
             "proven_at_height": proven.height,
         }
+        out.update(await _task_progress(client, task, proven.height))
         if args.model:
             model = await client.model(args.task_id)
             _, weights = model.value
@@ -245,6 +286,40 @@ async def _query(client: Client, args: argparse.Namespace) -> dict[str, Any]:
             )
         return {"blocks": [{"height": h, "events": [e.to_json() for e in evs]} for h, evs in items]}
     raise ValueError(f"unknown query {what}")
+
+
+async def _task_progress(client: Client, task: Task, height: int) -> dict[str, Any]:
+    """Where the task stands in words: what it waits for and how many blocks are left, or why it ended."""
+    if task.status == TaskStatus.JOINING:
+        left = task.join_deadline - height
+        return {
+            "waiting": f"{len(task.participants)} of min {task.min_clients} clients joined; "
+            f"{max(0, left)} blocks left to join (block {task.join_deadline})"
+        }
+    if task.status == TaskStatus.ACTIVE:
+        left = task.round_deadline - height
+        void = task.rounds_closed - task.billed_rounds
+        note = (
+            f"; {void} void rounds so far (fewer than 2f + 3 = {2 * task.byzantine_f + 3} updates)"
+            if void
+            else ""
+        )
+        return {
+            "waiting": f"round {task.round}: {len(task.submitted)} of {len(task.participants)} updates; "
+            f"{max(0, left)} blocks left (block {task.round_deadline}){note}"
+        }
+    if task.status == TaskStatus.EXPIRED:
+        for _, events in await client.events(task_id=task.task_id, start=0, count=1000):
+            for ev in events:
+                if isinstance(ev, TaskExpired) and ev.task_id == task.task_id:
+                    why = (
+                        f"only {len(task.participants)} of min {task.min_clients} clients joined by block "
+                        f"{task.join_deadline}"
+                        if ev.reason == EXPIRED_NOT_ENOUGH_CLIENTS
+                        else f"{ev.rounds} rounds without reaching the target"
+                    )
+                    return {"expired": f"{why}; the escrow was refunded to the creator"}
+    return {}
 
 
 def cmd_query(args: argparse.Namespace) -> int:

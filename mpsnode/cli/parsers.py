@@ -153,7 +153,18 @@ def _node(sub: Any) -> None:
         add_signer_arguments(p)
         p.add_argument("--fee", type=int, default=None, help="fee (default: the minimum for the size)")
         p.add_argument("--nonce", type=int, default=None, help="nonce (default: the node's next free one)")
-        p.add_argument("--wait", action="store_true", help="wait for the receipt")
+        p.add_argument(
+            "--wait",
+            action=argparse.BooleanOptionalAction,
+            default=True,
+            help="wait for the receipt and exit 1 if the tx failed (default; --no-wait: return "
+            "once the node holds the tx)",
+        )
+        p.add_argument(
+            "--force",
+            action="store_true",
+            help="send even when the tx would fail on the node's current state, or leaves a nonce gap",
+        )
         _runs(p, "node:cmd_tx")
         return p
 
@@ -313,9 +324,22 @@ def _client(sub: Any) -> None:
     )
     p.add_argument("--target", type=float, default=0.9, help="target validation accuracy, 0..1 (default 0.9)")
     p.add_argument("--max-rounds", type=int, default=30)
-    p.add_argument("--min-clients", type=int, default=10)
-    p.add_argument("--max-clients", type=int, default=10)
-    p.add_argument("--byzantine-f", type=int, default=2, help="updates Krum assumes may be hostile per round")
+    p.add_argument(
+        "--min-clients",
+        type=int,
+        default=None,
+        help="clients needed to start (default: --digits-clients N, else 10)",
+    )
+    p.add_argument(
+        "--max-clients", type=int, default=None, help="clients accepted (default: as --min-clients)"
+    )
+    p.add_argument(
+        "--byzantine-f",
+        type=int,
+        default=None,
+        help="updates Krum assumes may be hostile per round (default: one in five, at most what "
+        "min-clients allows: 2f + 3 <= min-clients)",
+    )
     p.add_argument("--join-blocks", type=int, default=150)
     p.add_argument("--round-blocks", type=int, default=50)
     p.add_argument("--fee-per-round", type=int, default=1000)

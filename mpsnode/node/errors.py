@@ -68,6 +68,12 @@ class ListenFailed(NodeError):
     code = 612
 
 
+class WouldFail(NodeError):
+    """Client side, nothing sent: the tx would not do what it asks on the node's current state."""
+
+    code = 613
+
+
 class UnknownMessage(NodeError):
     code = 603
 

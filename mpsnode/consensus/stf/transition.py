@@ -192,6 +192,12 @@ def check_transaction(state: State, stx: SignedTx) -> None:
 
 def process_transaction(state: State, env: BlockEnv, stx: SignedTx) -> Receipt:
     """Run one valid tx. Raises ``InvalidTransaction`` (before writing anything) if it is not valid."""
+    return run_transaction(state, env, stx)[0]
+
+
+def run_transaction(state: State, env: BlockEnv, stx: SignedTx) -> tuple[Receipt, TxFailure | None]:
+    """``process_transaction``, with the failure itself when the tx's effect failed (its receipt
+    carries only the code; a client forecasting a tx wants the reason too)."""
     check_transaction(state, stx)
     tx = stx.tx
     acct = state.get_account(tx.sender)
@@ -202,9 +208,9 @@ def process_transaction(state: State, env: BlockEnv, stx: SignedTx) -> Receipt:
         events = PROCESSORS[tx.kind](state, env, tx.sender, tx.body)
     except TxFailure as failure:
         state.rollback()
-        return Receipt(stx.tx_id, failure.code, tx.fee, ())
+        return Receipt(stx.tx_id, failure.code, tx.fee, ()), failure
     state.commit()
-    return Receipt(stx.tx_id, 0, tx.fee, tuple(events))
+    return Receipt(stx.tx_id, 0, tx.fee, tuple(events)), None
 
 
 def process_end_of_block(state: State, env: BlockEnv) -> Receipt:
