@@ -20,10 +20,12 @@ from mpsnode.consensus import model
 from mpsnode.consensus.block import Header, decode_block, sign_header
 from mpsnode.consensus.encoding import decode
 from mpsnode.consensus.events import Event, Rewarded, RoundClosed, Slashed, decode_event
+from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import H
+from mpsnode.consensus.receipt import Receipt, decode_receipts, encode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer
-from mpsnode.node.export import BLOCK, LENGTH, MAGIC
+from mpsnode.node.export import BLOCK, LENGTH, MAGIC, RECEIPTS
 from mpsnode.node.store import LmdbStore
 from verifier import checks
 from verifier.replay import engine
@@ -278,3 +280,66 @@ def test_pruned_replay_state_still_proves_every_root(chain_home, monkeypatch: py
     tree = SparseMerkleTree(state, state.root)
     for key, value in state.items.items():
         assert verify_proof(state.root, key, value, tree.prove(key))
+
+
+def _records(export: Path) -> list[tuple[bytes, bytes]]:
+    data = export.read_bytes()
+    pos, out = len(MAGIC), []
+    while pos < len(data):
+        tag, (n,) = data[pos : pos + 1], LENGTH.unpack(data[pos + 1 : pos + 5])
+        out.append((tag, data[pos + 5 : pos + 5 + n]))
+        pos += 5 + n
+    return out
+
+
+def _write(out: Path, records: list[tuple[bytes, bytes]]) -> None:
+    out.write_bytes(MAGIC + b"".join(tag + LENGTH.pack(len(p)) + p for tag, p in records))
+
+
+def test_replay_pins_the_expected_genesis(chain_home, capsys, tmp_path: Path) -> None:
+    home, _ = chain_home
+    good = tmp_path / "chain.mps"
+    assert run_cli(capsys, "export", "--home", str(home), "--out", str(good))[0] == 0
+    expected = Genesis.from_json(json.loads((home / "genesis.json").read_text())).hash().hex()
+    code, out, err = run_cli(capsys, "replay", str(good), "--json")
+    result = json.loads(out)
+    assert code == 0 and result["genesis_hash"] == expected and result["genesis_pinned"] is False
+    assert "params" in result and "not pinned" in err
+    code, out, _ = run_cli(capsys, "replay", str(good), "--genesis", str(home / "genesis.json"))
+    assert code == 0 and f"genesis {expected} (pinned)" in out
+    code, _, err = run_cli(capsys, "replay", str(good), "--genesis-hash", "00" * 32)
+    assert code == 2 and "WrongGenesis" in err and "not of the pinned" in err
+    code, _, err = run_cli(capsys, "replay", "--home", str(home), "--genesis-hash", "ab" * 32)
+    assert code == 2 and "WrongGenesis" in err
+    code, _, err = run_cli(capsys, "replay", str(good), "--genesis-hash", "xyz")
+    assert code == 2 and "64 hex digits" in err
+
+
+def test_replay_checks_every_claimed_receipt(chain_home, capsys, tmp_path: Path) -> None:
+    """An export whose stored receipts were edited (the slash taken out) while the blocks stayed intact."""
+    home, slash_height = chain_home
+    good = tmp_path / "chain.mps"
+    assert run_cli(capsys, "export", "--home", str(home), "--out", str(good))[0] == 0
+    records = _records(good)
+    blocks = 0
+    for i, (tag, payload) in enumerate(records):
+        blocks += tag == BLOCK
+        if tag == RECEIPTS and blocks == slash_height:
+            receipts = decode_receipts(payload)
+            assert any(isinstance(e, Slashed) for r in receipts for e in r.events)
+            cut = [
+                Receipt(
+                    r.tx_id, r.status, r.fee_paid, tuple(e for e in r.events if not isinstance(e, Slashed))
+                )
+                for r in receipts
+            ]
+            records[i] = (tag, encode_receipts(cut))
+    bad = tmp_path / "edited.mps"
+    _write(bad, records)
+    code, out, _ = run_cli(capsys, "replay", str(bad), "--json")
+    result = json.loads(out)
+    assert code == 1 and not result["ok"] and result["blocks"] == slash_height - 1
+    assert (
+        result["divergence"]["check"] == "claimed_receipts" and result["divergence"]["height"] == slash_height
+    )
+    assert result["divergence"]["receipts"]["differ"]  # the report shows which receipts were edited

@@ -254,6 +254,10 @@ def _verifier(sub: Any) -> None:
     sp = sub.add_parser("replay", help="re-execute a chain from genesis, check every root, print an audit")
     sp.add_argument("file", nargs="?", help="an export (mpsnode export) or a divergence bundle")
     sp.add_argument("--home", help="replay the chain in this node home's store instead")
+    sp.add_argument("--genesis", help="the genesis.json you expect: a chain of another genesis is refused")
+    sp.add_argument(
+        "--genesis-hash", help="the genesis hash you expect (64 hex digits, as `mpsnode init` prints)"
+    )
     add_json(sp)
     sp.add_argument("--plot", help="draw accuracy and Krum scores per round into this PNG")
     sp.add_argument("--reports", help="on a divergence, write <height>.json and <height>.bundle here")

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
 from mpsnode.cli.common import server_options
 from mpsnode.consensus.errors import DecodeError
+from mpsnode.node.errors import WrongGenesis
 from mpsnode.node.export import export_store, is_export
+from mpsnode.node.files import load_genesis
 from mpsnode.node.home import Home
 from mpsnode.node.store import LmdbStore
 from verifier.daemon import run_daemon
@@ -79,11 +82,20 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if (args.file is None) == (args.home is None):
         given = "both" if args.file is not None else "neither"
         raise ValueError(f"replay takes --home DIR or an export FILE (or a divergence bundle): {given} given")
+    if args.file is not None and Path(args.file).is_dir():
+        raise ValueError(f"{args.file} is a directory: replay a node's home with --home {args.file}")
     if args.file is not None and not is_export(args.file):
         return _replay_bundle(args)
+    pin = _pinned_genesis(args)
     source = HomeSource(args.home) if args.home else ExportSource(args.file)
     try:
-        outcome = replay(source, progress=args.progress)
+        if pin is None and args.file is not None:
+            print(
+                f"mpsnode: the genesis is the file's own ({source.genesis.hash().hex()}), not pinned: pass "
+                "--genesis FILE or --genesis-hash HEX to check that it is the chain you mean",
+                file=sys.stderr,
+            )
+        outcome = replay(source, progress=args.progress, genesis_hash=pin)
         if not outcome.ok and args.reports and outcome.investigation is not None:
             assert outcome.report is not None
             write_report(args.reports, outcome.report, outcome.investigation.bundle(outcome.claimed))
@@ -106,9 +118,34 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0 if outcome.ok else EXIT_DIVERGED_REPLAY
 
 
+def _pinned_genesis(args: argparse.Namespace) -> bytes | None:
+    """The genesis hash ``--genesis FILE`` or ``--genesis-hash HEX`` pins (they must agree)."""
+    pins = []
+    if args.genesis:
+        pins.append(load_genesis(args.genesis).hash())
+    if args.genesis_hash:
+        try:
+            pinned = bytes.fromhex(args.genesis_hash.removeprefix("0x"))
+        except ValueError:
+            pinned = b""
+        if len(pinned) != 32:
+            raise ValueError(
+                f"--genesis-hash {args.genesis_hash!r}: give the 64 hex digits `mpsnode init` printed"
+            )
+        pins.append(pinned)
+    if len(set(pins)) > 1:
+        raise ValueError("--genesis and --genesis-hash name different chains")
+    return pins[0] if pins else None
+
+
 def _print_outcome(outcome: ReplayOutcome, description: str, args: argparse.Namespace) -> None:
     rate = f"{outcome.blocks / outcome.seconds:.1f} blocks/s" if outcome.seconds else ""
     head = outcome.head
+    genesis = outcome.genesis
+    pinned = "pinned" if outcome.genesis_pinned else "NOT pinned (--genesis / --genesis-hash)"
+    print(f"chain {genesis.chain_id}, genesis {genesis.hash().hex()} ({pinned})")
+    params = genesis.params.to_json()
+    print("params " + ", ".join(f"{k}={v}" for k, v in params.items()))
     if outcome.ok:
         print(
             f"replayed {outcome.blocks} blocks ({outcome.txs} txs) of {description} from genesis in a "
@@ -171,6 +208,11 @@ def _replay_bundle(args: argparse.Namespace) -> int:
         raise DecodeError(
             f"{args.file} is neither an export (mpsnode export) nor a divergence bundle: {exc}"
         ) from None
+    pin = _pinned_genesis(args)
+    if pin is not None and bundle.genesis.hash() != pin:
+        raise WrongGenesis(
+            f"{args.file} is a bundle of genesis {bundle.genesis.hash().hex()}, not of the pinned {pin.hex()}"
+        )
     again = bundle.rerun()
     if again is None:
         out = {"ok": True, "height": bundle.height, "note": "the bundled block passes every check"}

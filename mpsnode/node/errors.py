@@ -26,6 +26,12 @@ class HomeInUse(StoreError):
     code = 504
 
 
+class WrongGenesis(StoreError):
+    """The chain at hand is not of the genesis the caller pinned."""
+
+    code = 505
+
+
 class ExportError(StoreError):
     """A chain export file that is not one, or is truncated or out of order; ``reason`` says where."""
 

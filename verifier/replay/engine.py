@@ -26,13 +26,16 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from mpsnode.consensus.block import Header, decode_header
+from mpsnode.consensus.block import Block, Header, decode_header
+from mpsnode.consensus.errors import MpsError
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import ZERO32
+from mpsnode.consensus.receipt import decode_receipts, encode_receipts, receipts_root
 from mpsnode.consensus.smt import NODE_TAG, SparseMerkleTree
 from mpsnode.consensus.state import Config, State, Task, task_key
+from mpsnode.consensus.stf.transition import BlockResult
 from mpsnode.node.chain import GENESIS_HASH_META
-from mpsnode.node.errors import ExportError, StoreError
+from mpsnode.node.errors import ExportError, StoreError, WrongGenesis
 from mpsnode.node.export import ExportReader
 from mpsnode.node.home import Home
 from mpsnode.node.store import LmdbStore
@@ -183,6 +186,8 @@ class ReplayOutcome:
     seconds: float
     head: Header
     audit: Audit
+    genesis: Genesis
+    genesis_pinned: bool
     report: dict[str, Any] | None = None
     investigation: Investigation | None = None
     claimed: ClaimedProofs | None = None
@@ -190,6 +195,10 @@ class ReplayOutcome:
     def to_json(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
+            "chain_id": self.genesis.chain_id,
+            "genesis_hash": self.genesis.hash().hex(),
+            "genesis_pinned": self.genesis_pinned,
+            "params": self.genesis.params.to_json(),
             "blocks": self.blocks,
             "txs": self.txs,
             "seconds": round(self.seconds, 3),
@@ -219,6 +228,30 @@ def _batches(source: ChainSource) -> Iterator[list[tuple[int, bytes, bytes | Non
         yield batch
 
 
+CLAIMED_RECEIPTS = "claimed_receipts"
+
+
+def check_claimed_receipts(block: Block, result: BlockResult, claimed: bytes | None) -> None:
+    """The receipts stored with ``block`` are the ones it produced (so they hash to its header's
+    receipts root); else a ``claimed_receipts`` ``Divergence``: the file or store was altered."""
+    if claimed is None or claimed == encode_receipts(list(result.receipts)):
+        return
+    try:
+        root = receipts_root(decode_receipts(claimed)).hex()
+    except MpsError:
+        root = "(they do not decode)"
+    raise Divergence(
+        CLAIMED_RECEIPTS,
+        block.height,
+        "the receipts stored with this block are not the ones it produced: they do not hash to the "
+        "header's receipts_root, so the source was altered after the block was made",
+        computed=result.receipts_root.hex(),
+        claimed=root,
+        block=block,
+        result=result,
+    )
+
+
 def _prechecked(
     source: ChainSource, config: Config, pool: ThreadPoolExecutor
 ) -> Iterator[tuple[Prechecked, bytes | None]]:
@@ -239,12 +272,25 @@ def _prechecked(
 
 
 def replay(
-    source: ChainSource, *, progress: bool | None = None, on_block: Callable[[Header], None] | None = None
+    source: ChainSource,
+    *,
+    progress: bool | None = None,
+    on_block: Callable[[Header], None] | None = None,
+    genesis_hash: bytes | None = None,
 ) -> ReplayOutcome:
     """Re-execute every block of ``source`` from genesis; stops at the first failed check.
 
-    ``progress``: a progress bar on stderr (None: only on a terminal, for chains over 200 blocks).
+    ``genesis_hash``: the genesis the auditor expects (pinned); a source of another genesis is refused
+    (``WrongGenesis``) before anything runs. Every block's stored receipts (the "claimed" ones a reader
+    of the source would trust) must be exactly those the block produced, else the replay stops with a
+    ``claimed_receipts`` divergence. ``progress``: a progress bar on stderr (None: only on a terminal,
+    for chains over 200 blocks).
     """
+    if genesis_hash is not None and source.genesis.hash() != genesis_hash:
+        raise WrongGenesis(
+            f"{source.description} is a chain of genesis {source.genesis.hash().hex()}, not of the pinned "
+            f"{genesis_hash.hex()}"
+        )
 
     genesis = source.genesis
     config = genesis.config()
@@ -263,6 +309,7 @@ def replay(
                 try:
                     tree = SparseMerkleTree(state, state.root)
                     block, result = verify_block(pre, parent, State(state.get_state), tree, config)
+                    check_claimed_receipts(block, result, claimed_receipts)
                 except Divergence as failure:
                     return _diverged(
                         source,
@@ -274,6 +321,7 @@ def replay(
                         audit,
                         txs,
                         time.perf_counter() - t0,
+                        genesis_hash is not None,
                     )
                 state.apply(result.state_writes, result.node_writes, result.state_root)
                 audit.fold_block(block.height, result.receipts)
@@ -295,7 +343,9 @@ def replay(
         raise ExportError(
             f"{source.description} announced head {source.head_height}, replay ended at {parent.height}"
         )
-    return ReplayOutcome(True, parent.height, txs, time.perf_counter() - t0, parent, audit)
+    return ReplayOutcome(
+        True, parent.height, txs, time.perf_counter() - t0, parent, audit, genesis, genesis_hash is not None
+    )
 
 
 def _diverged(
@@ -308,6 +358,7 @@ def _diverged(
     audit: Audit,
     txs: int,
     seconds: float,
+    pinned: bool,
 ) -> ReplayOutcome:
     inv = Investigation.start(
         failure,
@@ -321,4 +372,16 @@ def _diverged(
     )
     keys = inv.state_keys()
     claimed = source.claimed_proofs(inv.block.header, keys) if keys and inv.block is not None else None
-    return ReplayOutcome(False, parent.height, txs, seconds, parent, audit, inv.report(claimed), inv, claimed)
+    return ReplayOutcome(
+        False,
+        parent.height,
+        txs,
+        seconds,
+        parent,
+        audit,
+        source.genesis,
+        pinned,
+        inv.report(claimed),
+        inv,
+        claimed,
+    )
