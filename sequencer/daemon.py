@@ -144,6 +144,7 @@ class Sequencer:
         self._fresh = True  # durable txs arrived since the last selection
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.metrics.height.set(self.chain.head.height)  # from the store: right at once after a restart
 
     # TxGateway (called by the server) ------------------------------------------------------------
     async def submit(self, raw: bytes, done: Callable[[bytes | MpsError], None]) -> None:
@@ -446,10 +447,11 @@ class Sequencer:
         self._chain_busy = self._compute_chain_busy()
         if dropped:
             self._fresh = True  # a drop may unblock nothing, but re-selecting is cheap and safe
-        rounds = slashes = 0
+        rounds = slashes = void = 0
         for ev in result.events:
             if isinstance(ev, RoundClosed):
                 rounds += 1
+                void += bool(ev.void)
             elif isinstance(ev, Slashed):
                 slashes += 1
         metrics.height.set(block.height)
@@ -458,6 +460,7 @@ class Sequencer:
         metrics.build_seconds.observe(t1 - t0)
         metrics.commit_seconds.observe(t2 - t1)
         metrics.rounds_closed.inc(rounds)
+        metrics.rounds_void.inc(void)
         metrics.slashes.inc(slashes)
         for _, err in dropped:
             metrics.dropped.labels(str(err.code)).inc()

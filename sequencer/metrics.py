@@ -61,4 +61,7 @@ class Metrics(NodeMetrics):
         self.rounds_closed = Counter(
             "mps_rounds_closed", "Task rounds closed (void ones included)", registry=r
         )
+        self.rounds_void = Counter(
+            "mps_rounds_void", "Task rounds closed void (fewer than 2f + 3 updates: nothing aggregated)", registry=r
+        )
         self.slashes = Counter("mps_slashes", "Clients slashed", registry=r)

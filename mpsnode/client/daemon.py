@@ -210,6 +210,8 @@ class _Runner:
         self.learner: LocalLearner | None = None
         self.joined = False  # seen among the task's participants
         self.reconnects = 0
+        self.seen_joined = -1  # participants when "waiting" was last said
+        self.seen_closed: tuple[int, int] | None = None  # (rounds_closed, billed_rounds) at the last look
 
     def emit(self, kind: str, **fields: Any) -> None:
         if self.on_event is not None:
@@ -326,10 +328,41 @@ class _Runner:
         return task
 
     # following rounds ----------------------------------------------------------------------------------
+    def report_progress(self, task: Task) -> None:
+        """Say what changed since the last look: clients joined while joining (with the deadline), and
+        each closed round, a void one (fewer than 2f + 3 updates: no aggregation) said as such."""
+        if task.status == TaskStatus.JOINING:
+            joined = len(task.participants)
+            if joined != self.seen_joined:
+                self.seen_joined = joined
+                self.emit(
+                    "waiting", joined=joined, min_clients=task.min_clients, join_deadline=task.join_deadline
+                )
+            return
+        closed, billed = task.rounds_closed, task.billed_rounds
+        if self.seen_closed is None:
+            self.seen_closed = (closed, billed)
+            return
+        void = (closed - self.seen_closed[0]) - (billed - self.seen_closed[1])
+        if closed > self.seen_closed[0]:
+            if void > 0:
+                self.emit(
+                    "round_void",
+                    rounds=void,
+                    rounds_closed=closed,
+                    needs=2 * task.byzantine_f + 3,
+                    participants=len(task.participants),
+                    accuracy_bps=task.accuracy_bps,
+                )
+            if billed > self.seen_closed[1]:
+                self.emit("round_closed", rounds_closed=closed, accuracy_bps=task.accuracy_bps)
+        self.seen_closed = (closed, billed)
+
     async def step(self, client: Client, blocks: trio.MemoryReceiveChannel[Any]) -> ClientResult | None:
         """Look at the task once; submit if a new round is open. A result ends the run."""
         await self.check_outcomes(client)
         task = await self.read_task(client)
+        self.report_progress(task)
         if task.status in (TaskStatus.COMPLETED, TaskStatus.EXPIRED):
             await self.check_outcomes(client)  # the last round's update landed after the check above
             return self.finish(task, task.status.name.lower())
