@@ -106,9 +106,9 @@ def make_network(
         keys = {n: generate_key() for n in key_names(clients)}
     if genesis_time_ms is None:
         genesis_time_ms = DEVNET_GENESIS_TIME_MS if devnet_keys else int(time.time() * 1000)
-    genesis = make_genesis(
-        keys, chain_id=chain_id or DEVNET_CHAIN_ID, genesis_time_ms=genesis_time_ms, params=params
-    )
+    if chain_id is None:  # the devnet's is well known; a network of its own gets an id of its own
+        chain_id = DEVNET_CHAIN_ID if devnet_keys else f"mps-{keys['sequencer'].address.hex()[:8]}"
+    genesis = make_genesis(keys, chain_id=chain_id, genesis_time_ms=genesis_time_ms, params=params)
     Genesis.from_json(genesis.to_json())  # what we write must be what we accept
     home.mkdir(parents=True, exist_ok=True)
     for name, key in keys.items():

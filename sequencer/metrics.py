@@ -62,6 +62,8 @@ class Metrics(NodeMetrics):
             "mps_rounds_closed", "Task rounds closed (void ones included)", registry=r
         )
         self.rounds_void = Counter(
-            "mps_rounds_void", "Task rounds closed void (fewer than 2f + 3 updates: nothing aggregated)", registry=r
+            "mps_rounds_void",
+            "Task rounds closed void (fewer than 2f + 3 updates: nothing aggregated)",
+            registry=r,
         )
         self.slashes = Counter("mps_slashes", "Clients slashed", registry=r)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -65,7 +66,7 @@ def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 BAD = [
-    # (name, argv with {home} {garbage} {empty} {busy}, expected exit code)
+    # (name, argv with {home} {garbage} {empty} {busy}, expected exit code[, what the line must say])
     ("sequencer-no-home", ["sequencer", "--home", "{empty}"], 2),
     ("sequencer-busy-port", ["sequencer", "--home", "{home}", "--listen", "127.0.0.1:{busy}"], 2),
     (
@@ -75,7 +76,12 @@ BAD = [
     ),
     ("sequencer-bad-listen", ["sequencer", "--home", "{home}", "--listen", "nowhere:port"], 2),
     ("verifier-bad-upstream", ["verifier", "--home", "{empty}", "--upstream", "x:y"], 2),
-    ("verifier-no-genesis", ["verifier", "--home", "{empty}", "--upstream", "127.0.0.1:1"], 2),
+    (
+        "verifier-no-genesis",
+        ["verifier", "--home", "{empty}", "--upstream", "127.0.0.1:1"],
+        2,
+        "--genesis FILE",
+    ),
     ("query-unreachable", ["query", "status", "--node", "127.0.0.1:1"], 3),
     ("query-bad-node", ["query", "status", "--node", "127.0.0.1:notaport"], 2),
     (
@@ -180,14 +186,33 @@ BAD = [
     ),
     ("init-negative-clients", ["init", "--home", "{empty}/new", "--clients", "-3"], 2),
     ("demo-too-few-clients", ["demo", "--clients", "2", "--malicious", "0"], 2),
+    (
+        "client-unreachable",
+        [
+            "client",
+            "run",
+            "--task",
+            "1",
+            "--digits-shard",
+            "0/3",
+            "--home",
+            "{home}",
+            "--from",
+            "client-0",
+            "--node",
+            "127.0.0.1:1",
+        ],
+        2,
+        "cannot reach the node at 127.0.0.1:1",
+    ),
+    ("inspect-bad-account", ["inspect", "--home", "{home}", "account", "nobody"], 2, "nor a key name"),
     ("unknown-flag", ["query", "status", "--frobnicate"], 2),
 ]
 
 
-@pytest.mark.parametrize(("name", "argv", "code"), BAD, ids=[b[0] for b in BAD])
-def test_bad_input_is_one_line_and_no_traceback(
-    name: str, argv: list[str], code: int, bad_inputs: dict[str, Path]
-) -> None:
+@pytest.mark.parametrize("case", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_one_line_and_no_traceback(case: tuple, bad_inputs: dict[str, Path]) -> None:
+    name, argv, code, *says = case
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -206,6 +231,8 @@ def test_bad_input_is_one_line_and_no_traceback(
     if name != "unknown-flag":  # argparse prints its usage line too
         assert len(lines) == 1, done.stderr
     assert "allow_pickle" not in done.stderr  # never suggest unsafe loading
+    for text in says:
+        assert text in done.stderr, done.stderr
 
 
 def test_a_closed_stdout_exits_quietly(bad_inputs: dict[str, Path]) -> None:
@@ -221,3 +248,24 @@ def test_a_closed_stdout_exits_quietly(bad_inputs: dict[str, Path]) -> None:
     )
     os.close(writer)
     assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+def test_new_keys_and_networks_are_their_own(tmp_path: Path) -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "mpsnode.cli", "keys", "new", "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    key = json.loads(shown.stdout)
+    assert shown.returncode == 0 and len(key["seed"]) == 64 and "not saved" in shown.stderr
+    made = subprocess.run(
+        [sys.executable, "-m", "mpsnode.cli", "init", "--home", str(tmp_path / "net"), "--json"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["chain_id"] != "mps-devnet"  # only --devnet uses the public devnet's id

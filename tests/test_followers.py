@@ -189,6 +189,10 @@ def run_upstream_deaths(tmp_path: Path, daemons: list[Daemon], kills: int) -> No
     task_id = trio.run(create_task, seq.address, net, digits_split(FL_CLIENTS, None, 0))
     clients = [start_client(tmp_path / "seq", port, task_id, i) for i in range(FL_CLIENTS)]
     daemons.extend(c.proc for c in clients)  # killed at teardown
+    deadline = time.monotonic() + TIMEOUT  # a client's first connection must succeed: wait for each to join
+    while not all('"joined"' in c.log_text() for c in clients):
+        assert time.monotonic() < deadline and all(c.proc.poll() is None for c in clients), seed
+        time.sleep(0.1)
 
     for _ in range(kills):
         trio.run(load_for, seq.address, g, wallets, rng.uniform(0.1, 0.6))

@@ -586,6 +586,11 @@ def run_daemon(
 
     setup_logging()
     prepare_home(home_path, genesis_file)
+    if not (Path(home_path) / "genesis.json").is_file():
+        raise FileNotFoundError(
+            f"{home_path} has no genesis.json: give the chain's genesis with --genesis FILE (the sequencer "
+            "home's genesis.json); `mpsnode init` would make another chain, which the upstream refuses"
+        )
     home = Home.open(home_path)
     genesis = home.genesis()
     default_listen = home.listen if (home.path / "config.toml").is_file() else "127.0.0.1:7071"

@@ -50,7 +50,12 @@ def parse_address(text: str, home: Home | None) -> bytes:
     except ValueError:
         if home is not None and home.key_path(text).is_file():
             return load_key(home.key_path(text)).address
-        raise
+        names = (
+            f" (keys in {home.path / 'keys'}: {', '.join(sorted(p.stem for p in (home.path / 'keys').glob('*.json')))})"
+            if home is not None and (home.path / "keys").is_dir()
+            else ""
+        )
+        raise ValueError(f"{text!r} is neither an address (64 hex digits) nor a key name{names}") from None
 
 
 def server_options(args: argparse.Namespace) -> dict[str, Any]:

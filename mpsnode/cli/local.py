@@ -42,7 +42,15 @@ def cmd_keys(args: argparse.Namespace) -> int:
             if Path(args.out).exists():
                 raise SystemExit(f"mpsnode: {args.out} exists; refusing to overwrite a key")
             save_key(args.out, key)
-        print_fields({"address": key.address.hex(), **({"file": args.out} if args.out else {})}, args.json)
+        if args.out:
+            print_fields({"address": key.address.hex(), "file": args.out}, args.json)
+        else:  # nowhere to keep it: show the secret once, and say what it is
+            print_fields({"address": key.address.hex(), "seed": key.seed.hex()}, args.json)
+            print(
+                "mpsnode: this key is not saved anywhere: the seed above is its secret; keep it safe, or use "
+                "--out FILE next time",
+                file=sys.stderr,
+            )
     else:
         key = load_key(args.file)
         print_fields({"address": key.address.hex(), "file": args.file}, args.json)

@@ -231,6 +231,11 @@ class _Runner:
                     lost_since, delay = None, 0.2
                     return await self.session(client)
             except TRANSIENT as exc:
+                if self.wallet is None and isinstance(exc, OSError):  # never connected: say so at once
+                    raise ClientStopped(
+                        f"cannot reach the node at {self.cfg.node}: {exc.strerror or exc}; is it running there? "
+                        f"(once connected, a lost node is retried for {self.cfg.reconnect_for:.0f} s)"
+                    ) from None
                 now = trio.current_time()
                 if lost_since is None:
                     lost_since = now

@@ -275,7 +275,9 @@ class Client:
         if genesis.hash() != self.hello.genesis_hash:
             raise VerificationFailed("the node's genesis does not hash to the genesis hash it announced")
         if genesis_hash is not None and genesis.hash() != genesis_hash:
-            raise WrongNetwork(f"node is on genesis {genesis.hash().hex()}, expected {genesis_hash.hex()}")
+            raise WrongNetwork(
+                f"the node is on genesis {genesis.hash().hex()}, your home on {genesis_hash.hex()}"
+            )
         self.genesis = genesis
 
     @property

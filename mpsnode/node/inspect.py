@@ -10,6 +10,7 @@ from mpsnode.consensus.hashing import H
 from mpsnode.consensus.receipt import decode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
 from mpsnode.consensus.state import State, account_key, task_key
+from mpsnode.node.files import load_key
 from mpsnode.node.home import Home
 from mpsnode.node.store import LmdbStore
 
@@ -20,12 +21,12 @@ def inspect(home_path: str, what: list[str]) -> dict[str, Any]:
         raise FileNotFoundError(f"{home.data_path} holds no chain yet: start a node on this home first")
     store = LmdbStore(home.data_path, map_size=home.map_size, readonly=True)
     try:
-        return _inspect(store, what)
+        return _inspect(store, what, home)
     finally:
         store.close()
 
 
-def _inspect(store: LmdbStore, what: list[str]) -> dict[str, Any]:
+def _inspect(store: LmdbStore, what: list[str], home: Home) -> dict[str, Any]:
     head = store.head()
     if head is None:
         raise FileNotFoundError("the store is empty")
@@ -64,7 +65,16 @@ def _inspect(store: LmdbStore, what: list[str]) -> dict[str, Any]:
             "receipts": [r.to_json() for r in receipts],
         }
     if cmd == "account" and len(rest) == 1:
-        address = crypto.parse_address(rest[0])
+        try:
+            address = crypto.parse_address(rest[0])
+        except ValueError:
+            key_file = home.key_path(rest[0])
+            if not key_file.is_file():
+                raise ValueError(
+                    f"{rest[0]!r} is neither an address (64 hex digits) nor a key name in "
+                    f"{home.path / 'keys'}"
+                ) from None
+            address = load_key(key_file).address
         acct = state.get_account(address)
         proof_ok = _proof_ok(store, head.state_root, account_key(address))
         return {

@@ -495,12 +495,15 @@ class _Connection:
     def _hello(self, hello: HelloRequest, req_id: int) -> None:
         srv = self.server
         if hello.version != PROTOCOL_VERSION:
-            raise WrongNetwork(f"protocol version {hello.version}; this node speaks {PROTOCOL_VERSION}")
+            raise WrongNetwork(
+                f"you speak protocol version {hello.version}, the node speaks {PROTOCOL_VERSION}"
+            )
         anonymous = hello.genesis_hash == ZERO32  # "tell me your chain": the client checks GET_GENESIS itself
         if not anonymous and (hello.chain_id != srv.chain_id or hello.genesis_hash != srv.genesis_hash):
             raise WrongNetwork(
-                f"peer is on chain {hello.chain_id!r} genesis {hello.genesis_hash.hex()[:16]}..., this node is "
-                f"on {srv.chain_id!r} genesis {srv.genesis_hash.hex()[:16]}..."
+                f"your home is on chain {hello.chain_id!r} (genesis {hello.genesis_hash.hex()[:16]}...), the node "
+                f"is on {srv.chain_id!r} (genesis {srv.genesis_hash.hex()[:16]}...): point at a node of your "
+                "chain, or use that chain's genesis.json"
             )
         head = srv.store.head()
         if head is None:
