@@ -206,6 +206,7 @@ BAD = [
         "cannot reach the node at 127.0.0.1:1",
     ),
     ("inspect-bad-account", ["inspect", "--home", "{home}", "account", "nobody"], 2, "nor a key name"),
+    ("events-no-selector", ["query", "events", "--node", "127.0.0.1:1"], 2, "--height H"),
     ("unknown-flag", ["query", "status", "--frobnicate"], 2),
 ]
 

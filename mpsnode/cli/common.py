@@ -14,15 +14,32 @@ from mpsnode.node.server import SERVER_FLAGS
 
 
 def print_fields(obj: Any, as_json: bool) -> None:
-    """A flat dict as aligned ``key  value`` lines, or as JSON."""
+    """A dict as aligned ``key  value`` lines (nested dicts as ``outer.inner`` keys, a list of dicts
+    one indented line per item), or as JSON."""
     if as_json:
         print(json.dumps(obj, indent=2, sort_keys=False))
         return
-    width = max((len(k) for k in obj), default=0)
+    rows = list(_flatten(obj))
+    width = max((len(k) for k, _ in rows), default=0)
+    for k, v in rows:
+        if isinstance(v, list) and v and all(isinstance(item, dict) for item in v):
+            print(f"{k:<{width}}  {len(v)}")
+            for item in v:
+                print("    " + "  ".join(f"{ik} {_text(iv)}" for ik, iv in item.items()))
+            continue
+        print(f"{k:<{width}}  {_text(v)}")
+
+
+def _flatten(obj: dict[str, Any], prefix: str = "") -> Any:
     for k, v in obj.items():
-        if isinstance(v, (list, dict)):
-            v = json.dumps(v)
-        print(f"{k:<{width}}  {v}")
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def _text(v: Any) -> str:
+    return json.dumps(v) if isinstance(v, (list, dict)) else str(v)
 
 
 def resolve_node(args: argparse.Namespace) -> tuple[Genesis | None, str, Home | None]:

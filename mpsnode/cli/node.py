@@ -18,9 +18,10 @@ import trio
 from mpsnode.cli.common import parse_address, print_fields, resolve_node, server_options, signer_key
 from mpsnode.client.preflight import preflight
 from mpsnode.client.wallet import Wallet
-from mpsnode.consensus.events import TaskExpired
+from mpsnode.consensus.events import Event, ParticipantRemoved, Slashed, TaskExpired
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.state import Task, TaskStatus
+from mpsnode.consensus.stf.round import SlashReason
 from mpsnode.consensus.stf.task import EXPIRED_NOT_ENOUGH_CLIENTS
 from mpsnode.consensus.tx import Body, CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate, Transfer, Unstake
 from mpsnode.fl.data import load_array, load_arrays
@@ -177,13 +178,21 @@ async def _check_before_sending(client: Client, stx: SignedTx) -> None:
         )
 
 
+def event_json(event: Event) -> dict[str, Any]:
+    """An event as JSON, a slash's rule by name (``krum_score``, ``direction``) beside its code."""
+    out = event.to_json()
+    if isinstance(event, (Slashed, ParticipantRemoved)):
+        out["rule"] = SlashReason.describe(event.reason)
+    return out
+
+
 def _outcome_json(outcome: Any) -> dict[str, Any]:
     out = outcome.to_json()
     receipt = out.pop("receipt", None)
     if receipt is not None:
         out["status"] = receipt["status_name"]
         out["fee_paid"] = receipt["fee_paid"]
-        out["events"] = receipt["events"]
+        out["events"] = [event_json(e) for e in outcome.receipt.events]
     return out
 
 
@@ -281,10 +290,8 @@ async def _query(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         if args.task is not None:
             items = await client.events(task_id=args.task, start=args.start, count=args.count)
         else:
-            items = await client.events(
-                height=args.height if args.height is not None else 1, count=args.count
-            )
-        return {"blocks": [{"height": h, "events": [e.to_json() for e in evs]} for h, evs in items]}
+            items = await client.events(height=args.height, count=args.count)
+        return {"blocks": [{"height": h, "events": [event_json(e) for e in evs]} for h, evs in items]}
     raise ValueError(f"unknown query {what}")
 
 
@@ -323,4 +330,6 @@ async def _task_progress(client: Client, task: Task, height: int) -> dict[str, A
 
 
 def cmd_query(args: argparse.Namespace) -> int:
+    if args.query_cmd == "events" and (args.task is None) == (args.height is None):
+        raise ValueError("say which events: --height H (blocks from H on) or --task ID (one task's)")
     return _run(_query, args)
