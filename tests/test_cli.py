@@ -35,6 +35,20 @@ def test_every_subcommand_resolves_to_a_function() -> None:
         assert callable(resolve(target)), target
 
 
+def test_every_flag_and_argument_has_help() -> None:
+    def missing(parser: argparse.ArgumentParser, path: str) -> list[str]:
+        out = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    out += missing(sub, f"{path} {name}")
+            elif not action.help and action.dest != "help":
+                out.append(f"{path} {'/'.join(action.option_strings) or action.dest}")
+        return out
+
+    assert missing(build_parser(), "mpsnode") == []
+
+
 def test_help_does_not_load_the_heavy_modules() -> None:
     code = (
         "import sys; from mpsnode.cli.parsers import build_parser; build_parser(); "

@@ -351,6 +351,52 @@ def _client(sub: Any) -> None:
     _runs(p, "client:cmd_client_create_task")
 
 
+#: Help of the flags and arguments that mean the same in every command that takes them.
+COMMON_HELP = {
+    "--home": "the node's home directory: genesis.json, config.toml, keys/, data/",
+    "--clients": "client keys to make (client-0 .. client-N-1)",
+    "--chain-id": "the chain's id (default: mps-devnet with --devnet, else one of its own)",
+    "--max-connections": "connections served at once (more are refused with Overloaded)",
+    "--handshake-timeout": "seconds a new connection has to say HELLO",
+    "--frame-timeout": "seconds a frame may take once its first byte arrived",
+    "--slow-peer-timeout": "seconds a peer may leave replies unread past --outbox-bytes before it is dropped",
+    "--outbox-bytes": "bytes of replies queued for one peer before it counts as slow",
+    "--amount": "units",
+    "--task": "task id",
+    "--round": "the open round's number (from 1)",
+    "--scale-bits": "fixed-point bits of weights, inputs and deltas (0..24)",
+    "--init-scale": "magnitude of the random initial weights",
+    "--seed": "seed of the random parts (weights, validation set, split)",
+    "--target-bps": "target validation accuracy in basis points (10000 = 100%%)",
+    "--max-rounds": "rounds before the task expires unmet",
+    "--min-clients": "clients needed to start",
+    "--max-clients": "clients accepted",
+    "--byzantine-f": "updates Krum assumes may be hostile per round (2f + 3 <= min-clients)",
+    "--join-blocks": "blocks the task waits for clients to join",
+    "--round-blocks": "blocks a round waits for updates before it closes",
+    "--fee-per-round": "units paid per scored round (escrowed: fee x max rounds)",
+    "--local-epochs": "local training epochs per round",
+    "--count": "at most this many blocks",
+    "--out": "the file to write",
+    "file": "the file to read",
+    "what": "head | block H | account ADDR|KEYNAME | task ID",
+    "task_id": "task id",
+    "height": "block height",
+    "tx_id": "the tx id (64 hex digits)",
+}
+
+
+def _fill_help(parser: argparse.ArgumentParser) -> None:
+    """Give every flag that has none the help it has everywhere (``COMMON_HELP``)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _fill_help(sub)
+        elif action.help is None:
+            names = action.option_strings or [action.dest]
+            action.help = next((COMMON_HELP[n] for n in names if n in COMMON_HELP), None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="mpsnode", description="A rollup node for stake-secured federated learning."
@@ -360,4 +406,5 @@ def build_parser() -> argparse.ArgumentParser:
     _node(sub)
     _verifier(sub)
     _client(sub)
+    _fill_help(p)
     return p
