@@ -51,7 +51,7 @@ def test_every_flag_and_argument_has_help() -> None:
 
 def test_help_does_not_load_the_heavy_modules() -> None:
     code = (
-        "import sys; from mpsnode.cli.parsers import build_parser; build_parser(); "
+        "import sys, mpsnode.cli.main; from mpsnode.cli.parsers import build_parser; build_parser(); "
         "print(','.join(m for m in ('numpy', 'numba', 'lmdb', 'sequencer.daemon', 'mpsnode.fl') if m in sys.modules))"
     )
     loaded = subprocess.run(

@@ -18,7 +18,7 @@ import trio
 
 from mpsnode.cli.parsers import COMMAND, build_parser
 from mpsnode.consensus.errors import MpsError
-from mpsnode.node.connection import ConnectionLost
+from mpsnode.node.errors import ConnectionLost
 
 Command = Callable[[argparse.Namespace], int]
 

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from mpsnode.consensus import crypto
+from mpsnode.consensus.arch import param_count
 from mpsnode.consensus.encoding import (
     decode,
     encode,
@@ -46,7 +47,6 @@ from mpsnode.consensus.limits import (
     MAX_SCALE_BITS,
     MODEL_CLAMP,
 )
-from mpsnode.consensus.model import param_count
 from mpsnode.consensus.params import Params
 
 TX_VERSION = 1

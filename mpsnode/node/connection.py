@@ -43,7 +43,14 @@ from mpsnode.consensus.receipt import Receipt, decode_receipts
 from mpsnode.consensus.smt import Proof, verify_proof
 from mpsnode.consensus.state import EMPTY_ACCOUNT, Account, Task, account_key, model_key, task_key
 from mpsnode.consensus.tx import SignedTx, decode_signed_tx
-from mpsnode.node.errors import AlreadyKnown, NotFound, ProtocolViolation, VerificationFailed, WrongNetwork
+from mpsnode.node.errors import (
+    AlreadyKnown,
+    ConnectionLost,
+    NotFound,
+    ProtocolViolation,
+    VerificationFailed,
+    WrongNetwork,
+)
 from mpsnode.node.messages import (
     BLOCK_PUSH,
     EVENTS_BY_HEIGHT,
@@ -96,11 +103,6 @@ from mpsnode.node.wire import (
     parse_hostport,
     write_loop,
 )
-
-
-class ConnectionLost(ConnectionError):
-    """The connection to the node ended while a request was in flight."""
-
 
 # ---------------------------------------------------------------------------------------------
 # Values

@@ -8,6 +8,11 @@ from __future__ import annotations
 from mpsnode.consensus.errors import MpsError
 
 
+class ConnectionLost(ConnectionError):
+    """The connection to the node ended while a request was in flight (not an ``MpsError``: an OS-level
+    loss, retried by the clients that reconnect)."""
+
+
 class StoreError(MpsError):
     code = 500
 
