@@ -17,7 +17,7 @@ from mpsnode.cli.common import server_options
 from mpsnode.consensus.errors import DecodeError
 from mpsnode.node.errors import WrongGenesis
 from mpsnode.node.export import export_store, is_export
-from mpsnode.node.files import load_genesis
+from mpsnode.node.files import load_genesis, load_key
 from mpsnode.node.home import Home
 from mpsnode.node.store import LmdbStore
 from verifier.daemon import run_daemon
@@ -107,7 +107,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             for t in outcome.audit.tasks.values()
             if t.target_accuracy_bps is not None
         }
-        plot_audit(outcome.audit, args.plot, targets)
+        plot_audit(outcome.audit, args.plot, targets, _key_names(args.home))
     if args.json:
         out = outcome.to_json()
         if args.plot:
@@ -116,6 +116,18 @@ def cmd_replay(args: argparse.Namespace) -> int:
     else:
         _print_outcome(outcome, source.description, args)
     return 0 if outcome.ok else EXIT_DIVERGED_REPLAY
+
+
+def _key_names(home: str | None) -> dict[bytes, str]:
+    """Address -> key name, for the keys a home holds (its keys/ folder); none without a home."""
+    names: dict[bytes, str] = {}
+    if home is not None:
+        for path in sorted((Path(home) / "keys").glob("*.json")):
+            try:
+                names[load_key(path).address] = path.stem
+            except ValueError:
+                continue  # not a key file: no name for it
+    return names
 
 
 def _pinned_genesis(args: argparse.Namespace) -> bytes | None:

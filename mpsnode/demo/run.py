@@ -284,7 +284,7 @@ async def drive(
 
     if opts.plot:
         outcome.plot = plot_audit(
-            progress.audit, net.home / "demo.png", {task_id: round(opts.target * 10000)}
+            progress.audit, net.home / "demo.png", {task_id: round(opts.target * 10000)}, progress.names
         )
 
 

@@ -18,8 +18,14 @@ MAX_LEGEND = 24
 OFF_SCALE = 20
 
 
-def plot_audit(audit: Audit, path: str | Path, targets: dict[int, int] | None = None) -> Path:
-    """Draw the audit into ``path`` (PNG); ``targets`` maps task id to its target accuracy in bps."""
+def plot_audit(
+    audit: Audit,
+    path: str | Path,
+    targets: dict[int, int] | None = None,
+    names: dict[bytes, str] | None = None,
+) -> Path:
+    """Draw the audit into ``path`` (PNG); ``targets`` maps task id to its target accuracy in bps,
+    ``names`` addresses to the key names a home knows them by (else 8 hex digits)."""
     # matplotlib is heavy (about a second to import) and only a plot needs it
     import matplotlib  # noqa: PLC0415
 
@@ -39,11 +45,11 @@ def plot_audit(audit: Audit, path: str | Path, targets: dict[int, int] | None = 
         )
     for row, task in enumerate(tasks):
         _accuracy(axes[row][0], task, (targets or {}).get(task.task_id))
-        _scores(axes[row][1], task)
+        _scores(axes[row][1], task, names or {})
     fig.suptitle(
         f"mpsnode audit: {audit.blocks} blocks, {audit.txs} txs, {len(audit.tasks)} task(s)", fontsize=13
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / (4.6 * rows)))  # room for the title above the first row
     path = Path(path)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -83,12 +89,13 @@ def _accuracy(ax, task: TaskAudit, target_bps: int | None) -> None:
 
 
 def _round_ticks(task: TaskAudit) -> list[int]:
+    """At most about 12 round numbers on an axis, so they never run together."""
     rounds = [r.round for r in task.rounds]
-    step = max(1, len(rounds) // 20)
+    step = max(1, -(-len(rounds) // 12))
     return rounds[::step]
 
 
-def _scores(ax, task: TaskAudit) -> None:
+def _scores(ax, task: TaskAudit, names: dict[bytes, str]) -> None:
     """Scores on a linear axis fitted to the honest spread; a score over ``OFF_SCALE`` x its round's
     median sits on the top edge as a triangle with its value written beside it."""
     import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy, only a plot needs it; plot_audit set the backend
@@ -111,7 +118,9 @@ def _scores(ax, task: TaskAudit) -> None:
             continue
         xs = [r.round for r, _ in points]
         ys = [ceiling if off_scale(r.round, s) else s for r, s in points]
-        ax.plot(xs, ys, color=color, alpha=0.6, linewidth=1, label=short(address))
+        # the line joins in-scale scores only: an off-scale one is a gap, not a flat line on the edge
+        line = [float("nan") if off_scale(r.round, s) else s for r, s in points]
+        ax.plot(xs, line, color=color, alpha=0.6, linewidth=1, label=names.get(address, short(address)))
         for (r, score), y in zip(points, ys, strict=True):
             marker = "^" if y == ceiling and off_scale(r.round, score) else "o"
             if address in r.selected:
@@ -135,13 +144,15 @@ def _scores(ax, task: TaskAudit) -> None:
     slashed_label = "slashed"
     for r in rounds:
         lines = []
-        for address, amount, reason in r.slashed:
-            if address in r.participants:
-                score = r.scores[r.participants.index(address)]
-                y = ceiling if off_scale(r.round, score) else score
-                ax.scatter([r.round], [y], marker="X", color="red", s=140, zorder=4, label=slashed_label)
-                slashed_label = "_nolegend_"
-                lines.append((y, f"{short(address)} slashed -{amount} ({slash_reason(reason)})"))
+        slashed = [s for s in r.slashed if s[0] in r.participants]
+        for k, (address, amount, reason) in enumerate(slashed):
+            score = r.scores[r.participants.index(address)]
+            y = ceiling if off_scale(r.round, score) else score
+            x = r.round + 0.18 * (k - (len(slashed) - 1) / 2)  # side by side: two slashes, two crosses
+            ax.scatter([x], [y], marker="X", color="red", s=140, zorder=4, label=slashed_label)
+            slashed_label = "_nolegend_"
+            name = names.get(address, short(address))
+            lines.append((y, f"{name} slashed -{amount} ({slash_reason(reason)})"))
         if lines:  # the round's slashes in one block of text, right of the highest cross
             ax.annotate(
                 "\n".join(text for _, text in lines),
