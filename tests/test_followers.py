@@ -158,13 +158,15 @@ async def submissions(address: tuple[str, int], g, task_id: int) -> Counter[tupl
 def pause(*daemons: Daemon | ClientProcess) -> None:
     for d in daemons:
         assert d.proc is not None
-        os.kill(d.proc.pid, signal.SIGSTOP)
+        if d.proc.poll() is None:  # a client whose task is over has exited (with 0, checked elsewhere)
+            os.kill(d.proc.pid, signal.SIGSTOP)
 
 
 def resume(*daemons: Daemon | ClientProcess) -> None:
     for d in daemons:
         assert d.proc is not None
-        os.kill(d.proc.pid, signal.SIGCONT)
+        if d.proc.poll() is None:
+            os.kill(d.proc.pid, signal.SIGCONT)
 
 
 def run_upstream_deaths(tmp_path: Path, daemons: list[Daemon], kills: int) -> None:
