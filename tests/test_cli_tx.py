@@ -28,13 +28,12 @@ def node(tmp_path: Path, daemons: list[Daemon]) -> Daemon:
     return daemon
 
 
-def tx(node: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(node: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
             sys.executable,
             "-m",
             "mpsnode.cli",
-            "tx",
             *args,
             "--home",
             str(node.home),
@@ -49,26 +48,12 @@ def tx(node: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def tx(node: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return cli(node, "tx", *args)
+
+
 def account(node: Daemon, name: str) -> dict:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mpsnode.cli",
-            "query",
-            "account",
-            name,
-            "--home",
-            str(node.home),
-            "--node",
-            f"{LOCALHOST}:{node.port}",
-            "--json",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = cli(node, "query", "account", name)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -144,26 +129,6 @@ def test_a_nonce_gap_is_refused(node: Daemon) -> None:
     )
     assert gap.returncode == 2 and "leaves a gap" in gap.stderr, gap.stderr
     assert account(node, "client-0")["pending_txs"] == 0
-
-
-def cli(node: Daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mpsnode.cli",
-            *args,
-            "--home",
-            str(node.home),
-            "--node",
-            f"{LOCALHOST}:{node.port}",
-            "--json",
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_create_task_follows_digits_clients_and_refuses_what_cannot_start(node: Daemon) -> None:
