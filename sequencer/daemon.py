@@ -50,12 +50,12 @@ from mpsnode.consensus.sigverify import verify_batch, warm_up
 from mpsnode.consensus.state import ACCOUNT, UNBONDING_QUEUE, Account, State
 from mpsnode.consensus.tx import SignedTx, decode_signed_tx, validate_transaction
 from mpsnode.node.chain import Chain
-from mpsnode.node.errors import ShuttingDown
+from mpsnode.node.errors import BadRequest, NotFound, ShuttingDown, VerificationFailed
 from mpsnode.node.files import load_key
 from mpsnode.node.home import Home
 from mpsnode.node.lock import home_lock
 from mpsnode.node.log import event, setup_logging
-from mpsnode.node.messages import SEQUENCER
+from mpsnode.node.messages import SEQUENCER, PendingTx, drop_pending_message
 from mpsnode.node.metrics import serve_metrics
 from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig, apply_node_options
 from mpsnode.node.store import LmdbStore, Store
@@ -188,6 +188,32 @@ class Sequencer:
 
     def mempool_size(self) -> tuple[int, int]:
         return self.index.count, self.index.bytes
+
+    def pending_of(self, address: bytes, state_nonce: int) -> list[PendingTx]:
+        return [
+            PendingTx(e.tx_id, e.nonce, e.stx.tx.fee, waiting)
+            for e, waiting in self.index.of_sender(address, state_nonce)
+        ]
+
+    async def drop_pending(self, tx_id: bytes, signature: bytes) -> None:
+        entry = self.index.get(tx_id)
+        if entry is None or not self.index.is_durable(tx_id):
+            raise NotFound(f"tx {tx_id.hex()} is not pending here")
+        if not crypto.verify(entry.sender, drop_pending_message(tx_id), signature):
+            raise VerificationFailed("the drop request is not signed by the tx's sender")
+        waiting = dict(
+            (e.tx_id, w) for e, w in self.index.of_sender(entry.sender, self._account(entry.sender).nonce)
+        )
+        if not waiting.get(tx_id):
+            raise BadRequest(
+                f"tx {tx_id.hex()} (nonce {entry.nonce}) is next in line, not waiting behind a nonce gap: it may "
+                "be in the next block, so it cannot be dropped"
+            )
+        async with self._write_lock:
+            await run_write(self.store.mempool_remove, [tx_id])
+        self.index.release([tx_id])
+        self._update_gauges()
+        event(log, "dropped by its sender", tx_id=tx_id.hex(), nonce=entry.nonce)
 
     # the service ---------------------------------------------------------------------------------
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:

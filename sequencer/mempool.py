@@ -92,6 +92,15 @@ class MempoolIndex:
                 n += 1
         return n
 
+    def of_sender(self, sender: bytes, state_nonce: int) -> list[tuple[Entry, bool]]:
+        """``sender``'s pending txs by nonce, each with whether it waits behind a nonce gap."""
+        nonces = self._by_sender.get(sender, {})
+        ready = self.next_nonce(sender, state_nonce)
+        return [(nonces[n], n > ready) for n in sorted(nonces)]
+
+    def is_durable(self, tx_id: bytes) -> bool:
+        return tx_id in self._durable
+
     @property
     def durable_count(self) -> int:
         return len(self._durable)

@@ -155,3 +155,34 @@ def test_create_task_follows_digits_clients_and_refuses_what_cannot_start(node: 
         time.sleep(0.2)
     assert task["status"] == "EXPIRED"
     assert task["expired"].startswith("only 0 of min 6 clients joined by block"), task
+
+
+def test_a_tx_stuck_behind_a_nonce_gap_is_shown_and_dropped_for_good(node: Daemon) -> None:
+    next_nonce = account(node, "client-0")["next_nonce"]
+    stuck = tx(
+        node,
+        "transfer",
+        "--to",
+        "client-1",
+        "--amount",
+        "1",
+        "--from",
+        "client-0",
+        "--nonce",
+        str(next_nonce + 2),
+        "--force",
+        "--no-wait",
+    )
+    assert stuck.returncode == 0, stuck.stderr
+    tx_id = json.loads(stuck.stdout)["tx_id"]
+    shown = json.loads(tx(node, "pending", "--from", "client-0").stdout)["pending"]
+    assert [(p["tx_id"], p["state"]) for p in shown] == [(tx_id, "waiting behind a nonce gap")]
+    not_mine = tx(node, "pending", "--from", "client-1", "--drop", tx_id)
+    assert not_mine.returncode == 2 and "not signed by the tx's sender" in not_mine.stderr, not_mine.stderr
+    dropped = tx(node, "pending", "--from", "client-0", "--drop", tx_id)
+    assert dropped.returncode == 0, dropped.stderr
+    assert json.loads(dropped.stdout)["pending"] == []
+    assert node.stop() == 0
+    node.start()  # the drop is durable: the mempool does not bring it back
+    assert json.loads(tx(node, "pending", "--from", "client-0").stdout)["pending"] == []
+    assert account(node, "client-0")["pending_txs"] == 0

@@ -159,6 +159,41 @@ def cmd_tx(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_tx_pending(args: argparse.Namespace) -> int:
+    """The signer's pending txs (waiting = behind a nonce gap); ``--drop TXID`` drops a waiting one."""
+    genesis, node, home = resolve_node(args)
+    key = signer_key(args, home)
+
+    async def main() -> dict[str, Any]:
+        async with connect(node, genesis=genesis, timeout=args.timeout) as client:
+            if args.drop:
+                try:
+                    tx_id = bytes.fromhex(args.drop)
+                except ValueError:
+                    tx_id = b""
+                if len(tx_id) != 32:
+                    raise ValueError(f"--drop {args.drop!r}: a tx id is 64 hex digits")
+                await client.drop_pending(tx_id, key)
+            txs = await client.pending(key.address)
+            out: dict[str, Any] = {
+                "address": key.address.hex(),
+                **({"dropped": args.drop} if args.drop else {}),
+            }
+            out["pending"] = [
+                {
+                    "tx_id": p.tx_id.hex(),
+                    "nonce": p.nonce,
+                    "fee": p.fee,
+                    "state": "waiting behind a nonce gap" if p.waiting else "next in line",
+                }
+                for p in txs
+            ]
+            return out
+
+    print_fields(trio.run(main), args.json)
+    return 0
+
+
 async def _check_before_sending(client: Client, stx: SignedTx) -> None:
     """Refuse a tx that cannot do what it asks (``WouldFail``): a nonce gap, or a failure the chain's
     rules foresee on the proven head state (``client.preflight``)."""

@@ -202,6 +202,16 @@ def _node(sub: Any) -> None:
     p.add_argument("--fee-per-round", type=int, default=100)
     p.add_argument("--local-epochs", type=int, default=1)
 
+    p = ts.add_parser(
+        "pending", help="list your txs pending on the sequencer; --drop one stuck behind a nonce gap"
+    )
+    add_node_arguments(p)
+    add_signer_arguments(p)
+    p.add_argument(
+        "--drop", metavar="TXID", help="drop this pending tx (only one waiting behind a nonce gap)"
+    )
+    _runs(p, "node:cmd_tx_pending")
+
     sp = sub.add_parser("query", help="read from a node (state answers are proven)")
     qs = sp.add_subparsers(dest="query_cmd", required=True)
     p = qs.add_parser("status")

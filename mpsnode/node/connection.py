@@ -60,6 +60,7 @@ from mpsnode.node.messages import (
     BlockPush,
     BlockReply,
     BlocksReply,
+    DropPending,
     EventsReply,
     GenesisReply,
     GetBlock,
@@ -69,6 +70,7 @@ from mpsnode.node.messages import (
     GetHeader,
     GetModel,
     GetNonce,
+    GetPending,
     GetProofs,
     GetReceipt,
     GetState,
@@ -80,6 +82,8 @@ from mpsnode.node.messages import (
     ModelReply,
     Msg,
     NonceInfo,
+    PendingReply,
+    PendingTx,
     Ping,
     ProofsReply,
     ReceiptReply,
@@ -90,6 +94,7 @@ from mpsnode.node.messages import (
     Subscribe,
     TxState,
     Unsubscribe,
+    drop_pending_message,
 )
 from mpsnode.node.wire import (
     ERROR,
@@ -405,6 +410,15 @@ class Client:
     async def nonce(self, address: bytes) -> NonceInfo:
         info: NonceInfo = await self.call(GetNonce(address))
         return info
+
+    async def pending(self, address: bytes) -> tuple[PendingTx, ...]:
+        """``address``'s txs pending on a sequencer, by nonce, each saying whether it waits behind a gap."""
+        reply: PendingReply = await self.call(GetPending(address))
+        return reply.txs
+
+    async def drop_pending(self, tx_id: bytes, key: crypto.Keypair) -> None:
+        """Drop ``key``'s pending tx ``tx_id``, which waits behind a nonce gap (signed by ``key``)."""
+        await self.call(DropPending(tx_id, key.sign(drop_pending_message(tx_id))))
 
     async def get_state(self, key: bytes) -> Proven:
         """The raw value of a state key (``None``: absent), proven."""

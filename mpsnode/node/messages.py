@@ -23,6 +23,7 @@ from enum import IntEnum
 from typing import Any, ClassVar, Self
 
 from mpsnode.consensus.errors import DecodeError
+from mpsnode.consensus.hashing import H
 from mpsnode.consensus.records import (
     BLOB,
     FLAG,
@@ -42,6 +43,7 @@ from mpsnode.node.errors import ProtocolViolation
 REPLY = 0x80
 BLOCK_PUSH = 0x40
 MAX_KEY = 511  # bytes of a state key
+DROP_PENDING_DOMAIN = b"mps-drop-pending"  # personalization of what DROP_PENDING's signature is over
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +94,8 @@ class Msg(IntEnum):
     PING = 14
     GET_HEADER = 15
     GET_PROOFS = 16  # sparse-Merkle proofs of keys against the state root of a past block
+    GET_PENDING = 17  # an account's pending txs (sequencer only)
+    DROP_PENDING = 18  # drop one's own pending tx that waits behind a nonce gap (sequencer only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +199,26 @@ class GetProofs(Message):
     TYPE = Msg.GET_PROOFS
     height: int = wire(UINT)
     keys: tuple[bytes, ...] = wire(list_of(BLOB))
+
+
+@dataclass(frozen=True, slots=True)
+class GetPending(Message):
+    TYPE = Msg.GET_PENDING
+    address: bytes = wire(HASH)
+
+
+@dataclass(frozen=True, slots=True)
+class DropPending(Message):
+    """Drop a pending tx: ``signature`` is its sender's over ``drop_pending_message(tx_id)``."""
+
+    TYPE = Msg.DROP_PENDING
+    tx_id: bytes = wire(HASH)
+    signature: bytes = wire(BLOB)
+
+
+def drop_pending_message(tx_id: bytes) -> bytes:
+    """What a sender signs to drop its pending tx ``tx_id``: ``H(mps-drop-pending, tx_id)``."""
+    return H(DROP_PENDING_DOMAIN, tx_id)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -418,6 +442,25 @@ class ProofsReply(Message):
     proofs: tuple[Any, ...] = wire(list_of(RAW))  # smt.Proof objects, one per key
 
 
+@dataclass(frozen=True, slots=True)
+class PendingTx(Record):
+    tx_id: bytes = wire(HASH)
+    nonce: int = wire(UINT)
+    fee: int = wire(UINT)
+    waiting: bool = wire(FLAG)  # behind a nonce gap: it waits until the missing nonces are used
+
+
+@dataclass(frozen=True, slots=True)
+class PendingReply(Message):
+    TYPE = Msg.GET_PENDING | REPLY
+    txs: tuple[PendingTx, ...] = wire(list_of(record(PendingTx)))
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped(Message):
+    TYPE = Msg.DROP_PENDING | REPLY
+
+
 #: Request type -> its class, and request type -> the class of its reply.
 REQUESTS: dict[int, type[Message]] = {
     cls.TYPE: cls
@@ -438,6 +481,8 @@ REQUESTS: dict[int, type[Message]] = {
         Ping,
         GetHeader,
         GetProofs,
+        GetPending,
+        DropPending,
     )
 }
 REPLIES: dict[int, type[Message]] = {
@@ -459,5 +504,7 @@ REPLIES: dict[int, type[Message]] = {
         Pong,
         HeaderReply,
         ProofsReply,
+        PendingReply,
+        Dropped,
     )
 }

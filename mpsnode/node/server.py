@@ -52,6 +52,8 @@ from mpsnode.node.messages import (
     BlockPush,
     BlockReply,
     BlocksReply,
+    Dropped,
+    DropPending,
     EventsReply,
     GenesisReply,
     GetBlock,
@@ -60,6 +62,7 @@ from mpsnode.node.messages import (
     GetHeader,
     GetModel,
     GetNonce,
+    GetPending,
     GetProofs,
     GetReceipt,
     GetState,
@@ -72,6 +75,8 @@ from mpsnode.node.messages import (
     ModelReply,
     Msg,
     NonceInfo,
+    PendingReply,
+    PendingTx,
     Pong,
     ProofsReply,
     ReceiptReply,
@@ -149,6 +154,14 @@ class TxGateway(Protocol):
         """(next free nonce counting pending txs, number of pending txs of ``address``)."""
 
     def mempool_size(self) -> tuple[int, int]: ...
+
+    def pending_of(self, address: bytes, state_nonce: int) -> list[PendingTx]:
+        """``address``'s pending txs by nonce."""
+
+    async def drop_pending(self, tx_id: bytes, signature: bytes) -> None:
+        """Drop a durable pending tx that waits behind a nonce gap, on its sender's signature; raises
+        ``NotFound`` (no such pending tx), ``BadRequest`` (not waiting: it may be in the next block) or
+        ``VerificationFailed`` (not the sender's signature)."""
 
 
 @dataclass
@@ -689,6 +702,21 @@ class _Connection:
             next_nonce, pending = state_nonce, 0
         await self.send(NonceInfo(state_nonce, next_nonce, pending), req_id)
 
+    def _gateway(self) -> TxGateway:
+        if self.server.gateway is None:
+            raise NotSupported(f"this node is a {self.server.kind}: ask the sequencer about pending txs")
+        return self.server.gateway
+
+    async def _get_pending(self, request: GetPending, req_id: int) -> None:
+        gateway = self._gateway()
+        raw = self.server.store.get_state(account_key(request.address))
+        state_nonce = 0 if raw is None else Account.decode(raw).nonce
+        await self.send(PendingReply(tuple(gateway.pending_of(request.address, state_nonce))), req_id)
+
+    async def _drop_pending(self, request: DropPending, req_id: int) -> None:
+        await self._gateway().drop_pending(request.tx_id, request.signature)
+        await self.send(Dropped(), req_id)
+
     async def _ping(self, request: Message, req_id: int) -> None:
         await self.send(Pong(), req_id)
 
@@ -721,4 +749,6 @@ _HANDLERS: dict[int, Handler] = {
     Msg.PING: _Connection._ping,
     Msg.GET_HEADER: _Connection._get_header,
     Msg.GET_PROOFS: _Connection._get_proofs,
+    Msg.GET_PENDING: _Connection._get_pending,
+    Msg.DROP_PENDING: _Connection._drop_pending,
 }

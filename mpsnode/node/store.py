@@ -553,15 +553,19 @@ class Store(StoreReader):
                 before_commit()
             return added
 
-    def mempool_remove(self, ids: Iterable[bytes]) -> int:
-        """Drop pending txs by id (unknown ids are ignored); returns how many were removed."""
+    def mempool_remove(self, ids: Iterable[bytes], *, before_commit: Callable[[], None] | None = None) -> int:
+        """Drop pending txs by id (unknown ids are ignored); returns how many were removed. Durable on
+        return; ``before_commit`` as in ``commit``."""
         ids = list(ids)
         for tx_id in ids:
             _check_key(tx_id, "mempool tx id")
         if not ids:
             return 0
         with self._writing() as t:
-            return _mempool_remove(t, ids)
+            removed = _mempool_remove(t, ids)
+            if before_commit is not None:
+                before_commit()
+            return removed
 
     def __enter__(self) -> Self:
         return self
