@@ -284,3 +284,35 @@ def test_new_keys_and_networks_are_their_own(tmp_path: Path) -> None:
     )
     assert made.returncode == 0, made.stderr
     assert json.loads(made.stdout)["chain_id"] != "mps-devnet"  # only --devnet uses the public devnet's id
+
+
+def test_text_output_is_aligned_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    from mpsnode.cli.common import print_fields
+
+    print_fields(
+        {
+            "height": 7,
+            "verifier": {"upstream": "127.0.0.1:1", "lag": 0},
+            "blocks": [{"height": 1, "events": 2}, {"height": 2, "events": 0}],
+        },
+        as_json=False,
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["height", "7"]
+    assert lines[1].split() == ["verifier.upstream", "127.0.0.1:1"] and lines[2].split() == [
+        "verifier.lag",
+        "0",
+    ]
+    assert lines[3].split() == ["blocks", "2"] and lines[4].strip() == "height 1  events 2"
+    assert len({line.index(line.split()[1]) for line in lines[:4]}) == 1  # one column for the values
+
+
+def test_slash_rules_are_named_in_event_output() -> None:
+    from mpsnode.cli.node import event_json
+    from mpsnode.consensus.events import ParticipantRemoved, Slashed
+    from mpsnode.consensus.stf.round import SlashReason
+
+    slashed = Slashed(1, b"\x01" * 32, 500, int(SlashReason.DIRECTION), 3)
+    assert event_json(slashed)["rule"] == "direction" and event_json(slashed)["reason"] == 2
+    removed = ParticipantRemoved(1, b"\x01" * 32, int(SlashReason.KRUM_SCORE))
+    assert event_json(removed)["rule"] == "krum_score"
