@@ -246,11 +246,6 @@ class Task(Record):
         """The last height at which the task accepts JOIN_TASK."""
         return self.created_height + self.join_blocks
 
-    @property
-    def is_open(self) -> bool:
-        """Whether the task is joining or active."""
-        return self.status in (TaskStatus.JOINING, TaskStatus.ACTIVE)
-
     def encode(self) -> bytes:
         """The task's canonical bytes (a ``T`` value): its fields in declaration order."""
         return encode(self.to_obj())
