@@ -28,6 +28,7 @@ from mpsnode.fl.data import load_array, load_arrays
 from mpsnode.node.connection import Client, Proven, connect
 from mpsnode.node.errors import NotFound, WouldFail
 from mpsnode.node.home import Home
+from mpsnode.node.inspect import task_fields
 from sequencer.daemon import run_daemon
 
 # ---------------------------------------------------------------------------------------------
@@ -262,28 +263,7 @@ async def _query(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         task = proven.value
         if task is None:
             raise NotFound(f"no task {args.task_id} at height {proven.height}")
-        out = {
-            "task_id": task.task_id,
-            "status": task.status.name,
-            "creator": task.creator.hex(),
-            "arch": list(task.arch),
-            "scale_bits": task.scale_bits,
-            "target_accuracy_bps": task.target_accuracy_bps,
-            "round": task.round,
-            "round_deadline": task.round_deadline,
-            "rounds_closed": task.rounds_closed,
-            "max_rounds": task.max_rounds,
-            "min_clients": task.min_clients,
-            "max_clients": task.max_clients,
-            "byzantine_f": task.byzantine_f,
-            "participants": [a.hex() for a in task.participants],
-            "submitted": [a.hex() for a in task.submitted],
-            "escrow": task.escrow,
-            "accuracy_bps": task.accuracy_bps,
-            "void_rounds": task.rounds_closed - task.billed_rounds,
-            "join_deadline": task.join_deadline,
-            "proven_at_height": proven.height,
-        }
+        out = {**task_fields(task), "proven_at_height": proven.height}
         out.update(await _task_progress(client, task, proven.height))
         if args.model:
             model = await client.model(args.task_id)

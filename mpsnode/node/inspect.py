@@ -9,10 +9,35 @@ from mpsnode.consensus.block import decode_block, decode_header
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.receipt import decode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
-from mpsnode.consensus.state import State, account_key, task_key
+from mpsnode.consensus.state import State, Task, account_key, task_key
 from mpsnode.node.files import load_key
 from mpsnode.node.home import Home
 from mpsnode.node.store import LmdbStore
+
+
+def task_fields(task: Task) -> dict[str, Any]:
+    """A task record as the fields ``inspect task`` and ``query task`` show (addresses as hex)."""
+    return {
+        "task_id": task.task_id,
+        "status": task.status.name,
+        "creator": task.creator.hex(),
+        "arch": list(task.arch),
+        "scale_bits": task.scale_bits,
+        "target_accuracy_bps": task.target_accuracy_bps,
+        "round": task.round,
+        "round_deadline": task.round_deadline,
+        "rounds_closed": task.rounds_closed,
+        "max_rounds": task.max_rounds,
+        "min_clients": task.min_clients,
+        "max_clients": task.max_clients,
+        "byzantine_f": task.byzantine_f,
+        "participants": [a.hex() for a in task.participants],
+        "submitted": [a.hex() for a in task.submitted],
+        "escrow": task.escrow,
+        "accuracy_bps": task.accuracy_bps,
+        "void_rounds": task.rounds_closed - task.billed_rounds,
+        "join_deadline": task.join_deadline,
+    }
 
 
 def inspect(home_path: str, what: list[str]) -> dict[str, Any]:
@@ -93,20 +118,7 @@ def _inspect(store: LmdbStore, what: list[str], home: Home) -> dict[str, Any]:
             raise ValueError(f"no task {rest[0]}")
         model = state.get_model(task.task_id)
         return {
-            "task_id": task.task_id,
-            "status": task.status.name,
-            "creator": task.creator.hex(),
-            "arch": list(task.arch),
-            "scale_bits": task.scale_bits,
-            "target_accuracy_bps": task.target_accuracy_bps,
-            "round": task.round,
-            "round_deadline": task.round_deadline,
-            "rounds_closed": task.rounds_closed,
-            "max_rounds": task.max_rounds,
-            "participants": [a.hex() for a in task.participants],
-            "submitted": [a.hex() for a in task.submitted],
-            "escrow": task.escrow,
-            "accuracy_bps": task.accuracy_bps,
+            **task_fields(task),
             "model_hash": H(b"mps-model", model).hex(),
             "proof_verified": _proof_ok(store, head.state_root, task_key(task.task_id)),
         }
