@@ -26,6 +26,7 @@ is what the rules cost (the rounds before a slash, and Multi-Krum leaving out ``
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -42,18 +43,21 @@ import numpy as np
 
 import genesis as genesis_tool
 from mpsnode import fl
-from mpsnode.consensus import krum, model
-from mpsnode.consensus.events import RoundClosed, Slashed
+from mpsnode.consensus import krum, model, robust
+from mpsnode.consensus.events import ParticipantRemoved, RoundClosed, Slashed, TaskExpired
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import TaskStatus
-from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, SubmitUpdate, Tx
+from mpsnode.consensus.stf.round import RemovalReason
+from mpsnode.consensus.stf.task import EXPIRED_MAX_ROUNDS
+from mpsnode.consensus.tx import DEFAULT_AGGREGATOR, Aggregator, JoinTask, SignedTx, Stake, SubmitUpdate, Tx
 from mpsnode.fl import attacks
 from mpsnode.node.chain import Chain
 from mpsnode.node.store import MemoryStore
 
 ARCH = fl.DEFAULT_ARCH
 SCALE_BITS = fl.DEFAULT_SCALE_BITS
-ALL_ATTACKS = ("none", *attacks.ATTACKS)
+WITHHOLD = "withhold"  # the attackers join and then never submit (a bench behaviour, not a crafted update)
+ALL_ATTACKS = ("none", *attacks.ATTACKS, WITHHOLD)
 ALL_ALPHAS = ("iid", "1.0", "0.5", "0.1")
 ALL_FRACTIONS = (0, 10, 20, 30)
 
@@ -66,7 +70,8 @@ class Setup:
     seed: int
     clients: int = 20
     rounds: int = 30
-    byzantine_f: int = 5
+    byzantine_f: int | None = 5  # None: f = the number of attackers
+    aggregator: int = DEFAULT_AGGREGATOR
     local_epochs: int = 2
     target_bps: int = 9000
     params: tuple[tuple[str, int], ...] = ()  # genesis parameter overrides
@@ -78,12 +83,23 @@ class Setup:
     def n_attackers(self) -> int:
         return 0 if self.attack == "none" else round(self.clients * self.fraction / 100)
 
+    @property
+    def f(self) -> int:
+        return self.n_attackers if self.byzantine_f is None else self.byzantine_f
+
+    @property
+    def f_label(self) -> str:
+        return "attackers" if self.byzantine_f is None else str(self.byzantine_f)
+
 
 @dataclass
 class Outcome:
     accuracy: list[int] = field(default_factory=list)
     slashed: dict[int, tuple[int, int]] = field(default_factory=dict)  # client -> (round, reason)
     void_rounds: int = 0
+    silent_removed: int = 0
+    expired_reason: int | None = None
+    reached_target_round: int | None = None
     clipped: int = 0
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
 
@@ -109,7 +125,7 @@ class Population:
         for i, data in enumerate(self.split.clients):
             if (
                 i in self.attackers
-                and self.setup.attack != "none"
+                and self.setup.attack not in ("none", WITHHOLD)
                 and attacks.poisons_data(self.setup.attack)
             ):
                 data = attacks.flip_labels(data)
@@ -117,9 +133,15 @@ class Population:
         return out
 
     def round_deltas(
-        self, learners: list[fl.LocalLearner], weights: np.ndarray, active: Sequence[int], outcome: Outcome
+        self,
+        learners: list[fl.LocalLearner],
+        weights: np.ndarray,
+        active: Sequence[int],
+        outcome: Outcome,
+        knowledge: attacks.Knowledge | None = None,
     ) -> dict[int, np.ndarray]:
-        """Every active client's int16 delta for this round (attackers collude on theirs)."""
+        """Every active client's int16 delta for this round (attackers collude on theirs; withholding
+        attackers send none)."""
         attack = self.setup.attack
         bad = [i for i in active if i in self.attackers]
         good = [i for i in active if i not in self.attackers]
@@ -129,6 +151,8 @@ class Population:
             up = learners[i].train_round(weights, SCALE_BITS, self.setup.local_epochs)
             deltas[i], changes[i] = up.delta, up.change
             outcome.clipped += up.clipped
+        if bad and attack == WITHHOLD:
+            return deltas
         if bad:
             d = model.param_count(ARCH)
             if attacks.needs_training(attack):
@@ -142,7 +166,13 @@ class Population:
                 own = np.zeros((len(bad), d))
             honest = np.stack([changes[i] for i in good]) if good else None
             crafted, clipped = attacks.craft_deltas(
-                attack, own, honest, n_clients=self.setup.clients, scale_bits=SCALE_BITS, rng=self.attack_rng
+                attack,
+                own,
+                honest,
+                n_clients=self.setup.clients,
+                scale_bits=SCALE_BITS,
+                rng=self.attack_rng,
+                knowledge=knowledge or attacks.Knowledge(self.setup.f, SCALE_BITS),
             )
             outcome.clipped += sum(clipped)
             for row, i in enumerate(bad):
@@ -188,12 +218,13 @@ def run_chain(setup: Setup, pop: Population) -> Outcome:
         max_rounds=setup.rounds,
         min_clients=setup.clients,
         max_clients=setup.clients,
-        byzantine_f=setup.byzantine_f,
+        byzantine_f=setup.f,
         join_blocks=1,
         round_blocks=2,
         fee_per_round=100,
         local_epochs=setup.local_epochs,
         seed=setup.seed,
+        aggregator=setup.aggregator,
     )
     stake = 10 * params.min_stake
     events = drv.block([drv.tx(drv.keys["user"], body)] + [drv.tx(c, Stake(stake)) for c in drv.clients])
@@ -202,6 +233,7 @@ def run_chain(setup: Setup, pop: Population) -> Outcome:
     index = {c.address: i for i, c in enumerate(drv.clients)}
     learners = pop.learners()
     out = Outcome()
+    rules = robust.round_rules(params)
     while True:
         state = drv.chain.state()
         task = state.get_task(task_id)
@@ -209,13 +241,19 @@ def run_chain(setup: Setup, pop: Population) -> Outcome:
             break
         weights = fl.weights_from_bytes(state.get_model(task_id), ARCH)
         active = [index[a] for a in task.participants]
-        deltas = pop.round_deltas(learners, weights, active, out)
+        f_round = robust.tolerated_f(task.byzantine_f, task.removed, len(active))
+        knowledge = attacks.Knowledge(f_round, SCALE_BITS, rules, task.aggregator)
+        deltas = pop.round_deltas(learners, weights, active, out, knowledge)
         if setup.diagnostics:
-            out.diagnostics.append(
-                round_diagnostics(task.round, active, deltas, pop.attackers, setup.byzantine_f)
-            )
+            sent = [i for i in active if i in deltas]
+            f_sent = robust.tolerated_f(task.byzantine_f, task.removed, len(sent))
+            out.diagnostics.append(round_diagnostics(task.round, sent, deltas, pop.attackers, f_sent))
         events = drv.block(
-            [drv.tx(drv.clients[i], SubmitUpdate(task_id, task.round, deltas[i].tobytes())) for i in active]
+            [
+                drv.tx(drv.clients[i], SubmitUpdate(task_id, task.round, deltas[i].tobytes()))
+                for i in active
+                if i in deltas
+            ]
         )
         while not any(isinstance(e, RoundClosed) for e in events):  # a refused update: wait for the deadline
             events = drv.block()
@@ -227,6 +265,10 @@ def run_chain(setup: Setup, pop: Population) -> Outcome:
                     out.accuracy.append(e.accuracy_bps)
             elif isinstance(e, Slashed):
                 out.slashed[index[e.address]] = (e.round, e.reason)
+            elif isinstance(e, ParticipantRemoved) and e.reason == RemovalReason.SILENT:
+                out.silent_removed += 1
+            elif isinstance(e, TaskExpired) and e.reason != EXPIRED_MAX_ROUNDS:
+                out.expired_reason = e.reason
     return out
 
 
@@ -241,7 +283,7 @@ def run_fedavg(setup: Setup, pop: Population, *, honest_only: bool = False) -> l
         scale_bits=SCALE_BITS,
         min_clients=setup.clients,
         max_clients=setup.clients,
-        byzantine_f=setup.byzantine_f,
+        byzantine_f=setup.f,
         seed=setup.seed,
     )
     weights = fl.weights_from_bytes(body.init_weights, ARCH)
@@ -252,7 +294,7 @@ def run_fedavg(setup: Setup, pop: Population, *, honest_only: bool = False) -> l
     averaged = [i for i in range(setup.clients) if not (honest_only and i in pop.attackers)]
     for _ in range(setup.rounds):
         deltas = pop.round_deltas(learners, weights, range(setup.clients), scratch)
-        weights = model.aggregate(weights, np.stack([deltas[i] for i in averaged]))
+        weights = model.aggregate(weights, np.stack([deltas[i] for i in averaged if i in deltas]))
         acc.append(model.accuracy_bps(weights, ARCH, SCALE_BITS, vx, vy))
     return acc
 
@@ -260,37 +302,31 @@ def run_fedavg(setup: Setup, pop: Population, *, honest_only: bool = False) -> l
 def round_diagnostics(
     round_: int, active: Sequence[int], deltas: dict[int, np.ndarray], attackers: frozenset[int], f: int
 ) -> dict[str, Any]:
-    """Statistics of one round for calibration (floats, computed from the exact integer Gram matrix).
+    """Statistics of one round for calibration, from the exact integer Gram matrix.
 
-    Per client: the Krum score over the lower median of all scores, the cosine of its update with
-    the sum of all other updates, and with the sum of the Multi-Krum selection (itself left out).
+    Per client: the Krum score over the lower median of all scores, its median pairwise cosine with
+    the others (the chain's direction statistic, bps), whether it is in the raw Krum selection.
     """
     Q = np.stack([deltas[i] for i in active])
-    Gi = krum.gram_matrix(Q)
-    G = Gi.astype(object)  # Python ints: sums below can pass 2^63
+    G = krum.gram_matrix(Q)
     k = len(active)
-    scored = k >= 2 * f + 3
-    scores = krum.krum_scores(krum.distance_matrix_from_gram(Gi), f).tolist() if scored else [0] * k
+    scores = krum.krum_scores(krum.distance_matrix_from_gram(G), f).tolist() if k >= 2 * f + 3 else [0] * k
     median = sorted(scores)[(k - 1) // 2]
-    selected = sorted(range(k), key=lambda i: (scores[i], i))[: k - f] if scored else list(range(k))
+    selected = sorted(range(k), key=lambda i: (scores[i], i))[: k - f]
     sel = set(selected)
-
-    def cosine(i: int, group: Sequence[int]) -> float:
-        others = [j for j in group if j != i]
-        dot = sum(G[i][j] for j in others)
-        norm = sum(G[j][m] for j in others for m in others)
-        return float(dot) / float(np.sqrt(float(G[i][i]) * float(norm))) if G[i][i] and norm else 0.0
-
+    cos = robust.median_cosines(G.tolist())
+    gate = sorted(cos[i] for i in selected)[(len(selected) - 1) // 2]
     return {
         "round": round_,
+        "f": f,
+        "gate_bps": gate,
         "clients": [
             {
                 "client": c,
                 "attacker": c in attackers,
                 "selected": j in sel,
                 "krum_ratio": scores[j] / median if median else 0.0,
-                "cos_others": cosine(j, range(k)),
-                "cos_selected": cosine(j, selected),
+                "cos_bps": cos[j],
                 "norm2": int(G[j][j]),
             }
             for j, c in enumerate(active)
@@ -306,10 +342,21 @@ def first_round_reaching(acc: Sequence[int], target: int) -> int | None:
     return next((r + 1 for r, a in enumerate(acc) if a >= target), None)
 
 
+@functools.lru_cache(maxsize=64)
+def fedavg_no_attack(alpha: str, seed: int, clients: int, rounds: int, local_epochs: int) -> tuple[int, ...]:
+    """FedAvg of the same clients, all of them honest: the accuracy target every attack is held to."""
+    setup = Setup("none", 0, alpha, seed, clients=clients, rounds=rounds, local_epochs=local_epochs)
+    return tuple(run_fedavg(setup, Population(setup)))
+
+
 def run(setup: Setup) -> dict[str, Any]:
     t0 = time.perf_counter()
     pop = Population(setup)
     chain = run_chain(setup, pop)
+    final = chain.accuracy[-1] if chain.accuracy else None
+    baseline = fedavg_no_attack(setup.alpha, setup.seed, setup.clients, setup.rounds, setup.local_epochs)
+    reached = first_round_reaching(chain.accuracy, setup.target_bps)
+    honest_slashed = sorted(i for i in chain.slashed if i not in pop.attackers)
     result: dict[str, Any] = {
         "kind": "run",
         "attack": setup.attack,
@@ -318,15 +365,24 @@ def run(setup: Setup) -> dict[str, Any]:
         "seed": setup.seed,
         "clients": setup.clients,
         "attackers": sorted(pop.attackers),
-        "byzantine_f": setup.byzantine_f,
+        "byzantine_f": setup.f,
+        "f_mode": setup.f_label,
+        "aggregator": Aggregator.describe(setup.aggregator),
         "rounds": setup.rounds,
-        "final_accuracy_bps": chain.accuracy[-1] if chain.accuracy else None,
-        "rounds_to_target": first_round_reaching(chain.accuracy, setup.target_bps),
+        "final_accuracy": None if final is None else final / 100,
+        "fedavg_no_attack_accuracy": baseline[-1] / 100,
+        "completed": reached is not None and chain.expired_reason is None,
+        "honest_slashed": len(honest_slashed),
         "attackers_slashed": sum(1 for i in pop.attackers if i in chain.slashed),
-        "attacker_slash_rounds": sorted(chain.slashed[i][0] for i in pop.attackers if i in chain.slashed),
-        "honest_slashed": sorted(i for i in chain.slashed if i not in pop.attackers),
-        "slash_reasons": sorted({r for _, r in chain.slashed.values()}),
         "void_rounds": chain.void_rounds,
+        "final_accuracy_bps": final,
+        "fedavg_no_attack_accuracy_bps": baseline[-1],
+        "rounds_to_target": reached,
+        "attacker_slash_rounds": sorted(chain.slashed[i][0] for i in pop.attackers if i in chain.slashed),
+        "honest_slashed_clients": honest_slashed,
+        "slash_reasons": sorted({RemovalReason.describe(r) for _, r in chain.slashed.values()}),
+        "silent_removed": chain.silent_removed,
+        "expired_reason": chain.expired_reason,
         "clipped": chain.clipped,
         "accuracy": chain.accuracy,
     }
@@ -344,70 +400,70 @@ def run(setup: Setup) -> dict[str, Any]:
 
 def grid(args: argparse.Namespace) -> Iterator[Setup]:
     overrides = tuple(sorted(args.param.items()))
-    for attack in args.attack:
-        for fraction in args.fraction:
-            if (attack == "none") != (fraction == 0):
-                continue  # no attack has no attackers; an attack needs some
-            for alpha in args.alpha:
-                for seed in args.seeds:
-                    yield Setup(
-                        attack,
-                        fraction,
-                        alpha,
-                        seed,
-                        clients=args.clients,
-                        rounds=args.rounds,
-                        byzantine_f=args.byzantine_f,
-                        target_bps=args.target,
-                        params=overrides,
-                        fedavg=not args.no_fedavg,
-                        oracle=args.oracle,
-                        diagnostics=args.diagnostics is not None,
-                    )
+    for f in args.byzantine_f:
+        for attack in args.attack:
+            for fraction in args.fraction:
+                if (attack == "none") != (fraction == 0):
+                    continue  # no attack has no attackers; an attack needs some
+                for alpha in args.alpha:
+                    for seed in args.seeds:
+                        yield Setup(
+                            attack,
+                            fraction,
+                            alpha,
+                            seed,
+                            clients=args.clients,
+                            rounds=args.rounds,
+                            byzantine_f=f,
+                            aggregator=args.aggregator,
+                            target_bps=args.target,
+                            params=overrides,
+                            fedavg=not args.no_fedavg,
+                            oracle=args.oracle,
+                            diagnostics=args.diagnostics is not None,
+                        )
+
+
+CellKey = tuple[str, str, int, str]  # f mode, attack, fraction, alpha
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One summary per (attack, fraction, alpha) over the seeds, with the drop against no attack."""
-    cells: dict[tuple[str, int, str], list[dict[str, Any]]] = defaultdict(list)
+    """One summary per (f mode, attack, fraction, alpha) over the seeds."""
+    cells: dict[CellKey, list[dict[str, Any]]] = defaultdict(list)
     for r in runs:
-        cells[(r["attack"], r["fraction"], r["alpha"])].append(r)
-    baseline = {(r["alpha"], r["seed"]): r["final_accuracy_bps"] for r in runs if r["attack"] == "none"}
+        cells[(r["f_mode"], r["attack"], r["fraction"], r["alpha"])].append(r)
     out = []
-    for (attack, fraction, alpha), rs in sorted(
-        cells.items(),
-        key=lambda kv: (
-            ALL_ATTACKS.index(kv[0][0]),
-            kv[0][1],
-            ALL_ALPHAS.index(kv[0][2]) if kv[0][2] in ALL_ALPHAS else 9,
-        ),
-    ):
-        accs = [r["final_accuracy_bps"] for r in rs]
-        drops = [
-            baseline[(r["alpha"], r["seed"])] - r["final_accuracy_bps"]
-            for r in rs
-            if (r["alpha"], r["seed"]) in baseline
-        ]
+    for (f_mode, attack, fraction, alpha), rs in sorted(cells.items(), key=lambda kv: _cell_order(kv[0])):
+        accs = [r["final_accuracy_bps"] or 0 for r in rs]
+        drops = [r["fedavg_no_attack_accuracy_bps"] - (r["final_accuracy_bps"] or 0) for r in rs]
         slash_rounds = [x for r in rs for x in r["attacker_slash_rounds"]]
-        reached = [r["rounds_to_target"] for r in rs]
         cell = {
             "kind": "cell",
+            "f_mode": f_mode,
             "attack": attack,
             "fraction": fraction,
             "alpha": alpha,
             "seeds": len(rs),
             "mean_accuracy_bps": round(float(np.mean(accs))),
             "min_accuracy_bps": min(accs),
-            "max_drop_vs_no_attack_bps": max(drops) if drops else None,
-            "rounds_to_target": reached,
+            "fedavg_no_attack_mean_bps": round(
+                float(np.mean([r["fedavg_no_attack_accuracy_bps"] for r in rs]))
+            ),
+            "max_drop_vs_fedavg_no_attack_bps": max(drops),
+            "mean_drop_vs_fedavg_no_attack_bps": round(float(np.mean(drops))),
+            "rounds_to_target": [r["rounds_to_target"] for r in rs],
+            "completed": sum(1 for r in rs if r["completed"]),
             "attackers": sum(len(r["attackers"]) for r in rs),
             "attackers_slashed": sum(r["attackers_slashed"] for r in rs),
             "last_slash_round": max(slash_rounds) if slash_rounds else None,
-            "honest_slashed": sum(len(r["honest_slashed"]) for r in rs),
+            "honest_slashed": sum(r["honest_slashed"] for r in rs),
+            "void_rounds": sum(r["void_rounds"] for r in rs),
+            "silent_removed": sum(r["silent_removed"] for r in rs),
         }
         if "fedavg_final_accuracy_bps" in rs[0]:
-            fed = [r["fedavg_final_accuracy_bps"] for r in rs]
-            cell["fedavg_mean_accuracy_bps"] = round(float(np.mean(fed)))
-            cell["fedavg_rounds_to_target"] = [r["fedavg_rounds_to_target"] for r in rs]
+            cell["fedavg_mean_accuracy_bps"] = round(
+                float(np.mean([r["fedavg_final_accuracy_bps"] for r in rs]))
+            )
         if "oracle_final_accuracy_bps" in rs[0]:
             cell["oracle_mean_accuracy_bps"] = round(
                 float(np.mean([r["oracle_final_accuracy_bps"] for r in rs]))
@@ -416,54 +472,74 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def _cell_order(key: CellKey) -> tuple[Any, ...]:
+    f_mode, attack, fraction, alpha = key
+    return (
+        f_mode,
+        ALL_ATTACKS.index(attack),
+        fraction,
+        ALL_ALPHAS.index(alpha) if alpha in ALL_ALPHAS else 9,
+        alpha,
+    )
+
+
 def _pct(bps: float | None) -> str:
     return "-" if bps is None else f"{bps / 100:.1f}"
 
 
 def markdown(cells: list[dict[str, Any]]) -> str:
-    """Two tables: accuracy (chain vs FedAvg) and slashing, one column per alpha."""
-    alphas = [a for a in ALL_ALPHAS if any(c["alpha"] == a for c in cells)]
-    alphas += sorted({c["alpha"] for c in cells} - set(alphas))
-    rows = sorted(
-        {(c["attack"], c["fraction"]) for c in cells}, key=lambda r: (ALL_ATTACKS.index(r[0]), r[1])
-    )
-    by = {(c["attack"], c["fraction"], c["alpha"]): c for c in cells}
-    head = "| attack | malicious | " + " | ".join(f"alpha {a}" for a in alphas) + " |"
-    sep = "|---|---|" + "---|" * len(alphas)
-    acc_lines = [
-        "Final accuracy %, mean over seeds: chain (Krum + slashing) / plain FedAvg; "
-        "rounds to 90% (chain, worst seed, `-` = not reached)",
-        "",
-        head,
-        sep,
-    ]
-    slash_lines = [
-        "Slashing: attackers slashed / attackers (last round any was slashed); honest slashed",
-        "",
-        head,
-        sep,
-    ]
-    for attack, fraction in rows:
-        acc_cells, slash_cells = [], []
-        for a in alphas:
-            c = by.get((attack, fraction, a))
-            if c is None:
-                acc_cells.append("")
-                slash_cells.append("")
-                continue
-            reached = c["rounds_to_target"]
-            worst = "-" if any(x is None for x in reached) else str(max(reached))
-            fed = _pct(c.get("fedavg_mean_accuracy_bps")) if "fedavg_mean_accuracy_bps" in c else "n/a"
-            acc_cells.append(f"{_pct(c['mean_accuracy_bps'])} / {fed}; {worst}")
-            last = c["last_slash_round"]
-            slash_cells.append(
-                f"{c['attackers_slashed']}/{c['attackers']}"
-                + (f" (r{last})" if last else "")
-                + f"; {c['honest_slashed']}"
-            )
-        acc_lines.append(f"| {attack} | {fraction}% | " + " | ".join(acc_cells) + " |")
-        slash_lines.append(f"| {attack} | {fraction}% | " + " | ".join(slash_cells) + " |")
-    return "\n".join(acc_lines) + "\n\n" + "\n".join(slash_lines) + "\n"
+    """Per f mode, two tables: accuracy against no-attack FedAvg, and slashing / liveness."""
+    parts = []
+    for f_mode in sorted({c["f_mode"] for c in cells}):
+        group = [c for c in cells if c["f_mode"] == f_mode]
+        alphas = [a for a in ALL_ALPHAS if any(c["alpha"] == a for c in group)]
+        alphas += sorted({c["alpha"] for c in group} - set(alphas))
+        rows = sorted(
+            {(c["attack"], c["fraction"]) for c in group}, key=lambda r: (ALL_ATTACKS.index(r[0]), r[1])
+        )
+        by = {(c["attack"], c["fraction"], c["alpha"]): c for c in group}
+        head = "| attack | malicious | " + " | ".join(f"alpha {a}" for a in alphas) + " |"
+        sep = "|---|---|" + "---|" * len(alphas)
+        seeds = max(c["seeds"] for c in group)
+        title = "f = number of attackers" if f_mode == "attackers" else f"f = {f_mode}"
+        acc_lines = [
+            f"{title}. Final accuracy %, mean over {seeds} seeds: chain (worst seed's drop against "
+            "no-attack FedAvg of the same clients, points); `*` = a seed missed 90%",
+            "",
+            head,
+            sep,
+        ]
+        slash_lines = [
+            f"{title}. Attackers slashed / attackers (last round any was slashed); honest slashed; "
+            "void rounds; silent removed",
+            "",
+            head,
+            sep,
+        ]
+        for attack, fraction in rows:
+            acc_cells, slash_cells = [], []
+            for a in alphas:
+                c = by.get((attack, fraction, a))
+                if c is None:
+                    acc_cells.append("")
+                    slash_cells.append("")
+                    continue
+                missed = "*" if c["completed"] < c["seeds"] else ""
+                acc_cells.append(
+                    f"{_pct(c['mean_accuracy_bps'])} ({-c['max_drop_vs_fedavg_no_attack_bps'] / 100:+.1f}){missed}"
+                )
+                last = c["last_slash_round"]
+                slash_cells.append(
+                    f"{c['attackers_slashed']}/{c['attackers']}"
+                    + (f" (r{last})" if last else "")
+                    + f"; {c['honest_slashed']}; {c['void_rounds']}; {c['silent_removed']}"
+                )
+            acc_lines.append(f"| {attack} | {fraction}% | " + " | ".join(acc_cells) + " |")
+            slash_lines.append(f"| {attack} | {fraction}% | " + " | ".join(slash_cells) + " |")
+        fed = {c["alpha"]: c["fedavg_no_attack_mean_bps"] for c in group}
+        acc_lines.append("| FedAvg, no attack | | " + " | ".join(_pct(fed.get(a)) for a in alphas) + " |")
+        parts.append("\n".join(acc_lines) + "\n\n" + "\n".join(slash_lines) + "\n")
+    return "\n".join(parts)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -478,7 +554,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     ap.add_argument("--clients", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--byzantine-f", type=int, default=5)
+    ap.add_argument(
+        "--byzantine-f",
+        action="append",
+        help="the task's f: an int or 'attackers' (f = the number of attackers); repeatable, default 5",
+    )
+    ap.add_argument(
+        "--aggregator",
+        choices=[a.name.lower() for a in Aggregator],
+        default=Aggregator(DEFAULT_AGGREGATOR).name.lower(),
+        help="the task's pre-aggregation (default: the chain's default)",
+    )
     ap.add_argument("--target", type=int, default=9000, help="accuracy target in bps for rounds-to-target")
     ap.add_argument("--param", action="append", default=[], help="genesis parameter override NAME=INT")
     ap.add_argument("--no-fedavg", action="store_true", help="skip the plain FedAvg comparison")
@@ -493,6 +579,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.attack = args.attack or list(ALL_ATTACKS)
     args.alpha = args.alpha or list(ALL_ALPHAS)
     args.fraction = args.fraction or list(ALL_FRACTIONS)
+    f_modes: list[int | None] = []
+    for v in args.byzantine_f or ["5"]:
+        if v == "attackers":
+            f_modes.append(None)
+        elif v.isdigit():
+            f_modes.append(int(v))
+        else:
+            ap.error(f"--byzantine-f wants an int or 'attackers', got {v!r}")
+    args.byzantine_f = f_modes
+    args.aggregator = int(Aggregator[args.aggregator.upper()])
     for a in args.alpha:
         if a != "iid":
             try:
@@ -540,7 +636,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "kind": "total",
                 "runs": len(runs),
                 "seconds": round(time.perf_counter() - t0, 1),
-                "honest_slashed": sum(len(r["honest_slashed"]) for r in runs),
+                "honest_slashed": sum(r["honest_slashed"] for r in runs),
+                "void_rounds": sum(r["void_rounds"] for r in runs),
                 "params": {**Params().to_json(), **args.param},
             }
         ),

@@ -310,9 +310,19 @@ def test_text_output_is_aligned_fields(capsys: pytest.CaptureFixture[str]) -> No
 def test_slash_rules_are_named_in_event_output() -> None:
     from mpsnode.cli.node import event_json
     from mpsnode.consensus.events import ParticipantRemoved, Slashed
-    from mpsnode.consensus.stf.round import SlashReason
+    from mpsnode.consensus.stf.round import RemovalReason
 
-    slashed = Slashed(1, b"\x01" * 32, 500, int(SlashReason.DIRECTION), 3)
+    slashed = Slashed(1, b"\x01" * 32, 500, int(RemovalReason.DIRECTION), 3)
     assert event_json(slashed)["rule"] == "direction" and event_json(slashed)["reason"] == 2
-    removed = ParticipantRemoved(1, b"\x01" * 32, int(SlashReason.KRUM_SCORE))
+    removed = ParticipantRemoved(1, b"\x01" * 32, int(RemovalReason.KRUM_SCORE))
     assert event_json(removed)["rule"] == "krum_score"
+
+
+def test_cli_aggregator_names_match_the_protocol() -> None:
+    from mpsnode.cli.parsers import AGGREGATORS
+    from mpsnode.consensus.tx import Aggregator
+
+    assert sorted(AGGREGATORS.values()) == sorted(int(a) for a in Aggregator)
+    assert (
+        AGGREGATORS["nnm"] == Aggregator.NNM_MULTI_KRUM and AGGREGATORS["multi-krum"] == Aggregator.MULTI_KRUM
+    )

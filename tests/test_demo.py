@@ -140,12 +140,10 @@ def test_demo_ctrl_c_stops_every_process(tmp_path: Path, presses: int) -> None:
 
 def test_demo_refuses_options_that_cannot_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_demo(DemoOptions(clients=4)) == 2
-    assert run_demo(DemoOptions(clients=6, malicious=3)) == 2  # 3 honest left < 2f + 3
+    assert run_demo(DemoOptions(clients=6, malicious=3)) == 2  # 6 clients tolerate f = 1 < 3 attackers
     assert run_demo(DemoOptions(attack="nope")) == 2
     (tmp_path / "x").write_text("taken")
     assert run_demo(DemoOptions(home=str(tmp_path))) == 2
     out = capsys.readouterr().err  # refusals go to stderr, as every command's do
-    assert (
-        "--clients must be" in out and "once the 3 attackers are slashed" in out and "--attack must be" in out
-    )
+    assert "--clients must be" in out and "tolerate at most f = 1" in out and "--attack must be" in out
     assert "is not empty" in out

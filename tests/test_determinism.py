@@ -125,10 +125,8 @@ def build_chain() -> tuple[Kit, list[bytes]]:
             txs.append(kit.tx(clients[i], SubmitUpdate(task_id, round_, d.astype("<i2").tobytes())))
         return txs
 
-    # round 1: task 1 with a boosted and a noise attacker (both slashed); task 2 short of 2f+3 (void)
-    kit.block(
-        updates(1, 1, list(range(9)), {7: "boost", 8: "noise"}, 10) + updates(2, 1, [9, 10, 11, 12], {}, 20)
-    )
+    # round 1: task 1 with a boosted and a noise attacker (both slashed); task 2 with 2 updates (void)
+    kit.block(updates(1, 1, list(range(9)), {7: "boost", 8: "noise"}, 10) + updates(2, 1, [9, 10], {}, 20))
     for _ in range(2):
         kit.block()  # task 2's round 1 reaches its deadline (void)
     # round 2: task 2 scored with one attacker (slashed), then expires at max_rounds

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpsnode.consensus import krum, model
+from mpsnode.consensus import model, robust
 from mpsnode.consensus.events import (
     Jailed,
     ParticipantRemoved,
@@ -20,6 +20,8 @@ from mpsnode.consensus.events import (
     TaskExpired,
 )
 from mpsnode.consensus.state import TaskStatus
+from mpsnode.consensus.stf.round import RemovalReason
+from mpsnode.consensus.stf.task import EXPIRED_TOO_FEW_PARTICIPANTS
 from mpsnode.consensus.tx import JoinTask, Stake, SubmitUpdate, Unstake
 
 from chainkit import Kit, small_task
@@ -58,20 +60,17 @@ def submit_round(kit: Kit, task_id: int, round_: int, ds: list[np.ndarray], who:
     return res
 
 
-def expected_close(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int], f: int = 1):
+def expected_close(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int]):
+    """The round's decision, new model and accuracy from the reference twins."""
     task = kit.chain.state().get_task(task_id)
     Q = np.stack([ds[i] for i in who]).astype(np.int16)
     addresses = [kit.clients[i].address for i in who]
-    scores = krum.krum_scores_reference(krum.distance_matrix_reference(Q), f)
-    params = kit.genesis.params
-    rule = krum.RoundRules(
-        params.slash_direction_bps, params.coherence_gate_bps, params.slash_score_ratio_coherent_pct
-    )
-    result = krum.compute_krum_result(
-        scores.tolist(), f, addresses, params.slash_score_ratio_pct, krum.direction_stats_reference(Q), rule
+    f = robust.tolerated_f(task.byzantine_f, task.removed, len(who))
+    result = robust.decide_round_reference(
+        Q, f, addresses, robust.round_rules(kit.genesis.params), task.aggregator
     )
     weights = np.frombuffer(kit.chain.state().get_model(task_id), dtype="<i4")
-    new = model.aggregate_reference(weights, Q[list(result.selected)])
+    new = model.aggregate_reference(weights, Q, result.weights)
     val_x, val_y = kit.chain.state().get_valset(task_id)
     x = np.frombuffer(val_x, dtype="<i2").reshape(-1, ARCH[0])
     y = np.frombuffer(val_y, dtype=np.uint8)
@@ -149,19 +148,114 @@ def test_unreached_target_expires_with_full_refund() -> None:
     assert not [e for e in events if isinstance(e, Rewarded)]
 
 
-def test_void_round_when_too_few_updates_then_scored_round() -> None:
+def close_by_deadline(kit: Kit) -> list:
+    """Blocks until a round closes; the end-of-block events of that block."""
+    while True:
+        _, res = kit.block()
+        events = res.receipts[-1].events
+        if any(isinstance(e, RoundClosed) for e in events):
+            return events
+
+
+def test_void_round_only_below_three_updates() -> None:
     kit = Kit()
     task_id = start_task(kit, target_accuracy_bps=10_000, max_rounds=3)
     ds = deltas(3, 5, {})
-    submit_round(kit, task_id, 1, ds, who=[0, 1, 2, 3])  # 4 < 2f+3 = 5 ... wait for the deadline
+    submit_round(kit, task_id, 1, ds, who=[0, 1])
     model_before = kit.chain.state().get_model(task_id)
-    closed = None
-    while closed is None:
-        _, res = kit.block()
-        closed = next((e for e in res.receipts[-1].events if isinstance(e, RoundClosed)), None)
-    assert closed.void == 1 and closed.scores == ()
+    closed = next(e for e in close_by_deadline(kit) if isinstance(e, RoundClosed))
+    assert closed.void == 1 and closed.scores == () and closed.tolerated_f == 0
     assert kit.chain.state().get_model(task_id) == model_before
     assert kit.chain.state().get_task(task_id).billed_rounds == 0
+
+
+def test_a_round_with_silent_participants_is_scored_with_what_k_allows() -> None:
+    """4 of 5 updates: f = 1 would need 5, so the round runs with f = 0 instead of being void."""
+    kit = Kit()
+    task_id = start_task(kit, target_accuracy_bps=10_000, max_rounds=3)
+    ds = deltas(3, 5, {})
+    result, new_weights, acc = expected_close(kit, task_id, ds, [0, 1, 2, 3])
+    assert result.tolerated_f == 0
+    submit_round(kit, task_id, 1, ds, who=[0, 1, 2, 3])
+    closed = next(e for e in close_by_deadline(kit) if isinstance(e, RoundClosed))
+    assert closed.void == 0 and closed.tolerated_f == 0 and closed.accuracy_bps == acc
+    assert np.array_equal(np.frombuffer(kit.chain.state().get_model(task_id), dtype="<i4"), new_weights)
+    task = kit.chain.state().get_task(task_id)
+    assert task.billed_rounds == 1 and task.missed == ((kit.clients[4].address, 1),)
+
+
+def test_a_participant_silent_too_long_is_removed_without_a_slash() -> None:
+    kit = Kit()
+    limit = kit.genesis.params.max_missed_rounds
+    task_id = start_task(kit, target_accuracy_bps=10_000, max_rounds=limit + 2)
+    quiet = kit.clients[4].address
+    bonded = kit.account(quiet).bonded
+    for round_ in range(1, limit + 1):
+        submit_round(kit, task_id, round_, deltas(20 + round_, 5, {}), who=[0, 1, 2, 3])
+        events = close_by_deadline(kit)
+        task = kit.chain.state().get_task(task_id)
+        if round_ < limit:
+            assert dict(task.missed)[quiet] == round_ and quiet in task.participants
+            assert not [e for e in events if isinstance(e, ParticipantRemoved)]
+    assert ParticipantRemoved(task_id, quiet, int(RemovalReason.SILENT)) in events
+    assert not [e for e in events if isinstance(e, Slashed)]
+    task = kit.chain.state().get_task(task_id)
+    assert quiet not in task.participants and task.removed == 1 and task.missed == ()
+    assert quiet not in dict(task.rewards_weight)
+    acct = kit.account(quiet)
+    assert acct.bonded == bonded and not acct.jailed and task_id not in acct.tasks
+    # The removed participant is one of the f: the next round of the other four runs with f = 0.
+    res = submit_round(kit, task_id, limit + 1, deltas(40, 5, {}), who=[0, 1, 2, 3])  # all who are left
+    closed = next(e for e in res.receipts[-1].events if isinstance(e, RoundClosed))
+    assert closed.tolerated_f == 0 and len(closed.selected) == 4
+
+
+def test_resubmitting_resets_the_missed_count() -> None:
+    kit = Kit()
+    task_id = start_task(kit, target_accuracy_bps=10_000, max_rounds=6)
+    quiet = kit.clients[4].address
+    limit = kit.genesis.params.max_missed_rounds
+    for round_ in range(1, 2 * limit + 1):
+        who = [0, 1, 2, 3] if round_ % limit else [0, 1, 2, 3, 4]  # back just in time, every time
+        submit_round(kit, task_id, round_, deltas(60 + round_, 5, {}), who=who)
+        if len(who) == 4:
+            close_by_deadline(kit)
+        task = kit.chain.state().get_task(task_id)
+        if task.status != TaskStatus.ACTIVE:
+            break
+        assert quiet in task.participants
+    assert kit.chain.state().get_task(task_id).removed == 0
+
+
+def test_a_slashed_client_is_one_of_the_f() -> None:
+    kit = Kit()
+    task_id = start_task(kit, target_accuracy_bps=10_000, max_rounds=3)
+    res = submit_round(kit, task_id, 1, deltas(1, 5, {4: 60}))
+    closed = next(e for e in res.receipts[-1].events if isinstance(e, RoundClosed))
+    assert closed.tolerated_f == 1 and closed.flagged == (kit.clients[4].address,)
+    task = kit.chain.state().get_task(task_id)
+    assert task.removed == 1
+    res = submit_round(kit, task_id, 2, deltas(2, 5, {}), who=[0, 1, 2, 3])
+    closed = next(e for e in res.receipts[-1].events if isinstance(e, RoundClosed))
+    assert closed.tolerated_f == 0 and closed.void == 0 and len(closed.selected) == 4
+
+
+def test_a_task_left_with_fewer_than_three_participants_expires_with_a_refund() -> None:
+    kit = Kit()
+    task_id = start_task(kit, target_accuracy_bps=10_000, max_rounds=50, fee_per_round=10)
+    user_before = kit.account(kit.user).balance
+    limit = kit.genesis.params.max_missed_rounds
+    events: list = []
+    for round_ in range(1, limit + 1):
+        submit_round(kit, task_id, round_, deltas(80 + round_, 5, {}), who=[0, 1])
+        events = close_by_deadline(kit)
+    removed = [e for e in events if isinstance(e, ParticipantRemoved)]
+    assert len(removed) == 3 and all(e.reason == RemovalReason.SILENT for e in removed)
+    expired = [e for e in events if isinstance(e, TaskExpired)]
+    assert expired == [TaskExpired(task_id, EXPIRED_TOO_FEW_PARTICIPANTS, limit)]
+    task = kit.chain.state().get_task(task_id)
+    assert task.status == TaskStatus.EXPIRED and task.escrow == 0
+    assert kit.account(kit.user).balance == user_before + 10 * 50  # void rounds are never billed
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

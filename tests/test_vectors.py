@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import genesis as genesis_tool
-from mpsnode.consensus import errors, krum, model
+from mpsnode.consensus import errors, krum, model, robust
 from mpsnode.consensus.block import decode_block
 from mpsnode.consensus.events import RoundClosed
 from mpsnode.consensus.genesis import Genesis
@@ -132,10 +132,12 @@ def test_sequencer_path(case: str, tmp_path: Path) -> None:
         store.close()
 
 
-def test_round_vectors_agree_with_the_reference_twins() -> None:
+@pytest.mark.parametrize(("case", "scored"), [("rounds", 3), ("liveness", 4)])
+def test_round_vectors_agree_with_the_reference_twins(case: str, scored: int) -> None:
     """The pinned round closes, recomputed from the blocks' update bytes with the plain reference
-    Krum and aggregation: the golden values are Krum's, not just whatever the kernels returned."""
-    genesis, blocks, _expected = load("rounds")
+    round rule and aggregation: the golden values are the rule's, not just whatever the kernels
+    returned."""
+    genesis, blocks, _expected = load(case)
     chain = Chain(MemoryStore(), genesis)
     updates: dict[tuple[int, int], list[tuple[bytes, bytes]]] = {}
     closes = 0
@@ -157,12 +159,18 @@ def test_round_vectors_agree_with_the_reference_twins() -> None:
             rows = updates[(event.task_id, event.round)]
             assert tuple(a for a, _ in rows) == event.participants
             Q = np.stack([np.frombuffer(d, dtype="<i2") for _, d in rows]).astype(np.int16)
-            scores = krum.krum_scores_reference(krum.distance_matrix_reference(Q), task.byzantine_f)
-            assert tuple(int(s) for s in scores) == event.scores
-            ranked = sorted(range(len(rows)), key=lambda i: (int(scores[i]), rows[i][0]))
-            chosen = ranked[: len(rows) - task.byzantine_f]
-            assert event.selected == tuple(rows[i][0] for i in chosen)
-            new = model.aggregate_reference(np.frombuffer(models[event.task_id], dtype="<i4"), Q[chosen])
+            f = robust.tolerated_f(task.byzantine_f, task.removed, len(rows))
+            assert f == event.tolerated_f
+            decision = robust.decide_round_reference(
+                Q, f, [a for a, _ in rows], robust.round_rules(genesis.params), task.aggregator
+            )
+            scores = krum.krum_scores_reference(krum.distance_matrix_reference(Q), f)
+            assert tuple(int(s) for s in scores) == event.scores == decision.scores
+            assert event.selected == tuple(rows[i][0] for i in decision.selected)
+            assert event.flagged == tuple(rows[i][0] for i in decision.flagged)
+            new = model.aggregate_reference(
+                np.frombuffer(models[event.task_id], dtype="<i4"), Q, decision.weights
+            )
             after = np.frombuffer(chain.state().get_model(event.task_id), dtype="<i4")
             assert np.array_equal(np.asarray(new, dtype=np.int64), after.astype(np.int64))
             x, y = chain.state().get_valset(event.task_id)
@@ -174,7 +182,7 @@ def test_round_vectors_agree_with_the_reference_twins() -> None:
                 np.frombuffer(y, dtype=np.uint8),
             )
             assert acc == event.accuracy_bps
-    assert closes == 3
+    assert closes == scored
 
 
 def test_regenerating_reproduces_the_vectors(tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import trio
 
 from mpsnode import fl
 from mpsnode.cli.common import resolve_node, signer_key
+from mpsnode.cli.parsers import AGGREGATORS
 from mpsnode.client.daemon import ClientConfig, ClientEvent, run_client
 from mpsnode.client.preflight import preflight
 from mpsnode.client.wallet import Wallet
@@ -177,6 +178,7 @@ def cmd_client_create_task(args: argparse.Namespace) -> int:
         fee_per_round=args.fee_per_round,
         local_epochs=args.local_epochs,
         seed=args.seed,
+        aggregator=AGGREGATORS[args.aggregator],
     )
 
     async def main() -> dict[str, Any] | str:
@@ -207,6 +209,7 @@ def cmd_client_create_task(args: argparse.Namespace) -> int:
                 "min_clients": min_clients,
                 "max_clients": max_clients,
                 "byzantine_f": f,
+                "aggregator": args.aggregator,
                 "join_deadline": outcome.height + args.join_blocks,
                 "validation_samples": len(validation),
             }

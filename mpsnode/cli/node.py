@@ -16,13 +16,15 @@ import numpy as np
 import trio
 
 from mpsnode.cli.common import parse_address, print_fields, resolve_node, server_options, signer_key
+from mpsnode.cli.parsers import AGGREGATORS
 from mpsnode.client.preflight import preflight
 from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.events import Event, ParticipantRemoved, Slashed, TaskExpired
 from mpsnode.consensus.hashing import H
+from mpsnode.consensus.limits import MIN_SCORED_UPDATES
 from mpsnode.consensus.state import Task, TaskStatus
-from mpsnode.consensus.stf.round import SlashReason
-from mpsnode.consensus.stf.task import EXPIRED_NOT_ENOUGH_CLIENTS
+from mpsnode.consensus.stf.round import RemovalReason
+from mpsnode.consensus.stf.task import EXPIRED_NOT_ENOUGH_CLIENTS, EXPIRED_TOO_FEW_PARTICIPANTS
 from mpsnode.consensus.tx import Body, CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate, Transfer, Unstake
 from mpsnode.fl.data import load_array, load_arrays
 from mpsnode.node.connection import Client, Proven, connect
@@ -116,6 +118,7 @@ def _create_task(args: argparse.Namespace) -> CreateTask:
         args.local_epochs,
         val_x,
         val_y,
+        AGGREGATORS[args.aggregator],
     )
 
 
@@ -218,7 +221,7 @@ def event_json(event: Event) -> dict[str, Any]:
     """An event as JSON, a slash's rule by name (``krum_score``, ``direction``) beside its code."""
     out = event.to_json()
     if isinstance(event, (Slashed, ParticipantRemoved)):
-        out["rule"] = SlashReason.describe(event.reason)
+        out["rule"] = RemovalReason.describe(event.reason)
     return out
 
 
@@ -321,11 +324,7 @@ async def _task_progress(client: Client, task: Task, height: int) -> dict[str, A
     if task.status == TaskStatus.ACTIVE:
         left = task.round_deadline - height
         void = task.rounds_closed - task.billed_rounds
-        note = (
-            f"; {void} void rounds so far (fewer than 2f + 3 = {2 * task.byzantine_f + 3} updates)"
-            if void
-            else ""
-        )
+        note = f"; {void} void rounds so far (fewer than {MIN_SCORED_UPDATES} updates)" if void else ""
         return {
             "waiting": f"round {task.round}: {len(task.submitted)} of {len(task.participants)} updates; "
             f"{max(0, left)} blocks left (block {task.round_deadline}){note}"
@@ -334,12 +333,18 @@ async def _task_progress(client: Client, task: Task, height: int) -> dict[str, A
         for _, events in await client.events(task_id=task.task_id, start=0, count=1000):
             for ev in events:
                 if isinstance(ev, TaskExpired) and ev.task_id == task.task_id:
-                    why = (
-                        f"only {len(task.participants)} of min {task.min_clients} clients joined by block "
-                        f"{task.join_deadline}"
-                        if ev.reason == EXPIRED_NOT_ENOUGH_CLIENTS
-                        else f"{ev.rounds} rounds without reaching the target"
-                    )
+                    if ev.reason == EXPIRED_NOT_ENOUGH_CLIENTS:
+                        why = (
+                            f"only {len(task.participants)} of min {task.min_clients} clients joined by "
+                            f"block {task.join_deadline}"
+                        )
+                    elif ev.reason == EXPIRED_TOO_FEW_PARTICIPANTS:
+                        why = (
+                            f"after {ev.rounds} rounds only {len(task.participants)} participants were left "
+                            f"({task.removed} removed), fewer than the {MIN_SCORED_UPDATES} a round needs"
+                        )
+                    else:
+                        why = f"{ev.rounds} rounds without reaching the target"
                     return {"expired": f"{why}; the escrow was refunded to the creator"}
     return {}
 

@@ -201,6 +201,7 @@ def _node(sub: Any) -> None:
     p.add_argument("--round-blocks", type=int, default=10)
     p.add_argument("--fee-per-round", type=int, default=100)
     p.add_argument("--local-epochs", type=int, default=1)
+    _aggregator(p)
 
     p = ts.add_parser(
         "pending", help="list your txs pending on the sequencer; --drop one stuck behind a nonce gap"
@@ -351,14 +352,28 @@ def _client(sub: Any) -> None:
         "--byzantine-f",
         type=int,
         default=None,
-        help="updates Krum assumes may be hostile per round (default: one in five, at most what "
-        "min-clients allows: 2f + 3 <= min-clients)",
+        help="participants the task tolerates as faulty, hostile or silent (default: one in five, at "
+        "most what min-clients allows: 2f + 3 <= min-clients)",
     )
     p.add_argument("--join-blocks", type=int, default=150)
     p.add_argument("--round-blocks", type=int, default=50)
     p.add_argument("--fee-per-round", type=int, default=1000)
     p.add_argument("--local-epochs", type=int, default=2)
+    _aggregator(p)
     _runs(p, "client:cmd_client_create_task")
+
+
+AGGREGATORS = {"nnm": 2, "multi-krum": 1}  # tx.Aggregator; kept here so --help imports nothing heavy
+
+
+def _aggregator(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--aggregator",
+        choices=sorted(AGGREGATORS),
+        default="nnm",
+        help="how each round's updates are combined: nnm (nearest-neighbour mixing, then Multi-Krum; "
+        "the default, best on non-IID data) or multi-krum",
+    )
 
 
 #: Help of the flags and arguments that mean the same in every command that takes them.
@@ -381,7 +396,7 @@ COMMON_HELP = {
     "--max-rounds": "rounds before the task expires unmet",
     "--min-clients": "clients needed to start",
     "--max-clients": "clients accepted",
-    "--byzantine-f": "updates Krum assumes may be hostile per round (2f + 3 <= min-clients)",
+    "--byzantine-f": "participants the task tolerates as faulty, hostile or silent (2f + 3 <= min-clients)",
     "--join-blocks": "blocks the task waits for clients to join",
     "--round-blocks": "blocks a round waits for updates before it closes",
     "--fee-per-round": "units paid per scored round (escrowed: fee x max rounds)",

@@ -45,6 +45,7 @@ from mpsnode.consensus import crypto
 from mpsnode.consensus.errors import MpsError, NonceMismatch
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import MODEL, H
+from mpsnode.consensus.limits import MIN_SCORED_UPDATES
 from mpsnode.consensus.state import Task, TaskStatus, update_key
 from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, SubmitUpdate, decode_signed_tx
 from mpsnode.fl import Dataset, LocalLearner, LocalUpdate, TrainConfig, quantize, weights_from_bytes
@@ -335,7 +336,7 @@ class _Runner:
     # following rounds ----------------------------------------------------------------------------------
     def report_progress(self, task: Task) -> None:
         """Say what changed since the last look: clients joined while joining (with the deadline), and
-        each closed round, a void one (fewer than 2f + 3 updates: no aggregation) said as such."""
+        each closed round, a void one (fewer than 3 updates: no aggregation) said as such."""
         if task.status == TaskStatus.JOINING:
             joined = len(task.participants)
             if joined != self.seen_joined:
@@ -355,7 +356,7 @@ class _Runner:
                     "round_void",
                     rounds=void,
                     rounds_closed=closed,
-                    needs=2 * task.byzantine_f + 3,
+                    needs=MIN_SCORED_UPDATES,
                     participants=len(task.participants),
                     accuracy_bps=task.accuracy_bps,
                 )
@@ -455,7 +456,7 @@ class _Runner:
             fresh = await self.read_task(client)
             return fresh.status == TaskStatus.ACTIVE and fresh.round == task.round, others
 
-        return await attacker.craft(RoundView(task, self.address, train, observe))
+        return await attacker.craft(RoundView(task, self.address, train, observe, client.params))
 
     def get_learner(self, task: Task) -> LocalLearner:
         if self.learner is None:

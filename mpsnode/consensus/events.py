@@ -155,7 +155,8 @@ class RoundClosed(Event):
     selected: tuple[bytes, ...]
     flagged: tuple[bytes, ...]
     accuracy_bps: int
-    void: int  # 1 when fewer than 2f+3 updates arrived
+    void: int  # 1 when fewer than 3 updates arrived
+    tolerated_f: int  # the round's f (robust.tolerated_f); 0 in a void round
 
 
 @dataclass(frozen=True, slots=True)

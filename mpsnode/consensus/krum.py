@@ -2,11 +2,9 @@
 
 A round's ``k`` updates are the rows of an int16 matrix ``Q`` (``k x d``). Krum needs every squared
 distance ``D[i][j] = sum_p (Q[i,p] - Q[j,p])^2``; they come from the Gram matrix ``G = Q Q^T`` as
-``D[i][j] = G[i][i] + G[j][j] - 2 G[i][j]``, and ``G`` is kept public because a later flagging rule
-(the direction of each update against the sum of the others) reads it too. A client's score ``s_i``
-is the sum of its ``k - f - 2`` smallest distances to the others; Multi-Krum ranks by
-``(score, address)``, selects the first ``k - f`` and flags the clear outliers among the rest
-(docs/PROTOCOL.md, section 7).
+``D[i][j] = G[i][i] + G[j][j] - 2 G[i][j]``, and ``G`` is kept public because the round rule reads it
+too (cosines, mixed sums). A client's score ``s_i`` is the sum of its ``k - f - 2`` smallest
+distances to the others (docs/PROTOCOL.md, section 7).
 
 This is consensus code: every node must produce the same integers, whatever its CPU, thread count
 or BLAS. So nothing here touches a float. The bounds that make every step exact, with ``|q| <= 2^15``,
@@ -34,27 +32,12 @@ column blocks (exact while every partial sum is an integer below 2^53) was measu
 slower than either integer kernel on the target machine (k=100, d=10^6, 2 cores: 0.22 s against
 0.15 s for the int64 kernel and 0.09 s for the chunked int32 one), so floats are not used at all.
 
-The second flagging statistic reads the direction of each update against the sum of the others,
-``O_i = S - q_i`` with ``S`` the sum of all ``k`` updates, from the same Gram matrix:
-
-    q_i . O_i = r_i - G[i][i]             with r_i = sum_j G[i][j]
-    |O_i|^2   = T - 2 r_i + G[i][i]       with T = sum_i r_i
-    cos_i     = (q_i . O_i) / sqrt(|q_i|^2 |O_i|^2)
-
-``|r_i| <= 256 * 2^52 = 2^60`` fits int64; ``T`` (up to ``2^68``) and everything after it are Python
-ints. No square root is taken: ``cos_i < -t / 10^4`` is decided as ``q_i . O_i < 0`` and
-``10^8 (q_i . O_i)^2 > t^2 |q_i|^2 |O_i|^2``, and cosines are ordered by the exact rational
-``(q_i . O_i) |q_i . O_i| / (|q_i|^2 |O_i|^2)`` (the signed squared cosine), which orders as the
-cosine does.
+The round rule built on these (flags, mixing, selection) is ``mpsnode.consensus.robust``.
 
 Each fast function has a ``*_reference`` twin in plain Python ints; tests hold them equal.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from dataclasses import dataclass
-from fractions import Fraction
 
 import numba
 import numpy as np
@@ -72,64 +55,6 @@ INT32_CHUNK_MIN = 64  # below this the int32 kernel's per-chunk overhead makes i
 _INT32_MAX = (1 << 31) - 1
 _TILE = 3  # 3 x 3 output tiles: 9 accumulators plus 6 row loads fit the 16 AVX2 registers
 _INT64_SENTINEL = np.iinfo(np.int64).max
-
-
-@dataclass(frozen=True, slots=True)
-class KrumResult:
-    """The outcome of Multi-Krum over one round; every index refers to a row of ``Q``."""
-
-    scores: tuple[int, ...]
-    ranking: tuple[int, ...]  # all indices by (score, address) ascending
-    selected: tuple[int, ...]  # ranking[:k - f]
-    flagged: tuple[int, ...]  # Krum's flags (ranking order), then the direction flags (most negative first)
-    median: int  # lower median of the scores
-    flagged_direction: tuple[int, ...] = ()  # the part of ``flagged`` flagged by direction
-    coherent: bool = False  # the round's median cosine reached the gate (see RoundRules)
-
-
-@dataclass(frozen=True, slots=True)
-class DirectionStats:
-    """Per update ``q_i``, against the sum of the others ``O_i = S - q_i``: exact Python ints."""
-
-    dots: tuple[int, ...]  # q_i . O_i
-    norms: tuple[int, ...]  # |q_i|^2
-    others: tuple[int, ...]  # |O_i|^2
-
-    def signed_cos2(self, i: int) -> Fraction:
-        """``cos_i * |cos_i|`` as an exact rational (0 when either vector is zero)."""
-        den = self.norms[i] * self.others[i]
-        return Fraction(self.dots[i] * abs(self.dots[i]), den) if den else Fraction(0)
-
-    def is_cosine_below(self, i: int, bps: int) -> bool:
-        """``cos_i < -bps / 10^4``, decided in integers."""
-        dot = self.dots[i]
-        return dot < 0 and 10**8 * dot * dot > bps * bps * self.norms[i] * self.others[i]
-
-
-@dataclass(frozen=True, slots=True)
-class RoundRules:
-    """The coherence-gated flagging parameters (genesis; docs/PROTOCOL.md, "Closing a round").
-
-    A round is *coherent* when the lower median of its cosines is at least ``gate_bps / 10^4``: the
-    updates agree on a direction, as they do while the model is far from its optimum. There Krum's
-    ratio threshold is ``coherent_score_ratio_pct`` instead of the chain's ``slash_score_ratio_pct``
-    (honest distances are small next to the norms, so a large one is telling), and the direction rule
-    applies: flag ``cos_i < -threshold_bps / 10^4``. In incoherent rounds (late training, strongly
-    non-IID data) honest updates legitimately disagree and only the general Krum threshold applies.
-    """
-
-    threshold_bps: int  # direction: flag when cos_i < -threshold_bps / 10^4
-    gate_bps: int  # coherent when the lower-median cosine is >= gate_bps / 10^4
-    coherent_score_ratio_pct: int  # Krum's ratio threshold in coherent rounds
-
-    def __post_init__(self) -> None:
-        for name in ("threshold_bps", "gate_bps"):
-            v = getattr(self, name)
-            if type(v) is not int or not 0 <= v <= 10_000:
-                raise ValueError(f"{name} must be an int in 0..10000, got {v!r}")
-        v = self.coherent_score_ratio_pct
-        if type(v) is not int or v < 0:
-            raise ValueError(f"coherent_score_ratio_pct must be a non-negative int, got {v!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -409,126 +334,6 @@ def krum_scores(D: np.ndarray, f: int) -> np.ndarray:
     return E[:, :m].sum(axis=1, dtype=np.int64)  # < 254 * 2^54 < 2^62
 
 
-def direction_stats(G: np.ndarray) -> DirectionStats:
-    """Each update's dot product with the sum of the others, and both squared norms, from ``G = Q Q^T``."""
-    if not isinstance(G, np.ndarray) or G.ndim != 2 or G.shape[0] != G.shape[1] or G.dtype != np.int64:
-        raise ValueError("G must be a square int64 matrix")
-    if G.shape[0] > MAX_UPDATES:
-        raise ValueError(f"{G.shape[0]} updates exceeds the limit of {MAX_UPDATES}")
-    if G.size and int(np.abs(G).max()) > 1 << 52:
-        # |G[i][j]| <= 2^22 * 2^30 for int16 updates; larger entries would void the int64 row-sum bound
-        raise ValueError("Gram entries must lie within +-2^52")
-    rows = G.sum(axis=1, dtype=np.int64).tolist()  # |r_i| <= 256 * 2^52 = 2^60: exact in int64
-    diag = np.diagonal(G).tolist()
-    total = sum(rows)  # Python int: up to 2^68
-    return DirectionStats(
-        dots=tuple(r - g for r, g in zip(rows, diag, strict=True)),
-        norms=tuple(diag),
-        others=tuple(total - 2 * r + g for r, g in zip(rows, diag, strict=True)),
-    )
-
-
-def is_coherent(stats: DirectionStats, gate_bps: int) -> bool:
-    """Whether the lower median of the ``k`` cosines is at least ``gate_bps / 10^4``."""
-    k = len(stats.dots)
-    if k == 0:
-        return False
-    median = sorted(stats.signed_cos2(i) for i in range(k))[(k - 1) // 2]
-    return median * 10**8 >= gate_bps * gate_bps  # signed squared cosines order as the cosines do
-
-
-def compute_direction_flags(
-    stats: DirectionStats, addresses: Sequence[bytes], eligible: Sequence[int], limit: int, threshold_bps: int
-) -> tuple[int, ...]:
-    """The ``eligible`` updates with ``cos_i < -threshold_bps / 10^4``, most negative first (ties by
-    address), at most ``limit`` of them."""
-    if limit <= 0:
-        return ()
-    below = [i for i in eligible if stats.is_cosine_below(i, threshold_bps)]
-    below.sort(key=lambda i: (stats.signed_cos2(i), bytes(addresses[i])))
-    return tuple(below[:limit])
-
-
-def compute_krum_result(
-    scores: Sequence[int],
-    f: int,
-    addresses: Sequence[bytes],
-    slash_score_ratio_pct: int,
-    direction: DirectionStats | None = None,
-    rules: RoundRules | None = None,
-) -> KrumResult:
-    """Rank, select and flag from Krum scores and, with ``direction`` and ``rules``, by coherence.
-
-    Krum flags among the ``f`` worst-ranked those with ``100 s_i > ratio * median``, ``ratio`` being
-    ``rules.coherent_score_ratio_pct`` in a coherent round and ``slash_score_ratio_pct`` otherwise.
-    In a coherent round the direction rule then fills the remaining ``f - len(krum flags)`` slots
-    from the other updates (``compute_direction_flags``). Multi-Krum selects the first ``k - f`` of
-    the ranking, less any update flagged by direction (a flagged update is never aggregated).
-    """
-    k = len(scores)
-    _validate_f(k, f)
-    if len(addresses) != k:
-        raise ValueError(f"{len(addresses)} addresses for {k} updates")
-    if len(set(addresses)) != k:
-        # (score, address) must be a total order: one update per client per round.
-        raise ValueError("addresses must be distinct")
-    if type(slash_score_ratio_pct) is not int or slash_score_ratio_pct < 0:
-        raise ValueError(f"slash_score_ratio_pct must be a non-negative int, got {slash_score_ratio_pct!r}")
-    s = tuple(int(x) for x in scores)
-    ranking = tuple(sorted(range(k), key=lambda i: (s[i], bytes(addresses[i]))))
-    median = sorted(s)[(k - 1) // 2]  # the lower median
-    coherent = False
-    if direction is not None and rules is not None:
-        if len(direction.dots) != k:
-            raise ValueError(f"direction statistics for {len(direction.dots)} updates, scores for {k}")
-        coherent = is_coherent(direction, rules.gate_bps)
-    ratio = rules.coherent_score_ratio_pct if coherent and rules is not None else slash_score_ratio_pct
-    flagged: tuple[int, ...] = ()
-    if median > 0:
-        # Python ints: 100 * s_i can exceed 2^63.
-        flagged = tuple(i for i in ranking[k - f :] if 100 * s[i] > ratio * median)
-    by_direction: tuple[int, ...] = ()
-    if coherent and direction is not None and rules is not None:
-        krum_flagged = set(flagged)
-        eligible = [i for i in range(k) if i not in krum_flagged]
-        by_direction = compute_direction_flags(
-            direction, addresses, eligible, f - len(flagged), rules.threshold_bps
-        )
-    excluded = set(by_direction)
-    selected = tuple(i for i in ranking[: k - f] if i not in excluded)
-    return KrumResult(
-        scores=s,
-        ranking=ranking,
-        selected=selected,
-        flagged=flagged + by_direction,
-        median=median,
-        flagged_direction=by_direction,
-        coherent=coherent,
-    )
-
-
-def multi_krum(
-    Q: np.ndarray,
-    f: int,
-    addresses: Sequence[bytes],
-    slash_score_ratio_pct: int,
-    rules: RoundRules | None = None,
-) -> KrumResult:
-    """Score the ``k`` updates in ``Q`` (rows, int16) sent by ``addresses``; select ``k - f``, flag outliers.
-
-    With ``rules``, the coherence-gated rules apply too (``compute_krum_result``); all read one Gram matrix.
-    """
-    Q = validate_updates(Q)
-    k = Q.shape[0]
-    _validate_f(k, f)
-    if len(addresses) != k:
-        raise ValueError(f"{len(addresses)} addresses for {k} updates")
-    G = gram_matrix(Q)
-    scores = krum_scores(distance_matrix_from_gram(G), f)
-    direction = direction_stats(G) if rules is not None else None
-    return compute_krum_result(scores.tolist(), f, addresses, slash_score_ratio_pct, direction, rules)
-
-
 # ---------------------------------------------------------------------------------------------
 # Reference twins: plain Python ints, obviously correct, slow.
 
@@ -565,17 +370,3 @@ def krum_scores_reference(D: np.ndarray, f: int) -> np.ndarray:
     rows = [[int(v) for v in row] for row in D]
     scores = [sum(sorted(rows[i][j] for j in range(k) if j != i)[: k - f - 2]) for i in range(k)]
     return np.array(scores, dtype=np.int64)
-
-
-def direction_stats_reference(Q: np.ndarray) -> DirectionStats:
-    """``direction_stats`` straight from the updates: form each ``O_i`` and take the dot products."""
-    rows = _rows(Q)
-    d = len(rows[0]) if rows else 0
-    total = [sum(row[p] for row in rows) for p in range(d)]
-    dots, norms, others = [], [], []
-    for row in rows:
-        other = [t - v for t, v in zip(total, row, strict=True)]
-        dots.append(sum(a * b for a, b in zip(row, other, strict=True)))
-        norms.append(sum(a * a for a in row))
-        others.append(sum(b * b for b in other))
-    return DirectionStats(tuple(dots), tuple(norms), tuple(others))

@@ -23,6 +23,7 @@ from __future__ import annotations
 MAX_PARAMS = 1 << 22  # parameters of a task's model (Krum's Gram entries stay below 2^52)
 MAX_CLIENTS = 256  # participants of a task, so updates of a round (Krum's scores stay below 2^62)
 MAX_UPDATES = MAX_CLIENTS  # the rows Krum scores in one round: one update per participant
+MIN_SCORED_UPDATES = 3  # a round with fewer updates is void: Krum with f = 0 needs k >= 2f + 3 = 3
 MODEL_CLAMP = (1 << 24) - 1  # |w| for every weight, and the hidden activations' ceiling
 MAX_FAN_IN = 1 << 14  # widths of every layer but the last (2^14 * (2^24 - 1)^2 < 2^62)
 MAX_SCALE_BITS = 24  # fixed-point bits of weights, inputs and deltas ((2^24 - 1) << 24 < 2^48)

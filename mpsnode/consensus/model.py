@@ -61,6 +61,7 @@ ACTIVATION_MAX = MODEL_CLAMP  # hidden activations lie in 0..ACTIVATION_MAX
 # tiles are computed.
 W_BLOCK_BYTES = 512 << 10
 A_BLOCK_BYTES = 256 << 10
+MAX_AGGREGATE_WEIGHT = 1 << 16  # per row; 256 rows keep W < 2^24 and every sum below 2^48
 AGGREGATE_CHUNK = 4096  # columns per accumulator run of the aggregation kernel (32 KiB of int64)
 
 _TILE = 3  # 3 x 3 output tiles: 9 accumulators plus 6 row loads fit the 16 AVX2 registers
@@ -228,17 +229,26 @@ def _shift_relu(Z: np.ndarray, shift: int, A: np.ndarray) -> None:
 
 @njit(cache=True, boundscheck=False, parallel=True)
 def _aggregate(
-    w: np.ndarray, Q: np.ndarray, rows: np.ndarray, chunk: int, acc: np.ndarray, out: np.ndarray
+    w: np.ndarray,
+    Q: np.ndarray,
+    rows: np.ndarray,
+    mult: np.ndarray,
+    chunk: int,
+    acc: np.ndarray,
+    out: np.ndarray,
 ) -> None:
-    """``out = clamp(w + (sum_{r in rows} Q[r] + m // 2) // m)``, ``m = len(rows)``, with Python floor
-    division, column chunk by chunk.
+    """``out = clamp(w + (sum_r mult[r] Q[rows[r]] + W // 2) // W)``, ``W = sum(mult)``, with Python
+    floor division, column chunk by chunk.
 
     Each prange iteration owns one accumulator row and a disjoint range of columns.
     """
     m = rows.shape[0]
     d = Q.shape[1]
     parts = acc.shape[0]
-    half = m // 2
+    total = np.int64(0)
+    for r in range(m):
+        total += mult[r]
+    half = total // 2
     for t in prange(parts):
         lo = d * t // parts
         hi = d * (t + 1) // parts
@@ -250,10 +260,15 @@ def _aggregate(
                 a[p] = 0
             for r in range(m):
                 q = Q[rows[r]][c0:c1]
-                for p in range(width):
-                    a[p] += q[p]
+                c = mult[r]
+                if c == 1:
+                    for p in range(width):
+                        a[p] += q[p]
+                else:
+                    for p in range(width):
+                        a[p] += c * np.int64(q[p])
             for p in range(width):
-                v = np.int64(w[c0 + p]) + (a[p] + half) // m  # |sum| <= m * 2^15: exact in int64
+                v = np.int64(w[c0 + p]) + (a[p] + half) // total  # |sum| <= W * 2^15 < 2^48: exact
                 out[c0 + p] = min(max(v, -WEIGHT_CLAMP), WEIGHT_CLAMP)
 
 
@@ -335,26 +350,37 @@ def aggregate(
     selected_deltas: np.ndarray,
     *,
     rows: Sequence[int] | None = None,
+    weights: Sequence[int] | None = None,
     parts: int | None = None,
     chunk: int = AGGREGATE_CHUNK,
 ) -> np.ndarray:
-    """The new int32 model ``clamp(w + (sum of the m selected deltas + m // 2) // m)``.
+    """The new int32 model ``clamp(w + (sum_r c_r Q[r] + W // 2) // W)``, ``W = sum_r c_r``.
 
     ``model`` is int32 (``d``), ``selected_deltas`` int16 (``m x d``, ``m >= 1``); neither is
-    modified. ``rows`` selects the deltas by row index instead (distinct, at least one): the same
-    result as ``aggregate(model, selected_deltas[rows])`` without copying the rows. ``parts`` (column
-    ranges run in parallel, default numba's thread count) and ``chunk`` (columns per accumulator
-    run) tune speed and never change the result.
+    modified. Every row has weight ``c_r = 1`` (the plain mean) unless ``weights`` gives one int per
+    row in ``0..MAX_AGGREGATE_WEIGHT``, at least one positive. ``rows`` selects the deltas by row
+    index instead (distinct, at least one): the same result as ``aggregate(model,
+    selected_deltas[rows])`` without copying the rows; it cannot be combined with ``weights``.
+    ``parts`` (column ranges run in parallel, default numba's thread count) and ``chunk`` (columns
+    per accumulator run) tune speed and never change the result.
     """
     w, Q = validate_deltas(model, selected_deltas)
-    if rows is None:
+    if rows is not None and weights is not None:
+        raise ValueError("give rows or weights, not both")
+    if weights is not None:
+        mult = _validate_weights(weights, Q.shape[0])
+        index = np.flatnonzero(mult).astype(np.int64)
+        mult = mult[index]
+    elif rows is None:
         index = np.arange(Q.shape[0], dtype=np.int64)
+        mult = np.ones(index.size, dtype=np.int64)
     else:
         index = np.array([operator.index(r) for r in rows], dtype=np.int64)
         if index.ndim != 1 or index.size < 1:
             raise ValueError("aggregation needs at least one selected row")
         if index.min() < 0 or index.max() >= Q.shape[0] or np.unique(index).size != index.size:
             raise ValueError(f"rows must be distinct indices below {Q.shape[0]}")
+        mult = np.ones(index.size, dtype=np.int64)
     d = w.shape[0]
     n_parts = numba.get_num_threads() if parts is None else parts
     for name, v in (("parts", n_parts), ("chunk", chunk)):
@@ -364,8 +390,17 @@ def aggregate(
     out = np.empty(d, dtype=np.int32)
     if d:
         acc = np.empty((n_parts, min(chunk, d)), dtype=np.int64)
-        _aggregate(w, Q, index, acc.shape[1], acc, out)
+        _aggregate(w, Q, index, mult, acc.shape[1], acc, out)
     return out
+
+
+def _validate_weights(weights: Sequence[int], k: int) -> np.ndarray:
+    values = [operator.index(c) for c in weights]
+    if len(values) != k:
+        raise ValueError(f"{len(values)} weights for {k} deltas")
+    if any(c < 0 or c > MAX_AGGREGATE_WEIGHT for c in values) or not any(values):
+        raise ValueError(f"weights must be ints in 0..{MAX_AGGREGATE_WEIGHT}, at least one positive")
+    return np.array(values, dtype=np.int64)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -412,13 +447,17 @@ def accuracy_bps_reference(
     return _accuracy_bps(predict_reference(weights, arch, scale_bits, val_x), val_y)
 
 
-def aggregate_reference(model: np.ndarray, selected_deltas: np.ndarray) -> np.ndarray:
-    """Reference twin of ``aggregate``: ``clamp(w + (sum + m // 2) // m)`` per parameter in Python ints."""
+def aggregate_reference(
+    model: np.ndarray, selected_deltas: np.ndarray, weights: Sequence[int] | None = None
+) -> np.ndarray:
+    """Reference twin of ``aggregate``: ``clamp(w + (sum_r c_r Q[r] + W // 2) // W)`` per parameter in
+    Python ints (``c_r = 1`` without ``weights``)."""
     w, Q = validate_deltas(model, selected_deltas)
-    m = Q.shape[0]
     rows = [[int(v) for v in row] for row in Q]
+    c = [1] * len(rows) if weights is None else [int(x) for x in _validate_weights(weights, len(rows))]
+    total = sum(c)
     new = []
     for p, wp in enumerate(w.tolist()):
-        a = (sum(row[p] for row in rows) + m // 2) // m  # Python's // is floor division
+        a = (sum(cr * row[p] for cr, row in zip(c, rows, strict=True)) + total // 2) // total  # floor
         new.append(min(max(wp + a, -WEIGHT_CLAMP), WEIGHT_CLAMP))
     return np.array(new, dtype=np.int32)

@@ -21,11 +21,10 @@ class Params:
     # Flagging rules of round closing (docs/PROTOCOL.md, "Closing a round"), calibrated on
     # bench/robustness.py so that no honest client was ever flagged (margins in docs/FL.md).
     slash_score_ratio_pct: int = 12000  # Krum: flag s_i > 120x the median score (honest max seen: 72x)
-    coherence_gate_bps: int = 4000  # a round is coherent when its median cosine is >= 0.40
+    coherence_gate_bps: int = 2000  # coherent: median over the raw selection of m_i >= 0.20
     slash_score_ratio_coherent_pct: int = 3000  # Krum in coherent rounds: 30x (honest max seen: 7.9x)
-    slash_direction_bps: int = (
-        2500  # coherent rounds: flag cos(q_i, others) < -0.25 (honest min seen: -0.087)
-    )
+    slash_direction_bps: int = 1000  # coherent rounds: flag m_i < -0.10 (honest min seen: +0.057)
+    max_missed_rounds: int = 3  # a participant silent this many rounds in a row is removed from the task
     protocol_fee_bps: int = 500
     max_tx_bytes: int = 16 * MIB
     max_block_bytes: int = 256 * MIB
@@ -69,6 +68,8 @@ class Params:
             problems.append(("max_block_bytes", "must be >= max_tx_bytes"))
         if self.block_time_ms < 1:
             problems.append(("block_time_ms", "must be at least 1"))
+        if self.max_missed_rounds < 1:
+            problems.append(("max_missed_rounds", "must be at least 1"))
         if self.unbonding_blocks < 1:
             problems.append(("unbonding_blocks", "must be at least 1"))
         return problems

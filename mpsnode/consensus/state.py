@@ -224,6 +224,7 @@ class Task(Record):
     min_clients: int = wire(UINT)
     max_clients: int = wire(UINT)
     byzantine_f: int = wire(UINT)
+    aggregator: int = wire(UINT)  # robust.Aggregator
     join_blocks: int = wire(UINT)
     round_blocks: int = wire(UINT)
     fee_per_round: int = wire(UINT)
@@ -240,6 +241,9 @@ class Task(Record):
     # address -> selected updates over the task
     rewards_weight: tuple[tuple[bytes, int], ...] = wire(list_of(pair(HASH, UINT)), ())
     accuracy_bps: int = wire(UINT, 0)  # accuracy of the global model after the last closed round
+    removed: int = wire(UINT, 0)  # participants removed so far (slashed or silent): each is one of the f
+    # address -> consecutive rounds missed (only participants that missed the last closed round)
+    missed: tuple[tuple[bytes, int], ...] = wire(list_of(pair(HASH, UINT)), ())
 
     @property
     def join_deadline(self) -> int:

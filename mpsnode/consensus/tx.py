@@ -116,6 +116,25 @@ class Unstake:
         return cls(expect_uint(amount, "amount"))
 
 
+class Aggregator(IntEnum):
+    """``CreateTask.aggregator``: how a round's remaining updates are pre-aggregated before
+    Multi-Krum (docs/PROTOCOL.md section 7, ``mpsnode.consensus.robust``)."""
+
+    MULTI_KRUM = 1  # Multi-Krum on the raw updates
+    NNM_MULTI_KRUM = 2  # nearest-neighbour mixing, then Multi-Krum
+
+    @classmethod
+    def describe(cls, code: int) -> str:
+        """The rule's name for people and JSON (``nnm_multi_krum``), or the code itself."""
+        try:
+            return cls(code).name.lower()
+        except ValueError:
+            return str(code)
+
+
+DEFAULT_AGGREGATOR = int(Aggregator.NNM_MULTI_KRUM)  # a plain int: the codec takes no enums
+
+
 @dataclass(frozen=True, slots=True)
 class CreateTask:
     KIND: ClassVar[Kind] = Kind.CREATE_TASK
@@ -133,9 +152,10 @@ class CreateTask:
     local_epochs: int
     val_x: bytes  # int16 little-endian, samples x in, row-major
     val_y: bytes  # uint8 labels
+    aggregator: int = DEFAULT_AGGREGATOR  # Aggregator
 
     def encode_obj(self) -> list[Any]:
-        """The body's 14 fields in protocol order."""
+        """The body's 15 fields in protocol order."""
         return [
             list(self.arch),
             self.scale_bits,
@@ -151,13 +171,14 @@ class CreateTask:
             self.local_epochs,
             self.val_x,
             self.val_y,
+            self.aggregator,
         ]
 
     @classmethod
     def decode_obj(cls, obj: Any) -> CreateTask:
-        """The body of its 14 fields; ``DecodeError`` for a malformed field (the limits are
+        """The body of its 15 fields; ``DecodeError`` for a malformed field (the limits are
         ``validate_create_task``'s)."""
-        f = expect_list(obj, 14, "create_task body")
+        f = expect_list(obj, 15, "create_task body")
         arch = tuple(expect_uint(w, "arch width") for w in expect_list(f[0], None, "arch"))
         names = (
             "scale_bits",
@@ -177,6 +198,7 @@ class CreateTask:
             init_weights=expect_bytes(f[2], "init_weights"),
             val_x=expect_bytes(f[12], "val_x"),
             val_y=expect_bytes(f[13], "val_y"),
+            aggregator=expect_uint(f[14], "aggregator"),
             **ints,
         )
 
@@ -409,6 +431,11 @@ def validate_create_task(body: CreateTask) -> None:
     _check(body.max_clients <= MAX_CLIENTS, "max_clients", f"must be <= {MAX_CLIENTS}")
     _check(body.min_clients >= 2 * body.byzantine_f + 3, "min_clients", "must be >= 2 * byzantine_f + 3")
     _check(body.min_clients <= body.max_clients, "min_clients", "must be <= max_clients")
+    _check(
+        body.aggregator in set(Aggregator),
+        "aggregator",
+        "must be " + " or ".join(f"{int(a)} ({a.name.lower()})" for a in Aggregator),
+    )
     _check(1 <= body.join_blocks <= MAX_BLOCKS, "join_blocks", f"must be 1..{MAX_BLOCKS}")
     _check(1 <= body.round_blocks <= MAX_BLOCKS, "round_blocks", f"must be 1..{MAX_BLOCKS}")
     _check(1 <= body.local_epochs <= MAX_LOCAL_EPOCHS, "local_epochs", f"must be 1..{MAX_LOCAL_EPOCHS}")

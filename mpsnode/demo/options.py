@@ -16,19 +16,19 @@ class DemoOptions:
     max_rounds: int = 30
     seed: int = 7
     home: str | None = None
-    byzantine_f: int | None = None  # None: max(1, min(malicious, (clients - malicious - 3) // 2))
+    byzantine_f: int | None = None  # None: max(1, min(malicious, (clients - 3) // 2))
     plot: bool = True
 
     def f(self) -> int:
         if self.byzantine_f is not None:
             return self.byzantine_f
-        return max(1, min(self.malicious, (self.clients - self.malicious - 3) // 2))
+        return max(1, min(self.malicious, (self.clients - 3) // 2))
 
     def check(self, attacks: Collection[str]) -> list[str]:
         """Problems with the options, each a sentence a user can act on; ``attacks``: the attack names."""
         problems = []
         if not 5 <= self.clients <= 256:
-            problems.append("--clients must be 5..256 (a scored round needs at least 2f + 3 = 5 updates)")
+            problems.append("--clients must be 5..256 (a task with f >= 1 needs at least 2f + 3 = 5 clients)")
         if not 0 <= self.malicious < self.clients:
             problems.append("--malicious must be 0 .. clients - 1")
         if self.attack not in attacks:
@@ -40,12 +40,18 @@ class DemoOptions:
         if self.alpha is not None and not self.alpha > 0:
             problems.append("--alpha must be positive (or 'iid')")
         f = self.f()
-        if f < 1:
-            problems.append("--byzantine-f must be at least 1")
-        elif self.clients - self.malicious < 2 * f + 3 and not problems:
+        most = (self.clients - 3) // 2
+        if self.byzantine_f is None and self.malicious > most and not problems:
             problems.append(
-                f"with f = {f}, a round is scored only with at least {2 * f + 3} updates, but once the "
-                f"{self.malicious} attackers are slashed only {self.clients - self.malicious} clients "
-                "remain: add clients or lower --malicious / --byzantine-f"
+                f"{self.clients} clients tolerate at most f = {most} faulty ones (2f + 3 <= clients), "
+                f"but --malicious is {self.malicious}: add clients, lower --malicious, or give "
+                "--byzantine-f to run with attackers beyond f"
+            )
+        elif f < 1:
+            problems.append("--byzantine-f must be at least 1")
+        elif self.clients < 2 * f + 3 and not problems:
+            problems.append(
+                f"with f = {f} the task needs at least 2f + 3 = {2 * f + 3} clients: add clients or lower "
+                "--byzantine-f"
             )
         return problems

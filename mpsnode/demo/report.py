@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from mpsnode.client.daemon import ClientResult
-from mpsnode.consensus.stf.round import SlashReason
+from mpsnode.consensus.limits import MIN_SCORED_UPDATES
+from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.demo.options import DemoOptions
 from mpsnode.demo.processes import mpsnode_command
 from verifier.replay.audit import Audit
@@ -60,13 +61,13 @@ def round_line(progress: Progress, ev: Any, slashes: list[Any], height: int, f: 
     took = time.monotonic() - progress.started_at
     if ev.void:
         return (
-            f"  round {ev.round:>3}  void: {len(ev.participants)} updates, fewer than 2f+3 = {2 * f + 3} "
+            f"  round {ev.round:>3}  void: {len(ev.participants)} updates, fewer than {MIN_SCORED_UPDATES} "
             f"(block {height}, {took:5.1f} s)"
         )
     flagged = ", ".join(_name(progress, a) for a in ev.flagged) or "-"
     slashed = (
         ", ".join(
-            f"{_name(progress, s.address)} -{s.amount} ({SlashReason.describe(s.reason)})" for s in slashes
+            f"{_name(progress, s.address)} -{s.amount} ({RemovalReason.describe(s.reason)})" for s in slashes
         )
         or "-"
     )

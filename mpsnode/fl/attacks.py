@@ -29,6 +29,24 @@ The attacks:
 * ``ipm`` (inner-product manipulation, Xie et al. 2019): ``-epsilon * mean(honest)``; the benchmark
   runs ``epsilon = 0.1`` (``ipm_0.1``, hides among honest updates) and ``2`` (``ipm_2``).
 
+Adaptive attacks that know the aggregation rule and see the honest updates (full knowledge):
+
+* ``fang_krum`` (Fang, Cao, Jia, Gong, USENIX Security 2020, "Local Model Poisoning Attacks to
+  Byzantine-Robust FL", the attack on Krum): every colluder sends ``-lambda * s``, ``s`` the sign of
+  the honest mean change (the direction the model would move without attack), with the largest
+  ``lambda`` (halving from the paper's upper bound) for which Krum with the task's ``f`` picks a
+  crafted update over every honest one.
+* ``fang_krum_aware``: the same, but the colluders also know the chain's flagging rules
+  (``mpsnode.consensus.robust`` with the genesis parameters): they keep halving ``lambda`` until the
+  chain would flag none of them, and send their honest updates in rounds where no ``lambda`` above
+  a floor passes.
+* ``minmax_std``, ``minmax_uv``, ``minsum_std``, ``minsum_uv`` (Shejwalkar and Houmansadr, NDSS 2021,
+  "Manipulating the Byzantine", the AGR-agnostic attacks): ``mean(honest) + gamma * p`` with ``p``
+  minus the honest per-parameter standard deviation (``std``) or minus the unit vector of the honest
+  mean (``uv``), ``gamma`` the largest (binary search) for which the crafted update's largest
+  distance to an honest one stays within the largest honest pairwise distance (min-max), or its sum
+  of squared distances within the largest honest one's (min-sum).
+
 The chain refuses an exact duplicate of an update already submitted in the round, so attacks whose
 colluders would send one identical vector (``alie``, ``ipm``, ``free_rider_*``) make each copy
 distinct: the attacker with index ``i`` adds one unit (``2^-s``) at parameter ``i mod d``. This is
@@ -43,7 +61,10 @@ from statistics import NormalDist
 
 import numpy as np
 
+from mpsnode.consensus import krum, robust
 from mpsnode.consensus.model import param_count
+from mpsnode.consensus.robust import RoundRules, round_rules
+from mpsnode.consensus.tx import DEFAULT_AGGREGATOR
 from mpsnode.fl.data import Dataset
 from mpsnode.fl.learner import quantize_update
 from mpsnode.fl.rounds import RoundView
@@ -58,9 +79,16 @@ ATTACKS = (
     "alie",
     "ipm_0.1",
     "ipm_2",
+    "fang_krum",
+    "fang_krum_aware",
+    "minmax_std",
+    "minmax_uv",
+    "minsum_std",
+    "minsum_uv",
 )
+ADAPTIVE = frozenset({"fang_krum", "fang_krum_aware", "minmax_std", "minmax_uv", "minsum_std", "minsum_uv"})
 # Attacks whose colluders would all send one identical vector (or copy someone): made distinct.
-IDENTICAL = frozenset({"free_rider_zeros", "free_rider_copy", "alie", "ipm_0.1", "ipm_2"})
+IDENTICAL = frozenset({"free_rider_zeros", "free_rider_copy", "alie", "ipm_0.1", "ipm_2"} | ADAPTIVE)
 DEFAULT_GAUSSIAN_STD = 1.0  # parameter units: 10x the largest honest per-parameter RMS seen on digits (0.1)
 
 
@@ -68,6 +96,17 @@ DEFAULT_GAUSSIAN_STD = 1.0  # parameter units: 10x the largest honest per-parame
 class AttackOptions:
     gaussian_std: float = DEFAULT_GAUSSIAN_STD
     boost: float | None = None  # scaled: None means the number of clients
+
+
+@dataclass(frozen=True, slots=True)
+class Knowledge:
+    """What the adaptive attacks know of the chain: the round's tolerance ``f``, the task's scale and
+    aggregator, and the genesis flagging rules (``fang_krum_aware`` simulates the chain with them)."""
+
+    f: int
+    scale_bits: int
+    rules: RoundRules | None = None
+    aggregator: int = DEFAULT_AGGREGATOR
 
 
 def validate_attack(name: str) -> str:
@@ -112,6 +151,7 @@ def craft(
     n_clients: int,
     rng: np.random.Generator,
     options: AttackOptions | None = None,
+    knowledge: Knowledge | None = None,
 ) -> np.ndarray:
     """The float changes (``a x d``) the ``a`` colluding attackers send instead of ``own``."""
     validate_attack(name)
@@ -140,8 +180,109 @@ def craft(
     if name == "alie":
         z = alie_z(n_clients, a)
         return np.repeat((own.mean(axis=0) - z * own.std(axis=0))[None, :], a, axis=0)
+    if name in ADAPTIVE:
+        if knowledge is None:
+            knowledge = Knowledge(f=max(1, a), scale_bits=16)
+        if name.startswith("fang"):
+            return fang_krum(own, seen, knowledge, aware=name == "fang_krum_aware")
+        rule, _, direction = name.partition("_")
+        return np.repeat(min_max_sum(seen, rule, direction)[None, :], a, axis=0)
     epsilon = 0.1 if name == "ipm_0.1" else 2.0
     return np.repeat((-epsilon * seen.mean(axis=0))[None, :], a, axis=0)
+
+
+def _krum_picks_crafted(honest: np.ndarray, crafted: np.ndarray, f: int) -> bool:
+    """Whether Krum (the single best score) over ``honest`` and ``a`` copies of ``crafted`` picks a
+    crafted one, with the colluders' copies as close as the chain allows (distance ~0)."""
+    h = honest.shape[0]
+    a = crafted.shape[0]
+    k = h + a
+    m = k - f - 2
+    if m < 1:
+        return False
+    X = np.vstack([honest, crafted])
+    sq = np.einsum("ij,ij->i", X, X)
+    D = np.maximum(sq[:, None] + sq[None, :] - 2 * X @ X.T, 0.0)
+    np.fill_diagonal(D, np.inf)
+    scores = np.sort(D, axis=1)[:, :m].sum(axis=1)
+    return bool(np.argmin(scores) >= h)
+
+
+def _chain_flags_none(honest: np.ndarray, crafted: np.ndarray, knowledge: Knowledge) -> bool:
+    """Whether the chain's round rule, run on the quantized round, would flag none of the crafted."""
+    if knowledge.rules is None:
+        return True
+    rows = [quantize_update(x, knowledge.scale_bits)[0] for x in np.vstack([honest, crafted])]
+    Q = make_distinct(np.stack(rows))
+    k = Q.shape[0]
+    f = min(knowledge.f, (k - 3) // 2)
+    if f < 0 or k < 3:
+        return True
+    addresses = [i.to_bytes(32, "big") for i in range(k)]
+    decision = robust.decide_round(krum.gram_matrix(Q), f, addresses, knowledge.rules, knowledge.aggregator)
+    return not any(i >= honest.shape[0] for i in decision.flagged)
+
+
+FANG_HALVINGS = 20  # lambda tried: the upper bound, then halved up to this many times
+
+
+def fang_krum(own: np.ndarray, honest: np.ndarray, knowledge: Knowledge, *, aware: bool) -> np.ndarray:
+    """Fang et al.'s full-knowledge attack on Krum, in update space (module docstring)."""
+    a, d = own.shape
+    mean = honest.mean(axis=0)
+    s = np.sign(mean)
+    h = honest.shape[0]
+    c = a
+    # The paper's upper bound on lambda, with updates in place of models (the reference model is the
+    # current global one, so D(w_i, w_Re) = |delta_i|).
+    sq = np.einsum("ij,ij->i", honest, honest)
+    Dh = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * honest @ honest.T, 0.0))
+    nearest = np.sort(Dh + np.diag(np.full(h, np.inf)), axis=1)[:, : max(1, h - 2)].sum(axis=1)
+    lam = float(nearest.min() / (max(1, h - c - 1) * math.sqrt(d)))
+    lam += float(np.sqrt(sq).max() / math.sqrt(d))
+    floor = lam / 2**FANG_HALVINGS
+    while lam > floor:
+        crafted = np.repeat((-lam * s)[None, :], a, axis=0)
+        if _krum_picks_crafted(honest, crafted, knowledge.f) and (
+            not aware or _chain_flags_none(honest, crafted, knowledge)
+        ):
+            return crafted
+        lam /= 2
+    # Nothing passes: the plain attack sends its smallest try; the aware one hides this round.
+    return own.copy() if aware else np.repeat((-floor * s)[None, :], a, axis=0)
+
+
+MIN_MAX_STEPS = 30
+
+
+def min_max_sum(honest: np.ndarray, rule: str, direction: str) -> np.ndarray:
+    """Shejwalkar and Houmansadr's min-max (``rule = "minmax"``) or min-sum update with the ``std``
+    or ``uv`` perturbation (module docstring)."""
+    mean = honest.mean(axis=0)
+    if direction == "std":
+        p = -honest.std(axis=0)
+    else:
+        norm = float(np.linalg.norm(mean))
+        p = -mean / norm if norm else np.zeros_like(mean)
+    sq = np.einsum("ij,ij->i", honest, honest)
+    D2 = np.maximum(sq[:, None] + sq[None, :] - 2 * honest @ honest.T, 0.0)
+    bound = D2.max() if rule == "minmax" else D2.sum(axis=1).max()
+
+    def ok(gamma: float) -> bool:
+        diff = honest - (mean + gamma * p)[None, :]
+        dist2 = np.einsum("ij,ij->i", diff, diff)
+        return bool((dist2.max() if rule == "minmax" else dist2.sum()) <= bound)
+
+    lo, hi = 0.0, 1.0
+    pn = float(np.linalg.norm(p))
+    if pn == 0:
+        return mean
+    while ok(hi) and hi < 1e6:
+        hi *= 2
+    for _ in range(MIN_MAX_STEPS):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+    return mean + lo * p
 
 
 def make_distinct(deltas: np.ndarray, first_index: int = 0) -> np.ndarray:
@@ -164,12 +305,13 @@ def craft_deltas(
     rng: np.random.Generator,
     options: AttackOptions | None = None,
     first_index: int = 0,
+    knowledge: Knowledge | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """The int16 deltas (``a x d``) the attackers submit, and how many entries of each were clipped.
 
     ``first_index`` is the first attacker's index among all attackers (see ``make_distinct``).
     """
-    changes = craft(name, own, honest, n_clients=n_clients, rng=rng, options=options)
+    changes = craft(name, own, honest, n_clients=n_clients, rng=rng, options=options, knowledge=knowledge)
     rows, clipped = [], []
     for change in changes:
         q, c = quantize_update(change, scale_bits)
@@ -182,7 +324,9 @@ def craft_deltas(
 
 
 ATTACK_RNG_SALT = 0x5EED_A77AC  # attack randomness is seeded apart from the training order
-OBSERVING = frozenset({"free_rider_copy", "alie", "ipm_0.1", "ipm_2"})  # these wait to see others' updates
+OBSERVING = frozenset(
+    {"free_rider_copy", "alie", "ipm_0.1", "ipm_2"} | ADAPTIVE
+)  # these wait to see others' updates
 
 
 class Attacker:
@@ -220,6 +364,11 @@ class Attacker:
             change = seen.mean(axis=0) - z * seen.std(axis=0)
             q, clipped = quantize_update(change, task.scale_bits)
             return make_distinct(q[None, :], first_index)[0], loss, clipped
+        knowledge = None
+        if self.name in ADAPTIVE:
+            rules = None if view.params is None else round_rules(view.params)
+            f = robust.tolerated_f(task.byzantine_f, task.removed, len(task.participants))
+            knowledge = Knowledge(f, task.scale_bits, rules, task.aggregator)
         deltas, clipped_per_row = craft_deltas(
             self.name,
             own,
@@ -228,5 +377,6 @@ class Attacker:
             scale_bits=task.scale_bits,
             rng=self.rng,
             first_index=first_index,
+            knowledge=knowledge,
         )
         return deltas[0], loss, clipped_per_row[0]

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import Task
 from mpsnode.fl.data import Dataset
 from mpsnode.fl.learner import LocalUpdate
@@ -29,6 +30,7 @@ class RoundView:
     address: bytes
     train: Callable[[], Awaitable[LocalUpdate]]
     observe: Callable[[], Awaitable[tuple[bool, np.ndarray | None]]]
+    params: Params | None = None  # the chain's genesis parameters (adaptive attacks read the rules)
 
 
 class Attacker(Protocol):

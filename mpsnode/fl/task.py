@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mpsnode.consensus import model
-from mpsnode.consensus.tx import CreateTask, validate_create_task
+from mpsnode.consensus.tx import DEFAULT_AGGREGATOR, CreateTask, validate_create_task
 from mpsnode.fl import mlp, quantize
 from mpsnode.fl.data import Dataset, quantize_validation
 
@@ -42,6 +42,7 @@ def create_task_body(
     local_epochs: int = 2,
     seed: int = 0,
     init_weights: np.ndarray | None = None,
+    aggregator: int = DEFAULT_AGGREGATOR,
 ) -> CreateTask:
     """The CREATE_TASK body for training ``arch`` judged on ``validation``.
 
@@ -72,6 +73,7 @@ def create_task_body(
         local_epochs,
         val_x,
         val_y,
+        aggregator,
     )
     validate_create_task(body)
     return body

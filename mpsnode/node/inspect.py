@@ -10,6 +10,7 @@ from mpsnode.consensus.hashing import H
 from mpsnode.consensus.receipt import decode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
 from mpsnode.consensus.state import State, Task, account_key, task_key
+from mpsnode.consensus.tx import Aggregator
 from mpsnode.node.files import load_key
 from mpsnode.node.home import Home
 from mpsnode.node.store import LmdbStore
@@ -31,7 +32,10 @@ def task_fields(task: Task) -> dict[str, Any]:
         "min_clients": task.min_clients,
         "max_clients": task.max_clients,
         "byzantine_f": task.byzantine_f,
+        "aggregator": Aggregator.describe(task.aggregator),
+        "removed": task.removed,
         "participants": [a.hex() for a in task.participants],
+        "missed": {a.hex(): n for a, n in task.missed},
         "submitted": [a.hex() for a in task.submitted],
         "escrow": task.escrow,
         "accuracy_bps": task.accuracy_bps,

@@ -186,6 +186,40 @@ def case_rounds(b: Builder) -> dict | None:
     return None
 
 
+def case_liveness(b: Builder) -> dict | None:
+    """One task (f=1, 5 clients, arch (4, 3)): round 1 client-4 sends a boosted update and is slashed
+    (the task has now removed one of its f: later rounds run with f = 0); client-3 stops submitting
+    from round 2 and is removed, without a slash, when round 4 closes (3 missed rounds in a row);
+    client-2 stops from round 5, so rounds 5.. have 2 updates (void), and when it is removed the task
+    has 2 participants, fewer than any round needs: it expires (reason 3) with a refund."""
+    rng = np.random.default_rng(77)
+    arch = (4, 3)
+    n = param_count(arch)
+    body = CreateTask(arch, 8, rng.integers(-500, 500, n).astype("<i4").tobytes(), 10_000, 12, 5, 5, 1, 1, 2,
+                      40, 1, rng.integers(-300, 300, 8 * arch[0]).astype("<i2").tobytes(),
+                      rng.integers(0, 3, 8).astype(np.uint8).tobytes())
+    b.block([b.tx("user", body)] + [b.tx(f"client-{i}", Stake(1500)) for i in range(5)])
+    b.block([b.tx(f"client-{i}", JoinTask(1)) for i in range(5)])
+    for round_ in range(1, 13):
+        task = b.chain.state().get_task(1)
+        if task.status.name != "ACTIVE":
+            break
+        who = [i for i in range(5) if b.c(i).address in task.participants]
+        who = [i for i in who if not (i == 3 and round_ >= 2) and not (i == 2 and round_ >= 5)]
+        txs = []
+        for i in who:
+            d = np.random.default_rng(1000 * round_ + i).integers(-40, 41, n)
+            if i == 4:
+                d = d * 300
+            txs.append(b.tx(f"client-{i}", SubmitUpdate(1, round_, np.clip(d, -32768, 32767).astype("<i2").tobytes())))
+        b.block(txs)
+        while b.chain.state().get_task(1).round == round_ and b.chain.state().get_task(1).status.name == "ACTIVE":
+            b.block()
+    if b.chain.state().get_task(1).status.name != "EXPIRED":
+        raise RuntimeError("liveness case: the task must expire with too few participants")
+    return None
+
+
 CASE_CLIENTS = {"rounds": 10}
 
 

@@ -28,7 +28,7 @@ from mpsnode.consensus.events import (
 )
 from mpsnode.consensus.receipt import Receipt
 from mpsnode.consensus.state import Task
-from mpsnode.consensus.stf.round import SlashReason
+from mpsnode.consensus.stf.round import RemovalReason
 
 EXPIRY_REASONS = {1: "not enough clients joined", 2: "max_rounds reached without the target"}
 
@@ -39,7 +39,7 @@ def short(address: bytes) -> str:
 
 def slash_reason(reason: int) -> str:
     """``Slashed.reason`` by name: ``krum_score`` or ``direction`` (docs/PROTOCOL.md, section 7)."""
-    return SlashReason.describe(reason)
+    return RemovalReason.describe(reason)
 
 
 @dataclass

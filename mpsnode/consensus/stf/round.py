@@ -1,10 +1,11 @@
 """End of a round: which rounds close in this block, and closing them.
 
 A round closes at the end of a block when every active participant has submitted, or when the
-block's height has reached the round's deadline. Closing a round with ``k >= 2f + 3`` updates:
-score them with Krum and the direction statistic, slash and remove the flagged, aggregate the Multi-Krum selection
-into the global model, evaluate it on the task's validation set, then complete the task (billing
-and rewards), expire it (refund) or open the next round.
+block's height has reached the round's deadline. Closing a round with at least 3 updates: decide it
+(``mpsnode.consensus.robust``: Krum and direction flags with the round's tolerance, then
+nearest-neighbour mixing and Multi-Krum), slash and remove the flagged, aggregate into the global
+model, evaluate it on the task's validation set, remove the participants silent too long, then
+complete the task (billing and rewards), expire it (refund) or open the next round.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from enum import IntEnum
 
 import numpy as np
 
-from mpsnode.consensus import krum, model
+from mpsnode.consensus import krum, model, robust
 from mpsnode.consensus.events import (
     Event,
     Jailed,
@@ -26,21 +27,29 @@ from mpsnode.consensus.events import (
     TaskCompleted,
     TaskExpired,
 )
+from mpsnode.consensus.limits import MIN_SCORED_UPDATES
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import State, Task, TaskStatus
 from mpsnode.consensus.stf.env import BlockEnv
-from mpsnode.consensus.stf.task import EXPIRED_MAX_ROUNDS, clear_pending_updates, finish_task, refund_escrow
+from mpsnode.consensus.stf.task import (
+    EXPIRED_MAX_ROUNDS,
+    EXPIRED_TOO_FEW_PARTICIPANTS,
+    clear_pending_updates,
+    finish_task,
+    refund_escrow,
+)
 
 
-class SlashReason(IntEnum):
-    """``Slashed.reason`` and ``ParticipantRemoved.reason``: the rule that flagged the update."""
+class RemovalReason(IntEnum):
+    """``ParticipantRemoved.reason`` (and ``Slashed.reason`` for the first two): why a participant left."""
 
-    KRUM_SCORE = 1  # Krum score above slash_score_ratio_pct (coherent round: ..._coherent_pct) of the median
-    DIRECTION = 2  # coherent round, update points against the sum of the others (slash_direction_bps)
+    KRUM_SCORE = 1  # slashed: Krum score above the ratio threshold of the median score
+    DIRECTION = 2  # slashed: coherent round, its median cosine with the others below -slash_direction_bps
+    SILENT = 3  # removed without a slash: missed max_missed_rounds rounds in a row
 
     @classmethod
     def describe(cls, code: int) -> str:
-        """The rule's name for people and JSON (``krum_score``, ``direction``), or the code itself."""
+        """The rule's name for people and JSON (``krum_score``, ``direction``, ``silent``), or the code."""
         try:
             return cls(code).name.lower()
         except ValueError:
@@ -83,36 +92,37 @@ def get_round_updates(state: State, task: Task) -> np.ndarray:
 
 
 def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
-    """Close ``task``'s open round (docs/PROTOCOL.md section 7): score, slash, aggregate, evaluate, then
-    complete, expire or open the next round; returns the events."""
-    k, f = len(task.submitted), task.byzantine_f
-    if k < 2 * f + 3:
-        # Too few updates for Krum to tell honest from Byzantine: no aggregation, no slash, no bill.
+    """Close ``task``'s open round (docs/PROTOCOL.md section 7): score, slash, aggregate, evaluate,
+    take attendance, then complete, expire or open the next round; returns the events."""
+    k = len(task.submitted)
+    if k < MIN_SCORED_UPDATES:
+        # No robust rule can tell honest from Byzantine: no aggregation, no slash, no bill.
         task = replace(task, rounds_closed=task.rounds_closed + 1)
         state.set_task(task)
         events: list[Event] = [
-            RoundClosed(task.task_id, task.round, task.submitted, (), (), (), task.accuracy_bps, 1)
+            RoundClosed(task.task_id, task.round, task.submitted, (), (), (), task.accuracy_bps, 1, 0)
         ]
-        return events + advance_round(state, env, task)
+        events += take_attendance(state, env.params, task)
+        return events + advance_round(state, env, state.get_task(task.task_id) or task)
 
+    f = robust.tolerated_f(task.byzantine_f, task.removed, k)
     Q = get_round_updates(state, task)
     params = env.params
-    rules = krum.RoundRules(
-        params.slash_direction_bps, params.coherence_gate_bps, params.slash_score_ratio_coherent_pct
+    decision = robust.decide_round(
+        krum.gram_matrix(Q), f, task.submitted, robust.round_rules(params), task.aggregator
     )
-    result = krum.multi_krum(Q, f, task.submitted, params.slash_score_ratio_pct, rules)
-    selected = tuple(task.submitted[i] for i in result.selected)
-    flagged = tuple(task.submitted[i] for i in result.flagged)
+    selected = tuple(task.submitted[i] for i in decision.selected)
+    flagged = tuple(task.submitted[i] for i in decision.flagged)
 
     events = []
-    by_direction = set(result.flagged_direction)
-    for i in result.flagged:
-        reason = int(SlashReason.DIRECTION if i in by_direction else SlashReason.KRUM_SCORE)
+    by_direction = set(decision.flagged_direction)
+    for i in decision.flagged:
+        reason = int(RemovalReason.DIRECTION if i in by_direction else RemovalReason.KRUM_SCORE)
         events += slash_participant(state, params, task, task.submitted[i], reason)
     task = state.get_task(task.task_id) or task  # participants changed if anyone was slashed
 
     weights = np.frombuffer(state.get_model(task.task_id), dtype="<i4")
-    new_weights = model.aggregate(weights, Q, rows=result.selected)
+    new_weights = model.aggregate(weights, Q, weights=decision.weights)
     state.set_model(task.task_id, new_weights.astype("<i4").tobytes())
     val_x, val_y = state.get_valset(task.task_id)
     accuracy = model.accuracy_bps(
@@ -134,40 +144,59 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
     )
     state.set_task(task)
     events.append(
-        RoundClosed(task.task_id, task.round, task.submitted, result.scores, selected, flagged, accuracy, 0)
+        RoundClosed(
+            task.task_id, task.round, task.submitted, decision.scores, selected, flagged, accuracy, 0, f
+        )
     )
+    events += take_attendance(state, params, task)
+    task = state.get_task(task.task_id) or task
     if accuracy >= task.target_accuracy_bps:
         return events + complete_task(state, env, task)
     return events + advance_round(state, env, task)
+
+
+def take_attendance(state: State, params: Params, task: Task) -> list[Event]:
+    """Count a missed round for every participant that did not submit, reset it for those that did,
+    and remove (without a slash) those that have now missed ``max_missed_rounds`` in a row."""
+    submitted = set(task.submitted)
+    before = dict(task.missed)
+    missed = {a: before.get(a, 0) + 1 for a in task.participants if a not in submitted}
+    silent = sorted(a for a, n in missed.items() if n >= params.max_missed_rounds)
+    events: list[Event] = []
+    for address in silent:
+        del missed[address]
+        events += remove_participant(state, task, address, int(RemovalReason.SILENT))
+    current = state.get_task(task.task_id) or task
+    state.set_task(replace(current, missed=tuple(sorted(missed.items()))))
+    return events
 
 
 def slash_participant(state: State, params: Params, task: Task, address: bytes, reason: int) -> list[Event]:
     """Burn ``slash_bps`` of the bonded stake, jail, and remove from the task (forfeiting its rewards)."""
     acct = state.get_account(address)
     amount = acct.bonded * params.slash_bps // 10_000
-    state.set_account(
-        address,
-        replace(
-            acct,
-            bonded=acct.bonded - amount,
-            jailed=True,
-            tasks=tuple(t for t in acct.tasks if t != task.task_id),
-        ),
-    )
+    state.set_account(address, replace(acct, bonded=acct.bonded - amount, jailed=True))
     state.increase_burned(amount)
+    events: list[Event] = [Slashed(task.task_id, address, amount, reason, task.round), Jailed(address)]
+    return events + remove_participant(state, task, address, reason)
+
+
+def remove_participant(state: State, task: Task, address: bytes, reason: int) -> list[Event]:
+    """Take ``address`` out of the task: no longer a participant, its reward weight forfeited, the task
+    no longer among its open tasks; it counts as one of the task's ``f`` from now on."""
+    acct = state.get_account(address)
+    state.set_account(address, replace(acct, tasks=tuple(t for t in acct.tasks if t != task.task_id)))
     current = state.get_task(task.task_id) or task
     state.set_task(
         replace(
             current,
             participants=tuple(a for a in current.participants if a != address),
             rewards_weight=tuple((a, n) for a, n in current.rewards_weight if a != address),
+            missed=tuple((a, n) for a, n in current.missed if a != address),
+            removed=current.removed + 1,
         )
     )
-    return [
-        Slashed(task.task_id, address, amount, reason, task.round),
-        Jailed(address),
-        ParticipantRemoved(task.task_id, address, reason),
-    ]
+    return [ParticipantRemoved(task.task_id, address, reason)]
 
 
 def complete_task(state: State, env: BlockEnv, task: Task) -> list[Event]:
@@ -194,10 +223,16 @@ def complete_task(state: State, env: BlockEnv, task: Task) -> list[Event]:
 
 
 def advance_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
-    """After a closed round that did not complete the task: expire it or open the next round."""
+    """After a closed round that did not complete the task: expire it (its last round, or too few
+    participants left for any robust rule) or open the next round."""
+    reason = 0
     if task.rounds_closed >= task.max_rounds:
+        reason = EXPIRED_MAX_ROUNDS
+    elif len(task.participants) < MIN_SCORED_UPDATES:
+        reason = EXPIRED_TOO_FEW_PARTICIPANTS
+    if reason:
         finish_task(state, task, TaskStatus.EXPIRED)
-        events: list[Event] = [TaskExpired(task.task_id, EXPIRED_MAX_ROUNDS, task.rounds_closed)]
+        events: list[Event] = [TaskExpired(task.task_id, reason, task.rounds_closed)]
         return events + refund_escrow(state, task)
     clear_pending_updates(state, task)
     deadline = env.height + task.round_blocks

@@ -33,6 +33,7 @@ from mpsnode.consensus.tx import CreateTask, JoinTask
 # TaskExpired.reason
 EXPIRED_NOT_ENOUGH_CLIENTS = 1
 EXPIRED_MAX_ROUNDS = 2
+EXPIRED_TOO_FEW_PARTICIPANTS = 3  # fewer than 3 participants left: no robust rule applies
 
 
 def process_create_task(state: State, env: BlockEnv, sender: bytes, body: CreateTask) -> list[Event]:
@@ -55,6 +56,7 @@ def process_create_task(state: State, env: BlockEnv, sender: bytes, body: Create
         min_clients=body.min_clients,
         max_clients=body.max_clients,
         byzantine_f=body.byzantine_f,
+        aggregator=body.aggregator,
         join_blocks=body.join_blocks,
         round_blocks=body.round_blocks,
         fee_per_round=body.fee_per_round,

@@ -1,0 +1,294 @@
+"""The robust round rule: who is flagged, what is aggregated, with which weights (docs/PROTOCOL.md 7).
+
+Every decision is an exact integer function of the Gram matrix ``G = Q Q^T`` of the round's ``k``
+updates (``mpsnode.consensus.krum``), the round's tolerance ``f``, and the submitters' addresses:
+
+1. **Raw Krum.** Scores ``s_i`` (sum of the ``k - f - 2`` smallest squared distances), the ranking by
+   ``(s_i, address)``, the lower median score; the *raw selection* is the first ``k - f`` of the ranking.
+2. **Directions.** The pairwise cosine in basis points ``c_ij = floor(10^4 G_ij / isqrt(G_ii G_jj))``
+   (clamped to +-10^4; 0 when either norm is 0) and per update the lower median over the others,
+   ``m_i``. A colluding minority cannot move ``m_i`` of an honest update past the honest updates' own
+   quantiles, and an update that points against most of the others has a negative ``m_i`` however its
+   colluders point. The round is *coherent* when the lower median of ``m_i`` over the raw selection
+   is at least ``gate_bps``.
+3. **Flags** (at most ``f``): among the last ``f`` of the ranking, ``100 s_i > R * median`` (``R`` the
+   coherent ratio in a coherent round); then, in a coherent round only, ``m_i < -threshold_bps``,
+   most negative first, filling the remaining slots.
+4. **Aggregation** over the ``k' = k - |flagged|`` others with ``f' = f - |flagged|`` (each flagged
+   update is one of the ``f`` the round tolerates). Nearest-neighbour mixing (Allouah et al., AISTATS
+   2023) replaces each remaining update by the sum of its ``n = k' - f'`` nearest remaining updates
+   (itself first, then by ``(distance, address)``); plain Multi-Krum is the same with ``n = 1``. The
+   mixed sums' Gram matrix ``A G A^T`` (``A`` the 0/1 neighbourhood matrix) gives their distances;
+   Multi-Krum over the mixed sums with ``f'`` selects ``k' - f'`` of them, and the aggregate is their
+   mean: raw update ``j`` enters with integer weight ``w_j`` = the number of selected neighbourhoods
+   that contain it, over the total ``(k' - f') n``.
+
+The mixed Gram entries can reach ``n^2 2^52 = 2^68``: ``A G`` is summed in int64 (``|.| <= 2^60``)
+and ``(A G) A^T`` in Python ints. Every function here has its reference twin in
+``decide_round_reference``, which forms the mixed vectors from the raw rows in Python ints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from math import isqrt
+
+import numpy as np
+
+from mpsnode.consensus import krum
+from mpsnode.consensus.limits import MAX_UPDATES
+from mpsnode.consensus.params import Params
+from mpsnode.consensus.tx import DEFAULT_AGGREGATOR, Aggregator
+
+COSINE_ONE = 10_000  # cosines are in basis points
+_LIMB_BITS = 30
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRules:
+    """The flagging parameters (genesis): see the module docstring, step 3."""
+
+    score_ratio_pct: int  # Krum's flag threshold outside coherent rounds, percent of the median score
+    coherent_score_ratio_pct: int  # ... in coherent rounds
+    gate_bps: int  # coherent when the lower median of m_i over the raw selection is >= gate_bps
+    threshold_bps: int  # direction: flag m_i < -threshold_bps (10000 switches the rule off)
+
+    def __post_init__(self) -> None:
+        for name in ("gate_bps", "threshold_bps"):
+            v = getattr(self, name)
+            if type(v) is not int or not 0 <= v <= COSINE_ONE:
+                raise ValueError(f"{name} must be an int in 0..10000, got {v!r}")
+        for name in ("score_ratio_pct", "coherent_score_ratio_pct"):
+            v = getattr(self, name)
+            if type(v) is not int or v < 0:
+                raise ValueError(f"{name} must be a non-negative int, got {v!r}")
+
+
+def round_rules(params: Params) -> RoundRules:
+    """The flagging rules of a chain's genesis parameters."""
+    return RoundRules(
+        params.slash_score_ratio_pct,
+        params.slash_score_ratio_coherent_pct,
+        params.coherence_gate_bps,
+        params.slash_direction_bps,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class RoundDecision:
+    """The outcome of one round; every index refers to a row of ``Q`` (submission order)."""
+
+    tolerated_f: int  # f of the round
+    scores: tuple[int, ...]  # raw Krum scores
+    ranking: tuple[int, ...]  # all rows by (score, address)
+    median: int  # lower median of the raw scores
+    cosines: tuple[int, ...]  # m_i, bps
+    coherent: bool
+    flagged: tuple[int, ...]  # Krum's flags (ranking order), then the direction flags
+    flagged_direction: tuple[int, ...]  # the part of ``flagged`` flagged by direction
+    selected: tuple[int, ...]  # rows whose mixed sum Multi-Krum selected, in its ranking order
+    weights: tuple[int, ...]  # per row, its integer weight in the aggregate (0 for flagged rows)
+
+    @property
+    def contributors(self) -> tuple[int, ...]:
+        """Rows with a positive weight in the aggregate, in row order."""
+        return tuple(i for i, w in enumerate(self.weights) if w)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks (pure Python ints over a k x k matrix; k <= 256)
+
+
+def _check_inputs(G: np.ndarray, f: int, addresses: Sequence[bytes]) -> int:
+    if not isinstance(G, np.ndarray) or G.ndim != 2 or G.shape[0] != G.shape[1] or G.dtype != np.int64:
+        raise ValueError("G must be a square int64 matrix")
+    k = G.shape[0]
+    if k > MAX_UPDATES:
+        raise ValueError(f"{k} updates exceeds the limit of {MAX_UPDATES}")
+    if G.size and int(np.abs(G).max()) > 1 << 52:
+        raise ValueError("Gram entries must lie within +-2^52")  # int16 rows of <= 2^22 entries
+    if type(f) is not int or f < 0 or k < 2 * f + 3:
+        raise ValueError(f"the round rule needs k >= 2f + 3 updates: k={k}, f={f!r}")
+    if len(addresses) != k or len({bytes(a) for a in addresses}) != k:
+        raise ValueError(f"need {k} distinct addresses, got {len(addresses)}")
+    return k
+
+
+def cosine_bps(dot: int, norm_a: int, norm_b: int) -> int:
+    """``floor(10^4 dot / isqrt(norm_a norm_b))`` clamped to +-10^4; 0 when either norm is 0."""
+    if norm_a == 0 or norm_b == 0:
+        return 0
+    root = isqrt(norm_a * norm_b)
+    return max(-COSINE_ONE, min(COSINE_ONE, COSINE_ONE * dot // root))
+
+
+def median_cosines(G: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """``m_i``: the lower median over ``j != i`` of ``cosine_bps(G_ij, G_ii, G_jj)``."""
+    k = len(G)
+    out = []
+    for i in range(k):
+        row = sorted(cosine_bps(G[i][j], G[i][i], G[j][j]) for j in range(k) if j != i)
+        out.append(row[(k - 2) // 2] if row else 0)
+    return tuple(out)
+
+
+Table = Sequence[Sequence[int]] | Mapping[int, Mapping[int, int]]  # indexed [i][j] by row
+
+
+def rank(
+    scores: Sequence[int] | Mapping[int, int], addresses: Sequence[bytes], rows: Sequence[int]
+) -> list[int]:
+    """``rows`` ascending by ``(score, address)``."""
+    return sorted(rows, key=lambda i: (scores[i], bytes(addresses[i])))
+
+
+def krum_scores_of(D: Table, rows: Sequence[int], f: int) -> dict[int, int]:
+    """Krum scores among ``rows`` only: each row's sum of its ``len(rows) - f - 2`` smallest distances."""
+    m = len(rows) - f - 2
+    return {i: sum(sorted(D[i][j] for j in rows if j != i)[:m]) for i in rows}
+
+
+def neighbourhoods(
+    D: Sequence[Sequence[int]], rows: Sequence[int], n: int, addresses: Sequence[bytes]
+) -> dict[int, tuple[int, ...]]:
+    """Each row's ``n`` nearest among ``rows``: itself, then by ``(distance, address)``."""
+    return {
+        i: (i, *sorted((j for j in rows if j != i), key=lambda j: (D[i][j], bytes(addresses[j])))[: n - 1])
+        for i in rows
+    }
+
+
+def mixed_gram(G: np.ndarray, hoods: dict[int, tuple[int, ...]]) -> dict[int, dict[int, int]]:
+    """``M_a . M_b`` for the mixed sums ``M_a = sum_{j in hood(a)} Q_j``, as ``A G A^T`` exactly.
+
+    ``A G`` sums at most 256 entries of magnitude <= 2^52 (<= 2^60: exact in int64). Its entries are
+    split as ``hi 2^30 + lo`` with ``0 <= lo < 2^30``, so both halves of ``(A G) A^T`` are sums of at
+    most 256 terms below 2^30 in magnitude (< 2^38), exact in int64, and are joined in Python ints.
+    """
+    order = sorted(hoods)
+    A = np.zeros((len(order), G.shape[0]), dtype=np.int64)
+    for r, a in enumerate(order):
+        A[r, list(hoods[a])] = 1
+    AG = A @ G
+    hi, lo = AG >> _LIMB_BITS, AG & ((1 << _LIMB_BITS) - 1)
+    H, L = (hi @ A.T).tolist(), (lo @ A.T).tolist()
+    return {
+        a: {b: (H[r][c] << _LIMB_BITS) + L[r][c] for c, b in enumerate(order)} for r, a in enumerate(order)
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The round
+
+
+def tolerated_f(byzantine_f: int, removed: int, k: int) -> int:
+    """The round's tolerance: the task's ``f`` less the participants already removed, at most what
+    ``k`` updates allow (``k >= 2f + 3``); needs ``k >= 3``."""
+    return max(0, min(byzantine_f - removed, (k - 3) // 2))
+
+
+def decide_round(
+    G: np.ndarray,
+    f: int,
+    addresses: Sequence[bytes],
+    rules: RoundRules,
+    aggregator: int = DEFAULT_AGGREGATOR,
+) -> RoundDecision:
+    """The round's decision from its Gram matrix (module docstring, steps 1 to 4)."""
+    k = _check_inputs(G, f, addresses)
+    aggregator = Aggregator(aggregator)
+    scores = krum.krum_scores(krum.distance_matrix_from_gram(G), f).tolist()
+    Gl = G.tolist()
+    D = [[Gl[i][i] + Gl[j][j] - 2 * Gl[i][j] for j in range(k)] for i in range(k)]
+    return _decide(scores, D, Gl, f, addresses, rules, aggregator, lambda hoods: mixed_gram(G, hoods))
+
+
+def _decide(
+    scores: Sequence[int],
+    D: Sequence[Sequence[int]],
+    G: Sequence[Sequence[int]],
+    f: int,
+    addresses: Sequence[bytes],
+    rules: RoundRules,
+    aggregator: Aggregator,
+    mix: Callable[[dict[int, tuple[int, ...]]], dict[int, dict[int, int]]],
+) -> RoundDecision:
+    k = len(scores)
+    ranking = rank(scores, addresses, range(k))
+    median = sorted(scores)[(k - 1) // 2]
+    cosines = median_cosines(G)
+    raw_selection = ranking[: k - f]
+    selected_cosines = sorted(cosines[i] for i in raw_selection)
+    coherent = selected_cosines[(len(selected_cosines) - 1) // 2] >= rules.gate_bps
+    ratio = rules.coherent_score_ratio_pct if coherent else rules.score_ratio_pct
+    krum_flags = [i for i in ranking[k - f :] if median > 0 and 100 * scores[i] > ratio * median]
+    direction_flags: list[int] = []
+    if coherent:
+        below = [i for i in range(k) if i not in krum_flags and cosines[i] < -rules.threshold_bps]
+        below.sort(key=lambda i: (cosines[i], bytes(addresses[i])))
+        direction_flags = below[: f - len(krum_flags)]
+    flagged = krum_flags + direction_flags
+
+    flagged_set = set(flagged)
+    rest = [i for i in range(k) if i not in flagged_set]
+    f_rest = f - len(flagged)
+    n = len(rest) - f_rest if aggregator == Aggregator.NNM_MULTI_KRUM else 1
+    hoods = neighbourhoods(D, rest, n, addresses)
+    if n == 1:
+        MG = {a: {b: G[a][b] for b in rest} for a in rest}
+    else:
+        MG = mix(hoods)
+    MD = {a: {b: MG[a][a] + MG[b][b] - 2 * MG[a][b] for b in rest} for a in rest}
+    mixed_scores = krum_scores_of(MD, rest, f_rest)
+    selected = rank(mixed_scores, addresses, rest)[: len(rest) - f_rest]
+    weights = [0] * k
+    for a in selected:
+        for j in hoods[a]:
+            weights[j] += 1
+    return RoundDecision(
+        tolerated_f=f,
+        scores=tuple(int(s) for s in scores),
+        ranking=tuple(ranking),
+        median=int(median),
+        cosines=cosines,
+        coherent=coherent,
+        flagged=tuple(flagged),
+        flagged_direction=tuple(direction_flags),
+        selected=tuple(selected),
+        weights=tuple(weights),
+    )
+
+
+def decide_round_reference(
+    Q: np.ndarray,
+    f: int,
+    addresses: Sequence[bytes],
+    rules: RoundRules,
+    aggregator: int = DEFAULT_AGGREGATOR,
+) -> RoundDecision:
+    """Reference twin of ``decide_round`` from the updates themselves, in Python ints: Gram entries
+    and distances by definition, and the mixed sums formed as vectors."""
+    rows = [[int(v) for v in row] for row in krum.validate_updates(Q)]
+    k = len(rows)
+    if type(f) is not int or f < 0 or k < 2 * f + 3:
+        raise ValueError(f"the round rule needs k >= 2f + 3 updates: k={k}, f={f!r}")
+    aggregator = Aggregator(aggregator)
+
+    def dot(a: Sequence[int], b: Sequence[int]) -> int:
+        return sum(x * y for x, y in zip(a, b, strict=True))
+
+    G = [[dot(rows[i], rows[j]) for j in range(k)] for i in range(k)]
+    D = [
+        [dot(d, d) for d in ([x - y for x, y in zip(rows[i], rows[j], strict=True)] for j in range(k))]
+        for i in range(k)
+    ]
+    scores = [sum(sorted(D[i][j] for j in range(k) if j != i)[: k - f - 2]) for i in range(k)]
+
+    def mix(hoods: dict[int, tuple[int, ...]]) -> dict[int, dict[int, int]]:
+        sums = {
+            a: [sum(col) for col in zip(*(rows[j] for j in hood), strict=True)] for a, hood in hoods.items()
+        }
+        return {a: {b: dot(sums[a], sums[b]) for b in hoods} for a in hoods}
+
+    return _decide(scores, D, G, f, addresses, rules, aggregator, mix)
