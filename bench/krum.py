@@ -1,7 +1,8 @@
 """Benchmark: exact Multi-Krum against the usual inexact float32 ``X @ X.T`` on the same data.
 
-Prints one JSON object per configuration. ``exact_s`` is ``multi_krum`` end to end (validation,
-Gram matrix, distances, scores, ranking, flags), best of 3 after a warm-up; ``float32_matmul_s`` is
+Prints one JSON object per configuration. ``exact_s`` is plain Multi-Krum end to end (validation,
+Gram matrix, then ``robust.decide_round`` with the Multi-Krum aggregator: distances, scores, ranking,
+flags), best of 3 after a warm-up; ``float32_matmul_s`` is
 ``X @ X.T`` of the same updates as float32 (the conversion is not timed). For comparison it also
 times the int64-only kernel and the float64-BLAS-over-column-blocks route that ``mpsnode.krum``
 decided against. Peak memory is measured in a separate untimed run, both with tracemalloc (numpy
@@ -28,7 +29,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpsnode.consensus import krum
+from mpsnode.consensus import krum, robust
+from mpsnode.consensus.tx import Aggregator
 
 MIB = 1 << 20
 WORK_BUDGET = 64 * MIB  # beyond the input and the k x k result
@@ -108,8 +110,10 @@ def run(k: int, d: int, reps: int, compare: bool) -> dict[str, Any]:
     f = (k - 3) // 4
     pct = 400
 
-    def exact() -> krum.KrumResult:
-        return krum.multi_krum(Q, f, addresses, pct)
+    rules = robust.RoundRules(pct, pct, 10_000, 10_000)
+
+    def exact() -> robust.RoundDecision:
+        return robust.decide_round(krum.gram_matrix(Q), f, addresses, rules, Aggregator.MULTI_KRUM)
 
     out: dict[str, Any] = {
         "bench": "krum",

@@ -166,6 +166,26 @@ def test_colluders_cannot_switch_the_gate_off() -> None:
     assert r.coherent and 19 in r.flagged_direction
 
 
+def test_exclusion_leaves_anti_aligned_updates_out_in_any_round_without_a_flag() -> None:
+    # No common direction among the honest (incoherent round), two colluders against their mean.
+    rng = np.random.default_rng(9)
+    d = 120
+    honest = []
+    for i in range(10):
+        v = np.zeros(d, dtype=np.int64)
+        v[12 * i : 12 * i + 12] = rng.integers(30, 60, 12)
+        v[:120] += rng.integers(0, 8, d)
+        honest.append(v)
+    mean = np.sum(honest, axis=0) // 10
+    Q = np.stack(honest + [-2 * mean + rng.integers(-2, 3, d), -2 * mean + rng.integers(-2, 3, d)])
+    Q = Q.astype(np.int16)
+    r = decide(Q, 3, rules=RoundRules(10**6, 10**6, 9_000, 1_000, 1_500))
+    assert not r.coherent and r.flagged == ()
+    assert set(r.excluded) == {10, 11} and r.weights[10] == r.weights[11] == 0
+    assert decide(Q, 3, rules=RoundRules(10**6, 10**6, 9_000, 1_000, 10_000)).excluded == ()
+    assert decide(Q, 1, rules=RoundRules(10**6, 10**6, 9_000, 1_000, 1_500)).excluded.__len__() == 1
+
+
 def test_direction_rule_only_in_coherent_rounds_and_at_most_f() -> None:
     rng = np.random.default_rng(5)
     Q = cluster(rng, 9, 40, spread=2)
@@ -226,12 +246,15 @@ def test_fast_equals_reference_and_invariants(data: st.DataObject) -> None:
         data.draw(st.sampled_from([100, 400, 3_000])),
         data.draw(st.sampled_from([0, 2_000, 10_000])),
         data.draw(st.sampled_from([0, 1_000, 10_000])),
+        data.draw(st.sampled_from([0, 1_500, 10_000])),
     )
     agg = data.draw(st.sampled_from(list(Aggregator)))
     r = decide(Q, f, addresses, rules, agg)
     assert len(r.flagged) <= f and len(set(r.flagged)) == len(r.flagged)
-    assert all(r.weights[i] == 0 for i in r.flagged)
-    kept = k - len(r.flagged)
+    assert all(r.weights[i] == 0 for i in r.flagged + r.excluded)
+    assert not set(r.excluded) & set(r.flagged) and len(r.excluded) <= f - len(r.flagged)
+    assert all(r.cosines[i] < -rules.exclude_bps for i in r.excluded)
+    kept = k - len(r.flagged) - len(r.excluded)
     f_rest = f - len(r.flagged)
     n = kept - f_rest if agg == Aggregator.NNM_MULTI_KRUM else 1
     assert len(r.selected) == kept - f_rest

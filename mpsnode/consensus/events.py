@@ -157,6 +157,7 @@ class RoundClosed(Event):
     accuracy_bps: int
     void: int  # 1 when fewer than 3 updates arrived
     tolerated_f: int  # the round's f (robust.tolerated_f); 0 in a void round
+    excluded: tuple[bytes, ...]  # left out of the aggregate by direction, not slashed
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ class Params:
     coherence_gate_bps: int = 2000  # coherent: median over the raw selection of m_i >= 0.20
     slash_score_ratio_coherent_pct: int = 3000  # Krum in coherent rounds: 30x (honest max seen: 7.9x)
     slash_direction_bps: int = 1000  # coherent rounds: flag m_i < -0.10 (honest min seen: +0.057)
+    exclude_direction_bps: int = 1500  # any round: leave m_i < -0.15 out of the aggregate, no slash
     max_missed_rounds: int = 3  # a participant silent this many rounds in a row is removed from the task
     protocol_fee_bps: int = 500
     max_tx_bytes: int = 16 * MIB
@@ -56,7 +57,13 @@ class Params:
             return problems
         if self.min_stake < 1:
             problems.append(("min_stake", "must be at least 1"))
-        for name in ("slash_bps", "protocol_fee_bps", "slash_direction_bps", "coherence_gate_bps"):
+        for name in (
+            "slash_bps",
+            "protocol_fee_bps",
+            "slash_direction_bps",
+            "coherence_gate_bps",
+            "exclude_direction_bps",
+        ):
             if getattr(self, name) > 10_000:
                 problems.append((name, "basis points must be <= 10000"))
         for name in ("slash_score_ratio_pct", "slash_score_ratio_coherent_pct"):

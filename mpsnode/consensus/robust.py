@@ -14,14 +14,17 @@ updates (``mpsnode.consensus.krum``), the round's tolerance ``f``, and the submi
 3. **Flags** (at most ``f``): among the last ``f`` of the ranking, ``100 s_i > R * median`` (``R`` the
    coherent ratio in a coherent round); then, in a coherent round only, ``m_i < -threshold_bps``,
    most negative first, filling the remaining slots.
-4. **Aggregation** over the ``k' = k - |flagged|`` others with ``f' = f - |flagged|`` (each flagged
-   update is one of the ``f`` the round tolerates). Nearest-neighbour mixing (Allouah et al., AISTATS
-   2023) replaces each remaining update by the sum of its ``n = k' - f'`` nearest remaining updates
-   (itself first, then by ``(distance, address)``); plain Multi-Krum is the same with ``n = 1``. The
-   mixed sums' Gram matrix ``A G A^T`` (``A`` the 0/1 neighbourhood matrix) gives their distances;
-   Multi-Krum over the mixed sums with ``f'`` selects ``k' - f'`` of them, and the aggregate is their
-   mean: raw update ``j`` enters with integer weight ``w_j`` = the number of selected neighbourhoods
-   that contain it, over the total ``(k' - f') n``.
+4. **Exclusion** (any round, no slash): among the others, ``m_i < -exclude_bps``, most negative
+   first, at most ``f - |flagged|`` and at most what leaves the rest scorable.
+5. **Aggregation** over the ``k'`` updates neither flagged nor excluded, with ``f' = f - |flagged|``
+   (each flagged update is one of the ``f`` the round tolerates; an excluded one is not presumed to
+   be). Nearest-neighbour mixing (Allouah et al., AISTATS 2023) replaces each remaining update by the
+   sum of its ``n = k' - f'`` nearest remaining updates (itself first, then by ``(distance,
+   address)``); plain Multi-Krum is the same with ``n = 1``. The mixed sums' Gram matrix ``A G A^T``
+   (``A`` the 0/1 neighbourhood matrix) gives their distances; Multi-Krum over the mixed sums with
+   ``f'`` selects ``k' - f'`` of them, and the aggregate is their mean: raw update ``j`` enters with
+   integer weight ``w_j`` = the number of selected neighbourhoods that contain it, over the total
+   ``(k' - f') n``.
 
 The mixed Gram entries can reach ``n^2 2^52 = 2^68``: ``A G`` is summed in int64 (``|.| <= 2^60``)
 and ``(A G) A^T`` in Python ints. Every function here has its reference twin in
@@ -53,9 +56,10 @@ class RoundRules:
     coherent_score_ratio_pct: int  # ... in coherent rounds
     gate_bps: int  # coherent when the lower median of m_i over the raw selection is >= gate_bps
     threshold_bps: int  # direction: flag m_i < -threshold_bps (10000 switches the rule off)
+    exclude_bps: int = COSINE_ONE  # any round: leave m_i < -exclude_bps out of the aggregate (no slash)
 
     def __post_init__(self) -> None:
-        for name in ("gate_bps", "threshold_bps"):
+        for name in ("gate_bps", "threshold_bps", "exclude_bps"):
             v = getattr(self, name)
             if type(v) is not int or not 0 <= v <= COSINE_ONE:
                 raise ValueError(f"{name} must be an int in 0..10000, got {v!r}")
@@ -72,6 +76,7 @@ def round_rules(params: Params) -> RoundRules:
         params.slash_score_ratio_coherent_pct,
         params.coherence_gate_bps,
         params.slash_direction_bps,
+        params.exclude_direction_bps,
     )
 
 
@@ -87,6 +92,7 @@ class RoundDecision:
     coherent: bool
     flagged: tuple[int, ...]  # Krum's flags (ranking order), then the direction flags
     flagged_direction: tuple[int, ...]  # the part of ``flagged`` flagged by direction
+    excluded: tuple[int, ...]  # left out of the aggregate by direction, not flagged (most negative first)
     selected: tuple[int, ...]  # rows whose mixed sum Multi-Krum selected, in its ranking order
     weights: tuple[int, ...]  # per row, its integer weight in the aggregate (0 for flagged rows)
 
@@ -195,7 +201,7 @@ def decide_round(
     rules: RoundRules,
     aggregator: int = DEFAULT_AGGREGATOR,
 ) -> RoundDecision:
-    """The round's decision from its Gram matrix (module docstring, steps 1 to 4)."""
+    """The round's decision from its Gram matrix (module docstring, steps 1 to 5)."""
     k = _check_inputs(G, f, addresses)
     aggregator = Aggregator(aggregator)
     scores = krum.krum_scores(krum.distance_matrix_from_gram(G), f).tolist()
@@ -231,8 +237,15 @@ def _decide(
     flagged = krum_flags + direction_flags
 
     flagged_set = set(flagged)
-    rest = [i for i in range(k) if i not in flagged_set]
     f_rest = f - len(flagged)
+    # Excluded: pointing against most of the others in any round. Not slashed (honest updates do it in
+    # strongly non-IID rounds); at most f_rest of them, and never so many that the rest cannot be
+    # scored with f_rest; f_rest stays as it is (an excluded update is not presumed Byzantine).
+    room = min(f_rest, k - len(flagged) - 2 * f_rest - 3)
+    against = [i for i in range(k) if i not in flagged_set and cosines[i] < -rules.exclude_bps]
+    against.sort(key=lambda i: (cosines[i], bytes(addresses[i])))
+    excluded = against[: max(0, room)]
+    rest = [i for i in range(k) if i not in flagged_set and i not in set(excluded)]
     n = len(rest) - f_rest if aggregator == Aggregator.NNM_MULTI_KRUM else 1
     hoods = neighbourhoods(D, rest, n, addresses)
     if n == 1:
@@ -255,6 +268,7 @@ def _decide(
         coherent=coherent,
         flagged=tuple(flagged),
         flagged_direction=tuple(direction_flags),
+        excluded=tuple(excluded),
         selected=tuple(selected),
         weights=tuple(weights),
     )

@@ -56,7 +56,7 @@ def _name(progress: Progress, address: bytes) -> str:
     return f"{name}*" if address in progress.attackers else name
 
 
-def round_line(progress: Progress, ev: Any, slashes: list[Any], height: int, f: int) -> str:
+def round_line(progress: Progress, ev: Any, slashes: list[Any], height: int) -> str:
 
     took = time.monotonic() - progress.started_at
     if ev.void:
@@ -65,6 +65,8 @@ def round_line(progress: Progress, ev: Any, slashes: list[Any], height: int, f: 
             f"(block {height}, {took:5.1f} s)"
         )
     flagged = ", ".join(_name(progress, a) for a in ev.flagged) or "-"
+    if ev.excluded:
+        flagged += "; left out " + ", ".join(_name(progress, a) for a in ev.excluded)
     slashed = (
         ", ".join(
             f"{_name(progress, s.address)} -{s.amount} ({RemovalReason.describe(s.reason)})" for s in slashes
@@ -72,8 +74,9 @@ def round_line(progress: Progress, ev: Any, slashes: list[Any], height: int, f: 
         or "-"
     )
     return (
-        f"  round {ev.round:>3}  accuracy {ev.accuracy_bps / 100:6.2f}%  selected {len(ev.selected):>2}/"
-        f"{len(ev.participants):<2}  flagged {flagged:<24}  slashed {slashed}   (block {height}, {took:5.1f} s)"
+        f"  round {ev.round:>3}  accuracy {ev.accuracy_bps / 100:6.2f}%  f {ev.tolerated_f}  selected "
+        f"{len(ev.selected):>2}/{len(ev.participants):<2}  flagged {flagged:<24}  slashed {slashed}"
+        f"   (block {height}, {took:5.1f} s)"
     )
 
 

@@ -102,11 +102,7 @@ async def follow_task(node: Client, progress: Progress, f: int, out: Any) -> Non
                     progress.rounds = ev.round
                     if not ev.void:
                         progress.accuracy_bps = ev.accuracy_bps
-                    out(
-                        round_line(
-                            progress, ev, [s for s in slashes if s.round == ev.round], header.height, f
-                        )
-                    )
+                    out(round_line(progress, ev, [s for s in slashes if s.round == ev.round], header.height))
                 elif isinstance(ev, TaskCompleted):
                     progress.status = "completed"
                     out(

@@ -209,7 +209,8 @@ def _krum_picks_crafted(honest: np.ndarray, crafted: np.ndarray, f: int) -> bool
 
 
 def _chain_flags_none(honest: np.ndarray, crafted: np.ndarray, knowledge: Knowledge) -> bool:
-    """Whether the chain's round rule, run on the quantized round, would flag none of the crafted."""
+    """Whether the chain's round rule, run on the quantized round, would neither flag nor exclude any
+    of the crafted updates (they must be aggregated to do harm, and unflagged to stay)."""
     if knowledge.rules is None:
         return True
     rows = [quantize_update(x, knowledge.scale_bits)[0] for x in np.vstack([honest, crafted])]
@@ -220,7 +221,7 @@ def _chain_flags_none(honest: np.ndarray, crafted: np.ndarray, knowledge: Knowle
         return True
     addresses = [i.to_bytes(32, "big") for i in range(k)]
     decision = robust.decide_round(krum.gram_matrix(Q), f, addresses, knowledge.rules, knowledge.aggregator)
-    return not any(i >= honest.shape[0] for i in decision.flagged)
+    return not any(i >= honest.shape[0] for i in decision.flagged + decision.excluded)
 
 
 FANG_HALVINGS = 20  # lambda tried: the upper bound, then halved up to this many times

@@ -53,6 +53,8 @@ class RoundAudit:
     accuracy_bps: int
     void: bool
     slashed: list[tuple[bytes, int, int]] = field(default_factory=list)  # (address, amount burned, reason)
+    tolerated_f: int = 0
+    excluded: tuple[bytes, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -64,6 +66,8 @@ class RoundAudit:
             "scores": list(self.scores),
             "selected": [a.hex() for a in self.selected],
             "flagged": [a.hex() for a in self.flagged],
+            "tolerated_f": self.tolerated_f,
+            "excluded": [a.hex() for a in self.excluded],
             "slashed": [
                 {"address": a.hex(), "amount": n, "reason": slash_reason(why)} for a, n, why in self.slashed
             ],
@@ -182,6 +186,8 @@ class Audit:
                     event.accuracy_bps,
                     bool(event.void),
                     self._slashes.pop((event.task_id, event.round), []),
+                    event.tolerated_f,
+                    event.excluded,
                 )
             )
             if not event.void:
@@ -241,15 +247,16 @@ def _task_text(t: TaskAudit) -> list[str]:
         f"  participants ({len(t.joined)}): {' '.join(short(a) for a in t.joined)}",
     ]
     if t.rounds:
-        lines.append("  round  height  updates  void  accuracy  selected  flagged  slashed")
+        lines.append("  round  height  updates  f  void  accuracy  selected  flagged  slashed")
     for r in t.rounds:
         slashed = " ".join(f"{short(a)}(-{n}, {slash_reason(why)})" for a, n, why in r.slashed) or "-"
         flagged = " ".join(short(a) for a in r.flagged) or "-"
         acc = "-" if r.void else f"{r.accuracy_bps / 100:.2f}%"
         void = "yes" if r.void else "no"
         lines.append(
-            f"  {r.round:>5}  {r.height:>6}  {len(r.participants):>7}  {void:>4}"
+            f"  {r.round:>5}  {r.height:>6}  {len(r.participants):>7}  {r.tolerated_f}  {void:>4}"
             f"  {acc:>8}  {len(r.selected):>8}  {flagged}  {slashed}"
+            + (f"  excluded {' '.join(short(a) for a in r.excluded)}" if r.excluded else "")
         )
         if r.scores:
             chosen = set(r.selected)

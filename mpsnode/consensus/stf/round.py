@@ -100,7 +100,7 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
         task = replace(task, rounds_closed=task.rounds_closed + 1)
         state.set_task(task)
         events: list[Event] = [
-            RoundClosed(task.task_id, task.round, task.submitted, (), (), (), task.accuracy_bps, 1, 0)
+            RoundClosed(task.task_id, task.round, task.submitted, (), (), (), task.accuracy_bps, 1, 0, ())
         ]
         events += take_attendance(state, env.params, task)
         return events + advance_round(state, env, state.get_task(task.task_id) or task)
@@ -145,7 +145,16 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
     state.set_task(task)
     events.append(
         RoundClosed(
-            task.task_id, task.round, task.submitted, decision.scores, selected, flagged, accuracy, 0, f
+            task.task_id,
+            task.round,
+            task.submitted,
+            decision.scores,
+            selected,
+            flagged,
+            accuracy,
+            0,
+            f,
+            tuple(task.submitted[i] for i in decision.excluded),
         )
     )
     events += take_attendance(state, params, task)
