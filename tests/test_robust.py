@@ -17,18 +17,22 @@ from mpsnode.consensus.robust import RoundRules
 from mpsnode.consensus.tx import Aggregator
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-OFF = RoundRules(score_ratio_pct=10**9, coherent_score_ratio_pct=10**9, gate_bps=10_000, threshold_bps=10_000)
+OFF = RoundRules(
+    exclude_ratio_pct=10**9, coherent_score_ratio_pct=10**9, gate_bps=10_000, threshold_bps=10_000
+)
 
 
 def addrs(k: int) -> list[bytes]:
     return [i.to_bytes(32, "big") for i in range(k)]
 
 
-def decide(Q: np.ndarray, f: int, addresses=None, rules: RoundRules = OFF, agg=Aggregator.NNM_MULTI_KRUM):
+def decide(
+    Q: np.ndarray, f: int, addresses=None, rules: RoundRules = OFF, agg=Aggregator.NNM_MULTI_KRUM, keep=None
+):
     """Both paths; they must agree."""
     addresses = addrs(len(Q)) if addresses is None else addresses
-    fast = robust.decide_round(krum.gram_matrix(Q), f, addresses, rules, agg)
-    assert fast == robust.decide_round_reference(Q, f, addresses, rules, agg)
+    fast = robust.decide_round(krum.gram_matrix(Q), f, addresses, rules, agg, keep)
+    assert fast == robust.decide_round_reference(Q, f, addresses, rules, agg, keep)
     return fast
 
 
@@ -74,6 +78,22 @@ def test_mixed_gram_exact_beyond_int64() -> None:
     assert max(abs(out[a][b]) for a in out for b in out[a]) > 1 << 63
 
 
+def test_flags_keep_the_task_f_while_aggregation_uses_what_is_left() -> None:
+    # Three far outliers, f = 3, but the task already removed three participants (keep_f = 0): the
+    # outliers are still flagged, and the rest is averaged whole.
+    rng = np.random.default_rng(11)
+    Q = cluster(rng, 12, 30, spread=2)
+    Q[[1, 4, 7]] *= 60
+    Q = np.clip(Q, -32768, 32767).astype(np.int16)
+    rules = RoundRules(400, 400, 0, 10_000)
+    r = decide(Q, 3, rules=rules, keep=0)
+    assert set(r.flagged) == {1, 4, 7} and r.f == 3 and r.tolerated_f == 0
+    assert r.weights == tuple(0 if i in (1, 4, 7) else 9 for i in range(12))
+    assert robust.flag_f(3, 12) == 3 and robust.flag_f(6, 12) == 4
+    with pytest.raises(ValueError, match="keep_f"):
+        decide(Q, 2, keep=3)
+
+
 def test_tolerated_f() -> None:
     assert robust.tolerated_f(5, 0, 20) == 5
     assert robust.tolerated_f(5, 2, 20) == 3  # two already removed: they were two of the five
@@ -89,23 +109,27 @@ def test_tolerated_f() -> None:
 def test_hand_computed_round() -> None:
     Q = np.array([[0, 0], [1, 0], [0, 1], [1, 1], [10, 10]], dtype=np.int16)
     addresses = [bytes([5]) * 32, bytes([4]) * 32, bytes([3]) * 32, bytes([2]) * 32, bytes([1]) * 32]
-    rules = RoundRules(400, 400, 10_000, 10_000)
+    rules = RoundRules(400, 400, 0, 10_000)  # gate 0: coherent, so Krum's outlier is slashed
     r = decide(Q, 1, addresses, rules, Aggregator.MULTI_KRUM)
-    assert r.scores == (2, 2, 2, 2, 343) and r.median == 2
+    assert r.coherent and r.scores == (2, 2, 2, 2, 343) and r.median == 2
     assert r.ranking == (3, 2, 1, 0, 4)  # ties broken by address: the order reverses
     assert r.flagged == (4,) and r.flagged_direction == ()
     # The flagged update is one of the f: the other four are all kept (f' = 0), each once.
     assert r.selected == (3, 2, 1, 0) and r.weights == (1, 1, 1, 1, 0)
     # 100 * 343 = 34300 against 17150 * 2: not strictly greater, so not flagged.
-    assert decide(Q, 1, addresses, RoundRules(17150, 17150, 10_000, 10_000)).flagged == ()
-    assert decide(Q, 1, addresses, RoundRules(17149, 17149, 10_000, 10_000)).flagged == (4,)
+    assert decide(Q, 1, addresses, RoundRules(17150, 17150, 0, 10_000)).flagged == ()
+    assert decide(Q, 1, addresses, RoundRules(17149, 17149, 0, 10_000)).flagged == (4,)
+    # In an incoherent round the same outlier is only left out of the aggregate, never slashed.
+    r = decide(Q, 1, addresses, RoundRules(400, 400, 10_000, 10_000), Aggregator.MULTI_KRUM)
+    # With k = 2f + 3 there is no room to exclude it; Multi-Krum leaves it out.
+    assert not r.coherent and r.flagged == () and r.excluded == () and r.weights == (1, 1, 1, 1, 0)
 
 
 def test_only_the_f_worst_can_be_flagged_and_median_zero_flags_nobody() -> None:
     rng = np.random.default_rng(1)
     Q = cluster(rng, 7, 30, spread=2)
     Q[[0, 2, 5]] *= 50  # three far outliers, f = 2
-    r = decide(np.clip(Q, -32768, 32767).astype(np.int16), 2, rules=RoundRules(400, 400, 10_000, 10_000))
+    r = decide(np.clip(Q, -32768, 32767).astype(np.int16), 2, rules=RoundRules(400, 400, 0, 10_000))
     assert len(r.flagged) == 2 and set(r.flagged) <= {0, 2, 5}
     assert r.flagged == r.ranking[-2:]
     zeros = np.zeros((5, 4), dtype=np.int16)
@@ -241,6 +265,7 @@ def test_fast_equals_reference_and_invariants(data: st.DataObject) -> None:
         dtype=np.int16,
     ).reshape(k, d)
     addresses = data.draw(st.lists(st.binary(min_size=32, max_size=32), min_size=k, max_size=k, unique=True))
+    keep = data.draw(st.integers(0, f))
     rules = RoundRules(
         data.draw(st.sampled_from([100, 400, 12_000])),
         data.draw(st.sampled_from([100, 400, 3_000])),
@@ -249,13 +274,18 @@ def test_fast_equals_reference_and_invariants(data: st.DataObject) -> None:
         data.draw(st.sampled_from([0, 1_500, 10_000])),
     )
     agg = data.draw(st.sampled_from(list(Aggregator)))
-    r = decide(Q, f, addresses, rules, agg)
+    r = decide(Q, f, addresses, rules, agg, keep)
     assert len(r.flagged) <= f and len(set(r.flagged)) == len(r.flagged)
     assert all(r.weights[i] == 0 for i in r.flagged + r.excluded)
-    assert not set(r.excluded) & set(r.flagged) and len(r.excluded) <= f - len(r.flagged)
-    assert all(r.cosines[i] < -rules.exclude_bps for i in r.excluded)
+    f_rest = max(0, keep - len(r.flagged))
+    assert not set(r.excluded) & set(r.flagged) and len(r.excluded) <= f_rest
+    far = [
+        i for i in r.ranking[k - f :] if r.median and 100 * r.scores[i] > rules.exclude_ratio_pct * r.median
+    ]
+    assert all(i in far or r.cosines[i] < -rules.exclude_bps for i in r.excluded)
+    if not r.coherent:
+        assert r.flagged == ()
     kept = k - len(r.flagged) - len(r.excluded)
-    f_rest = f - len(r.flagged)
     n = kept - f_rest if agg == Aggregator.NNM_MULTI_KRUM else 1
     assert len(r.selected) == kept - f_rest
     assert sum(r.weights) == len(r.selected) * n

@@ -65,9 +65,10 @@ def expected_close(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int])
     task = kit.chain.state().get_task(task_id)
     Q = np.stack([ds[i] for i in who]).astype(np.int16)
     addresses = [kit.clients[i].address for i in who]
-    f = robust.tolerated_f(task.byzantine_f, task.removed, len(who))
+    f = robust.flag_f(task.byzantine_f, len(who))
+    keep = robust.tolerated_f(task.byzantine_f, task.removed, len(who))
     result = robust.decide_round_reference(
-        Q, f, addresses, robust.round_rules(kit.genesis.params), task.aggregator
+        Q, f, addresses, robust.round_rules(kit.genesis.params), task.aggregator, keep
     )
     weights = np.frombuffer(kit.chain.state().get_model(task_id), dtype="<i4")
     new = model.aggregate_reference(weights, Q, result.weights)

@@ -159,10 +159,11 @@ def test_round_vectors_agree_with_the_reference_twins(case: str, scored: int) ->
             rows = updates[(event.task_id, event.round)]
             assert tuple(a for a, _ in rows) == event.participants
             Q = np.stack([np.frombuffer(d, dtype="<i2") for _, d in rows]).astype(np.int16)
-            f = robust.tolerated_f(task.byzantine_f, task.removed, len(rows))
-            assert f == event.tolerated_f
+            f = robust.flag_f(task.byzantine_f, len(rows))
+            keep = robust.tolerated_f(task.byzantine_f, task.removed, len(rows))
+            assert keep == event.tolerated_f
             decision = robust.decide_round_reference(
-                Q, f, [a for a, _ in rows], robust.round_rules(genesis.params), task.aggregator
+                Q, f, [a for a, _ in rows], robust.round_rules(genesis.params), task.aggregator, keep
             )
             scores = krum.krum_scores_reference(krum.distance_matrix_reference(Q), f)
             assert tuple(int(s) for s in scores) == event.scores == decision.scores

@@ -10,7 +10,8 @@ clients, as trio tasks in one process). For one key and one task it:
    sparse-Merkle proof against a sequencer-signed header (``Client.model``), trains
    ``local_epochs`` on its own data (``mpsnode.fl.LocalLearner``), quantizes the change to int16
    and submits ``SUBMIT_UPDATE`` once;
-4. stops when the task completes or expires, or when it is no longer a participant (slashed).
+4. stops when the task completes or expires, or when it is no longer a participant (slashed, or
+   removed after missing max_missed_rounds rounds in a row).
 
 No double submission, across reconnects and restarts. Before a signed update is sent it is written
 to a journal file (``state_dir``, fsynced), keyed by round. A round with a journal entry is never
@@ -116,7 +117,7 @@ class RoundRecord:
 class ClientResult:
     address: bytes
     task_id: int
-    status: str  # the task's final status, or "removed" when this client left it (slashed)
+    status: str  # the task's final status, or "removed" when this client left it (slashed or silent)
     rounds: dict[int, RoundRecord]
     reconnects: int
     accuracy_bps: int

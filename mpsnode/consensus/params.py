@@ -20,11 +20,11 @@ class Params:
     slash_bps: int = 5000
     # Flagging rules of round closing (docs/PROTOCOL.md, "Closing a round"), calibrated on
     # bench/robustness.py so that no honest client was ever flagged (margins in docs/FL.md).
-    slash_score_ratio_pct: int = 12000  # Krum: flag s_i > 120x the median score (honest max seen: 72x)
-    coherence_gate_bps: int = 2000  # coherent: median over the raw selection of m_i >= 0.20
-    slash_score_ratio_coherent_pct: int = 3000  # Krum in coherent rounds: 30x (honest max seen: 7.9x)
-    slash_direction_bps: int = 1000  # coherent rounds: flag m_i < -0.10 (honest min seen: +0.057)
-    exclude_direction_bps: int = 1500  # any round: leave m_i < -0.15 out of the aggregate, no slash
+    exclude_score_ratio_pct: int = 5000  # any round: leave out Krum scores above 50x the median, no slash
+    coherence_gate_bps: int = 3000  # coherent: median over the raw selection of m_i >= 0.30
+    slash_score_ratio_coherent_pct: int = 3000  # coherent rounds: slash Krum scores above 30x the median
+    slash_direction_bps: int = 1000  # coherent rounds: slash m_i < -0.10
+    exclude_direction_bps: int = 1000  # any round: leave m_i < -0.10 out of the aggregate, no slash
     max_missed_rounds: int = 3  # a participant silent this many rounds in a row is removed from the task
     protocol_fee_bps: int = 500
     max_tx_bytes: int = 16 * MIB
@@ -66,7 +66,7 @@ class Params:
         ):
             if getattr(self, name) > 10_000:
                 problems.append((name, "basis points must be <= 10000"))
-        for name in ("slash_score_ratio_pct", "slash_score_ratio_coherent_pct"):
+        for name in ("exclude_score_ratio_pct", "slash_score_ratio_coherent_pct"):
             if getattr(self, name) < 100:
                 problems.append((name, "must be >= 100 (a ratio to the median score)"))
         if self.max_tx_bytes < 1024:

@@ -1,7 +1,9 @@
 """The robust round rule: who is flagged, what is aggregated, with which weights (docs/PROTOCOL.md 7).
 
 Every decision is an exact integer function of the Gram matrix ``G = Q Q^T`` of the round's ``k``
-updates (``mpsnode.consensus.krum``), the round's tolerance ``f``, and the submitters' addresses:
+updates (``mpsnode.consensus.krum``), the round's ``f`` (scores and flags: the task's ``f`` capped
+by what ``k`` allows), its tolerance in aggregation ``keep_f <= f`` (``f`` less the participants
+the task already removed), and the submitters' addresses:
 
 1. **Raw Krum.** Scores ``s_i`` (sum of the ``k - f - 2`` smallest squared distances), the ranking by
    ``(s_i, address)``, the lower median score; the *raw selection* is the first ``k - f`` of the ranking.
@@ -11,12 +13,14 @@ updates (``mpsnode.consensus.krum``), the round's tolerance ``f``, and the submi
    quantiles, and an update that points against most of the others has a negative ``m_i`` however its
    colluders point. The round is *coherent* when the lower median of ``m_i`` over the raw selection
    is at least ``gate_bps``.
-3. **Flags** (at most ``f``): among the last ``f`` of the ranking, ``100 s_i > R * median`` (``R`` the
-   coherent ratio in a coherent round); then, in a coherent round only, ``m_i < -threshold_bps``,
-   most negative first, filling the remaining slots.
-4. **Exclusion** (any round, no slash): among the others, ``m_i < -exclude_bps``, most negative
-   first, at most ``f - |flagged|`` and at most what leaves the rest scorable.
-5. **Aggregation** over the ``k'`` updates neither flagged nor excluded, with ``f' = f - |flagged|``
+3. **Flags** (slashed; coherent rounds only, at most ``f``): among the last ``f`` of the ranking,
+   ``100 s_i > coherent_score_ratio_pct * median``; then ``m_i < -threshold_bps``, most negative first,
+   filling the remaining slots.
+4. **Exclusion** (any round, no slash): among the others, the last ``f`` of the ranking with
+   ``100 s_i > exclude_ratio_pct * median`` (worst first), then ``m_i < -exclude_bps`` (most negative
+   first), at most ``f'`` (below) and at most what leaves the rest scorable with ``f'``.
+5. **Aggregation** over the ``k'`` updates neither flagged nor excluded, with ``f' = max(0, keep_f -
+   |flagged|)``
    (each flagged update is one of the ``f`` the round tolerates; an excluded one is not presumed to
    be). Nearest-neighbour mixing (Allouah et al., AISTATS 2023) replaces each remaining update by the
    sum of its ``n = k' - f'`` nearest remaining updates (itself first, then by ``(distance,
@@ -52,8 +56,8 @@ _LIMB_BITS = 30
 class RoundRules:
     """The flagging parameters (genesis): see the module docstring, step 3."""
 
-    score_ratio_pct: int  # Krum's flag threshold outside coherent rounds, percent of the median score
-    coherent_score_ratio_pct: int  # ... in coherent rounds
+    exclude_ratio_pct: int  # any round: leave out a Krum score above this percent of the median
+    coherent_score_ratio_pct: int  # coherent rounds: slash a Krum score above this percent
     gate_bps: int  # coherent when the lower median of m_i over the raw selection is >= gate_bps
     threshold_bps: int  # direction: flag m_i < -threshold_bps (10000 switches the rule off)
     exclude_bps: int = COSINE_ONE  # any round: leave m_i < -exclude_bps out of the aggregate (no slash)
@@ -63,7 +67,7 @@ class RoundRules:
             v = getattr(self, name)
             if type(v) is not int or not 0 <= v <= COSINE_ONE:
                 raise ValueError(f"{name} must be an int in 0..10000, got {v!r}")
-        for name in ("score_ratio_pct", "coherent_score_ratio_pct"):
+        for name in ("exclude_ratio_pct", "coherent_score_ratio_pct"):
             v = getattr(self, name)
             if type(v) is not int or v < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {v!r}")
@@ -72,7 +76,7 @@ class RoundRules:
 def round_rules(params: Params) -> RoundRules:
     """The flagging rules of a chain's genesis parameters."""
     return RoundRules(
-        params.slash_score_ratio_pct,
+        params.exclude_score_ratio_pct,
         params.slash_score_ratio_coherent_pct,
         params.coherence_gate_bps,
         params.slash_direction_bps,
@@ -84,7 +88,8 @@ def round_rules(params: Params) -> RoundRules:
 class RoundDecision:
     """The outcome of one round; every index refers to a row of ``Q`` (submission order)."""
 
-    tolerated_f: int  # f of the round
+    f: int  # the round's f for scores and flags
+    tolerated_f: int  # the round's tolerance in aggregation (<= f)
     scores: tuple[int, ...]  # raw Krum scores
     ranking: tuple[int, ...]  # all rows by (score, address)
     median: int  # lower median of the raw scores
@@ -188,9 +193,15 @@ def mixed_gram(G: np.ndarray, hoods: dict[int, tuple[int, ...]]) -> dict[int, di
 # The round
 
 
+def flag_f(byzantine_f: int, k: int) -> int:
+    """The round's ``f`` for scoring and flagging: the task's ``f``, at most what ``k`` updates allow
+    (``k >= 2f + 3``); needs ``k >= 3``."""
+    return max(0, min(byzantine_f, (k - 3) // 2))
+
+
 def tolerated_f(byzantine_f: int, removed: int, k: int) -> int:
-    """The round's tolerance: the task's ``f`` less the participants already removed, at most what
-    ``k`` updates allow (``k >= 2f + 3``); needs ``k >= 3``."""
+    """The round's tolerance in aggregation: the task's ``f`` less the participants already removed,
+    at most what ``k`` updates allow; needs ``k >= 3``."""
     return max(0, min(byzantine_f - removed, (k - 3) // 2))
 
 
@@ -200,14 +211,24 @@ def decide_round(
     addresses: Sequence[bytes],
     rules: RoundRules,
     aggregator: int = DEFAULT_AGGREGATOR,
+    keep_f: int | None = None,
 ) -> RoundDecision:
-    """The round's decision from its Gram matrix (module docstring, steps 1 to 5)."""
+    """The round's decision from its Gram matrix (module docstring, steps 1 to 5): scored and flagged
+    with ``f``, aggregated with the tolerance ``keep_f <= f`` (default ``f``)."""
     k = _check_inputs(G, f, addresses)
+    keep = _check_keep(f, keep_f)
     aggregator = Aggregator(aggregator)
     scores = krum.krum_scores(krum.distance_matrix_from_gram(G), f).tolist()
     Gl = G.tolist()
     D = [[Gl[i][i] + Gl[j][j] - 2 * Gl[i][j] for j in range(k)] for i in range(k)]
-    return _decide(scores, D, Gl, f, addresses, rules, aggregator, lambda hoods: mixed_gram(G, hoods))
+    return _decide(scores, D, Gl, f, keep, addresses, rules, aggregator, lambda hoods: mixed_gram(G, hoods))
+
+
+def _check_keep(f: int, keep_f: int | None) -> int:
+    keep = f if keep_f is None else keep_f
+    if type(keep) is not int or not 0 <= keep <= f:
+        raise ValueError(f"keep_f must be an int in 0..f={f}, got {keep_f!r}")
+    return keep
 
 
 def _decide(
@@ -215,6 +236,7 @@ def _decide(
     D: Sequence[Sequence[int]],
     G: Sequence[Sequence[int]],
     f: int,
+    keep_f: int,
     addresses: Sequence[bytes],
     rules: RoundRules,
     aggregator: Aggregator,
@@ -227,24 +249,36 @@ def _decide(
     raw_selection = ranking[: k - f]
     selected_cosines = sorted(cosines[i] for i in raw_selection)
     coherent = selected_cosines[(len(selected_cosines) - 1) // 2] >= rules.gate_bps
-    ratio = rules.coherent_score_ratio_pct if coherent else rules.score_ratio_pct
-    krum_flags = [i for i in ranking[k - f :] if median > 0 and 100 * scores[i] > ratio * median]
+    worst = ranking[k - f :]  # Krum can only single out the f worst-ranked
+    krum_flags: list[int] = []
     direction_flags: list[int] = []
-    if coherent:
+    if coherent:  # the signals are reliable: slash
+        ratio = rules.coherent_score_ratio_pct
+        krum_flags = [i for i in worst if median > 0 and 100 * scores[i] > ratio * median]
         below = [i for i in range(k) if i not in krum_flags and cosines[i] < -rules.threshold_bps]
         below.sort(key=lambda i: (cosines[i], bytes(addresses[i])))
         direction_flags = below[: f - len(krum_flags)]
     flagged = krum_flags + direction_flags
 
     flagged_set = set(flagged)
-    f_rest = f - len(flagged)
-    # Excluded: pointing against most of the others in any round. Not slashed (honest updates do it in
-    # strongly non-IID rounds); at most f_rest of them, and never so many that the rest cannot be
-    # scored with f_rest; f_rest stays as it is (an excluded update is not presumed Byzantine).
-    room = min(f_rest, k - len(flagged) - 2 * f_rest - 3)
-    against = [i for i in range(k) if i not in flagged_set and cosines[i] < -rules.exclude_bps]
+    f_rest = max(0, keep_f - len(flagged))
+    # Excluded, in any round, without a slash: a Krum score far above the median (worst first), then
+    # an update pointing against most of the others (most negative first). Honest updates do both in
+    # late or strongly non-IID rounds (a client left out for long drifts away as the model memorizes
+    # the others), so this costs a round's place in the aggregate, never stake. At most f_rest, and
+    # never so many that the rest cannot be scored with f_rest (an excluded update is not presumed
+    # Byzantine, so f_rest stays).
+    room = max(0, min(f_rest, k - len(flagged) - 2 * f_rest - 3))
+    far = [
+        i
+        for i in reversed(worst)
+        if i not in flagged_set and median > 0 and 100 * scores[i] > rules.exclude_ratio_pct * median
+    ]
+    against = [
+        i for i in range(k) if i not in flagged_set and i not in far and cosines[i] < -rules.exclude_bps
+    ]
     against.sort(key=lambda i: (cosines[i], bytes(addresses[i])))
-    excluded = against[: max(0, room)]
+    excluded = (far + against)[:room]
     rest = [i for i in range(k) if i not in flagged_set and i not in set(excluded)]
     n = len(rest) - f_rest if aggregator == Aggregator.NNM_MULTI_KRUM else 1
     hoods = neighbourhoods(D, rest, n, addresses)
@@ -260,7 +294,8 @@ def _decide(
         for j in hoods[a]:
             weights[j] += 1
     return RoundDecision(
-        tolerated_f=f,
+        f=f,
+        tolerated_f=keep_f,
         scores=tuple(int(s) for s in scores),
         ranking=tuple(ranking),
         median=int(median),
@@ -280,6 +315,7 @@ def decide_round_reference(
     addresses: Sequence[bytes],
     rules: RoundRules,
     aggregator: int = DEFAULT_AGGREGATOR,
+    keep_f: int | None = None,
 ) -> RoundDecision:
     """Reference twin of ``decide_round`` from the updates themselves, in Python ints: Gram entries
     and distances by definition, and the mixed sums formed as vectors."""
@@ -287,6 +323,7 @@ def decide_round_reference(
     k = len(rows)
     if type(f) is not int or f < 0 or k < 2 * f + 3:
         raise ValueError(f"the round rule needs k >= 2f + 3 updates: k={k}, f={f!r}")
+    keep = _check_keep(f, keep_f)
     aggregator = Aggregator(aggregator)
 
     def dot(a: Sequence[int], b: Sequence[int]) -> int:
@@ -305,4 +342,4 @@ def decide_round_reference(
         }
         return {a: {b: dot(sums[a], sums[b]) for b in hoods} for a in hoods}
 
-    return _decide(scores, D, G, f, addresses, rules, aggregator, mix)
+    return _decide(scores, D, G, f, keep, addresses, rules, aggregator, mix)

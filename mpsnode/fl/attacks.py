@@ -103,10 +103,11 @@ class Knowledge:
     """What the adaptive attacks know of the chain: the round's tolerance ``f``, the task's scale and
     aggregator, and the genesis flagging rules (``fang_krum_aware`` simulates the chain with them)."""
 
-    f: int
+    f: int  # the round's f for scores and flags (robust.flag_f)
     scale_bits: int
     rules: RoundRules | None = None
     aggregator: int = DEFAULT_AGGREGATOR
+    keep_f: int | None = None  # the round's tolerance in aggregation (robust.tolerated_f); None: f
 
 
 def validate_attack(name: str) -> str:
@@ -216,11 +217,14 @@ def _chain_flags_none(honest: np.ndarray, crafted: np.ndarray, knowledge: Knowle
     rows = [quantize_update(x, knowledge.scale_bits)[0] for x in np.vstack([honest, crafted])]
     Q = make_distinct(np.stack(rows))
     k = Q.shape[0]
-    f = min(knowledge.f, (k - 3) // 2)
-    if f < 0 or k < 3:
+    if k < 3:
         return True
+    f = min(knowledge.f, (k - 3) // 2)
+    keep = f if knowledge.keep_f is None else min(knowledge.keep_f, f)
     addresses = [i.to_bytes(32, "big") for i in range(k)]
-    decision = robust.decide_round(krum.gram_matrix(Q), f, addresses, knowledge.rules, knowledge.aggregator)
+    decision = robust.decide_round(
+        krum.gram_matrix(Q), f, addresses, knowledge.rules, knowledge.aggregator, keep
+    )
     return not any(i >= honest.shape[0] for i in decision.flagged + decision.excluded)
 
 
@@ -368,8 +372,14 @@ class Attacker:
         knowledge = None
         if self.name in ADAPTIVE:
             rules = None if view.params is None else round_rules(view.params)
-            f = robust.tolerated_f(task.byzantine_f, task.removed, len(task.participants))
-            knowledge = Knowledge(f, task.scale_bits, rules, task.aggregator)
+            n = len(task.participants)
+            knowledge = Knowledge(
+                robust.flag_f(task.byzantine_f, n),
+                task.scale_bits,
+                rules,
+                task.aggregator,
+                robust.tolerated_f(task.byzantine_f, task.removed, n),
+            )
         deltas, clipped_per_row = craft_deltas(
             self.name,
             own,

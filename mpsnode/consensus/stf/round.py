@@ -105,11 +105,12 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
         events += take_attendance(state, env.params, task)
         return events + advance_round(state, env, state.get_task(task.task_id) or task)
 
-    f = robust.tolerated_f(task.byzantine_f, task.removed, k)
+    f = robust.flag_f(task.byzantine_f, k)
+    keep_f = robust.tolerated_f(task.byzantine_f, task.removed, k)
     Q = get_round_updates(state, task)
     params = env.params
     decision = robust.decide_round(
-        krum.gram_matrix(Q), f, task.submitted, robust.round_rules(params), task.aggregator
+        krum.gram_matrix(Q), f, task.submitted, robust.round_rules(params), task.aggregator, keep_f
     )
     selected = tuple(task.submitted[i] for i in decision.selected)
     flagged = tuple(task.submitted[i] for i in decision.flagged)
@@ -153,7 +154,7 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
             flagged,
             accuracy,
             0,
-            f,
+            keep_f,
             tuple(task.submitted[i] for i in decision.excluded),
         )
     )
