@@ -121,8 +121,7 @@ def test_hand_computed_round() -> None:
     assert decide(Q, 1, addresses, RoundRules(17149, 17149, 0, 10_000)).flagged == (4,)
     # In an incoherent round the same outlier is only left out of the aggregate, never slashed.
     r = decide(Q, 1, addresses, RoundRules(400, 400, 10_000, 10_000), Aggregator.MULTI_KRUM)
-    # With k = 2f + 3 there is no room to exclude it; Multi-Krum leaves it out.
-    assert not r.coherent and r.flagged == () and r.excluded == () and r.weights == (1, 1, 1, 1, 0)
+    assert not r.coherent and r.flagged == () and r.excluded == (4,) and r.weights == (1, 1, 1, 1, 0)
 
 
 def test_only_the_f_worst_can_be_flagged_and_median_zero_flags_nobody() -> None:
@@ -279,10 +278,11 @@ def test_fast_equals_reference_and_invariants(data: st.DataObject) -> None:
     assert all(r.weights[i] == 0 for i in r.flagged + r.excluded)
     f_rest = max(0, keep - len(r.flagged))
     assert not set(r.excluded) & set(r.flagged) and len(r.excluded) <= f_rest
-    far = [
-        i for i in r.ranking[k - f :] if r.median and 100 * r.scores[i] > rules.exclude_ratio_pct * r.median
-    ]
-    assert all(i in far or r.cosines[i] < -rules.exclude_bps for i in r.excluded)
+    worst = [i for i in reversed(r.ranking[k - f :]) if i not in r.flagged]
+    far = [i for i in worst if r.median and 100 * r.scores[i] > rules.exclude_ratio_pct * r.median][:f_rest]
+    assert r.excluded[: len(far)] == tuple(far)
+    assert all(r.cosines[i] < -rules.exclude_bps for i in r.excluded[len(far) :])
+    f_rest -= len(far)
     if not r.coherent:
         assert r.flagged == ()
     kept = k - len(r.flagged) - len(r.excluded)

@@ -21,9 +21,9 @@ class Params:
     # Flagging rules of round closing (docs/PROTOCOL.md, "Closing a round"), calibrated on
     # bench/robustness.py so that no honest client was ever flagged (margins in docs/FL.md).
     exclude_score_ratio_pct: int = 5000  # any round: leave out Krum scores above 50x the median, no slash
-    coherence_gate_bps: int = 3000  # coherent: median over the raw selection of m_i >= 0.30
+    coherence_gate_bps: int = 2500  # coherent: median over the raw selection of m_i >= 0.25
     slash_score_ratio_coherent_pct: int = 3000  # coherent rounds: slash Krum scores above 30x the median
-    slash_direction_bps: int = 1000  # coherent rounds: slash m_i < -0.10
+    slash_direction_bps: int = 1500  # coherent rounds: slash m_i < -0.15
     exclude_direction_bps: int = 1000  # any round: leave m_i < -0.10 out of the aggregate, no slash
     max_missed_rounds: int = 3  # a participant silent this many rounds in a row is removed from the task
     protocol_fee_bps: int = 500

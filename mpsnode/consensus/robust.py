@@ -17,10 +17,11 @@ the task already removed), and the submitters' addresses:
    ``100 s_i > coherent_score_ratio_pct * median``; then ``m_i < -threshold_bps``, most negative first,
    filling the remaining slots.
 4. **Exclusion** (any round, no slash): among the others, the last ``f`` of the ranking with
-   ``100 s_i > exclude_ratio_pct * median`` (worst first), then ``m_i < -exclude_bps`` (most negative
-   first), at most ``f'`` (below) and at most what leaves the rest scorable with ``f'``.
+   ``100 s_i > exclude_ratio_pct * median`` (worst first, at most ``max(0, keep_f - |flagged|)``;
+   each takes one of the tolerance, as Multi-Krum would have left it out), then ``m_i <
+   -exclude_bps`` (most negative first, at most ``f'`` and at most what leaves the rest scorable).
 5. **Aggregation** over the ``k'`` updates neither flagged nor excluded, with ``f' = max(0, keep_f -
-   |flagged|)``
+   |flagged|) - |Krum exclusions|``
    (each flagged update is one of the ``f`` the round tolerates; an excluded one is not presumed to
    be). Nearest-neighbour mixing (Allouah et al., AISTATS 2023) replaces each remaining update by the
    sum of its ``n = k' - f'`` nearest remaining updates (itself first, then by ``(distance,
@@ -262,23 +263,24 @@ def _decide(
 
     flagged_set = set(flagged)
     f_rest = max(0, keep_f - len(flagged))
-    # Excluded, in any round, without a slash: a Krum score far above the median (worst first), then
-    # an update pointing against most of the others (most negative first). Honest updates do both in
-    # late or strongly non-IID rounds (a client left out for long drifts away as the model memorizes
-    # the others), so this costs a round's place in the aggregate, never stake. At most f_rest, and
-    # never so many that the rest cannot be scored with f_rest (an excluded update is not presumed
-    # Byzantine, so f_rest stays).
-    room = max(0, min(f_rest, k - len(flagged) - 2 * f_rest - 3))
+    # Excluded, in any round, without a slash. Honest updates can be outliers late in training or with
+    # strongly non-IID data (a client left out for long drifts away as the model memorizes the
+    # others), so this costs a round's place in the aggregate, never stake. First the Krum outliers
+    # (worst first, at most f_rest): each is one Multi-Krum would leave out, so each takes one of
+    # f_rest. Then the updates pointing against most of the others (most negative first): these are
+    # not presumed Byzantine, so f_rest stays and they are at most what leaves the rest scorable.
     far = [
         i
         for i in reversed(worst)
         if i not in flagged_set and median > 0 and 100 * scores[i] > rules.exclude_ratio_pct * median
-    ]
+    ][:f_rest]
+    f_rest -= len(far)
+    room = max(0, min(f_rest, k - len(flagged) - len(far) - 2 * f_rest - 3))
     against = [
         i for i in range(k) if i not in flagged_set and i not in far and cosines[i] < -rules.exclude_bps
     ]
     against.sort(key=lambda i: (cosines[i], bytes(addresses[i])))
-    excluded = (far + against)[:room]
+    excluded = far + against[:room]
     rest = [i for i in range(k) if i not in flagged_set and i not in set(excluded)]
     n = len(rest) - f_rest if aggregator == Aggregator.NNM_MULTI_KRUM else 1
     hoods = neighbourhoods(D, rest, n, addresses)
