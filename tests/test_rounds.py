@@ -23,6 +23,7 @@ from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.stf.task import EXPIRED_TOO_FEW_PARTICIPANTS
 from mpsnode.consensus.tx import JoinTask, Stake, SubmitUpdate, Unstake
+from mpsnode.node.inspect import task_fields
 
 from chainkit import Kit, small_task
 
@@ -183,6 +184,9 @@ def test_a_round_with_silent_participants_is_scored_with_what_k_allows() -> None
     assert np.array_equal(np.frombuffer(kit.chain.state().get_model(task_id), dtype="<i4"), new_weights)
     task = kit.chain.state().get_task(task_id)
     assert task.billed_rounds == 1 and task.missed == ((kit.clients[4].address, 1),)
+    shown = task_fields(task)  # what `query task` and `inspect task` print
+    assert shown["missed"] == {kit.clients[4].address.hex(): 1} and shown["removed"] == 0
+    assert shown["aggregator"] == "nnm_multi_krum"
 
 
 def test_a_participant_silent_too_long_is_removed_without_a_slash() -> None:
