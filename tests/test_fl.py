@@ -308,6 +308,71 @@ def test_ipm_uses_the_honest_mean() -> None:
         )  # no view of the others: own estimate
 
 
+def _aligned(n: int, d: int = 50, seed: int = 0) -> np.ndarray:
+    """Honest-like changes sharing a direction (as in early rounds)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(0, 0.05, d)
+    return base[None, :] + rng.normal(0, 0.02, (n, d))
+
+
+def test_min_max_and_min_sum_sit_at_the_edge_of_the_honest_spread() -> None:
+    honest = _aligned(12)
+    sq = ((honest[:, None, :] - honest[None, :, :]) ** 2).sum(axis=2)
+    for rule in ("minmax", "minsum"):
+        for direction in ("std", "uv"):
+            out = attacks.craft(
+                f"{rule}_{direction}", _own(3), honest, n_clients=15, rng=np.random.default_rng(0)
+            )
+            assert out.shape == (3, 50) and np.allclose(out, out[0][None, :])  # the colluders agree
+            dist2 = ((honest - out[0][None, :]) ** 2).sum(axis=1)
+            mean = honest.mean(axis=0)
+            p = -honest.std(axis=0) if direction == "std" else -mean / np.linalg.norm(mean)
+            gamma = float(np.dot(out[0] - mean, p) / np.dot(p, p))
+            assert np.allclose(out[0], mean + gamma * p) and gamma > 0
+            if rule == "minmax":
+                assert dist2.max() <= sq.max() * (1 + 1e-9)
+                bigger = ((honest - (mean + 1.01 * gamma * p)[None, :]) ** 2).sum(axis=1).max()
+                assert bigger > sq.max()  # gamma is the largest that stays inside
+            else:
+                assert dist2.sum() <= sq.sum(axis=1).max() * (1 + 1e-9)
+
+
+def test_fang_points_against_the_honest_direction_and_krum_picks_it() -> None:
+    rng = np.random.default_rng(3)
+    honest = 0.02 + rng.normal(0, 0.05, (12, 50))  # spread out (non-IID-like): Krum can be fooled
+    knowledge = attacks.Knowledge(f=3, scale_bits=S)
+    out = attacks.craft(
+        "fang_krum", _own(3), honest, n_clients=15, rng=np.random.default_rng(0), knowledge=knowledge
+    )
+    s = np.sign(honest.mean(axis=0))
+    lam = float(-out[0] @ s / (s @ s))
+    assert lam > 0 and np.allclose(out, -lam * s[None, :])
+    assert attacks._krum_picks_crafted(honest, out, 3)
+
+
+def test_the_rule_aware_fang_is_never_flagged_or_left_out() -> None:
+    from mpsnode.consensus import krum, robust
+    from mpsnode.consensus.params import Params
+
+    clients = _aligned(15)
+    honest, own = clients[:12], clients[12:]  # own: what the attackers trained, sent when nothing passes
+    rules = robust.round_rules(Params())
+    knowledge = attacks.Knowledge(f=3, scale_bits=S, rules=rules)
+    deltas, _ = attacks.craft_deltas(
+        "fang_krum_aware",
+        own,
+        honest,
+        n_clients=15,
+        scale_bits=S,
+        rng=np.random.default_rng(0),
+        knowledge=knowledge,
+    )
+    Q = np.vstack([np.stack([fl.quantize_update(h, S)[0] for h in honest]), deltas])
+    addresses = [i.to_bytes(32, "big") for i in range(15)]
+    decision = robust.decide_round(krum.gram_matrix(Q), 3, addresses, rules)
+    assert not any(i >= 12 for i in decision.flagged + decision.excluded)
+
+
 def test_colluders_send_distinct_deltas_the_chain_accepts() -> None:
     own, honest = _own(3), _own(5, seed=2)
     for name in attacks.IDENTICAL:
