@@ -250,13 +250,7 @@ def run_chain(setup: Setup, pop: Population) -> Outcome:
             break
         weights = fl.weights_from_bytes(state.get_model(task_id), ARCH)
         active = [index[a] for a in task.participants]
-        knowledge = attacks.Knowledge(
-            robust.flag_f(task.byzantine_f, len(active)),
-            SCALE_BITS,
-            rules,
-            task.aggregator,
-            robust.tolerated_f(task.byzantine_f, task.removed, len(active)),
-        )
+        knowledge = attacks.Knowledge.of_round(task, rules)
         deltas = pop.round_deltas(learners, weights, active, out, knowledge)
         if setup.diagnostics:
             sent = [i for i in active if i in deltas]

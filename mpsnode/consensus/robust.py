@@ -98,21 +98,16 @@ class RoundDecision:
     coherent: bool
     flagged: tuple[int, ...]  # Krum's flags (ranking order), then the direction flags
     flagged_direction: tuple[int, ...]  # the part of ``flagged`` flagged by direction
-    excluded: tuple[int, ...]  # left out of the aggregate by direction, not flagged (most negative first)
+    excluded: tuple[int, ...]  # left out of the aggregate, not slashed: Krum outliers, then by direction
     selected: tuple[int, ...]  # rows whose mixed sum Multi-Krum selected, in its ranking order
-    weights: tuple[int, ...]  # per row, its integer weight in the aggregate (0 for flagged rows)
-
-    @property
-    def contributors(self) -> tuple[int, ...]:
-        """Rows with a positive weight in the aggregate, in row order."""
-        return tuple(i for i, w in enumerate(self.weights) if w)
+    weights: tuple[int, ...]  # per row, its integer weight in the aggregate (0 if flagged or excluded)
 
 
 # ---------------------------------------------------------------------------------------------
 # Building blocks (pure Python ints over a k x k matrix; k <= 256)
 
 
-def _check_inputs(G: np.ndarray, f: int, addresses: Sequence[bytes]) -> int:
+def _check_inputs(G: np.ndarray, f: int, addresses: Sequence[bytes]) -> None:
     if not isinstance(G, np.ndarray) or G.ndim != 2 or G.shape[0] != G.shape[1] or G.dtype != np.int64:
         raise ValueError("G must be a square int64 matrix")
     k = G.shape[0]
@@ -124,7 +119,6 @@ def _check_inputs(G: np.ndarray, f: int, addresses: Sequence[bytes]) -> int:
         raise ValueError(f"the round rule needs k >= 2f + 3 updates: k={k}, f={f!r}")
     if len(addresses) != k or len({bytes(a) for a in addresses}) != k:
         raise ValueError(f"need {k} distinct addresses, got {len(addresses)}")
-    return k
 
 
 def cosine_bps(dot: int, norm_a: int, norm_b: int) -> int:
@@ -216,13 +210,15 @@ def decide_round(
 ) -> RoundDecision:
     """The round's decision from its Gram matrix (module docstring, steps 1 to 5): scored and flagged
     with ``f``, aggregated with the tolerance ``keep_f <= f`` (default ``f``)."""
-    k = _check_inputs(G, f, addresses)
+    _check_inputs(G, f, addresses)
     keep = _check_keep(f, keep_f)
-    aggregator = Aggregator(aggregator)
-    scores = krum.krum_scores(krum.distance_matrix_from_gram(G), f).tolist()
-    Gl = G.tolist()
-    D = [[Gl[i][i] + Gl[j][j] - 2 * Gl[i][j] for j in range(k)] for i in range(k)]
-    return _decide(scores, D, Gl, f, keep, addresses, rules, aggregator, lambda hoods: mixed_gram(G, hoods))
+    D = krum.distance_matrix_from_gram(G)
+    scores = krum.krum_scores(D, f).tolist()
+
+    def mix(hoods: dict[int, tuple[int, ...]]) -> dict[int, dict[int, int]]:
+        return mixed_gram(G, hoods)
+
+    return _decide(scores, D.tolist(), G.tolist(), f, keep, addresses, rules, Aggregator(aggregator), mix)
 
 
 def _check_keep(f: int, keep_f: int | None) -> int:
@@ -257,8 +253,7 @@ def _decide(
         ratio = rules.coherent_score_ratio_pct
         krum_flags = [i for i in worst if median > 0 and 100 * scores[i] > ratio * median]
         below = [i for i in range(k) if i not in krum_flags and cosines[i] < -rules.threshold_bps]
-        below.sort(key=lambda i: (cosines[i], bytes(addresses[i])))
-        direction_flags = below[: f - len(krum_flags)]
+        direction_flags = rank(cosines, addresses, below)[: f - len(krum_flags)]
     flagged = krum_flags + direction_flags
 
     flagged_set = set(flagged)
@@ -279,8 +274,7 @@ def _decide(
     against = [
         i for i in range(k) if i not in flagged_set and i not in far and cosines[i] < -rules.exclude_bps
     ]
-    against.sort(key=lambda i: (cosines[i], bytes(addresses[i])))
-    excluded = far + against[:room]
+    excluded = far + rank(cosines, addresses, against)[:room]
     rest = [i for i in range(k) if i not in flagged_set and i not in set(excluded)]
     n = len(rest) - f_rest if aggregator == Aggregator.NNM_MULTI_KRUM else 1
     hoods = neighbourhoods(D, rest, n, addresses)
@@ -331,12 +325,8 @@ def decide_round_reference(
     def dot(a: Sequence[int], b: Sequence[int]) -> int:
         return sum(x * y for x, y in zip(a, b, strict=True))
 
-    G = [[dot(rows[i], rows[j]) for j in range(k)] for i in range(k)]
-    D = [
-        [dot(d, d) for d in ([x - y for x, y in zip(rows[i], rows[j], strict=True)] for j in range(k))]
-        for i in range(k)
-    ]
-    scores = [sum(sorted(D[i][j] for j in range(k) if j != i)[: k - f - 2]) for i in range(k)]
+    D = krum.distance_matrix_reference(Q)
+    scores = krum.krum_scores_reference(D, f).tolist()
 
     def mix(hoods: dict[int, tuple[int, ...]]) -> dict[int, dict[int, int]]:
         sums = {
@@ -344,4 +334,5 @@ def decide_round_reference(
         }
         return {a: {b: dot(sums[a], sums[b]) for b in hoods} for a in hoods}
 
-    return _decide(scores, D, G, f, keep, addresses, rules, aggregator, mix)
+    G = krum.gram_matrix_reference(Q).tolist()
+    return _decide(scores, D.tolist(), G, f, keep, addresses, rules, aggregator, mix)

@@ -64,6 +64,7 @@ import numpy as np
 from mpsnode.consensus import krum, robust
 from mpsnode.consensus.model import param_count
 from mpsnode.consensus.robust import RoundRules, round_rules
+from mpsnode.consensus.state import Task
 from mpsnode.consensus.tx import DEFAULT_AGGREGATOR
 from mpsnode.fl.data import Dataset
 from mpsnode.fl.learner import quantize_update
@@ -108,6 +109,18 @@ class Knowledge:
     rules: RoundRules | None = None
     aggregator: int = DEFAULT_AGGREGATOR
     keep_f: int | None = None  # the round's tolerance in aggregation (robust.tolerated_f); None: f
+
+    @classmethod
+    def of_round(cls, task: Task, rules: RoundRules | None) -> Knowledge:
+        """What the chain's rule uses for ``task``'s open round, if every participant submits."""
+        n = len(task.participants)
+        return cls(
+            robust.flag_f(task.byzantine_f, n),
+            task.scale_bits,
+            rules,
+            task.aggregator,
+            robust.tolerated_f(task.byzantine_f, task.removed, n),
+        )
 
 
 def validate_attack(name: str) -> str:
@@ -372,14 +385,7 @@ class Attacker:
         knowledge = None
         if self.name in ADAPTIVE:
             rules = None if view.params is None else round_rules(view.params)
-            n = len(task.participants)
-            knowledge = Knowledge(
-                robust.flag_f(task.byzantine_f, n),
-                task.scale_bits,
-                rules,
-                task.aggregator,
-                robust.tolerated_f(task.byzantine_f, task.removed, n),
-            )
+            knowledge = Knowledge.of_round(task, rules)
         deltas, clipped_per_row = craft_deltas(
             self.name,
             own,
