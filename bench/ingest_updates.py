@@ -1,10 +1,12 @@
-"""Ingest of model updates: 2 MB SUBMIT_UPDATE txs through the sequencer daemon, in MB/s included.
+"""Ingest of model updates: 2 MB REVEAL_UPDATE txs through the sequencer daemon, in MB/s included.
 
 Starts ``mpsnode sequencer`` on a fresh devnet home (127.0.0.1, a free port), creates ``--tasks``
 tasks of a (3900 -> 256) model (998,656 parameters: a 2 MB int16 delta) with ``--clients`` clients
-each (f = 0, so every round of 3 is scored, aggregated and evaluated), then every client submits
-one update per round for ``--rounds`` rounds, each task on its own connection: a task's next round
-starts once its round's updates are included. Update txs are signed before the clock starts. Prints:
+each (f = 0, so every round of 3 is scored, aggregated and evaluated), then every client commits to
+and reveals one update per round for ``--rounds`` rounds, each task on its own connection: a
+round's reveals are sent once its commitments are included (the reveal phase opens at the end of
+that block), the next round's commitments once its reveals are. Every tx is signed before the clock
+starts. Prints:
 
 * ``ingest_updates_mbps``: included update bytes per second, sustained (10% to 90% of the bytes);
 * ``ingest_updates_ack_latency``: submit of a 2 MB tx -> durable ack, p50 and p99 in ms.
@@ -33,7 +35,7 @@ from ingest import _cpu_seconds, percentile, start_daemon, sustained_rate
 import genesis as genesis_tool
 from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.params import Params
-from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Tx
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, Tx, commit_reveal
 from mpsnode.node.connection import connect
 
 ARCH = (3900, 256)
@@ -92,7 +94,7 @@ async def setup(port: int, net, tasks: int, clients: int) -> list[int]:
 
 
 async def run_rounds(port: int, g, signed: list[list[list[bytes]]]) -> dict:
-    """``signed[task][round]`` holds that round's update txs (raw).
+    """``signed[task][phase]`` holds a phase's txs (raw): round 1's commitments, its reveals, round 2's...
 
     Inclusion times come from the loaders' own receipt waits (no extra subscriber pulling every
     block back out of the node, which would cost the node a second copy of each byte).
@@ -169,26 +171,20 @@ def main() -> None:
         signed: list[list[list[bytes]]] = []
         t_sign = time.perf_counter()
         for t, task_id in enumerate(task_ids):
-            per_round = []
+            phases = []
             for r in range(1, args.rounds + 1):
-                txs = []
+                commits, reveals = [], []
                 for i in range(args.clients):
                     key = net.clients[t * args.clients + i]
-                    nonce = 2 + r - 1  # stake and join came first
+                    nonce = 2 + 2 * (r - 1)  # stake and join came first
                     delta = pool[(r + i) % len(pool)]
-                    txs.append(
-                        Tx(
-                            g.chain_id,
-                            key.address,
-                            nonce,
-                            g.params.tx_base_fee,
-                            SubmitUpdate(task_id, r, delta),
+                    pair = commit_reveal(g.chain_id, task_id, r, key.address, delta, bytes(32))
+                    for body, n, out in ((pair[0], nonce, commits), (pair[1], nonce + 1, reveals)):
+                        out.append(
+                            Tx(g.chain_id, key.address, n, g.params.tx_base_fee, body).sign(key).encode()
                         )
-                        .sign(key)
-                        .encode()
-                    )
-                per_round.append(txs)
-            signed.append(per_round)
+                phases += [commits, reveals]
+            signed.append(phases)
         sign_s = time.perf_counter() - t_sign
         cpu0 = _cpu_seconds(proc.pid)
         result = trio.run(run_rounds, port, g, signed)

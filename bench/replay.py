@@ -48,7 +48,8 @@ from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.model import param_count
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.sigverify import warm_up
-from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer, Tx
+from mpsnode.consensus.state import RoundPhase
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, Transfer, Tx, commit_reveal
 from mpsnode.node.connection import Client, connect
 from verifier.replay.engine import HomeSource, replay
 
@@ -105,18 +106,20 @@ async def run_task(port: int, g, keys: list, rounds: int, f: int) -> dict:
             task = (await client.task(task_id)).value
             active = set(task.participants)
             base = rng.integers(-60, 60, n)
-            stxs = []
+            pairs = []
             for i, w in enumerate(wallets):
                 if w.address not in active:
                     continue
                 delta = base + rng.integers(-8, 8, n)
                 if round_ == 3 and i == len(wallets) - 1:
                     delta = delta * 40  # a boosted outlier: Krum flags it, the STF slashes it
-                stxs.append(
-                    w.sign(
-                        SubmitUpdate(task_id, round_, np.clip(delta, -32768, 32767).astype("<i2").tobytes())
-                    )
-                )
+                d = np.clip(delta, -32768, 32767).astype("<i2").tobytes()
+                pairs.append((w, commit_reveal(g.chain_id, task_id, round_, w.address, d, bytes(32))))
+            await _send(client, [w.sign(c) for w, (c, _) in pairs])
+            with trio.fail_after(120):
+                while (await client.task(task_id)).value.phase != RoundPhase.REVEAL:
+                    await trio.sleep(0.01)
+            stxs = [w.sign(r) for w, (_, r) in pairs]
             update_bytes += sum(s.size for s in stxs)
             await _send(client, stxs)
             with trio.fail_after(120):

@@ -2,10 +2,12 @@
 ``mpsnode.fl.attacks`` (evaluation only) and withholding, against plain FedAvg.
 
 Every run drives an in-process ``mpsnode.chain.Chain`` on a ``MemoryStore`` with real signed
-transactions (CREATE_TASK, STAKE, JOIN_TASK, SUBMIT_UPDATE): the rounds are closed by the STF
-itself, so the round rule (tolerance, Krum, directions, slashing, exclusion, mixing), aggregation
-and evaluation measured here are exactly what the chain does. The accuracy target of every run is
-no-attack FedAvg of the same clients (every client honest, every update averaged with the chain's
+transactions (CREATE_TASK, STAKE, JOIN_TASK, COMMIT_UPDATE, REVEAL_UPDATE): the rounds are closed by
+the STF itself, so the round rule (tolerance, Krum, directions, slashing, exclusion, mixing),
+aggregation, contribution units, evaluation and payments measured here are exactly what the chain
+does. Rounds are commit-reveal, so the attackers see what is public when they commit: the previous
+round's revealed updates (and the previous global change), never the current round's. The accuracy
+target of every run is no-attack FedAvg of the same clients (every client honest, every update averaged with the chain's
 integer aggregation and evaluation, from the same model).
 
 Grid: f (an int, or ``attackers``: f = the number of attackers) x attack x malicious fraction x alpha
@@ -18,6 +20,11 @@ stdout, and markdown tables (stderr, or ``--markdown FILE``). A run's object has
 would have completed and paid (the chain's task itself runs all rounds at target 100% so that final
 accuracies compare; its trajectory up to the target is the same).
 
+``--pay``: the chain's task has the target itself, so it completes there and pays its clients by
+contribution; each run's object then has ``rewards`` (per client), ``reward_per_attacker_over_honest``
+(mean reward of an attacker, slashed ones at 0, over the mean reward of an honest client; null when
+the task did not complete) and ``honest_reward_min_over_mean``, and the tables gain payments.
+
     python bench/robustness.py --jobs 2 --byzantine-f 5 --byzantine-f attackers   # the README grid
     python bench/robustness.py --quick               # a few minutes: fewer rounds, one seed
     python bench/robustness.py --attack sign_flip --alpha 0.5 --fraction 20
@@ -25,6 +32,7 @@ accuracies compare; its trajectory up to the target is the same).
     python bench/robustness.py --param exclude_direction_bps=1500   # try other genesis parameters
     python bench/robustness.py --aggregator multi_krum              # the task's pre-aggregation
     python bench/robustness.py --oracle              # also FedAvg of the honest clients alone
+    python bench/robustness.py --pay --byzantine-f attackers   # the payment grid (README)
 
 ``--oracle`` adds a third run per setup: FedAvg over the honest clients only, as if every attacker
 had been removed before round 1 (nothing real can do that). Against it the chain's loss under attack
@@ -53,12 +61,20 @@ import numpy as np
 import genesis as genesis_tool
 from mpsnode import fl
 from mpsnode.consensus import krum, model, robust
-from mpsnode.consensus.events import ParticipantRemoved, RoundClosed, Slashed, TaskExpired
+from mpsnode.consensus.events import (
+    ParticipantRemoved,
+    Rewarded,
+    RoundClosed,
+    Slashed,
+    TaskCompleted,
+    TaskExpired,
+)
+from mpsnode.consensus.hashing import H
 from mpsnode.consensus.params import Params
-from mpsnode.consensus.state import TaskStatus
+from mpsnode.consensus.state import RoundPhase, TaskStatus
 from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.stf.task import EXPIRED_MAX_ROUNDS
-from mpsnode.consensus.tx import DEFAULT_AGGREGATOR, Aggregator, JoinTask, SignedTx, Stake, SubmitUpdate, Tx
+from mpsnode.consensus.tx import DEFAULT_AGGREGATOR, Aggregator, JoinTask, SignedTx, Stake, Tx, commit_reveal
 from mpsnode.fl import attacks
 from mpsnode.node.chain import Chain
 from mpsnode.node.store import MemoryStore
@@ -87,6 +103,7 @@ class Setup:
     fedavg: bool = True
     oracle: bool = False
     diagnostics: bool = False
+    pay: bool = False  # the chain's task completes at target_bps and pays
 
     @property
     def n_attackers(self) -> int:
@@ -111,6 +128,9 @@ class Outcome:
     reached_target_round: int | None = None
     clipped: int = 0
     diagnostics: list[dict[str, Any]] = field(default_factory=list)
+    completed_round: int | None = None  # the round the task completed (paid) in
+    rewards: dict[int, int] = field(default_factory=dict)  # client -> amount paid
+    units: dict[int, int] = field(default_factory=dict)  # client -> contribution units credited
 
 
 # ---------------------------------------------------------------------------------------------
@@ -148,17 +168,19 @@ class Population:
         active: Sequence[int],
         outcome: Outcome,
         knowledge: attacks.Knowledge | None = None,
+        public: dict[int, np.ndarray] | None = None,
+        previous_change: np.ndarray | None = None,
     ) -> dict[int, np.ndarray]:
         """Every active client's int16 delta for this round (attackers collude on theirs; withholding
-        attackers send none)."""
+        attackers send none). ``public``: the previous round's deltas (what the attackers can see when
+        they commit), ``previous_change``: the last global change, in model units."""
         attack = self.setup.attack
         bad = [i for i in active if i in self.attackers]
         good = [i for i in active if i not in self.attackers]
         deltas: dict[int, np.ndarray] = {}
-        changes: dict[int, np.ndarray] = {}
         for i in good:
             up = learners[i].train_round(weights, SCALE_BITS, self.setup.local_epochs)
-            deltas[i], changes[i] = up.delta, up.change
+            deltas[i] = up.delta
             outcome.clipped += up.clipped
         if bad and attack == WITHHOLD:
             return deltas
@@ -173,7 +195,10 @@ class Population:
                 )
             else:
                 own = np.zeros((len(bad), d))
-            honest = np.stack([changes[i] for i in good]) if good else None
+            seen = [i for i in sorted(public or {}) if i not in self.attackers]
+            scale = float(1 << SCALE_BITS)
+            honest = np.stack([public[i] / scale for i in seen]) if public and seen else None
+            replay = None if previous_change is None else previous_change / scale
             crafted, clipped = attacks.craft_deltas(
                 attack,
                 own,
@@ -182,6 +207,7 @@ class Population:
                 scale_bits=SCALE_BITS,
                 rng=self.attack_rng,
                 knowledge=knowledge or attacks.Knowledge(self.setup.f, SCALE_BITS),
+                previous_change=replay,
             )
             outcome.clipped += sum(clipped)
             for row, i in enumerate(bad):
@@ -223,14 +249,14 @@ def run_chain(setup: Setup, pop: Population) -> Outcome:
         pop.split.validation,
         arch=ARCH,
         scale_bits=SCALE_BITS,
-        target_accuracy_bps=10_000,
+        target_accuracy_bps=setup.target_bps if setup.pay else 10_000,
         max_rounds=setup.rounds,
         min_clients=setup.clients,
         max_clients=setup.clients,
         byzantine_f=setup.f,
         join_blocks=1,
         round_blocks=2,
-        fee_per_round=100,
+        fee_per_round=1_000_000,
         local_epochs=setup.local_epochs,
         seed=setup.seed,
         aggregator=setup.aggregator,
@@ -243,6 +269,8 @@ def run_chain(setup: Setup, pop: Population) -> Outcome:
     learners = pop.learners()
     out = Outcome()
     rules = robust.round_rules(params)
+    public: dict[int, np.ndarray] = {}
+    last_weights: np.ndarray | None = None
     while True:
         state = drv.chain.state()
         task = state.get_task(task_id)
@@ -251,26 +279,47 @@ def run_chain(setup: Setup, pop: Population) -> Outcome:
         weights = fl.weights_from_bytes(state.get_model(task_id), ARCH)
         active = [index[a] for a in task.participants]
         knowledge = attacks.Knowledge.of_round(task, rules)
-        deltas = pop.round_deltas(learners, weights, active, out, knowledge)
+        change = None if last_weights is None else weights.astype(np.int64) - last_weights.astype(np.int64)
+        deltas = pop.round_deltas(learners, weights, active, out, knowledge, public, change)
+        last_weights = weights
         if setup.diagnostics:
             sent = [i for i in active if i in deltas]
             f_sent = robust.flag_f(task.byzantine_f, len(sent))
             out.diagnostics.append(round_diagnostics(task.round, sent, deltas, pop.attackers, f_sent))
-        events = drv.block(
-            [
-                drv.tx(drv.clients[i], SubmitUpdate(task_id, task.round, deltas[i].tobytes()))
-                for i in active
-                if i in deltas
-            ]
-        )
-        while not any(isinstance(e, RoundClosed) for e in events):  # a refused update: wait for the deadline
-            events = drv.block()
+        sent = [i for i in active if i in deltas]
+        pairs = {
+            i: commit_reveal(
+                drv.genesis.chain_id,
+                task_id,
+                task.round,
+                drv.clients[i].address,
+                deltas[i].tobytes(),
+                H(b"bench-salt", bytes([i]) + task.round.to_bytes(8, "big")),
+            )
+            for i in sent
+        }
+        events = drv.block([drv.tx(drv.clients[i], pairs[i][0]) for i in sent])
+        while (t := drv.chain.state().get_task(task_id)) is not None and (
+            t.round == task.round and t.phase == RoundPhase.COMMIT and t.status == TaskStatus.ACTIVE
+        ):
+            events += drv.block()  # someone withheld its commitment: wait for the commit deadline
+        if t is not None and t.round == task.round and t.status == TaskStatus.ACTIVE:
+            events += drv.block([drv.tx(drv.clients[i], pairs[i][1]) for i in sent])
+        while not any(isinstance(e, RoundClosed) for e in events):  # a refused reveal: wait for the deadline
+            events += drv.block()
+        public = {i: deltas[i].astype(np.float64) for i in sent}
         for e in events:
             if isinstance(e, RoundClosed):
                 if e.void:
                     out.void_rounds += 1
                 else:
                     out.accuracy.append(e.accuracy_bps)
+                for a, u in zip(e.participants, e.contributions, strict=True):
+                    out.units[index[a]] = out.units.get(index[a], 0) + u
+            elif isinstance(e, Rewarded):
+                out.rewards[index[e.address]] = e.amount
+            elif isinstance(e, TaskCompleted):
+                out.completed_round = e.rounds
             elif isinstance(e, Slashed):
                 out.slashed[index[e.address]] = (e.round, e.reason)
             elif isinstance(e, ParticipantRemoved) and e.reason == RemovalReason.SILENT:
@@ -300,9 +349,14 @@ def run_fedavg(setup: Setup, pop: Population, *, honest_only: bool = False) -> l
     scratch = Outcome()
     acc = []
     averaged = [i for i in range(setup.clients) if not (honest_only and i in pop.attackers)]
+    public: dict[int, np.ndarray] = {}
+    change = None
     for _ in range(setup.rounds):
-        deltas = pop.round_deltas(learners, weights, range(setup.clients), scratch)
-        weights = model.aggregate(weights, np.stack([deltas[i] for i in averaged if i in deltas]))
+        deltas = pop.round_deltas(learners, weights, range(setup.clients), scratch, None, public, change)
+        new = model.aggregate(weights, np.stack([deltas[i] for i in averaged if i in deltas]))
+        change = new.astype(np.int64) - weights.astype(np.int64)
+        weights = new
+        public = {i: d.astype(np.float64) for i, d in deltas.items()}
         acc.append(model.accuracy_bps(weights, ARCH, SCALE_BITS, vx, vy))
     return acc
 
@@ -396,6 +450,8 @@ def run(setup: Setup) -> dict[str, Any]:
         "clipped": chain.clipped,
         "accuracy": chain.accuracy,
     }
+    if setup.pay:
+        result.update(payments(setup, pop, chain))
     if setup.fedavg:
         fed = run_fedavg(setup, Population(setup))
         result["fedavg_final_accuracy_bps"] = fed[-1]
@@ -406,6 +462,27 @@ def run(setup: Setup) -> dict[str, Any]:
         result["diagnostics"] = chain.diagnostics
     result["seconds"] = round(time.perf_counter() - t0, 2)
     return result
+
+
+def payments(setup: Setup, pop: Population, chain: Outcome) -> dict[str, Any]:
+    """What the completed task paid: per client, and the ratios of the payment targets."""
+    honest = [i for i in range(setup.clients) if i not in pop.attackers]
+    paid = chain.completed_round is not None
+    rewards = [chain.rewards.get(i, 0) for i in range(setup.clients)]
+    honest_mean = float(np.mean([rewards[i] for i in honest])) if honest else 0.0
+    per_attacker = None
+    if paid and pop.attackers and honest_mean > 0:
+        per_attacker = float(np.mean([rewards[i] for i in pop.attackers])) / honest_mean
+    return {
+        "paid": paid,
+        "completed_round": chain.completed_round,
+        "rewards": rewards,
+        "units": [chain.units.get(i, 0) for i in range(setup.clients)],
+        "reward_per_attacker_over_honest": None if per_attacker is None else round(per_attacker, 4),
+        "honest_reward_min_over_mean": (
+            round(min(rewards[i] for i in honest) / honest_mean, 4) if paid and honest_mean > 0 else None
+        ),
+    }
 
 
 def grid(args: argparse.Namespace) -> Iterator[Setup]:
@@ -431,6 +508,7 @@ def grid(args: argparse.Namespace) -> Iterator[Setup]:
                             fedavg=not args.no_fedavg,
                             oracle=args.oracle,
                             diagnostics=args.diagnostics is not None,
+                            pay=args.pay,
                         )
 
 
@@ -580,6 +658,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--no-fedavg", action="store_true", help="skip the plain FedAvg comparison")
     ap.add_argument(
         "--oracle", action="store_true", help="also FedAvg of the honest clients alone (see above)"
+    )
+    ap.add_argument(
+        "--pay",
+        action="store_true",
+        help="the task completes at --target and pays (payment ratios, see above)",
     )
     ap.add_argument("--quick", action="store_true", help="12 rounds, one seed")
     ap.add_argument("--jobs", type=int, default=1, help="parallel worker processes")

@@ -9,11 +9,13 @@ import numpy as np
 import genesis as genesis_tool
 from mpsnode.consensus import crypto
 from mpsnode.consensus.block import Block
+from mpsnode.consensus.hashing import H
 from mpsnode.consensus.invariants import compute_supply
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.smt import compute_root_reference
+from mpsnode.consensus.state import RoundPhase
 from mpsnode.consensus.stf.transition import BlockResult
-from mpsnode.consensus.tx import Body, CreateTask, SignedTx, Tx
+from mpsnode.consensus.tx import Body, CreateTask, SignedTx, Tx, commit_reveal
 from mpsnode.node.chain import Chain
 from mpsnode.node.store import MemoryStore, Store
 
@@ -51,6 +53,49 @@ class Kit:
             raise AssertionError(f"txs rejected: {[(e.reason) for _, e in rejected]}")
         self.check_invariants()
         return block, result
+
+    def pair(self, key: crypto.Keypair, task_id: int, round_: int, delta: bytes) -> tuple[SignedTx, SignedTx]:
+        """A signed COMMIT_UPDATE and REVEAL_UPDATE of ``delta`` (salt derived from the inputs)."""
+        salt = H(b"test-salt", key.address + task_id.to_bytes(8, "big") + round_.to_bytes(8, "big"))
+        commit, reveal = commit_reveal(self.genesis.chain_id, task_id, round_, key.address, delta, salt)
+        return self.tx(key, commit), self.tx(key, reveal)
+
+    def submit(
+        self,
+        task_id: int,
+        round_: int,
+        updates: Sequence[tuple[crypto.Keypair, bytes]],
+        extra: Iterable[SignedTx] = (),
+    ) -> tuple[Block, BlockResult]:
+        """Commit every update in one block (with ``extra``), wait for the reveal phase (blocks until the
+        commit deadline if some participant did not commit), then reveal them all in one block; returns
+        that last block, at whose end the round closes unless a reveal was refused."""
+        return self.submit_many([(key, task_id, round_, delta) for key, delta in updates], extra)
+
+    def submit_many(
+        self, items: Sequence[tuple[crypto.Keypair, int, int, bytes]], extra: Iterable[SignedTx] = ()
+    ) -> tuple[Block, BlockResult]:
+        """``submit`` for updates of several tasks at once: (key, task, round, delta) each."""
+        pairs = [
+            (task_id, round_, self.pair(key, task_id, round_, delta)) for key, task_id, round_, delta in items
+        ]
+        self.block([c for _, _, (c, _) in pairs] + list(extra))
+
+        def waiting() -> bool:
+            for task_id, round_, _ in pairs:
+                task = self.chain.state().get_task(task_id)
+                if task is not None and task.round == round_ and task.phase == RoundPhase.COMMIT:
+                    return True
+            return False
+
+        while waiting():
+            self.block()
+        reveals = []
+        for task_id, round_, (_, r) in pairs:
+            task = self.chain.state().get_task(task_id)
+            if task is not None and task.round == round_ and task.phase == RoundPhase.REVEAL:
+                reveals.append(r)
+        return self.block(reveals)
 
     def check_invariants(self) -> None:
         items = list(self.store.iter_state())

@@ -35,7 +35,7 @@ from mpsnode.consensus import crypto
 from mpsnode.consensus.block import Block, Header, compute_tx_root, decode_block, decode_header, sign_header
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.params import Params
-from mpsnode.consensus.tx import Kind, SignedTx, SubmitUpdate
+from mpsnode.consensus.tx import Kind, RevealUpdate, SignedTx
 from mpsnode.node.messages import BLOCK_PUSH, REPLY, Msg
 from mpsnode.node.wire import FrameReader, decode_message, encode_frame, max_reply_frame
 from verifier import checks
@@ -118,7 +118,7 @@ def _other_chain(block: Block, parent: Header | None, data: bytes, keys: Keys) -
 
 
 def _update_index(block: Block) -> int | None:
-    return next((i for i, t in enumerate(block.txs) if t.tx.kind == Kind.SUBMIT_UPDATE), None)
+    return next((i for i, t in enumerate(block.txs) if t.tx.kind == Kind.REVEAL_UPDATE), None)
 
 
 def _altered_update(block: Block, parent: Header | None, data: bytes, keys: Keys) -> tuple[bytes, int | None]:
@@ -126,8 +126,8 @@ def _altered_update(block: Block, parent: Header | None, data: bytes, keys: Keys
     assert i is not None
     stx = block.txs[i]
     body = stx.tx.body
-    assert isinstance(body, SubmitUpdate)
-    tx = replace(stx.tx, body=SubmitUpdate(body.task_id, body.round, _flip(body.delta, 0)))
+    assert isinstance(body, RevealUpdate)
+    tx = replace(stx.tx, body=RevealUpdate(body.task_id, body.round, _flip(body.delta, 0), body.salt))
     altered = SignedTx(tx, stx.signature, tx.signing_hash(), stx.size)  # the client's signature, other bytes
     return _with_txs(block, [*block.txs[:i], altered, *block.txs[i + 1 :]], keys).encode(), i
 

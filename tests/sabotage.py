@@ -33,11 +33,11 @@ def _pay_wrong_client() -> None:
     honest = rules.complete_task
 
     def complete_task(state: Any, env: Any, task: Any) -> list:
-        rewarded = {a for a, _ in task.rewards_weight}
+        rewarded = {a for a, _ in task.reward_units}
         others = [a for a in task.participants if a not in rewarded]
-        if task.rewards_weight and others:
-            (_, n), *rest = task.rewards_weight
-            task = replace(task, rewards_weight=((others[0], n), *rest))
+        if task.reward_units and others:
+            (_, n), *rest = task.reward_units
+            task = replace(task, reward_units=((others[0], n), *rest))
         return honest(state, env, task)
 
     rules.complete_task = complete_task

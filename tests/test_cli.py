@@ -121,7 +121,9 @@ BAD = [
         "tx-delta-not-npy",
         [
             "tx",
-            "submit-update",
+            "reveal-update",
+            "--salt",
+            "00" * 32,
             "--task",
             "1",
             "--round",

@@ -2,7 +2,7 @@
 
 Clients run ``mpsnode.clientd.run_client`` as trio tasks in the test process (the demo does the
 same) and, once, as the ``mpsnode client run`` command. Each test checks on the chain itself, block
-by block, that every client submitted exactly one update per round.
+by block, that every client committed to and revealed exactly one update per round.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from mpsnode.client.daemon import (
     Journal,
     RoundRecord,
     run_client,
+    signed_commitment,
     signed_update,
 )
 from mpsnode.client.wallet import Wallet
@@ -33,7 +34,7 @@ from mpsnode.consensus.events import TaskCreated
 from mpsnode.consensus.hashing import MODEL, H
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import TaskStatus
-from mpsnode.consensus.tx import JoinTask, Kind, Stake, SubmitUpdate
+from mpsnode.consensus.tx import JoinTask, Kind, Stake, commit_reveal
 from mpsnode.fl.data import digits_split, learner_seed
 from mpsnode.node.connection import Client, connect
 from mpsnode.node.errors import WrongNetwork
@@ -98,20 +99,24 @@ def _config(
 
 
 async def _submissions(client: Client, task_id: int) -> Counter[tuple[bytes, int]]:
-    """(sender, round) -> how many SUBMIT_UPDATE txs of that pair are in the chain, read block by block."""
+    """(sender, round, kind) -> how many COMMIT_UPDATE / REVEAL_UPDATE txs of that pair are in the
+    chain, read block by block."""
     head = (await client.status()).height
-    seen: Counter[tuple[bytes, int]] = Counter()
+    seen: Counter[tuple[bytes, int, Kind]] = Counter()
     for h in range(1, head + 1):
         _, block, _ = await client.block(h)
         assert block is not None
         for stx in block.txs:
-            if stx.tx.kind == Kind.SUBMIT_UPDATE and stx.tx.body.task_id == task_id:
-                seen[(stx.tx.sender, stx.tx.body.round)] += 1
+            if stx.tx.kind in (Kind.COMMIT_UPDATE, Kind.REVEAL_UPDATE) and stx.tx.body.task_id == task_id:
+                seen[(stx.tx.sender, stx.tx.body.round, stx.tx.kind)] += 1
     return seen
 
 
-def _assert_one_per_round(seen: Counter[tuple[bytes, int]], addresses: list[bytes], rounds: int) -> None:
-    assert set(seen) == {(a, r) for a in addresses for r in range(1, rounds + 1)}
+def _assert_one_per_round(
+    seen: Counter[tuple[bytes, int, Kind]], addresses: list[bytes], rounds: int
+) -> None:
+    kinds = (Kind.COMMIT_UPDATE, Kind.REVEAL_UPDATE)
+    assert set(seen) == {(a, r, k) for a in addresses for r in range(1, rounds + 1) for k in kinds}
     assert set(seen.values()) == {1}, f"double submissions: {[k for k, v in seen.items() if v > 1]}"
 
 
@@ -172,13 +177,14 @@ def test_clients_follow_rounds_check_proofs_and_submit_once(
                     cli.kill()
             assert cli.returncode == 0, err
             lines = [json.loads(line) for line in out.splitlines()]
-            assert [e["round"] for e in lines if e["event"] == "submitted"] == [1, 2, 3]
+            assert [e["round"] for e in lines if e["event"] == "committed"] == [1, 2, 3]
+            assert [e["round"] for e in lines if e["event"] == "revealed"] == [1, 2, 3]
             assert lines[-1] == {
                 "event": "done",
                 "done": True,
                 "task": task_id,
                 "status": "expired",
-                "rounds_submitted": 3,
+                "rounds_committed": 3,
                 "updates_ok": 3,
                 "reconnects": 0,
                 "accuracy_bps": lines[-1]["accuracy_bps"],
@@ -193,10 +199,11 @@ def test_clients_follow_rounds_check_proofs_and_submit_once(
             # every client trained from a model proven against a real signed header; all saw the same model
             for result in results:
                 for rec in result.rounds.values():
-                    assert rec.outcome == "ok"
+                    assert rec.outcome == "ok" and rec.reveal_outcome == "ok"
                     header = await client.header(rec.proven_height)
                     assert header.state_root.hex() == rec.state_root
-                    assert signed_update(rec).tx_id.hex() == rec.tx_id
+                    assert signed_commitment(rec).tx_id.hex() == rec.tx_id
+                    assert signed_update(rec).tx_id.hex() == rec.reveal_tx_id
             assert {r.rounds[1].model_hash for r in results} == {H(MODEL, init_weights).hex()}
             for rnd in (2, 3):
                 assert len({r.rounds[rnd].model_hash for r in results}) == 1
@@ -221,7 +228,7 @@ def test_client_survives_sequencer_kill9_without_double_submission(
 
         def on_event(ev: ClientEvent) -> None:
             events.append(ev)
-            if ev.kind == "submitted" and ev.fields["round"] == 2 and not killed.is_set():
+            if ev.kind == "committed" and ev.fields["round"] == 2 and not killed.is_set():
                 daemon.kill()  # SIGKILL, at once: other clients are mid-submit
                 killed.set()
 
@@ -245,9 +252,11 @@ def test_client_survives_sequencer_kill9_without_double_submission(
         assert killed.is_set() and daemon.starts == 2
         assert all(r.status == "expired" and sorted(r.rounds) == list(range(1, rounds + 1)) for r in results)
         outcomes = {
-            (r.address.hex()[:8], rec.round): rec.outcome for r in results for rec in r.rounds.values()
+            (r.address.hex()[:8], rec.round): (rec.outcome, rec.reveal_outcome)
+            for r in results
+            for rec in r.rounds.values()
         }
-        assert set(outcomes.values()) == {"ok"}, outcomes
+        assert set(outcomes.values()) == {("ok", "ok")}, outcomes
         assert sum(r.reconnects for r in results) >= N_CLIENTS  # every client lost its link and came back
         assert any(ev.kind == "disconnected" for ev in events)
         async with connect(daemon.address, genesis=net.genesis) as client:
@@ -262,7 +271,8 @@ def test_client_survives_sequencer_kill9_without_double_submission(
 def test_restarted_client_resubmits_its_journaled_update_not_a_new_one(
     tmp_path: Path, daemons: list[Daemon], split: fl.FederatedSplit
 ) -> None:
-    """A client that signed and journaled round 1's update, then died before sending it, sends that same tx."""
+    """A client that signed and journaled round 1's commitment, then died before sending it, sends that
+    same tx, and reveals the journaled delta."""
     daemon, net = _start(tmp_path, daemons)
     state_dir = tmp_path / "journals"
     late = net.keys["client-4"]
@@ -279,9 +289,20 @@ def test_restarted_client_resubmits_its_journaled_update_not_a_new_one(
             update = fl.LocalLearner(split.clients[4], fl.DEFAULT_ARCH, seed=99).train_round(
                 fl.weights_from_bytes(init_weights, fl.DEFAULT_ARCH), fl.DEFAULT_SCALE_BITS, 1
             )
-            orphan = wallet.sign(SubmitUpdate(task_id, 1, update.to_bytes()))
+            salt = bytes(range(32))
+            commit, _ = commit_reveal(client.chain_id, task_id, 1, late.address, update.to_bytes(), salt)
+            orphan = wallet.sign(commit)
             journal = Journal.for_client(state_dir, net.genesis.hash(), late.address, task_id)
-            journal.record(RoundRecord(1, orphan.encode().hex(), orphan.tx_id.hex(), orphan.tx.nonce))
+            journal.record(
+                RoundRecord(
+                    1,
+                    orphan.encode().hex(),
+                    orphan.tx_id.hex(),
+                    orphan.tx.nonce,
+                    delta=update.to_bytes().hex(),
+                    salt=salt.hex(),
+                )
+            )
             journal.close()  # the crashed process's lock went with it
             assert (await client.receipt(orphan.tx_id)).state == "unknown"
 
@@ -300,9 +321,12 @@ def test_restarted_client_resubmits_its_journaled_update_not_a_new_one(
                     await trio.sleep(0.05)
                 nursery.start_soon(one, 4)
 
-            assert "resubmitted" in kinds and "submitted" not in kinds  # client-4 signed nothing new
+            assert "resubmitted" in kinds and "committed" not in kinds  # client-4 trained nothing new
             mine = next(r for r in results if r.address == late.address)
             assert mine.rounds[1].tx_id == orphan.tx_id.hex() and mine.rounds[1].outcome == "ok"
+            revealed = signed_update(mine.rounds[1])
+            assert revealed is not None and revealed.tx.body.delta == update.to_bytes()  # the journaled delta
+            assert mine.rounds[1].reveal_outcome == "ok"
             included = await client.receipt(orphan.tx_id)
             assert included.ok  # the very tx journaled before the crash, with its nonce
             seen = await _submissions(client, task_id)

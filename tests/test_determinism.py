@@ -29,7 +29,7 @@ from mpsnode.consensus.events import RoundClosed, Slashed, TaskCompleted, TaskEx
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.receipt import decode_receipts
 from mpsnode.consensus.state import TaskStatus
-from mpsnode.consensus.tx import CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake
 from mpsnode.node.files import save_genesis
 
 from chainkit import Kit
@@ -112,9 +112,7 @@ def build_chain() -> tuple[Kit, list[bytes]]:
         noise = np.random.default_rng(seed).integers(-20, 21, N)
         return np.clip((teacher - w) // 3 + noise, -32768, 32767)
 
-    def updates(
-        task_id: int, round_: int, who: list[int], attack: dict[int, str], seed: int
-    ) -> list[SignedTx]:
+    def updates(task_id: int, round_: int, who: list[int], attack: dict[int, str], seed: int) -> list[tuple]:
         txs = []
         for i in who:
             d = honest(task_id, seed + i)
@@ -122,19 +120,23 @@ def build_chain() -> tuple[Kit, list[bytes]]:
                 d = np.clip(d * 50, -32768, 32767)
             elif attack.get(i) == "noise":
                 d = np.random.default_rng(seed + 1000 + i).integers(-20000, 20000, N)
-            txs.append(kit.tx(clients[i], SubmitUpdate(task_id, round_, d.astype("<i2").tobytes())))
+            txs.append((clients[i], task_id, round_, d.astype("<i2").tobytes()))
         return txs
 
     # round 1: task 1 with a boosted and a noise attacker (both slashed); task 2 with 2 updates (void)
-    kit.block(updates(1, 1, list(range(9)), {7: "boost", 8: "noise"}, 10) + updates(2, 1, [9, 10], {}, 20))
+    kit.submit_many(
+        updates(1, 1, list(range(9)), {7: "boost", 8: "noise"}, 10) + updates(2, 1, [9, 10], {}, 20)
+    )
     for _ in range(2):
         kit.block()  # task 2's round 1 reaches its deadline (void)
     # round 2: task 2 scored with one attacker (slashed), then expires at max_rounds
-    kit.block(updates(1, 2, list(range(7)), {}, 200) + updates(2, 2, [9, 10, 11, 12, 13], {13: "boost"}, 30))
+    kit.submit_many(
+        updates(1, 2, list(range(7)), {}, 200) + updates(2, 2, [9, 10, 11, 12, 13], {13: "boost"}, 30)
+    )
     for round_ in range(3, 7):
         if kit.chain.state().get_task(1).status != TaskStatus.ACTIVE:
             break
-        kit.block(updates(1, round_, list(range(7)), {}, 100 * round_))
+        kit.submit_many(updates(1, round_, list(range(7)), {}, 100 * round_))
     kit.block()
     blocks = [kit.store.get_block(h) for h in range(1, kit.chain.head.height + 1)]
     return kit, blocks

@@ -38,7 +38,8 @@ from mpsnode.consensus.events import RoundClosed
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.smt import MemoryNodeStore, SparseMerkleTree, compute_value_hash, verify_proof
-from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer
+from mpsnode.consensus.state import RoundPhase
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, Transfer, commit_reveal
 from mpsnode.node.connection import Client, connect
 from mpsnode.node.messages import Status
 from verifier import checks
@@ -109,9 +110,15 @@ async def drive(
         with trio.fail_after(TIMEOUT):
             while (await client.task(1)).value.round != 1:
                 await trio.sleep(0.05)
-        await _send_all(
-            client, [c.sign(SubmitUpdate(1, 1, d)) for c, d in zip(clients, deltas(outlier), strict=True)]
-        )
+        pairs = [
+            commit_reveal(g.chain_id, 1, 1, c.address, d, bytes(32))
+            for c, d in zip(clients, deltas(outlier), strict=True)
+        ]
+        await _send_all(client, [c.sign(commit) for c, (commit, _) in zip(clients, pairs, strict=True)])
+        with trio.fail_after(TIMEOUT):
+            while (await client.task(1)).value.phase != RoundPhase.REVEAL:
+                await trio.sleep(0.05)
+        await _send_all(client, [c.sign(reveal) for c, (_, reveal) in zip(clients, pairs, strict=True)])
         for height, events in await client.events(task_id=1):
             if any(isinstance(e, RoundClosed) and e.round == 1 for e in events):
                 return height

@@ -16,11 +16,12 @@ from mpsnode.consensus.errors import BlockDecodeError, DecodeError, InvalidBlock
 from mpsnode.consensus.events import EVENT_TYPES, decode_event
 from mpsnode.consensus.receipt import Receipt
 from mpsnode.consensus.tx import (
+    CommitUpdate,
     CreateTask,
     JoinTask,
+    RevealUpdate,
     SignedTx,
     Stake,
-    SubmitUpdate,
     Transfer,
     Tx,
     Unstake,
@@ -36,7 +37,8 @@ bodies = st.one_of(
     st.builds(Stake, u64),
     st.builds(Unstake, u64),
     st.builds(JoinTask, u64),
-    st.builds(SubmitUpdate, u64, u64, st.binary(max_size=64)),
+    st.builds(CommitUpdate, u64, u64, st.binary(min_size=32, max_size=32)),
+    st.builds(RevealUpdate, u64, u64, st.binary(max_size=64), st.binary(min_size=32, max_size=32)),
     st.builds(
         CreateTask,
         st.lists(u64, max_size=5).map(tuple),

@@ -13,7 +13,7 @@ from mpsnode.consensus import model
 from mpsnode.consensus.errors import InvalidField
 from mpsnode.consensus.events import RoundClosed
 from mpsnode.consensus.state import TaskStatus
-from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake
 from mpsnode.fl import attacks, mlp, quantize
 
 from chainkit import Kit
@@ -244,9 +244,7 @@ def test_learner_updates_close_a_round_on_the_chain() -> None:
         fl.LocalLearner(c, ARCH, seed=i).train_round(w, S, task.local_epochs)
         for i, c in enumerate(split.clients)
     ]
-    _, res = kit.block(
-        [kit.tx(c, SubmitUpdate(task_id, 1, u.to_bytes())) for c, u in zip(kit.clients, updates, strict=True)]
-    )
+    _, res = kit.submit(task_id, 1, [(c, u.to_bytes()) for c, u in zip(kit.clients, updates, strict=True)])
     closed = next(e for e in res.receipts[-1].events if isinstance(e, RoundClosed))
     assert closed.flagged == () and len(closed.selected) == 4
     vx, vy = fl.decode_validation(*kit.chain.state().get_valset(task_id), ARCH)

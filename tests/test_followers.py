@@ -142,16 +142,16 @@ def start_client(home: Path, port: int, task_id: int, i: int) -> ClientProcess:
     return ClientProcess(f"client-{i}", proc, log)
 
 
-async def submissions(address: tuple[str, int], g, task_id: int) -> Counter[tuple[bytes, int]]:
-    """(sender, round) -> SUBMIT_UPDATE txs of the task in the chain."""
-    seen: Counter[tuple[bytes, int]] = Counter()
+async def submissions(address: tuple[str, int], g, task_id: int) -> Counter[tuple[bytes, int, Kind]]:
+    """(sender, round, kind) -> COMMIT_UPDATE / REVEAL_UPDATE txs of the task in the chain."""
+    seen: Counter[tuple[bytes, int, Kind]] = Counter()
     async with connect(address, genesis=g) as client:
         for h in range(1, (await client.status()).height + 1):
             _, block, _ = await client.block(h)
             assert block is not None
             for stx in block.txs:
-                if stx.tx.kind == Kind.SUBMIT_UPDATE and stx.tx.body.task_id == task_id:
-                    seen[(stx.tx.sender, stx.tx.body.round)] += 1
+                if stx.tx.kind in (Kind.COMMIT_UPDATE, Kind.REVEAL_UPDATE) and stx.tx.body.task_id == task_id:
+                    seen[(stx.tx.sender, stx.tx.body.round, stx.tx.kind)] += 1
     return seen
 
 

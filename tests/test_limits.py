@@ -3,7 +3,7 @@ on a bound use this one copy of it."""
 
 from __future__ import annotations
 
-from mpsnode.consensus import krum, limits, model, tx
+from mpsnode.consensus import contribution, krum, limits, model, tx
 
 INT64_MAX = (1 << 63) - 1
 INT16_ABS_MAX = 1 << 15  # |q| of an int16 delta entry
@@ -41,3 +41,17 @@ def test_one_copy_of_each_bound() -> None:
     assert model.WEIGHT_CLAMP == model.ACTIVATION_MAX == limits.MODEL_CLAMP
     assert model.MAX_FAN_IN is limits.MAX_FAN_IN and model.MAX_SCALE_BITS is limits.MAX_SCALE_BITS
     assert tx.MAX_PARAMS is limits.MAX_PARAMS and tx.MAX_CLIENTS is limits.MAX_CLIENTS
+
+
+def test_contribution_sums_fit_int64() -> None:
+    term = (1 << 24) - 1  # back-propagated terms and activations are clamped to 2^24 - 1
+    weight_gradient = limits.MAX_VALIDATION_SAMPLES * term * limits.MODEL_CLAMP
+    assert weight_gradient < 1 << 62
+    bias_gradient = (limits.MAX_VALIDATION_SAMPLES * term) << limits.MAX_SCALE_BITS
+    assert bias_gradient < 1 << 62
+    # e = t W summed over a layer's outputs: at most a fan-in's worth (the next layer's input width)
+    assert limits.MAX_FAN_IN * term * limits.MODEL_CLAMP < 1 << 62
+    gain = limits.MAX_PARAMS * (1 << limits.DIRECTION_BITS) * INT16_ABS_MAX
+    assert gain <= 1 << 61
+    assert contribution.DIRECTION_BITS is limits.DIRECTION_BITS
+    assert tx.MAX_VALIDATION_SAMPLES is limits.MAX_VALIDATION_SAMPLES

@@ -24,7 +24,7 @@ from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.receipt import Receipt, decode_receipts, encode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
-from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, SubmitUpdate, Transfer
+from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, Transfer
 from mpsnode.node.export import BLOCK, LENGTH, MAGIC, RECEIPTS
 from mpsnode.node.store import LmdbStore
 from verifier import checks
@@ -71,24 +71,15 @@ def build_home(path: Path) -> tuple[Path, int]:
         for round_ in (1, 2, 3):
             active = kit.chain.state().get_task(1).participants
             ds = updates(rng, 6, outlier=5 if round_ == 1 else None)
-            block, _ = kit.block(
-                [
-                    kit.tx(c, SubmitUpdate(1, round_, d))
-                    for c, d in zip(clients, ds, strict=True)
-                    if c.address in active
-                ]
+            block, _ = kit.submit(
+                1, round_, [(c, d) for c, d in zip(clients, ds, strict=True) if c.address in active]
             )
             slash_height = slash_height or block.height
         kit.block(
             [kit.tx(kit.user, create_task(3000, 2, 5)), kit.tx(kit.user, Transfer(clients[0].address, 7))]
         )
         kit.block([kit.tx(c, JoinTask(2)) for c in clients[:5]])
-        kit.block(
-            [
-                kit.tx(c, SubmitUpdate(2, 1, d))
-                for c, d in zip(clients[:5], updates(rng, 5, None), strict=True)
-            ]
-        )
+        kit.submit(2, 1, list(zip(clients[:5], updates(rng, 5, None), strict=True)))
         kit.block([kit.tx(kit.user, Transfer(clients[1].address, 9))])
     finally:
         store.close()
@@ -149,7 +140,8 @@ def test_replay_of_a_home_checks_every_root_and_audits_every_task(chain_home, ca
     assert tasks[1]["status"] == "expired" and tasks[1]["refunded"] > 0
     assert tasks[2]["status"] == "completed" and tasks[2]["final_accuracy_bps"] == 3333
     assert tasks[2]["payments"] == {e.address.hex(): e.amount for _, e in events if isinstance(e, Rewarded)}
-    assert tasks[2]["charged"] == 100 and tasks[2]["target_accuracy_bps"] == 3000
+    paid = sum(tasks[2]["payments"].values())
+    assert tasks[2]["charged"] == 5 + paid and tasks[2]["target_accuracy_bps"] == 3000  # fee + earned
 
     png = plot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mpsnode.consensus import model, robust
+from mpsnode.consensus import contribution, krum, model, robust
 from mpsnode.consensus.events import (
     Jailed,
     ParticipantRemoved,
@@ -22,7 +22,7 @@ from mpsnode.consensus.events import (
 from mpsnode.consensus.state import TaskStatus
 from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.stf.task import EXPIRED_TOO_FEW_PARTICIPANTS
-from mpsnode.consensus.tx import JoinTask, Stake, SubmitUpdate, Unstake
+from mpsnode.consensus.tx import JoinTask, Stake, Unstake
 from mpsnode.node.inspect import task_fields
 
 from chainkit import Kit, small_task
@@ -56,7 +56,7 @@ def deltas(seed: int, n_clients: int, outliers: dict[int, int]) -> list[np.ndarr
 
 def submit_round(kit: Kit, task_id: int, round_: int, ds: list[np.ndarray], who: list[int] | None = None):
     who = list(range(len(ds))) if who is None else who
-    _, res = kit.block([kit.tx(kit.clients[i], SubmitUpdate(task_id, round_, ds[i].tobytes())) for i in who])
+    _, res = kit.submit(task_id, round_, [(kit.clients[i], ds[i].tobytes()) for i in who])
     assert all(r.status == 0 for r in res.receipts[:-1])
     return res
 
@@ -111,25 +111,56 @@ def test_outlier_is_slashed_and_selection_is_aggregated() -> None:
     assert res.receipts[0].status == 0
 
 
-def test_completion_bills_and_pays_pro_rata_with_dust_to_treasury() -> None:
+def expected_units(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int], weights_of_rows):
+    """Each update's reward units, from the reference twins (first round: no public basis)."""
+    state = kit.chain.state()
+    task = state.get_task(task_id)
+    val_x, val_y = state.get_valset(task_id)
+    x = np.frombuffer(val_x, dtype="<i2").reshape(-1, ARCH[0])
+    y = np.frombuffer(val_y, dtype=np.uint8)
+    weights = np.frombuffer(state.get_model(task_id), dtype="<i4")
+    g = contribution.margin_gradient_reference(weights, ARCH, task.scale_bits, x, y)
+    direction = contribution.orthogonal_direction_reference(
+        contribution.to_direction(g), np.zeros((0, N), np.int16)
+    )
+    Q = np.stack([ds[i] for i in who]).astype(np.int16)
+    copies = contribution.near_copies(
+        krum.gram_matrix_reference(Q).tolist(), kit.genesis.params.duplicate_cosine_bps
+    )
+    gains = contribution.gains_reference(direction, Q).tolist()
+    return contribution.round_units(gains, weights_of_rows, copies)
+
+
+def test_completion_pays_each_client_its_contribution_and_refunds_the_rest() -> None:
     kit = Kit()
-    task_id = start_task(kit, target_accuracy_bps=1, max_rounds=5, fee_per_round=333)
+    task_id = start_task(kit, target_accuracy_bps=1, max_rounds=5, fee_per_round=3333)
     ds = deltas(2, 5, {})
     treasury_before = kit.account(kit.genesis.treasury).balance
     user_before = kit.account(kit.user).balance
+    result, _, _ = expected_close(kit, task_id, ds, [0, 1, 2, 3, 4])
+    selected = tuple(kit.clients[i].address for i in result.selected)
+    units = expected_units(kit, task_id, ds, [0, 1, 2, 3, 4], result.weights)
+    everyone = tuple(kit.clients[i].address for i in range(5))
     res = submit_round(kit, task_id, 1, ds)
     events = res.receipts[-1].events
+    closed = next(e for e in events if isinstance(e, RoundClosed))
+    assert closed.selected == selected and closed.contributions == units
+    assert any(u > 0 for u in units) and sum(max(0, u) for u in units) <= contribution.ROUND_UNITS
     done = [e for e in events if isinstance(e, TaskCompleted)]
     assert done, events
-    charged = 333 * 1
-    protocol_fee = charged * kit.genesis.params.protocol_fee_bps // 10_000
-    pool = charged - protocol_fee
-    rewards = [e for e in events if isinstance(e, Rewarded)]
-    assert len(rewards) == 4 and all(e.amount == pool // 4 for e in rewards)
-    dust = pool - sum(e.amount for e in rewards)
-    assert kit.account(kit.genesis.treasury).balance == treasury_before + protocol_fee + dust
+    bill = 3333 * 1
+    protocol_fee = bill * kit.genesis.params.protocol_fee_bps // 10_000
+    pool = bill - protocol_fee
+    expected = {
+        a: pool * u // contribution.ROUND_UNITS for a, u in zip(everyone, units, strict=True) if u > 0
+    }
+    rewards = {e.address: e.amount for e in events if isinstance(e, Rewarded)}
+    assert rewards == {a: n for a, n in expected.items() if n}
+    paid = sum(rewards.values())
+    assert done[0].charged == protocol_fee + paid and done[0].protocol_fee == protocol_fee
+    assert kit.account(kit.genesis.treasury).balance == treasury_before + protocol_fee
     refund = next(e for e in events if isinstance(e, Refunded))
-    assert refund.amount == 333 * 5 - charged
+    assert refund.amount == 3333 * 5 - protocol_fee - paid  # unearned units and dust go back
     assert kit.account(kit.user).balance == user_before + refund.amount
     task = kit.chain.state().get_task(task_id)
     assert task.status == TaskStatus.COMPLETED and task.escrow == 0
@@ -150,22 +181,24 @@ def test_unreached_target_expires_with_full_refund() -> None:
     assert not [e for e in events if isinstance(e, Rewarded)]
 
 
-def close_by_deadline(kit: Kit) -> list:
-    """Blocks until a round closes; the end-of-block events of that block."""
+def close_by_deadline(kit: Kit, res=None) -> list:
+    """The end-of-block events of the block where the round closes: ``res``'s (the reveal block of
+    ``submit_round``, where every committer has revealed) or, if it did not close there, the next."""
     while True:
+        if res is not None:
+            events = res.receipts[-1].events
+            if any(isinstance(e, RoundClosed) for e in events):
+                return events
         _, res = kit.block()
-        events = res.receipts[-1].events
-        if any(isinstance(e, RoundClosed) for e in events):
-            return events
 
 
 def test_void_round_only_below_three_updates() -> None:
     kit = Kit()
     task_id = start_task(kit, target_accuracy_bps=10_000, max_rounds=3)
     ds = deltas(3, 5, {})
-    submit_round(kit, task_id, 1, ds, who=[0, 1])
+    res = submit_round(kit, task_id, 1, ds, who=[0, 1])
     model_before = kit.chain.state().get_model(task_id)
-    closed = next(e for e in close_by_deadline(kit) if isinstance(e, RoundClosed))
+    closed = next(e for e in close_by_deadline(kit, res) if isinstance(e, RoundClosed))
     assert closed.void == 1 and closed.scores == () and closed.tolerated_f == 0
     assert kit.chain.state().get_model(task_id) == model_before
     assert kit.chain.state().get_task(task_id).billed_rounds == 0
@@ -178,8 +211,8 @@ def test_a_round_with_silent_participants_is_scored_with_what_k_allows() -> None
     ds = deltas(3, 5, {})
     result, new_weights, acc = expected_close(kit, task_id, ds, [0, 1, 2, 3])
     assert result.tolerated_f == 0
-    submit_round(kit, task_id, 1, ds, who=[0, 1, 2, 3])
-    closed = next(e for e in close_by_deadline(kit) if isinstance(e, RoundClosed))
+    res = submit_round(kit, task_id, 1, ds, who=[0, 1, 2, 3])
+    closed = next(e for e in close_by_deadline(kit, res) if isinstance(e, RoundClosed))
     assert closed.void == 0 and closed.tolerated_f == 0 and closed.accuracy_bps == acc
     assert np.array_equal(np.frombuffer(kit.chain.state().get_model(task_id), dtype="<i4"), new_weights)
     task = kit.chain.state().get_task(task_id)
@@ -196,8 +229,8 @@ def test_a_participant_silent_too_long_is_removed_without_a_slash() -> None:
     quiet = kit.clients[4].address
     bonded = kit.account(quiet).bonded
     for round_ in range(1, limit + 1):
-        submit_round(kit, task_id, round_, deltas(20 + round_, 5, {}), who=[0, 1, 2, 3])
-        events = close_by_deadline(kit)
+        res = submit_round(kit, task_id, round_, deltas(20 + round_, 5, {}), who=[0, 1, 2, 3])
+        events = close_by_deadline(kit, res)
         task = kit.chain.state().get_task(task_id)
         if round_ < limit:
             assert dict(task.missed)[quiet] == round_ and quiet in task.participants
@@ -206,7 +239,7 @@ def test_a_participant_silent_too_long_is_removed_without_a_slash() -> None:
     assert not [e for e in events if isinstance(e, Slashed)]
     task = kit.chain.state().get_task(task_id)
     assert quiet not in task.participants and task.removed == 1 and task.missed == ()
-    assert quiet not in dict(task.rewards_weight)
+    assert quiet not in dict(task.reward_units)
     acct = kit.account(quiet)
     assert acct.bonded == bonded and not acct.jailed and task_id not in acct.tasks
     # The removed participant is one of the f: the next round of the other four runs with f = 0.
@@ -222,9 +255,9 @@ def test_resubmitting_resets_the_missed_count() -> None:
     limit = kit.genesis.params.max_missed_rounds
     for round_ in range(1, 2 * limit + 1):
         who = [0, 1, 2, 3] if round_ % limit else [0, 1, 2, 3, 4]  # back just in time, every time
-        submit_round(kit, task_id, round_, deltas(60 + round_, 5, {}), who=who)
+        res = submit_round(kit, task_id, round_, deltas(60 + round_, 5, {}), who=who)
         if len(who) == 4:
-            close_by_deadline(kit)
+            close_by_deadline(kit, res)
         task = kit.chain.state().get_task(task_id)
         if task.status != TaskStatus.ACTIVE:
             break
@@ -252,8 +285,8 @@ def test_a_task_left_with_fewer_than_three_participants_expires_with_a_refund() 
     limit = kit.genesis.params.max_missed_rounds
     events: list = []
     for round_ in range(1, limit + 1):
-        submit_round(kit, task_id, round_, deltas(80 + round_, 5, {}), who=[0, 1])
-        events = close_by_deadline(kit)
+        res = submit_round(kit, task_id, round_, deltas(80 + round_, 5, {}), who=[0, 1])
+        events = close_by_deadline(kit, res)
     removed = [e for e in events if isinstance(e, ParticipantRemoved)]
     assert len(removed) == 3 and all(e.reason == RemovalReason.SILENT for e in removed)
     expired = [e for e in events if isinstance(e, TaskExpired)]

@@ -22,6 +22,7 @@ from mpsnode.consensus.errors import (
     WrongParent,
 )
 from mpsnode.consensus.events import (
+    RevealOpened,
     RoundClosed,
     RoundOpened,
     TaskExpired,
@@ -30,9 +31,9 @@ from mpsnode.consensus.events import (
     Unjailed,
 )
 from mpsnode.consensus.model import param_count
-from mpsnode.consensus.state import TaskStatus
+from mpsnode.consensus.state import RoundPhase, TaskStatus
 from mpsnode.consensus.stf.task import EXPIRED_MAX_ROUNDS, EXPIRED_NOT_ENOUGH_CLIENTS
-from mpsnode.consensus.tx import JoinTask, Stake, SubmitUpdate, Transfer, Tx, Unstake
+from mpsnode.consensus.tx import JoinTask, RevealUpdate, Stake, Transfer, Tx, Unstake, commit_reveal
 
 from chainkit import Kit, random_delta, small_task
 
@@ -161,7 +162,7 @@ def test_task_expires_without_enough_clients(kit: Kit) -> None:
     assert kit.account(kit.clients[0]).tasks == ()
 
 
-def test_submit_update_rules_void_rounds_and_expiry(kit: Kit) -> None:
+def test_commit_reveal_rules_void_rounds_and_expiry(kit: Kit) -> None:
     arch = (4, 3)
     n = param_count(arch)
     task_id = _task_flow(
@@ -172,25 +173,60 @@ def test_submit_update_rules_void_rounds_and_expiry(kit: Kit) -> None:
     opened = [e for e in res.receipts[-1].events if isinstance(e, RoundOpened)]
     assert opened and opened[0].round == 1
     d0 = random_delta(n, 0)
+    cid, salt = kit.genesis.chain_id, bytes(range(32))
+    commit0, reveal0 = commit_reveal(cid, task_id, 1, c[0].address, d0, salt)
+    commit1, reveal1 = commit_reveal(cid, task_id, 1, c[1].address, d0, salt)  # the same delta: refused
+    commit2, reveal2 = commit_reveal(cid, task_id, 1, c[2].address, random_delta(n, 2), salt)
+    commit3, _ = commit_reveal(cid, task_id, 2, c[3].address, random_delta(n, 3), salt)
+    commit6, _ = commit_reveal(cid, task_id, 1, c[6].address, random_delta(n, 4), salt)
     _, res = kit.block(
         [
-            kit.tx(c[0], SubmitUpdate(task_id, 1, d0)),
-            kit.tx(c[0], SubmitUpdate(task_id, 1, random_delta(n, 1))),
-            kit.tx(c[1], SubmitUpdate(task_id, 1, d0)),
-            kit.tx(c[2], SubmitUpdate(task_id, 2, random_delta(n, 2))),
-            kit.tx(c[3], SubmitUpdate(task_id, 1, random_delta(n, 3)[:-2])),
-            kit.tx(c[6], SubmitUpdate(task_id, 1, random_delta(n, 4))),
+            kit.tx(c[0], commit0),
+            kit.tx(c[0], commit0),
+            kit.tx(c[0], reveal0),
+            kit.tx(c[1], commit1),
+            kit.tx(c[2], commit2),
+            kit.tx(c[3], commit3),
+            kit.tx(c[6], commit6),
         ]
     )
     assert [r.status for r in res.receipts[:-1]] == [
         0,
-        errors.AlreadySubmitted.code,
-        errors.DuplicateUpdate.code,
+        errors.AlreadyCommitted.code,
+        errors.WrongPhase.code,  # no reveal in the commit phase
+        0,
+        0,
         errors.WrongRound.code,
-        errors.WrongUpdateSize.code,
         errors.NotParticipant.code,
     ]
-    # only 1 of 5 submitted (k < 2f+3): the round is void at its deadline
+    task = kit.chain.state().get_task(task_id)
+    assert task.committed == (c[0].address, c[1].address, c[2].address) and task.phase == RoundPhase.COMMIT
+    while kit.chain.state().get_task(task_id).phase == RoundPhase.COMMIT:  # c[3], c[4] never commit
+        _, res = kit.block()
+    assert any(isinstance(e, RevealOpened) for e in res.receipts[-1].events)
+    wrong_salt = RevealUpdate(task_id, 1, reveal2.delta, bytes(32))
+    bad_size = RevealUpdate(task_id, 1, reveal2.delta[:-2], salt)
+    _, res = kit.block(
+        [
+            kit.tx(c[3], commit3),
+            kit.tx(c[0], reveal0),
+            kit.tx(c[0], reveal0),
+            kit.tx(c[1], reveal1),
+            kit.tx(c[2], wrong_salt),
+            kit.tx(c[2], bad_size),
+            kit.tx(c[4], reveal0),
+        ]
+    )
+    assert [r.status for r in res.receipts[:-1]] == [
+        errors.WrongRound.code,
+        0,
+        errors.AlreadySubmitted.code,
+        errors.DuplicateUpdate.code,
+        errors.CommitmentMismatch.code,
+        errors.WrongUpdateSize.code,
+        errors.NotCommitted.code,
+    ]
+    # only 1 of 5 revealed (k < 3): the round is void at the reveal deadline
     while True:
         _, res = kit.block()
         closed = [e for e in res.receipts[-1].events if isinstance(e, RoundClosed)]
@@ -198,8 +234,10 @@ def test_submit_update_rules_void_rounds_and_expiry(kit: Kit) -> None:
             break
     assert closed[0].void == 1 and closed[0].round == 1
     state = kit.chain.state()
-    assert state.get_update(task_id, c[0].address) is None  # pending updates cleared
-    assert state.get_task(task_id).round == 2
+    task = state.get_task(task_id)
+    assert task.round == 2 and task.previous == (c[0].address,) and task.committed == ()
+    assert state.get_update(task_id, c[0].address) == d0  # kept: the next round's public basis
+    assert state.get_commitment(task_id, c[0].address) is None and state.get_direction(task_id) is None
     before = kit.account(kit.user).balance
     while True:
         _, res = kit.block()
@@ -208,6 +246,7 @@ def test_submit_update_rules_void_rounds_and_expiry(kit: Kit) -> None:
     assert TaskExpired(task_id, EXPIRED_MAX_ROUNDS, 2) in res.receipts[-1].events
     assert kit.account(kit.user).balance == before + 200
     assert kit.account(c[0]).tasks == ()
+    assert kit.chain.state().get_update(task_id, c[0].address) is None  # a finished task keeps no update
     _, res = kit.block([kit.tx(c[0], Unstake(1000))])
     assert status(res) == 0
 

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mpsnode.consensus.model import param_count
-from mpsnode.consensus.tx import JoinTask, Stake, SubmitUpdate, Transfer, Unstake
+from mpsnode.consensus.tx import JoinTask, Stake, Transfer, Unstake, commit_reveal
 from mpsnode.node.store import LmdbStore
 
 from chainkit import Kit, random_delta, small_task
@@ -24,7 +24,7 @@ actions = st.one_of(
     st.tuples(st.just("task"), st.integers(0, 2)),
     st.tuples(st.just("join"), st.integers(0, N_CLIENTS - 1), st.integers(1, 3)),
     st.tuples(
-        st.just("update"),
+        st.sampled_from(["commit", "reveal"]),
         st.integers(0, N_CLIENTS - 1),
         st.integers(1, 3),
         st.integers(1, 3),
@@ -46,8 +46,13 @@ def body_for(action: tuple, kit: Kit):
         return None, small_task(f=0, min_clients=3, join_blocks=1 + action[1], round_blocks=2, max_rounds=2)
     if kind == "join":
         return action[1], JoinTask(action[2])
-    if kind == "update":
-        return action[1], SubmitUpdate(action[2], action[3], random_delta(param_count((4, 3)), action[4]))
+    if kind in ("commit", "reveal"):
+        key = kit.clients[action[1]]
+        delta = random_delta(param_count((4, 3)), action[4])
+        commit, reveal = commit_reveal(
+            kit.genesis.chain_id, action[2], action[3], key.address, delta, bytes(32)
+        )
+        return action[1], commit if kind == "commit" else reveal
     raise AssertionError(kind)
 
 

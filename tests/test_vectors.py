@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 import genesis as genesis_tool
-from mpsnode.consensus import errors, krum, model, robust
+from mpsnode.consensus import contribution, errors, krum, model, robust
 from mpsnode.consensus.block import decode_block
-from mpsnode.consensus.events import RoundClosed
+from mpsnode.consensus.events import RevealOpened, RoundClosed
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.stf.transition import BlockResult
-from mpsnode.consensus.tx import SubmitUpdate
+from mpsnode.consensus.tx import RevealUpdate
 from mpsnode.node.chain import Chain
 from mpsnode.node.files import load_genesis
 from mpsnode.node.store import LmdbStore, MemoryStore
@@ -135,29 +135,56 @@ def test_sequencer_path(case: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize(("case", "scored"), [("rounds", 3), ("liveness", 4)])
 def test_round_vectors_agree_with_the_reference_twins(case: str, scored: int) -> None:
     """The pinned round closes, recomputed from the blocks' update bytes with the plain reference
-    round rule and aggregation: the golden values are the rule's, not just whatever the kernels
+    round rule, aggregation and contribution (margin gradient, projection off the last round's
+    updates, gains, units): the golden values are the rules', not just whatever the kernels
     returned."""
     genesis, blocks, _expected = load(case)
     chain = Chain(MemoryStore(), genesis)
     updates: dict[tuple[int, int], list[tuple[bytes, bytes]]] = {}
+    basis: dict[int, list[bytes]] = {}  # task -> the last closed round's revealed deltas
+    directions: dict[tuple[int, int], np.ndarray] = {}
     closes = 0
     for data in blocks:
         block = decode_block(data)
         before = chain.state()
         tasks = {t: before.get_task(t) for t in range(1, before.get_globals().next_task_id)}
         models = {t: before.get_model(t) for t in tasks}
-        for stx in block.txs:
-            if isinstance(stx.tx.body, SubmitUpdate):
+        result = chain.apply(block)
+        for stx, receipt in zip(block.txs, result.receipts, strict=False):
+            if isinstance(stx.tx.body, RevealUpdate) and receipt.status == 0:
                 body = stx.tx.body
                 updates.setdefault((body.task_id, body.round), []).append((stx.tx.sender, body.delta))
-        result = chain.apply(block)
-        for event in (e for r in result.receipts for e in r.events):
-            if not isinstance(event, RoundClosed) or event.void:
+        for event in result.receipts[-1].events:
+            if isinstance(event, RevealOpened):
+                task = tasks[event.task_id]
+                x, y = before.get_valset(event.task_id)
+                g = contribution.margin_gradient_reference(
+                    np.frombuffer(models[event.task_id], dtype="<i4"),
+                    task.arch,
+                    task.scale_bits,
+                    np.frombuffer(x, dtype="<i2").reshape(-1, task.arch[0]),
+                    np.frombuffer(y, dtype=np.uint8),
+                )
+                n = model.param_count(task.arch)
+                P = np.stack(
+                    [np.frombuffer(d, dtype="<i2") for d in basis.get(event.task_id, [])]
+                    or [np.zeros((0, n), np.int16)]
+                ).reshape(-1, n)
+                directions[(event.task_id, event.round)] = contribution.orthogonal_direction_reference(
+                    contribution.to_direction(g), P.astype(np.int16)
+                )
+                stored = np.frombuffer(chain.state().get_direction(event.task_id), dtype="<i4")
+                assert np.array_equal(stored.astype(np.int64), directions[(event.task_id, event.round)])
+            if not isinstance(event, RoundClosed):
+                continue
+            rows = updates.get((event.task_id, event.round), [])
+            assert tuple(a for a, _ in rows) == event.participants
+            if (event.task_id, event.round) in directions:
+                basis[event.task_id] = [d for _, d in rows]
+            if event.void:
                 continue
             closes += 1
             task = tasks[event.task_id]
-            rows = updates[(event.task_id, event.round)]
-            assert tuple(a for a, _ in rows) == event.participants
             Q = np.stack([np.frombuffer(d, dtype="<i2") for _, d in rows]).astype(np.int16)
             f = robust.flag_f(task.byzantine_f, len(rows))
             keep = robust.tolerated_f(task.byzantine_f, task.removed, len(rows))
@@ -169,6 +196,11 @@ def test_round_vectors_agree_with_the_reference_twins(case: str, scored: int) ->
             assert tuple(int(s) for s in scores) == event.scores == decision.scores
             assert event.selected == tuple(rows[i][0] for i in decision.selected)
             assert event.flagged == tuple(rows[i][0] for i in decision.flagged)
+            gains = contribution.gains_reference(directions[(event.task_id, event.round)], Q)
+            copies = contribution.near_copies(
+                krum.gram_matrix_reference(Q).tolist(), genesis.params.duplicate_cosine_bps
+            )
+            assert event.contributions == contribution.round_units(gains.tolist(), decision.weights, copies)
             new = model.aggregate_reference(
                 np.frombuffer(models[event.task_id], dtype="<i4"), Q, decision.weights
             )

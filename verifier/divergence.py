@@ -164,7 +164,7 @@ def describe_value(key: bytes, value: bytes | None) -> Any:
                 "submitted": [p.hex() for p in t.submitted],
                 "escrow": t.escrow,
                 "accuracy_bps": t.accuracy_bps,
-                "rewards_weight": [[a.hex(), n] for a, n in t.rewards_weight],
+                "reward_units": [[a.hex(), n] for a, n in t.reward_units],
             }
     except (DecodeError, ValueError):
         pass

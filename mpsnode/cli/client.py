@@ -102,13 +102,13 @@ def cmd_client_run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    ok = [r for r in result.rounds.values() if r.outcome == "ok"]
+    ok = [r for r in result.rounds.values() if r.outcome == "ok" and r.reveal_outcome == "ok"]
     summary = {
         "done": True,
         "task": result.task_id,
         "status": result.status,
-        "rounds_submitted": len(result.rounds),
-        "updates_ok": len(ok),
+        "rounds_committed": len(result.rounds),
+        "updates_ok": len(ok),  # committed and revealed
         "reconnects": result.reconnects,
         "accuracy_bps": result.accuracy_bps,
     }

@@ -8,6 +8,7 @@ genesis is fetched and trusted on first use). Output is human-readable; ``--json
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,7 +26,7 @@ from mpsnode.consensus.limits import MIN_SCORED_UPDATES
 from mpsnode.consensus.state import Task, TaskStatus
 from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.stf.task import EXPIRED_NOT_ENOUGH_CLIENTS, EXPIRED_TOO_FEW_PARTICIPANTS
-from mpsnode.consensus.tx import Body, CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate, Transfer, Unstake
+from mpsnode.consensus.tx import Body, CreateTask, JoinTask, SignedTx, Stake, Transfer, Unstake, commit_reveal
 from mpsnode.fl.data import load_array, load_arrays
 from mpsnode.node.connection import Client, Proven, connect
 from mpsnode.node.errors import NotFound, WouldFail
@@ -67,7 +68,19 @@ def _run(
 # tx
 
 
-def _body(args: argparse.Namespace, home: Home | None) -> Body:
+def _salt(args: argparse.Namespace) -> bytes:
+    if args.salt is None:
+        return secrets.token_bytes(32)
+    try:
+        salt = bytes.fromhex(args.salt)
+    except ValueError:
+        salt = b""
+    if len(salt) != 32:
+        raise ValueError(f"--salt must be 32 bytes as 64 hex digits, got {args.salt!r}")
+    return salt
+
+
+def _body(args: argparse.Namespace, home: Home | None, chain_id: str, sender: bytes) -> Body:
     kind = args.tx_cmd
     if kind == "transfer":
         return Transfer(parse_address(args.to, home), args.amount)
@@ -77,13 +90,14 @@ def _body(args: argparse.Namespace, home: Home | None) -> Body:
         return Unstake(args.amount)
     if kind == "join":
         return JoinTask(args.task)
-    if kind == "submit-update":
+    if kind in ("commit-update", "reveal-update"):
         if args.delta:
             delta = load_array(args.delta, "--delta").astype("<i2").tobytes()
         else:
             rng = np.random.default_rng(args.random_delta)
             delta = rng.integers(-args.scale, args.scale, args.params, dtype=np.int16).astype("<i2").tobytes()
-        return SubmitUpdate(args.task, args.round, delta)
+        commit, reveal = commit_reveal(chain_id, args.task, args.round, sender, delta, args.salt_bytes)
+        return commit if kind == "commit-update" else reveal
     if kind == "create-task":
         return _create_task(args)
     raise ValueError(f"unknown tx kind {kind}")
@@ -127,10 +141,14 @@ def cmd_tx(args: argparse.Namespace) -> int:
     included with a failed effect or dropped, 2 when it was not sent (it would fail, or bad input)."""
     genesis, node, home = resolve_node(args)
     key = signer_key(args, home)
-    body = _body(args, home)
+    if args.tx_cmd in ("commit-update", "reveal-update"):
+        args.salt_bytes = _salt(args)
+    if genesis is not None:  # bad input is refused before connecting
+        _body(args, home, genesis.chain_id, key.address)
 
     async def send() -> tuple[int, dict[str, Any]]:
         async with connect(node, genesis=genesis, timeout=args.timeout) as client:
+            body = _body(args, home, client.chain_id, key.address)
             wallet = Wallet(key, client.chain_id, client.params)
             if args.nonce is not None:
                 wallet.next_nonce = args.nonce
@@ -149,6 +167,8 @@ def cmd_tx(args: argparse.Namespace) -> int:
                 "size": stx.size,
                 "state": "accepted",
             }
+            if args.tx_cmd == "commit-update":
+                out["salt"] = args.salt_bytes.hex()  # reveal-update needs it: keep it
             if not args.wait:
                 return 0, out
             outcome = await client.wait_receipt(tx_id, timeout=args.timeout)

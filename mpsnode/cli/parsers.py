@@ -176,14 +176,24 @@ def _node(sub: Any) -> None:
         p.add_argument("--amount", type=int, required=True)
     p = tx_parser("join", "join a task")
     p.add_argument("--task", type=int, required=True)
-    p = tx_parser("submit-update", "submit a model update (int16 delta)")
-    p.add_argument("--task", type=int, required=True)
-    p.add_argument("--round", type=int, required=True)
-    g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--delta", help=".npy file of the delta (cast to int16)")
-    g.add_argument("--random-delta", type=int, metavar="SEED", help="a random delta (for testing)")
-    p.add_argument("--params", type=int, default=0, help="parameter count for --random-delta")
-    p.add_argument("--scale", type=int, default=100, help="magnitude for --random-delta")
+    for name, text in (
+        ("commit-update", "commit to a model update (commit phase; prints the salt to reveal with)"),
+        ("reveal-update", "reveal the committed update (reveal phase): the same delta and salt"),
+    ):
+        p = tx_parser(name, text)
+        p.add_argument("--task", type=int, required=True)
+        p.add_argument("--round", type=int, required=True)
+        g = p.add_mutually_exclusive_group(required=True)
+        g.add_argument("--delta", help=".npy file of the delta (cast to int16)")
+        g.add_argument("--random-delta", type=int, metavar="SEED", help="a random delta (for testing)")
+        p.add_argument("--params", type=int, default=0, help="parameter count for --random-delta")
+        p.add_argument("--scale", type=int, default=100, help="magnitude for --random-delta")
+        p.add_argument(
+            "--salt",
+            required=name == "reveal-update",
+            help="32 bytes as hex"
+            + (" (default: random)" if name == "commit-update" else ", from commit-update"),
+        )
     p = tx_parser("create-task", "ask for a model")
     p.add_argument("--arch", required=True, help="layer widths, e.g. 8,6,3")
     p.add_argument("--scale-bits", type=int, default=8)

@@ -8,24 +8,27 @@ clients, as trio tasks in one process). For one key and one task it:
 3. follows the chain (a block subscription wakes it; every state read is a proven query): each time
    the task opens a round it has not submitted to, it fetches the global model with its
    sparse-Merkle proof against a sequencer-signed header (``Client.model``), trains
-   ``local_epochs`` on its own data (``mpsnode.fl.LocalLearner``), quantizes the change to int16
-   and submits ``SUBMIT_UPDATE`` once;
+   ``local_epochs`` on its own data (``mpsnode.fl.LocalLearner``), quantizes the change to int16,
+   draws a random salt and sends ``COMMIT_UPDATE`` (the commitment alone); once the round's reveal
+   phase opens it sends ``REVEAL_UPDATE`` (the delta and the salt) once;
 4. stops when the task completes or expires, or when it is no longer a participant (slashed, or
    removed after missing max_missed_rounds rounds in a row).
 
-No double submission, across reconnects and restarts. Before a signed update is sent it is written
-to a journal file (``state_dir``, fsynced), keyed by round. A round with a journal entry is never
-signed again: after a reconnect, or a restart of the client process, the journaled tx itself is
-resubmitted (same bytes, same nonce); the node answers "already known" if it holds it, and the
-chain refuses a second use of a nonce in any case. ``Wallet.recover`` does the same for any other
+No double submission, across reconnects and restarts. Before a signed commitment is sent it is
+written to a journal file (``state_dir``, fsynced) with the delta and salt it commits to, keyed by
+round; the reveal is journaled the same way before it is sent. A round with a journal entry is
+never trained or committed again, and its reveal opens the journaled commitment: after a reconnect,
+or a restart of the client process, each journaled tx whose fate is unknown is resubmitted (same
+bytes, same nonce); the node answers "already known" if it holds it, and the chain refuses a second
+use of a nonce in any case. ``Wallet.recover`` does the same for any other
 tx signed but not acknowledged. When the node goes away (a sequencer crash or restart), the client
 reconnects with a capped backoff for up to ``config.reconnect_for`` seconds.
 
 ``config.attacker`` turns the client into an attacker. FOR EVALUATION ONLY (the demo, benchmarks):
 an injected ``Attacker`` (``mpsnode.fl.attacks.Attacker``) replaces the honest update. Attacks that need the other
-clients' updates (``free_rider_copy``, ``alie``, ``ipm_*``) read the updates already included in
-the round from state, with proofs (they are public once included), waiting until about half of
-the other participants have submitted or the round's deadline is near.
+clients' updates (``free_rider_copy``, ``alie``, ``ipm_*``, the adaptive ones) read what is public
+when they commit: the previous round's revealed updates, which stay in state (with proofs) until
+the reveal phase opens. Nobody can see the current round's updates before committing.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,8 +51,8 @@ from mpsnode.consensus.errors import MpsError, NonceMismatch
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import MODEL, H
 from mpsnode.consensus.limits import MIN_SCORED_UPDATES
-from mpsnode.consensus.state import Task, TaskStatus, update_key
-from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, SubmitUpdate, decode_signed_tx
+from mpsnode.consensus.state import RoundPhase, Task, TaskStatus, update_key
+from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, commit_reveal, decode_signed_tx
 from mpsnode.fl import Dataset, LocalLearner, LocalUpdate, TrainConfig, quantize, weights_from_bytes
 from mpsnode.fl.rounds import Attacker, RoundView
 from mpsnode.node.connection import Client, ConnectionLost, connect
@@ -66,7 +70,6 @@ TRANSIENT = (
     Overloaded,
     SlowPeer,
 )
-DEADLINE_MARGIN_BLOCKS = 3  # an observing attacker stops waiting this many blocks before the deadline
 
 
 class ClientStopped(MpsError):
@@ -95,10 +98,10 @@ class ClientConfig:
 
 @dataclass(slots=True)
 class RoundRecord:
-    """What the client did in one round (the journal holds ``tx`` before it is sent)."""
+    """What the client did in one round (the journal holds each tx before it is sent)."""
 
     round: int
-    tx: str  # the signed SUBMIT_UPDATE, hex of its canonical bytes
+    tx: str  # the signed COMMIT_UPDATE, hex of its canonical bytes
     tx_id: str
     nonce: int
     proven_height: int = 0  # the header whose state root proved the model trained from
@@ -107,7 +110,31 @@ class RoundRecord:
     loss: float = 0.0  # NaN when nothing was trained (a free rider)
     clipped: int = 0
     attack: str = ""
-    outcome: str = ""  # "" until known; then "ok", or the failure's code name, or "dropped: ..."
+    outcome: str = (
+        ""  # the commitment's: "" until known; then "ok", the failure's code name, or "dropped: ..."
+    )
+    delta: str = ""  # hex of the int16 delta committed to
+    salt: str = ""  # hex of the 32-byte salt
+    reveal_tx: str = ""  # the signed REVEAL_UPDATE once the reveal phase opened
+    reveal_tx_id: str = ""
+    reveal_nonce: int = -1
+    reveal_outcome: str = ""
+
+    def sent(self) -> list[tuple[str, str, str]]:
+        """``(what, tx hex, tx id)`` of each tx signed for this round."""
+        out = [("commit", self.tx, self.tx_id)]
+        if self.reveal_tx:
+            out.append(("reveal", self.reveal_tx, self.reveal_tx_id))
+        return out
+
+    def outcome_of(self, what: str) -> str:
+        return self.outcome if what == "commit" else self.reveal_outcome
+
+    def set_outcome(self, what: str, outcome: str) -> None:
+        if what == "commit":
+            self.outcome = outcome
+        else:
+            self.reveal_outcome = outcome
 
     def to_json(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}  # type: ignore[attr-defined]
@@ -140,7 +167,8 @@ class ClientEvent:
 
 
 class Journal:
-    """Round -> signed SUBMIT_UPDATE of one client in one task, written atomically (fsync + rename)."""
+    """Round -> the signed COMMIT_UPDATE (with its delta and salt) and REVEAL_UPDATE of one client in
+    one task, written atomically (fsync + rename)."""
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
@@ -273,20 +301,22 @@ class _Runner:
                 await _next_block(blocks)
 
     async def resubmit_journal(self, client: Client) -> None:
-        """Send again every journaled update whose fate is unknown: the same tx, so the same nonce."""
+        """Send again every journaled tx whose fate is unknown: the same tx, so the same nonce."""
         for rec in self.journal.rounds.values():
-            if rec.outcome:
-                continue
-            outcome = await client.receipt(bytes.fromhex(rec.tx_id))
-            if outcome.state != "unknown":
-                continue
-            try:
-                await client.submit(bytes.fromhex(rec.tx))
-                self.emit("resubmitted", round=rec.round, tx_id=rec.tx_id, nonce=rec.nonce)
-            except NonceMismatch as exc:
-                rec.outcome = f"lost: nonce {rec.nonce} was used by another tx ({exc.reason})"
-                self.journal.save()
-                self.emit("lost", round=rec.round, nonce=rec.nonce, reason=exc.reason)
+            for what, tx, tx_id in rec.sent():
+                if rec.outcome_of(what):
+                    continue
+                outcome = await client.receipt(bytes.fromhex(tx_id))
+                if outcome.state != "unknown":
+                    continue
+                nonce = decode_signed_tx(bytes.fromhex(tx)).tx.nonce
+                try:
+                    await client.submit(bytes.fromhex(tx))
+                    self.emit("resubmitted", round=rec.round, tx=what, tx_id=tx_id, nonce=nonce)
+                except NonceMismatch as exc:
+                    rec.set_outcome(what, f"lost: nonce {nonce} was used by another tx ({exc.reason})")
+                    self.journal.save()
+                    self.emit("lost", round=rec.round, tx=what, nonce=nonce, reason=exc.reason)
 
     # joining -------------------------------------------------------------------------------------------
     async def ensure_joined(self, client: Client, blocks: trio.MemoryReceiveChannel[Any]) -> None:
@@ -381,36 +411,54 @@ class _Runner:
                 return self.finish(task, "removed")
             raise ClientStopped(f"task {task.task_id} started without this client")
         self.joined = True
-        if task.round in self.journal.rounds or self.address in task.submitted:
-            return None  # this round is done (or its update is on its way)
-        await self.submit_round(client, blocks, task)
+        rec = self.journal.rounds.get(task.round)
+        if task.phase == RoundPhase.COMMIT:
+            if rec is None and self.address not in task.committed:
+                await self.commit_round(client, blocks, task)
+        elif (
+            rec is not None
+            and not rec.reveal_tx
+            and self.address in task.committed
+            and self.address not in task.submitted
+        ):
+            await self.reveal_round(client, task, rec)
         return None
 
     async def check_outcomes(self, client: Client) -> None:
         for rec in self.journal.rounds.values():
-            if rec.outcome:
-                continue
-            outcome = await client.receipt(bytes.fromhex(rec.tx_id))
-            if outcome.state == "included" and outcome.receipt is not None:
-                rec.outcome = "ok" if outcome.receipt.ok else outcome.receipt.status_name
-            elif outcome.state == "dropped":
-                rec.outcome = f"dropped: {outcome.reason}"
-            else:
-                continue
-            self.journal.save()
-            self.emit(outcome.state, round=rec.round, height=outcome.height, outcome=rec.outcome)
+            for what, _, tx_id in rec.sent():
+                if rec.outcome_of(what):
+                    continue
+                outcome = await client.receipt(bytes.fromhex(tx_id))
+                if outcome.state == "included" and outcome.receipt is not None:
+                    rec.set_outcome(what, "ok" if outcome.receipt.ok else outcome.receipt.status_name)
+                elif outcome.state == "dropped":
+                    rec.set_outcome(what, f"dropped: {outcome.reason}")
+                else:
+                    continue
+                self.journal.save()
+                self.emit(
+                    outcome.state,
+                    round=rec.round,
+                    tx=what,
+                    height=outcome.height,
+                    outcome=rec.outcome_of(what),
+                )
 
-    async def submit_round(self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task) -> None:
+    async def commit_round(self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task) -> None:
         proven = await client.model(task.task_id)  # task and model, proven at one signed header
         ptask, blob = proven.value
-        if ptask.status != TaskStatus.ACTIVE or ptask.round != task.round:
+        if ptask.status != TaskStatus.ACTIVE or ptask.round != task.round or ptask.phase != RoundPhase.COMMIT:
             return  # the round moved on between the two reads: look again at the next block
         weights = weights_from_bytes(blob, ptask.arch)
         delta, loss, clipped = await self.compute_delta(client, blocks, ptask, weights)
         if delta is None:
             return
         assert self.wallet is not None
-        stx = self.wallet.sign(SubmitUpdate(task.task_id, ptask.round, delta.astype("<i2").tobytes()))
+        delta_bytes = delta.astype("<i2").tobytes()
+        salt = secrets.token_bytes(32)
+        commit, _ = commit_reveal(client.chain_id, task.task_id, ptask.round, self.address, delta_bytes, salt)
+        stx = self.wallet.sign(commit)
         rec = RoundRecord(
             ptask.round,
             stx.encode().hex(),
@@ -422,11 +470,13 @@ class _Runner:
             float(loss),
             int(clipped),
             self.cfg.attacker.name if self.cfg.attacker is not None else "",
+            delta=delta_bytes.hex(),
+            salt=salt.hex(),
         )
-        self.journal.record(rec)  # on disk before it is sent: this round is never signed again
+        self.journal.record(rec)  # on disk before it is sent: this round is never trained or committed again
         await self.wallet.submit(client, stx)
         self.emit(
-            "submitted",
+            "committed",
             round=rec.round,
             tx_id=rec.tx_id,
             nonce=rec.nonce,
@@ -435,6 +485,23 @@ class _Runner:
             clipped=rec.clipped,
             **({"attack": rec.attack} if rec.attack else {}),
         )
+
+    async def reveal_round(self, client: Client, task: Task, rec: RoundRecord) -> None:
+        """Open the journaled commitment: sign REVEAL_UPDATE, journal it, send it."""
+        assert self.wallet is not None
+        _, reveal = commit_reveal(
+            client.chain_id,
+            task.task_id,
+            rec.round,
+            self.address,
+            bytes.fromhex(rec.delta),
+            bytes.fromhex(rec.salt),
+        )
+        stx = self.wallet.sign(reveal)
+        rec.reveal_tx, rec.reveal_tx_id, rec.reveal_nonce = stx.encode().hex(), stx.tx_id.hex(), stx.tx.nonce
+        self.journal.save()  # on disk before it is sent
+        await self.wallet.submit(client, stx)
+        self.emit("revealed", round=rec.round, tx_id=rec.reveal_tx_id, nonce=rec.reveal_nonce)
 
     async def compute_delta(
         self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task, weights: np.ndarray
@@ -453,11 +520,13 @@ class _Runner:
             return update.delta, update.loss, update.clipped
 
         async def observe() -> tuple[bool, np.ndarray | None]:
-            others = await self.observe_round(client, blocks, task)
+            others = await self.observe_previous(client, task)
             fresh = await self.read_task(client)
-            return fresh.status == TaskStatus.ACTIVE and fresh.round == task.round, others
+            still_open = fresh.status == TaskStatus.ACTIVE and fresh.round == task.round
+            return still_open and fresh.phase == RoundPhase.COMMIT, others
 
-        return await attacker.craft(RoundView(task, self.address, train, observe, client.params))
+        view = RoundView(task, self.address, train, observe, client.params, weights)
+        return await attacker.craft(view)
 
     def get_learner(self, task: Task) -> LocalLearner:
         if self.learner is None:
@@ -467,23 +536,13 @@ class _Runner:
             self.learner = LocalLearner(data, task.arch, self.cfg.train, seed=self.cfg.seed)
         return self.learner
 
-    async def observe_round(
-        self, client: Client, blocks: trio.MemoryReceiveChannel[Any], task: Task
-    ) -> np.ndarray | None:
-        """The other participants' updates already included this round (proven), as float changes."""
-        others_total = len(task.participants) - 1
-        want = max(1, math.ceil(others_total / 2))
-        while True:
-            current = await self.read_task(client)
-            if current.status != TaskStatus.ACTIVE or current.round != task.round:
-                return None
-            seen = [a for a in current.submitted if a != self.address]
-            status = await client.status()
-            if len(seen) >= want or status.height >= current.round_deadline - DEADLINE_MARGIN_BLOCKS:
-                break
-            await _next_block(blocks)
+    async def observe_previous(self, client: Client, task: Task) -> np.ndarray | None:
+        """The other participants' updates of the last closed round (public until the reveal phase
+        opens; proven), as float changes."""
         rows = []
-        for address in seen:
+        for address in task.previous:
+            if address == self.address:
+                continue
             proven = await client.get_state(update_key(task.task_id, address))
             if proven.value is None:
                 continue
@@ -527,6 +586,11 @@ async def run_client(
         runner.journal.close()
 
 
-def signed_update(record: RoundRecord) -> SignedTx:
-    """The journaled SUBMIT_UPDATE of a round, decoded (for audits and tests)."""
+def signed_update(record: RoundRecord) -> SignedTx | None:
+    """The journaled REVEAL_UPDATE of a round, decoded (None before the reveal; audits and tests)."""
+    return decode_signed_tx(bytes.fromhex(record.reveal_tx)) if record.reveal_tx else None
+
+
+def signed_commitment(record: RoundRecord) -> SignedTx:
+    """The journaled COMMIT_UPDATE of a round, decoded."""
     return decode_signed_tx(bytes.fromhex(record.tx))

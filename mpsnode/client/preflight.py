@@ -20,14 +20,14 @@ from mpsnode.consensus.state import (
     Account,
     State,
     account_key,
+    commitment_key,
     duplicate_key,
-    model_key,
     task_key,
     update_key,
 )
 from mpsnode.consensus.stf.env import BlockEnv
 from mpsnode.consensus.stf.transition import run_transaction
-from mpsnode.consensus.tx import JoinTask, SignedTx, SubmitUpdate, Transfer
+from mpsnode.consensus.tx import CommitUpdate, JoinTask, RevealUpdate, SignedTx, Transfer
 from mpsnode.node.connection import Client
 
 
@@ -57,14 +57,15 @@ def _keys(client: Client, stx: SignedTx, sender_tasks: tuple[int, ...]) -> list[
     keys.update(task_key(t) for t in sender_tasks)
     if isinstance(body, Transfer):
         keys.add(account_key(body.to))
-    if isinstance(body, (JoinTask, SubmitUpdate)):
+    if isinstance(body, (JoinTask, CommitUpdate, RevealUpdate)):
         keys.add(task_key(body.task_id))
-    if isinstance(body, SubmitUpdate):
+    if isinstance(body, (CommitUpdate, RevealUpdate)):
+        keys.add(commitment_key(body.task_id, stx.tx.sender))
+    if isinstance(body, RevealUpdate):
         keys.update(
             (
                 update_key(body.task_id, stx.tx.sender),
                 duplicate_key(body.task_id, H(UPDATE, body.delta)),
-                model_key(body.task_id),
             )
         )
     return sorted(keys)

@@ -322,7 +322,7 @@ class AlreadySubmitted(TxFailure):
     code = 313
 
     def __init__(self, task_id: int, round_: int) -> None:
-        super().__init__(f"sender already submitted an update for task {task_id} round {round_}")
+        super().__init__(f"sender already revealed its update for task {task_id} round {round_}")
         self.task_id, self.round = task_id, round_
 
 
@@ -338,7 +338,38 @@ class DuplicateUpdate(TxFailure):
     code = 315
 
     def __init__(self) -> None:
-        super().__init__("delta is an exact copy of an update already submitted this round")
+        super().__init__("delta is an exact copy of an update already revealed this round")
+
+
+class WrongPhase(TxFailure):
+    code = 316
+
+    def __init__(self, task_id: int, expected: str, got: str) -> None:
+        super().__init__(f"task {task_id}'s round is in its {got} phase, not {expected}")
+        self.task_id, self.expected, self.got = task_id, expected, got
+
+
+class AlreadyCommitted(TxFailure):
+    code = 317
+
+    def __init__(self, task_id: int, round_: int) -> None:
+        super().__init__(f"sender already committed to an update for task {task_id} round {round_}")
+        self.task_id, self.round = task_id, round_
+
+
+class NotCommitted(TxFailure):
+    code = 318
+
+    def __init__(self, task_id: int, round_: int) -> None:
+        super().__init__(f"sender has no commitment in task {task_id} round {round_} to reveal")
+        self.task_id, self.round = task_id, round_
+
+
+class CommitmentMismatch(TxFailure):
+    code = 319
+
+    def __init__(self) -> None:
+        super().__init__("delta and salt do not open the sender's commitment")
 
 
 # ---------------------------------------------------------------------------------------------

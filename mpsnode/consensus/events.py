@@ -121,7 +121,7 @@ class RoundOpened(Event):
 
 
 @dataclass(frozen=True, slots=True)
-class UpdateSubmitted(Event):
+class UpdateRevealed(Event):
     KIND = 10
     task_id: int
     round: int
@@ -158,6 +158,7 @@ class RoundClosed(Event):
     void: int  # 1 when fewer than 3 updates arrived
     tolerated_f: int  # the round's f (robust.tolerated_f); 0 in a void round
     excluded: tuple[bytes, ...]  # left out of the aggregate by direction, not slashed
+    contributions: tuple[int, ...]  # reward units of each update, in ``participants`` order
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +203,24 @@ class ParticipantRemoved(Event):
     reason: int
 
 
+@dataclass(frozen=True, slots=True)
+class UpdateCommitted(Event):
+    KIND = 19
+    task_id: int
+    round: int
+    address: bytes
+    commitment: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RevealOpened(Event):
+    KIND = 20
+    task_id: int
+    round: int
+    deadline: int  # last height of the reveal phase
+    committed: tuple[bytes, ...]  # the participants that committed, who may now reveal
+
+
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.KIND: cls
     for cls in (
@@ -214,7 +233,7 @@ EVENT_TYPES: dict[int, type[Event]] = {
         TaskJoined,
         TaskStarted,
         RoundOpened,
-        UpdateSubmitted,
+        UpdateRevealed,
         TaskExpired,
         Refunded,
         RoundClosed,
@@ -223,6 +242,8 @@ EVENT_TYPES: dict[int, type[Event]] = {
         Rewarded,
         TaskCompleted,
         ParticipantRemoved,
+        UpdateCommitted,
+        RevealOpened,
     )
 }
 

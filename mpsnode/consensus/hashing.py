@@ -14,7 +14,8 @@ SMT_KEY = b"mps-smt-key"
 SMT_VAL = b"mps-smt-val"
 SMT_LEAF = b"mps-smt-leaf"
 SMT_NODE = b"mps-smt-node"
-UPDATE = b"mps-update"  # digest of a submitted delta (duplicate detection)
+UPDATE = b"mps-update"  # digest of a revealed delta (duplicate detection, commitments)
+COMMIT = b"mps-commit"  # COMMIT_UPDATE's commitment to a delta
 MODEL = b"mps-model"  # a task's model weights, for display and golden vectors (not in state)
 
 ZERO32 = bytes(32)

@@ -15,6 +15,12 @@ a layer's pre-activation sums ``fan_in <= MAX_FAN_IN = 2^14`` products of at mos
 ``2^14 * (2^24 - 1)^2 < 2^62``, plus the bias shifted by ``scale_bits <= MAX_SCALE_BITS = 24``:
 ``(2^24 - 1) << 24 < 2^48``; the sum stays below ``2^63``.
 
+Contribution (``contribution.py``): the backward pass sums, over ``samples <= MAX_VALIDATION_SAMPLES
+= 2^14`` validation samples, products of a back-propagated term and an activation, both at most
+``2^24``: ``2^14 * 2^48 = 2^62``; its bias sums ``2^14 * 2^24`` terms shifted by ``scale_bits``:
+``2^62``. The direction it yields is kept below ``2^24`` per parameter, so an update's gain sums
+``d`` products below ``2^24 * 2^15``: ``2^22 * 2^39 = 2^61``.
+
 Aggregation: ``m <= MAX_CLIENTS`` deltas of ``|q| <= 2^15`` sum to at most ``2^23``, far inside int64.
 """
 
@@ -28,6 +34,8 @@ MODEL_CLAMP = (1 << 24) - 1  # |w| for every weight, and the hidden activations'
 MAX_FAN_IN = 1 << 14  # widths of every layer but the last (2^14 * (2^24 - 1)^2 < 2^62)
 MAX_SCALE_BITS = 24  # fixed-point bits of weights, inputs and deltas ((2^24 - 1) << 24 < 2^48)
 MAX_DISTANCE = 1 << 54  # every squared distance of int16 rows of <= MAX_PARAMS entries is below this
+MAX_VALIDATION_SAMPLES = 1 << 14  # the backward pass's sums over samples stay below 2^62
+DIRECTION_BITS = 24  # |contribution direction| < 2^24 per parameter: a gain stays below 2^61
 
 # Bounds of CREATE_TASK's other fields (sizes a node must be able to hold, not overflow bounds)
 MAX_LAYERS = 16

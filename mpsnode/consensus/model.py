@@ -319,6 +319,33 @@ def compute_logits(
     return z
 
 
+def matmul_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """Exact int64 ``A B^T`` of two int32 matrices with the same number of columns, with the layer
+    kernel. The caller guarantees every sum of products stays below ``2^63`` (``contribution`` uses it
+    for the backward pass, whose bounds are in its module docstring)."""
+    for name, M in (("A", A), ("B", B)):
+        if not isinstance(M, np.ndarray) or M.ndim != 2 or M.dtype != np.int32:
+            raise ValueError(f"{name} must be a 2-D int32 numpy array")
+    if A.shape[1] != B.shape[1]:
+        raise ValueError(f"A has {A.shape[1]} columns, B has {B.shape[1]}")
+    A = np.ascontiguousarray(A)
+    B = np.ascontiguousarray(B)
+    Z = np.zeros((A.shape[0], B.shape[0]), dtype=np.int64)
+    if A.shape[0] and B.shape[0] and A.shape[1]:
+        row_bytes = 4 * A.shape[1]
+        zero = np.zeros(B.shape[0], dtype=np.int32)
+        _dense(
+            A,
+            B,
+            zero,
+            0,
+            _default_block(row_bytes, A_BLOCK_BYTES),
+            _default_block(row_bytes, W_BLOCK_BYTES),
+            Z,
+        )
+    return Z
+
+
 def predict(weights: np.ndarray, arch: Sequence[int], scale_bits: int, x: np.ndarray) -> np.ndarray:
     """Predicted class of each row of ``x`` (int64): argmax of the last ``z``, lowest index on ties."""
     z = compute_logits(weights, arch, scale_bits, x)

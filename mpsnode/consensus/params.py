@@ -26,6 +26,8 @@ class Params:
     slash_direction_bps: int = 1500  # coherent rounds: slash m_i < -0.15
     exclude_direction_bps: int = 1000  # any round: leave m_i < -0.10 out of the aggregate, no slash
     max_missed_rounds: int = 3  # a participant silent this many rounds in a row is removed from the task
+    reveal_blocks: int = 10  # a round's reveal phase lasts at most this many blocks
+    duplicate_cosine_bps: int = 9500  # updates this alike (cosine >= 0.95) share one contribution
     protocol_fee_bps: int = 500
     max_tx_bytes: int = 16 * MIB
     max_block_bytes: int = 256 * MIB
@@ -63,6 +65,7 @@ class Params:
             "slash_direction_bps",
             "coherence_gate_bps",
             "exclude_direction_bps",
+            "duplicate_cosine_bps",
         ):
             if getattr(self, name) > 10_000:
                 problems.append((name, "basis points must be <= 10000"))
@@ -77,6 +80,8 @@ class Params:
             problems.append(("block_time_ms", "must be at least 1"))
         if self.max_missed_rounds < 1:
             problems.append(("max_missed_rounds", "must be at least 1"))
+        if self.reveal_blocks < 1:
+            problems.append(("reveal_blocks", "must be at least 1"))
         if self.unbonding_blocks < 1:
             problems.append(("unbonding_blocks", "must be at least 1"))
         return problems

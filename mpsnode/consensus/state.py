@@ -10,11 +10,16 @@ Keys (first byte names the table; ids are u64 big-endian so byte order is numeri
 | ``T`` + task_id             | Task record                                                   |
 | ``M`` + task_id             | global model, int32 little-endian                             |
 | ``V`` + task_id             | validation set ``[val_x, val_y]``                             |
-| ``U`` + task_id + address   | the pending update of the open round (int16 delta)           |
+| ``K`` + task_id + address   | the open round's commitment of a participant (32 bytes)       |
+| ``U`` + task_id + address   | a revealed update, ``H(mps-update, delta) || delta`` (below)  |
 | ``D`` + task_id + hash      | duplicate index of the open round: H(mps-update, delta) -> sender |
+| ``Y`` + task_id             | the open round's contribution direction, int32 little-endian (reveal phase) |
+| ``B`` + task_id             | the Gram matrix of ``Task.previous``'s updates, int64 little-endian |
 | ``Q`` + height              | addresses with unbonding entries maturing at that height      |
 
-An account equal to the empty account is deleted rather than stored, so the state holds no
+A ``U`` entry holds the open round's revealed update, or, from the close of a round until the next
+reveal phase opens, the closed round's (``Task.previous``: the public basis of the contribution
+direction). An account equal to the empty account is deleted rather than stored, so the state holds no
 zero records. ``State`` reads through an injected reader and collects writes in layers: one
 for the block and one per tx, so a failed tx is dropped whole (``begin``/``commit``/``rollback``).
 """
@@ -31,11 +36,12 @@ import msgpack
 from mpsnode.consensus.encoding import encode, expect_bytes, expect_list, expect_str, expect_uint, u64be
 from mpsnode.consensus.errors import DecodeError, InsufficientBalance
 from mpsnode.consensus.params import Params
-from mpsnode.consensus.records import HASH, UINT, Record, enum_of, list_of, pair, wire
+from mpsnode.consensus.records import HASH, INT, UINT, Record, enum_of, list_of, pair, wire
 
 CONFIG_KEY = b"C"
 GLOBALS_KEY = b"G"
 ACCOUNT, TASK, MODEL, VALSET, UPDATE, DUPLICATE, UNBONDING_QUEUE = b"A", b"T", b"M", b"V", b"U", b"D", b"Q"
+COMMITMENT, DIRECTION, BASIS_GRAM = b"K", b"Y", b"B"
 
 _MAX_VALUE = 1 << 26  # the largest value (a 2^22-parameter int32 model) is 16 MiB
 
@@ -63,6 +69,21 @@ def valset_key(task_id: int) -> bytes:
 def update_key(task_id: int, address: bytes) -> bytes:
     """State key of a participant's pending update: ``U`` + u64be(task id) + address."""
     return UPDATE + u64be(task_id) + address
+
+
+def commitment_key(task_id: int, address: bytes) -> bytes:
+    """State key of a participant's commitment in the open round: ``K`` + u64be(task id) + address."""
+    return COMMITMENT + u64be(task_id) + address
+
+
+def direction_key(task_id: int) -> bytes:
+    """State key of the open round's contribution direction: ``Y`` + u64be(task id)."""
+    return DIRECTION + u64be(task_id)
+
+
+def basis_gram_key(task_id: int) -> bytes:
+    """State key of the Gram matrix of the last closed round's updates: ``B`` + u64be(task id)."""
+    return BASIS_GRAM + u64be(task_id)
 
 
 def duplicate_key(task_id: int, delta_hash: bytes) -> bytes:
@@ -211,6 +232,13 @@ class TaskStatus(IntEnum):
     EXPIRED = 3
 
 
+class RoundPhase(IntEnum):
+    """The open round's phase: participants commit, then reveal."""
+
+    COMMIT = 0
+    REVEAL = 1
+
+
 @dataclass(frozen=True, slots=True)
 class Task(Record):
     """A task's record; encoded from its fields in this order (``records.Record``)."""
@@ -234,16 +262,20 @@ class Task(Record):
     escrow: int = wire(UINT)
     participants: tuple[bytes, ...] = wire(list_of(HASH), ())  # active participants, in join order
     round: int = wire(UINT, 0)  # the open round (1-based); 0 before the task starts
-    round_deadline: int = wire(UINT, 0)  # last height at which the open round accepts updates
+    round_deadline: int = wire(UINT, 0)  # last height of the open round's current phase
     rounds_closed: int = wire(UINT, 0)
     billed_rounds: int = wire(UINT, 0)  # closed rounds that were not void
-    submitted: tuple[bytes, ...] = wire(list_of(HASH), ())  # senders of the open round's updates, in order
-    # address -> selected updates over the task
-    rewards_weight: tuple[tuple[bytes, int], ...] = wire(list_of(pair(HASH, UINT)), ())
+    submitted: tuple[bytes, ...] = wire(list_of(HASH), ())  # revealers of the open round, in reveal order
+    # address -> reward units earned over the task (contribution.round_units; may be negative)
+    reward_units: tuple[tuple[bytes, int], ...] = wire(list_of(pair(HASH, INT)), ())
     accuracy_bps: int = wire(UINT, 0)  # accuracy of the global model after the last closed round
     removed: int = wire(UINT, 0)  # participants removed so far (slashed or silent): each is one of the f
     # address -> consecutive rounds missed (only participants that missed the last closed round)
     missed: tuple[tuple[bytes, int], ...] = wire(list_of(pair(HASH, UINT)), ())
+    phase: RoundPhase = wire(enum_of(RoundPhase), RoundPhase.COMMIT)
+    committed: tuple[bytes, ...] = wire(list_of(HASH), ())  # committers of the open round, in order
+    # revealers of the last closed round: their updates stay in state until the next reveal phase opens
+    previous: tuple[bytes, ...] = wire(list_of(HASH), ())
 
     @property
     def join_deadline(self) -> int:
@@ -395,6 +427,30 @@ class State:
     def set_update(self, task_id: int, address: bytes, delta_hash: bytes, delta: bytes) -> None:
         """Store a participant's pending update as ``delta_hash || delta``."""
         self.set(update_key(task_id, address), delta_hash + delta)
+
+    def get_commitment(self, task_id: int, address: bytes) -> bytes | None:
+        """The participant's commitment in the open round, or None."""
+        return self.get(commitment_key(task_id, address))
+
+    def set_commitment(self, task_id: int, address: bytes, commitment: bytes) -> None:
+        """Store a participant's commitment for the open round."""
+        self.set(commitment_key(task_id, address), commitment)
+
+    def get_direction(self, task_id: int) -> bytes | None:
+        """The open round's contribution direction (int32 little-endian), or None."""
+        return self.get(direction_key(task_id))
+
+    def set_direction(self, task_id: int, direction: bytes | None) -> None:
+        """Write (None deletes) the open round's contribution direction."""
+        self.set(direction_key(task_id), direction)
+
+    def get_basis_gram(self, task_id: int) -> bytes | None:
+        """The Gram matrix of the last closed round's updates (int64 little-endian, row-major), or None."""
+        return self.get(basis_gram_key(task_id))
+
+    def set_basis_gram(self, task_id: int, gram: bytes | None) -> None:
+        """Write (None deletes) the Gram matrix of the last closed round's updates."""
+        self.set(basis_gram_key(task_id), gram)
 
     def get_unbonding_queue(self, height: int) -> tuple[bytes, ...]:
         """The addresses whose unbonding matures at ``height``."""

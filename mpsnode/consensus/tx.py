@@ -1,4 +1,4 @@
-"""Transactions: the six kinds, their canonical encoding, signing and stateless validation.
+"""Transactions: the seven kinds, their canonical encoding, signing and stateless validation.
 
 ``Tx = [version=1, kind, chain_id, sender, nonce, fee, body]`` and ``SignedTx = [Tx, signature]``.
 The signature is over ``signing_hash = H(mps-tx-sign, encode(Tx))``, which is also the tx id.
@@ -33,7 +33,7 @@ from mpsnode.consensus.errors import (
     TxTooLarge,
     WrongChain,
 )
-from mpsnode.consensus.hashing import TX_LEAF, TX_SIGN, H
+from mpsnode.consensus.hashing import COMMIT, TX_LEAF, TX_SIGN, UPDATE, H
 from mpsnode.consensus.limits import (
     MAX_BLOCKS,
     MAX_BPS,
@@ -45,6 +45,7 @@ from mpsnode.consensus.limits import (
     MAX_PARAMS,
     MAX_ROUNDS,
     MAX_SCALE_BITS,
+    MAX_VALIDATION_SAMPLES,
     MODEL_CLAMP,
 )
 from mpsnode.consensus.params import Params
@@ -60,7 +61,8 @@ class Kind(IntEnum):
     UNSTAKE = 3
     CREATE_TASK = 4
     JOIN_TASK = 5
-    SUBMIT_UPDATE = 6
+    COMMIT_UPDATE = 6
+    REVEAL_UPDATE = 7
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,28 +222,74 @@ class JoinTask:
 
 
 @dataclass(frozen=True, slots=True)
-class SubmitUpdate:
-    KIND: ClassVar[Kind] = Kind.SUBMIT_UPDATE
+class CommitUpdate:
+    """Round phase 1: a participant binds itself to its delta without showing it."""
+
+    KIND: ClassVar[Kind] = Kind.COMMIT_UPDATE
     task_id: int
     round: int
-    delta: bytes  # int16 little-endian, one per parameter
+    commitment: bytes  # update_commitment(...) of the delta it will reveal
 
     def encode_obj(self) -> list[Any]:
-        """The body as ``[task_id, round, delta]``."""
-        return [self.task_id, self.round, self.delta]
+        """The body as ``[task_id, round, commitment]``."""
+        return [self.task_id, self.round, self.commitment]
 
     @classmethod
-    def decode_obj(cls, obj: Any) -> SubmitUpdate:
-        """The body of ``[task_id, round, delta]``; ``DecodeError`` for a malformed field."""
-        task_id, round_, delta = expect_list(obj, 3, "submit_update body")
+    def decode_obj(cls, obj: Any) -> CommitUpdate:
+        """The body of ``[task_id, round, commitment]``; ``DecodeError`` for a malformed field."""
+        task_id, round_, commitment = expect_list(obj, 3, "commit_update body")
         return cls(
-            expect_uint(task_id, "task_id"), expect_uint(round_, "round"), expect_bytes(delta, "delta")
+            expect_uint(task_id, "task_id"),
+            expect_uint(round_, "round"),
+            expect_bytes(commitment, "commitment", 32),
         )
 
 
-Body = Transfer | Stake | Unstake | CreateTask | JoinTask | SubmitUpdate
+@dataclass(frozen=True, slots=True)
+class RevealUpdate:
+    """Round phase 2: the delta and the salt that open the participant's commitment."""
+
+    KIND: ClassVar[Kind] = Kind.REVEAL_UPDATE
+    task_id: int
+    round: int
+    delta: bytes  # int16 little-endian, one per parameter
+    salt: bytes  # 32 bytes the client chose at random when it committed
+
+    def encode_obj(self) -> list[Any]:
+        """The body as ``[task_id, round, delta, salt]``."""
+        return [self.task_id, self.round, self.delta, self.salt]
+
+    @classmethod
+    def decode_obj(cls, obj: Any) -> RevealUpdate:
+        """The body of ``[task_id, round, delta, salt]``; ``DecodeError`` for a malformed field."""
+        task_id, round_, delta, salt = expect_list(obj, 4, "reveal_update body")
+        return cls(
+            expect_uint(task_id, "task_id"),
+            expect_uint(round_, "round"),
+            expect_bytes(delta, "delta"),
+            expect_bytes(salt, "salt", 32),
+        )
+
+
+def update_commitment(
+    chain_id: str, task_id: int, round_: int, sender: bytes, delta: bytes, salt: bytes
+) -> bytes:
+    """``H(mps-commit, encode([chain_id, task_id, round, sender, H(mps-update, delta), salt]))``: binds
+    the chain, the task, the round, the sender and the delta; the salt hides the delta."""
+    return H(COMMIT, encode([chain_id, task_id, round_, sender, H(UPDATE, delta), salt]))
+
+
+def commit_reveal(
+    chain_id: str, task_id: int, round_: int, sender: bytes, delta: bytes, salt: bytes
+) -> tuple[CommitUpdate, RevealUpdate]:
+    """The two bodies that submit ``delta`` in a round: the commitment, then its opening."""
+    commitment = update_commitment(chain_id, task_id, round_, sender, delta, salt)
+    return CommitUpdate(task_id, round_, commitment), RevealUpdate(task_id, round_, delta, salt)
+
+
+Body = Transfer | Stake | Unstake | CreateTask | JoinTask | CommitUpdate | RevealUpdate
 BODY_TYPES: dict[int, Any] = {
-    t.KIND: t for t in (Transfer, Stake, Unstake, CreateTask, JoinTask, SubmitUpdate)
+    t.KIND: t for t in (Transfer, Stake, Unstake, CreateTask, JoinTask, CommitUpdate, RevealUpdate)
 }
 
 
@@ -390,11 +438,11 @@ def validate_body(body: Body) -> None:
     if isinstance(body, (Transfer, Stake, Unstake)):
         if body.amount == 0:
             raise InvalidField("amount", "must be positive")
-    elif isinstance(body, SubmitUpdate):
-        if len(body.delta) == 0 or len(body.delta) % 2:
-            raise InvalidField("delta", "must be a non-empty whole number of int16 values")
+    elif isinstance(body, (CommitUpdate, RevealUpdate)):
         if body.round == 0:
             raise InvalidField("round", "rounds are numbered from 1")
+        if isinstance(body, RevealUpdate) and (len(body.delta) == 0 or len(body.delta) % 2):
+            raise InvalidField("delta", "must be a non-empty whole number of int16 values")
     elif isinstance(body, CreateTask):
         validate_create_task(body)
 
@@ -441,6 +489,11 @@ def validate_create_task(body: CreateTask) -> None:
     _check(1 <= body.local_epochs <= MAX_LOCAL_EPOCHS, "local_epochs", f"must be 1..{MAX_LOCAL_EPOCHS}")
     samples = len(body.val_y)
     _check(samples >= 1, "val_y", "the validation set needs at least one sample")
+    _check(
+        samples <= MAX_VALIDATION_SAMPLES,
+        "val_y",
+        f"{samples} validation samples exceeds the limit of {MAX_VALIDATION_SAMPLES}",
+    )
     _check(
         len(body.val_x) == 2 * samples * arch[0],
         "val_x",

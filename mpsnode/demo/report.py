@@ -26,6 +26,7 @@ class ClientInfo:
     jailed: bool = False
     slashed: int = 0
     selected: int = 0
+    units: int = 0  # contribution units earned over the task (RoundClosed.contributions)
     reward: int = 0
     result: ClientResult | None = None
     error: str = ""
@@ -99,15 +100,17 @@ def print_summary(opts: DemoOptions, outcome: DemoOutcome, root: Path, out: Any)
     clients = outcome.clients
     out("")
     width = max([len("role")] + [len(c.role) for c in clients])
+    earned = sum(max(0, c.units) for c in clients) or 1
     out(
         f"  {'client':<10} {'address':<9} {'role':<{width}} {'stake before':>12} {'stake after':>16} {'slashed':>8} "
-        f"{'selected':>8} {'reward':>7}"
+        f"{'selected':>8} {'contribution':>12} {'reward':>7}"
     )
     for c in clients:
         after = f"{'(jailed) ' if c.jailed else ''}{c.stake_after}"
+        share = f"{100 * max(0, c.units) / earned:.1f}%"
         out(
             f"  {c.name:<10} {c.address.hex()[:8]:<9} {c.role:<{width}} {c.stake_before:>12} {after:>16} "
-            f"{c.slashed or '-':>8} {c.selected:>8} {c.reward:>7}"
+            f"{c.slashed or '-':>8} {c.selected:>8} {share:>12} {c.reward:>7}"
             + (f"   stopped: {c.error}" if c.error else "")
         )
     attackers = [c for c in clients if c.attack]
@@ -117,6 +120,12 @@ def print_summary(opts: DemoOptions, outcome: DemoOutcome, root: Path, out: Any)
         out(
             f"  attackers slashed   {sum(1 for c in attackers if c.slashed)}/{len(attackers)}; "
             f"honest clients slashed {sum(1 for c in honest if c.slashed)}/{len(honest)}"
+        )
+        per_attacker = sum(max(0, c.units) for c in attackers) / len(attackers)
+        per_honest = sum(max(0, c.units) for c in honest) / max(1, len(honest))
+        out(
+            f"  contribution        {100 * per_attacker / earned:.1f}% per attacker, "
+            f"{100 * per_honest / earned:.1f}% per honest client (pay follows it)"
         )
     target = f"target {opts.target:.0%}"
     if outcome.task_status == "completed":

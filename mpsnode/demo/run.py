@@ -268,6 +268,9 @@ async def drive(
             for a in r.selected:
                 if a in by_address:
                     by_address[a].selected += 1
+            for a in r.participants:
+                if a in by_address:
+                    by_address[a].units += r.units_of(a)
             for a, amount, _ in r.slashed:
                 if a in by_address:
                     by_address[a].slashed += amount

@@ -9,10 +9,14 @@ Inputs, as in the papers the attacks come from:
 
 * ``own``: the honest-like changes the colluding attackers trained on their own data this round
   (``a x d``; for ``label_flip`` trained on flipped labels, see ``flip_labels``).
-* ``honest``: the honest clients' changes this round (``h x d``), for the attacks whose papers
-  assume the attacker sees them: ``free_rider_copy`` copies one (a submitted update is public once
-  included), ``ipm`` uses their mean (Xie, Koyejo, Gupta 2019 assume an omniscient attacker). When
-  it is ``None`` these fall back to ``own``.
+* ``honest``: the honest clients' changes the attackers can see when they commit (``h x d``). Rounds
+  are commit-reveal, so nobody sees the current round's updates before committing: what is public
+  is the previous round's revealed updates, and that is what the daemon and the benchmark pass. The
+  attacks whose papers assume the attacker sees honest updates use them: ``free_rider_copy`` copies
+  one, ``ipm`` uses their mean (Xie, Koyejo, Gupta 2019 assume an omniscient attacker), the
+  adaptive attacks their statistics. When it is ``None`` (the first round) these fall back to ``own``.
+* ``previous_change``: the last round's global change (the model now minus the model before),
+  public, for ``free_rider_replay``.
 
 The attacks:
 
@@ -22,7 +26,10 @@ The attacks:
 * ``scaled``: ``boost * own``, the boosted update of model-replacement attacks (Bagdasaryan et al.
   2020), ``boost`` = the number of clients by default so that one update outweighs the average.
 * ``label_flip``: honest training on labels ``c -> n_classes - 1 - c``; the update is sent as trained.
-* ``free_rider_zeros``: no training, a zero update. ``free_rider_copy``: a copy of an honest update.
+* ``free_rider_zeros``: no training, a zero update. ``free_rider_copy``: a copy of an honest update
+  (of the previous round: the current one is hidden until every commitment is in).
+  ``free_rider_replay``: no training, the previous round's global change again plus Gaussian noise of
+  ``replay_noise`` (0.25) times its RMS per parameter: momentum for free, looking like a fresh step.
 * ``alie`` ("A Little Is Enough", Baruch et al. 2019): every colluder sends ``mean - z * std`` of the
   colluders' own updates, per parameter; ``z`` from the paper: ``s = floor(n / 2 + 1) - a``,
   ``z = Phi^-1((n - s) / n)`` for ``n`` clients of which ``a`` collude.
@@ -77,6 +84,7 @@ ATTACKS = (
     "label_flip",
     "free_rider_zeros",
     "free_rider_copy",
+    "free_rider_replay",
     "alie",
     "ipm_0.1",
     "ipm_2",
@@ -90,6 +98,7 @@ ATTACKS = (
 ADAPTIVE = frozenset({"fang_krum", "fang_krum_aware", "minmax_std", "minmax_uv", "minsum_std", "minsum_uv"})
 # Attacks whose colluders would all send one identical vector (or copy someone): made distinct.
 IDENTICAL = frozenset({"free_rider_zeros", "free_rider_copy", "alie", "ipm_0.1", "ipm_2"} | ADAPTIVE)
+DEFAULT_REPLAY_NOISE = 0.25  # free_rider_replay: noise std over the replayed change's RMS
 DEFAULT_GAUSSIAN_STD = 1.0  # parameter units: 10x the largest honest per-parameter RMS seen on digits (0.1)
 
 
@@ -97,6 +106,7 @@ DEFAULT_GAUSSIAN_STD = 1.0  # parameter units: 10x the largest honest per-parame
 class AttackOptions:
     gaussian_std: float = DEFAULT_GAUSSIAN_STD
     boost: float | None = None  # scaled: None means the number of clients
+    replay_noise: float = DEFAULT_REPLAY_NOISE
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +176,7 @@ def craft(
     rng: np.random.Generator,
     options: AttackOptions | None = None,
     knowledge: Knowledge | None = None,
+    previous_change: np.ndarray | None = None,
 ) -> np.ndarray:
     """The float changes (``a x d``) the ``a`` colluding attackers send instead of ``own``."""
     validate_attack(name)
@@ -189,8 +200,16 @@ def craft(
     if name == "free_rider_zeros":
         return np.zeros((a, d))
     if name == "free_rider_copy":
+        if honest is None or len(honest) == 0:
+            return np.zeros((a, d))  # nothing public to copy yet
         picks = rng.integers(0, seen.shape[0], a)
         return seen[picks].copy()
+    if name == "free_rider_replay":
+        if previous_change is None:
+            return np.zeros((a, d))
+        change = np.asarray(previous_change, dtype=np.float64)
+        rms = float(np.sqrt(np.mean(change**2))) if change.size else 0.0
+        return change[None, :] + rng.normal(0.0, opts.replay_noise * rms, (a, d))
     if name == "alie":
         z = alie_z(n_clients, a)
         return np.repeat((own.mean(axis=0) - z * own.std(axis=0))[None, :], a, axis=0)
@@ -324,12 +343,22 @@ def craft_deltas(
     options: AttackOptions | None = None,
     first_index: int = 0,
     knowledge: Knowledge | None = None,
+    previous_change: np.ndarray | None = None,
 ) -> tuple[np.ndarray, list[int]]:
     """The int16 deltas (``a x d``) the attackers submit, and how many entries of each were clipped.
 
     ``first_index`` is the first attacker's index among all attackers (see ``make_distinct``).
     """
-    changes = craft(name, own, honest, n_clients=n_clients, rng=rng, options=options, knowledge=knowledge)
+    changes = craft(
+        name,
+        own,
+        honest,
+        n_clients=n_clients,
+        rng=rng,
+        options=options,
+        knowledge=knowledge,
+        previous_change=previous_change,
+    )
     rows, clipped = [], []
     for change in changes:
         q, c = quantize_update(change, scale_bits)
@@ -344,7 +373,7 @@ def craft_deltas(
 ATTACK_RNG_SALT = 0x5EED_A77AC  # attack randomness is seeded apart from the training order
 OBSERVING = frozenset(
     {"free_rider_copy", "alie", "ipm_0.1", "ipm_2"} | ADAPTIVE
-)  # these wait to see others' updates
+)  # these read the previous round's updates
 
 
 class Attacker:
@@ -355,6 +384,7 @@ class Attacker:
         self.name = validate_attack(name)
         self.colluders = colluders
         self.rng = np.random.default_rng([seed, ATTACK_RNG_SALT])
+        self.last_weights: tuple[int, np.ndarray] | None = None  # (round, model) seen last round
 
     def poison_data(self, data: Dataset) -> Dataset:
         return flip_labels(data) if poisons_data(self.name) else data
@@ -373,6 +403,12 @@ class Attacker:
             still_open, others = await view.observe()
             if not still_open:
                 return None, loss, 0
+        previous_change = None
+        if view.weights is not None:
+            if self.last_weights is not None and self.last_weights[0] == task.round - 1:
+                diff = view.weights.astype(np.int64) - self.last_weights[1].astype(np.int64)
+                previous_change = diff / float(1 << task.scale_bits)
+            self.last_weights = (task.round, view.weights.copy())
         n_clients = len(task.participants)
         first_index = int.from_bytes(view.address[:4], "big")
         if self.name == "alie":
@@ -395,5 +431,6 @@ class Attacker:
             rng=self.rng,
             first_index=first_index,
             knowledge=knowledge,
+            previous_change=previous_change,
         )
         return deltas[0], loss, clipped_per_row[0]

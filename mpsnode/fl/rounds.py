@@ -22,15 +22,17 @@ from mpsnode.fl.learner import LocalUpdate
 @dataclass(frozen=True, slots=True)
 class RoundView:
     """One round as a client sees it: the task, its own address, and two coroutines. ``train`` is
-    the honest local update on the client's data; ``observe`` waits for the other participants'
-    updates of this round and returns whether the round is still open and their float changes
-    (proven against signed headers; None when none could be read)."""
+    the honest local update on the client's data; ``observe`` returns whether the round is still in
+    its commit phase and the other participants' updates of the last closed round, the only ones
+    public before committing (float changes, proven against signed headers; None when none could be
+    read)."""
 
     task: Task
     address: bytes
     train: Callable[[], Awaitable[LocalUpdate]]
     observe: Callable[[], Awaitable[tuple[bool, np.ndarray | None]]]
     params: Params | None = None  # the chain's genesis parameters (adaptive attacks read the rules)
+    weights: np.ndarray | None = None  # the global model the round trains from (int32, proven)
 
 
 class Attacker(Protocol):

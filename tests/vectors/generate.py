@@ -31,7 +31,8 @@ from mpsnode.consensus.hashing import MODEL, H  # noqa: E402
 from mpsnode.consensus.model import param_count, predict_reference  # noqa: E402
 from mpsnode.consensus.params import Params  # noqa: E402
 from mpsnode.node.store import MemoryStore  # noqa: E402
-from mpsnode.consensus.tx import CreateTask, JoinTask, SignedTx, Stake, SubmitUpdate, Transfer, Tx, Unstake  # noqa: E402
+from mpsnode.consensus.state import RoundPhase  # noqa: E402
+from mpsnode.consensus.tx import CreateTask, JoinTask, SignedTx, Stake, Transfer, Tx, Unstake, commit_reveal  # noqa: E402
 
 PARAMS = Params(unbonding_blocks=3, min_stake=1000)
 CLIENTS = 6
@@ -69,6 +70,27 @@ class Builder:
                               "events": [e.to_json() for r in result.receipts for e in r.events],
                               "models": model_hashes(self.chain)})
         return block
+
+    def submit(self, items: list[tuple[str, int, int, bytes]], extra: list[tuple[str, object]] = ()) -> Block:  # type: ignore[assignment]
+        """Commit every (name, task, round, delta) in one block (with ``extra``), add empty blocks until
+        each of those rounds is in its reveal phase (or over), then reveal them in one block."""
+        pairs = []
+        for name, task_id, round_, d in items:
+            salt = H(b"vector-salt", name.encode() + bytes([task_id, round_]))
+            pairs.append((name, task_id, round_, commit_reveal(self.genesis.chain_id, task_id, round_,
+                                                              self.keys[name].address, d, salt)))
+        commits = [self.tx(name, c) for name, _, _, (c, _) in pairs]
+        self.block(commits + [self.tx(name, body) for name, body in extra])
+
+        def phase_of(task_id: int, round_: int) -> RoundPhase | None:
+            task = self.chain.state().get_task(task_id)
+            if task is None or task.round != round_ or task.status.name != "ACTIVE":
+                return None
+            return task.phase
+
+        while any(phase_of(t, r) == RoundPhase.COMMIT for _, t, r, _ in pairs):
+            self.block()
+        return self.block([self.tx(name, rv) for name, t, r, (_, rv) in pairs if phase_of(t, r) == RoundPhase.REVEAL])
 
     def bad(self, block_bytes: bytes, error: str, match: str) -> dict:
         self.blocks.append(block_bytes.hex())
@@ -124,10 +146,13 @@ def case_task_lifecycle(b: Builder) -> dict | None:
     b.block([b.tx("user", task_body())] + [b.tx(f"client-{i}", Stake(1000)) for i in range(CLIENTS)])
     b.block([b.tx(f"client-{i}", JoinTask(1)) for i in range(5)] + [b.tx("client-5", JoinTask(1))])
     n = param_count((4, 3))
-    b.block([b.tx("client-0", SubmitUpdate(1, 1, delta(n, 0))), b.tx("client-1", SubmitUpdate(1, 1, delta(n, 0))),
-             b.tx("client-2", SubmitUpdate(1, 2, delta(n, 2))), b.tx("client-0", Unstake(1))])
-    for _ in range(6):
-        b.block()  # round 1 void at its deadline, round 2 void, task expires with a refund
+    # client-1 reveals client-0's delta (refused as a duplicate), client-2 commits to round 2 (refused),
+    # client-0's unstake fails (bonded in a task): round 1 is void with one update, round 2 void with
+    # none, and the task expires with a refund.
+    b.submit([("client-0", 1, 1, delta(n, 0)), ("client-1", 1, 1, delta(n, 0)), ("client-2", 1, 2, delta(n, 2))],
+             [("client-0", Unstake(1))])
+    for _ in range(8):
+        b.block()
     return None
 
 
@@ -136,9 +161,10 @@ ROUNDS_ARCH = (4, 5, 3)
 
 def _rounds_case(b: Builder, target_bps: int) -> list[int]:
     """Two tasks. Task 1 (f=1, 7 clients): round 1 all submit and client-6 sends a boosted update
-    (Krum flags it: slashed, jailed, removed); round 2 five of the six left submit and the round
-    closes at its deadline; the model reaches ``target_bps`` and the task completes (billing, pro-rata
-    rewards 2:2:2:2:2:1, dust, refund). Client-6 then tops its stake up and is unjailed. Task 2 (f=0,
+    (Krum flags it: slashed, jailed, removed); round 2 five of the six left commit, the reveal phase
+    opens at the commit deadline (the contribution direction now off the span of round 1's seven
+    updates), and the round closes when the five have revealed; the model reaches ``target_bps`` and
+    the task completes (billing by contribution units, refund of what was not earned). Client-6 then tops its stake up and is unjailed. Task 2 (f=0,
     3 clients, one round, unreachable target) closes one scored round and expires with a refund.
 
     Honest updates move the model halfway towards a teacher model (plus noise) whose predictions are
@@ -163,15 +189,13 @@ def _rounds_case(b: Builder, target_bps: int) -> list[int]:
         return np.clip((teacher - w) // 2 + noise, -32768, 32767).astype("<i2").tobytes()
 
     accuracies = []
-    round1 = [b.tx(f"client-{i}", SubmitUpdate(1, 1, honest(100 + i))) for i in range(6)]
+    round1 = [(f"client-{i}", 1, 1, honest(100 + i)) for i in range(6)]
     boosted = np.clip(np.frombuffer(honest(106), dtype="<i2").astype(np.int64) * 40, -32768, 32767)
-    round1.append(b.tx("client-6", SubmitUpdate(1, 1, boosted.astype("<i2").tobytes())))
-    round1 += [b.tx(f"client-{i}", SubmitUpdate(2, 1, delta(8, i))) for i in (7, 8, 9)]
-    b.block(round1)  # every participant submitted: both rounds close in this block
+    round1.append(("client-6", 1, 1, boosted.astype("<i2").tobytes()))
+    round1 += [(f"client-{i}", 2, 1, delta(8, i)) for i in (7, 8, 9)]
+    b.submit(round1)  # every participant committed and revealed: both rounds close in the reveal block
     accuracies.append(b.chain.state().get_task(1).accuracy_bps)
-    b.block([b.tx(f"client-{i}", SubmitUpdate(1, 2, honest(200 + i))) for i in range(5)])
-    b.block()
-    b.block()  # round 2's deadline: closes with 5 of 6 updates
+    b.submit([(f"client-{i}", 1, 2, honest(200 + i)) for i in range(5)])  # reveal waits for the commit deadline
     accuracies.append(b.chain.state().get_task(1).accuracy_bps)
     b.block([b.tx("client-6", Stake(500))])  # back above min_stake: unjailed
     return accuracies
@@ -207,13 +231,13 @@ def case_liveness(b: Builder) -> dict | None:
             break
         who = [i for i in range(5) if b.c(i).address in task.participants]
         who = [i for i in who if not (i == 3 and round_ >= 2) and not (i == 2 and round_ >= 5)]
-        txs = []
+        items = []
         for i in who:
             d = base + np.random.default_rng(1000 * round_ + i).integers(-10, 11, n)
             if i == 4:
                 d = d * 300
-            txs.append(b.tx(f"client-{i}", SubmitUpdate(1, round_, np.clip(d, -32768, 32767).astype("<i2").tobytes())))
-        b.block(txs)
+            items.append((f"client-{i}", 1, round_, np.clip(d, -32768, 32767).astype("<i2").tobytes()))
+        b.submit(items)
         while b.chain.state().get_task(1).round == round_ and b.chain.state().get_task(1).status.name == "ACTIVE":
             b.block()
     if b.chain.state().get_task(1).status.name != "EXPIRED":

@@ -55,6 +55,14 @@ class RoundAudit:
     slashed: list[tuple[bytes, int, int]] = field(default_factory=list)  # (address, amount burned, reason)
     tolerated_f: int = 0
     excluded: tuple[bytes, ...] = ()
+    contributions: tuple[int, ...] = ()  # reward units per participant (docs/PROTOCOL.md section 8)
+
+    def units_of(self, address: bytes) -> int:
+        """The reward units ``address`` earned in this round (0 if it sent nothing, or nothing useful)."""
+        for a, u in zip(self.participants, self.contributions, strict=False):
+            if a == address:
+                return u
+        return 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +76,9 @@ class RoundAudit:
             "flagged": [a.hex() for a in self.flagged],
             "tolerated_f": self.tolerated_f,
             "excluded": [a.hex() for a in self.excluded],
+            "contributions": {
+                a.hex(): u for a, u in zip(self.participants, self.contributions, strict=False)
+            },
             "slashed": [
                 {"address": a.hex(), "amount": n, "reason": slash_reason(why)} for a, n, why in self.slashed
             ],
@@ -99,7 +110,34 @@ class TaskAudit:
     max_rounds: int | None = None
     byzantine_f: int | None = None
 
+    def contribution_units(self) -> dict[bytes, int]:
+        """Reward units per address over the task, summed from the rounds' ``RoundClosed`` events
+        (removed participants included: on chain they forfeit theirs)."""
+        totals: dict[bytes, int] = {}
+        for r in self.rounds:
+            for a, u in zip(r.participants, r.contributions, strict=False):
+                if u:
+                    totals[a] = totals.get(a, 0) + u
+        return totals
+
+    def expected_payments(self) -> dict[bytes, int] | None:
+        """What the completion rule pays from the contribution events alone (docs/PROTOCOL.md section
+        7, "Completion"): None unless the task completed and its fee is known."""
+        billed = sum(1 for r in self.rounds if not r.void)
+        if self.status != "completed" or not self.max_rounds or not billed:
+            return None
+        fee_per_round = self.escrow // self.max_rounds
+        pool = fee_per_round * billed - self.protocol_fee
+        removed = {a for a, _ in self.removed}
+        out = {}
+        for a, units in sorted(self.contribution_units().items()):
+            amount = pool * units // (1_000_000 * billed) if a not in removed else 0
+            if amount:
+                out[a] = amount
+        return out
+
     def to_json(self) -> dict[str, Any]:
+        expected = self.expected_payments()
         return {
             "task_id": self.task_id,
             "creator": self.creator.hex(),
@@ -120,6 +158,8 @@ class TaskAudit:
             "charged": self.charged,
             "protocol_fee": self.protocol_fee,
             "payments": {a.hex(): n for a, n in sorted(self.payments.items())},
+            "contribution_units": {a.hex(): n for a, n in sorted(self.contribution_units().items())},
+            "payments_match_contributions": None if expected is None else expected == self.payments,
             "refunded": self.refunded,
             "removed": [{"address": a.hex(), "reason": r} for a, r in self.removed],
             "rounds": [r.to_json() for r in self.rounds],
@@ -188,6 +228,7 @@ class Audit:
                     self._slashes.pop((event.task_id, event.round), []),
                     event.tolerated_f,
                     event.excluded,
+                    event.contributions,
                 )
             )
             if not event.void:
@@ -265,6 +306,11 @@ def _task_text(t: TaskAudit) -> list[str]:
                 for a, s in zip(r.participants, r.scores, strict=True)
             )
             lines.append(f"         krum scores (* = not selected): {scores}")
+        if r.contributions:
+            shares = "  ".join(
+                f"{short(a)}={u / 10_000:.1f}%" for a, u in zip(r.participants, r.contributions, strict=True)
+            )
+            lines.append(f"         contribution (share of the round's pay): {shares}")
     if t.status == "completed":
         lines.append(
             f"  billed {t.charged} (protocol fee {t.protocol_fee}), final accuracy "
@@ -272,6 +318,17 @@ def _task_text(t: TaskAudit) -> list[str]:
         )
     if t.payments:
         lines.append("  payments: " + "  ".join(f"{short(a)}={n}" for a, n in sorted(t.payments.items())))
+    units = t.contribution_units()
+    if units:
+        total = sum(max(0, u) for u in units.values()) or 1
+        lines.append(
+            "  contribution over the task (share of the units earned): "
+            + "  ".join(f"{short(a)}={100 * u / total:.1f}%" for a, u in sorted(units.items()))
+        )
+    expected = t.expected_payments()
+    if expected is not None:
+        verdict = "yes" if expected == t.payments else f"NO (the contribution events give {expected})"
+        lines.append(f"  payments match the contribution events: {verdict}")
     if t.refunded:
         lines.append(f"  refunded to the creator: {t.refunded}")
     return lines

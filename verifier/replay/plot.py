@@ -1,11 +1,12 @@
-"""The audit plot (``mpsnode replay --plot out.png``): per task, accuracy per round and Krum scores.
+"""The audit plot (``mpsnode replay --plot out.png``): per task, accuracy, Krum scores and pay shares.
 
 One row per task that closed a round. Left: the global model's accuracy after each round, with
-the task's target as a dashed line and void rounds marked. Right: each client's Krum score per
+the task's target as a dashed line and void rounds marked. Middle: each client's Krum score per
 round, hollow where the update was not selected and a red cross where the client was slashed; the
 axis fits the honest spread, and an outlier's score (orders of magnitude above it) sits on the top
-edge with its value written beside it. Matplotlib runs with
-the Agg backend (no display needed).
+edge with its value written beside it. Right: each round's pay split by contribution (the
+``RoundClosed`` units, docs/PROTOCOL.md section 8), one stacked bar per round in the clients'
+colours; a free rider's slice is missing. Matplotlib runs with the Agg backend (no display needed).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def plot_audit(
     tasks = [t for _, t in sorted(audit.tasks.items()) if t.rounds]
     rows = max(1, len(tasks))
     fig, axes = plt.subplots(
-        rows, 2, figsize=(14, 4.6 * rows), squeeze=False, gridspec_kw={"width_ratios": [1, 1.35]}
+        rows, 3, figsize=(20, 4.6 * rows), squeeze=False, gridspec_kw={"width_ratios": [1, 1.35, 1]}
     )
     if not tasks:
         for ax in axes[0]:
@@ -46,6 +47,7 @@ def plot_audit(
     for row, task in enumerate(tasks):
         _accuracy(axes[row][0], task, (targets or {}).get(task.task_id))
         _scores(axes[row][1], task, names or {})
+        _shares(axes[row][2], task, names or {})
     fig.suptitle(
         f"mpsnode audit: {audit.blocks} blocks, {audit.txs} txs, {len(audit.tasks)} task(s)", fontsize=13
     )
@@ -95,10 +97,69 @@ def _round_ticks(task: TaskAudit) -> list[int]:
     return rounds[::step]
 
 
+def _clients(task: TaskAudit) -> list[bytes]:
+    """Every client that revealed in some round, in one order: the colours of both panels."""
+    return sorted({a for r in task.rounds for a in r.participants})
+
+
+def _colormap(n: int):
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy, only a plot needs it; plot_audit set the backend
+
+    return plt.get_cmap("tab20" if n > 10 else "tab10")
+
+
+def _shares(ax, task: TaskAudit, names: dict[bytes, str]) -> None:
+    """One stacked bar per scored round: each client's share of that round's pay (units / 10^6)."""
+    clients = _clients(task)
+    cmap = _colormap(len(clients))
+    rounds = [r for r in task.rounds if not r.void]
+    xs = [r.round for r in rounds]
+    bottom = [0.0] * len(rounds)
+    for i, address in enumerate(clients):
+        heights = [100 * r.units_of(address) / 1_000_000 for r in rounds]
+        if not any(heights):  # in the legend, in its colour, though it has no slice
+            ax.scatter(
+                [],
+                [],
+                marker="s",
+                color=cmap(i % cmap.N),
+                label=names.get(address, short(address)) + " (nothing)",
+            )
+            continue
+        ax.bar(
+            xs,
+            heights,
+            bottom=bottom,
+            color=cmap(i % cmap.N),
+            width=0.8,
+            label=names.get(address, short(address)),
+        )
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_ylim(0, 105)
+    ax.set_xlabel("round")
+    ax.set_ylabel("share of the round's pay (%)")
+    if xs:
+        ax.set_xticks(_round_ticks(task))
+    ax.grid(alpha=0.3, axis="y")
+    ax.set_title(f"task {task.task_id}: pay by contribution (a gap: nobody earned that part)", fontsize=10)
+    handles, labels = ax.get_legend_handles_labels()
+    if labels and len(labels) <= MAX_LEGEND:
+        ax.legend(
+            handles,
+            labels,
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=7,
+            ncol=1 if len(labels) <= 14 else 2,
+            title="client",
+            title_fontsize=8,
+            borderaxespad=0,
+        )
+
+
 def _scores(ax, task: TaskAudit, names: dict[bytes, str]) -> None:
     """Scores on a linear axis fitted to the honest spread; a score over ``OFF_SCALE`` x its round's
     median sits on the top edge as a triangle with its value written beside it."""
-    import matplotlib.pyplot as plt  # noqa: PLC0415 - heavy, only a plot needs it; plot_audit set the backend
 
     rounds = [r for r in task.rounds if r.scores]
     medians = {r.round: sorted(r.scores)[(len(r.scores) - 1) // 2] for r in rounds}
@@ -109,8 +170,8 @@ def _scores(ax, task: TaskAudit, names: dict[bytes, str]) -> None:
     in_scale = [s for r in rounds for s in r.scores if not off_scale(r.round, s)] or [0, 1]
     low, high = min(in_scale), max(in_scale)
     ceiling = high + 0.12 * max(high - low, 1)  # where off-scale points are drawn
-    clients = sorted({a for r in rounds for a in r.participants})
-    cmap = plt.get_cmap("tab20" if len(clients) > 10 else "tab10")
+    clients = _clients(task)
+    cmap = _colormap(len(clients))
     for i, address in enumerate(clients):
         color = cmap(i % cmap.N)
         points = [(r, r.scores[r.participants.index(address)]) for r in rounds if address in r.participants]
@@ -174,15 +235,6 @@ def _scores(ax, task: TaskAudit, names: dict[bytes, str]) -> None:
         fontsize=10,
     )
     handles, labels = ax.get_legend_handles_labels()
-    if labels and len(labels) <= MAX_LEGEND + 1:
-        ax.legend(
-            handles,
-            labels,
-            loc="upper left",
-            bbox_to_anchor=(1.01, 1.0),
-            fontsize=7,
-            ncol=1 if len(labels) <= 14 else 2,
-            title="client",
-            title_fontsize=8,
-            borderaxespad=0,
-        )
+    slash = [(h, lab) for h, lab in zip(handles, labels, strict=True) if lab == "slashed"]
+    if slash:  # the clients' colours are named beside the pay panel
+        ax.legend([h for h, _ in slash], ["slashed"], loc="upper right", fontsize=7)

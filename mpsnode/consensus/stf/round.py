@@ -1,11 +1,15 @@
-"""End of a round: which rounds close in this block, and closing them.
+"""End of a round's phases: opening the reveal phase, and closing the round.
 
-A round closes at the end of a block when every active participant has submitted, or when the
-block's height has reached the round's deadline. Closing a round with at least 3 updates: decide it
-(``mpsnode.consensus.robust``: Krum and direction flags with the round's tolerance, then
-nearest-neighbour mixing and Multi-Krum), slash and remove the flagged, aggregate into the global
-model, evaluate it on the task's validation set, remove the participants silent too long, then
-complete the task (billing and rewards), expire it (refund) or open the next round.
+A round's commit phase ends at the end of a block when every active participant has committed, or
+when the block's height has reached the phase's deadline; the reveal phase opens (the contribution
+direction is computed: ``mpsnode.consensus.contribution``), or, with no commitment at all, the round
+closes void. The reveal phase ends when every committer has revealed or at its deadline, and the
+round closes. Closing a round with at least 3 updates: decide it (``mpsnode.consensus.robust``:
+Krum and direction flags with the round's tolerance, then nearest-neighbour mixing and Multi-Krum),
+slash and remove the flagged, aggregate into the global model, credit each aggregated update its
+contribution units, evaluate the model on the task's validation set, remove the participants
+silent too long, then complete the task (billing and rewards), expire it (refund) or open the next
+round.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from enum import IntEnum
 
 import numpy as np
 
-from mpsnode.consensus import krum, model, robust
+from mpsnode.consensus import contribution, krum, model, robust
 from mpsnode.consensus.events import (
     Event,
     Jailed,
     ParticipantRemoved,
+    RevealOpened,
     Rewarded,
     RoundClosed,
     RoundOpened,
@@ -29,12 +34,13 @@ from mpsnode.consensus.events import (
 )
 from mpsnode.consensus.limits import MIN_SCORED_UPDATES
 from mpsnode.consensus.params import Params
-from mpsnode.consensus.state import State, Task, TaskStatus
+from mpsnode.consensus.state import RoundPhase, State, Task, TaskStatus
 from mpsnode.consensus.stf.env import BlockEnv
 from mpsnode.consensus.stf.task import (
     EXPIRED_MAX_ROUNDS,
     EXPIRED_TOO_FEW_PARTICIPANTS,
-    clear_pending_updates,
+    clear_previous_updates,
+    clear_round,
     finish_task,
     refund_escrow,
 )
@@ -56,36 +62,74 @@ class RemovalReason(IntEnum):
             return str(code)
 
 
-def is_round_due(task: Task, height: int) -> bool:
-    """Whether ``task``'s open round closes at this block: every participant submitted, or the deadline
-    passed."""
+def is_phase_due(task: Task, height: int) -> bool:
+    """Whether ``task``'s open phase ends at this block: everyone who can act has acted (every
+    participant committed; every committer revealed), or the phase's deadline passed."""
     if task.status != TaskStatus.ACTIVE:
         return False
-    complete = len(task.submitted) == len(task.participants)
+    if task.phase == RoundPhase.COMMIT:
+        complete = len(task.committed) == len(task.participants)
+    else:
+        complete = len(task.submitted) == len(task.committed)
     return complete or height >= task.round_deadline
 
 
-def process_round_closes(state: State, env: BlockEnv) -> list[Event]:
-    """Close every due round, in task id order."""
+def process_round_phases(state: State, env: BlockEnv) -> list[Event]:
+    """End every due phase, in task id order: open the reveal phase, or close the round."""
     events: list[Event] = []
     for task_id in state.get_globals().open_tasks:
         task = state.get_task(task_id)
-        if task is not None and is_round_due(task, env.height):
+        if task is None or not is_phase_due(task, env.height):
+            continue
+        if task.phase == RoundPhase.COMMIT and task.committed:
+            events += open_reveal(state, env, task)
+        else:
             events += close_round(state, env, task)
     return events
 
 
+def open_reveal(state: State, env: BlockEnv, task: Task) -> list[Event]:
+    """Open the reveal phase: compute the round's contribution direction (the validation margin
+    gradient off the span of the last round's updates), then drop those updates."""
+    weights = np.frombuffer(state.get_model(task.task_id), dtype="<i4")
+    val_x, val_y = state.get_valset(task.task_id)
+    g = contribution.margin_gradient(
+        weights,
+        task.arch,
+        task.scale_bits,
+        np.frombuffer(val_x, dtype="<i2").reshape(-1, task.arch[0]),
+        np.frombuffer(val_y, dtype=np.uint8),
+    )
+    P = get_updates(state, task, task.previous)
+    k = P.shape[0]
+    stored = state.get_basis_gram(task.task_id)
+    if k and (stored is None or len(stored) != 8 * k * k):  # the close of that round wrote it
+        raise RuntimeError(f"task {task.task_id}: the last round's Gram matrix is missing or malformed")
+    H = np.frombuffer(stored or b"", dtype="<i8").reshape(k, k).astype(np.int64)
+    direction = contribution.orthogonal_direction(contribution.to_direction(g), P, H)
+    state.set_direction(task.task_id, direction.astype("<i4").tobytes())
+    clear_previous_updates(state, task)
+    deadline = env.height + env.params.reveal_blocks
+    state.set_task(replace(task, phase=RoundPhase.REVEAL, round_deadline=deadline, previous=()))
+    return [RevealOpened(task.task_id, task.round, deadline, task.committed)]
+
+
 def get_round_updates(state: State, task: Task) -> np.ndarray:
-    """The open round's deltas as a k x d int16 matrix, rows in submission order."""
+    """The open round's deltas as a k x d int16 matrix, rows in reveal order."""
+    return get_updates(state, task, task.submitted)
+
+
+def get_updates(state: State, task: Task, addresses: tuple[bytes, ...]) -> np.ndarray:
+    """The stored deltas of ``addresses`` in ``task`` as a k x d int16 matrix, rows in that order."""
     d = model.param_count(task.arch)
-    Q = np.empty((len(task.submitted), d), dtype=np.int16)
-    for row, address in enumerate(task.submitted):
+    Q = np.empty((len(addresses), d), dtype=np.int16)
+    for row, address in enumerate(addresses):
         stored = state.get_update_stored(task.task_id, address)  # H(delta) || delta: no slice copy
         if (
             stored is None or len(stored) != 32 + 2 * d
         ):  # admission guarantees both; a broken store must not pass
             raise RuntimeError(
-                f"task {task.task_id}: pending update of {address.hex()} is missing or malformed"
+                f"task {task.task_id}: stored update of {address.hex()} is missing or malformed"
             )
         Q[row] = np.frombuffer(stored, dtype="<i2", offset=32)
     return Q
@@ -97,10 +141,14 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
     k = len(task.submitted)
     if k < MIN_SCORED_UPDATES:
         # No robust rule can tell honest from Byzantine: no aggregation, no slash, no bill.
+        if k:  # the updates are still the next round's public basis
+            state.set_basis_gram(
+                task.task_id, krum.gram_matrix(get_round_updates(state, task)).astype("<i8").tobytes()
+            )
         task = replace(task, rounds_closed=task.rounds_closed + 1)
         state.set_task(task)
         events: list[Event] = [
-            RoundClosed(task.task_id, task.round, task.submitted, (), (), (), task.accuracy_bps, 1, 0, ())
+            RoundClosed(task.task_id, task.round, task.submitted, (), (), (), task.accuracy_bps, 1, 0, (), ())
         ]
         events += take_attendance(state, env.params, task)
         return events + advance_round(state, env, state.get_task(task.task_id) or task)
@@ -109,9 +157,11 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
     keep_f = robust.tolerated_f(task.byzantine_f, task.removed, k)
     Q = get_round_updates(state, task)
     params = env.params
-    decision = robust.decide_round(
-        krum.gram_matrix(Q), f, task.submitted, robust.round_rules(params), task.aggregator, keep_f
-    )
+    G = krum.gram_matrix(Q)
+    state.set_basis_gram(
+        task.task_id, G.astype("<i8").tobytes()
+    )  # for the next round's contribution direction
+    decision = robust.decide_round(G, f, task.submitted, robust.round_rules(params), task.aggregator, keep_f)
     selected = tuple(task.submitted[i] for i in decision.selected)
     flagged = tuple(task.submitted[i] for i in decision.flagged)
 
@@ -133,15 +183,23 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
         np.frombuffer(val_x, dtype="<i2").reshape(-1, task.arch[0]),
         np.frombuffer(val_y, dtype=np.uint8),
     )
-    counts = dict(task.rewards_weight)
-    for address in selected:
-        counts[address] = counts.get(address, 0) + 1
+    stored = state.get_direction(task.task_id)
+    if stored is None or len(stored) != 4 * Q.shape[1]:  # the reveal phase always wrote it
+        raise RuntimeError(f"task {task.task_id}: the round's contribution direction is missing")
+    direction = np.frombuffer(stored, dtype="<i4").astype(np.int64)
+    # Every update that entered the aggregate (weight > 0) shares the round by its positive gain.
+    copies = contribution.near_copies(G.tolist(), params.duplicate_cosine_bps)
+    units = contribution.round_units(contribution.gains(direction, Q).tolist(), decision.weights, copies)
+    counts = dict(task.reward_units)
+    for address, u in zip(task.submitted, units, strict=True):
+        if u:
+            counts[address] = counts.get(address, 0) + u
     task = replace(
         task,
         rounds_closed=task.rounds_closed + 1,
         billed_rounds=task.billed_rounds + 1,
         accuracy_bps=accuracy,
-        rewards_weight=tuple(sorted(counts.items())),
+        reward_units=tuple(sorted(counts.items())),
     )
     state.set_task(task)
     events.append(
@@ -156,6 +214,7 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
             0,
             keep_f,
             tuple(task.submitted[i] for i in decision.excluded),
+            units,
         )
     )
     events += take_attendance(state, params, task)
@@ -201,7 +260,7 @@ def remove_participant(state: State, task: Task, address: bytes, reason: int) ->
         replace(
             current,
             participants=tuple(a for a in current.participants if a != address),
-            rewards_weight=tuple((a, n) for a, n in current.rewards_weight if a != address),
+            reward_units=tuple((a, n) for a, n in current.reward_units if a != address),
             missed=tuple((a, n) for a, n in current.missed if a != address),
             removed=current.removed + 1,
         )
@@ -210,23 +269,24 @@ def remove_participant(state: State, task: Task, address: bytes, reason: int) ->
 
 
 def complete_task(state: State, env: BlockEnv, task: Task) -> list[Event]:
-    """Bill ``fee_per_round * billed_rounds`` from escrow, pay the treasury and the clients, refund the rest."""
+    """Bill the rounds: the protocol fee of ``fee_per_round * billed_rounds`` to the treasury, each
+    participant its share of the rest by its reward units, and refund what was not earned."""
     params = env.params
-    charged = task.fee_per_round * task.billed_rounds  # billed_rounds <= max_rounds: within escrow
-    protocol_fee = charged * params.protocol_fee_bps // 10_000
-    pool = charged - protocol_fee
-    total_weight = sum(n for _, n in task.rewards_weight)
+    bill = task.fee_per_round * task.billed_rounds  # billed_rounds <= max_rounds: within escrow
+    protocol_fee = bill * params.protocol_fee_bps // 10_000
+    pool = bill - protocol_fee
+    # Each billed round shares at most ROUND_UNITS, so the units earned never exceed this total.
+    total_units = contribution.ROUND_UNITS * task.billed_rounds
     events: list[Event] = []
     paid = 0
-    if total_weight:
-        for address, n in task.rewards_weight:  # sorted by address
-            amount = pool * n // total_weight
-            if amount:
-                state.increase_balance(address, amount)
-                events.append(Rewarded(task.task_id, address, amount))
-                paid += amount
-    # integer dust (and the whole pool if nobody is left to pay) goes to the treasury
-    state.increase_balance(env.config.treasury, protocol_fee + pool - paid)
+    for address, units in task.reward_units:  # sorted by address
+        amount = pool * units // total_units if units > 0 else 0
+        if amount:
+            state.increase_balance(address, amount)
+            events.append(Rewarded(task.task_id, address, amount))
+            paid += amount
+    state.increase_balance(env.config.treasury, protocol_fee)
+    charged = protocol_fee + paid  # what nobody earned (and integer dust) goes back with the escrow
     finish_task(state, replace(task, escrow=task.escrow - charged), TaskStatus.COMPLETED)
     events.append(TaskCompleted(task.task_id, task.rounds_closed, task.accuracy_bps, charged, protocol_fee))
     return events + refund_escrow(state, task)
@@ -244,7 +304,18 @@ def advance_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
         finish_task(state, task, TaskStatus.EXPIRED)
         events: list[Event] = [TaskExpired(task.task_id, reason, task.rounds_closed)]
         return events + refund_escrow(state, task)
-    clear_pending_updates(state, task)
+    clear_round(state, task)
     deadline = env.height + task.round_blocks
-    state.set_task(replace(task, round=task.round + 1, round_deadline=deadline, submitted=()))
+    revealed = task.phase == RoundPhase.REVEAL  # else the round had no commitment: keep the older basis
+    state.set_task(
+        replace(
+            task,
+            round=task.round + 1,
+            round_deadline=deadline,
+            phase=RoundPhase.COMMIT,
+            committed=(),
+            submitted=(),
+            previous=task.submitted if revealed else task.previous,
+        )
+    )
     return [RoundOpened(task.task_id, task.round + 1, deadline)]

@@ -26,7 +26,7 @@ from mpsnode.consensus.events import (
     TaskStarted,
 )
 from mpsnode.consensus.model import param_count
-from mpsnode.consensus.state import State, Task, TaskStatus, duplicate_key, update_key
+from mpsnode.consensus.state import State, Task, TaskStatus, commitment_key, duplicate_key, update_key
 from mpsnode.consensus.stf.env import BlockEnv
 from mpsnode.consensus.tx import CreateTask, JoinTask
 
@@ -112,24 +112,38 @@ def process_task_starts(state: State, env: BlockEnv) -> list[Event]:
     return events
 
 
-def clear_pending_updates(state: State, task: Task) -> None:
-    """Delete the open round's updates and their duplicate index."""
+def clear_round(state: State, task: Task) -> None:
+    """Delete the closed round's commitments, duplicate index and contribution direction; its revealed
+    updates stay (they are the next round's public basis, ``Task.previous``)."""
     for address in task.submitted:
         delta_hash = state.get_update_hash(task.task_id, address)
         if delta_hash is not None:
             state.delete(duplicate_key(task.task_id, delta_hash))
+    for address in task.committed:
+        state.delete(commitment_key(task.task_id, address))
+    state.set_direction(task.task_id, None)
+
+
+def clear_previous_updates(state: State, task: Task) -> None:
+    """Delete the last closed round's revealed updates (``Task.previous``) and their Gram matrix."""
+    for address in task.previous:
         state.delete(update_key(task.task_id, address))
+    state.set_basis_gram(task.task_id, None)
 
 
 def finish_task(state: State, task: Task, status: TaskStatus) -> None:
-    """Close a task for good: release its participants and drop it from the open list."""
-    clear_pending_updates(state, task)
+    """Close a task for good: delete its round state, release its participants, drop it from the open
+    list."""
+    clear_round(state, task)
+    clear_previous_updates(state, task)
+    for address in task.submitted:
+        state.delete(update_key(task.task_id, address))
     for address in task.participants:
         acct = state.get_account(address)
         state.set_account(address, replace(acct, tasks=tuple(t for t in acct.tasks if t != task.task_id)))
     g = state.get_globals()
     state.set_globals(replace(g, open_tasks=tuple(t for t in g.open_tasks if t != task.task_id)))
-    state.set_task(replace(task, status=status, submitted=(), round_deadline=0))
+    state.set_task(replace(task, status=status, submitted=(), committed=(), previous=(), round_deadline=0))
 
 
 def refund_escrow(state: State, task: Task) -> list[Event]:

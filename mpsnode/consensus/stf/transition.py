@@ -62,11 +62,11 @@ from mpsnode.consensus.receipt import END_OF_BLOCK_ID, Receipt, receipts_root
 from mpsnode.consensus.smt import SparseMerkleTree
 from mpsnode.consensus.state import Config, State
 from mpsnode.consensus.stf.env import BlockEnv
-from mpsnode.consensus.stf.round import process_round_closes
+from mpsnode.consensus.stf.round import process_round_phases
 from mpsnode.consensus.stf.stake import process_stake, process_unbonding_release, process_unstake
 from mpsnode.consensus.stf.task import process_create_task, process_join_task, process_task_starts
 from mpsnode.consensus.stf.transfer import process_transfer
-from mpsnode.consensus.stf.update import process_submit_update
+from mpsnode.consensus.stf.update import process_commit_update, process_reveal_update
 from mpsnode.consensus.tx import Kind, SignedTx, validate_transaction
 
 CANONICAL_ENCODING = "canonical_encoding"
@@ -115,7 +115,8 @@ PROCESSORS: dict[Kind, Processor] = {
     Kind.UNSTAKE: process_unstake,
     Kind.CREATE_TASK: process_create_task,
     Kind.JOIN_TASK: process_join_task,
-    Kind.SUBMIT_UPDATE: process_submit_update,
+    Kind.COMMIT_UPDATE: process_commit_update,
+    Kind.REVEAL_UPDATE: process_reveal_update,
 }
 
 
@@ -217,7 +218,7 @@ def process_end_of_block(state: State, env: BlockEnv) -> Receipt:
     """Release matured unbonding, start ready tasks, close due rounds: in that order."""
     events = process_unbonding_release(state, env)
     events += process_task_starts(state, env)
-    events += process_round_closes(state, env)
+    events += process_round_phases(state, env)
     return Receipt(END_OF_BLOCK_ID, 0, 0, tuple(events))
 
 
