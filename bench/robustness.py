@@ -548,6 +548,20 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "void_rounds": sum(r["void_rounds"] for r in rs),
             "silent_removed": sum(r["silent_removed"] for r in rs),
         }
+        paid = [r for r in rs if r.get("paid")]
+        if "paid" in rs[0]:
+            ratios = [
+                r["reward_per_attacker_over_honest"]
+                for r in paid
+                if r["reward_per_attacker_over_honest"] is not None
+            ]
+            floors = [
+                r["honest_reward_min_over_mean"] for r in paid if r["honest_reward_min_over_mean"] is not None
+            ]
+            cell["paid"] = len(paid)
+            cell["max_reward_per_attacker_over_honest"] = max(ratios) if ratios else None
+            cell["min_honest_reward_min_over_mean"] = min(floors) if floors else None
+            cell["honest_reward_min_over_mean"] = floors
         if "fedavg_final_accuracy_bps" in rs[0]:
             cell["fedavg_mean_accuracy_bps"] = round(
                 float(np.mean([r["fedavg_final_accuracy_bps"] for r in rs]))
@@ -627,7 +641,51 @@ def markdown(cells: list[dict[str, Any]]) -> str:
         fed = {c["alpha"]: c["fedavg_no_attack_mean_bps"] for c in group}
         acc_lines.append("| FedAvg, no attack | | " + " | ".join(_pct(fed.get(a)) for a in alphas) + " |")
         parts.append("\n".join(acc_lines) + "\n\n" + "\n".join(slash_lines) + "\n")
+        if any("paid" in c for c in group):
+            parts.append(_payment_table(title, head, sep, rows, alphas, by, seeds))
     return "\n".join(parts)
+
+
+def _payment_table(
+    title: str,
+    head: str,
+    sep: str,
+    rows: list[tuple[str, int]],
+    alphas: list[str],
+    by: dict[tuple[str, int, str], dict[str, Any]],
+    seeds: int,
+) -> str:
+    """Per cell: the worst seed's reward per attacker over the mean honest reward, and the lowest
+    honest client's reward over the mean honest reward; ``(paid/seeds)`` when a seed's task did not
+    complete (nothing was paid there)."""
+
+    def ratio(v: float | None) -> str:
+        return "-" if v is None else f"{v:.2f}"
+
+    lines = [
+        f"{title}. Payments (tasks completing at the target): worst seed's reward per attacker / mean "
+        "honest reward; lowest honest client / mean honest; (paid seeds / seeds) when some did not complete",
+        "",
+        head,
+        sep,
+    ]
+    for attack, fraction in rows:
+        cells = []
+        for a in alphas:
+            c = by.get((attack, fraction, a))
+            if c is None or "paid" not in c:
+                cells.append("")
+                continue
+            text = (
+                f"{ratio(c['max_reward_per_attacker_over_honest'])}; {ratio(c['min_honest_reward_min_over_mean'])}"
+                if attack != "none"
+                else ratio(c["min_honest_reward_min_over_mean"])
+            )
+            if c["paid"] < c["seeds"]:
+                text += f" ({c['paid']}/{c['seeds']})"
+            cells.append(text)
+        lines.append(f"| {attack} | {fraction}% | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -16,7 +16,7 @@ from mpsnode.consensus.params import Params
 
 from nodekit import LOCALHOST, REPO, Daemon, make_home
 
-PARAMS = Params(block_time_ms=50)
+PARAMS = Params(block_time_ms=50, reveal_blocks=400)  # a reveal phase of 20 s: time for a few CLI calls
 
 
 @pytest.fixture
@@ -186,3 +186,71 @@ def test_a_tx_stuck_behind_a_nonce_gap_is_shown_and_dropped_for_good(node: Daemo
     node.start()  # the drop is durable: the mempool does not bring it back
     assert json.loads(tx(node, "pending", "--from", "client-0").stdout)["pending"] == []
     assert account(node, "client-0")["pending_txs"] == 0
+
+
+def test_commit_then_reveal_an_update_from_the_cli(node: Daemon) -> None:
+    """`tx commit-update` prints the salt; `tx reveal-update` with it opens the commitment once the
+    reveal phase is open; a reveal too early, or with another salt, is refused before it is sent."""
+    created = tx(
+        node,
+        "create-task",
+        "--arch",
+        "4,3",
+        "--from",
+        "user",
+        "--min-clients",
+        "3",
+        "--max-clients",
+        "3",
+        "--byzantine-f",
+        "0",
+        "--round-blocks",
+        "1000",
+        "--join-blocks",
+        "1000",
+    )
+    assert created.returncode == 0, created.stderr
+    task_id = str(
+        next(e["task_id"] for e in json.loads(created.stdout)["events"] if e["event"] == "TaskCreated")
+    )
+    for i in range(3):
+        assert tx(node, "stake", "--amount", str(PARAMS.min_stake), "--from", f"client-{i}").returncode == 0
+        assert tx(node, "join", "--task", task_id, "--from", f"client-{i}").returncode == 0
+    update = ("--task", task_id, "--round", "1", "--params", "15")
+    salts = []
+    for i in range(3):
+        committed = tx(node, "commit-update", *update, "--random-delta", str(i), "--from", f"client-{i}")
+        assert committed.returncode == 0, committed.stderr
+        out = json.loads(committed.stdout)
+        assert out["kind"] == "COMMIT_UPDATE" and len(bytes.fromhex(out["salt"])) == 32
+        salts.append(out["salt"])
+        if i == 0:  # the others have not committed yet: still the commit phase
+            early = tx(
+                node,
+                "reveal-update",
+                *update,
+                "--random-delta",
+                "0",
+                "--salt",
+                salts[0],
+                "--from",
+                "client-0",
+            )
+            assert early.returncode == 2 and "would fail: WrongPhase" in early.stderr, early.stderr
+    deadline = time.monotonic() + 30
+    while (task := json.loads(cli(node, "query", "task", task_id).stdout))["phase"] != "reveal":
+        assert time.monotonic() < deadline, (task["committed"], task["participants"], task["waiting"])
+        time.sleep(0.1)
+    wrong = tx(
+        node, "reveal-update", *update, "--random-delta", "0", "--salt", salts[1], "--from", "client-0"
+    )
+    assert wrong.returncode == 2 and "would fail: CommitmentMismatch" in wrong.stderr, wrong.stderr
+    bad = tx(node, "reveal-update", *update, "--random-delta", "0", "--salt", "zz", "--from", "client-0")
+    assert bad.returncode == 2 and "--salt must be 32 bytes" in bad.stderr and "Traceback" not in bad.stderr
+    revealed = tx(
+        node, "reveal-update", *update, "--random-delta", "0", "--salt", salts[0], "--from", "client-0"
+    )
+    assert revealed.returncode == 0, revealed.stderr
+    assert [e["event"] for e in json.loads(revealed.stdout)["events"]] == ["UpdateRevealed"]
+    task = json.loads(cli(node, "query", "task", task_id).stdout)
+    assert task["submitted"] == [account(node, "client-0")["address"]] and "reveal phase" in task["waiting"]

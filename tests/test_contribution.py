@@ -153,7 +153,7 @@ def test_public_combinations_gain_next_to_nothing() -> None:
 
 
 def test_units_share_a_round_by_positive_gain() -> None:
-    units = contribution.round_units([30, 10, -50, 0, 60], [1, 2, 1, 1, 0])
+    units = contribution.round_units([30, 10, -20, 0, 60], [1, 2, 1, 1, 0])
     assert units == (750_000, 250_000, 0, 0, 0)  # the last was not aggregated, the third hurt
     assert contribution.round_units([-1, 0], [1, 1]) == (0, 0)
     assert sum(contribution.round_units([7, 11, 13], [1, 1, 1])) <= contribution.ROUND_UNITS
@@ -169,7 +169,13 @@ def test_near_copies_share_one_contribution() -> None:
     copies = contribution.near_copies(krum.gram_matrix(Q).tolist(), 9500)
     assert copies == (3, 3, 1, 1, 3)  # a near copy and a scaled copy of row 0 link to it; zero links nothing
     units = contribution.round_units([90, 90, 60, 0, 180], [1, 1, 1, 1, 1], copies)
-    assert units == (166_666, 166_666, 333_333, 0, 333_333)  # shares 30, 30, 60, 0, 60: the alike split theirs
+    assert units == (
+        166_666,
+        166_666,
+        333_333,
+        0,
+        333_333,
+    )  # shares 30, 30, 60, 0, 60: the alike split theirs
     assert contribution.near_copies(krum.gram_matrix(Q).tolist(), 10_001) == (1, 1, 1, 1, 1)
     with pytest.raises(ValueError):
         contribution.round_units([1, 2], [1, 1], [1, 0])
@@ -182,3 +188,18 @@ def test_commitment_binds_every_field() -> None:
         changed = list(base)
         changed[i] = other
         assert update_commitment(*changed) != reference
+
+
+def test_gains_of_noise_size_do_not_count() -> None:
+    rng = np.random.default_rng(9)
+    v = rng.integers(-(1 << 23), 1 << 23, 50_000).astype(np.int64)
+    assert contribution.squared_norm(v) == sum(int(x) * int(x) for x in v)  # exact past 2^63
+    aligned = np.clip(v >> 16, -32767, 32767).astype(np.int16)
+    noise = rng.integers(-128, 128, 50_000).astype(np.int16)
+    Q = np.stack([aligned, noise])
+    gains = contribution.gains(v, Q).tolist()
+    norms = np.diagonal(krum.gram_matrix(Q)).tolist()
+    kept = contribution.significant(gains, norms, contribution.squared_norm(v), 70)
+    assert kept[0] == gains[0] > 0  # cosine near 1
+    assert kept[1] == min(gains[1], 0)  # a random direction's cosine is about 1/sqrt(d) = 0.0045 < 0.007
+    assert contribution.significant([-5], [1], 1, 70) == [-5]  # a loss is kept as it is

@@ -111,7 +111,7 @@ def test_outlier_is_slashed_and_selection_is_aggregated() -> None:
     assert res.receipts[0].status == 0
 
 
-def expected_units(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int], weights_of_rows):
+def expected_units(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int], weights_of_rows, eligible):
     """Each update's reward units, from the reference twins (first round: no public basis)."""
     state = kit.chain.state()
     task = state.get_task(task_id)
@@ -124,11 +124,16 @@ def expected_units(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int],
         contribution.to_direction(g), np.zeros((0, N), np.int16)
     )
     Q = np.stack([ds[i] for i in who]).astype(np.int16)
-    copies = contribution.near_copies(
-        krum.gram_matrix_reference(Q).tolist(), kit.genesis.params.duplicate_cosine_bps
+    G = krum.gram_matrix_reference(Q)
+    params = kit.genesis.params
+    copies = contribution.near_copies(G.tolist(), params.duplicate_cosine_bps)
+    gains = contribution.significant(
+        contribution.gains_reference(direction, Q).tolist(),
+        np.diagonal(G).tolist(),
+        sum(int(v) * int(v) for v in direction),
+        params.min_gain_cosine_bps,
     )
-    gains = contribution.gains_reference(direction, Q).tolist()
-    return contribution.round_units(gains, weights_of_rows, copies)
+    return contribution.round_units(gains, weights_of_rows, copies, eligible)
 
 
 def test_completion_pays_each_client_its_contribution_and_refunds_the_rest() -> None:
@@ -139,7 +144,9 @@ def test_completion_pays_each_client_its_contribution_and_refunds_the_rest() -> 
     user_before = kit.account(kit.user).balance
     result, _, _ = expected_close(kit, task_id, ds, [0, 1, 2, 3, 4])
     selected = tuple(kit.clients[i].address for i in result.selected)
-    units = expected_units(kit, task_id, ds, [0, 1, 2, 3, 4], result.weights)
+    left_out = set(result.flagged) | set(result.excluded)
+    eligible = [i not in left_out for i in range(5)]
+    units = expected_units(kit, task_id, ds, [0, 1, 2, 3, 4], result.weights, eligible)
     everyone = tuple(kit.clients[i].address for i in range(5))
     res = submit_round(kit, task_id, 1, ds)
     events = res.receipts[-1].events
@@ -219,7 +226,8 @@ def test_a_round_with_silent_participants_is_scored_with_what_k_allows() -> None
     assert task.billed_rounds == 1 and task.missed == ((kit.clients[4].address, 1),)
     shown = task_fields(task)  # what `query task` and `inspect task` print
     assert shown["missed"] == {kit.clients[4].address.hex(): 1} and shown["removed"] == 0
-    assert shown["aggregator"] == "nnm_multi_krum"
+    assert shown["aggregator"] == "nnm_multi_krum" and shown["phase"] == "commit" and shown["committed"] == []
+    assert shown["reward_units"] == {a.hex(): n for a, n in task.reward_units} and task.reward_units
 
 
 def test_a_participant_silent_too_long_is_removed_without_a_slash() -> None:

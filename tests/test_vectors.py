@@ -183,6 +183,9 @@ def test_round_vectors_agree_with_the_reference_twins(case: str, scored: int) ->
                 basis[event.task_id] = [d for _, d in rows]
             if event.void:
                 continue
+            change = np.frombuffer(chain.state().get_model(event.task_id), dtype="<i4").astype(np.int64)
+            change -= np.frombuffer(models[event.task_id], dtype="<i4").astype(np.int64)
+            basis[event.task_id].append(change.astype("<i2").tobytes())
             closes += 1
             task = tasks[event.task_id]
             Q = np.stack([np.frombuffer(d, dtype="<i2") for _, d in rows]).astype(np.int16)
@@ -196,11 +199,18 @@ def test_round_vectors_agree_with_the_reference_twins(case: str, scored: int) ->
             assert tuple(int(s) for s in scores) == event.scores == decision.scores
             assert event.selected == tuple(rows[i][0] for i in decision.selected)
             assert event.flagged == tuple(rows[i][0] for i in decision.flagged)
-            gains = contribution.gains_reference(directions[(event.task_id, event.round)], Q)
-            copies = contribution.near_copies(
-                krum.gram_matrix_reference(Q).tolist(), genesis.params.duplicate_cosine_bps
+            direction = directions[(event.task_id, event.round)]
+            G = krum.gram_matrix_reference(Q)
+            copies = contribution.near_copies(G.tolist(), genesis.params.duplicate_cosine_bps)
+            gains = contribution.significant(
+                contribution.gains_reference(direction, Q).tolist(),
+                np.diagonal(G).tolist(),
+                sum(int(v) * int(v) for v in direction),
+                genesis.params.min_gain_cosine_bps,
             )
-            assert event.contributions == contribution.round_units(gains.tolist(), decision.weights, copies)
+            left_out = set(decision.flagged) | set(decision.excluded)
+            eligible = [i not in left_out for i in range(len(rows))]
+            assert event.contributions == contribution.round_units(gains, decision.weights, copies, eligible)
             new = model.aggregate_reference(
                 np.frombuffer(models[event.task_id], dtype="<i4"), Q, decision.weights
             )

@@ -23,7 +23,7 @@ from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.events import Event, ParticipantRemoved, Slashed, TaskExpired
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.limits import MIN_SCORED_UPDATES
-from mpsnode.consensus.state import Task, TaskStatus
+from mpsnode.consensus.state import RoundPhase, Task, TaskStatus
 from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.stf.task import EXPIRED_NOT_ENOUGH_CLIENTS, EXPIRED_TOO_FEW_PARTICIPANTS
 from mpsnode.consensus.tx import Body, CreateTask, JoinTask, SignedTx, Stake, Transfer, Unstake, commit_reveal
@@ -345,9 +345,13 @@ async def _task_progress(client: Client, task: Task, height: int) -> dict[str, A
         left = task.round_deadline - height
         void = task.rounds_closed - task.billed_rounds
         note = f"; {void} void rounds so far (fewer than {MIN_SCORED_UPDATES} updates)" if void else ""
+        if task.phase == RoundPhase.COMMIT:
+            doing = f"commit phase, {len(task.committed)} of {len(task.participants)} committed"
+        else:
+            doing = f"reveal phase, {len(task.submitted)} of {len(task.committed)} committers revealed"
         return {
-            "waiting": f"round {task.round}: {len(task.submitted)} of {len(task.participants)} updates; "
-            f"{max(0, left)} blocks left (block {task.round_deadline}){note}"
+            "waiting": f"round {task.round}: {doing}; "
+            f"{max(0, left)} blocks left in the phase (block {task.round_deadline}){note}"
         }
     if task.status == TaskStatus.EXPIRED:
         for _, events in await client.events(task_id=task.task_id, start=0, count=1000):

@@ -14,9 +14,10 @@ section 8; the measurements behind the choice are in docs/FL.md, "Paying for con
    ``mask = 1`` where the hidden activation ``z >> s`` lay strictly between 0 and its ceiling; a
    layer's weight gradient is ``sum_v delta[v][o] a[v][j]`` and its bias gradient
    ``(sum_v delta[v][o]) << s``. ``>>`` is a floor shift. Every sum stays below 2^62 (limits.py).
-2. **What was public** (``orthogonal_direction``). The previous round's revealed updates ``P``
-   (``k' x d``) are public when this round's are committed; so is anything built from them (the
-   previous global change is their weighted mean). The direction ``v`` is ``g`` with its projection
+2. **What was public** (``orthogonal_direction``). The previous round's revealed updates and the
+   global change they made (new model minus old, a rounded weighted mean of them: one more row,
+   ``extend_basis``) are public when this round's are committed; so is anything built from them.
+   ``P`` (``k' x d``) is those rows. The direction ``v`` is ``g`` with its projection
    on the span of ``P``'s rows removed: ``y`` solves ``(P P^T) y = P g`` exactly (``solve_gram``: the
    rows taken greedily in index order, each kept if independent of those kept before it, Bareiss
    elimination in integers), ``y_j`` is taken in fixed point ``floor(y_j 2^F)`` with
@@ -33,11 +34,15 @@ section 8; the measurements behind the choice are in docs/FL.md, "Paying for con
    near (pairwise cosines at most 0.87 in the digits grid, at alpha 0.1); a copy of this round's
    update, which commit-reveal makes possible only in collusion with its author, shares one
    contribution with it instead of doubling it.
-5. **Units** (``round_units``): the updates that entered the aggregate (integer weight above 0 after
-   mixing and selection) share ``ROUND_UNITS`` per billed round in proportion to
-   ``s_i = max(0, gain_i) // c_i``: ``ROUND_UNITS * s_i // sum_j s_j``; an update that hurt, or was
-   flagged or left out, earns nothing that round, and a round where no aggregated update gains
-   shares nothing (its fee goes back to the task's creator).
+   **Significance** (``significant``): a positive gain whose cosine with ``v`` is below
+   ``min_gain_cosine_bps`` counts as 0 (a random direction's cosine with ``v`` is about
+   ``1/sqrt(d)`` either way; the positive part of noise is what it would otherwise earn).
+5. **Units** (``round_units``): a round whose aggregate went downhill (``sum_i w_i gain_i <= 0``,
+   ``w`` the aggregate weights) pays nobody; otherwise the updates neither flagged nor left out
+   share ``ROUND_UNITS`` in proportion to ``s_i = max(0, gain_i) // c_i``: ``ROUND_UNITS * s_i //
+   sum_j s_j``. An update that hurt, or was flagged or left out, earns nothing that round; a round
+   that pays nobody leaves its fee to go back to the task's creator. An honest update Multi-Krum did
+   not select (heterogeneous data) still earns what it would have done for the model.
 
 The fast paths (numba kernels, the layer kernel of ``model.py``) have ``*_reference`` twins in plain
 Python ints and Fractions; tests hold them equal.
@@ -350,6 +355,23 @@ def orthogonal_direction_reference(g: np.ndarray, P: np.ndarray) -> np.ndarray:
     return to_direction(np.array(out, dtype=np.int64))
 
 
+def extend_basis(P: np.ndarray, H: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The basis ``P`` with one more int16 row and its Gram matrix ``H`` extended to match (the
+    new row's exact inner products with every row, int64)."""
+    if not isinstance(row, np.ndarray) or row.ndim != 1 or row.shape[0] != P.shape[1]:
+        raise ValueError(f"the extra basis row must have {P.shape[1]} entries")
+    r = np.ascontiguousarray(row, dtype=np.int16)
+    cross = _row_dots(P, r.astype(np.int64))
+    own = int(_row_dots(r[None, :], r.astype(np.int64))[0])
+    k = P.shape[0]
+    H2 = np.zeros((k + 1, k + 1), dtype=np.int64)
+    H2[:k, :k] = H
+    H2[:k, k] = cross
+    H2[k, :k] = cross
+    H2[k, k] = own
+    return np.vstack([P, r[None, :]]), H2
+
+
 def _check_direction(g: np.ndarray) -> np.ndarray:
     if not isinstance(g, np.ndarray) or g.ndim != 1 or g.dtype != np.int64:
         raise ValueError("the direction must be a 1-D int64 numpy array")
@@ -390,6 +412,28 @@ def gains(direction: np.ndarray, Q: np.ndarray) -> np.ndarray:
     return _row_dots(Q, v)
 
 
+def squared_norm(v: np.ndarray) -> int:
+    """``sum_p v_p^2`` of a direction (below 2^24 per entry), exact: int64 partial sums of 2^14
+    entries (each below 2^62), added in Python ints."""
+    v = _check_direction(v)
+    return sum(int(np.dot(v[i : i + (1 << 14)], v[i : i + (1 << 14)])) for i in range(0, v.shape[0], 1 << 14))
+
+
+def significant(
+    round_gains: Sequence[int], norms: Sequence[int], direction_norm: int, min_cosine_bps: int
+) -> list[int]:
+    """Step 4b: each gain, or 0 where it is positive but its cosine with the direction is below
+    ``min_cosine_bps``: ``10^8 gain^2 < min_cosine_bps^2 * |v|^2 * |q_i|^2`` (Python ints; ``norms``
+    are the ``|q_i|^2``, the Gram diagonal). A positive gain that small is what noise gets."""
+    out = []
+    for x, n in zip(round_gains, norms, strict=True):
+        x = int(x)
+        if x > 0 and 10**8 * x * x < min_cosine_bps * min_cosine_bps * direction_norm * int(n):
+            x = 0
+        out.append(x)
+    return out
+
+
 def gains_reference(direction: np.ndarray, Q: np.ndarray) -> np.ndarray:
     """Reference twin of ``gains``, in Python ints."""
     v = [int(x) for x in _check_direction(direction)]
@@ -418,20 +462,28 @@ def near_copies(G: Sequence[Sequence[int]], threshold_bps: int) -> tuple[int, ..
 
 
 def round_units(
-    round_gains: Sequence[int], weights: Sequence[int], copies: Sequence[int] | None = None
+    round_gains: Sequence[int],
+    weights: Sequence[int],
+    copies: Sequence[int] | None = None,
+    eligible: Sequence[bool] | None = None,
 ) -> tuple[int, ...]:
-    """Each update's reward units for the round (step 5): ``ROUND_UNITS * s_i // S`` with ``s_i =
-    max(0, gain_i) // copies_i`` for the updates that entered the aggregate (``weights[i] > 0``),
-    ``S`` the sum of the ``s_j``; 0 for the others, and for everyone when ``S = 0``. ``copies``
-    defaults to 1 each (no near copies)."""
-    if len(round_gains) != len(weights):
-        raise ValueError(f"{len(round_gains)} gains for {len(weights)} weights")
-    group = [1] * len(weights) if copies is None else [int(c) for c in copies]
-    if len(group) != len(weights) or any(c < 1 for c in group):
+    """Each update's reward units for the round (step 5). Nobody earns when the round's step went
+    downhill (``sum_i weights_i gain_i <= 0``, ``weights`` the aggregate weights); otherwise
+    ``ROUND_UNITS * s_i // S`` with ``s_i = max(0, gain_i) // copies_i`` for the ``eligible``
+    updates (neither flagged nor left out; default: ``weights_i > 0``), ``S`` the sum of the
+    ``s_j``; 0 for the others, and for everyone when ``S = 0``. ``copies`` defaults to 1 each."""
+    k = len(weights)
+    if len(round_gains) != k:
+        raise ValueError(f"{len(round_gains)} gains for {k} weights")
+    group = [1] * k if copies is None else [int(c) for c in copies]
+    if len(group) != k or any(c < 1 for c in group):
         raise ValueError("copies must give a group size >= 1 per update")
-    shares = [
-        max(0, int(x)) // c if int(w) > 0 else 0 for x, w, c in zip(round_gains, weights, group, strict=True)
-    ]
+    able = [int(w) > 0 for w in weights] if eligible is None else [bool(e) for e in eligible]
+    if len(able) != k:
+        raise ValueError(f"{len(able)} eligibility flags for {k} updates")
+    if sum(int(w) * int(x) for w, x in zip(weights, round_gains, strict=True)) <= 0:
+        return tuple(0 for _ in range(k))
+    shares = [max(0, int(x)) // c if a else 0 for x, a, c in zip(round_gains, able, group, strict=True)]
     positive = sum(shares)
     if positive == 0:
         return tuple(0 for _ in shares)

@@ -26,8 +26,11 @@ class Params:
     slash_direction_bps: int = 1500  # coherent rounds: slash m_i < -0.15
     exclude_direction_bps: int = 1000  # any round: leave m_i < -0.10 out of the aggregate, no slash
     max_missed_rounds: int = 3  # a participant silent this many rounds in a row is removed from the task
-    reveal_blocks: int = 10  # a round's reveal phase lasts at most this many blocks
+    reveal_blocks: int = (
+        50  # a round's reveal phase lasts at most this many blocks (ends early once all revealed)
+    )
     duplicate_cosine_bps: int = 9500  # updates this alike (cosine >= 0.95) share one contribution
+    min_gain_cosine_bps: int = 70  # a positive gain counts only if its cosine with the direction is >= 0.007
     protocol_fee_bps: int = 500
     max_tx_bytes: int = 16 * MIB
     max_block_bytes: int = 256 * MIB
@@ -66,6 +69,7 @@ class Params:
             "coherence_gate_bps",
             "exclude_direction_bps",
             "duplicate_cosine_bps",
+            "min_gain_cosine_bps",
         ):
             if getattr(self, name) > 10_000:
                 problems.append((name, "basis points must be <= 10000"))

@@ -14,6 +14,7 @@ Keys (first byte names the table; ids are u64 big-endian so byte order is numeri
 | ``U`` + task_id + address   | a revealed update, ``H(mps-update, delta) || delta`` (below)  |
 | ``D`` + task_id + hash      | duplicate index of the open round: H(mps-update, delta) -> sender |
 | ``Y`` + task_id             | the open round's contribution direction, int32 little-endian (reveal phase) |
+| ``L`` + task_id             | the last closed round's global change (new model minus old), int16 little-endian |
 | ``B`` + task_id             | the Gram matrix of ``Task.previous``'s updates, int64 little-endian |
 | ``Q`` + height              | addresses with unbonding entries maturing at that height      |
 
@@ -41,7 +42,7 @@ from mpsnode.consensus.records import HASH, INT, UINT, Record, enum_of, list_of,
 CONFIG_KEY = b"C"
 GLOBALS_KEY = b"G"
 ACCOUNT, TASK, MODEL, VALSET, UPDATE, DUPLICATE, UNBONDING_QUEUE = b"A", b"T", b"M", b"V", b"U", b"D", b"Q"
-COMMITMENT, DIRECTION, BASIS_GRAM = b"K", b"Y", b"B"
+COMMITMENT, DIRECTION, BASIS_GRAM, LAST_CHANGE = b"K", b"Y", b"B", b"L"
 
 _MAX_VALUE = 1 << 26  # the largest value (a 2^22-parameter int32 model) is 16 MiB
 
@@ -84,6 +85,11 @@ def direction_key(task_id: int) -> bytes:
 def basis_gram_key(task_id: int) -> bytes:
     """State key of the Gram matrix of the last closed round's updates: ``B`` + u64be(task id)."""
     return BASIS_GRAM + u64be(task_id)
+
+
+def last_change_key(task_id: int) -> bytes:
+    """State key of the last closed round's global change: ``L`` + u64be(task id)."""
+    return LAST_CHANGE + u64be(task_id)
 
 
 def duplicate_key(task_id: int, delta_hash: bytes) -> bytes:
@@ -451,6 +457,14 @@ class State:
     def set_basis_gram(self, task_id: int, gram: bytes | None) -> None:
         """Write (None deletes) the Gram matrix of the last closed round's updates."""
         self.set(basis_gram_key(task_id), gram)
+
+    def get_last_change(self, task_id: int) -> bytes | None:
+        """The last closed round's global change (int16 little-endian), or None."""
+        return self.get(last_change_key(task_id))
+
+    def set_last_change(self, task_id: int, change: bytes | None) -> None:
+        """Write (None deletes) the last closed round's global change."""
+        self.set(last_change_key(task_id), change)
 
     def get_unbonding_queue(self, height: int) -> tuple[bytes, ...]:
         """The addresses whose unbonding matures at ``height``."""

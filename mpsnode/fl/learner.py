@@ -2,7 +2,7 @@
 
 Client-side code, not consensus. Each round a ``LocalLearner`` takes the task's current global model
 (the int32 weights at ``2^-scale_bits`` that the chain stores and proves), trains a float copy for
-``local_epochs`` on its own data, and quantizes the change to the int16 delta of SUBMIT_UPDATE:
+``local_epochs`` on its own data, and quantizes the change to the int16 delta of REVEAL_UPDATE:
 ``q = clip(round(change * 2^s), -32767, 32767)``. Values beyond int16 are clipped and counted.
 
 Error feedback (optional): what quantization lost this round, ``change - q * 2^-s`` (rounding and
@@ -57,7 +57,7 @@ class LocalUpdate:
     samples: int
 
     def to_bytes(self) -> bytes:
-        """SUBMIT_UPDATE's ``delta`` field: int16 little-endian."""
+        """REVEAL_UPDATE's ``delta`` field: int16 little-endian."""
         return self.delta.astype("<i2").tobytes()
 
 

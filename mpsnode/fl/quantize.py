@@ -1,4 +1,4 @@
-"""Fixed point for clients: floats in, the integers CREATE_TASK and SUBMIT_UPDATE carry out, and back.
+"""Fixed point for clients: floats in, the integers CREATE_TASK and REVEAL_UPDATE carry out, and back.
 
 NOT consensus code: floats are fine here. A value ``v`` at scale ``s`` travels as the integer
 nearest ``v * 2^s`` (ties to even), clipped to its field's range: int32 within the model clamp for
@@ -32,7 +32,7 @@ def quantize_inputs(float_x: np.ndarray, scale_bits: int) -> np.ndarray:
 
 
 def quantize_delta(float_delta: np.ndarray, scale_bits: int) -> np.ndarray:
-    """Round an update ``float_delta * 2^s`` to the nearest int16, clipped to +-32767 (SUBMIT_UPDATE)."""
+    """Round an update ``float_delta * 2^s`` to the nearest int16, clipped to +-32767 (REVEAL_UPDATE)."""
     return _quantize(float_delta, scale_bits, (1 << 15) - 1, np.int16)
 
 

@@ -9,7 +9,7 @@ from mpsnode.consensus.block import decode_block, decode_header
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.receipt import decode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
-from mpsnode.consensus.state import State, Task, account_key, task_key
+from mpsnode.consensus.state import RoundPhase, State, Task, account_key, task_key
 from mpsnode.consensus.tx import Aggregator
 from mpsnode.node.files import load_key
 from mpsnode.node.home import Home
@@ -26,6 +26,7 @@ def task_fields(task: Task) -> dict[str, Any]:
         "scale_bits": task.scale_bits,
         "target_accuracy_bps": task.target_accuracy_bps,
         "round": task.round,
+        "phase": RoundPhase(task.phase).name.lower(),
         "round_deadline": task.round_deadline,
         "rounds_closed": task.rounds_closed,
         "max_rounds": task.max_rounds,
@@ -36,7 +37,10 @@ def task_fields(task: Task) -> dict[str, Any]:
         "removed": task.removed,
         "participants": [a.hex() for a in task.participants],
         "missed": {a.hex(): n for a, n in task.missed},
+        "committed": [a.hex() for a in task.committed],
         "submitted": [a.hex() for a in task.submitted],
+        # contribution units earned so far (10^6 per billed round are shared; docs/PROTOCOL.md section 8)
+        "reward_units": {a.hex(): n for a, n in task.reward_units},
         "escrow": task.escrow,
         "accuracy_bps": task.accuracy_bps,
         "void_rounds": task.rounds_closed - task.billed_rounds,

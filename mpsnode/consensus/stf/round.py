@@ -90,7 +90,8 @@ def process_round_phases(state: State, env: BlockEnv) -> list[Event]:
 
 def open_reveal(state: State, env: BlockEnv, task: Task) -> list[Event]:
     """Open the reveal phase: compute the round's contribution direction (the validation margin
-    gradient off the span of the last round's updates), then drop those updates."""
+    gradient off the span of the last round's updates and the global change they made), then drop
+    that basis."""
     weights = np.frombuffer(state.get_model(task.task_id), dtype="<i4")
     val_x, val_y = state.get_valset(task.task_id)
     g = contribution.margin_gradient(
@@ -106,6 +107,9 @@ def open_reveal(state: State, env: BlockEnv, task: Task) -> list[Event]:
     if k and (stored is None or len(stored) != 8 * k * k):  # the close of that round wrote it
         raise RuntimeError(f"task {task.task_id}: the last round's Gram matrix is missing or malformed")
     H = np.frombuffer(stored or b"", dtype="<i8").reshape(k, k).astype(np.int64)
+    change = state.get_last_change(task.task_id)
+    if change is not None:  # the last global change is public too (a replay of it is no work)
+        P, H = contribution.extend_basis(P, H, np.frombuffer(change, dtype="<i2"))
     direction = contribution.orthogonal_direction(contribution.to_direction(g), P, H)
     state.set_direction(task.task_id, direction.astype("<i4").tobytes())
     clear_previous_updates(state, task)
@@ -175,6 +179,9 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
     weights = np.frombuffer(state.get_model(task.task_id), dtype="<i4")
     new_weights = model.aggregate(weights, Q, weights=decision.weights)
     state.set_model(task.task_id, new_weights.astype("<i4").tobytes())
+    # a mean of int16 rows, rounded, then clamped towards the old weight: it fits int16
+    change = new_weights.astype(np.int64) - weights.astype(np.int64)
+    state.set_last_change(task.task_id, change.astype("<i2").tobytes())
     val_x, val_y = state.get_valset(task.task_id)
     accuracy = model.accuracy_bps(
         new_weights,
@@ -189,7 +196,15 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
     direction = np.frombuffer(stored, dtype="<i4").astype(np.int64)
     # Every update that entered the aggregate (weight > 0) shares the round by its positive gain.
     copies = contribution.near_copies(G.tolist(), params.duplicate_cosine_bps)
-    units = contribution.round_units(contribution.gains(direction, Q).tolist(), decision.weights, copies)
+    left_out = set(decision.flagged) | set(decision.excluded)
+    eligible = [i not in left_out for i in range(k)]
+    gains = contribution.significant(
+        contribution.gains(direction, Q).tolist(),
+        np.diagonal(G).tolist(),
+        contribution.squared_norm(direction),
+        params.min_gain_cosine_bps,
+    )
+    units = contribution.round_units(gains, decision.weights, copies, eligible)
     counts = dict(task.reward_units)
     for address, u in zip(task.submitted, units, strict=True):
         if u:

@@ -125,10 +125,12 @@ def clear_round(state: State, task: Task) -> None:
 
 
 def clear_previous_updates(state: State, task: Task) -> None:
-    """Delete the last closed round's revealed updates (``Task.previous``) and their Gram matrix."""
+    """Delete the last closed round's public basis: its revealed updates (``Task.previous``), their
+    Gram matrix and the global change they made."""
     for address in task.previous:
         state.delete(update_key(task.task_id, address))
     state.set_basis_gram(task.task_id, None)
+    state.set_last_change(task.task_id, None)
 
 
 def finish_task(state: State, task: Task, status: TaskStatus) -> None:
