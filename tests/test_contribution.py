@@ -181,6 +181,13 @@ def test_near_copies_share_one_contribution() -> None:
         contribution.round_units([1, 2], [1, 1], [1, 0])
 
 
+def test_a_longer_update_earns_no_more_than_the_upper_quartile_length() -> None:
+    norms = [100, 400, 900, 1600, 10_000]  # lengths 10, 20, 30, 40, 100; upper quartile of the eligible: 40
+    capped = contribution.norm_capped([50, 50, -50, 80, 500], norms, [True] * 5)
+    assert capped == [50, 50, -50, 80, 200]  # 500 * 40 // 100; a loss is never scaled
+    assert contribution.norm_capped([500], [10_000], [False]) == [500]  # nothing eligible: unchanged
+
+
 def test_commitment_binds_every_field() -> None:
     base = ("chain", 1, 2, bytes(32), b"\x01\x00", bytes(32))
     reference = update_commitment(*base)

@@ -73,13 +73,55 @@ def test_small_demo_completes_slashes_the_attacker_and_the_verifier_agrees(tmp_p
     assert "attackers slashed   1/1; honest clients slashed 0/5" in out
     assert re.search(r"verifier\s+\d+ blocks verified, all roots match", out)
     assert re.search(r"round\s+1\s+accuracy", out)
-    attacker = re.search(r"(client-\d) +\w+ +ATTACKER \(scaled\) +5000 +\(jailed\) 2500 +2500 +0 +0", out)
+    attacker = re.search(
+        r"(client-\d) +\w+ +ATTACKER \(scaled\) +5000 +\(jailed\) 2500 +2500 +0 +0\.0% +0", out
+    )
     assert attacker, out
+    assert re.search(r"contribution +0\.0% per attacker, \d+\.\d% per honest client", out), out
     assert (home / "demo.png").stat().st_size > 10_000
     assert (home / "data").is_dir() and (home / "verifier" / "data").is_dir()
     assert f"mpsnode replay --home {home}" in out
     pids = _pids(out)
     assert len(pids) == 2 and all(_gone(p) for p in pids)
+
+
+def test_a_free_rider_is_paid_nothing(tmp_path: Path) -> None:
+    """Zeros are never slashed (they sit in the middle of the crowd); pay follows contribution."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mpsnode.cli",
+            "demo",
+            "--clients",
+            "6",
+            "--malicious",
+            "1",
+            "--attack",
+            "free_rider_zeros",
+            "--target",
+            "0.9",
+            "--max-rounds",
+            "12",
+            "--seed",
+            "7",
+            "--no-plot",
+            "--home",
+            str(tmp_path / "demo"),
+        ],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        env=_env(),
+        timeout=300,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    rider = re.search(r"client-\d +\w+ +ATTACKER \(free_rider_zeros\) +5000 +5000 +- +\d+ +0\.0% +0\b", out)
+    assert rider, out  # never slashed, paid nothing
+    honest = re.findall(r"client-\d +\w+ +honest +5000 +5000 +- +\d+ +(\d+\.\d)% +(\d+)", out)
+    assert len(honest) == 5 and all(int(paid) > 0 for _, paid in honest), out
 
 
 @pytest.mark.parametrize("presses", [1, 2], ids=["ctrl-c", "ctrl-c-twice"])

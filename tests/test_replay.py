@@ -133,6 +133,9 @@ def test_replay_of_a_home_checks_every_root_and_audits_every_task(chain_home, ca
         assert r["scores"] == list(event.scores)
         for name in ("participants", "selected", "flagged"):
             assert r[name] == [a.hex() for a in getattr(event, name)]
+        assert r["contributions"] == {
+            a.hex(): u for a, u in zip(event.participants, event.contributions, strict=True)
+        }
     (slash,) = [(h, e) for h, e in events if isinstance(e, Slashed)]
     assert slash[0] == slash_height
     slashed = [{"address": slash[1].address.hex(), "amount": slash[1].amount, "reason": "krum_score"}]
@@ -142,6 +145,11 @@ def test_replay_of_a_home_checks_every_root_and_audits_every_task(chain_home, ca
     assert tasks[2]["payments"] == {e.address.hex(): e.amount for _, e in events if isinstance(e, Rewarded)}
     paid = sum(tasks[2]["payments"].values())
     assert tasks[2]["charged"] == 5 + paid and tasks[2]["target_accuracy_bps"] == 3000  # fee + earned
+    assert (
+        tasks[2]["payments_match_contributions"] is True and tasks[1]["payments_match_contributions"] is None
+    )
+    units = tasks[2]["contribution_units"]
+    assert units and set(tasks[2]["payments"]) <= set(units)
 
     png = plot.read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
@@ -152,6 +160,8 @@ def test_replay_of_a_home_checks_every_root_and_audits_every_task(chain_home, ca
         f"{slash[1].address.hex()[:8]}(-{slash[1].amount}, krum_score)" in out
     )  # the slash in the round table
     assert "payments:" in out and "krum scores" in out and "refunded to the creator" in out
+    assert "contribution (share of the round's pay)" in out
+    assert "payments match the contribution events: yes" in out
 
 
 def test_export_replays_to_the_same_head_and_audit(chain_home, capsys, tmp_path: Path) -> None:

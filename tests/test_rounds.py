@@ -133,6 +133,7 @@ def expected_units(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int],
         sum(int(v) * int(v) for v in direction),
         params.min_gain_cosine_bps,
     )
+    gains = contribution.norm_capped(gains, np.diagonal(G).tolist(), eligible)
     return contribution.round_units(gains, weights_of_rows, copies, eligible)
 
 

@@ -210,6 +210,7 @@ def test_round_vectors_agree_with_the_reference_twins(case: str, scored: int) ->
             )
             left_out = set(decision.flagged) | set(decision.excluded)
             eligible = [i not in left_out for i in range(len(rows))]
+            gains = contribution.norm_capped(gains, np.diagonal(G).tolist(), eligible)
             assert event.contributions == contribution.round_units(gains, decision.weights, copies, eligible)
             new = model.aggregate_reference(
                 np.frombuffer(models[event.task_id], dtype="<i4"), Q, decision.weights

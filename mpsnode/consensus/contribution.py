@@ -36,7 +36,9 @@ section 8; the measurements behind the choice are in docs/FL.md, "Paying for con
    contribution with it instead of doubling it.
    **Significance** (``significant``): a positive gain whose cosine with ``v`` is below
    ``min_gain_cosine_bps`` counts as 0 (a random direction's cosine with ``v`` is about
-   ``1/sqrt(d)`` either way; the positive part of noise is what it would otherwise earn).
+   ``1/sqrt(d)`` either way; the positive part of noise is what it would otherwise earn). **Length
+   cap** (``norm_capped``): a positive gain of an update longer than the upper quartile of the
+   eligible updates' lengths is scaled down to that length.
 5. **Units** (``round_units``): a round whose aggregate went downhill (``sum_i w_i gain_i <= 0``,
    ``w`` the aggregate weights) pays nobody; otherwise the updates neither flagged nor left out
    share ``ROUND_UNITS`` in proportion to ``s_i = max(0, gain_i) // c_i``: ``ROUND_UNITS * s_i //
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fractions import Fraction
+from math import isqrt
 
 import numpy as np
 from numba import njit, prange
@@ -431,6 +434,23 @@ def significant(
         if x > 0 and 10**8 * x * x < min_cosine_bps * min_cosine_bps * direction_norm * int(n):
             x = 0
         out.append(x)
+    return out
+
+
+def norm_capped(round_gains: Sequence[int], norms: Sequence[int], eligible: Sequence[bool]) -> list[int]:
+    """Step 4c: a positive gain of an update longer than the upper quartile ``m`` of the eligible
+    updates' lengths is scaled to that length, ``gain * isqrt(m^2) // isqrt(|q_i|^2)`` (``m^2`` =
+    element ``(n - 1) * 3 // 4`` of the ``n`` eligible squared norms, sorted): a longer step is not
+    more work, and a boosted update (or one trained on wrong labels, whose loss stays high) would
+    otherwise earn in proportion to its length."""
+    pool = sorted(int(n) for n, e in zip(norms, eligible, strict=True) if e)
+    if not pool:
+        return [int(x) for x in round_gains]
+    cap = isqrt(pool[(len(pool) - 1) * 3 // 4])
+    out = []
+    for x, n in zip(round_gains, norms, strict=True):
+        x, length = int(x), isqrt(int(n))
+        out.append(x * cap // length if x > 0 and length > cap else x)
     return out
 
 

@@ -198,12 +198,14 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
     copies = contribution.near_copies(G.tolist(), params.duplicate_cosine_bps)
     left_out = set(decision.flagged) | set(decision.excluded)
     eligible = [i not in left_out for i in range(k)]
+    norms = np.diagonal(G).tolist()
     gains = contribution.significant(
         contribution.gains(direction, Q).tolist(),
-        np.diagonal(G).tolist(),
+        norms,
         contribution.squared_norm(direction),
         params.min_gain_cosine_bps,
     )
+    gains = contribution.norm_capped(gains, norms, eligible)
     units = contribution.round_units(gains, decision.weights, copies, eligible)
     counts = dict(task.reward_units)
     for address, u in zip(task.submitted, units, strict=True):
