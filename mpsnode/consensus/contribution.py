@@ -16,7 +16,7 @@ section 8; the measurements behind the choice are in docs/FL.md, "Paying for con
    ``(sum_v delta[v][o]) << s``. ``>>`` is a floor shift. Every sum stays below 2^62 (limits.py).
 2. **What was public** (``orthogonal_direction``). The previous round's revealed updates and the
    global change they made (new model minus old, a rounded weighted mean of them: one more row,
-   ``extend_basis``) are public when this round's are committed; so is anything built from them.
+   ``extend_gram``) are public when this round's are committed; so is anything built from them.
    ``P`` (``k' x d``) is those rows. The direction ``v`` is ``g`` with its projection
    on the span of ``P``'s rows removed: ``y`` solves ``(P P^T) y = P g`` exactly (``solve_gram``: the
    rows taken greedily in index order, each kept if independent of those kept before it, Bareiss
@@ -358,21 +358,20 @@ def orthogonal_direction_reference(g: np.ndarray, P: np.ndarray) -> np.ndarray:
     return to_direction(np.array(out, dtype=np.int64))
 
 
-def extend_basis(P: np.ndarray, H: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The basis ``P`` with one more int16 row and its Gram matrix ``H`` extended to match (the
-    new row's exact inner products with every row, int64)."""
-    if not isinstance(row, np.ndarray) or row.ndim != 1 or row.shape[0] != P.shape[1]:
-        raise ValueError(f"the extra basis row must have {P.shape[1]} entries")
-    r = np.ascontiguousarray(row, dtype=np.int16)
-    cross = _row_dots(P, r.astype(np.int64))
-    own = int(_row_dots(r[None, :], r.astype(np.int64))[0])
-    k = P.shape[0]
+def extend_gram(P: np.ndarray, H: np.ndarray) -> np.ndarray:
+    """The Gram matrix of ``P`` (int16, ``k + 1`` rows) from ``H``, that of its first ``k`` rows:
+    the last row's exact inner products with every row added (int64). The basis gets its extra row
+    (the last global change) in place, so no copy of the basis is made."""
+    k = P.shape[0] - 1
+    if k < 0 or H.shape != (k, k):
+        raise ValueError(f"H must be the {k} x {k} Gram matrix of all rows of P but the last")
+    last = P[k].astype(np.int64)
+    cross = _row_dots(P, last)  # the last entry is the row with itself
     H2 = np.zeros((k + 1, k + 1), dtype=np.int64)
     H2[:k, :k] = H
-    H2[:k, k] = cross
-    H2[k, :k] = cross
-    H2[k, k] = own
-    return np.vstack([P, r[None, :]]), H2
+    H2[:, k] = cross
+    H2[k, :] = cross
+    return H2
 
 
 def _check_direction(g: np.ndarray) -> np.ndarray:

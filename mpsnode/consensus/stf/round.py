@@ -101,15 +101,16 @@ def open_reveal(state: State, env: BlockEnv, task: Task) -> list[Event]:
         np.frombuffer(val_x, dtype="<i2").reshape(-1, task.arch[0]),
         np.frombuffer(val_y, dtype=np.uint8),
     )
-    P = get_updates(state, task, task.previous)
-    k = P.shape[0]
+    change = state.get_last_change(task.task_id)  # the last global change is public too
+    P = get_updates(state, task, task.previous, spare_rows=0 if change is None else 1)
+    k = len(task.previous)
     stored = state.get_basis_gram(task.task_id)
     if k and (stored is None or len(stored) != 8 * k * k):  # the close of that round wrote it
         raise RuntimeError(f"task {task.task_id}: the last round's Gram matrix is missing or malformed")
     H = np.frombuffer(stored or b"", dtype="<i8").reshape(k, k).astype(np.int64)
-    change = state.get_last_change(task.task_id)
-    if change is not None:  # the last global change is public too (a replay of it is no work)
-        P, H = contribution.extend_basis(P, H, np.frombuffer(change, dtype="<i2"))
+    if change is not None:  # a replay of it is no work either: one more basis row
+        P[k] = np.frombuffer(change, dtype="<i2")
+        H = contribution.extend_gram(P, H)
     direction = contribution.orthogonal_direction(contribution.to_direction(g), P, H)
     state.set_direction(task.task_id, direction.astype("<i4").tobytes())
     clear_previous_updates(state, task)
@@ -123,10 +124,11 @@ def get_round_updates(state: State, task: Task) -> np.ndarray:
     return get_updates(state, task, task.submitted)
 
 
-def get_updates(state: State, task: Task, addresses: tuple[bytes, ...]) -> np.ndarray:
-    """The stored deltas of ``addresses`` in ``task`` as a k x d int16 matrix, rows in that order."""
+def get_updates(state: State, task: Task, addresses: tuple[bytes, ...], spare_rows: int = 0) -> np.ndarray:
+    """The stored deltas of ``addresses`` in ``task`` as a k x d int16 matrix, rows in that order,
+    with ``spare_rows`` more rows after them for the caller to fill."""
     d = model.param_count(task.arch)
-    Q = np.empty((len(addresses), d), dtype=np.int16)
+    Q = np.empty((len(addresses) + spare_rows, d), dtype=np.int16)
     for row, address in enumerate(addresses):
         stored = state.get_update_stored(task.task_id, address)  # H(delta) || delta: no slice copy
         if (
