@@ -7,8 +7,8 @@ arguments, so the real sequencer daemon builds, signs and serves blocks under th
 
 * ``no_slash``: a round closes without the slash the rules demand (flagged clients keep their
   stake and their place in the task);
-* ``pay_wrong_client``: at task completion the first rewarded client's payment goes to a
-  participant who was never selected.
+* ``pay_wrong_client``: at task completion the first rewarded client's payment goes to an address
+  that earned nothing (a participant without contribution units, else the task's creator).
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def _pay_wrong_client() -> None:
 
     def complete_task(state: Any, env: Any, task: Any) -> list:
         rewarded = {a for a, _ in task.reward_units}
-        others = [a for a in task.participants if a not in rewarded]
-        if task.reward_units and others:
+        others = [a for a in task.participants if a not in rewarded] or [task.creator]
+        if task.reward_units:
             (_, n), *rest = task.reward_units
             task = replace(task, reward_units=((others[0], n), *rest))
         return honest(state, env, task)
