@@ -294,7 +294,9 @@ def _client(sub: Any) -> None:
     sp = sub.add_parser("client", help="a federated-learning client: run the daemon, create a task")
     cs = sp.add_subparsers(dest="client_cmd", required=True)
 
-    p = cs.add_parser("run", help="follow a task's rounds, train on local data, submit one update per round")
+    p = cs.add_parser(
+        "run", help="follow a task's rounds, train on local data, commit and reveal one update a round"
+    )
     add_node_arguments(p)
     add_signer_arguments(p)
     p.add_argument("--task", type=int, required=True, help="task id")

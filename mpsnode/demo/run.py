@@ -9,7 +9,7 @@ What runs, all on 127.0.0.1 with free ports:
   digits to the target accuracy within ``max_rounds``, judged on a held-back validation set;
 * the clients, each running the client daemon's code (``mpsnode.client.daemon.run_client``, exactly what
   ``mpsnode client run`` runs) on its own Dirichlet shard of the digits: stake, join, and each
-  round fetch the proven global model, train, submit. ``--malicious`` of them attack instead
+  round fetch the proven global model, train, commit, then reveal. ``--malicious`` of them attack instead
   (``mpsnode.fl.attacks``, evaluation only).
 
 The clients run as trio tasks inside the demo process, each with its own connection, wallet and
@@ -66,7 +66,7 @@ from verifier.replay.plot import plot_audit
 DEMO_STAKE = 5000  # each client bonds this much (5 x the devnet's min_stake) before joining
 FEE_PER_ROUND = 1000
 JOIN_BLOCKS = 150  # 30 s at the devnet's 200 ms blocks for every client to stake and join
-ROUND_BLOCKS = 50  # a round closes early when all have submitted; this is the deadline for stragglers
+ROUND_BLOCKS = 50  # a commit phase ends early when all have committed; this is the deadline for stragglers
 LOCAL_EPOCHS = 2
 VERIFIER_CATCH_UP = 60.0  # seconds for the verifier to reach the sequencer's final head
 
