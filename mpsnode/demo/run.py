@@ -29,6 +29,7 @@ either failed; 2 for bad options; 130 when interrupted (Ctrl-C stops every proce
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import tempfile
 import time
@@ -119,6 +120,24 @@ async def follow_task(node: Client, progress: Progress, f: int, out: Any) -> Non
                     )
             if progress.status in ("completed", "expired"):
                 return
+
+
+async def drive_until_interrupted(
+    opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: NodeProcess, outcome: DemoOutcome, out: Any
+) -> None:
+    """``drive``, stopped by Ctrl-C (or SIGTERM): the signal arrives as a message to one task, which
+    raises KeyboardInterrupt there, instead of being injected wherever the demo happens to run (a
+    client's reconnect loop, a connection's reader), so it is never taken for something else."""
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                async for _ in signals:
+                    raise KeyboardInterrupt
+
+            nursery.start_soon(watch)
+            await drive(opts, net, sequencer, verifier, outcome, out)
+            nursery.cancel_scope.cancel()
 
 
 async def drive(
@@ -390,7 +409,7 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
             f"  verifier   pid {verifier.proc.pid if verifier.proc else '?'}  listening on {verifier.address}, "
             f"re-executing every block of {sequencer.address}"
         )
-        trio.run(drive, opts, net, sequencer, verifier, outcome, out)
+        trio.run(drive_until_interrupted, opts, net, sequencer, verifier, outcome, out)
         code = 0 if outcome.task_status == "completed" and outcome.verifier_ok else 1
     except BaseException as exc:  # sorted below; anything unknown is re-raised
         leaves = _leaves(exc)
