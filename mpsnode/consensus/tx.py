@@ -276,7 +276,14 @@ def update_commitment(
 ) -> bytes:
     """``H(mps-commit, encode([chain_id, task_id, round, sender, H(mps-update, delta), salt]))``: binds
     the chain, the task, the round, the sender and the delta; the salt hides the delta."""
-    return H(COMMIT, encode([chain_id, task_id, round_, sender, H(UPDATE, delta), salt]))
+    return commitment_of_hash(chain_id, task_id, round_, sender, H(UPDATE, delta), salt)
+
+
+def commitment_of_hash(
+    chain_id: str, task_id: int, round_: int, sender: bytes, delta_hash: bytes, salt: bytes
+) -> bytes:
+    """``update_commitment`` from ``H(mps-update, delta)`` (a node hashes a revealed delta once)."""
+    return H(COMMIT, encode([chain_id, task_id, round_, sender, delta_hash, salt]))
 
 
 def commit_reveal(

@@ -27,7 +27,7 @@ from mpsnode.consensus.hashing import UPDATE, H
 from mpsnode.consensus.model import param_count
 from mpsnode.consensus.state import RoundPhase, State, Task, TaskStatus, duplicate_key
 from mpsnode.consensus.stf.env import BlockEnv
-from mpsnode.consensus.tx import CommitUpdate, RevealUpdate, update_commitment
+from mpsnode.consensus.tx import CommitUpdate, RevealUpdate, commitment_of_hash
 
 
 def _open_round(state: State, sender: bytes, task_id: int, round_: int, phase: RoundPhase) -> Task:
@@ -69,10 +69,10 @@ def process_reveal_update(state: State, env: BlockEnv, sender: bytes, body: Reve
     expected = 2 * param_count(task.arch)
     if len(body.delta) != expected:
         raise WrongUpdateSize(expected, len(body.delta))
-    opened = update_commitment(env.chain_id, task.task_id, task.round, sender, body.delta, body.salt)
+    delta_hash = H(UPDATE, body.delta)
+    opened = commitment_of_hash(env.chain_id, task.task_id, task.round, sender, delta_hash, body.salt)
     if opened != state.get_commitment(task.task_id, sender):
         raise CommitmentMismatch()
-    delta_hash = H(UPDATE, body.delta)
     dup = duplicate_key(task.task_id, delta_hash)
     if state.get(dup) is not None:
         # Two committers with byte-identical deltas: colluders, or a copy made before the round.
