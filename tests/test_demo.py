@@ -38,34 +38,28 @@ def _gone(pid: int) -> bool:
     return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
 
 
+def _demo(*args: str) -> subprocess.CompletedProcess[str]:
+    """`mpsnode demo` with 6 clients, one attacking, seed 7, and ``args``; output captured."""
+    command = [
+        sys.executable,
+        "-m",
+        "mpsnode.cli",
+        "demo",
+        "--clients",
+        "6",
+        "--malicious",
+        "1",
+        "--seed",
+        "7",
+    ]
+    return subprocess.run(
+        [*command, *args], check=False, cwd=REPO, capture_output=True, text=True, env=_env(), timeout=300
+    )
+
+
 def test_small_demo_completes_slashes_the_attacker_and_the_verifier_agrees(tmp_path: Path) -> None:
     home = tmp_path / "demo"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mpsnode.cli",
-            "demo",
-            "--clients",
-            "6",
-            "--malicious",
-            "1",
-            "--target",
-            "0.8",
-            "--max-rounds",
-            "8",
-            "--seed",
-            "7",
-            "--home",
-            str(home),
-        ],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=300,
-    )
+    done = _demo("--target", "0.8", "--max-rounds", "8", "--home", str(home))
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     assert "RESULT: OK" in out
@@ -87,35 +81,10 @@ def test_small_demo_completes_slashes_the_attacker_and_the_verifier_agrees(tmp_p
 
 def test_a_free_rider_is_paid_nothing(tmp_path: Path) -> None:
     """Zeros are never slashed (they sit in the middle of the crowd); pay follows contribution."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mpsnode.cli",
-            "demo",
-            "--clients",
-            "6",
-            "--malicious",
-            "1",
-            "--attack",
-            "free_rider_zeros",
-            "--target",
-            "0.9",
-            "--max-rounds",
-            "12",
-            "--seed",
-            "7",
-            "--no-plot",
-            "--home",
-            str(tmp_path / "demo"),
-        ],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        env=_env(),
-        timeout=300,
-    )
+    done = _demo(
+        "--attack", "free_rider_zeros", "--target", "0.9", "--max-rounds", "12", "--no-plot",
+        "--home", str(tmp_path / "demo"),
+    )  # fmt: skip
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
     rider = re.search(r"client-\d +\w+ +ATTACKER \(free_rider_zeros\) +5000 +5000 +- +\d+ +0\.0% +0\b", out)

@@ -124,17 +124,10 @@ def expected_units(kit: Kit, task_id: int, ds: list[np.ndarray], who: list[int],
         contribution.to_direction(g), np.zeros((0, N), np.int16)
     )
     Q = np.stack([ds[i] for i in who]).astype(np.int16)
-    G = krum.gram_matrix_reference(Q)
-    params = kit.genesis.params
-    copies = contribution.near_copies(G.tolist(), params.duplicate_cosine_bps)
-    gains = contribution.significant(
-        contribution.gains_reference(direction, Q).tolist(),
-        np.diagonal(G).tolist(),
-        sum(int(v) * int(v) for v in direction),
-        params.min_gain_cosine_bps,
-    )
-    gains = contribution.norm_capped(gains, np.diagonal(G).tolist(), eligible)
-    return contribution.round_units(gains, weights_of_rows, copies, eligible)
+    gains = contribution.gains_reference(direction, Q).tolist()
+    norm = sum(int(v) * int(v) for v in direction)
+    G = krum.gram_matrix_reference(Q).tolist()
+    return contribution.round_contributions(gains, G, norm, weights_of_rows, eligible, kit.genesis.params)
 
 
 def test_completion_pays_each_client_its_contribution_and_refunds_the_rest() -> None:

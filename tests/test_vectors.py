@@ -200,18 +200,15 @@ def test_round_vectors_agree_with_the_reference_twins(case: str, scored: int) ->
             assert event.selected == tuple(rows[i][0] for i in decision.selected)
             assert event.flagged == tuple(rows[i][0] for i in decision.flagged)
             direction = directions[(event.task_id, event.round)]
-            G = krum.gram_matrix_reference(Q)
-            copies = contribution.near_copies(G.tolist(), genesis.params.duplicate_cosine_bps)
-            gains = contribution.significant(
-                contribution.gains_reference(direction, Q).tolist(),
-                np.diagonal(G).tolist(),
-                sum(int(v) * int(v) for v in direction),
-                genesis.params.min_gain_cosine_bps,
-            )
+            gains = contribution.gains_reference(direction, Q).tolist()
+            norm = sum(int(v) * int(v) for v in direction)
             left_out = set(decision.flagged) | set(decision.excluded)
             eligible = [i not in left_out for i in range(len(rows))]
-            gains = contribution.norm_capped(gains, np.diagonal(G).tolist(), eligible)
-            assert event.contributions == contribution.round_units(gains, decision.weights, copies, eligible)
+            G = krum.gram_matrix_reference(Q).tolist()
+            units = contribution.round_contributions(
+                gains, G, norm, decision.weights, eligible, genesis.params
+            )
+            assert event.contributions == units
             new = model.aggregate_reference(
                 np.frombuffer(models[event.task_id], dtype="<i4"), Q, decision.weights
             )

@@ -75,6 +75,17 @@ def parse_address(text: str, home: Home | None) -> bytes:
         raise ValueError(f"{text!r} is neither an address (64 hex digits) nor a key name{names}") from None
 
 
+def parse_hex32(text: str, refusal: str) -> bytes:
+    """32 bytes given as 64 hex digits; else ``ValueError(refusal)``."""
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(refusal)
+    return raw
+
+
 def server_options(args: argparse.Namespace) -> dict[str, Any]:
     """The ``ServerConfig`` overrides given on the command line."""
     return {name: getattr(args, name) for name in SERVER_FLAGS if getattr(args, name) is not None}

@@ -16,7 +16,14 @@ from typing import Any
 import numpy as np
 import trio
 
-from mpsnode.cli.common import parse_address, print_fields, resolve_node, server_options, signer_key
+from mpsnode.cli.common import (
+    parse_address,
+    parse_hex32,
+    print_fields,
+    resolve_node,
+    server_options,
+    signer_key,
+)
 from mpsnode.cli.parsers import AGGREGATORS
 from mpsnode.client.preflight import preflight
 from mpsnode.client.wallet import Wallet
@@ -71,13 +78,7 @@ def _run(
 def _salt(args: argparse.Namespace) -> bytes:
     if args.salt is None:
         return secrets.token_bytes(32)
-    try:
-        salt = bytes.fromhex(args.salt)
-    except ValueError:
-        salt = b""
-    if len(salt) != 32:
-        raise ValueError(f"--salt must be 32 bytes as 64 hex digits, got {args.salt!r}")
-    return salt
+    return parse_hex32(args.salt, f"--salt must be 32 bytes as 64 hex digits, got {args.salt!r}")
 
 
 def _body(args: argparse.Namespace, home: Home | None, chain_id: str, sender: bytes) -> Body:
@@ -191,12 +192,7 @@ def cmd_tx_pending(args: argparse.Namespace) -> int:
     async def main() -> dict[str, Any]:
         async with connect(node, genesis=genesis, timeout=args.timeout) as client:
             if args.drop:
-                try:
-                    tx_id = bytes.fromhex(args.drop)
-                except ValueError:
-                    tx_id = b""
-                if len(tx_id) != 32:
-                    raise ValueError(f"--drop {args.drop!r}: a tx id is 64 hex digits")
+                tx_id = parse_hex32(args.drop, f"--drop {args.drop!r}: a tx id is 64 hex digits")
                 await client.drop_pending(tx_id, key)
             txs = await client.pending(key.address)
             out: dict[str, Any] = {

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from fractions import Fraction
-from math import isqrt
+from math import isqrt, lcm
 
 import numpy as np
 from numba import njit, prange
@@ -62,6 +62,7 @@ from numba import njit, prange
 from mpsnode.consensus import model
 from mpsnode.consensus.arch import layer_slices, param_count
 from mpsnode.consensus.limits import DIRECTION_BITS, MAX_VALIDATION_SAMPLES, MODEL_CLAMP
+from mpsnode.consensus.params import Params
 from mpsnode.consensus.robust import cosine_bps
 
 ROUND_UNITS = 1_000_000  # reward units shared per billed round
@@ -268,14 +269,8 @@ def solve_gram_reference(H: Sequence[Sequence[int]], r: Sequence[int]) -> tuple[
         y[j] = A[idx][n]
     D = 1
     for v in y:
-        D = D * v.denominator // _gcd(D, v.denominator)
+        D = lcm(D, v.denominator)
     return [int(v * D) for v in y], D
-
-
-def _gcd(a: int, b: int) -> int:
-    while b:
-        a, b = b, a % b
-    return a
 
 
 def _rank(A: list[list[Fraction]]) -> int:
@@ -507,3 +502,20 @@ def round_units(
     if positive == 0:
         return tuple(0 for _ in shares)
     return tuple(ROUND_UNITS * x // positive for x in shares)
+
+
+def round_contributions(
+    round_gains: Sequence[int],
+    G: Sequence[Sequence[int]],
+    direction_norm: int,
+    weights: Sequence[int],
+    eligible: Sequence[bool],
+    params: Params,
+) -> tuple[int, ...]:
+    """Steps 4 and 5 on a round's raw gains: significance, length cap, near copies, units. ``G`` is
+    the round's Gram matrix, ``direction_norm`` ``|v|^2`` (``squared_norm``), ``weights`` the aggregate
+    weights and ``eligible`` whether each update was neither flagged nor left out."""
+    norms = [int(G[i][i]) for i in range(len(G))]
+    kept = significant(round_gains, norms, direction_norm, params.min_gain_cosine_bps)
+    kept = norm_capped(kept, norms, eligible)
+    return round_units(kept, weights, near_copies(G, params.duplicate_cosine_bps), eligible)

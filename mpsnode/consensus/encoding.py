@@ -117,15 +117,6 @@ def expect_uint(obj: Any, what: str, max_value: int = U64_MAX) -> int:
     return obj
 
 
-def expect_int(obj: Any, what: str) -> int:
-    """``obj`` if it is an int in ``-2^63..2^63-1``; else ``DecodeError`` naming ``what``."""
-    if type(obj) is not int:
-        raise DecodeError(f"{what}: expected an integer")
-    if not -(2**63) <= obj < 2**63:
-        raise DecodeError(f"{what}: {obj} outside the signed 64-bit range")
-    return obj
-
-
 def expect_bytes(obj: Any, what: str, length: int | None = None, max_len: int | None = None) -> bytes:
     """``obj`` if it is bin (of ``length`` bytes, or at most ``max_len``); else ``DecodeError``."""
     if type(obj) is not bytes:

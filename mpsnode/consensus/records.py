@@ -6,7 +6,7 @@ naming the first field that is wrong. State records (``state.Task``) and the wir
 (``mpsnode.node.messages``) are written this way, as events are encoded from their fields, so no
 record is indexed by hand on either side.
 
-Kinds: ``UINT`` (u64), ``INT`` (i64), ``FLAG`` (0/1 as bool), ``BLOB`` (bin), ``HASH`` (bin of 32: hashes and
+Kinds: ``UINT`` (u64), ``FLAG`` (0/1 as bool), ``BLOB`` (bin), ``HASH`` (bin of 32: hashes and
 addresses), ``TEXT`` (str, may be empty), ``NAME`` (non-empty str), ``RAW`` (any canonical object,
 decoded by its owner), ``list_of(kind)`` (a tuple), ``pair(a, b)`` (a 2-tuple), ``enum_of(E)`` (an
 IntEnum) and ``record(cls)`` (a nested record). Two trailing layouts: ``optional=True`` (sent only
@@ -20,7 +20,7 @@ from dataclasses import MISSING, dataclass, field, fields
 from enum import IntEnum
 from typing import Any, Self
 
-from mpsnode.consensus.encoding import U64_MAX, expect_bytes, expect_int, expect_list, expect_str, expect_uint
+from mpsnode.consensus.encoding import U64_MAX, expect_bytes, expect_list, expect_str, expect_uint
 from mpsnode.consensus.errors import DecodeError
 
 MAX_TEXT = 4000  # characters of a str field
@@ -39,7 +39,6 @@ def _same(value: Any) -> Any:
 
 
 UINT = Kind(_same, lambda obj, what: expect_uint(obj, what, U64_MAX))
-INT = Kind(_same, lambda obj, what: expect_int(obj, what))  # signed 64-bit
 FLAG = Kind(int, lambda obj, what: bool(expect_uint(obj, what, 1)))
 BLOB = Kind(_same, lambda obj, what: expect_bytes(obj, what))
 HASH = Kind(_same, lambda obj, what: expect_bytes(obj, what, 32))

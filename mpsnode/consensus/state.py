@@ -37,7 +37,7 @@ import msgpack
 from mpsnode.consensus.encoding import encode, expect_bytes, expect_list, expect_str, expect_uint, u64be
 from mpsnode.consensus.errors import DecodeError, InsufficientBalance
 from mpsnode.consensus.params import Params
-from mpsnode.consensus.records import HASH, INT, UINT, Record, enum_of, list_of, pair, wire
+from mpsnode.consensus.records import HASH, UINT, Record, enum_of, list_of, pair, wire
 
 CONFIG_KEY = b"C"
 GLOBALS_KEY = b"G"
@@ -272,8 +272,8 @@ class Task(Record):
     rounds_closed: int = wire(UINT, 0)
     billed_rounds: int = wire(UINT, 0)  # closed rounds that were not void
     submitted: tuple[bytes, ...] = wire(list_of(HASH), ())  # revealers of the open round, in reveal order
-    # address -> reward units earned over the task (contribution.round_units; may be negative)
-    reward_units: tuple[tuple[bytes, int], ...] = wire(list_of(pair(HASH, INT)), ())
+    # address -> reward units earned over the task (contribution.round_units)
+    reward_units: tuple[tuple[bytes, int], ...] = wire(list_of(pair(HASH, UINT)), ())
     accuracy_bps: int = wire(UINT, 0)  # accuracy of the global model after the last closed round
     removed: int = wire(UINT, 0)  # participants removed so far (slashed or silent): each is one of the f
     # address -> consecutive rounds missed (only participants that missed the last closed round)

@@ -93,14 +93,7 @@ def open_reveal(state: State, env: BlockEnv, task: Task) -> list[Event]:
     gradient off the span of the last round's updates and the global change they made), then drop
     that basis."""
     weights = np.frombuffer(state.get_model(task.task_id), dtype="<i4")
-    val_x, val_y = state.get_valset(task.task_id)
-    g = contribution.margin_gradient(
-        weights,
-        task.arch,
-        task.scale_bits,
-        np.frombuffer(val_x, dtype="<i2").reshape(-1, task.arch[0]),
-        np.frombuffer(val_y, dtype=np.uint8),
-    )
+    g = contribution.margin_gradient(weights, task.arch, task.scale_bits, *validation_set(state, task))
     change = state.get_last_change(task.task_id)  # the last global change is public too
     P = get_updates(state, task, task.previous, spare_rows=0 if change is None else 1)
     k = len(task.previous)
@@ -117,6 +110,12 @@ def open_reveal(state: State, env: BlockEnv, task: Task) -> list[Event]:
     deadline = env.height + env.params.reveal_blocks
     state.set_task(replace(task, phase=RoundPhase.REVEAL, round_deadline=deadline, previous=()))
     return [RevealOpened(task.task_id, task.round, deadline, task.committed)]
+
+
+def validation_set(state: State, task: Task) -> tuple[np.ndarray, np.ndarray]:
+    """The task's validation inputs (int16, samples x in) and labels (uint8), as stored."""
+    val_x, val_y = state.get_valset(task.task_id)
+    return np.frombuffer(val_x, dtype="<i2").reshape(-1, task.arch[0]), np.frombuffer(val_y, dtype=np.uint8)
 
 
 def get_round_updates(state: State, task: Task) -> np.ndarray:
@@ -184,31 +183,21 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
     # a mean of int16 rows, rounded, then clamped towards the old weight: it fits int16
     change = new_weights.astype(np.int64) - weights.astype(np.int64)
     state.set_last_change(task.task_id, change.astype("<i2").tobytes())
-    val_x, val_y = state.get_valset(task.task_id)
-    accuracy = model.accuracy_bps(
-        new_weights,
-        task.arch,
-        task.scale_bits,
-        np.frombuffer(val_x, dtype="<i2").reshape(-1, task.arch[0]),
-        np.frombuffer(val_y, dtype=np.uint8),
-    )
+    accuracy = model.accuracy_bps(new_weights, task.arch, task.scale_bits, *validation_set(state, task))
     stored = state.get_direction(task.task_id)
     if stored is None or len(stored) != 4 * Q.shape[1]:  # the reveal phase always wrote it
         raise RuntimeError(f"task {task.task_id}: the round's contribution direction is missing")
     direction = np.frombuffer(stored, dtype="<i4").astype(np.int64)
-    # Every update that entered the aggregate (weight > 0) shares the round by its positive gain.
-    copies = contribution.near_copies(G.tolist(), params.duplicate_cosine_bps)
+    # Every update neither flagged nor left out shares the round by its (significant, capped) gain.
     left_out = set(decision.flagged) | set(decision.excluded)
-    eligible = [i not in left_out for i in range(k)]
-    norms = np.diagonal(G).tolist()
-    gains = contribution.significant(
+    units = contribution.round_contributions(
         contribution.gains(direction, Q).tolist(),
-        norms,
+        G.tolist(),
         contribution.squared_norm(direction),
-        params.min_gain_cosine_bps,
+        decision.weights,
+        [i not in left_out for i in range(k)],
+        params,
     )
-    gains = contribution.norm_capped(gains, norms, eligible)
-    units = contribution.round_units(gains, decision.weights, copies, eligible)
     counts = dict(task.reward_units)
     for address, u in zip(task.submitted, units, strict=True):
         if u:
