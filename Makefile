@@ -3,8 +3,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NODE_STAMP := node_modules/.installed
 
-.PHONY: demo test lint setup bench clean
+.PHONY: demo test lint setup bench clean contracts
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -14,7 +15,17 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-setup: $(STAMP)
+# The devnet L1 node (anvil) from the npm registry, at the version package-lock.json pins; the
+# binary comes inside the registry package (--ignore-scripts: nothing else is downloaded).
+$(NODE_STAMP): package.json package-lock.json
+	npm ci --ignore-scripts --no-audit --no-fund
+	touch $(NODE_STAMP)
+
+setup: $(STAMP) $(NODE_STAMP)
+
+# Recompile the contracts into mpsnode/node/l1/contracts/artifacts.json (a test checks they match).
+contracts: $(STAMP)
+	$(BIN)/python -m mpsnode.node.l1.build
 
 # The layers (import-linter), style (ruff) and types (mypy) first: each must report nothing.
 lint: $(STAMP)
@@ -23,14 +34,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy mpsnode sequencer verifier genesis
 
-test: lint
+test: lint $(NODE_STAMP)
 	$(BIN)/python -m pytest -q -n 2 tests
 
-demo: $(STAMP)
+demo: setup
 	$(BIN)/mpsnode demo
 
-bench: $(STAMP)
+bench: setup
 	for b in bench/*.py; do $(BIN)/python $$b; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info node_modules

@@ -1,0 +1,214 @@
+"""The L1 contracts on a real anvil on 127.0.0.1: deposits, outputs, withdrawals and every refusal,
+and the withdrawal tree (frontier, reference and proofs) against the portal's own checks."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mpsnode.consensus import settlement as S
+from mpsnode.node.l1.anvil import Anvil, rpc
+from mpsnode.node.l1.artifacts import ARTIFACTS_PATH
+from mpsnode.node.l1.client import L1, L1Revert, account
+
+CHALLENGE = 100  # seconds
+WINDOW = 4  # L1 blocks
+
+
+@pytest.fixture(scope="module")
+def anvil(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anvil]:
+    with Anvil().start(tmp_path_factory.mktemp("anvil")) as node:
+        yield node
+
+
+@pytest.fixture
+def chain(anvil: Anvil) -> Iterator[tuple[L1, list]]:
+    """Freshly deployed contracts; the anvil state is rolled back after the test."""
+    snapshot = rpc(anvil.url, "evm_snapshot")
+    l1 = L1(anvil.url)
+    keys = [account(k) for k in anvil.private_keys[:4]]
+    l1.deploy(keys[0], keys[1].address, 10**18, CHALLENGE, WINDOW)
+    yield l1, keys
+    rpc(anvil.url, "evm_revert", [snapshot])
+
+
+def mine(anvil_url: str, blocks: int = 1, seconds: int = 0) -> None:
+    if seconds:
+        rpc(anvil_url, "evm_increaseTime", [seconds])
+    for _ in range(blocks):
+        rpc(anvil_url, "evm_mine")
+
+
+def reason(call) -> str:
+    with pytest.raises(L1Revert) as info:
+        call()
+    return info.value.reason
+
+
+def test_the_committed_artifacts_recompile_byte_for_byte() -> None:
+    from mpsnode.node.l1.build import compile_all, render
+
+    assert ARTIFACTS_PATH.read_text() == render(compile_all()), (
+        "run `make contracts` and commit the artifacts"
+    )
+
+
+def test_deposits_are_numbered_events_in_whole_gwei(chain) -> None:
+    l1, (_, _, alice, bob) = chain
+    l1.deposit(alice, b"\x01" * 32, 7)
+    l1.deposit(bob, b"\x02" * 32, 3)
+    found = l1.deposits(0, l1.head())
+    assert [(d.index, d.recipient, d.amount) for d in found] == [(0, b"\x01" * 32, 7), (1, b"\x02" * 32, 3)]
+    assert found[0].l1_block < found[1].l1_block
+    assert l1.deposits(1, l1.head()) == found[1:]
+    assert l1.deposits(0, found[0].l1_block) == found[:1]
+    assert l1.deposits(2, l1.head()) == []
+    totals = l1.portal_totals()
+    assert totals == {"balance_wei": 10 * S.WEI_PER_UNIT, "deposit_count": 2, "deposited": 10, "paid": 0}
+    assert reason(lambda: l1.deposit(alice, b"\x01" * 32, 0)) == "portal: nothing deposited"
+    portal = l1.contract("Portal")
+    odd = lambda: l1.transact(alice, lambda p: portal.functions.deposit(b"\x01" * 32).build_transaction(p), 1)
+    assert reason(odd) == "portal: the amount is not a whole number of gwei"
+
+
+def test_outputs_are_posted_by_the_sequencer_only_in_order_and_with_every_overdue_deposit(
+    anvil, chain
+) -> None:
+    l1, (_, sequencer, alice, _) = chain
+    root = b"\x07" * 32
+    assert (
+        reason(lambda: l1.post_output(alice, 1, root, l1.head(), 0))
+        == "oracle: only the sequencer posts outputs"
+    )
+    assert (
+        reason(lambda: l1.post_output(sequencer, 0, root, l1.head(), 0))
+        == "oracle: height not above the last output"
+    )
+    assert (
+        reason(lambda: l1.post_output(sequencer, 1, root, l1.head() + 5, 0))
+        == "oracle: L1 origin not yet mined"
+    )
+    l1.deposit(alice, b"\x01" * 32, 5)
+    made = l1.deposits(0, l1.head())[0].l1_block
+    assert (
+        reason(lambda: l1.post_output(sequencer, 1, root, made - 1, 1))
+        == "oracle: a deposit after the L1 origin"
+    )
+    assert (
+        reason(lambda: l1.post_output(sequencer, 1, root, made, 2))
+        == "oracle: more deposits than the portal has"
+    )
+    l1.post_output(sequencer, 1, root, made, 0)  # not overdue yet: may be left out
+    mine(anvil.url, WINDOW)
+    overdue = lambda: l1.post_output(sequencer, 2, root, made + WINDOW, 0)
+    assert reason(overdue) == "oracle: an overdue deposit is left out"
+    l1.post_output(sequencer, 2, root, made + WINDOW, 1)
+    assert (
+        reason(lambda: l1.post_output(sequencer, 3, root, made, 1))
+        == "oracle: L1 origin before the last output's"
+    )
+    assert (
+        reason(lambda: l1.post_output(sequencer, 2, root, l1.head(), 1))
+        == "oracle: height not above the last output"
+    )
+    assert l1.output_count() == 2
+    out = l1.output(1)
+    assert (out.l2_height, out.root, out.l1_origin, out.deposits) == (2, root, made + WINDOW, 1)
+    assert not l1.is_finalized(1)
+    mine(anvil.url, 1, CHALLENGE)
+    assert l1.is_finalized(1) and not l1.is_finalized(2)
+
+
+def withdrawal_setup(anvil, l1, sequencer, user, amounts: list[int]):
+    """Deposit the total, post an output whose tree holds one withdrawal per amount to ``user``."""
+    l1.deposit(user, b"\x05" * 32, sum(amounts))
+    to = bytes.fromhex(user.address[2:])
+    sender = b"\x09" * 32
+    leaves = [S.withdrawal_leaf(i, to, a, sender) for i, a in enumerate(amounts)]
+    wroot, state_root, block_hash = S.tree_root_reference(leaves), b"\x03" * 32, b"\x04" * 32
+    l1.post_output(sequencer, 10, S.output_root(state_root, wroot, block_hash), l1.head(), 1)
+    return to, sender, leaves, (state_root, wroot, block_hash)
+
+
+def test_a_withdrawal_is_paid_once_after_its_output_finalizes(anvil, chain) -> None:
+    l1, (_, sequencer, alice, bob) = chain
+    to, sender, leaves, preimage = withdrawal_setup(anvil, l1, sequencer, alice, [4, 6])
+    proof = S.tree_proof(leaves, 1)
+    prove = lambda: l1.prove_withdrawal(bob, 0, preimage, 1, to, 6, sender, proof)
+    assert reason(prove) == "oracle: output not finalized"
+    assert (
+        reason(lambda: l1.prove_withdrawal(bob, 1, preimage, 1, to, 6, sender, proof))
+        == "oracle: unknown output"
+    )
+    mine(anvil.url, 1, CHALLENGE)
+    before = l1.balance(alice.address)
+    prove()  # anyone may prove: bob pays the gas, alice is paid
+    assert l1.balance(alice.address) - before == 6 * S.WEI_PER_UNIT
+    assert l1.withdrawal_paid(1) and not l1.withdrawal_paid(0)
+    assert reason(prove) == "portal: withdrawal already paid"
+    assert l1.portal_totals()["paid"] == 6
+    assert l1.portal_totals()["balance_wei"] == 4 * S.WEI_PER_UNIT
+
+
+def test_forged_withdrawals_are_refused(anvil, chain) -> None:
+    l1, (_, sequencer, alice, bob) = chain
+    to, sender, leaves, preimage = withdrawal_setup(anvil, l1, sequencer, alice, [4, 6])
+    mine(anvil.url, 1, CHALLENGE)
+    proof = list(S.tree_proof(leaves, 0))
+    not_in = "portal: the withdrawal is not in the output"
+    assert reason(lambda: l1.prove_withdrawal(bob, 0, preimage, 0, to, 5, sender, proof)) == not_in  # amount
+    bob_to = bytes.fromhex(bob.address[2:])
+    assert (
+        reason(lambda: l1.prove_withdrawal(bob, 0, preimage, 0, bob_to, 4, sender, proof)) == not_in
+    )  # recipient
+    assert reason(lambda: l1.prove_withdrawal(bob, 0, preimage, 1, to, 4, sender, proof)) == not_in  # index
+    bad = [proof[0][::-1], *proof[1:]]
+    assert reason(lambda: l1.prove_withdrawal(bob, 0, preimage, 0, to, 4, sender, bad)) == not_in
+    fake = (preimage[0], S.tree_root_reference([S.withdrawal_leaf(0, to, 10, sender)]), preimage[2])
+    fake_proof = S.tree_proof([S.withdrawal_leaf(0, to, 10, sender)], 0)
+    forged = lambda: l1.prove_withdrawal(bob, 0, fake, 0, to, 10, sender, fake_proof)
+    assert reason(forged) == "portal: the output does not match its root"
+    assert l1.portal_totals()["paid"] == 0
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 70), st.data())
+def test_the_frontier_tree_equals_the_reference_and_its_proofs_verify(n: int, data) -> None:
+    leaves = [os.urandom(32) for _ in range(n)]
+    branch: tuple[bytes, ...] = ()
+    for count, leaf in enumerate(leaves):
+        branch = S.incremental_append(branch, count, leaf)
+    root = S.frontier_root(branch, n)
+    assert root == S.tree_root_reference(leaves)
+    if n:
+        i = data.draw(st.integers(0, n - 1))
+        assert S.verify_proof(leaves[i], i, S.tree_proof(leaves, i), root)
+        assert not S.verify_proof(leaves[i], i ^ 1, S.tree_proof(leaves, i), root)
+
+
+def test_a_leaf_is_the_portals_leaf(chain) -> None:
+    l1, (_, _, alice, _) = chain
+    to = bytes.fromhex(alice.address[2:])
+    onchain = l1.contract("Portal").functions.withdrawal_leaf(3, alice.address, 12, b"\x08" * 32).call()
+    assert bytes(onchain) == S.withdrawal_leaf(3, to, 12, b"\x08" * 32)
+
+
+def test_anvil_restarts_from_its_state_dump(tmp_path: Path) -> None:
+    dump = tmp_path / "l1.json"
+    with Anvil(state=dump).start(tmp_path) as node:
+        l1 = L1(node.url)
+        keys = [account(k) for k in node.private_keys[:3]]
+        config = l1.deploy(keys[0], keys[1].address, 10**18, CHALLENGE, WINDOW)
+        l1.deposit(keys[2], b"\x01" * 32, 9)
+        head = l1.head()
+    assert dump.exists()
+    with Anvil(state=dump).start(tmp_path) as node:
+        l1 = L1(node.url, config)
+        assert l1.head() >= head
+        assert [(d.index, d.amount) for d in l1.deposits(0, l1.head())] == [(0, 9)]
+        assert l1.portal_totals()["balance_wei"] == 9 * S.WEI_PER_UNIT
