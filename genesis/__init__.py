@@ -20,6 +20,7 @@ from pathlib import Path
 from mpsnode.consensus import crypto
 from mpsnode.consensus.genesis import Allocation, Genesis
 from mpsnode.consensus.params import Params
+from mpsnode.consensus.settlement import L1Config
 from mpsnode.node.files import generate_key, save_genesis, save_key
 
 DEVNET_CHAIN_ID = "mps-devnet"
@@ -60,10 +61,19 @@ def key_names(clients: int) -> list[str]:
 
 
 def make_genesis(
-    keys: dict[str, crypto.Keypair], *, chain_id: str, genesis_time_ms: int, params: Params | None = None
+    keys: dict[str, crypto.Keypair],
+    *,
+    chain_id: str,
+    genesis_time_ms: int,
+    params: Params | None = None,
+    l1: L1Config | None = None,
 ) -> Genesis:
+    """The genesis of ``keys``: the user and every client funded, or, on a chain that settles on
+    ``l1``, nobody (every unit there is a deposit)."""
     allocations = [Allocation(keys["user"].address, USER_BALANCE)]
     allocations += [Allocation(k.address, CLIENT_BALANCE) for n, k in keys.items() if n.startswith("client-")]
+    if l1 is not None:
+        allocations = []
     return Genesis(
         chain_id=chain_id,
         genesis_time_ms=genesis_time_ms,
@@ -72,15 +82,16 @@ def make_genesis(
         fee_recipient=keys["fees"].address,
         treasury=keys["treasury"].address,
         allocations=tuple(allocations),
+        l1=l1,
     )
 
 
 def devnet(
-    clients: int = DEVNET_CLIENTS, params: Params | None = None
+    clients: int = DEVNET_CLIENTS, params: Params | None = None, l1: L1Config | None = None
 ) -> tuple[Genesis, dict[str, crypto.Keypair]]:
     keys = {n: devnet_key(n) for n in key_names(clients)}
     return make_genesis(
-        keys, chain_id=DEVNET_CHAIN_ID, genesis_time_ms=DEVNET_GENESIS_TIME_MS, params=params
+        keys, chain_id=DEVNET_CHAIN_ID, genesis_time_ms=DEVNET_GENESIS_TIME_MS, params=params, l1=l1
     ), keys
 
 
@@ -93,6 +104,7 @@ def make_network(
     genesis_time_ms: int | None = None,
     params: Params | None = None,
     listen: str = "127.0.0.1:7070",
+    l1: L1Config | None = None,
 ) -> Network:
     """Write a new network into ``home`` (refuses to overwrite an existing genesis)."""
     if not 0 <= clients <= MAX_NETWORK_CLIENTS:
@@ -108,7 +120,7 @@ def make_network(
         genesis_time_ms = DEVNET_GENESIS_TIME_MS if devnet_keys else int(time.time() * 1000)
     if chain_id is None:  # the devnet's is well known; a network of its own gets an id of its own
         chain_id = DEVNET_CHAIN_ID if devnet_keys else f"mps-{keys['sequencer'].address.hex()[:8]}"
-    genesis = make_genesis(keys, chain_id=chain_id, genesis_time_ms=genesis_time_ms, params=params)
+    genesis = make_genesis(keys, chain_id=chain_id, genesis_time_ms=genesis_time_ms, params=params, l1=l1)
     Genesis.from_json(genesis.to_json())  # what we write must be what we accept
     home.mkdir(parents=True, exist_ok=True)
     for name, key in keys.items():

@@ -12,6 +12,7 @@ from mpsnode.consensus.block import Block
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.invariants import compute_supply
 from mpsnode.consensus.params import Params
+from mpsnode.consensus.settlement import Deposit, L1Config, L1Facts, facts_for
 from mpsnode.consensus.smt import compute_root_reference
 from mpsnode.consensus.state import RoundPhase
 from mpsnode.consensus.stf.transition import BlockResult
@@ -21,12 +22,36 @@ from mpsnode.node.store import MemoryStore, Store
 
 
 class Kit:
-    def __init__(self, store: Store | None = None, clients: int = 10, params: Params | None = None) -> None:
-        self.genesis, self.keys = genesis_tool.devnet(clients, params)
+    def __init__(
+        self,
+        store: Store | None = None,
+        clients: int = 10,
+        params: Params | None = None,
+        l1: L1Config | None = None,
+    ) -> None:
+        self.genesis, self.keys = genesis_tool.devnet(clients, params, l1)
         self.store = store if store is not None else MemoryStore()
         self.chain = Chain(self.store, self.genesis)
         self.nonces: dict[bytes, int] = {}
         self.time_ms = self.genesis.genesis_time_ms
+        # settlement mode: an L1 as data (the portal's deposits and its head), for the STF alone;
+        # the end-to-end tests run a real anvil
+        self.l1_deposits: list[Deposit] = []
+        self.l1_head = l1.start_block if l1 is not None else 0
+
+    def l1_deposit(self, recipient: bytes, amount: int, blocks: int = 1) -> Deposit:
+        """A deposit on the L1 of the data, ``blocks`` L1 blocks after the last."""
+        self.l1_head += blocks
+        deposit = Deposit(len(self.l1_deposits), self.l1_head, recipient, amount)
+        self.l1_deposits.append(deposit)
+        return deposit
+
+    def facts(self, origin: int | None = None) -> L1Facts | None:
+        """The L1 facts of a next block with ``origin`` (default: the L1 head)."""
+        if self.genesis.l1 is None:
+            return None
+        credited = self.chain.state().get_settlement().deposits
+        return facts_for(self.l1_head if origin is None else origin, credited, self.l1_deposits)
 
     @property
     def user(self) -> crypto.Keypair:
@@ -48,7 +73,9 @@ class Kit:
 
     def block(self, txs: Iterable[SignedTx] = ()) -> tuple[Block, BlockResult]:
         self.time_ms += 1000
-        block, result, rejected = self.chain.build(list(txs), self.time_ms, self.keys["sequencer"])
+        block, result, rejected = self.chain.build(
+            list(txs), self.time_ms, self.keys["sequencer"], l1=self.facts()
+        )
         if rejected:
             raise AssertionError(f"txs rejected: {[(e.reason) for _, e in rejected]}")
         self.check_invariants()

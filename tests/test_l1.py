@@ -71,6 +71,7 @@ def test_deposits_are_numbered_events_in_whole_gwei(chain) -> None:
     totals = l1.portal_totals()
     assert totals == {"balance_wei": 10 * S.WEI_PER_UNIT, "deposit_count": 2, "deposited": 10, "paid": 0}
     assert reason(lambda: l1.deposit(alice, b"\x01" * 32, 0)) == "portal: nothing deposited"
+    assert reason(lambda: l1.deposit(alice, bytes(32), 5)) == "portal: no recipient"
     portal = l1.contract("Portal")
     odd = lambda: l1.transact(alice, lambda p: portal.functions.deposit(b"\x01" * 32).build_transaction(p), 1)
     assert reason(odd) == "portal: the amount is not a whole number of gwei"
@@ -122,6 +123,10 @@ def test_outputs_are_posted_by_the_sequencer_only_in_order_and_with_every_overdu
     assert not l1.is_finalized(1)
     mine(anvil.url, 1, CHALLENGE)
     assert l1.is_finalized(1) and not l1.is_finalized(2)
+    mine(anvil.url, 2 * WINDOW)
+    stale = l1.head() - WINDOW - 1  # mined in head + 1: WINDOW + 2 behind
+    assert reason(lambda: l1.post_output(sequencer, 3, root, stale, 1)) == "oracle: L1 origin too old"
+    l1.post_output(sequencer, 3, root, stale + 2, 1)
 
 
 def withdrawal_setup(anvil, l1, sequencer, user, amounts: list[int]):

@@ -62,7 +62,13 @@ def test_cosine_bps_matches_floats(v: list[int]) -> None:
     if na == 0 or nb == 0:
         return
     c = 10_000 * int(a @ b) / math.sqrt(na * nb)
-    assert abs(robust.cosine_bps(int(a @ b), na, nb) - c) <= 1.0 + 1e-6
+    # isqrt(n) = r <= sqrt(n) < r + 1 overstates |cos| by at most 10^4 / r bps (the floor adds 1):
+    # a fraction of a bps for real updates (r > 10^6), whole percents for vectors like (0,1),(1,1)
+    bound = 1.0 + 10_000 / math.isqrt(na * nb) + 1e-6
+    assert abs(robust.cosine_bps(int(a @ b), na, nb) - c) <= bound
+    assert robust.cosine_bps(int(a @ b), na, nb) == max(
+        -10_000, min(10_000, 10_000 * int(a @ b) // math.isqrt(na * nb))
+    )
 
 
 def test_mixed_gram_exact_beyond_int64() -> None:

@@ -1,7 +1,9 @@
 """Blocks: header, body of signed txs, sequencer signature; canonical encoding and decoding.
 
 ``Header = [version, chain_id, height, parent_hash, timestamp_ms, tx_root, receipts_root,
-state_root]``, ``Block = [Header, [SignedTx...], sequencer_signature]``. The block hash is
+state_root]``, followed on a chain that settles on L1 by ``l1_origin`` (the L1 block the sequencer
+had seen when it built the block; docs/SETTLEMENT.md) and absent otherwise.
+``Block = [Header, [SignedTx...], sequencer_signature]``. The block hash is
 ``H(mps-header, encode(Header))``; the sequencer signs the block hash.
 ``decode_block`` raises ``InvalidBlock`` with a reason for any bad input.
 """
@@ -33,9 +35,12 @@ class Header:
     receipts_root: bytes
     state_root: bytes
     version: int = BLOCK_VERSION
+    l1_origin: int | None = None  # settlement mode only
 
     def encode_obj(self) -> list[Any]:
-        """The header as its canonical array ``[version, chain_id, height, ...]``."""
+        """The header as its canonical array ``[version, chain_id, height, ...]`` (and ``l1_origin``
+        last on a chain that settles on L1)."""
+        tail = [] if self.l1_origin is None else [self.l1_origin]
         return [
             self.version,
             self.chain_id,
@@ -45,6 +50,7 @@ class Header:
             self.tx_root,
             self.receipts_root,
             self.state_root,
+            *tail,
         ]
 
     def encode(self) -> bytes:
@@ -58,9 +64,10 @@ class Header:
     @classmethod
     def decode_obj(cls, obj: Any) -> Header:
         """A header from its decoded array; ``BlockDecodeError`` for a malformed field or an unknown version."""
-        version, chain_id, height, parent, ts, tx_root, receipts_root, state_root = expect_list(
-            obj, 8, "header"
-        )
+        items = expect_list(obj, None, "header")
+        if len(items) not in (8, 9):
+            raise BlockDecodeError(f"header: expected 8 or 9 fields, got {len(items)}")
+        version, chain_id, height, parent, ts, tx_root, receipts_root, state_root = items[:8]
         if expect_uint(version, "header version") != BLOCK_VERSION:
             raise BlockDecodeError(f"unknown block version {version}")
         return cls(
@@ -72,6 +79,7 @@ class Header:
             expect_bytes(receipts_root, "receipts_root", 32),
             expect_bytes(state_root, "state_root", 32),
             version,
+            expect_uint(items[8], "l1_origin") if len(items) == 9 else None,
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -86,6 +94,7 @@ class Header:
             "tx_root": self.tx_root.hex(),
             "receipts_root": self.receipts_root.hex(),
             "state_root": self.state_root.hex(),
+            **({} if self.l1_origin is None else {"l1_origin": self.l1_origin}),
         }
 
 

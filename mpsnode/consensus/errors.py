@@ -107,6 +107,26 @@ class InvalidField(InvalidTransaction):
         self.field, self.why = field, why
 
 
+class DepositMismatch(InvalidTransaction):
+    """A DEPOSIT tx that is not the next deposit of the L1 portal as the L1 holds it."""
+
+    code = 109
+    check = "deposits"
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+class SystemTxRefused(InvalidTransaction):
+    """A system tx (DEPOSIT) offered by a user: only the sequencer puts one in, from L1."""
+
+    code = 110
+
+    def __init__(self) -> None:
+        super().__init__("deposits come from the L1 portal, not from users: use `mpsnode l1 deposit`")
+
+
 # ---------------------------------------------------------------------------------------------
 # Invalid blocks (rejected whole)
 
@@ -215,6 +235,44 @@ class WrongBlockChain(InvalidBlock):
     def __init__(self, expected: str, got: str) -> None:
         super().__init__(f"block is for chain {got!r}, this chain is {expected!r}")
         self.expected, self.got = expected, got
+
+
+class BadL1Origin(InvalidBlock):
+    """The header's ``l1_origin`` is missing, present on a chain without L1, or before the parent's."""
+
+    code = 210
+    CHECK = "l1_origin"
+
+    def __init__(self, why: str, parent: int | None = None, got: int | None = None) -> None:
+        super().__init__(why)
+        self.why, self.parent, self.got = why, parent, got
+
+
+class L1OriginUnknown(InvalidBlock):
+    """The node's L1 view does not reach the block's L1 origin yet: the block cannot be judged."""
+
+    code = 211
+    CHECK = "l1_origin"
+
+    def __init__(self, origin: int) -> None:
+        super().__init__(
+            f"L1 block {origin} (the block's L1 origin) is not known to this node's L1 endpoint yet"
+        )
+        self.origin = origin
+
+
+class DepositOverdue(InvalidBlock):
+    """The block leaves out a deposit that was due by its L1 origin."""
+
+    code = 212
+    CHECK = "deposits"
+
+    def __init__(self, index: int, l1_block: int, origin: int, window: int) -> None:
+        super().__init__(
+            f"deposit {index} (L1 block {l1_block}) was due by L1 block {l1_block + window}, "
+            f"and the block's L1 origin {origin} has passed it without crediting it"
+        )
+        self.index, self.l1_block, self.origin, self.window = index, l1_block, origin, window
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,6 +428,20 @@ class CommitmentMismatch(TxFailure):
 
     def __init__(self) -> None:
         super().__init__("delta and salt do not open the sender's commitment")
+
+
+class NoSettlement(TxFailure):
+    code = 320
+
+    def __init__(self) -> None:
+        super().__init__("this chain settles on no L1: there is nowhere to withdraw to")
+
+
+class WithdrawalTreeFull(TxFailure):
+    code = 321
+
+    def __init__(self) -> None:
+        super().__init__("the withdrawal tree holds 2^32 withdrawals: it is full")
 
 
 # ---------------------------------------------------------------------------------------------

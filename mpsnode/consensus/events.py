@@ -221,6 +221,24 @@ class RevealOpened(Event):
     committed: tuple[bytes, ...]  # the participants that committed, who may now reveal
 
 
+@dataclass(frozen=True, slots=True)
+class Deposited(Event):
+    KIND = 21
+    index: int  # the portal's deposit index
+    recipient: bytes
+    amount: int
+    l1_block: int
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawn(Event):
+    KIND = 22
+    index: int  # the withdrawal's index in the withdrawal tree
+    sender: bytes
+    l1_address: bytes  # 20 bytes
+    amount: int
+
+
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.KIND: cls
     for cls in (
@@ -244,6 +262,8 @@ EVENT_TYPES: dict[int, type[Event]] = {
         ParticipantRemoved,
         UpdateCommitted,
         RevealOpened,
+        Deposited,
+        Withdrawn,
     )
 }
 

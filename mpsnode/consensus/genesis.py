@@ -18,6 +18,7 @@ from mpsnode.consensus.errors import GenesisError
 from mpsnode.consensus.hashing import ZERO32
 from mpsnode.consensus.merkle import EMPTY_LIST_ROOT
 from mpsnode.consensus.params import Params
+from mpsnode.consensus.settlement import L1Config
 from mpsnode.consensus.smt import compute_root_reference
 from mpsnode.consensus.state import CONFIG_KEY, GLOBALS_KEY, Account, Config, Globals, account_key
 
@@ -41,6 +42,7 @@ class Genesis:
     fee_recipient: bytes
     treasury: bytes
     allocations: tuple[Allocation, ...]
+    l1: L1Config | None = None  # settlement mode: the L1 and its contracts (allocations must be empty)
 
     @property
     def supply(self) -> int:
@@ -57,6 +59,7 @@ class Genesis:
             self.treasury,
             self.genesis_time_ms,
             self.supply,
+            self.l1,
         )
 
     def state_items(self) -> dict[bytes, bytes]:
@@ -82,6 +85,7 @@ class Genesis:
             EMPTY_LIST_ROOT,
             EMPTY_LIST_ROOT,
             self.state_root(),
+            l1_origin=None if self.l1 is None else self.l1.start_block,
         )
 
     def hash(self) -> bytes:
@@ -102,6 +106,7 @@ class Genesis:
                 {"address": a.address.hex(), "balance": a.balance, "bonded": a.bonded}
                 for a in self.allocations
             ],
+            **({} if self.l1 is None else {"l1": self.l1.to_json()}),
         }
 
     @classmethod
@@ -120,7 +125,7 @@ class Genesis:
         }
         for name in sorted(required - doc.keys()):
             raise GenesisError(name, "is missing")
-        for name in sorted(doc.keys() - required):
+        for name in sorted(doc.keys() - required - {"l1"}):
             raise GenesisError(name, "is not a genesis field")
         chain_id = doc["chain_id"]
         if not isinstance(chain_id, str) or not CHAIN_ID_RE.match(chain_id):
@@ -156,7 +161,12 @@ class Genesis:
                     _int(a.get("bonded", 0), f"{where}.bonded"),
                 )
             )
-        g = cls(chain_id, time_ms, params, sequencer, fee_recipient, treasury, tuple(out))
+        l1 = _l1(doc["l1"]) if "l1" in doc else None
+        g = cls(chain_id, time_ms, params, sequencer, fee_recipient, treasury, tuple(out), l1)
+        if l1 is not None and g.supply:
+            raise GenesisError(
+                "allocations", "a chain that settles on L1 allocates nothing: every unit on it is a deposit"
+            )
         if g.supply > MAX_SUPPLY:
             raise GenesisError("allocations", f"total supply {g.supply} exceeds {MAX_SUPPLY}")
         return g
@@ -175,6 +185,32 @@ def _addr(v: Any, field: str) -> bytes:
         return crypto.parse_address(v)
     except ValueError as exc:
         raise GenesisError(field, str(exc)) from None
+
+
+def _l1_address(v: Any, field: str) -> bytes:
+    if not isinstance(v, str) or not re.fullmatch(r"0x[0-9a-fA-F]{40}", v):
+        raise GenesisError(field, "must be a 0x-prefixed 20-byte hex L1 address")
+    return bytes.fromhex(v[2:])
+
+
+def _l1(doc: Any) -> L1Config:
+    names = {"chain_id", "portal", "oracle", "start_block", "deposit_window"}
+    if not isinstance(doc, dict):
+        raise GenesisError("l1", "must be an object")
+    for name in sorted(names - doc.keys()):
+        raise GenesisError(f"l1.{name}", "is missing")
+    for name in sorted(doc.keys() - names):
+        raise GenesisError(f"l1.{name}", "is not an L1 field")
+    window = _int(doc["deposit_window"], "l1.deposit_window")
+    if window < 1:
+        raise GenesisError("l1.deposit_window", "must be at least 1 L1 block")
+    return L1Config(
+        _int(doc["chain_id"], "l1.chain_id"),
+        _l1_address(doc["portal"], "l1.portal"),
+        _l1_address(doc["oracle"], "l1.oracle"),
+        _int(doc["start_block"], "l1.start_block"),
+        window,
+    )
 
 
 def _params(doc: Any) -> Params:

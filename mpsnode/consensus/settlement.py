@@ -7,18 +7,20 @@ that L1 checks with 32 hashes (docs/SETTLEMENT.md). The output root the sequence
 ``keccak256(OUTPUT_VERSION || state_root || withdrawals_root || block_hash)``, the layout of OP
 Stack's output root. Everything here is integer and byte arithmetic: no I/O, no clock.
 
-``L1Facts`` is what a node read from L1 for one block (the deposits it may or must include and
-the L1 block the block's timestamp falls in); the STF checks the block against them, so the
-verdict on a block is a pure function of the block, its parent state and those facts.
+``L1Facts`` is what a node read from L1 for one block (the deposits it may or must include, up
+to the block's L1 origin); the STF checks the block against them, so the verdict on a block is a
+pure function of the block, its parent state and those facts.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from Crypto.Hash import keccak as _keccak
 
+from mpsnode.consensus.encoding import expect_bytes, expect_list, expect_uint
 from mpsnode.consensus.records import HASH, UINT, Record, list_of, wire
 
 WEI_PER_UNIT = 10**9  # one L2 unit is one gwei
@@ -55,6 +57,28 @@ class L1Config:
         """``[chain_id, portal, oracle, start_block, deposit_window]``."""
         return [self.chain_id, self.portal, self.oracle, self.start_block, self.deposit_window]
 
+    @classmethod
+    def decode_obj(cls, obj: Any) -> L1Config:
+        """The config of its array; ``DecodeError`` for a malformed field."""
+        chain_id, portal, oracle, start, window = expect_list(obj, 5, "l1 config")
+        return cls(
+            expect_uint(chain_id, "l1.chain_id"),
+            expect_bytes(portal, "l1.portal", L1_ADDRESS_LEN),
+            expect_bytes(oracle, "l1.oracle", L1_ADDRESS_LEN),
+            expect_uint(start, "l1.start_block"),
+            expect_uint(window, "l1.deposit_window"),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The config as a genesis file spells it (addresses as 0x-hex)."""
+        return {
+            "chain_id": self.chain_id,
+            "portal": "0x" + self.portal.hex(),
+            "oracle": "0x" + self.oracle.hex(),
+            "start_block": self.start_block,
+            "deposit_window": self.deposit_window,
+        }
+
 
 @dataclass(frozen=True, slots=True)
 class Deposit:
@@ -73,14 +97,12 @@ class L1Facts:
 
     ``deposits`` are the portal's deposits from the first one the parent state has not credited,
     in index order, every one made at or before ``origin`` (and none after it: the node stops
-    reading there). ``timestamp_block`` is the last L1 block whose timestamp is at or before the
-    L2 block's timestamp (in seconds, rounded down). ``origin_known`` is whether the node's L1
-    view reaches ``origin`` at all; when it does not, the block is not judged yet.
+    reading there). ``origin_known`` is whether the node's L1 view reaches ``origin`` at all; when
+    it does not, the block is not judged yet.
     """
 
     origin: int
     deposits: tuple[Deposit, ...]
-    timestamp_block: int
     origin_known: bool = True
 
     def overdue(self, credited: int, window: int) -> Deposit | None:
@@ -91,6 +113,13 @@ class L1Facts:
             if deposit.index >= credited and deposit.l1_block + window <= self.origin:
                 return deposit
         return None
+
+
+def facts_for(origin: int, credited: int, deposits: Sequence[Deposit], origin_known: bool = True) -> L1Facts:
+    """The ``L1Facts`` of a block with L1 origin ``origin`` on a parent state that credited
+    ``credited`` deposits, from ``deposits`` (the portal's, in index order, as far as known)."""
+    chosen = tuple(d for d in deposits if d.index >= credited and d.l1_block <= origin)
+    return L1Facts(origin, chosen, origin_known)
 
 
 # ---------------------------------------------------------------------------------------------

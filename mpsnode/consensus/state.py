@@ -4,8 +4,10 @@ Keys (first byte names the table; ids are u64 big-endian so byte order is numeri
 
 | key                         | value                                                         |
 |-----------------------------|---------------------------------------------------------------|
-| ``C``                       | Config: chain id, params, sequencer, fee recipient, treasury, genesis time, supply |
+| ``C``                       | Config: chain id, params, sequencer, fee recipient, treasury, genesis time, supply, L1 |
 | ``G``                       | Globals: next task id, burned total, open task ids            |
+| ``S``                       | Settlement: deposits credited, withdrawals and their tree's frontier (settlement mode) |
+| ``W`` + index               | a withdrawal record: sender, L1 address, amount, height (settlement mode) |
 | ``A`` + address             | Account: balance, nonce, bonded, unbonding, jailed, tasks     |
 | ``T`` + task_id             | Task record                                                   |
 | ``M`` + task_id             | global model, int32 little-endian                             |
@@ -38,11 +40,13 @@ from mpsnode.consensus.encoding import encode, expect_bytes, expect_list, expect
 from mpsnode.consensus.errors import DecodeError, InsufficientBalance
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.records import HASH, UINT, Record, enum_of, list_of, pair, wire
+from mpsnode.consensus.settlement import L1Config, Settlement, WithdrawalRecord
 
 CONFIG_KEY = b"C"
 GLOBALS_KEY = b"G"
 ACCOUNT, TASK, MODEL, VALSET, UPDATE, DUPLICATE, UNBONDING_QUEUE = b"A", b"T", b"M", b"V", b"U", b"D", b"Q"
 COMMITMENT, DIRECTION, BASIS_GRAM, LAST_CHANGE = b"K", b"Y", b"B", b"L"
+SETTLEMENT_KEY, WITHDRAWAL = b"S", b"W"
 
 _MAX_VALUE = 1 << 26  # the largest value (a 2^22-parameter int32 model) is 16 MiB
 
@@ -92,6 +96,11 @@ def last_change_key(task_id: int) -> bytes:
     return LAST_CHANGE + u64be(task_id)
 
 
+def withdrawal_key(index: int) -> bytes:
+    """State key of a withdrawal record: ``W`` + u64be(index)."""
+    return WITHDRAWAL + u64be(index)
+
+
 def duplicate_key(task_id: int, delta_hash: bytes) -> bytes:
     """State key of the open round's duplicate index entry: ``D`` + u64be(task id) + delta hash."""
     return DUPLICATE + u64be(task_id) + delta_hash
@@ -127,9 +136,11 @@ class Config:
     treasury: bytes
     genesis_time_ms: int
     supply: int
+    l1: L1Config | None = None  # the L1 this chain settles on; None: it settles nowhere
 
     def encode(self) -> bytes:
-        """The config's canonical bytes (the ``C`` value)."""
+        """The config's canonical bytes (the ``C`` value); the L1 config is the 8th field when set."""
+        tail = [] if self.l1 is None else [self.l1.encode_obj()]
         return encode(
             [
                 self.chain_id,
@@ -139,13 +150,17 @@ class Config:
                 self.treasury,
                 self.genesis_time_ms,
                 self.supply,
+                *tail,
             ]
         )
 
     @classmethod
     def decode(cls, data: bytes) -> Config:
         """The config of a ``C`` value; ``DecodeError`` for a malformed field."""
-        c, p, s, f, t, g, n = expect_list(_decode_value(data), 7, "config")
+        items = expect_list(_decode_value(data), None, "config")
+        if len(items) not in (7, 8):
+            raise DecodeError(f"config: expected 7 or 8 fields, got {len(items)}")
+        c, p, s, f, t, g, n = items[:7]
         return cls(
             expect_str(c, "chain_id"),
             Params.decode(p),
@@ -154,6 +169,7 @@ class Config:
             expect_bytes(t, "treasury", 32),
             expect_uint(g, "genesis_time_ms"),
             expect_uint(n, "supply"),
+            L1Config.decode_obj(items[7]) if len(items) == 8 else None,
         )
 
 
@@ -229,6 +245,16 @@ class Account:
 
 
 EMPTY_ACCOUNT = Account()
+
+
+def decode_settlement(data: bytes) -> Settlement:
+    """The settlement record of an ``S`` value; ``DecodeError`` for a malformed field."""
+    return Settlement.decode_items(expect_list(_decode_value(data), 5, "settlement"), "settlement")
+
+
+def decode_withdrawal(data: bytes) -> WithdrawalRecord:
+    """The withdrawal record of a ``W`` value; ``DecodeError`` for a malformed field."""
+    return WithdrawalRecord.decode_items(expect_list(_decode_value(data), 4, "withdrawal"), "withdrawal")
 
 
 class TaskStatus(IntEnum):
@@ -489,6 +515,24 @@ class State:
         if acct.balance < amount:
             raise InsufficientBalance(amount, acct.balance)
         self.set_account(address, replace(acct, balance=acct.balance - amount))
+
+    def get_settlement(self) -> Settlement:
+        """The settlement record (all zero before the first deposit)."""
+        raw = self.get(SETTLEMENT_KEY)
+        return Settlement() if raw is None else decode_settlement(raw)
+
+    def set_settlement(self, record: Settlement) -> None:
+        """Write the settlement record."""
+        self.set(SETTLEMENT_KEY, encode(record.to_obj()))
+
+    def get_withdrawal(self, index: int) -> WithdrawalRecord | None:
+        """Withdrawal record ``index``, if there is one."""
+        raw = self.get(withdrawal_key(index))
+        return None if raw is None else decode_withdrawal(raw)
+
+    def set_withdrawal(self, index: int, record: WithdrawalRecord) -> None:
+        """Write withdrawal record ``index``."""
+        self.set(withdrawal_key(index), encode(record.to_obj()))
 
     def increase_burned(self, amount: int) -> None:
         """Add ``amount`` to the burned total (slashed stake)."""

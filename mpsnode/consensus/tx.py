@@ -1,8 +1,12 @@
-"""Transactions: the seven kinds, their canonical encoding, signing and stateless validation.
+"""Transactions: the nine kinds, their canonical encoding, signing and stateless validation.
 
 ``Tx = [version=1, kind, chain_id, sender, nonce, fee, body]`` and ``SignedTx = [Tx, signature]``.
 The signature is over ``signing_hash = H(mps-tx-sign, encode(Tx))``, which is also the tx id.
 ``decode_signed_tx`` raises ``InvalidTransaction`` (``DecodeError``) for any bad input.
+
+DEPOSIT is a system tx: the copy of one L1 portal event, put in a block by the sequencer, never
+signed by a user (``deposit_tx``: sender, nonce, fee and signature all zero). Its validity is the
+L1 event, which the STF checks against the ``L1Facts`` a node read (docs/SETTLEMENT.md).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from mpsnode.consensus.limits import (
     MODEL_CLAMP,
 )
 from mpsnode.consensus.params import Params
+from mpsnode.consensus.settlement import L1_ADDRESS_LEN
 
 TX_VERSION = 1
 MAX_TX_BYTES_HARD = 64 << 20  # decoding bound when no params are at hand
@@ -63,6 +68,12 @@ class Kind(IntEnum):
     JOIN_TASK = 5
     COMMIT_UPDATE = 6
     REVEAL_UPDATE = 7
+    DEPOSIT = 8
+    WITHDRAW = 9
+
+
+SYSTEM_SENDER = bytes(ADDR)  # the sender of a system tx (DEPOSIT): no key signs for it
+SYSTEM_SIGNATURE = bytes(crypto.SIGNATURE_LEN)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,10 +305,76 @@ def commit_reveal(
     return CommitUpdate(task_id, round_, commitment), RevealUpdate(task_id, round_, delta, salt)
 
 
-Body = Transfer | Stake | Unstake | CreateTask | JoinTask | CommitUpdate | RevealUpdate
+@dataclass(frozen=True, slots=True)
+class DepositBody:
+    """DEPOSIT: the ``index``-th deposit of the L1 portal, made in L1 block ``l1_block``."""
+
+    KIND: ClassVar[Kind] = Kind.DEPOSIT
+    index: int
+    l1_block: int
+    recipient: bytes
+    amount: int
+
+    def encode_obj(self) -> list[Any]:
+        """The body as ``[index, l1_block, recipient, amount]``."""
+        return [self.index, self.l1_block, self.recipient, self.amount]
+
+    @classmethod
+    def decode_obj(cls, obj: Any) -> DepositBody:
+        """The body of ``[index, l1_block, recipient, amount]``; ``DecodeError`` for a malformed field."""
+        index, l1_block, recipient, amount = expect_list(obj, 4, "deposit body")
+        return cls(
+            expect_uint(index, "index"),
+            expect_uint(l1_block, "l1_block"),
+            expect_bytes(recipient, "recipient", ADDR),
+            expect_uint(amount, "amount"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """WITHDRAW: move ``amount`` from the sender's balance into a withdrawal record payable to
+    ``l1_address`` on L1 once an output holding it finalizes."""
+
+    KIND: ClassVar[Kind] = Kind.WITHDRAW
+    l1_address: bytes
+    amount: int
+
+    def encode_obj(self) -> list[Any]:
+        """The body as ``[l1_address, amount]``."""
+        return [self.l1_address, self.amount]
+
+    @classmethod
+    def decode_obj(cls, obj: Any) -> Withdraw:
+        """The body of ``[l1_address, amount]``; ``DecodeError`` for a malformed field."""
+        l1_address, amount = expect_list(obj, 2, "withdraw body")
+        return cls(expect_bytes(l1_address, "l1_address", L1_ADDRESS_LEN), expect_uint(amount, "amount"))
+
+
+Body = (
+    Transfer | Stake | Unstake | CreateTask | JoinTask | CommitUpdate | RevealUpdate | DepositBody | Withdraw
+)
 BODY_TYPES: dict[int, Any] = {
-    t.KIND: t for t in (Transfer, Stake, Unstake, CreateTask, JoinTask, CommitUpdate, RevealUpdate)
+    t.KIND: t
+    for t in (
+        Transfer,
+        Stake,
+        Unstake,
+        CreateTask,
+        JoinTask,
+        CommitUpdate,
+        RevealUpdate,
+        DepositBody,
+        Withdraw,
+    )
 }
+
+
+def deposit_tx(chain_id: str, body: DepositBody) -> SignedTx:
+    """The DEPOSIT system tx carrying ``body``: no sender, nonce, fee or signature."""
+    tx = Tx(chain_id, SYSTEM_SENDER, 0, 0, body)
+    obj = [tx.encode_obj(), SYSTEM_SIGNATURE]
+    return SignedTx(tx, SYSTEM_SIGNATURE, tx.signing_hash(), len(encode(obj)))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,6 +509,18 @@ def validate_transaction(
         raise WrongChain(chain_id, tx.chain_id)
     if stx.size > params.max_tx_bytes:
         raise TxTooLarge(stx.size, params.max_tx_bytes)
+    if tx.kind == Kind.DEPOSIT:
+        _check(
+            tx.sender == SYSTEM_SENDER
+            and tx.nonce == 0
+            and tx.fee == 0
+            and stx.signature == SYSTEM_SIGNATURE,
+            "deposit",
+            "a deposit is a system tx: zero sender, nonce, fee and signature",
+        )
+        return
+    if tx.sender == SYSTEM_SENDER:
+        raise InvalidField("sender", "the all-zero address sends only deposits")
     need = compute_min_fee(stx.size, params)
     if tx.fee < need:
         raise FeeTooLow(need, tx.fee)
@@ -442,7 +531,7 @@ def validate_transaction(
 
 def validate_body(body: Body) -> None:
     """A body's stateless field rules; raises ``InvalidField`` (CREATE_TASK: ``validate_create_task``)."""
-    if isinstance(body, (Transfer, Stake, Unstake)):
+    if isinstance(body, (Transfer, Stake, Unstake, Withdraw, DepositBody)):
         if body.amount == 0:
             raise InvalidField("amount", "must be positive")
     elif isinstance(body, (CommitUpdate, RevealUpdate)):

@@ -17,6 +17,7 @@ from mpsnode.consensus.encoding import encode
 from mpsnode.consensus.errors import InvalidTransaction
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.receipt import encode_receipts
+from mpsnode.consensus.settlement import L1Facts
 from mpsnode.consensus.smt import SparseMerkleTree
 from mpsnode.consensus.state import State
 from mpsnode.consensus.stf.transition import BlockResult, Verdicts, build_block, state_transition
@@ -95,11 +96,14 @@ class Chain:
         return SparseMerkleTree(self.store, self.head.state_root)
 
     # writes ----------------------------------------------------------------------------------
-    def apply(self, block: Block, *, verdicts: Verdicts | None = None) -> BlockResult:
+    def apply(
+        self, block: Block, *, verdicts: Verdicts | None = None, l1: L1Facts | None = None
+    ) -> BlockResult:
         """Verify ``block`` on top of the head with ``state_transition`` and commit it; ``InvalidBlock``
-        commits nothing. ``verdicts``: the block's signatures checked ahead (``compute_verdicts``)."""
+        commits nothing. ``verdicts``: the block's signatures checked ahead (``compute_verdicts``);
+        ``l1``: settlement mode, the L1 facts of the block's origin."""
         result = state_transition(
-            self.state(), self.tree(), block, self._head_header, self.config, verdicts=verdicts
+            self.state(), self.tree(), block, self._head_header, self.config, verdicts=verdicts, l1=l1
         )
         self._commit(block, result)
         return result
@@ -112,10 +116,11 @@ class Chain:
         *,
         signatures_checked: bool = False,
         mempool_remove: Iterable[bytes] = (),
+        l1: L1Facts | None = None,
     ) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
         """Build, sign and commit the next block from ``candidates`` (the sequencer's path)."""
         block, result, rejected = self.prepare(
-            candidates, timestamp_ms, key, signatures_checked=signatures_checked
+            candidates, timestamp_ms, key, signatures_checked=signatures_checked, l1=l1
         )
         self._commit(block, result, mempool_remove)
         return block, result, rejected
@@ -128,11 +133,13 @@ class Chain:
         *,
         signatures_checked: bool = False,
         reader: StoreReader | None = None,
+        l1: L1Facts | None = None,
     ) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
         """Build and sign the next block without committing it; ``commit_prepared`` commits it.
 
         Nothing may commit in between (the block is built on the current head). ``reader`` (a
         ``store.snapshot()`` at the head, say) serves the state and tree reads instead of the store.
+        ``l1``: settlement mode, the L1 facts of the origin the block names.
         """
         if reader is None:
             state, tree = self.state(), self.tree()
@@ -147,6 +154,7 @@ class Chain:
             timestamp_ms,
             key,
             signatures_checked=signatures_checked,
+            l1=l1,
         )
 
     def commit_prepared(

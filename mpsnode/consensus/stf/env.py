@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mpsnode.consensus.params import Params
+from mpsnode.consensus.settlement import L1Facts
 from mpsnode.consensus.state import Config
 
 
@@ -13,6 +14,7 @@ class BlockEnv:
     config: Config
     height: int
     timestamp_ms: int
+    l1: L1Facts | None = None  # settlement mode: what the node read from L1 for this block
 
     @property
     def params(self) -> Params:

@@ -15,10 +15,14 @@ chain_id                      the header names this chain
 height                        the header's height is the parent's + 1
 parent_hash                   the header names the parent's hash
 timestamp                     the timestamp is strictly after the parent's
+l1_origin                     settlement mode: the header names an L1 origin, not before the
+                              parent's, that the node's L1 view reaches (else: not judged yet)
 block_size                    the txs total at most ``max_block_bytes``
 tx_chain_id ... tx_signature  each tx in order: its chain id, size, fee, fields, then signature
 tx_root                       the header's tx_root commits to exactly these txs in this order
 tx_nonce, tx_fee_unpayable    each tx, as it runs, is valid against the state it runs on
+deposits                      each DEPOSIT is the next L1 deposit as L1 holds it, and the block
+                              leaves out none that its L1 origin made overdue
 receipts_root                 the re-executed receipts hash to the header's receipts_root
 state_root                    the re-executed state hashes to the header's state_root
 ============================  ===================================================================
@@ -44,14 +48,18 @@ from mpsnode.consensus import crypto
 from mpsnode.consensus.block import Block, Header, compute_tx_root, sign_header
 from mpsnode.consensus.errors import (
     BadBlockSignature,
+    BadL1Origin,
     BadSignature,
     BadTimestamp,
     BlockHasInvalidTx,
     BlockTooLarge,
+    DepositOverdue,
     FeeUnpayable,
     InvalidTransaction,
+    L1OriginUnknown,
     NonceMismatch,
     RootMismatch,
+    SystemTxRefused,
     TxFailure,
     WrongBlockChain,
     WrongHeight,
@@ -59,15 +67,17 @@ from mpsnode.consensus.errors import (
 )
 from mpsnode.consensus.events import Event
 from mpsnode.consensus.receipt import END_OF_BLOCK_ID, Receipt, receipts_root
+from mpsnode.consensus.settlement import L1Facts
 from mpsnode.consensus.smt import SparseMerkleTree
 from mpsnode.consensus.state import Config, State
 from mpsnode.consensus.stf.env import BlockEnv
 from mpsnode.consensus.stf.round import process_round_phases
+from mpsnode.consensus.stf.settlement import process_deposit, process_withdraw
 from mpsnode.consensus.stf.stake import process_stake, process_unbonding_release, process_unstake
 from mpsnode.consensus.stf.task import process_create_task, process_join_task, process_task_starts
 from mpsnode.consensus.stf.transfer import process_transfer
 from mpsnode.consensus.stf.update import process_commit_update, process_reveal_update
-from mpsnode.consensus.tx import Kind, SignedTx, validate_transaction
+from mpsnode.consensus.tx import DepositBody, Kind, SignedTx, deposit_tx, validate_transaction
 
 CANONICAL_ENCODING = "canonical_encoding"
 SEQUENCER_SIGNATURE = "sequencer_signature"
@@ -75,6 +85,7 @@ CHAIN_ID = "chain_id"
 HEIGHT = "height"
 PARENT_HASH = "parent_hash"
 TIMESTAMP = "timestamp"
+L1_ORIGIN = "l1_origin"
 BLOCK_SIZE = "block_size"
 TX_CHAIN_ID = "tx_chain_id"
 TX_SIZE = "tx_size"
@@ -84,6 +95,7 @@ TX_SIGNATURE = "tx_signature"
 TX_ROOT = "tx_root"
 TX_NONCE = "tx_nonce"
 TX_FEE_UNPAYABLE = "tx_fee_unpayable"
+DEPOSITS = "deposits"
 RECEIPTS_ROOT = "receipts_root"
 STATE_ROOT = "state_root"
 
@@ -95,6 +107,7 @@ CHECKS: tuple[str, ...] = (
     HEIGHT,
     PARENT_HASH,
     TIMESTAMP,
+    L1_ORIGIN,
     BLOCK_SIZE,
     TX_CHAIN_ID,
     TX_SIZE,
@@ -104,6 +117,7 @@ CHECKS: tuple[str, ...] = (
     TX_ROOT,
     TX_NONCE,
     TX_FEE_UNPAYABLE,
+    DEPOSITS,
     RECEIPTS_ROOT,
     STATE_ROOT,
 )
@@ -117,6 +131,7 @@ PROCESSORS: dict[Kind, Processor] = {
     Kind.JOIN_TASK: process_join_task,
     Kind.COMMIT_UPDATE: process_commit_update,
     Kind.REVEAL_UPDATE: process_reveal_update,
+    Kind.WITHDRAW: process_withdraw,
 }
 
 
@@ -199,8 +214,10 @@ def process_transaction(state: State, env: BlockEnv, stx: SignedTx) -> Receipt:
 def run_transaction(state: State, env: BlockEnv, stx: SignedTx) -> tuple[Receipt, TxFailure | None]:
     """``process_transaction``, with the failure itself when the tx's effect failed (its receipt
     carries only the code; a client forecasting a tx wants the reason too)."""
-    check_transaction(state, stx)
     tx = stx.tx
+    if isinstance(tx.body, DepositBody):  # a system tx: no nonce, no fee; invalid unless it is L1's
+        return Receipt(stx.tx_id, 0, 0, tuple(process_deposit(state, env, tx.body))), None
+    check_transaction(state, stx)
     acct = state.get_account(tx.sender)
     state.set_account(tx.sender, replace(acct, balance=acct.balance - tx.fee, nonce=acct.nonce + 1))
     state.increase_balance(env.config.fee_recipient, tx.fee)
@@ -227,7 +244,8 @@ def process_end_of_block(state: State, env: BlockEnv) -> Receipt:
 
 
 def validate_header(header: Header, parent: Header, config: Config) -> None:
-    """The header follows ``parent`` on this chain: chain id, height, parent hash, later timestamp."""
+    """The header follows ``parent`` on this chain: chain id, height, parent hash, later timestamp,
+    and (settlement mode) an L1 origin not before the parent's."""
     if header.chain_id != config.chain_id:
         raise WrongBlockChain(config.chain_id, header.chain_id)
     if header.height != parent.height + 1:
@@ -236,6 +254,14 @@ def validate_header(header: Header, parent: Header, config: Config) -> None:
         raise WrongParent(parent.hash(), header.parent_hash)
     if header.timestamp_ms <= parent.timestamp_ms:
         raise BadTimestamp(parent.timestamp_ms, header.timestamp_ms)
+    if config.l1 is None:
+        if header.l1_origin is not None:
+            raise BadL1Origin("the header names an L1 origin, and this chain settles on no L1")
+    elif header.l1_origin is None:
+        raise BadL1Origin("the header names no L1 origin, and this chain settles on L1")
+    elif parent.l1_origin is not None and header.l1_origin < parent.l1_origin:
+        why = f"L1 origin {header.l1_origin} is before the parent's {parent.l1_origin}"
+        raise BadL1Origin(why, parent.l1_origin, header.l1_origin)
 
 
 def validate_block(block: Block, parent: Header, config: Config, verdicts: Verdicts) -> None:
@@ -252,7 +278,7 @@ def validate_block(block: Block, parent: Header, config: Config, verdicts: Verdi
             validate_transaction(stx, config.chain_id, config.params, check_signature=False)
         except InvalidTransaction as exc:
             raise BlockHasInvalidTx(index, exc) from None
-        if not verdicts.tx_signatures[index]:
+        if not verdicts.tx_signatures[index] and stx.tx.kind != Kind.DEPOSIT:  # a deposit is unsigned
             why = f"the signature does not verify for its sender {stx.tx.sender.hex()}"
             raise BlockHasInvalidTx(index, BadSignature(why))
     if verdicts.tx_root != header.tx_root:
@@ -292,26 +318,49 @@ def state_transition(
     config: Config,
     *,
     verdicts: Verdicts | None = None,
+    l1: L1Facts | None = None,
 ) -> BlockResult:
     """Check ``block`` against ``parent`` and re-execute it; the first failed check raises its
     ``InvalidBlock`` leaf (``CHECKS`` order).
 
     ``state`` and ``tree`` must be at ``parent``'s state root. ``verdicts``, when given, are
-    ``compute_verdicts(block, config)`` computed ahead. On success the result holds the writes and
-    tree nodes to commit; on failure nothing may be committed. A receipts or state root mismatch
-    carries the local result (``RootMismatch.result``).
+    ``compute_verdicts(block, config)`` computed ahead. ``l1`` (settlement mode only, and required
+    there) is what the node read from L1 for this block's origin. On success the result holds the
+    writes and tree nodes to commit; on failure nothing may be committed. A receipts or state root
+    mismatch carries the local result (``RootMismatch.result``).
     """
     if verdicts is None:
         verdicts = compute_verdicts(block, config)
     validate_block(block, parent, config, verdicts)
     header = block.header
-    env = BlockEnv(config, header.height, header.timestamp_ms)
+    check_l1_facts(header, config, l1)
+    env = BlockEnv(config, header.height, header.timestamp_ms, l1)
     result = apply_body(state, tree, env, block.txs)
+    check_deposits_due(state, config, l1)
     if result.receipts_root != header.receipts_root:
         raise RootMismatch(RECEIPTS_ROOT, result.receipts_root, header.receipts_root, result)
     if result.state_root != header.state_root:
         raise RootMismatch(STATE_ROOT, result.state_root, header.state_root, result)
     return result
+
+
+def check_l1_facts(header: Header, config: Config, l1: L1Facts | None) -> None:
+    """Settlement mode: the facts are for this block's origin and reach it (``L1OriginUnknown``)."""
+    if config.l1 is None:
+        return
+    if l1 is None or l1.origin != header.l1_origin:
+        raise ValueError(f"block {header.height} needs the L1 facts of its origin {header.l1_origin}")
+    if not l1.origin_known:
+        raise L1OriginUnknown(l1.origin)
+
+
+def check_deposits_due(state: State, config: Config, l1: L1Facts | None) -> None:
+    """Settlement mode: after the block, no deposit its L1 origin made overdue is left uncredited."""
+    if config.l1 is None or l1 is None:
+        return
+    due = l1.overdue(state.get_settlement().deposits, config.l1.deposit_window)
+    if due is not None:
+        raise DepositOverdue(due.index, due.l1_block, l1.origin, config.l1.deposit_window)
 
 
 def build_block(
@@ -324,22 +373,44 @@ def build_block(
     key: crypto.Keypair,
     *,
     signatures_checked: bool = False,
+    l1: L1Facts | None = None,
 ) -> tuple[Block, BlockResult, list[tuple[SignedTx, InvalidTransaction]]]:
-    """The sequencer's path: include candidates in order, leave out the invalid, sign the header.
+    """The sequencer's path: credit the L1 deposits first, then include candidates in order,
+    leave out the invalid, sign the header.
 
     A candidate larger than what is left of ``max_block_bytes`` stays out (for a later block);
     an invalid one is returned in the rejected list with its reason. ``signatures_checked``:
-    the caller verified every candidate's signature already (at admission).
+    the caller verified every candidate's signature already (at admission). ``l1`` (settlement
+    mode): the facts of the origin the block will name; every deposit in them is credited.
     """
     timestamp_ms = max(timestamp_ms, parent.timestamp_ms + 1)
-    env = BlockEnv(config, parent.height + 1, timestamp_ms)
+    if config.l1 is not None and (l1 is None or (parent.l1_origin or 0) > l1.origin):
+        raise ValueError("a settlement-mode block needs L1 facts at or after the parent's origin")
+    env = BlockEnv(config, parent.height + 1, timestamp_ms, l1 if config.l1 is not None else None)
     included: list[SignedTx] = []
     receipts: list[Receipt] = []
     rejected: list[tuple[SignedTx, InvalidTransaction]] = []
     budget = config.params.max_block_bytes
+    if env.l1 is not None:
+        credited = state.get_settlement().deposits
+        for deposit in env.l1.deposits:
+            if deposit.index < credited:
+                continue
+            if deposit.index != credited + len(included):
+                break  # a gap in what the node read: credit up to it
+            body = DepositBody(deposit.index, deposit.l1_block, deposit.recipient, deposit.amount)
+            stx = deposit_tx(config.chain_id, body)
+            if stx.size > budget:
+                break  # the rest in a later block (the window leaves room for it)
+            receipts.append(process_transaction(state, env, stx))
+            included.append(stx)
+            budget -= stx.size
     for stx in candidates:
         if stx.size > budget:
             continue  # stays pending for a later block
+        if stx.tx.kind == Kind.DEPOSIT:
+            rejected.append((stx, SystemTxRefused()))
+            continue
         try:
             validate_transaction(stx, env.chain_id, env.params, check_signature=not signatures_checked)
             receipts.append(process_transaction(state, env, stx))
@@ -358,5 +429,6 @@ def build_block(
         result.tx_root,
         result.receipts_root,
         result.state_root,
+        l1_origin=None if env.l1 is None else env.l1.origin,
     )
     return sign_header(header, key, txs), result, rejected

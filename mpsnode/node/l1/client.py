@@ -200,39 +200,37 @@ class L1:
             value=units * WEI_PER_UNIT,
         )
 
-    def deposits(self, first_index: int, to_block: int) -> list[Deposit]:
-        """The portal's deposits with index ``>= first_index`` made at or before ``to_block``,
-        in index order (read from the ``Deposited`` events)."""
-        assert self.config is not None
+    def deposit_logs(self, from_block: int, to_block: int) -> list[Deposit]:
+        """Every deposit made in L1 blocks ``from_block..to_block``, in index order."""
         portal = self.contract("Portal")
-        start = self.config.start_block
-        if first_index > 0:  # the first wanted deposit's block, from the portal itself
-            count = int(self.call(lambda: portal.functions.deposit_count().call(block_identifier=to_block)))
-            if first_index >= count:
-                return []
-            start = int(self.call(lambda: portal.functions.deposit_block(first_index).call()))
         found: list[Deposit] = []
-        for low in range(start, to_block + 1, LOG_CHUNK):
+        for low in range(from_block, to_block + 1, LOG_CHUNK):
             high = min(to_block, low + LOG_CHUNK - 1)
             logs = self.call(partial(portal.events.Deposited().get_logs, from_block=low, to_block=high))
             for log in logs:
-                index = int(log["args"]["index"])
-                if index >= first_index:
-                    found.append(
-                        Deposit(
-                            index,
-                            int(log["blockNumber"]),
-                            bytes(log["args"]["recipient"]),
-                            int(log["args"]["amount"]),
-                        )
+                args = log["args"]
+                found.append(
+                    Deposit(
+                        int(args["index"]),
+                        int(log["blockNumber"]),
+                        bytes(args["recipient"]),
+                        int(args["amount"]),
                     )
-        found.sort(key=lambda d: d.index)
-        for offset, deposit in enumerate(found):
-            if deposit.index != first_index + offset:
-                raise L1Error(
-                    f"the L1 node returned deposit {deposit.index} where {first_index + offset} was due"
                 )
+        found.sort(key=lambda d: d.index)
         return found
+
+    def deposits(self, first_index: int, to_block: int) -> list[Deposit]:
+        """The portal's deposits with index ``>= first_index`` made at or before ``to_block``,
+        in index order."""
+        assert self.config is not None
+        start = self.config.start_block
+        if first_index > 0:  # start at the first wanted deposit's block, which the portal keeps
+            portal = self.contract("Portal")
+            if first_index >= int(self.call(portal.functions.deposit_count().call)):
+                return []
+            start = int(self.call(portal.functions.deposit_block(first_index).call))
+        return [d for d in self.deposit_logs(start, to_block) if d.index >= first_index]
 
     def portal_totals(self) -> dict[str, int]:
         """The portal's balance (wei) and its counters: deposits, units deposited and paid."""

@@ -57,8 +57,9 @@ def post_output(l2_height: uint256, root: bytes32, l1_origin: uint256, deposits:
     """
     @notice Post the output root of L2 block `l2_height`, whose header names L1 block
             `l1_origin` and whose state has taken in the first `deposits` deposits.
-    @dev Refuses an output that leaves out a deposit overdue at its own L1 origin: the
-         L2 rule of forced inclusion, enforced here on what the sequencer claims.
+    @dev Refuses an output whose origin is more than the deposit window old, or that leaves
+         out a deposit overdue at its own L1 origin: the L2 rule of forced inclusion, enforced
+         here on what the sequencer claims (settlement part 2 makes the claims contestable).
     """
     assert msg.sender == SEQUENCER, "oracle: only the sequencer posts outputs"
     count: uint256 = self.output_count
@@ -71,11 +72,16 @@ def post_output(l2_height: uint256, root: bytes32, l1_origin: uint256, deposits:
         assert l2_height > 0, "oracle: height not above the last output"
     assert l1_origin <= block.number, "oracle: L1 origin not yet mined"
     portal: Portal = Portal(PORTAL)
+    window: uint256 = staticcall portal.DEPOSIT_WINDOW()
+    # A fresh origin: without it a sequencer could keep its origin still and no deposit would
+    # ever fall due. With it, no output can be posted that leaves out a deposit older than
+    # twice the window.
+    assert l1_origin + window >= block.number, "oracle: L1 origin too old"
     assert deposits <= staticcall portal.deposit_count(), "oracle: more deposits than the portal has"
     if deposits > 0:
         assert staticcall portal.deposit_block(deposits - 1) <= l1_origin, "oracle: a deposit after the L1 origin"
     if deposits < staticcall portal.deposit_count():
-        due: uint256 = staticcall portal.deposit_block(deposits) + staticcall portal.DEPOSIT_WINDOW()
+        due: uint256 = staticcall portal.deposit_block(deposits) + window
         assert due > l1_origin, "oracle: an overdue deposit is left out"
     self.outputs[count] = Output(
         root=root, l2_height=l2_height, l1_origin=l1_origin, deposits=deposits, posted_at=block.timestamp

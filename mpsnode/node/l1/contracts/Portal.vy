@@ -53,6 +53,7 @@ def deposit(recipient: bytes32):
     @notice Lock msg.value for L2 address `recipient` (an ed25519 public key). The L2 must
             credit it, in index order, within DEPOSIT_WINDOW L1 blocks.
     """
+    assert recipient != empty(bytes32), "portal: no recipient"
     assert msg.value > 0, "portal: nothing deposited"
     assert msg.value % WEI_PER_UNIT == 0, "portal: the amount is not a whole number of gwei"
     amount: uint256 = msg.value // WEI_PER_UNIT
