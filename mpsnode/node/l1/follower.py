@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import threading
 
+from eth_utils import to_checksum_address
+
 from mpsnode.consensus.settlement import Deposit, L1Config, L1Facts, facts_for
 from mpsnode.node.l1.client import L1, L1Error
 
@@ -34,7 +36,7 @@ class L1Follower:
             raise L1Error(
                 f"the L1 endpoint {self.l1.url} is chain {chain_id}; this chain settles on {self.config.chain_id}"
             )
-        code = self.l1.call(lambda: self.l1.w3.eth.get_code("0x" + self.config.portal.hex()))
+        code = self.l1.call(lambda: self.l1.w3.eth.get_code(to_checksum_address(self.config.portal)))
         if not code:
             raise L1Error(f"no portal contract at 0x{self.config.portal.hex()} on {self.l1.url}")
 
