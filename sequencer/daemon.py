@@ -30,6 +30,7 @@ tree; a write in progress completes first (its wait is shielded), so the store i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import signal
@@ -43,16 +44,25 @@ import trio
 
 from mpsnode.consensus import crypto
 from mpsnode.consensus.encoding import decode, encode, expect_list
-from mpsnode.consensus.errors import BadSignature, InvalidTransaction, MpsError, NonceMismatch, TxTooLarge
+from mpsnode.consensus.errors import (
+    BadSignature,
+    InvalidTransaction,
+    MpsError,
+    NonceMismatch,
+    SystemTxRefused,
+    TxTooLarge,
+)
 from mpsnode.consensus.events import RoundClosed, Slashed
 from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.settlement import output_root
 from mpsnode.consensus.sigverify import verify_batch, warm_up
 from mpsnode.consensus.state import ACCOUNT, UNBONDING_QUEUE, Account, State
-from mpsnode.consensus.tx import SignedTx, decode_signed_tx, validate_transaction
+from mpsnode.consensus.tx import Kind, SignedTx, decode_signed_tx, validate_transaction
 from mpsnode.node.chain import Chain
 from mpsnode.node.errors import BadRequest, NotFound, ShuttingDown, VerificationFailed
-from mpsnode.node.files import load_key
+from mpsnode.node.files import load_key, load_l1_key
 from mpsnode.node.home import Home
+from mpsnode.node.l1.client import account
 from mpsnode.node.lock import home_lock
 from mpsnode.node.log import event, setup_logging
 from mpsnode.node.messages import SEQUENCER, PendingTx, drop_pending_message
@@ -64,6 +74,7 @@ from mpsnode.node.writes import run_write
 from sequencer.admission import AdmissionPolicy, check_admission
 from sequencer.mempool import Entry, MempoolIndex
 from sequencer.metrics import Metrics
+from sequencer.settlement import OutputAt, SequencerHooks, SettlementConfig, Settler
 
 log = logging.getLogger("sequencer")
 
@@ -86,6 +97,7 @@ class SequencerConfig:
     group_commit_txs: int = 8192
     group_commit_bytes: int = 256 * MIB
     group_commit_interval_ms: float = 0.0  # gather admitted txs this long after a write before the next
+    settlement: SettlementConfig | None = None  # required on a chain that settles on L1
 
 
 @dataclass(slots=True)
@@ -145,6 +157,32 @@ class Sequencer:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.metrics.height.set(self.chain.head.height)  # from the store: right at once after a restart
+        self.settler: Settler | None = None
+        if genesis.l1 is not None:
+            if self.config.settlement is None:
+                raise ValueError("this chain settles on L1: the sequencer needs --l1 URL and its L1 key")
+            hooks = SequencerHooks(
+                lambda: self.chain.head_header, self.credited_deposits, self.wake, self.output_at_head
+            )
+            self.settler = Settler(genesis.l1, self.config.settlement, hooks, self.metrics)
+
+    # settlement --------------------------------------------------------------------------------
+    def credited_deposits(self) -> int:
+        """Deposits the head state has credited."""
+        return self._reader.get_settlement().deposits if self.genesis.l1 is not None else 0
+
+    def wake(self) -> None:
+        """Have the builder make a block soon (deposits wait, or the L1 origin grows old)."""
+        with contextlib.suppress(trio.WouldBlock):  # full: the builder has plenty to wake it already
+            self._durable_send.send_nowait([])
+
+    async def output_at_head(self) -> OutputAt:
+        """The head block's output, read with no block committing meanwhile."""
+        async with self._write_lock:
+            header = self.chain.head_header
+            record = State(self.store.get_state).get_settlement()
+        root = output_root(header.state_root, record.withdrawals_root(), header.hash())
+        return OutputAt(header.height, root, header.l1_origin or 0, record.deposits)
 
     # TxGateway (called by the server) ------------------------------------------------------------
     async def submit(self, raw: bytes, done: Callable[[bytes | MpsError], None]) -> None:
@@ -166,6 +204,8 @@ class Sequencer:
                 raise TxTooLarge(len(raw), self.params.max_tx_bytes)
             stx = decode_signed_tx(raw, max_bytes=self.params.max_tx_bytes)
             validate_transaction(stx, self.chain_id, self.params, check_signature=False)
+            if stx.tx.kind == Kind.DEPOSIT:
+                raise SystemTxRefused()
         except MpsError as exc:
             finish(exc)
             return
@@ -227,6 +267,8 @@ class Sequencer:
                     nursery.start_soon(self._verify_worker, self._verify_recv.clone())
                 nursery.start_soon(self._group_commit)
                 nursery.start_soon(self._builder)
+                if self.settler is not None:
+                    nursery.start_soon(self.settler.run)
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(
                         serve_metrics, self.metrics, cfg.metrics_host, cfg.metrics_port
@@ -387,7 +429,9 @@ class Sequencer:
         self._fresh = True
 
     def _has_work(self) -> bool:
-        return self._chain_busy or (self.index.durable_count > 0 and self._fresh)
+        if self._chain_busy or (self.index.durable_count > 0 and self._fresh):
+            return True
+        return self.settler is not None and self.settler.has_work(self.credited_deposits())
 
     async def _builder(self) -> None:
         recv = self._durable_recv
@@ -419,7 +463,14 @@ class Sequencer:
             max_bytes=self.params.max_block_bytes,
         )
         self._fresh = False
-        if not (selection.candidates or selection.stale or self._chain_busy):
+        l1 = None
+        if self.settler is not None:
+            credited = self.credited_deposits()
+            l1 = self.settler.facts(credited)
+            settle = self.settler.has_work(credited)
+        else:
+            settle = False
+        if not (selection.candidates or selection.stale or self._chain_busy or settle):
             return  # only txs waiting for a nonce gap: no block until something changes
         head = chain.head
         timestamp = max(int(time.time() * 1000), head.timestamp_ms + 1)
@@ -431,6 +482,7 @@ class Sequencer:
                 self.key,
                 signatures_checked=True,
                 reader=view,
+                l1=l1,
             )
         finally:
             if view is not None:
@@ -529,6 +581,28 @@ async def serve(sequencer: Sequencer, on_ready: Callable[[Sequencer], None] | No
                 break
 
 
+@dataclass(frozen=True, slots=True)
+class L1Options:
+    """The sequencer's settlement options as given on the command line (None: the home's)."""
+
+    url: str | None = None
+    key_file: str | None = None
+    confirmations: int = 0
+    output_blocks: int = 20
+    output_seconds: float = 5.0
+
+    def config(self, home: Home) -> SettlementConfig:
+        url = self.url or home.l1
+        if not url:
+            raise ValueError('this chain settles on L1: give --l1 URL (or l1 = "URL" in config.toml)')
+        if self.output_blocks < 1 or self.output_seconds <= 0:
+            raise ValueError("--output-blocks and --output-seconds must be positive")
+        key = account(load_l1_key(self.key_file or home.l1_key_path("sequencer")))
+        return SettlementConfig(
+            url, key, self.confirmations, output_blocks=self.output_blocks, output_s=self.output_seconds
+        )
+
+
 def run_daemon(
     home_path: str,
     *,
@@ -536,6 +610,7 @@ def run_daemon(
     metrics: str | None = None,
     block_time_ms: int | None = None,
     server: dict[str, Any] | None = None,
+    l1: L1Options | None = None,
 ) -> int:
     """``mpsnode sequencer``: open the home's store and serve until a signal. Prints one ready line."""
 
@@ -544,7 +619,8 @@ def run_daemon(
     genesis = home.genesis()
     key = load_key(home.key_path("sequencer"))
     host, port = parse_hostport(listen or home.listen)
-    config = SequencerConfig(host=host, port=port, block_time_ms=block_time_ms)
+    settlement = (l1 or L1Options()).config(home) if genesis.l1 is not None else None
+    config = SequencerConfig(host=host, port=port, block_time_ms=block_time_ms, settlement=settlement)
     apply_node_options(config, metrics or home.metrics, server)
     lock = home_lock(home.path, "sequencer").acquire()
     store = LmdbStore(home.data_path, map_size=home.map_size)

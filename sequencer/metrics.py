@@ -67,3 +67,15 @@ class Metrics(NodeMetrics):
             registry=r,
         )
         self.slashes = Counter("mps_slashes", "Clients slashed", registry=r)
+        # settlement (a chain with an L1; zero otherwise)
+        self.l1_head = Gauge("mps_l1_head", "The confirmed L1 head the sequencer has read", registry=r)
+        self.l1_deposits_pending = Gauge(
+            "mps_l1_deposits_pending", "Deposits on L1 not yet credited on L2", registry=r
+        )
+        self.l1_output_height = Gauge(
+            "mps_l1_output_height", "L2 height of the last output posted", registry=r
+        )
+        self.l1_outputs_posted = Counter(
+            "mps_l1_outputs_posted", "Outputs posted to the L1 oracle", registry=r
+        )
+        self.l1_errors = Counter("mps_l1_errors", "L1 calls that failed, by loop", ["loop"], registry=r)

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from mpsnode.consensus.block import Block, Header, decode_block
 from mpsnode.consensus.errors import (
     BadBlockSignature,
+    BadL1Origin,
     BadTimestamp,
     BlockDecodeError,
     BlockHasInvalidTx,
     BlockTooLarge,
+    DepositOverdue,
     FeeTooLow,
     FeeUnpayable,
     InvalidBlock,
@@ -40,6 +42,7 @@ from mpsnode.consensus.errors import (
     WrongHeight,
     WrongParent,
 )
+from mpsnode.consensus.settlement import L1Facts
 from mpsnode.consensus.sigverify import verify_batch
 from mpsnode.consensus.smt import SparseMerkleTree
 from mpsnode.consensus.state import Config, State
@@ -106,7 +109,8 @@ class Divergence(MpsError):
     ``computed`` is what this node derived, ``claimed`` what the block says (JSON-able values);
     ``tx_index`` names the offending tx for tx checks; ``block`` is the decoded block (None when it
     does not decode), ``result`` the local execution's result when the roots were compared, and
-    ``cause`` the state transition's own failure (an ``InvalidBlock`` leaf).
+    ``cause`` the state transition's own failure (an ``InvalidBlock`` leaf); ``l1`` the L1 facts
+    the block was judged with (settlement mode), which a replay bundle carries.
     """
 
     code = 720
@@ -123,11 +127,13 @@ class Divergence(MpsError):
         block: Block | None = None,
         result: BlockResult | None = None,
         cause: InvalidBlock | None = None,
+        l1: L1Facts | None = None,
     ) -> None:
         super().__init__(f"block {height} fails {check}: {reason}")
         self.check, self.height, self.detail = check, height, reason
         self.computed, self.claimed, self.tx_index = computed, claimed, tx_index
         self.block, self.result, self.cause = block, result, cause
+        self.l1 = l1  # the L1 facts the block was judged with (settlement mode)
 
 
 #: Below this many signatures a block is checked one signature at a time: the batch kernel costs
@@ -225,18 +231,26 @@ def assemble(decoded: list[Decoded], oks: Sequence[bool]) -> list[Prechecked]:
 
 
 def verify_block(
-    pre: Prechecked, parent: Header, state: State, tree: SparseMerkleTree, config: Config
+    pre: Prechecked,
+    parent: Header,
+    state: State,
+    tree: SparseMerkleTree,
+    config: Config,
+    l1: L1Facts | None = None,
 ) -> tuple[Block, BlockResult]:
     """Check and re-execute one block on ``state``/``tree`` (at ``parent``'s root) with the state
-    transition: ``(block, result)`` to commit, or the first failed check as a ``Divergence``."""
+    transition: ``(block, result)`` to commit, or the first failed check as a ``Divergence``.
+    ``l1``: settlement mode, the L1 facts of the block's origin."""
     height = parent.height + 1
     if pre.block is None or pre.verdicts is None:
         reason = pre.decode_error.reason if pre.decode_error is not None else "the block does not decode"
         raise Divergence(CANONICAL_ENCODING, height, reason, claimed=reason, cause=pre.decode_error)
     try:
-        result = state_transition(state, tree, pre.block, parent, config, verdicts=pre.verdicts)
+        result = state_transition(state, tree, pre.block, parent, config, verdicts=pre.verdicts, l1=l1)
     except InvalidBlock as exc:
-        raise divergence_from(exc, height, pre.block) from None
+        failure = divergence_from(exc, height, pre.block)
+        failure.l1 = l1
+        raise failure from None
     return pre.block, result
 
 
@@ -265,6 +279,15 @@ def divergence_from(exc: InvalidBlock, height: int, block: Block) -> Divergence:
         computed, claimed = {"min_timestamp_ms": exc.parent_ms + 1}, exc.got
     elif isinstance(exc, BlockTooLarge):
         computed, claimed = exc.limit, exc.size
+    elif isinstance(exc, DepositOverdue):
+        computed = {
+            "overdue_deposit": exc.index,
+            "made_in_l1_block": exc.l1_block,
+            "due_by": exc.l1_block + exc.window,
+        }
+        claimed = {"l1_origin": exc.origin, "credited": False}
+    elif isinstance(exc, BadL1Origin):
+        computed, claimed = {"parent_l1_origin": exc.parent}, {"l1_origin": exc.got}
     elif isinstance(exc, BlockHasInvalidTx):
         tx_index = exc.index
         stx = block.txs[exc.index]

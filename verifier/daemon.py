@@ -45,6 +45,7 @@ import trio
 from mpsnode.consensus.block import Block
 from mpsnode.consensus.errors import MpsError
 from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.settlement import L1Facts
 from mpsnode.consensus.smt import Proof, SparseMerkleTree
 from mpsnode.consensus.state import State
 from mpsnode.consensus.stf.transition import BlockResult
@@ -53,6 +54,8 @@ from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import ProtocolViolation, VerificationFailed, WrongNetwork
 from mpsnode.node.files import load_genesis, save_genesis
 from mpsnode.node.home import Home
+from mpsnode.node.l1.client import L1Error
+from mpsnode.node.l1.follower import L1Follower
 from mpsnode.node.lock import home_lock
 from mpsnode.node.log import event, setup_logging
 from mpsnode.node.messages import VERIFIER, GetBlock, VerifierStatus
@@ -87,6 +90,9 @@ class VerifierConfig:
     backoff_max: float = 5.0
     poll_interval: float = 0.5  # seconds between STATUS polls of the upstream head
     connect_timeout: float = 10.0
+    l1_url: str | None = None  # settlement mode: the L1 endpoint this verifier reads deposits from
+    l1_confirmations: int = 0
+    l1_poll: float = 0.25  # seconds between L1 reads while a block waits for its L1 origin
 
 
 class _Stopped(Exception):
@@ -169,6 +175,14 @@ class Verifier:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self.metrics.height.set(self.chain.head.height)
+        self.l1: L1Follower | None = None
+        if genesis.l1 is not None:
+            if not config.l1_url:
+                raise ValueError(
+                    "this chain settles on L1: a verifier reads the deposits from L1 itself; give --l1 URL"
+                )
+            self.l1 = L1Follower(config.l1_url, genesis.l1, config.l1_confirmations)
+        self.waiting_for_l1: int | None = None  # the L1 block the next block names and L1 has not shown yet
 
     # status ------------------------------------------------------------------------------------
     @property
@@ -224,8 +238,41 @@ class Verifier:
                 upstream=self.upstream,
                 chain_id=self.genesis.chain_id,
             )
+            if self.l1 is not None:
+                await trio.to_thread.run_sync(self._check_l1)
             nursery.start_soon(self._follow)
             task_status.started(self.port)
+
+    def _check_l1(self) -> None:
+        assert self.l1 is not None
+        try:
+            self.l1.check_chain()
+        except L1Error as exc:  # unreachable now: blocks wait for it; the wrong chain never catches up
+            event(log, "l1_unavailable", logging.WARNING, error=str(exc))
+
+    async def _reach_l1(self, pre: Prechecked) -> None:
+        """Wait until this node's L1 view reaches the block's L1 origin (a block is never judged
+        on an L1 the node has not seen; the wait shows in STATUS and the metrics)."""
+        follower, block = self.l1, pre.block
+        if follower is None or block is None or block.header.l1_origin is None:
+            return
+        origin = block.header.l1_origin
+        while origin > follower.scanned_to:
+            try:
+                await trio.to_thread.run_sync(follower.refresh)
+            except L1Error as exc:
+                self.metrics.l1_errors.inc()
+                event(log, "l1_error", logging.WARNING, error=str(exc), waiting_for=origin)
+            self.metrics.l1_head.set(follower.head)
+            if origin <= follower.scanned_to:
+                break
+            if self.waiting_for_l1 != origin:
+                event(log, "waiting_for_l1", height=block.height, l1_origin=origin, l1_head=follower.head)
+            self.waiting_for_l1 = origin
+            self.metrics.l1_waiting.set(origin)
+            await trio.sleep(self.config.l1_poll)
+        self.waiting_for_l1 = None
+        self.metrics.l1_waiting.set(0)
 
     async def _follow(self) -> None:
         cfg = self.config
@@ -408,6 +455,7 @@ class Verifier:
         async with prechecked, done:
             async for pres in prechecked:
                 for pre in pres:
+                    await self._reach_l1(pre)
                     try:
                         block, result = self.execute(pre)
                     except Divergence as failure:
@@ -429,13 +477,20 @@ class Verifier:
         try:
             reads = _Overlay(layers, view)
             tree = SparseMerkleTree(reads, parent.state_root)
-            block, result = verify_block(pre, parent, State(reads.get_state), tree, self.chain_config)
+            state = State(reads.get_state)
+            block, result = verify_block(pre, parent, state, tree, self.chain_config, self._facts(pre, state))
         finally:
             view.close()
         self._inflight.append((result.state_writes, result.node_writes))
         self._tip = block.header
         self.metrics.execute_seconds.observe(time.perf_counter() - t0)
         return block, result
+
+    def _facts(self, pre: Prechecked, state: State) -> L1Facts | None:
+        """The L1 facts of ``pre``'s block from this node's own L1 view (no L1 call: ``_reach_l1`` read it)."""
+        if self.l1 is None or pre.block is None or pre.block.header.l1_origin is None:
+            return None
+        return self.l1.facts(pre.block.header.l1_origin, state.get_settlement().deposits)
 
     async def _commit(self, executed: trio.MemoryReceiveChannel[tuple[Block, BlockResult]]) -> None:
         async with executed:
@@ -581,6 +636,8 @@ def run_daemon(
     metrics: str | None = None,
     exit_on_divergence: bool = False,
     server: dict[str, Any] | None = None,
+    l1: str | None = None,
+    l1_confirmations: int = 0,
 ) -> int:
     """``mpsnode verifier``: open the home's store and verify until a signal. Prints one ready line."""
 
@@ -601,6 +658,8 @@ def run_daemon(
         port=port,
         reports_dir=home.path / "reports",
         exit_on_divergence=exit_on_divergence,
+        l1_url=l1 or home.l1 or None,
+        l1_confirmations=l1_confirmations,
     )
     apply_node_options(config, metrics or home.metrics, server)
     lock = home_lock(home.path, "verifier").acquire()

@@ -33,6 +33,7 @@ from mpsnode.consensus.events import Event
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import ZERO32
 from mpsnode.consensus.receipt import Receipt, decode_receipts, receipts_root
+from mpsnode.consensus.settlement import Deposit, L1Facts
 from mpsnode.consensus.smt import (
     DEPTH,
     Proof,
@@ -67,7 +68,7 @@ from verifier.checks import STATE_ROOT, Divergence, precheck, verify_block
 
 REPORT_FORMAT = "mps-divergence-report/1"
 BUNDLE_MAGIC = "mps-replay-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: the L1 facts the block was judged with (settlement mode)
 MAX_DIVERGING_KEYS = 32  # the report lists the first ones, in key order
 MAX_CANDIDATE_KEYS = 4096
 MAX_BUNDLE_BYTES = 1 << 31
@@ -324,6 +325,7 @@ class Investigation:
                     block,
                     parent,
                     genesis.config(),
+                    l1=failure.l1,
                 )
             # keys named only by the claimed side kept their parent value here: record it too
             for key in inv.state_keys():
@@ -526,8 +528,38 @@ class Investigation:
                 nodes,
                 proofs,
                 [source, note[:1000]],
+                encode_facts(self.failure.l1),
             ]
         )
+
+
+def encode_facts(facts: L1Facts | None) -> list[Any]:
+    """L1 facts as the bundle holds them: ``[origin, [[index, l1_block, recipient, amount]...],
+    origin_known]``, or ``[]`` on a chain without L1."""
+    if facts is None:
+        return []
+    deposits = [[d.index, d.l1_block, d.recipient, d.amount] for d in facts.deposits]
+    return [facts.origin, deposits, int(facts.origin_known)]
+
+
+def decode_facts(obj: Any) -> L1Facts | None:
+    """The facts of ``encode_facts``; ``DecodeError`` for a malformed field."""
+    items = expect_list(obj, None, "l1 facts")
+    if not items:
+        return None
+    origin, deposits, known = expect_list(items, 3, "l1 facts")
+    out = []
+    for item in expect_list(deposits, None, "l1 deposits"):
+        index, l1_block, recipient, amount = expect_list(item, 4, "l1 deposit")
+        out.append(
+            Deposit(
+                expect_uint(index, "index"),
+                expect_uint(l1_block, "l1_block"),
+                expect_bytes(recipient, "recipient", 32),
+                expect_uint(amount, "amount"),
+            )
+        )
+    return L1Facts(expect_uint(origin, "origin"), tuple(out), bool(expect_uint(known, "origin_known", 1)))
 
 
 def write_report(directory: str | Path, report: Mapping[str, Any], bundle: bytes) -> Path:
@@ -563,16 +595,31 @@ class Bundle:
     claimed_receipts: bytes
     witness: Witness
     claimed: ClaimedProofs
+    l1: L1Facts | None = None
 
     @classmethod
     def decode(cls, raw: bytes) -> Bundle:
         """Parse a bundle; ``DecodeError`` with a reason if it is not one."""
         try:
             obj = decode(raw, max_bytes=MAX_BUNDLE_BYTES, max_array_len=1 << 24, max_str_len=1 << 12)
-            obj = expect_list(obj, 12, "bundle")
+            obj = expect_list(obj, 13, "bundle")
         except DecodeError as exc:
             raise DecodeError(f"not a replay bundle: {exc.reason}") from None
-        magic, version, height, genesis_json, parent, data, receipts, state, absent, nodes, proofs, meta = obj
+        (
+            magic,
+            version,
+            height,
+            genesis_json,
+            parent,
+            data,
+            receipts,
+            state,
+            absent,
+            nodes,
+            proofs,
+            meta,
+            l1,
+        ) = obj
         if magic != BUNDLE_MAGIC or version != BUNDLE_VERSION:
             raise DecodeError(f"not a version-{BUNDLE_VERSION} replay bundle")
         witness = Witness()
@@ -605,6 +652,7 @@ class Bundle:
             expect_bytes(receipts, "receipts"),
             witness,
             ClaimedProofs(str(source), claimed_proofs, str(note)),
+            decode_facts(l1),
         )
 
     def rerun(self) -> Investigation | None:
@@ -614,7 +662,12 @@ class Bundle:
         try:
             tree = SparseMerkleTree(nodes, self.parent.state_root)
             verify_block(
-                precheck(self.height, self.data, config), self.parent, State(state_reader), tree, config
+                precheck(self.height, self.data, config),
+                self.parent,
+                State(state_reader),
+                tree,
+                config,
+                self.l1,
             )
         except Divergence as failure:
             return Investigation(

@@ -50,3 +50,11 @@ class VerifierMetrics(NodeMetrics):
             buckets=TIME_BUCKETS,
             registry=r,
         )
+        # settlement (a chain with an L1)
+        self.l1_head = Gauge("mps_verifier_l1_head", "The L1 head this verifier has read", registry=r)
+        self.l1_waiting = Gauge(
+            "mps_verifier_l1_waiting",
+            "The L1 block the next block names, not yet seen on L1 (0: none)",
+            registry=r,
+        )
+        self.l1_errors = Counter("mps_verifier_l1_errors", "L1 reads that failed", registry=r)

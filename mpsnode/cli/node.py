@@ -39,7 +39,7 @@ from mpsnode.node.connection import Client, Proven, connect
 from mpsnode.node.errors import NotFound, WouldFail
 from mpsnode.node.home import Home
 from mpsnode.node.inspect import task_fields
-from sequencer.daemon import run_daemon
+from sequencer.daemon import L1Options, run_daemon
 
 # ---------------------------------------------------------------------------------------------
 # sequencer
@@ -55,6 +55,7 @@ def cmd_sequencer(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         block_time_ms=args.block_time_ms,
         server=server_options(args),
+        l1=L1Options(args.l1, args.l1_key, args.l1_confirmations, args.output_blocks, args.output_seconds),
     )
 
 

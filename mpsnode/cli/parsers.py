@@ -141,6 +141,24 @@ def _node(sub: Any) -> None:
     sp.add_argument("--listen", help="HOST:PORT to serve the wire protocol on (default: config.toml)")
     sp.add_argument("--metrics", help="HOST:PORT for Prometheus metrics (default: config.toml, or none)")
     sp.add_argument("--block-time-ms", type=int, default=None, help="override the genesis block time")
+    l1 = sp.add_argument_group("settlement (a chain whose genesis names an L1)")
+    l1.add_argument("--l1", help="JSON-RPC URL of the L1 (default: config.toml's l1)")
+    l1.add_argument("--l1-key", help="the sequencer's L1 key file (default: HOME/keys/l1/sequencer.json)")
+    l1.add_argument(
+        "--l1-confirmations",
+        type=int,
+        default=0,
+        help="follow L1 this many blocks behind its head (default 0)",
+    )
+    l1.add_argument(
+        "--output-blocks", type=int, default=20, help="post an output every N L2 blocks (default 20) ..."
+    )
+    l1.add_argument(
+        "--output-seconds",
+        type=float,
+        default=5.0,
+        help="... or every T seconds, whichever comes first (default 5)",
+    )
     add_server_arguments(sp)
     _runs(sp, "node:cmd_sequencer")
 
@@ -262,6 +280,12 @@ def _verifier(sub: Any) -> None:
     sp.add_argument("--metrics", help="HOST:PORT for Prometheus metrics")
     sp.add_argument(
         "--exit-on-divergence", action="store_true", help="exit (code 3) once a divergence is reported"
+    )
+    sp.add_argument(
+        "--l1", help="settlement mode: the L1 JSON-RPC URL deposits are read from (default: config.toml)"
+    )
+    sp.add_argument(
+        "--l1-confirmations", type=int, default=0, help="read L1 this many blocks behind its head"
     )
     add_server_arguments(sp)
     _runs(sp, "verifier:cmd_verifier")

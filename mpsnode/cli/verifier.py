@@ -41,6 +41,8 @@ def cmd_verifier(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         exit_on_divergence=args.exit_on_divergence,
         server=server_options(args),
+        l1=args.l1,
+        l1_confirmations=args.l1_confirmations,
     )
 
 

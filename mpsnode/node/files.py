@@ -1,7 +1,9 @@
 """The files a node keeps outside its store: key files and genesis files.
 
-A key file is JSON ``{"address": hex, "seed": hex}``, written 0600. A genesis file is the JSON of
-``Genesis.to_json``. The consensus layer holds the values; reading and writing them is here.
+A key file is JSON ``{"address": hex, "seed": hex}``, written 0600; an L1 key file (an Ethereum
+account: the sequencer's, a depositor's) is JSON ``{"l1_address": 0x-hex, "private_key":
+0x-hex}``, 0600 too. A genesis file is the JSON of ``Genesis.to_json``. The consensus layer
+holds the values; reading and writing them is here.
 """
 
 from __future__ import annotations
@@ -40,6 +42,28 @@ def load_key(path: str | Path) -> Keypair:
         raise ValueError(f"cannot read key file {path}: {exc}") from None
     if "address" in doc and doc["address"] != key.address.hex():
         raise ValueError(f"key file {path}: address does not match the seed")
+    return key
+
+
+def save_l1_key(path: str | Path, address: str, private_key: str) -> None:
+    """Write an L1 key file (0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"l1_address": address, "private_key": private_key}, fh)
+        fh.write("\n")
+
+
+def load_l1_key(path: str | Path) -> str:
+    """The hex private key in L1 key file ``path``; ``ValueError`` naming the file otherwise."""
+    try:
+        doc = json.loads(Path(path).read_text())
+        key = doc["private_key"]
+        if not isinstance(key, str) or len(bytes.fromhex(key.removeprefix("0x"))) != 32:
+            raise ValueError("private_key is not 32 bytes of hex")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"cannot read L1 key file {path}: {exc}") from None
     return key
 
 

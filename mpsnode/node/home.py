@@ -20,6 +20,7 @@ class Home:
     data_dir: str = "data"
     map_size_gib: int = 64
     metrics: str = ""  # HOST:PORT of the Prometheus endpoint; empty: none
+    l1: str = ""  # JSON-RPC URL of the L1 the chain settles on (settlement mode); empty: none given
 
     @classmethod
     def open(cls, path: str | Path) -> Home:
@@ -34,7 +35,7 @@ class Home:
                 config = tomllib.loads((path / "config.toml").read_text())
             except tomllib.TOMLDecodeError as exc:
                 raise ValueError(f"{path / 'config.toml'}: {exc}") from None
-        known = {"listen", "data_dir", "map_size_gib", "metrics"}
+        known = {"listen", "data_dir", "map_size_gib", "metrics", "l1"}
         unknown = sorted(config.keys() - known)
         if unknown:
             raise ValueError(f"{path / 'config.toml'}: unknown setting(s) {', '.join(unknown)}")
@@ -53,3 +54,7 @@ class Home:
 
     def key_path(self, name: str) -> Path:
         return self.path / "keys" / f"{name}.json"
+
+    def l1_key_path(self, name: str) -> Path:
+        """The L1 key file of ``name`` (``keys/l1/NAME.json``)."""
+        return self.path / "keys" / "l1" / f"{name}.json"
