@@ -148,6 +148,13 @@ class L1:
         """Wei held by ``address``."""
         return int(self.call(lambda: self.w3.eth.get_balance(to_checksum_address(address))))
 
+    def send_eth(self, key: LocalAccount, to: str, wei: int) -> Any:
+        """A plain ETH transfer; the receipt."""
+        chain_id = self.chain_id()
+        return self.transact(
+            key, lambda p: {**p, "to": to_checksum_address(to), "gas": 21_000, "chainId": chain_id}, wei
+        )
+
     # -- deployment -------------------------------------------------------------------------
 
     def deploy(
