@@ -8,7 +8,9 @@ arguments, so the real sequencer daemon builds, signs and serves blocks under th
 * ``no_slash``: a round closes without the slash the rules demand (flagged clients keep their
   stake and their place in the task);
 * ``pay_wrong_client``: at task completion the first rewarded client's payment goes to an address
-  that earned nothing (a participant without contribution units, else the task's creator).
+  that earned nothing (a participant without contribution units, else the task's creator);
+* ``ignore_deposits``: (settlement mode) the sequencer follows L1 and names fresh L1 origins but
+  never credits a deposit, so its blocks pass a deposit's window without it.
 """
 
 from __future__ import annotations
@@ -43,7 +45,22 @@ def _pay_wrong_client() -> None:
     rules.complete_task = complete_task
 
 
-RULES = {"no_slash": _no_slash, "pay_wrong_client": _pay_wrong_client}
+def _ignore_deposits() -> None:
+    import sequencer.settlement as settlement
+    from mpsnode.consensus.settlement import L1Facts
+
+    honest = settlement.Settler.facts
+
+    def facts(self: Any, credited: int) -> L1Facts:
+        return replace(honest(self, credited), deposits=())
+
+    settlement.Settler.facts = facts  # type: ignore[method-assign]
+    settlement.Settler.has_work = lambda self, credited: (
+        self.follower.head - (self.hooks.head_header().l1_origin or 0) >= 1
+    )  # keep naming the newest origin
+
+
+RULES = {"no_slash": _no_slash, "pay_wrong_client": _pay_wrong_client, "ignore_deposits": _ignore_deposits}
 
 if __name__ == "__main__":
     RULES[sys.argv[1]]()

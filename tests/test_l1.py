@@ -192,8 +192,8 @@ def test_the_frontier_tree_equals_the_reference_and_its_proofs_verify(n: int, da
     assert root == S.tree_root_reference(leaves)
     if n:
         i = data.draw(st.integers(0, n - 1))
-        assert S.verify_proof(leaves[i], i, S.tree_proof(leaves, i), root)
-        assert not S.verify_proof(leaves[i], i ^ 1, S.tree_proof(leaves, i), root)
+        assert S.verify_branch(leaves[i], i, S.tree_proof(leaves, i), root)
+        assert not S.verify_branch(leaves[i], i ^ 1, S.tree_proof(leaves, i), root)
 
 
 def test_a_leaf_is_the_portals_leaf(chain) -> None:

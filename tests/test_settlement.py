@@ -200,7 +200,7 @@ def test_withdrawals_enter_the_tree_and_leave_the_supply_together() -> None:
     record = state.get_settlement()
     assert (record.withdrawals, record.withdrawn) == (2, 1333)
     assert record.withdrawals_root() == S.tree_root_reference(leaves)
-    assert S.verify_proof(leaves[1], 1, S.tree_proof(leaves, 1), record.withdrawals_root())
+    assert S.verify_branch(leaves[1], 1, S.tree_proof(leaves, 1), record.withdrawals_root())
     breakdown, supply = compute_supply(kit.store.iter_state())
     assert breakdown.withdrawn == 1333 and breakdown.held == 10_500 - 1333 and supply == 10_500
     # more than the balance: a failed receipt, nothing recorded

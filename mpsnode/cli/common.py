@@ -75,6 +75,18 @@ def parse_address(text: str, home: Home | None) -> bytes:
         raise ValueError(f"{text!r} is neither an address (64 hex digits) nor a key name{names}") from None
 
 
+def parse_l1_address(text: str) -> bytes:
+    """An L1 (Ethereum) address, ``0x`` and 40 hex digits, as 20 bytes."""
+    body = text.removeprefix("0x").removeprefix("0X")
+    try:
+        raw = bytes.fromhex(body)
+    except ValueError:
+        raw = b""
+    if len(raw) != 20 or len(body) != 40:
+        raise ValueError(f"{text!r} is not an L1 address (0x and 40 hex digits)")
+    return raw
+
+
 def parse_hex32(text: str, refusal: str) -> bytes:
     """32 bytes given as 64 hex digits; else ``ValueError(refusal)``."""
     try:

@@ -19,6 +19,7 @@ import trio
 from mpsnode.cli.common import (
     parse_address,
     parse_hex32,
+    parse_l1_address,
     print_fields,
     resolve_node,
     server_options,
@@ -33,7 +34,17 @@ from mpsnode.consensus.limits import MIN_SCORED_UPDATES
 from mpsnode.consensus.state import RoundPhase, Task, TaskStatus
 from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.stf.task import EXPIRED_NOT_ENOUGH_CLIENTS, EXPIRED_TOO_FEW_PARTICIPANTS
-from mpsnode.consensus.tx import Body, CreateTask, JoinTask, SignedTx, Stake, Transfer, Unstake, commit_reveal
+from mpsnode.consensus.tx import (
+    Body,
+    CreateTask,
+    JoinTask,
+    SignedTx,
+    Stake,
+    Transfer,
+    Unstake,
+    Withdraw,
+    commit_reveal,
+)
 from mpsnode.fl.data import load_array, load_arrays
 from mpsnode.node.connection import Client, Proven, connect
 from mpsnode.node.errors import NotFound, WouldFail
@@ -90,6 +101,8 @@ def _body(args: argparse.Namespace, home: Home | None, chain_id: str, sender: by
         return Stake(args.amount)
     if kind == "unstake":
         return Unstake(args.amount)
+    if kind == "withdraw":
+        return Withdraw(parse_l1_address(args.to), args.amount)
     if kind == "join":
         return JoinTask(args.task)
     if kind in ("commit-update", "reveal-update"):

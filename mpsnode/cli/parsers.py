@@ -73,6 +73,29 @@ def _local(sub: Any) -> None:
     sp.add_argument(
         "--devnet", action="store_true", help="well-known keys and fixed time (public, for testing)"
     )
+    sp.add_argument(
+        "--l1",
+        help="settle on the L1 at this JSON-RPC URL: deploy the portal and the oracle there and name them "
+        "in genesis (which then allocates nothing: every unit is a deposit)",
+    )
+    sp.add_argument(
+        "--l1-deployer-key", help="L1 key file that deploys (default on the devnet L1: its account 0)"
+    )
+    sp.add_argument(
+        "--bond-eth", type=float, default=1.0, help="the sequencer's bond in the oracle (default 1)"
+    )
+    sp.add_argument(
+        "--challenge-period",
+        type=int,
+        default=None,
+        help="seconds before an output finalizes (devnet 5, else 7 days)",
+    )
+    sp.add_argument(
+        "--deposit-window",
+        type=int,
+        default=None,
+        help="L1 blocks a deposit may wait for L2 (devnet 32, else 300)",
+    )
     add_json(sp)
     _runs(sp, "local:cmd_init")
 
@@ -192,6 +215,11 @@ def _node(sub: Any) -> None:
     for name, text in (("stake", "bond balance"), ("unstake", "start unbonding")):
         p = tx_parser(name, text)
         p.add_argument("--amount", type=int, required=True)
+    p = tx_parser(
+        "withdraw", "move balance to L1: paid there once its output finalizes (mpsnode l1 prove-withdrawal)"
+    )
+    p.add_argument("--to", required=True, help="the L1 address to pay (0x and 40 hex digits)")
+    p.add_argument("--amount", type=int, required=True)
     p = tx_parser("join", "join a task")
     p.add_argument("--task", type=int, required=True)
     for name, text in (
@@ -269,6 +297,41 @@ def _node(sub: Any) -> None:
     _runs(sp, "node:cmd_query")
     for p in qs.choices.values():
         _runs(p, "node:cmd_query")
+
+
+def add_l1_arguments(p: argparse.ArgumentParser, payer: bool = True) -> None:
+    """How an ``l1`` command finds the L1 and who pays there (``cli.l1``)."""
+    add_node_arguments(p)
+    p.add_argument("--l1", help="L1 JSON-RPC URL (default: the home's config.toml)")
+    if payer:
+        p.add_argument("--l1-from", help="L1 key name in the home's keys/l1/ (e.g. user, client-0)")
+        p.add_argument("--l1-key", help="L1 key file that pays")
+
+
+def _l1(sub: Any) -> None:
+    sp = sub.add_parser("l1", help="settlement on L1: deposit, prove a withdrawal, status")
+    ls = sp.add_subparsers(dest="l1_cmd", required=True)
+    p = ls.add_parser("deposit", help="lock ETH in the portal for an L2 address; the L2 must credit it")
+    add_l1_arguments(p)
+    p.add_argument("--amount", type=int, required=True, help="L2 units (1 unit = 1 gwei)")
+    p.add_argument("--to", required=True, help="the L2 recipient: address (hex) or key name")
+    p.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="wait until the L2 credits it (default)",
+    )
+    _runs(p, "l1:cmd_l1_deposit")
+    p = ls.add_parser("prove-withdrawal", help="prove a WITHDRAW on L1 and have the portal pay it")
+    add_l1_arguments(p)
+    p.add_argument("tx_id", help="the WITHDRAW tx id (64 hex digits)")
+    p.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for its output to be posted and finalize"
+    )
+    _runs(p, "l1:cmd_l1_prove")
+    p = ls.add_parser("status", help="contracts, outputs posted and finalized, deposits, portal against L2")
+    add_l1_arguments(p, payer=False)
+    _runs(p, "l1:cmd_l1_status")
 
 
 def _verifier(sub: Any) -> None:
@@ -466,6 +529,7 @@ def build_parser() -> argparse.ArgumentParser:
     _local(sub)
     _node(sub)
     _verifier(sub)
+    _l1(sub)
     _client(sub)
     _fill_help(p)
     return p

@@ -231,7 +231,7 @@ def tree_proof(leaves: Sequence[bytes], index: int) -> tuple[bytes, ...]:
     return tuple(proof)
 
 
-def verify_proof(leaf: bytes, index: int, proof: Sequence[bytes], root: bytes) -> bool:
+def verify_branch(leaf: bytes, index: int, proof: Sequence[bytes], root: bytes) -> bool:
     """Whether ``proof`` takes ``leaf`` at ``index`` to ``root`` (the portal's check, in Python)."""
     node = leaf
     for height, sibling in enumerate(proof):

@@ -40,6 +40,7 @@ from mpsnode.consensus.hashing import RECEIPT, ZERO32, H
 from mpsnode.consensus.merkle import verify_list_proof
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.receipt import Receipt, decode_receipts
+from mpsnode.consensus.settlement import TREE_DEPTH, WithdrawalRecord, output_root, verify_branch
 from mpsnode.consensus.smt import Proof, verify_proof
 from mpsnode.consensus.state import EMPTY_ACCOUNT, Account, Task, account_key, model_key, task_key
 from mpsnode.consensus.tx import SignedTx, decode_signed_tx
@@ -75,6 +76,7 @@ from mpsnode.node.messages import (
     GetReceipt,
     GetState,
     GetStatus,
+    GetWithdrawal,
     HeaderReply,
     Hello,
     HelloRequest,
@@ -94,6 +96,7 @@ from mpsnode.node.messages import (
     Subscribe,
     TxState,
     Unsubscribe,
+    WithdrawalReply,
     drop_pending_message,
 )
 from mpsnode.node.wire import (
@@ -111,6 +114,22 @@ from mpsnode.node.wire import (
 
 # ---------------------------------------------------------------------------------------------
 # Values
+
+
+@dataclass(frozen=True, slots=True)
+class WithdrawalProof:
+    """A withdrawal with what the portal's ``prove_withdrawal`` takes against block ``header``'s output."""
+
+    index: int
+    record: WithdrawalRecord
+    header: Header
+    withdrawals_root: bytes
+    proof: tuple[bytes, ...]
+
+    @property
+    def output_root(self) -> bytes:
+        """The output root of the block, as the oracle must hold it."""
+        return output_root(self.header.state_root, self.withdrawals_root, self.header.hash())
 
 
 @dataclass(frozen=True, slots=True)
@@ -449,6 +468,22 @@ class Client:
     async def header(self, height: int) -> Header:
         reply: HeaderReply = await self.call(GetHeader(height))
         return self.verify_header(reply.header, reply.signature)
+
+    async def withdrawal(self, index: int, height: int) -> WithdrawalProof:
+        """Withdrawal ``index`` and its branch in the tree of block ``height``'s output, checked
+        here as L1 will check it: the branch takes the record's leaf to the tree root."""
+        r: WithdrawalReply = await self.call(GetWithdrawal(index, height))
+        header = self.verify_header(r.header, r.signature)
+        if header.height != height:
+            raise VerificationFailed(f"asked for block {height}'s output, got a header of {header.height}")
+        record = WithdrawalRecord(r.sender, r.l1_address, r.amount, r.recorded_at)
+        if len(r.proof) != TREE_DEPTH or not verify_branch(
+            record.leaf(index), index, r.proof, r.withdrawals_root
+        ):
+            raise VerificationFailed(
+                f"the branch of withdrawal {index} does not lead to the tree root it came with"
+            )
+        return WithdrawalProof(index, record, header, r.withdrawals_root, r.proof)
 
     async def state_proofs(self, height: int, keys: Sequence[bytes]) -> tuple[Header, list[Proof]]:
         """Proofs of ``keys`` against the state root of block ``height`` (header signature checked).

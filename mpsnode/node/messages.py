@@ -96,6 +96,7 @@ class Msg(IntEnum):
     GET_PROOFS = 16  # sparse-Merkle proofs of keys against the state root of a past block
     GET_PENDING = 17  # an account's pending txs (sequencer only)
     DROP_PENDING = 18  # drop one's own pending tx that waits behind a nonce gap (sequencer only)
+    GET_WITHDRAWAL = 19  # a withdrawal's record and its proof in the tree of a block's output
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +200,13 @@ class GetProofs(Message):
     TYPE = Msg.GET_PROOFS
     height: int = wire(UINT)
     keys: tuple[bytes, ...] = wire(list_of(BLOB))
+
+
+@dataclass(frozen=True, slots=True)
+class GetWithdrawal(Message):
+    TYPE = Msg.GET_WITHDRAWAL
+    index: int = wire(UINT)
+    height: int = wire(UINT)  # the block whose output the proof is against
 
 
 @dataclass(frozen=True, slots=True)
@@ -443,6 +451,25 @@ class ProofsReply(Message):
 
 
 @dataclass(frozen=True, slots=True)
+class WithdrawalReply(Message):
+    """GET_WITHDRAWAL: the record (``settlement.WithdrawalRecord``'s fields), the block's signed
+    header, the tree of the withdrawals recorded by then and the record's branch in it: what the
+    portal's ``prove_withdrawal`` takes. L1 checks all of it against the posted output root."""
+
+    TYPE = Msg.GET_WITHDRAWAL | REPLY
+    height: int = wire(UINT)
+    header: bytes = wire(BLOB)
+    signature: bytes = wire(BLOB)
+    sender: bytes = wire(HASH)
+    l1_address: bytes = wire(HASH)
+    amount: int = wire(UINT)
+    recorded_at: int = wire(UINT)
+    count: int = wire(UINT)  # withdrawals in the tree at ``height``
+    withdrawals_root: bytes = wire(HASH)
+    proof: tuple[bytes, ...] = wire(list_of(HASH))
+
+
+@dataclass(frozen=True, slots=True)
 class PendingTx(Record):
     tx_id: bytes = wire(HASH)
     nonce: int = wire(UINT)
@@ -483,6 +510,7 @@ REQUESTS: dict[int, type[Message]] = {
         GetProofs,
         GetPending,
         DropPending,
+        GetWithdrawal,
     )
 }
 REPLIES: dict[int, type[Message]] = {
@@ -506,5 +534,6 @@ REPLIES: dict[int, type[Message]] = {
         ProofsReply,
         PendingReply,
         Dropped,
+        WithdrawalReply,
     )
 }

@@ -32,8 +32,9 @@ from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import ZERO32
 from mpsnode.consensus.merkle import list_proof
 from mpsnode.consensus.receipt import Receipt
+from mpsnode.consensus.settlement import tree_proof, tree_root_reference
 from mpsnode.consensus.smt import SparseMerkleTree, TreeNodeError
-from mpsnode.consensus.state import Account, account_key, model_key, task_key
+from mpsnode.consensus.state import Account, State, account_key, model_key, task_key
 from mpsnode.node.errors import (
     BadRequest,
     NotFound,
@@ -66,6 +67,7 @@ from mpsnode.node.messages import (
     GetProofs,
     GetReceipt,
     GetState,
+    GetWithdrawal,
     HeaderReply,
     HeightBlock,
     HeightEvents,
@@ -91,6 +93,7 @@ from mpsnode.node.messages import (
     Unsubscribe,
     Unsubscribed,
     VerifierStatus,
+    WithdrawalReply,
 )
 from mpsnode.node.store import Store, StoreReader
 from mpsnode.node.wire import (
@@ -113,6 +116,7 @@ RANGE_BUDGET = 8 << 20  # bytes of blocks per GET_BLOCKS reply (at least one blo
 MAX_WAIT_MS = 60_000
 MAX_EVENTS = 1000
 MAX_PROOF_KEYS = 256  # keys per GET_PROOFS request
+MAX_WITHDRAWAL_TREE = 1 << 20  # leaves a GET_WITHDRAWAL builds its tree from (O(n) keccaks per request)
 SIGNATURE_TRAILER = b"\xc4\x40"  # msgpack bin8 of 64 bytes: a block ends with its signature
 
 
@@ -288,6 +292,43 @@ class NodeServer:
             signature = block[-64:]
             _remember(self._signatures, height, signature, 4096)
         return header, signature
+
+    def withdrawal_reply(self, index: int, height: int) -> WithdrawalReply:
+        """Withdrawal ``index`` and its branch in the tree of block ``height``'s output (records are
+        written once and never change, so the head's are the ones of every later height)."""
+        view = self.store.snapshot()
+        try:
+            header_bytes, signature = self.header_and_signature(view, height)
+            state = State(view.get_state)
+            leaves: list[bytes] = []
+            records = []
+            while True:
+                record = state.get_withdrawal(len(leaves))
+                if record is None or record.height > height:
+                    break
+                records.append(record)
+                leaves.append(record.leaf(len(leaves)))
+                if len(leaves) > MAX_WITHDRAWAL_TREE:
+                    raise BadRequest(f"the withdrawal tree at {height} has over {MAX_WITHDRAWAL_TREE} leaves")
+        finally:
+            view.close()
+        if index >= len(leaves):
+            raise NotFound(
+                f"no withdrawal {index} in block {height}'s output ({len(leaves)} recorded by then)"
+            )
+        record = records[index]
+        return WithdrawalReply(
+            height,
+            header_bytes,
+            signature,
+            record.sender,
+            record.l1_address,
+            record.amount,
+            record.height,
+            len(leaves),
+            tree_root_reference(leaves),
+            tree_proof(leaves, index),
+        )
 
     def prove(self, view: StoreReader, state_root: bytes, key: bytes) -> StateEntry:
         value = view.get_state(key)
@@ -655,6 +696,10 @@ class _Connection:
             _check_key(key)
         await self.send(self.server.proofs_reply(request.height, request.keys), req_id)
 
+    async def _get_withdrawal(self, request: GetWithdrawal, req_id: int) -> None:
+        reply = await trio.to_thread.run_sync(self.server.withdrawal_reply, request.index, request.height)
+        await self.send(reply, req_id)
+
     async def _get_model(self, request: GetModel, req_id: int) -> None:
         keys = [task_key(request.task_id), model_key(request.task_id)]
         await self.send(ModelReply(*self.server.state_entries(keys)), req_id)
@@ -749,6 +794,7 @@ _HANDLERS: dict[int, Handler] = {
     Msg.PING: _Connection._ping,
     Msg.GET_HEADER: _Connection._get_header,
     Msg.GET_PROOFS: _Connection._get_proofs,
+    Msg.GET_WITHDRAWAL: _Connection._get_withdrawal,
     Msg.GET_PENDING: _Connection._get_pending,
     Msg.DROP_PENDING: _Connection._drop_pending,
 }
