@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nodekit import REPO, Daemon, verifier
 
 from mpsnode.consensus.settlement import WEI_PER_UNIT
 from mpsnode.node.files import load_genesis, load_l1_key
 from mpsnode.node.l1.anvil import Anvil, rpc
 from mpsnode.node.l1.client import L1, account
+
+from nodekit import REPO, Daemon, verifier
 
 WINDOW = 8
 TIMEOUT = 60
