@@ -68,7 +68,7 @@ def test_small_demo_completes_slashes_the_attacker_and_the_verifier_agrees(tmp_p
     assert re.search(r"verifier\s+\d+ blocks verified, all roots match", out)
     assert re.search(r"round\s+1\s+accuracy", out)
     attacker = re.search(
-        r"(client-\d) +\w+ +ATTACKER \(scaled\) +5000 +\(jailed\) 2500 +2500 +0 +0\.0% +0", out
+        r"(client-\d) +\w+ +ATTACKER \(scaled\) +10000000 +\(jailed\) 5000000 +5000000 +0 +0\.0% +0", out
     )
     assert attacker, out
     assert re.search(r"contribution +0\.0% per attacker, \d+\.\d% per honest client", out), out
@@ -87,9 +87,11 @@ def test_a_free_rider_is_paid_nothing(tmp_path: Path) -> None:
     )  # fmt: skip
     out = done.stdout
     assert done.returncode == 0, out + done.stderr
-    rider = re.search(r"client-\d +\w+ +ATTACKER \(free_rider_zeros\) +5000 +5000 +- +\d+ +0\.0% +0\b", out)
+    rider = re.search(
+        r"client-\d +\w+ +ATTACKER \(free_rider_zeros\) +10000000 +10000000 +- +\d+ +0\.0% +0\b", out
+    )
     assert rider, out  # never slashed, paid nothing
-    honest = re.findall(r"client-\d +\w+ +honest +5000 +5000 +- +\d+ +(\d+\.\d)% +(\d+)", out)
+    honest = re.findall(r"client-\d +\w+ +honest +10000000 +10000000 +- +\d+ +(\d+\.\d)% +(\d+)", out)
     assert len(honest) == 5 and all(int(paid) > 0 for _, paid in honest), out
 
 

@@ -209,6 +209,26 @@ def test_withdrawals_enter_the_tree_and_leave_the_supply_together() -> None:
     assert kit.chain.state().get_settlement().withdrawals == 2
 
 
+def test_the_supply_tracker_equals_a_full_count_after_every_block() -> None:
+    from mpsnode.consensus.invariants import SupplyTracker
+
+    kit = Kit(clients=2, l1=L1)
+    tracker = SupplyTracker(kit.store.iter_state())
+    user, client = kit.user, kit.clients[0]
+    kit.l1_deposit(user.address, 9000)
+    kit.l1_deposit(client.address, 4000)
+    plans = [
+        [],
+        [kit.tx(client, Stake(1000))],
+        [kit.tx(user, Withdraw(TO, 500)), kit.tx(user, Transfer(client.address, 7))],
+    ]
+    for txs in plans:
+        before = dict(kit.store.iter_state())
+        _, result = kit.block(txs)
+        tracker.apply({k: before.get(k) for k in result.state_writes}, result.state_writes)
+        assert tracker.breakdown() == compute_supply(kit.store.iter_state())
+
+
 def test_withdraw_on_a_chain_without_l1_fails_and_deposits_are_never_user_txs() -> None:
     kit = Kit(clients=1)
     _, result = kit.block([kit.tx(kit.user, Withdraw(TO, 5))])

@@ -369,6 +369,10 @@ def _verifier(sub: Any) -> None:
     add_json(sp)
     sp.add_argument("--plot", help="draw accuracy and Krum scores per round into this PNG")
     sp.add_argument("--reports", help="on a divergence, write <height>.json and <height>.bundle here")
+    sp.add_argument(
+        "--l1",
+        help="settlement mode: the L1 JSON-RPC URL to read deposits and outputs from (default: --home's)",
+    )
     bar = sp.add_mutually_exclusive_group()
     bar.add_argument(
         "--progress", dest="progress", action="store_true", default=None, help="always show progress"

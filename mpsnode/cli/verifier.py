@@ -15,10 +15,12 @@ from typing import Any
 
 from mpsnode.cli.common import server_options
 from mpsnode.consensus.errors import DecodeError
+from mpsnode.consensus.genesis import Genesis
 from mpsnode.node.errors import WrongGenesis
 from mpsnode.node.export import export_store, is_export
 from mpsnode.node.files import load_genesis, load_key
 from mpsnode.node.home import Home
+from mpsnode.node.l1.follower import L1Follower
 from mpsnode.node.store import LmdbStore
 from verifier.daemon import run_daemon
 from verifier.divergence import Bundle, write_report
@@ -97,7 +99,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 "--genesis FILE or --genesis-hash HEX to check that it is the chain you mean",
                 file=sys.stderr,
             )
-        outcome = replay(source, progress=args.progress, genesis_hash=pin)
+        outcome = replay(
+            source, progress=args.progress, genesis_hash=pin, l1=_l1_follower(args, source.genesis)
+        )
         if not outcome.ok and args.reports and outcome.investigation is not None:
             assert outcome.report is not None
             write_report(args.reports, outcome.report, outcome.investigation.bundle(outcome.claimed))
@@ -117,7 +121,19 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print(json.dumps(out, indent=2))
     else:
         _print_outcome(outcome, source.description, args)
-    return 0 if outcome.ok else EXIT_DIVERGED_REPLAY
+    return 0 if outcome.ok and outcome.settled else EXIT_DIVERGED_REPLAY
+
+
+def _l1_follower(args: argparse.Namespace, genesis: Genesis) -> L1Follower | None:
+    """The L1 a settlement-mode chain is replayed against: ``--l1``, else the home's."""
+    if genesis.l1 is None:
+        return None
+    url = args.l1 or (Home.open(args.home).l1 if args.home else "")
+    if not url:
+        raise ValueError(
+            "this chain settles on L1: give --l1 URL (a replay reads the deposits and outputs there)"
+        )
+    return L1Follower(url, genesis.l1)
 
 
 def _key_names(home: str | None) -> dict[bytes, str]:
@@ -166,6 +182,18 @@ def _print_outcome(outcome: ReplayOutcome, description: str, args: argparse.Name
             f"fresh state in {outcome.seconds:.2f} s ({rate}): every root matches"
         )
         print(f"head {head.height} {head.hash().hex()}  state root {head.state_root.hex()}")
+        print(
+            "supply: balances + bonded + unbonding + escrows + burned + withdrawn = genesis + deposits, every block"
+        )
+        if outcome.settlement is not None:
+            s = outcome.settlement
+            print(
+                f"settlement: portal holds {s['portal_balance_wei'] / 10**18:.9f} ETH; L2 holds {s['l2_held_units']} "
+                f"units + {s['withdrawals_pending_units']} pending withdrawals + {s['deposits_in_flight_units']} "
+                f"deposits in flight: {'equal' if s['portal_equals_l2'] else 'NOT EQUAL'}; "
+                f"{s['outputs_checked']} posted outputs checked, {len(s['outputs_mismatched'])} differ"
+                + ("" if s["deposits_match_l1"] else "; the credited deposits DIFFER from L1's")
+            )
     else:
         print(
             f"replayed {outcome.blocks} blocks of {description}: every root matches up to height "

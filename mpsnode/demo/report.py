@@ -103,14 +103,14 @@ def print_summary(opts: DemoOptions, outcome: DemoOutcome, root: Path, out: Any)
     earned = sum(max(0, c.units) for c in clients) or 1
     out(
         f"  {'client':<10} {'address':<9} {'role':<{width}} {'stake before':>12} {'stake after':>16} {'slashed':>8} "
-        f"{'selected':>8} {'contribution':>12} {'reward':>7}"
+        f"{'selected':>8} {'contribution':>12} {'reward':>9}"
     )
     for c in clients:
         after = f"{'(jailed) ' if c.jailed else ''}{c.stake_after}"
         share = f"{100 * max(0, c.units) / earned:.1f}%"
         out(
             f"  {c.name:<10} {c.address.hex()[:8]:<9} {c.role:<{width}} {c.stake_before:>12} {after:>16} "
-            f"{c.slashed or '-':>8} {c.selected:>8} {share:>12} {c.reward:>7}"
+            f"{c.slashed or '-':>8} {c.selected:>8} {share:>12} {c.reward:>9}"
             + (f"   stopped: {c.error}" if c.error else "")
         )
     attackers = [c for c in clients if c.attack]

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from genesis import make_network
+from genesis import make_settled_network
 from mpsnode import fl
 from mpsnode.client.daemon import ClientConfig, ClientEvent, ClientStopped, run_client
 from mpsnode.client.wallet import Wallet
@@ -57,15 +57,18 @@ from mpsnode.consensus.receipt import receipts_root
 from mpsnode.demo.options import DemoOptions
 from mpsnode.demo.processes import LOCALHOST, DemoFailed, NodeProcess
 from mpsnode.demo.report import ClientInfo, DemoOutcome, Progress, print_summary, round_line
+from mpsnode.demo.settle import DemoL1, final_check, fund, print_settlement, withdraw_reward
 from mpsnode.fl.attacks import ATTACKS, Attacker
 from mpsnode.fl.data import digits_split, learner_seed
 from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import VerificationFailed
+from mpsnode.node.l1.anvil import Anvil, AnvilError
+from mpsnode.node.l1.client import L1, L1Error
 from verifier.replay.audit import Audit
 from verifier.replay.plot import plot_audit
 
-DEMO_STAKE = 5000  # each client bonds this much (5 x the devnet's min_stake) before joining
-FEE_PER_ROUND = 1000
+DEMO_STAKE = 10_000_000  # each client bonds 0.01 ETH (units are gwei) before joining
+FEE_PER_ROUND = 10_000_000  # the user pays 0.01 ETH per scored round
 JOIN_BLOCKS = 150  # 30 s at the devnet's 200 ms blocks for every client to stake and join
 ROUND_BLOCKS = 50  # a commit phase ends early when all have committed; this is the deadline for stragglers
 LOCAL_EPOCHS = 2
@@ -123,7 +126,13 @@ async def follow_task(node: Client, progress: Progress, f: int, out: Any) -> Non
 
 
 async def drive_until_interrupted(
-    opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: NodeProcess, outcome: DemoOutcome, out: Any
+    opts: DemoOptions,
+    net: Any,
+    sequencer: NodeProcess,
+    verifier: NodeProcess,
+    outcome: DemoOutcome,
+    out: Any,
+    demo_l1: DemoL1,
 ) -> None:
     """``drive``, stopped by Ctrl-C (or SIGTERM): the signal arrives as a message to one task, which
     raises KeyboardInterrupt there, instead of being injected wherever the demo happens to run (a
@@ -136,14 +145,21 @@ async def drive_until_interrupted(
                     raise KeyboardInterrupt
 
             nursery.start_soon(watch)
-            await drive(opts, net, sequencer, verifier, outcome, out)
+            await drive(opts, net, sequencer, verifier, outcome, out, demo_l1)
             nursery.cancel_scope.cancel()
 
 
 async def drive(
-    opts: DemoOptions, net: Any, sequencer: NodeProcess, verifier: NodeProcess, outcome: DemoOutcome, out: Any
+    opts: DemoOptions,
+    net: Any,
+    sequencer: NodeProcess,
+    verifier: NodeProcess,
+    outcome: DemoOutcome,
+    out: Any,
+    demo_l1: DemoL1,
 ) -> None:
-    """Create the task, run the clients and the round monitor, then collect the results."""
+    """Fund the L2 from L1, create the task, run the clients and the round monitor, collect the
+    results, withdraw a reward to L1, and check both sides."""
 
     genesis = net.genesis
     split = digits_split(opts.clients, opts.alpha, opts.seed)
@@ -159,6 +175,9 @@ async def drive(
     outcome.clients = infos
 
     async with connect(sequencer.address, genesis=genesis) as node:
+        # value comes in from L1: nothing on this chain is a genesis allocation
+        await fund(node, demo_l1, {n: net.keys[n].address for n in ["user", *(c.name for c in infos)]}, out)
+
         # the user asks for a model
         body = fl.create_task_body(
             split.validation,
@@ -297,8 +316,20 @@ async def drive(
             if a in by_address:
                 by_address[a].reward += amount
 
-    # the verifier's word
+    # a reward goes back to L1
+    async with connect(sequencer.address, genesis=genesis) as node:
+        await withdraw_reward(node, demo_l1, genesis, net.keys, infos, out)
+        status = await node.status()
+        outcome.head_height, outcome.head_hash, outcome.state_root = (
+            status.height,
+            status.head_hash,
+            status.state_root,
+        )
+
+    # the verifier's word, then both sides against each other
     outcome.verdict, outcome.verifier_ok = await verifier_verdict(verifier, genesis, outcome)
+    if outcome.verifier_ok:
+        await trio.to_thread.run_sync(final_check, net.home / "verifier", demo_l1, genesis)
 
     if opts.plot:
         outcome.plot = plot_audit(
@@ -372,11 +403,43 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
         f"{'IID' if opts.alpha is None else f'Dirichlet alpha {opts.alpha}'}, target {opts.target:.0%}, "
         f"at most {opts.max_rounds} rounds, seed {opts.seed}"
     )
-    net = make_network(root, clients=opts.clients, devnet_keys=True, listen=f"{LOCALHOST}:0")
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    anvil = Anvil(block_time=1, log_path=root / "logs" / "anvil.log")
+    try:
+        anvil.start(root / "l1")
+        net = make_settled_network(
+            root, anvil.url, clients=opts.clients, devnet_keys=True, listen=f"{LOCALHOST}:0"
+        )
+    except (AnvilError, L1Error) as exc:
+        anvil.stop()
+        print(f"mpsnode demo: the devnet L1 did not start: {exc}", file=sys.stderr)
+        return 1
+    assert net.genesis.l1 is not None
+    demo_l1 = DemoL1.open(
+        root,
+        anvil.url,
+        ["user", *(f"client-{i}" for i in range(opts.clients))],
+        L1(anvil.url, net.genesis.l1),
+    )
+    out(
+        f"  L1 (anvil, a block a second) on {anvil.url}: portal 0x{net.genesis.l1.portal.hex()}, "
+        f"oracle 0x{net.genesis.l1.oracle.hex()}, the sequencer bonded, deposit window "
+        f"{net.genesis.l1.deposit_window} blocks"
+    )
     out(f"  devnet in {root}  (chain {net.genesis.chain_id}, genesis {net.genesis.hash().hex()[:16]}...)")
     sequencer = NodeProcess(
         "sequencer",
-        ["sequencer", "--home", str(root), "--listen", f"{LOCALHOST}:0"],
+        [
+            "sequencer",
+            "--home",
+            str(root),
+            "--listen",
+            f"{LOCALHOST}:0",
+            "--output-blocks",
+            "10",
+            "--output-seconds",
+            "2",
+        ],
         root / "logs" / "sequencer.log",
     )
     outcome = DemoOutcome()
@@ -400,6 +463,8 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
                 sequencer.address,
                 "--listen",
                 f"{LOCALHOST}:0",
+                "--l1",
+                anvil.url,
             ],
             root / "logs" / "verifier.log",
         )
@@ -409,7 +474,7 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
             f"  verifier   pid {verifier.proc.pid if verifier.proc else '?'}  listening on {verifier.address}, "
             f"re-executing every block of {sequencer.address}"
         )
-        trio.run(drive_until_interrupted, opts, net, sequencer, verifier, outcome, out)
+        trio.run(drive_until_interrupted, opts, net, sequencer, verifier, outcome, out, demo_l1)
         code = 0 if outcome.task_status == "completed" and outcome.verifier_ok else 1
     except BaseException as exc:  # sorted below; anything unknown is re-raised
         leaves = _leaves(exc)
@@ -420,7 +485,9 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
             known = [
                 e
                 for e in leaves
-                if isinstance(e, (DemoFailed, MpsError, ConnectionLost, OSError, trio.TooSlowError))
+                if isinstance(
+                    e, (DemoFailed, MpsError, ConnectionLost, OSError, trio.TooSlowError, L1Error, ValueError)
+                )
             ]
             if not known or len(known) != len(leaves):
                 raise
@@ -431,11 +498,19 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
     finally:
         for proc in reversed(procs):
             proc.stop()
+        anvil.stop()
     outcome.seconds = time.monotonic() - started
     if code == 130:
         out(f"  stopped; what was made so far is in {root}")
         return code
     if outcome.clients:
         print_summary(opts, outcome, root, out)
+        if demo_l1.settlement is not None:
+            settled = print_settlement(demo_l1, out)
+        else:
+            settled = False
+            out("settlement: not checked (the run stopped before the end)")
+        if code == 0 and not settled:
+            code = 1
     out("RESULT: OK" if code == 0 else "RESULT: FAILED (see above)")
     return code

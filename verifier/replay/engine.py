@@ -12,7 +12,14 @@ Node records no longer reachable from the current root are dropped every ``PRUNE
 so memory follows the live state, not the chain's length.
 
 On the first failed check the replay stops and returns the divergence report, built exactly as
-the daemon builds it (``verifier.divergence.Investigation``).
+the daemon builds it (``verifier.divergence.Investigation``). After every block the supply
+equation is checked (``consensus.invariants.SupplyTracker``: every unit held, burned or withdrawn,
+against the genesis supply and the deposits); a break is a ``supply`` divergence.
+
+On a chain that settles on L1 the replay reads the L1 itself (an ``L1Follower``): each block is
+judged with the deposits L1 holds, every output posted to the oracle is compared with the output
+root of the replayed block at its height, and at the end the portal's balance is set against
+what the L2 holds (``ReplayOutcome.settlement``).
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ from mpsnode.consensus.block import Block, Header, decode_header
 from mpsnode.consensus.errors import MpsError
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import ZERO32
+from mpsnode.consensus.invariants import SupplyTracker
 from mpsnode.consensus.receipt import decode_receipts, encode_receipts, receipts_root
+from mpsnode.consensus.settlement import WEI_PER_UNIT, L1Facts, output_root
 from mpsnode.consensus.smt import NODE_TAG, SparseMerkleTree
 from mpsnode.consensus.state import Config, State, Task, task_key
 from mpsnode.consensus.stf.transition import BlockResult
@@ -38,6 +47,7 @@ from mpsnode.node.chain import GENESIS_HASH_META
 from mpsnode.node.errors import ExportError, StoreError, WrongGenesis
 from mpsnode.node.export import ExportReader
 from mpsnode.node.home import Home
+from mpsnode.node.l1.follower import L1Follower
 from mpsnode.node.store import LmdbStore
 from verifier.checks import (
     Divergence,
@@ -76,7 +86,11 @@ class ReplayState:
     def get_node(self, node_hash: bytes) -> bytes | None:
         return self.nodes.get(node_hash)
 
-    def apply(self, writes: dict[bytes, bytes | None], nodes: dict[bytes, bytes], root: bytes) -> None:
+    def apply(
+        self, writes: dict[bytes, bytes | None], nodes: dict[bytes, bytes], root: bytes
+    ) -> dict[bytes, bytes | None]:
+        """Apply a block's writes; the written keys' values before them."""
+        old = {key: self.items.get(key) for key in writes}
         for key, value in writes.items():
             if value is None:
                 self.items.pop(key, None)
@@ -84,6 +98,7 @@ class ReplayState:
                 self.items[key] = value
         self.nodes.update(nodes)
         self.root = root
+        return old
 
     def prune(self) -> None:
         """Keep only the node records reachable from the current root."""
@@ -191,6 +206,12 @@ class ReplayOutcome:
     report: dict[str, Any] | None = None
     investigation: Investigation | None = None
     claimed: ClaimedProofs | None = None
+    settlement: dict[str, Any] | None = None  # settlement mode: outputs and the portal against L2
+
+    @property
+    def settled(self) -> bool:
+        """No settlement check failed (always true on a chain without L1)."""
+        return self.settlement is None or bool(self.settlement.get("ok"))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -211,6 +232,7 @@ class ReplayOutcome:
             },
             "audit": self.audit.to_json(),
             "divergence": self.report,
+            **({} if self.settlement is None else {"settlement": self.settlement}),
         }
 
 
@@ -271,12 +293,93 @@ def _prechecked(
         yield from zip(assemble(pending[0], pending[2].result()), pending[1], strict=True)
 
 
+SUPPLY = "supply"
+
+
+def _supply_divergence(block: Block, result: BlockResult, tracker: SupplyTracker) -> Divergence:
+    breakdown, supply = tracker.breakdown()
+    return Divergence(
+        SUPPLY,
+        block.height,
+        "the supply equation breaks after this block: balances + bonded + unbonding + escrows + burned "
+        "+ withdrawn differ from the genesis supply plus the deposits",
+        computed={"held_and_withdrawn": breakdown.total},
+        claimed={"supply": supply},
+        block=block,
+        result=result,
+    )
+
+
+class _Settlement:
+    """What a replay checks against L1: the facts of each block, the posted outputs, the portal."""
+
+    def __init__(self, follower: L1Follower) -> None:
+        self.follower = follower
+        follower.refresh()
+        count = follower.l1.output_count()
+        self.posted = {o.l2_height: o for o in (follower.l1.output(i) for i in range(count))}
+        self.checked: list[int] = []
+        self.mismatched: list[dict[str, Any]] = []
+
+    def facts(self, pre: Prechecked, state: State) -> L1Facts | None:
+        if pre.block is None or pre.block.header.l1_origin is None:
+            return None
+        origin = pre.block.header.l1_origin
+        if origin > self.follower.scanned_to:
+            self.follower.refresh()
+        return self.follower.facts(origin, state.get_settlement().deposits)
+
+    def check_output(self, header: Header, state: State) -> None:
+        posted = self.posted.get(header.height)
+        if posted is None:
+            return
+        record = state.get_settlement()
+        root = output_root(header.state_root, record.withdrawals_root(), header.hash())
+        self.checked.append(header.height)
+        if root != posted.root:
+            self.mismatched.append(
+                {
+                    "output": posted.index,
+                    "l2_height": header.height,
+                    "posted": posted.root.hex(),
+                    "replayed": root.hex(),
+                }
+            )
+
+    def summary(self, state: State, tracker: SupplyTracker) -> dict[str, Any]:
+        l1 = self.follower.l1
+        totals = l1.portal_totals()
+        record = state.get_settlement()
+        breakdown, _ = tracker.breakdown()
+        credited = self.follower.deposits[: record.deposits]
+        pending = record.withdrawn - totals["paid"]
+        in_flight = totals["deposited"] - record.deposited
+        backing = (breakdown.held + pending + in_flight) * WEI_PER_UNIT
+        checks = {
+            "outputs_match": not self.mismatched,
+            "deposits_match_l1": sum(d.amount for d in credited) == record.deposited
+            and len(credited) == record.deposits,
+            "portal_equals_l2": backing == totals["balance_wei"],
+        }
+        return {
+            "ok": all(checks.values()),
+            **checks,
+            "portal_balance_wei": totals["balance_wei"],
+            "l2_held_units": breakdown.held,
+            "withdrawals_pending_units": pending,
+            "deposits_in_flight_units": in_flight,
+            "outputs_checked": len(self.checked),
+            "outputs_mismatched": self.mismatched,
+        }
+
+
 def replay(
     source: ChainSource,
     *,
     progress: bool | None = None,
     on_block: Callable[[Header], None] | None = None,
     genesis_hash: bytes | None = None,
+    l1: L1Follower | None = None,
 ) -> ReplayOutcome:
     """Re-execute every block of ``source`` from genesis; stops at the first failed check.
 
@@ -284,7 +387,7 @@ def replay(
     (``WrongGenesis``) before anything runs. Every block's stored receipts (the "claimed" ones a reader
     of the source would trust) must be exactly those the block produced, else the replay stops with a
     ``claimed_receipts`` divergence. ``progress``: a progress bar on stderr (None: only on a terminal,
-    for chains over 200 blocks).
+    for chains over 200 blocks). ``l1``: the L1 a settlement-mode chain settles on (required there).
     """
     if genesis_hash is not None and source.genesis.hash() != genesis_hash:
         raise WrongGenesis(
@@ -293,8 +396,14 @@ def replay(
         )
 
     genesis = source.genesis
+    if genesis.l1 is not None and l1 is None:
+        raise ValueError(
+            "this chain settles on L1: a replay reads the deposits and the posted outputs there; give --l1 URL"
+        )
     config = genesis.config()
     state = ReplayState(genesis)
+    tracker = SupplyTracker(state.items.items())
+    settlement = _Settlement(l1) if l1 is not None and genesis.l1 is not None else None
     audit = Audit()
     parent = genesis.header()
     t0 = time.perf_counter()
@@ -308,8 +417,14 @@ def replay(
             for pre, claimed_receipts in _prechecked(source, config, pool):
                 try:
                     tree = SparseMerkleTree(state, state.root)
-                    block, result = verify_block(pre, parent, State(state.get_state), tree, config)
+                    view = State(state.get_state)
+                    facts = settlement.facts(pre, view) if settlement is not None else None
+                    block, result = verify_block(pre, parent, view, tree, config, facts)
                     check_claimed_receipts(block, result, claimed_receipts)
+                    tracker.apply({k: state.items.get(k) for k in result.state_writes}, result.state_writes)
+                    breakdown, supply = tracker.breakdown()
+                    if breakdown.total != supply:
+                        raise _supply_divergence(block, result, tracker)
                 except Divergence as failure:
                     return _diverged(
                         source,
@@ -324,6 +439,8 @@ def replay(
                         genesis_hash is not None,
                     )
                 state.apply(result.state_writes, result.node_writes, result.state_root)
+                if settlement is not None:
+                    settlement.check_output(block.header, State(state.get_state))
                 audit.fold_block(block.height, result.receipts)
                 while audit.undescribed:
                     task_id = audit.undescribed.pop()
@@ -344,7 +461,15 @@ def replay(
             f"{source.description} announced head {source.head_height}, replay ended at {parent.height}"
         )
     return ReplayOutcome(
-        True, parent.height, txs, time.perf_counter() - t0, parent, audit, genesis, genesis_hash is not None
+        True,
+        parent.height,
+        txs,
+        time.perf_counter() - t0,
+        parent,
+        audit,
+        genesis,
+        genesis_hash is not None,
+        settlement=None if settlement is None else settlement.summary(State(state.get_state), tracker),
     )
 
 
