@@ -176,7 +176,8 @@ async def drive(
 
     async with connect(sequencer.address, genesis=genesis) as node:
         # value comes in from L1: nothing on this chain is a genesis allocation
-        await fund(node, demo_l1, {n: net.keys[n].address for n in ["user", *(c.name for c in infos)]}, out)
+        addresses = {n: net.keys[n].address for n in ["user", *(c.name for c in infos)]}
+        await fund(node, demo_l1, addresses, FEE_PER_ROUND * opts.max_rounds, out)
 
         # the user asks for a model
         body = fl.create_task_body(

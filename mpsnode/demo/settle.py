@@ -29,7 +29,7 @@ from mpsnode.node.l1.client import L1, account
 from mpsnode.node.l1.follower import L1Follower
 from verifier.replay.engine import HomeSource, replay
 
-USER_DEPOSIT = 500_000_000  # units (gwei): 0.5 ETH, for the task's escrow (30 rounds x 0.01 ETH) and fees
+USER_MARGIN = 100_000_000  # units (gwei): 0.1 ETH on top of the task's escrow, for fees
 CLIENT_DEPOSIT = 20_000_000  # 0.02 ETH each: the stake (0.01 ETH) and the fees
 PROVE_WAIT = 120.0  # seconds for the withdrawal's output to be posted and to finalize
 
@@ -59,13 +59,15 @@ class DemoL1:
         return {n: self.l1.balance(a.address) for n, a in self.accounts.items()}
 
 
-async def fund(node: Client, demo: DemoL1, l2_addresses: dict[str, bytes], out: Any) -> None:
-    """Every role deposits on L1 at once; wait until the L2 has credited them all."""
+async def fund(node: Client, demo: DemoL1, l2_addresses: dict[str, bytes], escrow: int, out: Any) -> None:
+    """Every role deposits on L1 at once (the user the task's ``escrow`` and a margin for fees);
+    wait until the L2 has credited them all."""
+    user_deposit = escrow + USER_MARGIN
     demo.before = await trio.to_thread.run_sync(demo.balances)
     made: dict[str, settlement.DepositMade] = {}
 
     async def one(name: str) -> None:
-        units = USER_DEPOSIT if name == "user" else CLIENT_DEPOSIT
+        units = user_deposit if name == "user" else CLIENT_DEPOSIT
         made[name] = await settlement.deposit(demo.l1, demo.accounts[name], l2_addresses[name], units)
         demo.deposited[name] = units
 
@@ -76,7 +78,7 @@ async def fund(node: Client, demo: DemoL1, l2_addresses: dict[str, bytes], out: 
     height = await settlement.wait_credited(node, last, timeout=120)
     total = sum(demo.deposited.values())
     out(
-        f"  L1 deposits: the user {USER_DEPOSIT} units and each client {CLIENT_DEPOSIT} (1 unit = 1 gwei; "
+        f"  L1 deposits: the user {user_deposit} units and each client {CLIENT_DEPOSIT} (1 unit = 1 gwei; "
         f"{eth(total * WEI_PER_UNIT)} ETH in all, {len(made)} deposits in L1 blocks "
         f"{min(m.l1_block for m in made.values())}..{max(m.l1_block for m in made.values())}); "
         f"all credited on L2 by block {height}"
