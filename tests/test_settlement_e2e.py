@@ -179,3 +179,126 @@ def test_a_sequencer_that_ignores_a_deposit_makes_blocks_verifiers_reject(
     wait_for(
         lambda: "an overdue deposit is left out" in seq.log_text(), what="the oracle to refuse an output"
     )
+
+
+def transfer_load(home: Path, seq: Daemon, n: int) -> None:
+    for _ in range(n):
+        cli(
+            "tx",
+            "transfer",
+            *node_args(home, seq),
+            "--from",
+            "user",
+            "--to",
+            "client-0",
+            "--amount",
+            "1",
+            "--no-wait",
+        )
+
+
+def test_kill_9_between_a_deposit_and_its_inclusion_and_around_output_posts(
+    tmp_path: Path, anvil: Anvil, daemons: list
+) -> None:
+    home = tmp_path / "net"
+    init(home, anvil.url)
+    genesis = load_genesis(home / "genesis.json")
+    seq = Daemon(home, ["--output-blocks", "1", "--output-seconds", "0.2"], name="sequencer")
+    daemons.append(seq.start())
+    cli("l1", "deposit", *node_args(home, seq), "--l1-from", "user", "--to", "user", "--amount", "3000000")
+    # the sequencer dies; a deposit is made while it is down, another just as it dies
+    seq.kill()
+    l1 = L1(anvil.url, genesis.l1)
+    user_l1 = account(load_l1_key(home / "keys" / "l1" / "user.json"))
+    client_l1 = account(load_l1_key(home / "keys" / "l1" / "client-0.json"))
+    keys = genesis_keys(home)
+    l1.deposit(user_l1, keys["client-0"], 4444)
+    seq.start()
+    l1.deposit(client_l1, keys["client-1"], 5555)
+    seq.kill()
+    seq.start()
+    # kill -9 again and again while blocks are made and outputs posted (some with a post in flight)
+    for delay in (0.3, 0.9, 1.4, 0.6, 1.1):
+        transfer_load(home, seq, 2)
+        time.sleep(delay)
+        seq.kill()
+        seq.start()
+    transfer_load(home, seq, 1)
+    at = node_args(home, seq)
+    status = wait_for(
+        lambda: (
+            (s := json.loads(cli("l1", "status", *at, "--json").stdout))["l2"]["deposits_pending"] == 0
+            and s["outputs"]["last_l2_height"] == s["l2"]["height"]
+            and s
+        ),
+        what="every deposit credited and the head posted",
+    )
+    assert status["l2"]["deposits_credited"] == 3 and status["l2"]["portal_equals_l2"] is True
+    accounts = {
+        n: json.loads(cli("query", "account", n, *at, "--json").stdout)["balance"]
+        for n in ("client-0", "client-1")
+    }
+    assert (
+        accounts["client-1"] == 5555 and accounts["client-0"] >= 4444
+    )  # credited exactly once (+ transfers)
+    # a replay against L1: every block's deposits, the supply after every block, every posted output
+    seq.stop()
+    done = cli("replay", "--home", str(home), "--json", check=False)
+    replayed = json.loads(done.stdout)
+    assert done.returncode == 0, replayed
+    s = replayed["settlement"]
+    assert s["ok"] and s["outputs_match"] and s["deposits_match_l1"] and s["portal_equals_l2"]
+    assert s["outputs_checked"] == l1.output_count() >= 2
+    heights = [l1.output(i).l2_height for i in range(l1.output_count())]
+    assert heights == sorted(set(heights))  # no height posted twice
+
+
+def genesis_keys(home: Path) -> dict[str, bytes]:
+    from mpsnode.node.files import load_key
+
+    return {p.stem: load_key(p).address for p in (home / "keys").glob("*.json")}
+
+
+def test_settlement_commands_refuse_in_one_line(tmp_path: Path) -> None:
+    home = tmp_path / "net"
+    with Anvil(block_time=1).start(tmp_path / "anvil") as node:
+        init(home, node.url)
+    # the L1 is gone now
+    for args in (
+        ["l1", "status", "--home", str(home)],
+        ["l1", "deposit", "--home", str(home), "--l1-from", "user", "--to", "user", "--amount", "5"],
+        ["replay", "--home", str(home)],
+    ):
+        done = cli(*args, check=False)
+        assert done.returncode in (2, 3) and done.stderr.count("\n") == 1, (args, done.stderr)
+        assert "Traceback" not in done.stderr
+    bad = [
+        (
+            ["tx", "withdraw", "--home", str(home), "--from", "user", "--to", "0x12", "--amount", "5"],
+            "not an L1 address",
+        ),
+        (["l1", "deposit", "--home", str(home), "--to", "user", "--amount", "5"], "who pays on L1"),
+        (["l1", "prove-withdrawal", "--home", str(home), "--l1-from", "user", "zz"], "64 hex digits"),
+        (
+            [
+                "verifier",
+                "--home",
+                str(tmp_path / "v"),
+                "--genesis",
+                str(home / "genesis.json"),
+                "--upstream",
+                "127.0.0.1:1",
+            ],
+            "give --l1 URL",
+        ),
+    ]
+    for args, why in bad:
+        done = cli(*args, check=False)
+        assert done.returncode == 2 and why in done.stderr and done.stderr.count("\n") == 1, (
+            args,
+            done.stderr,
+        )
+    plain = tmp_path / "plain"
+    cli("init", "--home", str(plain), "--devnet", "--clients", "1")
+    done = cli("l1", "status", "--home", str(plain), check=False)
+    assert done.returncode == 2 and "settles on no L1" in done.stderr

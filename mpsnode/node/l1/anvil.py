@@ -22,15 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from mpsnode.node.errors import AnvilError
+
 LOCALHOST = "127.0.0.1"
 REPO_ROOT = Path(__file__).resolve().parents[3]
 READY_TIMEOUT = 30.0
 DEVNET_CHAIN_ID = 31337
 DEVNET_ACCOUNTS = 40  # the deployer, the sequencer, a task creator and a client each, with room to spare
-
-
-class AnvilError(Exception):
-    """anvil is not installed, did not start, or stopped answering; the message says which."""
 
 
 def _platform_package() -> str:

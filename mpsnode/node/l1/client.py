@@ -21,28 +21,15 @@ from eth_utils import keccak, to_checksum_address
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted, Web3Exception
 
+__all__ = ["L1", "L1Error", "L1Revert", "L1Unavailable", "Output", "account", "create_address"]
+
 from mpsnode.consensus.settlement import WEI_PER_UNIT, Deposit, L1Config
+from mpsnode.node.errors import L1Error, L1Revert, L1Unavailable
 from mpsnode.node.l1.artifacts import artifact
 
 T = TypeVar("T")
 RECEIPT_TIMEOUT = 120.0
 LOG_CHUNK = 5000  # L1 blocks per eth_getLogs call
-
-
-class L1Error(Exception):
-    """Something on L1 went wrong; the message is one line for a person."""
-
-
-class L1Revert(L1Error):
-    """A call or transaction reverted; ``reason`` is the contract's revert string."""
-
-    def __init__(self, reason: str):
-        super().__init__(reason)
-        self.reason = reason
-
-
-class L1Unavailable(L1Error):
-    """The L1 endpoint did not answer."""
 
 
 def _reason(exc: ContractLogicError) -> str:
