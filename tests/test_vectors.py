@@ -17,8 +17,9 @@ from mpsnode.consensus import contribution, errors, krum, model, robust
 from mpsnode.consensus.block import decode_block
 from mpsnode.consensus.events import RevealOpened, RoundClosed
 from mpsnode.consensus.genesis import Genesis
+from mpsnode.consensus.settlement import Deposit, L1Facts, facts_for
 from mpsnode.consensus.stf.transition import BlockResult
-from mpsnode.consensus.tx import RevealUpdate
+from mpsnode.consensus.tx import Kind, RevealUpdate
 from mpsnode.node.chain import Chain
 from mpsnode.node.files import load_genesis
 from mpsnode.node.store import LmdbStore, MemoryStore
@@ -36,6 +37,24 @@ def load(case: str) -> tuple[Genesis, list[bytes], dict]:
     folder = VECTORS / case
     blocks = [bytes.fromhex(line) for line in (folder / "blocks.hex").read_text().split()]
     return load_genesis(folder / "genesis.json"), blocks, json.loads((folder / "expected.json").read_text())
+
+
+class RecordedL1:
+    """A settlement case's L1, as the vector records it: the portal's deposits (data, not a fake
+    node: a block's facts are ``facts_for`` of them at its origin, what a follower computes)."""
+
+    def __init__(self, expected: dict) -> None:
+        self.deposits = [Deposit(i, b, bytes.fromhex(r), a) for i, b, r, a in expected.get("l1_deposits", [])]
+        self.scanned_to = max((d.l1_block for d in self.deposits), default=0) + 10**6
+
+    def facts(self, origin: int, credited: int) -> L1Facts:
+        return facts_for(origin, credited, self.deposits)
+
+    def of(self, chain: Chain, block_bytes: bytes) -> L1Facts | None:
+        if chain.genesis.l1 is None:
+            return None
+        origin = decode_block(block_bytes).header.l1_origin
+        return None if origin is None else self.facts(origin, chain.state().get_settlement().deposits)
 
 
 def test_there_are_vectors() -> None:
@@ -56,15 +75,16 @@ def test_state_transition(case: str) -> None:
     """The spec's entry point itself: ``Chain.apply`` is ``state_transition`` on the head."""
     genesis, blocks, expected = load(case)
     chain = Chain(MemoryStore(), genesis)
+    l1 = RecordedL1(expected)
     valid = expected["blocks"]
     for data, exp in zip(blocks, valid, strict=False):
-        _check_block(chain, chain.apply(decode_block(data)), exp)
+        _check_block(chain, chain.apply(decode_block(data), l1=l1.of(chain, data)), exp)
     err = expected["error"]
     assert len(blocks) == len(valid) + (1 if err else 0)
     if err:
         head = chain.head
         with pytest.raises(getattr(errors, err["type"]), match=err["match"]):
-            chain.apply(decode_block(blocks[-1]))
+            chain.apply(decode_block(blocks[-1]), l1=l1.of(chain, blocks[-1]))
         assert chain.head == head
 
 
@@ -77,7 +97,10 @@ def test_verifier_path(case: str, tmp_path: Path) -> None:
     genesis, blocks, expected = load(case)
     store = LmdbStore(tmp_path / "data", map_size=1 << 28)
     try:
-        verifier = Verifier(store, genesis, VerifierConfig(upstream=(LOCALHOST, 1)))
+        l1_url = "http://127.0.0.1:1" if genesis.l1 is not None else None  # never called: replaced below
+        verifier = Verifier(store, genesis, VerifierConfig(upstream=(LOCALHOST, 1), l1_url=l1_url))
+        if genesis.l1 is not None:
+            verifier.l1 = RecordedL1(expected)  # type: ignore[assignment]
         config = genesis.config()
         valid = expected["blocks"]
         for height, (data, exp) in enumerate(zip(blocks, valid, strict=False), start=1):
@@ -110,24 +133,29 @@ def test_sequencer_path(case: str, tmp_path: Path) -> None:
     try:
         chain = Chain(store, genesis)
 
-        def build(txs: tuple, timestamp_ms: int) -> tuple:
+        l1 = RecordedL1(expected)
+
+        def build(txs: tuple, timestamp_ms: int, data: bytes) -> tuple:
             view = store.snapshot()
             try:
-                return chain.prepare(txs, timestamp_ms, key, reader=view)
+                candidates = [t for t in txs if t.tx.kind != Kind.DEPOSIT]  # the sequencer adds these from L1
+                return chain.prepare(candidates, timestamp_ms, key, reader=view, l1=l1.of(chain, data))
             finally:
                 view.close()
 
         for data, exp in zip(blocks, expected["blocks"], strict=False):
             original = decode_block(data)
-            block, result, rejected = build(original.txs, original.header.timestamp_ms)
+            block, result, rejected = build(original.txs, original.header.timestamp_ms, data)
             assert not rejected
             assert block.encode() == data
             chain.commit_prepared(block, result)
             _check_block(chain, result, exp)
         if expected["error"] and expected["error"]["type"] == "BlockHasInvalidTx":
             bad = decode_block(blocks[-1])
-            block, _, rejected = build(bad.txs, bad.header.timestamp_ms)
-            assert block.txs == () and len(rejected) == len(bad.txs)  # the sequencer never includes it
+            block, _, rejected = build(bad.txs, bad.header.timestamp_ms, blocks[-1])
+            user_txs = [t for t in bad.txs if t.tx.kind != Kind.DEPOSIT]
+            assert not any(t in block.txs for t in bad.txs)  # the sequencer never includes a bad tx
+            assert len(rejected) == len(user_txs)
     finally:
         store.close()
 

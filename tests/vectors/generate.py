@@ -1,7 +1,9 @@
 """Write the golden vectors: ``python tests/vectors/generate.py [OUT_DIR]``.
 
 Each case is a folder: ``genesis.json`` (the devnet, with the case's parameters), ``blocks.hex``
-(one canonical block per line, hex) and ``expected.json``: per valid block its hash and roots, receipt
+(one canonical block per line, hex) and ``expected.json``: the L1 as data for a settlement case
+(``l1_deposits``: the portal's deposits; a block's L1 facts are ``settlement.facts_for`` of them at
+its origin), per valid block its hash and roots, receipt
 statuses, every event (as JSON) and the blake2b-256 hash of every task's model after the block,
 and for a case ending in a bad block, the error it must raise (``"error": {"type": ..., "match":
 ...}``). The ``rounds`` case pins round closing: Krum scores, selection, flagging and slashing,
@@ -32,16 +34,23 @@ from mpsnode.consensus.model import param_count, predict_reference  # noqa: E402
 from mpsnode.consensus.params import Params  # noqa: E402
 from mpsnode.node.store import MemoryStore  # noqa: E402
 from mpsnode.consensus.state import RoundPhase  # noqa: E402
-from mpsnode.consensus.tx import CreateTask, JoinTask, SignedTx, Stake, Transfer, Tx, Unstake, commit_reveal  # noqa: E402
+from mpsnode.consensus.settlement import Deposit, L1Config, L1Facts, facts_for  # noqa: E402
+from mpsnode.consensus.tx import CreateTask, JoinTask, SignedTx, Stake, Transfer, Tx, Unstake, Withdraw, commit_reveal  # noqa: E402
 
 PARAMS = Params(unbonding_blocks=3, min_stake=1000)
 CLIENTS = 6
 
 
+L1 = L1Config(chain_id=31337, portal=bytes.fromhex("e7f1725e7734ce288f8367e1bb143e90bb3f0512"),
+              oracle=bytes.fromhex("5fbdb2315678afecb367f032d93f642f64180aa3"), start_block=2, deposit_window=4)
+
+
 class Builder:
-    def __init__(self, clients: int = CLIENTS) -> None:
-        self.genesis, self.keys = genesis_tool.devnet(clients, PARAMS)
+    def __init__(self, clients: int = CLIENTS, l1: L1Config | None = None) -> None:
+        self.genesis, self.keys = genesis_tool.devnet(clients, PARAMS, l1)
         self.chain = Chain(MemoryStore(), self.genesis)
+        self.deposits: list[Deposit] = []
+        self.l1_head = l1.start_block if l1 is not None else 0
         self.nonces: dict[bytes, int] = {}
         self.time_ms = self.genesis.genesis_time_ms
         self.blocks: list[bytes] = []
@@ -57,9 +66,22 @@ class Builder:
             self.nonces[key.address] = nonce + 1
         return Tx(self.genesis.chain_id, key.address, nonce, fee, body).sign(key)
 
+    def deposit(self, name: str, amount: int, blocks: int = 1) -> Deposit:
+        """A deposit for ``name`` on the L1 of the data, ``blocks`` L1 blocks after the last one."""
+        self.l1_head += blocks
+        made = Deposit(len(self.deposits), self.l1_head, self.keys[name].address, amount)
+        self.deposits.append(made)
+        return made
+
+    def facts(self, origin: int | None = None) -> L1Facts | None:
+        if self.genesis.l1 is None:
+            return None
+        credited = self.chain.state().get_settlement().deposits
+        return facts_for(self.l1_head if origin is None else origin, credited, self.deposits)
+
     def block(self, txs: list[SignedTx] = ()) -> Block:  # type: ignore[assignment]
         self.time_ms += 1000
-        block, result, rejected = self.chain.build(list(txs), self.time_ms, self.keys["sequencer"])
+        block, result, rejected = self.chain.build(list(txs), self.time_ms, self.keys["sequencer"], l1=self.facts())
         if rejected:
             raise RuntimeError(f"generator built an invalid tx: {rejected[0][1].reason}")
         self.blocks.append(block.encode().hex())
@@ -103,6 +125,16 @@ class Builder:
         head = self.chain.head_header
         return Header(head.chain_id, head.height + 1, head.hash(), head.timestamp_ms + 1000,
                       compute_tx_root(txs), bytes(32), bytes(32))
+
+
+def forged(b: Builder, facts: L1Facts, txs: list[SignedTx] = ()) -> Block:  # type: ignore[assignment]
+    """A block the sequencer signs on facts of its own choosing (to record a bad block)."""
+    from mpsnode.consensus.stf.transition import build_block
+
+    chain = b.chain
+    block, _, _ = build_block(chain.state(), chain.tree(), chain.head_header, chain.config, list(txs),
+                              b.time_ms + 1000, b.keys["sequencer"], l1=facts)
+    return block
 
 
 def model_hashes(chain: Chain) -> dict[str, str]:
@@ -246,6 +278,7 @@ def case_liveness(b: Builder) -> dict | None:
 
 
 CASE_CLIENTS = {"rounds": 10}
+SETTLED = {"settlement", "invalid_deposit_overdue", "invalid_deposit_mismatch"}
 
 
 def _one_valid(b: Builder) -> None:
@@ -317,6 +350,40 @@ def case_invalid_noncanonical(b: Builder) -> dict:
     return b.bad(data, "BlockDecodeError", "non-canonical")
 
 
+def case_settlement(b: Builder) -> dict | None:
+    """Deposits credited in order (two in one block), a stake and a transfer from deposited value,
+    withdrawals into the keccak tree (one failing: beyond the balance), a block naming a later
+    origin with no new deposit."""
+    b.deposit("user", 50_000)
+    b.deposit("client-0", 3000)
+    b.block()
+    b.deposit("client-1", 2500, blocks=2)
+    b.block([b.tx("client-0", Stake(1000)), b.tx("user", Transfer(b.c(2).address, 700))])
+    b.block([b.tx("user", Withdraw(bytes.fromhex("70997970c51812dc3a010c7d01b50e0d17dc79c8"), 1234)),
+             b.tx("client-1", Withdraw(bytes.fromhex("3c44cdddb6a900fa2b585dd299e03d12fa4293bc"), 2000))])
+    b.block([b.tx("client-2", Withdraw(bytes(19) + b"\x01", 10**6))])  # fails: insufficient balance
+    b.l1_head += 3
+    b.block()
+    return None
+
+
+def case_invalid_deposit_overdue(b: Builder) -> dict:
+    b.deposit("user", 50_000)
+    b.block()
+    b.deposit("client-0", 3000)
+    b.l1_head += L1.deposit_window
+    block = forged(b, L1Facts(b.l1_head, ()))  # names an origin past the deposit's window without it
+    return b.bad(block.encode(), "DepositOverdue", "deposit 1")
+
+
+def case_invalid_deposit_mismatch(b: Builder) -> dict:
+    b.deposit("user", 50_000)
+    b.block()
+    made = b.deposit("client-0", 3000)
+    block = forged(b, L1Facts(b.l1_head, (replace(made, amount=30_000),)))  # ten times what L1 holds
+    return b.bad(block.encode(), "BlockHasInvalidTx", "differs from L1")
+
+
 CASES: dict[str, Callable[[Builder], dict | None]] = {
     name.removeprefix("case_"): fn for name, fn in globals().items() if name.startswith("case_")
 }
@@ -325,13 +392,15 @@ CASES: dict[str, Callable[[Builder], dict | None]] = {
 def generate(out: Path) -> list[str]:
     names = []
     for name, fn in CASES.items():
-        b = Builder(CASE_CLIENTS.get(name, CLIENTS))
+        b = Builder(CASE_CLIENTS.get(name, CLIENTS), L1 if name in SETTLED else None)
         error = fn(b)
         folder = out / name
         folder.mkdir(parents=True, exist_ok=True)
         save_genesis(b.genesis, folder / "genesis.json")
         (folder / "blocks.hex").write_text("\n".join(b.blocks) + "\n")
         expected = {"sequencer_key": "devnet:sequencer", "blocks": b.expected, "error": error}
+        if b.genesis.l1 is not None:
+            expected["l1_deposits"] = [[d.index, d.l1_block, d.recipient.hex(), d.amount] for d in b.deposits]
         (folder / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
         names.append(name)
     return names
