@@ -75,6 +75,18 @@ def wait_for(predicate, timeout: float = TIMEOUT, what: str = "condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def start_verifier(
+    tmp_path: Path, home: Path, seq: Daemon, anvil: Anvil, daemons: list
+) -> tuple[Path, Daemon]:
+    """A verifier following ``seq`` that reads L1 itself, and exits at a divergence."""
+    vhome = tmp_path / "verifier"
+    vhome.mkdir()
+    genesis = str(home / "genesis.json")
+    ver = verifier(vhome, seq.address, "--genesis", genesis, "--l1", anvil.url, "--exit-on-divergence")
+    daemons.append(ver.start())
+    return vhome, ver
+
+
 def node_args(home: Path, seq: Daemon) -> list[str]:
     return ["--home", str(home), "--node", f"127.0.0.1:{seq.port}"]
 
@@ -86,12 +98,7 @@ def test_deposit_withdraw_and_prove_on_a_real_l1(tmp_path: Path, anvil: Anvil, d
     assert genesis.l1 is not None and genesis.allocations == ()
     seq = Daemon(home, ["--output-blocks", "2", "--output-seconds", "1"], name="sequencer")
     daemons.append(seq.start())
-    vhome = tmp_path / "verifier"
-    vhome.mkdir()
-    ver = verifier(
-        vhome, seq.address, "--genesis", str(home / "genesis.json"), "--l1", anvil.url, "--exit-on-divergence"
-    )
-    daemons.append(ver.start())
+    _, ver = start_verifier(tmp_path, home, seq, anvil, daemons)
     at = node_args(home, seq)
 
     # deposit on L1: credited on L2, in a block the verifier re-executes against its own L1 reads
@@ -146,12 +153,7 @@ def test_a_sequencer_that_ignores_a_deposit_makes_blocks_verifiers_reject(
         name="sabotaged",
     )
     daemons.append(seq.start())
-    vhome = tmp_path / "verifier"
-    vhome.mkdir()
-    ver = verifier(
-        vhome, seq.address, "--genesis", str(home / "genesis.json"), "--l1", anvil.url, "--exit-on-divergence"
-    )
-    daemons.append(ver.start())
+    vhome, ver = start_verifier(tmp_path, home, seq, anvil, daemons)
     made = json.loads(
         cli(
             "l1",
@@ -302,3 +304,40 @@ def test_settlement_commands_refuse_in_one_line(tmp_path: Path) -> None:
     cli("init", "--home", str(plain), "--devnet", "--clients", "1")
     done = cli("l1", "status", "--home", str(plain), check=False)
     assert done.returncode == 2 and "settles on no L1" in done.stderr
+
+
+def test_the_daemons_ride_out_an_l1_restart_from_its_state_dump(tmp_path: Path, daemons: list) -> None:
+    """anvil stops (writing its state dump) and comes back on the same port from it: the sequencer
+    and the verifier log the L1 errors, retry, and go on crediting deposits and posting outputs."""
+    dump = tmp_path / "l1-state.json"
+    node = Anvil(block_time=1, state=dump).start(tmp_path / "anvil")
+    try:
+        home = tmp_path / "net"
+        init(home, node.url)
+        seq = Daemon(home, ["--output-blocks", "1", "--output-seconds", "0.5", "--metrics", "127.0.0.1:0"])
+        daemons.append(seq.start())
+        _, ver = start_verifier(tmp_path, home, seq, node, daemons)
+        at = node_args(home, seq)
+        cli("l1", "deposit", *at, "--l1-from", "user", "--to", "user", "--amount", "1000000")
+        node.stop()
+        assert dump.exists()
+        wait_for(
+            lambda: seq.metrics().get('mps_l1_errors_total{loop="follow"}', 0) > 0, what="an L1 error counted"
+        )
+        node = Anvil(block_time=1, state=dump, port=node.port).start(tmp_path / "anvil")
+        cli("l1", "deposit", *at, "--l1-from", "client-0", "--to", "client-0", "--amount", "2000000")
+        status = wait_for(
+            lambda: (
+                (s := json.loads(cli("l1", "status", *at, "--json").stdout))["outputs"]["last_l2_height"]
+                == s["l2"]["height"]
+                and s
+            ),
+            what="the head posted after the restart",
+        )
+        assert status["l2"]["deposits_credited"] == 2 and status["l2"]["portal_equals_l2"] is True
+        metrics = seq.metrics()
+        assert metrics["mps_l1_deposits_pending"] == 0 and metrics["mps_l1_outputs_posted_total"] >= 2
+        assert metrics["mps_l1_output_height"] >= 2 and metrics["mps_l1_head"] > 0
+        assert ver.proc.poll() is None and "divergence" not in ver.log_text()
+    finally:
+        node.stop()

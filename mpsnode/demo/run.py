@@ -33,6 +33,7 @@ import signal
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -125,15 +126,21 @@ async def follow_task(node: Client, progress: Progress, f: int, out: Any) -> Non
                 return
 
 
-async def drive_until_interrupted(
-    opts: DemoOptions,
-    net: Any,
-    sequencer: NodeProcess,
-    verifier: NodeProcess,
-    outcome: DemoOutcome,
-    out: Any,
-    demo_l1: DemoL1,
-) -> None:
+@dataclass
+class DemoParts:
+    """What one run is made of: the options, the network, the two daemons, the L1, the outcome
+    being filled in, and where lines go."""
+
+    opts: DemoOptions
+    net: Any
+    sequencer: NodeProcess
+    verifier: NodeProcess
+    l1: DemoL1
+    outcome: DemoOutcome
+    out: Any
+
+
+async def drive_until_interrupted(parts: DemoParts) -> None:
     """``drive``, stopped by Ctrl-C (or SIGTERM): the signal arrives as a message to one task, which
     raises KeyboardInterrupt there, instead of being injected wherever the demo happens to run (a
     client's reconnect loop, a connection's reader), so it is never taken for something else."""
@@ -145,21 +152,22 @@ async def drive_until_interrupted(
                     raise KeyboardInterrupt
 
             nursery.start_soon(watch)
-            await drive(opts, net, sequencer, verifier, outcome, out, demo_l1)
+            await drive(parts)
             nursery.cancel_scope.cancel()
 
 
-async def drive(
-    opts: DemoOptions,
-    net: Any,
-    sequencer: NodeProcess,
-    verifier: NodeProcess,
-    outcome: DemoOutcome,
-    out: Any,
-    demo_l1: DemoL1,
-) -> None:
+async def drive(parts: DemoParts) -> None:
     """Fund the L2 from L1, create the task, run the clients and the round monitor, collect the
     results, withdraw a reward to L1, and check both sides."""
+    opts, net, sequencer, verifier, outcome, out = (
+        parts.opts,
+        parts.net,
+        parts.sequencer,
+        parts.verifier,
+        parts.outcome,
+        parts.out,
+    )
+    demo_l1 = parts.l1
 
     genesis = net.genesis
     split = digits_split(opts.clients, opts.alpha, opts.seed)
@@ -475,7 +483,7 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
             f"  verifier   pid {verifier.proc.pid if verifier.proc else '?'}  listening on {verifier.address}, "
             f"re-executing every block of {sequencer.address}"
         )
-        trio.run(drive_until_interrupted, opts, net, sequencer, verifier, outcome, out, demo_l1)
+        trio.run(drive_until_interrupted, DemoParts(opts, net, sequencer, verifier, demo_l1, outcome, out))
         code = 0 if outcome.task_status == "completed" and outcome.verifier_ok else 1
     except BaseException as exc:  # sorted below; anything unknown is re-raised
         leaves = _leaves(exc)

@@ -186,22 +186,22 @@ class VerificationFailed(MpsError):
 class L1Error(MpsError):
     """Something on L1 went wrong; the reason is one line for a person."""
 
-    code = 600
+    code = 900
 
 
 class L1Revert(L1Error):
     """An L1 call or transaction reverted; ``reason`` is the contract's revert string."""
 
-    code = 601
+    code = 901
 
 
 class L1Unavailable(L1Error):
     """The L1 endpoint did not answer (or did not mine a transaction in time)."""
 
-    code = 602
+    code = 902
 
 
 class AnvilError(L1Error):
     """The devnet L1 node (anvil) is not installed, did not start, or stopped answering."""
 
-    code = 603
+    code = 903
