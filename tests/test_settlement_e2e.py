@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -341,3 +342,23 @@ def test_the_daemons_ride_out_an_l1_restart_from_its_state_dump(tmp_path: Path, 
         assert ver.proc.poll() is None and "divergence" not in ver.log_text()
     finally:
         node.stop()
+
+
+def test_l1_devnet_runs_anvil_keeps_its_state_and_refuses_a_busy_port(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    state = tmp_path / "l1.json"
+    cmd = [sys.executable, "-m", "mpsnode.cli", "l1", "devnet", "--port", "0", "--state", str(state)]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        ready = json.loads(proc.stdout.readline())
+        assert ready["ready"] and ready["url"].startswith("http://127.0.0.1:")
+        home = tmp_path / "net"
+        init(home, ready["url"], clients=1)
+        port = ready["url"].rsplit(":", 1)[1]
+        busy = cli("l1", "devnet", "--port", port, check=False)
+        assert busy.returncode == 2 and "is in use" in busy.stderr and busy.stderr.count("\n") == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    assert state.exists() and state.stat().st_size > 0

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+import signal
+import sys
+import tempfile
+import threading
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -14,6 +20,7 @@ from mpsnode.consensus.genesis import Genesis
 from mpsnode.node.connection import connect
 from mpsnode.node.files import load_l1_key
 from mpsnode.node.home import Home
+from mpsnode.node.l1.anvil import DEVNET_CHAIN_ID, Anvil
 from mpsnode.node.l1.client import L1, account
 
 
@@ -66,6 +73,33 @@ def cmd_l1_prove(args: argparse.Namespace) -> int:
             return await settlement.prove_withdrawal(client, l1, payer, tx_id, wait=args.wait)
 
     print_fields(trio.run(main), args.json)
+    return 0
+
+
+def cmd_l1_devnet(args: argparse.Namespace) -> int:
+    """anvil in the foreground: one JSON ready line with its URL, until SIGINT or SIGTERM."""
+    state = Path(args.state) if args.state else None
+    node = Anvil(port=args.port, state=state, block_time=args.block_time or None)
+    workdir = state.parent if state is not None else Path(tempfile.mkdtemp(prefix="mpsnode-l1-"))
+    node.start(workdir)
+    print(
+        json.dumps({"ready": True, "url": node.url, "chain_id": DEVNET_CHAIN_ID, "state": args.state}),
+        flush=True,
+    )
+    print(
+        f"mpsnode: devnet L1 on {node.url}; `mpsnode init --home DIR --l1 {node.url} --devnet` deploys on it",
+        file=sys.stderr,
+    )
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        while not stop.wait(0.5):
+            if node.proc is None or node.proc.poll() is not None:
+                print("mpsnode: anvil exited", file=sys.stderr)
+                return 1
+    finally:
+        node.stop()  # anvil writes its state dump on the way out
     return 0
 
 

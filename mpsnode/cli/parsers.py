@@ -332,6 +332,17 @@ def _l1(sub: Any) -> None:
     p = ls.add_parser("status", help="contracts, outputs posted and finalized, deposits, portal against L2")
     add_l1_arguments(p, payer=False)
     _runs(p, "l1:cmd_l1_status")
+    p = ls.add_parser(
+        "devnet",
+        help="run the devnet L1 (anvil) on 127.0.0.1 until Ctrl-C, its state kept in --state; then "
+        "`mpsnode init --l1 URL` deploys on it",
+    )
+    p.add_argument("--port", type=int, default=8545, help="port on 127.0.0.1 (0: a free one; default 8545)")
+    p.add_argument("--state", help="load from and dump to this file (default: none, a fresh chain)")
+    p.add_argument(
+        "--block-time", type=float, default=1.0, help="seconds per L1 block (0: one per tx; default 1)"
+    )
+    _runs(p, "l1:cmd_l1_devnet")
 
 
 def _verifier(sub: Any) -> None:

@@ -101,6 +101,10 @@ class Anvil:
         workdir.mkdir(parents=True, exist_ok=True)
         self._config = workdir / f"anvil-{os.getpid()}-{id(self)}.json"
         self.log_path = self.log_path or workdir / "anvil.log"
+        if self.port:
+            with socket.socket() as probe:
+                if probe.connect_ex((LOCALHOST, self.port)) == 0:
+                    raise AnvilError(f"{LOCALHOST}:{self.port} is in use: choose another port (0: a free one)")
         for _attempt in range(5):
             port = self.port or free_port()
             argv = [
