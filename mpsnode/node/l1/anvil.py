@@ -104,7 +104,9 @@ class Anvil:
         if self.port:
             with socket.socket() as probe:
                 if probe.connect_ex((LOCALHOST, self.port)) == 0:
-                    raise AnvilError(f"{LOCALHOST}:{self.port} is in use: choose another port (0: a free one)")
+                    raise AnvilError(
+                        f"{LOCALHOST}:{self.port} is in use: choose another port (0: a free one)"
+                    )
         for _attempt in range(5):
             port = self.port or free_port()
             argv = [
