@@ -36,6 +36,7 @@ from mpsnode.node.l1.devnet import (
     DEVNET_DEPOSIT_WINDOW,
     DEVNET_FUNDING_WEI,
     DEVNET_L1_CHAIN_ID,
+    DEVNET_VERIFIER_BOND_WEI,
     dev_account,
     role_index,
 )
@@ -158,6 +159,8 @@ class SettlementTerms:
     bond_wei: int = DEVNET_BOND_WEI
     challenge_period: int = DEVNET_CHALLENGE_PERIOD  # seconds
     deposit_window: int = DEVNET_DEPOSIT_WINDOW  # L1 blocks
+    verifier_bond_wei: int = DEVNET_VERIFIER_BOND_WEI  # what each committee member bonds
+    quorum: int = 1  # attestations that decide a challenge (docs/SETTLEMENT.md)
 
 
 def make_settled_network(
@@ -195,7 +198,13 @@ def make_settled_network(
             if l1.balance(account.address) == 0:
                 l1.send_eth(deployer, account.address, DEVNET_FUNDING_WEI)
     config = l1.deploy(
-        deployer, accounts["sequencer"].address, terms.bond_wei, terms.challenge_period, terms.deposit_window
+        deployer,
+        accounts["sequencer"].address,
+        terms.bond_wei,
+        terms.challenge_period,
+        terms.deposit_window,
+        terms.verifier_bond_wei,
+        terms.quorum,
     )
     net = make_network(
         home,

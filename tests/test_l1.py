@@ -217,3 +217,109 @@ def test_anvil_restarts_from_its_state_dump(tmp_path: Path) -> None:
         assert l1.head() >= head
         assert [(d.index, d.amount) for d in l1.deposits(0, l1.head())] == [(0, 9)]
         assert l1.portal_totals()["balance_wei"] == 9 * S.WEI_PER_UNIT
+
+
+# ---------------------------------------------------------------------------------------------
+# The verifier committee: challenges decided by QUORUM attestations (settlement part 2)
+
+VERIFIER_BOND = 10**17
+
+
+@pytest.fixture
+def committee(anvil: Anvil) -> Iterator[tuple[L1, list, list]]:
+    """Contracts with a quorum of 2 and three admitted, bonded verifiers; rolled back after."""
+    snapshot = rpc(anvil.url, "evm_snapshot")
+    l1 = L1(anvil.url)
+    keys = [account(k) for k in anvil.private_keys[:8]]
+    deployer, sequencer = keys[0], keys[1]
+    l1.deploy(deployer, sequencer.address, 10**18, CHALLENGE, WINDOW, VERIFIER_BOND, 2)
+    verifiers = keys[2:5]
+    for v in verifiers:
+        l1.admit(deployer, v.address)
+        l1.register_verifier(v)
+    yield l1, keys, verifiers
+    rpc(anvil.url, "evm_revert", [snapshot])
+
+
+def test_joining_the_committee_takes_admission_and_the_exact_bond(committee) -> None:
+    l1, keys, _ = committee
+    outsider = keys[6]
+    assert reason(lambda: l1.admit(outsider, outsider.address)) == "oracle: only the admin admits verifiers"
+    assert reason(lambda: l1.register_verifier(outsider)) == "oracle: not admitted to the verifier committee"
+    l1.admit(keys[0], outsider.address)
+    oracle = l1.contract("OutputOracle")
+    short = lambda: l1.transact(outsider, lambda p: oracle.functions.register().build_transaction(p), 5)
+    assert reason(short) == "oracle: the bond is not VERIFIER_BOND"
+    l1.register_verifier(outsider)
+    assert reason(lambda: l1.register_verifier(outsider)) == "oracle: already registered"
+    assert int(oracle.functions.verifier_count().call()) == 4
+    assert reason(lambda: l1.admit(keys[0], keys[1].address)) == "oracle: not a verifier address"
+
+
+def test_an_upheld_challenge_replaces_the_root_pays_the_bond_and_halts_the_sequencer(
+    anvil, committee
+) -> None:
+    l1, keys, (v1, v2, v3) = committee
+    sequencer = keys[1]
+    wrong, right = b"\x0b" * 32, b"\x0c" * 32
+    l1.post_output(sequencer, 5, wrong, l1.head(), 0)
+    assert (
+        reason(lambda: l1.challenge(v1, 0, wrong, b"\x01" * 32))
+        == "oracle: the challenge names the posted root"
+    )
+    assert reason(lambda: l1.attest(v2, 0, right)) == "oracle: output not under an open challenge"
+    before = l1.balance(v1.address)
+    receipt = l1.challenge(v1, 0, right, b"\x01" * 32)
+    assert l1.challenge_of(0)[3] == 1  # open
+    assert reason(lambda: l1.challenge(v2, 0, right, b"\x02" * 32)) == "oracle: output already challenged"
+    assert reason(lambda: l1.attest(v1, 0, right)) == "oracle: already attested"
+    mine(anvil.url, 1, CHALLENGE)  # the period passes: a challenged output does not finalize by time
+    assert not l1.is_finalized(0)
+    finalized_root = l1.contract("OutputOracle").functions.finalized_root(0).call
+    assert reason(lambda: l1.call(finalized_root)) == "oracle: output under challenge"
+    l1.deposit(keys[6], b"\x01" * 32, 9)  # deposits go on meanwhile
+    l1.attest(v2, 0, right)  # the quorum: upheld
+    assert l1.challenge_of(0)[3] == 2
+    assert l1.output(0).root == right and l1.is_finalized(0)
+    gas = int(receipt["gasUsed"]) * int(receipt["effectiveGasPrice"])
+    assert l1.balance(v1.address) - before + gas == 10**18  # the sequencer's whole bond
+    assert int(l1.contract("OutputOracle").functions.bond().call()) == 0
+    assert reason(lambda: l1.post_output(sequencer, 6, right, l1.head(), 1)) == (
+        "oracle: the sequencer is halted (an upheld challenge)"
+    )
+    assert reason(lambda: l1.attest(v3, 0, right)) == "oracle: output not under an open challenge"
+
+
+def test_a_frivolous_challenge_loses_its_bond_and_a_late_one_is_refused(anvil, committee) -> None:
+    l1, keys, (v1, v2, v3) = committee
+    sequencer = keys[1]
+    posted = b"\x0d" * 32
+    l1.post_output(sequencer, 5, posted, l1.head(), 0)
+    seq_before = l1.balance(sequencer.address)
+    l1.challenge(v1, 0, b"\x0e" * 32, b"\x01" * 32)
+    l1.attest(v2, 0, posted)
+    assert l1.challenge_of(0)[3] == 1  # one vote each: still open
+    l1.attest(v3, 0, posted)  # two for the posted root: rejected
+    assert l1.challenge_of(0)[3] == 3
+    assert l1.balance(sequencer.address) - seq_before == VERIFIER_BOND
+    oracle = l1.contract("OutputOracle").functions
+    assert int(oracle.verifier_bond(v1.address).call()) == 0 and int(oracle.verifier_count().call()) == 2
+    assert reason(lambda: l1.attest(v1, 0, posted)) == "oracle: not a registered verifier"
+    assert not l1.is_finalized(0)  # the period still runs for a rejected challenge ...
+    mine(anvil.url, 1, CHALLENGE)
+    assert l1.is_finalized(0) and l1.output(0).root == posted  # ... and the posted root finalizes
+    l1.post_output(sequencer, 6, posted, l1.head(), 0)
+    late = lambda: l1.challenge(v2, 0, b"\x0f" * 32, b"\x02" * 32)
+    assert reason(late) == "oracle: the challenge period is over"
+    mine(anvil.url, 1, CHALLENGE)
+    assert (
+        reason(lambda: l1.challenge(v2, 1, b"\x0f" * 32, b"\x02" * 32))
+        == "oracle: the challenge period is over"
+    )
+
+
+def test_send_eth_funds_an_account(chain) -> None:
+    l1, (deployer, *_) = chain
+    fresh = account("0x" + "42" * 32)
+    l1.send_eth(deployer, fresh.address, 12345)
+    assert l1.balance(fresh.address) == 12345

@@ -46,6 +46,8 @@ def _init_settled(args: argparse.Namespace) -> genesis.Network:
     devnet_l1 = L1(args.l1).chain_id() == DEVNET_L1_CHAIN_ID
     terms = genesis.SettlementTerms(
         bond_wei=round(args.bond_eth * 10**18),
+        verifier_bond_wei=round(args.verifier_bond_eth * 10**18),
+        quorum=args.quorum,
         challenge_period=args.challenge_period
         if args.challenge_period is not None
         else (DEVNET_CHALLENGE_PERIOD if devnet_l1 else 7 * 24 * 3600),
@@ -53,8 +55,10 @@ def _init_settled(args: argparse.Namespace) -> genesis.Network:
         if args.deposit_window is not None
         else (DEVNET_DEPOSIT_WINDOW if devnet_l1 else 300),
     )
-    if terms.bond_wei <= 0 or terms.deposit_window < 1:
-        raise ValueError("--bond-eth must be positive and --deposit-window at least 1")
+    if terms.bond_wei <= 0 or terms.verifier_bond_wei <= 0 or terms.deposit_window < 1 or terms.quorum < 1:
+        raise ValueError(
+            "--bond-eth and --verifier-bond-eth must be positive, --deposit-window and --quorum at least 1"
+        )
     deployer = account(load_l1_key(args.l1_deployer_key)) if args.l1_deployer_key else None
     net = genesis.make_settled_network(
         args.home,

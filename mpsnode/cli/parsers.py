@@ -85,6 +85,12 @@ def _local(sub: Any) -> None:
         "--bond-eth", type=float, default=1.0, help="the sequencer's bond in the oracle (default 1)"
     )
     sp.add_argument(
+        "--verifier-bond-eth", type=float, default=0.1, help="each committee verifier's bond (default 0.1)"
+    )
+    sp.add_argument(
+        "--quorum", type=int, default=1, help="committee attestations that decide a challenge (default 1)"
+    )
+    sp.add_argument(
         "--challenge-period",
         type=int,
         default=None,

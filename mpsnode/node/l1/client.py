@@ -138,9 +138,18 @@ class L1:
     def send_eth(self, key: LocalAccount, to: str, wei: int) -> Any:
         """A plain ETH transfer; the receipt."""
         chain_id = self.chain_id()
-        return self.transact(
-            key, lambda p: {**p, "to": to_checksum_address(to), "gas": 21_000, "chainId": chain_id}, wei
-        )
+        gas_price = int(self.call(lambda: self.w3.eth.gas_price))
+
+        def build(p: dict[str, Any]) -> dict[str, Any]:
+            return {
+                **p,
+                "to": to_checksum_address(to),
+                "gas": 21_000,
+                "chainId": chain_id,
+                "gasPrice": gas_price,
+            }
+
+        return self.transact(key, build, wei)
 
     # -- deployment -------------------------------------------------------------------------
 
@@ -151,9 +160,13 @@ class L1:
         bond_wei: int,
         challenge_period: int,
         deposit_window: int,
+        verifier_bond_wei: int = 10**17,
+        quorum: int = 1,
     ) -> L1Config:
         """Deploy the oracle and the portal (each names the other, so the portal's address is
-        computed ahead from the deployer's nonce) and return the config genesis records."""
+        computed ahead from the deployer's nonce) and return the config genesis records. The
+        deployer is the oracle's admin: it admits the verifier committee (``admit``), whose
+        members bond ``verifier_bond_wei`` each; ``quorum`` attestations decide a challenge."""
         nonce = self.call(lambda: self.w3.eth.get_transaction_count(deployer.address, "pending"))
         portal_address = create_address(deployer.address, nonce + 1)
         oracle_art, portal_art = artifact("OutputOracle"), artifact("Portal")
@@ -161,7 +174,7 @@ class L1:
         receipt = self.transact(
             deployer,
             lambda p: oracle_factory.constructor(
-                to_checksum_address(sequencer), portal_address, challenge_period
+                to_checksum_address(sequencer), portal_address, challenge_period, verifier_bond_wei, quorum
             ).build_transaction(p),
             value=bond_wei,
         )
@@ -259,6 +272,36 @@ class L1:
 
     def is_finalized(self, index: int) -> bool:
         return bool(self.call(self.contract("OutputOracle").functions.is_finalized(index).call))
+
+    # -- the verifier committee (settlement part 2) ------------------------------------------------
+
+    def admit(self, admin: LocalAccount, verifier: str) -> Any:
+        oracle = self.contract("OutputOracle")
+        return self.transact(
+            admin, lambda p: oracle.functions.admit(to_checksum_address(verifier)).build_transaction(p)
+        )
+
+    def register_verifier(self, key: LocalAccount) -> Any:
+        oracle = self.contract("OutputOracle")
+        bond = int(self.call(oracle.functions.VERIFIER_BOND().call))
+        return self.transact(key, lambda p: oracle.functions.register().build_transaction(p), bond)
+
+    def challenge(self, key: LocalAccount, index: int, root: bytes, report: bytes) -> Any:
+        oracle = self.contract("OutputOracle")
+        return self.transact(
+            key, lambda p: oracle.functions.challenge(index, root, report).build_transaction(p)
+        )
+
+    def attest(self, key: LocalAccount, index: int, root: bytes) -> Any:
+        oracle = self.contract("OutputOracle")
+        return self.transact(key, lambda p: oracle.functions.attest(index, root).build_transaction(p))
+
+    def challenge_of(self, index: int) -> tuple[str, bytes, int, int]:
+        """(challenger, report hash, opened at, status: 0 none, 1 open, 2 upheld, 3 rejected)."""
+        challenger, report, opened, status = self.call(
+            self.contract("OutputOracle").functions.challenges(index).call
+        )
+        return str(challenger), bytes(report), int(opened), int(status)
 
     # -- withdrawals ------------------------------------------------------------------------
 

@@ -13,6 +13,7 @@ DEV_MNEMONIC = "test test test test test test test test test test test junk"  # 
 DEVNET_L1_CHAIN_ID = 31337
 ROLE_INDEX = {"deployer": 0, "sequencer": 1, "user": 2}  # client-i: 3 + i
 DEVNET_BOND_WEI = 10**18  # the sequencer's bond in the oracle: 1 ETH
+DEVNET_VERIFIER_BOND_WEI = 10**17  # each verifier's bond in the committee: 0.1 ETH
 DEVNET_CHALLENGE_PERIOD = 5  # seconds an output waits before it finalizes (mainnet rollups: 7 days)
 DEVNET_DEPOSIT_WINDOW = 32  # L1 blocks a deposit may wait for L2
 DEVNET_FUNDING_WEI = 100 * 10**18  # what a role account without ETH is sent by the deployer
