@@ -117,6 +117,61 @@ def gas_of(receipt: Any) -> int:
     return int(receipt["gasUsed"])
 
 
+def committee_gas(url: str, private_keys: list[str]) -> dict[str, int]:
+    """Admission, registration, a challenge, an attestation, and the attestation that resolves it
+    (an upheld challenge: the root replaced, the bond paid, the sequencer halted)."""
+    l1 = L1(url)
+    deployer, sequencer, v1, v2, v3 = (account(k) for k in private_keys[4:9])
+    l1.deploy(deployer, sequencer.address, 10**18, 3600, 64, 10**17, 2)
+    out = {
+        "admit_gas": gas_of(l1.admit(deployer, v1.address)),
+        "register_gas": gas_of(l1.register_verifier(v1)),
+    }
+    for v in (v2, v3):
+        l1.admit(deployer, v.address)
+        l1.register_verifier(v)
+    l1.post_output(sequencer, 10, b"\x01" * 32, l1.head(), 0)
+    l1.post_output(sequencer, 20, b"\x02" * 32, l1.head(), 0)
+    out["challenge_gas"] = gas_of(l1.challenge(v1, 0, b"\x03" * 32, b"\x04" * 32))
+    out["attest_resolve_upheld_gas"] = gas_of(l1.attest(v2, 0, b"\x03" * 32))
+    out["challenge_second_gas"] = gas_of(l1.challenge(v3, 1, b"\x05" * 32, b"\x06" * 32))
+    out["attest_gas"] = gas_of(l1.attest(v1, 1, b"\x07" * 32))  # a third root: no quorum yet
+    return out
+
+
+def gram_step_gas(l1: L1, deployer: Any) -> dict[str, Any]:
+    """The one-step verifier of one Gram chunk: both chunks' inclusion and their exact dot."""
+    import numpy as np
+
+    from mpsnode.consensus import fraud
+    from mpsnode.node.l1.artifacts import artifact
+
+    art = artifact("GramStep")
+    factory = l1.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
+    receipt = l1.transact(deployer, lambda p: factory.constructor().build_transaction(p))
+    gram = l1.w3.eth.contract(address=receipt["contractAddress"], abi=art.abi)
+    rng = np.random.default_rng(0)
+    n = 4096 * fraud.CHUNK  # the largest model: a full depth-12 tree
+    a = rng.integers(-2000, 2000, n).astype("<i2").tobytes()
+    b = rng.integers(-2000, 2000, n).astype("<i2").tobytes()
+    j = 1234
+    ca, cb = fraud.chunks(a)[j], fraud.chunks(b)[j]
+    claimed = fraud.chunk_dot(ca, cb)
+    call = gram.functions.check_step(
+        fraud.chunk_root(a), fraud.chunk_root(b), j, ca, list(fraud.chunk_proof(a, j)), cb,
+        list(fraud.chunk_proof(b, j)), claimed,
+    )  # fmt: skip
+    assert call.call() is True
+    return {
+        "check_step_gas": int(call.estimate_gas()),
+        "chunk_dot_gas": int(gram.functions.chunk_dot(ca, cb).estimate_gas()),
+        "chunk_values": fraud.CHUNK,
+        "tree_depth": fraud.DEPTH,
+        "deploy_gas": gas_of(receipt),
+        "note": "estimate_gas of the call as a transaction: 21,000 base and the 4,096 bytes of chunks included",
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer withdrawals in the large tree")
@@ -199,6 +254,8 @@ def main() -> None:
             "blake2b_smt_path_gas_lower_bound": round(blake_level * smt_hashes),
             "note": "the blake2b side also needs a msgpack decoder for the record in the EVM (not counted)",
         }
+        out["committee"] = committee_gas(node.url, node.private_keys)
+        out["gram_step"] = gram_step_gas(l1, deployer)
         out["l1_chain_id"] = config.chain_id
     print(json.dumps(out, indent=2))
 

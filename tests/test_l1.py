@@ -323,3 +323,73 @@ def test_send_eth_funds_an_account(chain) -> None:
     fresh = account("0x" + "42" * 32)
     l1.send_eth(deployer, fresh.address, 12345)
     assert l1.balance(fresh.address) == 12345
+
+
+# ---------------------------------------------------------------------------------------------
+# The one-step verifier of a Gram-matrix chunk (settlement part 2's fraud-proof design)
+
+
+@pytest.fixture(scope="module")
+def gram(anvil: Anvil):
+    from mpsnode.node.l1.artifacts import artifact
+
+    l1 = L1(anvil.url)
+    deployer = account(anvil.private_keys[7])
+    art = artifact("GramStep")
+    factory = l1.w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
+    receipt = l1.transact(deployer, lambda p: factory.constructor().build_transaction(p))
+    return l1.w3.eth.contract(address=receipt["contractAddress"], abi=art.abi)
+
+
+def test_the_contracts_chunk_dot_is_exact(gram) -> None:
+    import numpy as np
+
+    from mpsnode.consensus import fraud
+
+    rng = np.random.default_rng(3)
+    extremes = np.array([-32768, 32767, -1, 0, 1] * 205, dtype="<i2")[: fraud.CHUNK]
+    cases = [
+        (
+            rng.integers(-32768, 32768, fraud.CHUNK).astype("<i2"),
+            rng.integers(-32768, 32768, fraud.CHUNK).astype("<i2"),
+        ),
+        (extremes, extremes[::-1].copy()),
+        (np.full(fraud.CHUNK, -32768, dtype="<i2"), np.full(fraud.CHUNK, -32768, dtype="<i2")),
+    ]
+    for x, y in cases:
+        a, b = x.tobytes(), y.tobytes()
+        assert int(gram.functions.chunk_dot(a, b).call()) == fraud.chunk_dot(a, b)
+
+
+def test_one_step_decides_a_disputed_gram_entry(gram) -> None:
+    import numpy as np
+
+    from mpsnode.consensus import fraud, krum
+
+    rng = np.random.default_rng(5)
+    n = 5 * fraud.CHUNK + 300  # six chunks, the last padded
+    x = rng.integers(-2000, 2000, n).astype("<i2")
+    y = rng.integers(-2000, 2000, n).astype("<i2")
+    a, b = x.tobytes(), y.tobytes()
+    honest = fraud.running_sums(a, b)
+    assert honest[-1] == int(krum.gram_matrix_reference(np.stack([x, y]))[0, 1])  # the chain's own entry
+    lie = list(honest)
+    for j in range(4, len(lie)):
+        lie[j] += 7  # a sequencer that got chunk 3 wrong (and everything after follows)
+    j = fraud.bisect(lie, honest)
+    assert j == 3
+    ra, rb = fraud.chunk_root(a), fraud.chunk_root(b)
+    ca, cb = fraud.chunks(a)[j], fraud.chunks(b)[j]
+    pa, pb = list(fraud.chunk_proof(a, j)), list(fraud.chunk_proof(b, j))
+    check = gram.functions.check_step
+    assert check(ra, rb, j, ca, pa, cb, pb, honest[j + 1] - honest[j]).call() is True
+    assert check(ra, rb, j, ca, pa, cb, pb, lie[j + 1] - lie[j]).call() is False
+    tampered = bytes([ca[0] ^ 1]) + ca[1:]
+    with pytest.raises(Exception, match="gram: chunk a is not in its update"):
+        check(ra, rb, j, tampered, pa, cb, pb, 0).call()
+    with pytest.raises(Exception, match="gram: chunk b is not in its update"):
+        check(ra, rb, j, ca, pa, fraud.chunks(b)[j + 1], pb, 0).call()
+    # the last chunk, zero-padded, proves as well
+    last = len(fraud.chunks(a)) - 1
+    assert check(ra, rb, last, fraud.chunks(a)[last], list(fraud.chunk_proof(a, last)), fraud.chunks(b)[last],
+                 list(fraud.chunk_proof(b, last)), honest[-1] - honest[-2]).call() is True  # fmt: skip

@@ -10,7 +10,7 @@ from typing import Any
 
 CONTRACTS_DIR = Path(__file__).resolve().parent / "contracts"
 ARTIFACTS_PATH = CONTRACTS_DIR / "artifacts.json"
-CONTRACTS = ("OutputOracle", "Portal")
+CONTRACTS = ("OutputOracle", "Portal", "GramStep")
 
 
 @dataclass(frozen=True, slots=True)
