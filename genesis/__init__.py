@@ -37,6 +37,7 @@ from mpsnode.node.l1.devnet import (
     DEVNET_FUNDING_WEI,
     DEVNET_L1_CHAIN_ID,
     DEVNET_VERIFIER_BOND_WEI,
+    DEVNET_VERIFIERS,
     dev_account,
     role_index,
 )
@@ -178,7 +179,8 @@ def make_settled_network(
     """Deploy the portal and the oracle on the L1 at ``l1_url``, then write a network that
     settles there. On the devnet L1 (chain 31337) every role gets a development account (funded
     from the deployer if it has no ETH); elsewhere ``deployer`` is required and the sequencer
-    gets a new L1 account, which must be funded for gas before it can post outputs."""
+    gets a new L1 account, which must be funded for gas before it can post outputs. On the devnet
+    L1 the deployer (the oracle's admin) also admits ``DEVNET_VERIFIERS`` committee members."""
     terms = terms or SettlementTerms()
     home = Path(home)
     if (home / "genesis.json").exists():
@@ -191,7 +193,11 @@ def make_settled_network(
                 f"{l1_url} is not the devnet L1 (chain {DEVNET_L1_CHAIN_ID}): give --l1-deployer-key FILE"
             )
         deployer = dev_account(role_index("deployer"))
-    names = ["sequencer", *(["user", *(f"client-{i}" for i in range(clients))] if devnet_l1 else [])]
+    committee = [f"verifier-{i}" for i in range(DEVNET_VERIFIERS)] if devnet_l1 else []
+    names = [
+        "sequencer",
+        *(["user", *(f"client-{i}" for i in range(clients)), *committee] if devnet_l1 else []),
+    ]
     accounts = {n: dev_account(role_index(n)) if devnet_l1 else EthAccount.create() for n in names}
     if devnet_l1:
         for account in accounts.values():
@@ -206,6 +212,8 @@ def make_settled_network(
         terms.verifier_bond_wei,
         terms.quorum,
     )
+    for name in committee:  # admitted; each verifier bonds itself when it starts (`--l1-key`)
+        l1.admit(deployer, accounts[name].address)
     net = make_network(
         home,
         clients=clients,

@@ -10,7 +10,9 @@ arguments, so the real sequencer daemon builds, signs and serves blocks under th
 * ``pay_wrong_client``: at task completion the first rewarded client's payment goes to an address
   that earned nothing (a participant without contribution units, else the task's creator);
 * ``ignore_deposits``: (settlement mode) the sequencer follows L1 and names fresh L1 origins but
-  never credits a deposit, so its blocks pass a deposit's window without it.
+  never credits a deposit, so its blocks pass a deposit's window without it;
+* ``wrong_output``: (settlement mode) the blocks are honest, but every output root posted to L1 is
+  not the blocks' own.
 """
 
 from __future__ import annotations
@@ -60,7 +62,25 @@ def _ignore_deposits() -> None:
     )  # keep naming the newest origin
 
 
-RULES = {"no_slash": _no_slash, "pay_wrong_client": _pay_wrong_client, "ignore_deposits": _ignore_deposits}
+def _wrong_output() -> None:
+    import sequencer.daemon as daemon
+    from mpsnode.consensus.settlement import keccak256
+
+    honest = daemon.Sequencer.output_at_head
+
+    async def output_at_head(self: Any) -> Any:
+        out = await honest(self)
+        return replace(out, root=keccak256(b"forged" + out.root))
+
+    daemon.Sequencer.output_at_head = output_at_head  # type: ignore[method-assign]
+
+
+RULES = {
+    "no_slash": _no_slash,
+    "pay_wrong_client": _pay_wrong_client,
+    "ignore_deposits": _ignore_deposits,
+    "wrong_output": _wrong_output,
+}
 
 if __name__ == "__main__":
     RULES[sys.argv[1]]()

@@ -362,3 +362,59 @@ def test_l1_devnet_runs_anvil_keeps_its_state_and_refuses_a_busy_port(tmp_path: 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
     assert state.exists() and state.stat().st_size > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Settlement part 2: verifiers contest wrong output roots on L1
+
+
+def committee_verifier(tmp_path: Path, home: Path, seq: Daemon, anvil: Anvil, n: int) -> Daemon:
+    vhome = tmp_path / f"verifier-{n}"
+    vhome.mkdir()
+    key = str(home / "keys" / "l1" / f"verifier-{n}.json")
+    return Daemon(
+        vhome,
+        ["--upstream", f"127.0.0.1:{seq.port}", "--genesis", str(home / "genesis.json"), "--l1", anvil.url,
+         "--l1-key", key, "--metrics", "127.0.0.1:0"],
+        command=("-m", "mpsnode.cli", "verifier"),
+        name="verifier",
+    )  # fmt: skip
+
+
+def test_verifiers_contest_a_wrong_output_and_the_bond_pays_the_challenger(
+    tmp_path: Path, anvil: Anvil, daemons: list
+) -> None:
+    home = tmp_path / "net"
+    cli("init", "--home", str(home), "--l1", anvil.url, "--devnet", "--clients", "1", "--deposit-window", str(WINDOW),
+        "--challenge-period", "30", "--quorum", "2")  # fmt: skip
+    text = (home / "config.toml").read_text().replace('listen = "127.0.0.1:7070"', 'listen = "127.0.0.1:0"')
+    (home / "config.toml").write_text(text)
+    genesis = load_genesis(home / "genesis.json")
+    l1 = L1(anvil.url, genesis.l1)
+    seq = Daemon(home, ["--output-seconds", "0.5"], command=("tests/sabotage.py", "wrong_output", "sequencer"),
+                 name="sabotaged")  # fmt: skip
+    daemons.append(seq.start())
+    v0, v1 = (committee_verifier(tmp_path, home, seq, anvil, n) for n in (0, 1))
+    daemons.extend([v0.start(), v1.start()])
+    challengers = {account(load_l1_key(home / "keys" / "l1" / f"verifier-{n}.json")).address for n in (0, 1)}
+    before = {a: l1.balance(a) for a in challengers}
+    cli("l1", "deposit", *node_args(home, seq), "--l1-from", "user", "--to", "user", "--amount", "1000000")
+    # verifier 0 dies -9 the moment it sees the mismatch, and comes back
+    wait_for(lambda: "output_mismatch" in v0.log_text(), what="verifier 0 to see the wrong root")
+    v0.kill()
+    v0.start()
+    status = wait_for(lambda: l1.challenge_of(0)[3] == 2 and l1.challenge_of(0), what="the challenge upheld")
+    challenger = status[0]
+    assert challenger in challengers
+    oracle = l1.contract("OutputOracle").functions
+    assert oracle.halted().call() is True and int(oracle.bond().call()) == 0
+    # the committee's root is the chain's own: a replay against L1 agrees with every output now
+    paid = l1.balance(challenger) - before[challenger]
+    assert paid > 10**18 - 10**16  # the sequencer's 1 ETH bond, less the challenger's gas
+    wait_for(lambda: "the sequencer is halted" in seq.log_text(), what="the halted sequencer to be refused")
+    seq.stop()
+    for v in (v0, v1):
+        v.stop()
+    replayed = json.loads(cli("replay", "--home", str(home), "--json").stdout)
+    assert replayed["settlement"]["outputs_match"] is True
+    assert any((tmp_path / f"verifier-{n}" / "reports" / "output-0.json").exists() for n in (0, 1))

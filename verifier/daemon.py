@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from eth_account.signers.local import LocalAccount
 
 from mpsnode.consensus.block import Block
 from mpsnode.consensus.errors import MpsError
@@ -52,9 +53,9 @@ from mpsnode.consensus.stf.transition import BlockResult
 from mpsnode.node.chain import Chain
 from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import ProtocolViolation, VerificationFailed, WrongNetwork
-from mpsnode.node.files import load_genesis, save_genesis
+from mpsnode.node.files import load_genesis, load_l1_key, save_genesis
 from mpsnode.node.home import Home
-from mpsnode.node.l1.client import L1Error
+from mpsnode.node.l1.client import L1, L1Error, account
 from mpsnode.node.l1.follower import L1Follower
 from mpsnode.node.lock import home_lock
 from mpsnode.node.log import event, setup_logging
@@ -64,6 +65,7 @@ from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig, apply_node_
 from mpsnode.node.store import LmdbStore, StoreView
 from mpsnode.node.wire import parse_hostport
 from mpsnode.node.writes import run_write
+from verifier.challenger import Challenger
 from verifier.checks import Divergence, Prechecked, precheck_many, verify_block
 from verifier.divergence import ClaimedProofs, Investigation, write_report
 from verifier.metrics import VerifierMetrics
@@ -93,6 +95,7 @@ class VerifierConfig:
     l1_url: str | None = None  # settlement mode: the L1 endpoint this verifier reads deposits from
     l1_confirmations: int = 0
     l1_poll: float = 0.25  # seconds between L1 reads while a block waits for its L1 origin
+    l1_key: LocalAccount | None = None  # settlement part 2: compare posted outputs, challenge wrong ones
 
 
 class _Stopped(Exception):
@@ -240,6 +243,17 @@ class Verifier:
             )
             if self.l1 is not None:
                 await trio.to_thread.run_sync(self._check_l1)
+                if cfg.l1_key is not None:
+                    assert cfg.l1_url is not None and self.genesis.l1 is not None
+                    challenger = Challenger(
+                        L1(cfg.l1_url, self.genesis.l1),
+                        cfg.l1_key,
+                        self.store,
+                        cfg.reports_dir,
+                        self.metrics,
+                        lambda: self.head,
+                    )
+                    nursery.start_soon(challenger.run)
             nursery.start_soon(self._follow)
             task_status.started(self.port)
 
@@ -638,6 +652,7 @@ def run_daemon(
     server: dict[str, Any] | None = None,
     l1: str | None = None,
     l1_confirmations: int = 0,
+    l1_key: str | None = None,
 ) -> int:
     """``mpsnode verifier``: open the home's store and verify until a signal. Prints one ready line."""
 
@@ -660,6 +675,7 @@ def run_daemon(
         exit_on_divergence=exit_on_divergence,
         l1_url=l1 or home.l1 or None,
         l1_confirmations=l1_confirmations,
+        l1_key=account(load_l1_key(l1_key)) if l1_key else None,
     )
     apply_node_options(config, metrics or home.metrics, server)
     lock = home_lock(home.path, "verifier").acquire()

@@ -58,3 +58,17 @@ class VerifierMetrics(NodeMetrics):
             registry=r,
         )
         self.l1_errors = Counter("mps_verifier_l1_errors", "L1 reads that failed", registry=r)
+        self.outputs_checked = Counter(
+            "mps_verifier_outputs_checked", "L1 outputs compared with this verifier's own", registry=r
+        )
+        self.outputs_mismatched = Counter(
+            "mps_verifier_outputs_mismatched",
+            "L1 outputs whose root differs from this verifier's",
+            registry=r,
+        )
+        self.challenges = Counter(
+            "mps_verifier_challenges", "Challenges this verifier sent to L1", registry=r
+        )
+        self.attestations = Counter(
+            "mps_verifier_attestations", "Attestations this verifier sent to L1", registry=r
+        )

@@ -367,6 +367,11 @@ def _verifier(sub: Any) -> None:
     sp.add_argument(
         "--l1-confirmations", type=int, default=0, help="read L1 this many blocks behind its head"
     )
+    sp.add_argument(
+        "--l1-key",
+        help="settlement: this verifier's L1 key file; it bonds into the committee (if admitted), compares "
+        "every posted output with its own and challenges a wrong one on L1",
+    )
     add_server_arguments(sp)
     _runs(sp, "verifier:cmd_verifier")
 

@@ -45,6 +45,7 @@ def cmd_verifier(args: argparse.Namespace) -> int:
         server=server_options(args),
         l1=args.l1,
         l1_confirmations=args.l1_confirmations,
+        l1_key=args.l1_key,
     )
 
 

@@ -34,7 +34,7 @@ from mpsnode.consensus.merkle import list_proof
 from mpsnode.consensus.receipt import Receipt
 from mpsnode.consensus.settlement import tree_proof, tree_root_reference
 from mpsnode.consensus.smt import SparseMerkleTree, TreeNodeError
-from mpsnode.consensus.state import Account, State, account_key, model_key, task_key
+from mpsnode.consensus.state import Account, account_key, model_key, task_key
 from mpsnode.node.errors import (
     BadRequest,
     NotFound,
@@ -95,6 +95,7 @@ from mpsnode.node.messages import (
     VerifierStatus,
     WithdrawalReply,
 )
+from mpsnode.node.outputs import leaves_of, withdrawals_at
 from mpsnode.node.store import Store, StoreReader
 from mpsnode.node.wire import (
     PROTOCOL_VERSION,
@@ -116,7 +117,6 @@ RANGE_BUDGET = 8 << 20  # bytes of blocks per GET_BLOCKS reply (at least one blo
 MAX_WAIT_MS = 60_000
 MAX_EVENTS = 1000
 MAX_PROOF_KEYS = 256  # keys per GET_PROOFS request
-MAX_WITHDRAWAL_TREE = 1 << 20  # leaves a GET_WITHDRAWAL builds its tree from (O(n) keccaks per request)
 SIGNATURE_TRAILER = b"\xc4\x40"  # msgpack bin8 of 64 bytes: a block ends with its signature
 
 
@@ -299,17 +299,8 @@ class NodeServer:
         view = self.store.snapshot()
         try:
             header_bytes, signature = self.header_and_signature(view, height)
-            state = State(view.get_state)
-            leaves: list[bytes] = []
-            records = []
-            while True:
-                record = state.get_withdrawal(len(leaves))
-                if record is None or record.height > height:
-                    break
-                records.append(record)
-                leaves.append(record.leaf(len(leaves)))
-                if len(leaves) > MAX_WITHDRAWAL_TREE:
-                    raise BadRequest(f"the withdrawal tree at {height} has over {MAX_WITHDRAWAL_TREE} leaves")
+            records = withdrawals_at(view, height)
+            leaves = leaves_of(records)
         finally:
             view.close()
         if index >= len(leaves):

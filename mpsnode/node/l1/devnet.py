@@ -11,7 +11,8 @@ from eth_account.signers.local import LocalAccount
 
 DEV_MNEMONIC = "test test test test test test test test test test test junk"  # anvil's and hardhat's
 DEVNET_L1_CHAIN_ID = 31337
-ROLE_INDEX = {"deployer": 0, "sequencer": 1, "user": 2}  # client-i: 3 + i
+ROLE_INDEX = {"deployer": 0, "sequencer": 1, "user": 2}  # client-i: 3 + i, verifier-i: 1000 + i
+DEVNET_VERIFIERS = 2  # committee members a devnet admits (keys/l1/verifier-N.json)
 DEVNET_BOND_WEI = 10**18  # the sequencer's bond in the oracle: 1 ETH
 DEVNET_VERIFIER_BOND_WEI = 10**17  # each verifier's bond in the committee: 0.1 ETH
 DEVNET_CHALLENGE_PERIOD = 5  # seconds an output waits before it finalizes (mainnet rollups: 7 days)
@@ -27,6 +28,8 @@ def role_index(name: str) -> int:
         return ROLE_INDEX[name]
     if name.startswith("client-") and name[7:].isdigit():
         return 3 + int(name[7:])
+    if name.startswith("verifier-") and name[9:].isdigit():
+        return 1000 + int(name[9:])  # past any client; funded by the deployer
     raise ValueError(f"no devnet L1 account for {name!r}")
 
 
