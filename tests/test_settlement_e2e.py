@@ -412,6 +412,9 @@ def test_verifiers_contest_a_wrong_output_and_the_bond_pays_the_challenger(
     paid = l1.balance(challenger) - before[challenger]
     assert paid > 10**18 - 10**16  # the sequencer's 1 ETH bond, less the challenger's gas
     wait_for(lambda: "the sequencer is halted" in seq.log_text(), what="the halted sequencer to be refused")
+    shown = json.loads(cli("l1", "status", *node_args(home, seq), "--json").stdout)
+    assert shown["sequencer_halted"] is True and shown["challenges"]["upheld"] >= 1
+    assert shown["outputs"]["last_age_s"] >= 0
     seq.stop()
     for v in (v0, v1):
         v.stop()

@@ -183,9 +183,12 @@ async def status(node: Client | None, l1: L1) -> dict[str, Any]:
             "outputs": {
                 "posted": count,
                 "last_l2_height": last.l2_height if last else None,
+                "last_age_s": l1.block_timestamp(l1.head()) - last.posted_at if last else None,
                 "finalized": finalized + 1,
                 "last_finalized_l2_height": l1.output(finalized).l2_height if finalized >= 0 else None,
             },
+            "challenges": _challenges(l1, count),
+            "sequencer_halted": bool(oracle.halted().call()),
             "portal": totals,
         }
 
@@ -213,6 +216,23 @@ async def status(node: Client | None, l1: L1) -> dict[str, Any]:
             "portal_equals_l2": backed == totals["balance_wei"],
         }
     return out
+
+
+RECENT_OUTPUTS = 256  # outputs whose challenges `status` lists
+
+
+def _challenges(l1: L1, count: int) -> dict[str, Any]:
+    """The challenges of the last ``RECENT_OUTPUTS`` outputs, by state, and the open ones' outputs."""
+    names = {1: "open", 2: "upheld", 3: "rejected"}
+    tally = {"open": 0, "upheld": 0, "rejected": 0}
+    open_outputs = []
+    for index in range(max(0, count - RECENT_OUTPUTS), count):
+        status = l1.challenge_of(index)[3]
+        if status in names:
+            tally[names[status]] += 1
+            if status == 1:
+                open_outputs.append(index)
+    return {**tally, "open_outputs": open_outputs}
 
 
 def _last_finalized(l1: L1, count: int) -> int:
