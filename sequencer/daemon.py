@@ -72,6 +72,7 @@ from mpsnode.node.store import LmdbStore, Store
 from mpsnode.node.wire import parse_hostport
 from mpsnode.node.writes import run_write
 from sequencer.admission import AdmissionPolicy, check_admission
+from sequencer.evaluation import forge_output
 from sequencer.mempool import Entry, MempoolIndex
 from sequencer.metrics import Metrics
 from sequencer.settlement import OutputAt, SequencerHooks, SettlementConfig, Settler
@@ -161,8 +162,9 @@ class Sequencer:
         if genesis.l1 is not None:
             if self.config.settlement is None:
                 raise ValueError("this chain settles on L1: the sequencer needs --l1 URL and its L1 key")
+            forge = self.forge_at_head if self.config.settlement.dishonest_material is not None else None
             hooks = SequencerHooks(
-                lambda: self.chain.head_header, self.credited_deposits, self.wake, self.output_at_head
+                lambda: self.chain.head_header, self.credited_deposits, self.wake, self.output_at_head, forge
             )
             self.settler = Settler(genesis.l1, self.config.settlement, hooks, self.metrics)
 
@@ -175,6 +177,16 @@ class Sequencer:
         """Have the builder make a block soon (deposits wait, or the L1 origin grows old)."""
         with contextlib.suppress(trio.WouldBlock):  # full: the builder has plenty to wake it already
             self._durable_send.send_nowait([])
+
+    async def forge_at_head(self) -> tuple[OutputAt, dict[str, Any]]:
+        """EVALUATION ONLY (``sequencer.evaluation``): the head's output, forged."""
+        assert self.config.settlement is not None
+        async with self._write_lock:
+            header = self.chain.head_header
+            deposits = State(self.store.get_state).get_settlement().deposits
+            l1_address = bytes.fromhex(self.config.settlement.key.address[2:])
+            root, material = forge_output(self.store, header, self.genesis.fee_recipient, l1_address)
+        return OutputAt(header.height, root, header.l1_origin or 0, deposits), material
 
     async def output_at_head(self) -> OutputAt:
         """The head block's output, read with no block committing meanwhile."""
@@ -590,6 +602,7 @@ class L1Options:
     confirmations: int = 0
     output_blocks: int = 20
     output_seconds: float = 5.0
+    evaluation_dishonest: bool = False  # EVALUATION ONLY: sequencer.evaluation
 
     def config(self, home: Home) -> SettlementConfig:
         url = self.url or home.l1
@@ -599,7 +612,14 @@ class L1Options:
             raise ValueError("--output-blocks and --output-seconds must be positive")
         key = account(load_l1_key(self.key_file or home.l1_key_path("sequencer")))
         return SettlementConfig(
-            url, key, self.confirmations, output_blocks=self.output_blocks, output_s=self.output_seconds
+            url,
+            key,
+            self.confirmations,
+            output_blocks=self.output_blocks,
+            output_s=self.output_seconds,
+            dishonest_material=home.path / "evaluation" / "forged-output.json"
+            if self.evaluation_dishonest
+            else None,
         )
 
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import trio
 from eth_account.signers.local import LocalAccount
@@ -28,6 +30,7 @@ from mpsnode.consensus.settlement import L1Config, L1Facts
 from mpsnode.node.l1.client import L1, L1Error, L1Revert
 from mpsnode.node.l1.follower import L1Follower
 from mpsnode.node.log import event
+from sequencer.evaluation import write_material
 from sequencer.metrics import Metrics
 
 log = logging.getLogger("sequencer.l1")
@@ -51,6 +54,8 @@ class SequencerHooks:
     credited_deposits: Callable[[], int]  # deposits the head state has credited
     wake: Callable[[], None]  # have the builder make a block soon
     output_at_head: Callable[[], Awaitable[OutputAt]]  # the head's output, read consistently
+    # EVALUATION ONLY (sequencer.evaluation): the head's forged output and its proof material
+    forge_at_head: Callable[[], Awaitable[tuple[OutputAt, dict[str, Any]]]] | None = None
 
 
 @dataclass
@@ -61,6 +66,7 @@ class SettlementConfig:
     poll_s: float = 0.25
     output_blocks: int = 20
     output_s: float = 5.0
+    dishonest_material: Path | None = None  # EVALUATION ONLY: forge an output, write its proof here
 
 
 class Settler:
@@ -80,6 +86,7 @@ class Settler:
         self.poster = L1(config.url, l1_config)
         self.last_posted_height = 0
         self._last_post = 0.0
+        self.forged = False
 
     # -- what the builder asks ----------------------------------------------------------------
 
@@ -139,6 +146,12 @@ class Settler:
                 event(log, "l1_error", logging.WARNING, loop="post", error=str(exc))
             metrics.l1_output_height.set(self.last_posted_height)
 
+    async def _turns_dishonest(self) -> bool:
+        """EVALUATION ONLY: the first output after a withdrawal was paid on L1 is forged."""
+        if self.config.dishonest_material is None or self.forged:
+            return False
+        return await trio.to_thread.run_sync(lambda: self.poster.portal_totals()["paid"] > 0)
+
     async def _post_once(self) -> None:
         count = await trio.to_thread.run_sync(self.poster.output_count)
         if count:
@@ -160,6 +173,14 @@ class Settler:
         output = await self.hooks.output_at_head()
         if output.height <= self.last_posted_height:
             return
+        if await self._turns_dishonest():
+            assert self.hooks.forge_at_head is not None and self.config.dishonest_material is not None
+            output, material = await self.hooks.forge_at_head()
+            write_material(self.config.dishonest_material, material)
+            self.forged = True
+            event(
+                log, "evaluation_forged_output", logging.WARNING, height=output.height, root=output.root.hex()
+            )
         receipt = await trio.to_thread.run_sync(
             self.poster.post_output,
             self.config.key,

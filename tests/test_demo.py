@@ -160,3 +160,24 @@ def test_demo_refuses_options_that_cannot_work(tmp_path: Path, capsys: pytest.Ca
     out = capsys.readouterr().err  # refusals go to stderr, as every command's do
     assert "--clients must be" in out and "tolerate at most f = 1" in out and "--attack must be" in out
     assert "is not empty" in out
+
+
+def test_demo_dishonest_sequencer_is_caught_on_l1(tmp_path: Path) -> None:
+    """EVALUATION ONLY: after the task the sequencer posts a forged output; the run must end with
+    the committee's challenge upheld, the forged withdrawal refused, the bond paid, and say so."""
+    done = _demo(
+        "--dishonest-sequencer",
+        "--max-rounds",
+        "8",
+        "--target",
+        "0.8",
+        "--no-plot",
+        "--home",
+        str(tmp_path / "d"),
+    )
+    out = done.stdout
+    assert done.returncode == 0, out[-3000:]
+    line = next(x for x in out.splitlines() if x.startswith("challenge:"))
+    assert "upheld by 2 of 2" in line and "portal: the output does not match its root" in line
+    assert "went to the challenger" in line and "halted: OK" in line
+    assert any(x.startswith("settlement:") and "EQUAL" in x for x in out.splitlines())

@@ -122,5 +122,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         home=args.home,
         byzantine_f=args.byzantine_f,
         plot=args.plot,
+        dishonest_sequencer=args.dishonest_sequencer,
     )
     return run_demo(opts)

@@ -66,7 +66,14 @@ def cmd_sequencer(args: argparse.Namespace) -> int:
         metrics=args.metrics,
         block_time_ms=args.block_time_ms,
         server=server_options(args),
-        l1=L1Options(args.l1, args.l1_key, args.l1_confirmations, args.output_blocks, args.output_seconds),
+        l1=L1Options(
+            args.l1,
+            args.l1_key,
+            args.l1_confirmations,
+            args.output_blocks,
+            args.output_seconds,
+            args.evaluation_dishonest,
+        ),
     )
 
 

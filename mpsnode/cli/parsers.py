@@ -161,6 +161,12 @@ def _local(sub: Any) -> None:
         "--home", default=None, help="keep the chain here (a new or empty dir; default: a new temp dir)"
     )
     sp.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
+    sp.add_argument(
+        "--dishonest-sequencer",
+        action="store_true",
+        help="EVALUATION ONLY: after the task the sequencer posts a forged output to L1; two committee "
+        "verifiers must challenge it, the challenge be upheld and the forged withdrawal refused",
+    )
     _runs(sp, "local:cmd_demo")
 
 
@@ -187,6 +193,12 @@ def _node(sub: Any) -> None:
         type=float,
         default=5.0,
         help="... or every T seconds, whichever comes first (default 5)",
+    )
+    l1.add_argument(
+        "--evaluation-dishonest",
+        action="store_true",
+        help="EVALUATION ONLY (mpsnode demo --dishonest-sequencer): once a withdrawal is paid on L1, post a "
+        "forged output that withdraws 1 ETH the sequencer never had",
     )
     add_server_arguments(sp)
     _runs(sp, "node:cmd_sequencer")

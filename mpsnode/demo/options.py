@@ -18,6 +18,7 @@ class DemoOptions:
     home: str | None = None
     byzantine_f: int | None = None  # None: max(1, min(malicious, (clients - 3) // 2))
     plot: bool = True
+    dishonest_sequencer: bool = False  # EVALUATION ONLY: the sequencer forges an output after the task
 
     def f(self) -> int:
         if self.byzantine_f is not None:

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from genesis import make_settled_network
+from genesis import SettlementTerms, make_settled_network
 from mpsnode import fl
 from mpsnode.client.daemon import ClientConfig, ClientEvent, ClientStopped, run_client
 from mpsnode.client.wallet import Wallet
@@ -58,7 +58,15 @@ from mpsnode.consensus.receipt import receipts_root
 from mpsnode.demo.options import DemoOptions
 from mpsnode.demo.processes import LOCALHOST, DemoFailed, NodeProcess
 from mpsnode.demo.report import ClientInfo, DemoOutcome, Progress, print_summary, round_line
-from mpsnode.demo.settle import DemoL1, final_check, fund, print_settlement, withdraw_reward
+from mpsnode.demo.settle import (
+    DemoL1,
+    challenge_line,
+    expose_forgery,
+    final_check,
+    fund,
+    print_settlement,
+    withdraw_reward,
+)
 from mpsnode.fl.attacks import ATTACKS, Attacker
 from mpsnode.fl.data import digits_split, learner_seed
 from mpsnode.node.connection import Client, ConnectionLost, connect
@@ -335,6 +343,16 @@ async def drive(parts: DemoParts) -> None:
             status.state_root,
         )
 
+    if opts.dishonest_sequencer:
+        async with connect(sequencer.address, genesis=genesis) as node:
+            await expose_forgery(node, demo_l1, net, out)
+            status = await node.status()
+            outcome.head_height, outcome.head_hash, outcome.state_root = (
+                status.height,
+                status.head_hash,
+                status.state_root,
+            )
+
     # the verifier's word, then both sides against each other
     outcome.verdict, outcome.verifier_ok = await verifier_verdict(verifier, genesis, outcome)
     if outcome.verifier_ok:
@@ -416,8 +434,9 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
     anvil = Anvil(block_time=1, log_path=root / "logs" / "anvil.log")
     try:
         anvil.start(root / "l1")
+        terms = SettlementTerms(quorum=2 if opts.dishonest_sequencer else 1)
         net = make_settled_network(
-            root, anvil.url, clients=opts.clients, devnet_keys=True, listen=f"{LOCALHOST}:0"
+            root, anvil.url, clients=opts.clients, devnet_keys=True, listen=f"{LOCALHOST}:0", terms=terms
         )
     except (AnvilError, L1Error) as exc:
         anvil.stop()
@@ -448,6 +467,7 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
             "10",
             "--output-seconds",
             "2",
+            *(["--evaluation-dishonest"] if opts.dishonest_sequencer else []),
         ],
         root / "logs" / "sequencer.log",
     )
@@ -474,6 +494,8 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
                 f"{LOCALHOST}:0",
                 "--l1",
                 anvil.url,
+                "--l1-key",
+                str(root / "keys" / "l1" / "verifier-0.json"),
             ],
             root / "logs" / "verifier.log",
         )
@@ -481,10 +503,40 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
         verifier.start()
         out(
             f"  verifier   pid {verifier.proc.pid if verifier.proc else '?'}  listening on {verifier.address}, "
-            f"re-executing every block of {sequencer.address}"
+            f"re-executing every block of {sequencer.address} and comparing every output posted to L1 "
+            "(a bonded committee member)"
         )
+        if opts.dishonest_sequencer:
+            second = NodeProcess(
+                "verifier-1",
+                [
+                    "verifier",
+                    "--home",
+                    str(root / "verifier-1"),
+                    "--genesis",
+                    str(root / "genesis.json"),
+                    "--upstream",
+                    verifier.address,
+                    "--listen",
+                    f"{LOCALHOST}:0",
+                    "--l1",
+                    anvil.url,
+                    "--l1-key",
+                    str(root / "keys" / "l1" / "verifier-1.json"),
+                ],
+                root / "logs" / "verifier-1.log",
+            )
+            procs.append(second)
+            second.start()
+            out(
+                f"  verifier-1 pid {second.proc.pid if second.proc else '?'}  following the verifier, a second "
+                "committee member (quorum 2)"
+            )
+            out("  EVALUATION ONLY: the sequencer turns dishonest once a withdrawal is paid on L1")
         trio.run(drive_until_interrupted, DemoParts(opts, net, sequencer, verifier, demo_l1, outcome, out))
         code = 0 if outcome.task_status == "completed" and outcome.verifier_ok else 1
+        if opts.dishonest_sequencer and not demo_l1.challenge_ok:
+            code = 1
     except BaseException as exc:  # sorted below; anything unknown is re-raised
         leaves = _leaves(exc)
         if any(isinstance(e, KeyboardInterrupt) for e in leaves):
@@ -519,6 +571,8 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
         else:
             settled = False
             out("settlement: not checked (the run stopped before the end)")
+        if opts.dishonest_sequencer:
+            out(challenge_line(demo_l1))
         if code == 0 and not settled:
             code = 1
     out("RESULT: OK" if code == 0 else "RESULT: FAILED (see above)")

@@ -10,6 +10,7 @@ balance with what the L2 holds (``verifier.replay.engine``), which the ``settlem
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,12 @@ from eth_account.signers.local import LocalAccount
 from mpsnode.client import settlement
 from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.settlement import WEI_PER_UNIT
-from mpsnode.consensus.tx import Withdraw
+from mpsnode.consensus.tx import Transfer, Withdraw
 from mpsnode.demo.processes import DemoFailed
 from mpsnode.demo.report import ClientInfo
 from mpsnode.node.connection import Client
 from mpsnode.node.files import load_l1_key
-from mpsnode.node.l1.client import L1, account
+from mpsnode.node.l1.client import L1, L1Revert, account
 from mpsnode.node.l1.follower import L1Follower
 from verifier.replay.engine import HomeSource, replay
 
@@ -49,6 +50,8 @@ class DemoL1:
     withdrawal: dict[str, Any] | None = None
     settlement: dict[str, Any] | None = None
     outputs: tuple[int, int] = (0, 0)  # posted, finalized
+    challenge: dict[str, Any] | None = None  # --dishonest-sequencer: what became of the forged output
+    challenge_ok: bool = False
 
     @classmethod
     def open(cls, home: Path, url: str, names: list[str], l1: L1) -> DemoL1:
@@ -109,6 +112,110 @@ async def withdraw_reward(
     out(
         f"  proven on L1 against output {result['output']} (L2 block {result['output_l2_height']}): the portal paid "
         f"{result['units']} units to {who.name}'s L1 account (proof gas {result['gas']})"
+    )
+
+
+FORGERY_WAIT = 120.0  # seconds for the forged output to be posted, and then for its challenge to be upheld
+
+
+async def expose_forgery(node: Client, demo: DemoL1, net: Any, out: Any) -> None:
+    """EVALUATION ONLY (--dishonest-sequencer): make a block, so that the sequencer posts its forged
+    output; wait for the committee to uphold the challenge; try the forged withdrawal on L1."""
+    genesis = net.genesis
+    material_path = net.home / "evaluation" / "forged-output.json"
+    wallet = Wallet(net.keys["user"], genesis.chain_id, genesis.params)
+    await wallet.recover(node)
+    stx = await wallet.send(node, Transfer(net.keys["user"].address, 1))  # a new head to post
+    await node.wait_receipt(stx.tx_id)
+    with trio.fail_after(FORGERY_WAIT):
+        while not material_path.exists():
+            await trio.sleep(0.2)
+    forged = json.loads(material_path.read_text())
+    forged_root = bytes.fromhex(forged["output_root"])
+    l1 = demo.l1
+
+    def find() -> int | None:
+        for index in range(l1.output_count() - 1, -1, -1):
+            o = l1.output(index)
+            if o.l2_height == forged["l2_height"]:
+                return index
+        return None
+
+    with trio.fail_after(FORGERY_WAIT):
+        while (index := await trio.to_thread.run_sync(find)) is None:
+            await trio.sleep(0.3)
+    out(
+        f"  EVALUATION ONLY: the sequencer posted output {index} (L2 block {forged['l2_height']}) with a forged "
+        f"root {forged_root.hex()[:16]}..: its state records a withdrawal of {forged['withdrawal']['amount']} "
+        "units (1 ETH) to the sequencer's own L1 account, which it never had"
+    )
+    with trio.fail_after(FORGERY_WAIT):
+        while (status := await trio.to_thread.run_sync(l1.challenge_of, index))[3] != 2:
+            await trio.sleep(0.3)
+    challenger = status[0]
+    oracle = l1.contract("OutputOracle")
+    attested = int(oracle.functions.votes(index, l1.output(index).root).call())
+    quorum = int(oracle.functions.QUORUM().call())
+    resolved = [
+        e
+        for e in oracle.events.ChallengeResolved().get_logs(from_block=0)
+        if int(e["args"]["index"]) == index
+    ]
+    bond_paid = int(resolved[0]["args"]["amount"]) if resolved else 0
+    thief = account(load_l1_key(net.home / "keys" / "l1" / "sequencer.json"))
+    w = forged["withdrawal"]
+    refused = ""
+    try:
+        await trio.to_thread.run_sync(
+            lambda: l1.prove_withdrawal(
+                thief,
+                index,
+                (
+                    bytes.fromhex(forged["state_root"]),
+                    bytes.fromhex(forged["withdrawals_root"]),
+                    bytes.fromhex(forged["block_hash"]),
+                ),
+                w["index"],
+                bytes.fromhex(w["l1_address"][2:]),
+                w["amount"],
+                bytes.fromhex(w["sender"]),
+                tuple(bytes.fromhex(p) for p in forged["proof"]),
+            )
+        )
+    except L1Revert as exc:
+        refused = exc.reason
+    replaced = l1.output(index).root != forged_root
+    halted = bool(oracle.functions.halted().call())
+    demo.challenge = {
+        "output": index,
+        "challenger": challenger,
+        "attestations": attested,
+        "quorum": quorum,
+        "root_replaced": replaced,
+        "forged_withdrawal_refused": refused,
+        "bond_paid_wei": bond_paid,
+        "sequencer_halted": halted,
+    }
+    demo.challenge_ok = bool(replaced and refused and bond_paid > 0 and halted and resolved)
+    out(
+        f"  the committee upheld the challenge ({attested} of the quorum {quorum}); the forged withdrawal "
+        f"on L1: {refused or 'PAID (it should not have been)'}"
+    )
+
+
+def challenge_line(demo: DemoL1) -> str:
+    """The demo's ``challenge:`` line (--dishonest-sequencer)."""
+    c = demo.challenge
+    if c is None:
+        return "challenge: NOT RESOLVED: the forged output was not posted or not challenged in time"
+    verdict = "upheld" if c["root_replaced"] else "NOT upheld"
+    return (
+        f"challenge: the forged output {c['output']} was challenged by {c['challenger']} and {verdict} by "
+        f"{c['attestations']} of {c['quorum']} committee verifiers: it never finalized with the forged root "
+        f"(replaced by the true one), the forged withdrawal was refused "
+        f"({c['forged_withdrawal_refused'] or 'NOT refused'}), "
+        f"the sequencer's bond of {eth(c['bond_paid_wei'])} ETH went to the challenger, and the sequencer is "
+        f"{'halted' if c['sequencer_halted'] else 'NOT halted'}: {'OK' if demo.challenge_ok else 'FAILED'}"
     )
 
 
