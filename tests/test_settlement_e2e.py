@@ -19,6 +19,7 @@ from mpsnode.consensus.settlement import WEI_PER_UNIT
 from mpsnode.node.files import load_genesis, load_l1_key
 from mpsnode.node.l1.anvil import Anvil, rpc
 from mpsnode.node.l1.client import L1, account
+from mpsnode.node.l1.devnet import dev_account
 
 from nodekit import REPO, Daemon, verifier
 
@@ -421,3 +422,57 @@ def test_verifiers_contest_a_wrong_output_and_the_bond_pays_the_challenger(
     replayed = json.loads(cli("replay", "--home", str(home), "--json").stdout)
     assert replayed["settlement"]["outputs_match"] is True
     assert any((tmp_path / f"verifier-{n}" / "reports" / "output-0.json").exists() for n in (0, 1))
+
+
+def test_a_frivolous_challenge_through_the_daemons_loses_its_bond(
+    tmp_path: Path, anvil: Anvil, daemons: list
+) -> None:
+    """The sequencer is honest; a committee member (driven by the test, not a daemon) challenges a
+    correct output; the honest verifier daemons attest the posted root and the quorum rejects it."""
+    home = tmp_path / "net"
+    cli("init", "--home", str(home), "--l1", anvil.url, "--devnet", "--clients", "1", "--deposit-window", str(WINDOW),
+        "--challenge-period", "60", "--quorum", "2")  # fmt: skip
+    text = (home / "config.toml").read_text().replace('listen = "127.0.0.1:7070"', 'listen = "127.0.0.1:0"')
+    (home / "config.toml").write_text(text)
+    genesis = load_genesis(home / "genesis.json")
+    l1 = L1(anvil.url, genesis.l1)
+    deployer = dev_account(0)
+    liar = dev_account(30)  # admitted and bonded by the test itself
+    l1.admit(deployer, liar.address)
+    l1.register_verifier(liar)
+    seq = Daemon(home, ["--output-seconds", "0.5"])
+    daemons.append(seq.start())
+    v0, v1 = (committee_verifier(tmp_path, home, seq, anvil, n) for n in (0, 1))
+    daemons.extend([v0.start(), v1.start()])
+    cli("l1", "deposit", *node_args(home, seq), "--l1-from", "user", "--to", "user", "--amount", "1000000")
+    wait_for(lambda: l1.output_count() >= 1, what="an output")
+    sequencer_l1 = account(load_l1_key(home / "keys" / "l1" / "sequencer.json")).address
+    before = l1.balance(sequencer_l1)
+    l1.challenge(liar, 0, b"\x66" * 32, b"\x01" * 32)
+    wait_for(lambda: l1.challenge_of(0)[3] == 3, what="the frivolous challenge rejected")
+    oracle = l1.contract("OutputOracle").functions
+    assert int(oracle.verifier_bond(liar.address).call()) == 0
+    assert l1.balance(sequencer_l1) > before  # the liar's bond, less the sequencer's gas meanwhile
+    assert oracle.halted().call() is False
+    assert "attested" in v0.log_text() + v1.log_text()
+
+
+def test_a_challenge_after_the_period_is_too_late(tmp_path: Path, anvil: Anvil, daemons: list) -> None:
+    """What the committee must be: online. A wrong root nobody contested in time finalizes; a
+    verifier that starts afterwards sees it, cannot challenge, and says so."""
+    home = tmp_path / "net"
+    cli("init", "--home", str(home), "--l1", anvil.url, "--devnet", "--clients", "1", "--deposit-window", str(WINDOW),
+        "--challenge-period", "2")  # fmt: skip
+    text = (home / "config.toml").read_text().replace('listen = "127.0.0.1:7070"', 'listen = "127.0.0.1:0"')
+    (home / "config.toml").write_text(text)
+    genesis = load_genesis(home / "genesis.json")
+    l1 = L1(anvil.url, genesis.l1)
+    seq = Daemon(home, ["--output-seconds", "0.5"], command=("tests/sabotage.py", "wrong_output", "sequencer"),
+                 name="sabotaged")  # fmt: skip
+    daemons.append(seq.start())
+    cli("l1", "deposit", *node_args(home, seq), "--l1-from", "user", "--to", "user", "--amount", "1000000")
+    wait_for(lambda: l1.output_count() >= 1 and l1.is_finalized(0), what="the wrong output to finalize")
+    v0 = committee_verifier(tmp_path, home, seq, anvil, 0)
+    daemons.append(v0.start())
+    wait_for(lambda: "challenge_too_late" in v0.log_text(), what="the verifier to say it is too late")
+    assert l1.challenge_of(0)[3] == 0
