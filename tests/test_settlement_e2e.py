@@ -50,19 +50,10 @@ def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return done
 
 
-def init(home: Path, url: str, clients: int = 2) -> None:
-    cli(
-        "init",
-        "--home",
-        str(home),
-        "--l1",
-        url,
-        "--devnet",
-        "--clients",
-        str(clients),
-        "--deposit-window",
-        str(WINDOW),
-    )
+def init(home: Path, url: str, clients: int = 2, *extra: str) -> None:
+    """``mpsnode init --l1`` on the devnet L1 (``extra``: more init flags), listening on a free port."""
+    cli("init", "--home", str(home), "--l1", url, "--devnet", "--clients", str(clients),
+        "--deposit-window", str(WINDOW), *extra)  # fmt: skip
     text = (home / "config.toml").read_text().replace('listen = "127.0.0.1:7070"', 'listen = "127.0.0.1:0"')
     (home / "config.toml").write_text(text)
 
@@ -386,10 +377,7 @@ def test_verifiers_contest_a_wrong_output_and_the_bond_pays_the_challenger(
     tmp_path: Path, anvil: Anvil, daemons: list
 ) -> None:
     home = tmp_path / "net"
-    cli("init", "--home", str(home), "--l1", anvil.url, "--devnet", "--clients", "1", "--deposit-window", str(WINDOW),
-        "--challenge-period", "30", "--quorum", "2")  # fmt: skip
-    text = (home / "config.toml").read_text().replace('listen = "127.0.0.1:7070"', 'listen = "127.0.0.1:0"')
-    (home / "config.toml").write_text(text)
+    init(home, anvil.url, 1, "--challenge-period", "30", "--quorum", "2")
     genesis = load_genesis(home / "genesis.json")
     l1 = L1(anvil.url, genesis.l1)
     seq = Daemon(home, ["--output-seconds", "0.5"], command=("tests/sabotage.py", "wrong_output", "sequencer"),
@@ -430,10 +418,7 @@ def test_a_frivolous_challenge_through_the_daemons_loses_its_bond(
     """The sequencer is honest; a committee member (driven by the test, not a daemon) challenges a
     correct output; the honest verifier daemons attest the posted root and the quorum rejects it."""
     home = tmp_path / "net"
-    cli("init", "--home", str(home), "--l1", anvil.url, "--devnet", "--clients", "1", "--deposit-window", str(WINDOW),
-        "--challenge-period", "60", "--quorum", "2")  # fmt: skip
-    text = (home / "config.toml").read_text().replace('listen = "127.0.0.1:7070"', 'listen = "127.0.0.1:0"')
-    (home / "config.toml").write_text(text)
+    init(home, anvil.url, 1, "--challenge-period", "60", "--quorum", "2")
     genesis = load_genesis(home / "genesis.json")
     l1 = L1(anvil.url, genesis.l1)
     deployer = dev_account(0)
@@ -461,10 +446,7 @@ def test_a_challenge_after_the_period_is_too_late(tmp_path: Path, anvil: Anvil, 
     """What the committee must be: online. A wrong root nobody contested in time finalizes; a
     verifier that starts afterwards sees it, cannot challenge, and says so."""
     home = tmp_path / "net"
-    cli("init", "--home", str(home), "--l1", anvil.url, "--devnet", "--clients", "1", "--deposit-window", str(WINDOW),
-        "--challenge-period", "2")  # fmt: skip
-    text = (home / "config.toml").read_text().replace('listen = "127.0.0.1:7070"', 'listen = "127.0.0.1:0"')
-    (home / "config.toml").write_text(text)
+    init(home, anvil.url, 1, "--challenge-period", "2")
     genesis = load_genesis(home / "genesis.json")
     l1 = L1(anvil.url, genesis.l1)
     seq = Daemon(home, ["--output-seconds", "0.5"], command=("tests/sabotage.py", "wrong_output", "sequencer"),
