@@ -73,7 +73,13 @@ def test_a_missing_key_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_
 @pytest.fixture(scope="module")
 def bad_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("bad")
-    make_home(root / "home", clients=2)
+    net = make_home(root / "home", clients=2)
+    from mpsnode.node.chain import Chain
+    from mpsnode.node.store import LmdbStore
+
+    store = LmdbStore(root / "home" / "data", map_size=1 << 26)  # a chain to inspect, whatever runs first
+    Chain(store, net.genesis)
+    store.close()
     (root / "garbage").write_text("not msgpack, not a key, not an array\n")
     (root / "empty").mkdir()
     return {"home": root / "home", "garbage": root / "garbage", "empty": root / "empty"}

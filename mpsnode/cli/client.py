@@ -7,8 +7,11 @@ A client's data, one of:
   split IID, or with Dirichlet(``A``) label skew). Every client and the task's creator must use
   the same ``N``, ``A`` and ``S``: the split is reproduced from them, so the validation set in the
   task is never in any client's shard.
-* ``--data FILE.npz``: your own arrays, ``x`` (samples x features, floats already scaled so that
-  ``x * 2^scale_bits`` fits int16) and ``y`` (integer labels).
+* ``--data FILE``: your own data, features already scaled so that ``x * 2^scale_bits`` fits int16:
+  an .npz with ``x`` (samples x features) and ``y`` (integer labels), an .npy of samples with
+  ``--labels LABELS.npy``, or a .csv with a header row and the labels in ``--label-column``
+  (default ``label``). It must fit the task's arch (features, outputs), checked before anything
+  is signed.
 
 ``create-task`` builds CREATE_TASK from the same data description (``--digits-clients N`` or
 ``--val FILE.npz``), signs it with ``--from NAME``/``--key FILE`` and prints the new task id.
@@ -32,7 +35,7 @@ from mpsnode.client.preflight import preflight
 from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.events import TaskCreated
 from mpsnode.fl.attacks import Attacker
-from mpsnode.fl.data import digits_split, learner_seed, load_npz, parse_alpha, parse_shard
+from mpsnode.fl.data import digits_split, learner_seed, load_dataset, parse_alpha, parse_shard
 from mpsnode.node.connection import connect
 from mpsnode.node.errors import WouldFail
 
@@ -42,7 +45,7 @@ DEFAULT_TASK_CLIENTS = 10  # a task on your own validation set, unless told
 def client_data(args: argparse.Namespace) -> tuple[fl.Dataset, int]:
     """The client's training data and its learner seed, from ``--data`` or ``--digits-shard``."""
     if args.data:
-        return load_npz(args.data, "--data"), args.seed
+        return load_dataset(args.data, "--data", args.label_column, args.labels), args.seed
     i, n = parse_shard(args.digits_shard)
     return digits_split(n, parse_alpha(args.alpha), args.seed).clients[i], learner_seed(args.seed, i)
 
@@ -157,7 +160,7 @@ def cmd_client_create_task(args: argparse.Namespace) -> int:
     key = signer_key(args, home)
     min_clients, max_clients, f = task_sizes(args)
     if args.val:
-        validation = load_npz(args.val, "--val")
+        validation = load_dataset(args.val, "--val", args.label_column, args.val_labels)
     else:
         validation = digits_split(args.digits_clients, parse_alpha(args.alpha), args.seed).validation
     arch = tuple(int(w) for w in args.arch.split(",")) if args.arch else fl.DEFAULT_ARCH

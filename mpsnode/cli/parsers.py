@@ -430,8 +430,13 @@ def _client(sub: Any) -> None:
         "--digits-shard", metavar="I/N", help="shard I of the bundled digits split across N clients"
     )
     data.add_argument(
-        "--data", metavar="FILE.npz", help="your own training data: arrays x (float) and y (int)"
+        "--data",
+        metavar="FILE",
+        help="your own training data: .npz (arrays x, y), .npy of samples (with --labels), or .csv "
+        "with a header (labels in --label-column)",
     )
+    p.add_argument("--labels", metavar="FILE.npy", help="the labels of an .npy --data")
+    p.add_argument("--label-column", default="label", help="the CSV column of the labels (default label)")
     add_digits_arguments(p)
     p.add_argument(
         "--stake", type=int, default=None, help="bond up to this much before joining (default: min_stake)"
@@ -465,8 +470,13 @@ def _client(sub: Any) -> None:
         "--digits-clients", type=int, metavar="N", help="validation set of the digits split for N clients"
     )
     val.add_argument(
-        "--val", metavar="FILE.npz", help="your own validation set: arrays x (float) and y (int)"
+        "--val",
+        metavar="FILE",
+        help="your own validation set: .npz (arrays x, y), .npy of samples (with --val-labels), or .csv "
+        "with a header (labels in --label-column)",
     )
+    p.add_argument("--val-labels", metavar="FILE.npy", help="the labels of an .npy --val")
+    p.add_argument("--label-column", default="label", help="the CSV column of the labels (default label)")
     add_digits_arguments(p)
     p.add_argument(
         "--arch", default=None, help="layer widths, e.g. 64,32,10 (default: mpsnode.fl's for digits)"

@@ -54,6 +54,7 @@ from mpsnode.consensus.limits import MIN_SCORED_UPDATES
 from mpsnode.consensus.state import RoundPhase, Task, TaskStatus, update_key
 from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, commit_reveal, decode_signed_tx
 from mpsnode.fl import Dataset, LocalLearner, LocalUpdate, TrainConfig, quantize, weights_from_bytes
+from mpsnode.fl.data import check_fits
 from mpsnode.fl.rounds import Attacker, RoundView
 from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import Overloaded, ShuttingDown, SlowPeer, TruncatedFrame
@@ -332,6 +333,10 @@ class _Runner:
             raise ClientStopped(
                 f"task {task.task_id} is {task.status.name} and this client is not a participant"
             )
+        try:  # nothing is signed for data that cannot train this task
+            check_fits(self.cfg.data, task.arch, "the client's data")
+        except ValueError as exc:
+            raise ClientStopped(str(exc)) from None
         params = client.params
         target = max(self.cfg.stake or params.min_stake, params.min_stake)
         account = (await client.account(self.address)).value

@@ -13,6 +13,7 @@ large ``alpha`` (100) approaches IID.
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -291,6 +292,99 @@ def load_array(path: str, what: str) -> np.ndarray:
         array.close()
         raise ValueError(f"{what} {path}: an .npy file with one array is needed, not an .npz archive")
     return array
+
+
+def load_csv(path: str, what: str, label_column: str = "label") -> Dataset:
+    """A ``Dataset`` from a CSV file with a header row: ``label_column`` holds the integer labels,
+    every other column a numeric feature. One ``ValueError`` naming the flag, the file, the line
+    and the column for a ragged row, a non-numeric feature or a label that is no class number."""
+    try:
+        with open(path, newline="") as fh:
+            rows = list(csv.reader(fh))
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot read ({exc.strerror or exc})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{what} {path}: not a text CSV file ({exc})") from None
+    if not rows:
+        raise ValueError(f"{what} {path}: empty; a CSV with a header row is needed")
+    header = [h.strip() for h in rows[0]]
+    if label_column not in header:
+        raise ValueError(
+            f"{what} {path}: no column {label_column!r} for the labels (columns: {', '.join(header)}); "
+            "name it with --label-column"
+        )
+    at = header.index(label_column)
+    x_rows: list[list[float]] = []
+    y_rows: list[int] = []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row or all(not cell.strip() for cell in row):
+            continue  # a blank line
+        if len(row) != len(header):
+            raise ValueError(f"{what} {path}: line {line} has {len(row)} fields, the header {len(header)}")
+        features = []
+        for name, cell in zip(header, row, strict=True):
+            if name == label_column:
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                raise ValueError(
+                    f"{what} {path}: line {line}, column {name!r}: {cell!r} is not a number"
+                ) from None
+            if not np.isfinite(value):
+                raise ValueError(
+                    f"{what} {path}: line {line}, column {name!r}: {cell!r} is not a finite number"
+                )
+            features.append(value)
+        label = row[at].strip()
+        if not label.isdigit():
+            raise ValueError(
+                f"{what} {path}: line {line}: label {label!r} is not a class number (0, 1, 2, ...)"
+            )
+        x_rows.append(features)
+        y_rows.append(int(label))
+    if not y_rows:
+        raise ValueError(f"{what} {path}: no data rows under the header")
+    return from_arrays(
+        np.array(x_rows, dtype=np.float64), np.array(y_rows, dtype=np.int64), max(2, max(y_rows) + 1)
+    )
+
+
+def load_dataset(path: str, what: str, label_column: str = "label", labels: str | None = None) -> Dataset:
+    """Your own data: an .npz (``x``, ``y``), a pair of .npy files (``path`` the samples, ``labels``
+    the labels) or a .csv with a header row and a label column."""
+    suffix = path.lower().rsplit(".", 1)[-1] if "." in path else ""
+    if labels is not None and suffix != "npy":
+        raise ValueError(f"--labels goes with an .npy file of samples, not {path}")
+    if suffix == "csv":
+        return load_csv(path, what, label_column)
+    if suffix == "npy":
+        if labels is None:
+            raise ValueError(f"{what} {path}: an .npy of samples needs its labels: --labels LABELS.npy")
+        x, y = load_array(path, what), load_array(labels, "--labels")
+        if x.ndim != 2 or y.ndim != 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(
+                f"{what} {path} and --labels {labels}: need samples x features and one label per sample, "
+                f"got shapes {x.shape} and {y.shape}"
+            )
+        classes = max(2, int(y.max()) + 1) if y.size and y.dtype.kind in "iu" else None
+        return from_arrays(x, y, classes)
+    return load_npz(path, what)
+
+
+def check_fits(data: Dataset, arch: Sequence[int], what: str) -> None:
+    """One ``ValueError`` unless ``data`` fits a task of ``arch``: ``arch[0]`` features, labels
+    below ``arch[-1]``; checked before anything is signed."""
+    if data.features != arch[0]:
+        raise ValueError(
+            f"{what}: the data has {data.features} features; the task's arch {list(arch)} takes {arch[0]}"
+        )
+    if data.y.size and int(data.y.max()) >= arch[-1]:
+        at = int(np.argmax(data.y >= arch[-1]))
+        raise ValueError(
+            f"{what}: label {int(data.y[at])} (sample {at}) is outside the task's {arch[-1]} outputs "
+            f"(0..{arch[-1] - 1})"
+        )
 
 
 def load_npz(path: str, what: str) -> Dataset:
