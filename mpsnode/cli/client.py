@@ -36,6 +36,7 @@ from mpsnode.client.wallet import Wallet
 from mpsnode.consensus.events import TaskCreated
 from mpsnode.fl.attacks import Attacker
 from mpsnode.fl.data import digits_split, learner_seed, load_dataset, parse_alpha, parse_shard
+from mpsnode.fl.flower import load_client
 from mpsnode.node.connection import connect
 from mpsnode.node.errors import WouldFail
 
@@ -61,7 +62,8 @@ def _train_config(args: argparse.Namespace) -> fl.TrainConfig:
 
 def cmd_client_run(args: argparse.Namespace) -> int:
     genesis, node, home = resolve_node(args)
-    data, seed = client_data(args)
+    flower = load_client(args.flower) if args.flower else None
+    data, seed = (None, args.seed) if flower is not None else client_data(args)
     key = signer_key(args, home)
     if args.attack:
         print(
@@ -81,6 +83,8 @@ def cmd_client_run(args: argparse.Namespace) -> int:
         attacker=Attacker(args.attack, colluders=args.colluders, seed=seed) if args.attack else None,
         reconnect_for=args.reconnect_for,
         timeout=args.timeout,
+        flower=flower,
+        flower_layout=args.flower_layout,
     )
 
     def show(ev: ClientEvent) -> None:
@@ -92,7 +96,8 @@ def cmd_client_run(args: argparse.Namespace) -> int:
 
     if not args.json:
         print(
-            f"client {key.address.hex()[:16]}  task {args.task}  node {node}  {len(data)} samples"
+            f"client {key.address.hex()[:16]}  task {args.task}  node {node}  "
+            f"{'Flower client ' + args.flower if flower is not None else str(len(data or ())) + ' samples'}"
             f"{'  journal ' + str(state_dir) if state_dir else ''}",
             flush=True,
         )

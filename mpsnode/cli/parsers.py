@@ -435,8 +435,20 @@ def _client(sub: Any) -> None:
         help="your own training data: .npz (arrays x, y), .npy of samples (with --labels), or .csv "
         "with a header (labels in --label-column)",
     )
+    data.add_argument(
+        "--flower",
+        metavar="MODULE:ATTR",
+        help="your own Flower NumPyClient (or a factory of one) trains instead, on its own data: "
+        "a module name or a path.py, and the attribute",
+    )
     p.add_argument("--labels", metavar="FILE.npy", help="the labels of an .npy --data")
     p.add_argument("--label-column", default="label", help="the CSV column of the labels (default label)")
+    p.add_argument(
+        "--flower-layout",
+        choices=["torch", "sklearn"],
+        default=None,
+        help="the Flower client's parameter layout (default: read off its parameters)",
+    )
     add_digits_arguments(p)
     p.add_argument(
         "--stake", type=int, default=None, help="bond up to this much before joining (default: min_stake)"

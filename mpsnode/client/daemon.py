@@ -55,6 +55,7 @@ from mpsnode.consensus.state import RoundPhase, Task, TaskStatus, update_key
 from mpsnode.consensus.tx import JoinTask, SignedTx, Stake, commit_reveal, decode_signed_tx
 from mpsnode.fl import Dataset, LocalLearner, LocalUpdate, TrainConfig, quantize, weights_from_bytes
 from mpsnode.fl.data import check_fits
+from mpsnode.fl.flower import FlowerLearner, detect_layout
 from mpsnode.fl.rounds import Attacker, RoundView
 from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import Overloaded, ShuttingDown, SlowPeer, TruncatedFrame
@@ -86,7 +87,7 @@ class ClientConfig:
     node: str  # HOST:PORT of the sequencer
     key: crypto.Keypair
     task_id: int
-    data: Dataset
+    data: Dataset | None  # None: a Flower client (``flower``) holds its own data
     genesis: Genesis | None = None  # None: fetched from the node and trusted on first use
     state_dir: Path | None = None  # the submission journal lives here (None: in memory only)
     stake: int | None = None  # bond up to this much before joining (None: the chain's min_stake)
@@ -95,6 +96,8 @@ class ClientConfig:
     attacker: Attacker | None = None  # EVALUATION ONLY: e.g. mpsnode.fl.attacks.Attacker, injected
     reconnect_for: float = 120.0  # give up after this long without a working connection
     timeout: float = 60.0  # connect / receipt waits
+    flower: Any = None  # a Flower NumPyClient that trains instead of the native learner (fl.flower)
+    flower_layout: str | None = None  # its parameters' layout (None: read off its parameters)
 
 
 @dataclass(slots=True)
@@ -238,7 +241,7 @@ class _Runner:
         self.genesis = config.genesis
         self.wallet: Wallet | None = None
         self.journal = Journal(None)  # opened on the first connection, once the chain is known
-        self.learner: LocalLearner | None = None
+        self.learner: LocalLearner | FlowerLearner | None = None
         self.joined = False  # seen among the task's participants
         self.reconnects = 0
         self.seen_joined = -1  # participants when "waiting" was last said
@@ -333,8 +336,11 @@ class _Runner:
             raise ClientStopped(
                 f"task {task.task_id} is {task.status.name} and this client is not a participant"
             )
-        try:  # nothing is signed for data that cannot train this task
-            check_fits(self.cfg.data, task.arch, "the client's data")
+        try:  # nothing is signed for data or a model that cannot train this task
+            if self.cfg.flower is not None:
+                detect_layout(self.cfg.flower, task.arch, self.cfg.flower_layout)
+            elif self.cfg.data is not None:
+                check_fits(self.cfg.data, task.arch, "the client's data")
         except ValueError as exc:
             raise ClientStopped(str(exc)) from None
         params = client.params
@@ -533,9 +539,13 @@ class _Runner:
         view = RoundView(task, self.address, train, observe, client.params, weights)
         return await attacker.craft(view)
 
-    def get_learner(self, task: Task) -> LocalLearner:
+    def get_learner(self, task: Task) -> LocalLearner | FlowerLearner:
+        if self.learner is None and self.cfg.flower is not None:
+            self.learner = FlowerLearner(self.cfg.flower, task.arch, self.cfg.train, self.cfg.flower_layout)
         if self.learner is None:
             data = self.cfg.data
+            if data is None:
+                raise ClientStopped("the client has neither data nor a Flower client to train with")
             if self.cfg.attacker is not None:
                 data = self.cfg.attacker.poison_data(data)
             self.learner = LocalLearner(data, task.arch, self.cfg.train, seed=self.cfg.seed)
