@@ -166,7 +166,7 @@ class Anvil:
             self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
                 self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # slow, or a second Ctrl-C: kill it
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
