@@ -317,6 +317,20 @@ def _node(sub: Any) -> None:
         _runs(p, "node:cmd_query")
 
 
+def add_data_file_arguments(
+    p: argparse.ArgumentParser, group: Any, flag: str, labels: str, what: str
+) -> None:
+    """``flag FILE`` (in ``group``), the labels of an .npy ``labels`` and the CSV label column."""
+    group.add_argument(
+        flag,
+        metavar="FILE",
+        help=f"{what}: .npz (arrays x, y), .npy of samples (with {labels}), or .csv with a header "
+        "(labels in --label-column)",
+    )
+    p.add_argument(labels, metavar="FILE.npy", help=f"the labels of an .npy {flag}")
+    p.add_argument("--label-column", default="label", help="the CSV column of the labels (default label)")
+
+
 def add_l1_arguments(p: argparse.ArgumentParser, payer: bool = True) -> None:
     """How an ``l1`` command finds the L1 and who pays there (``cli.l1``)."""
     add_node_arguments(p)
@@ -429,20 +443,13 @@ def _client(sub: Any) -> None:
     data.add_argument(
         "--digits-shard", metavar="I/N", help="shard I of the bundled digits split across N clients"
     )
-    data.add_argument(
-        "--data",
-        metavar="FILE",
-        help="your own training data: .npz (arrays x, y), .npy of samples (with --labels), or .csv "
-        "with a header (labels in --label-column)",
-    )
+    add_data_file_arguments(p, data, "--data", "--labels", "your own training data")
     data.add_argument(
         "--flower",
         metavar="MODULE:ATTR",
         help="your own Flower NumPyClient (or a factory of one) trains instead, on its own data: "
         "a module name or a path.py, and the attribute",
     )
-    p.add_argument("--labels", metavar="FILE.npy", help="the labels of an .npy --data")
-    p.add_argument("--label-column", default="label", help="the CSV column of the labels (default label)")
     p.add_argument(
         "--flower-layout",
         choices=["torch", "sklearn"],
@@ -481,14 +488,7 @@ def _client(sub: Any) -> None:
     val.add_argument(
         "--digits-clients", type=int, metavar="N", help="validation set of the digits split for N clients"
     )
-    val.add_argument(
-        "--val",
-        metavar="FILE",
-        help="your own validation set: .npz (arrays x, y), .npy of samples (with --val-labels), or .csv "
-        "with a header (labels in --label-column)",
-    )
-    p.add_argument("--val-labels", metavar="FILE.npy", help="the labels of an .npy --val")
-    p.add_argument("--label-column", default="label", help="the CSV column of the labels (default label)")
+    add_data_file_arguments(p, val, "--val", "--val-labels", "your own validation set")
     add_digits_arguments(p)
     p.add_argument(
         "--arch", default=None, help="layer widths, e.g. 64,32,10 (default: mpsnode.fl's for digits)"
