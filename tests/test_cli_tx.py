@@ -16,7 +16,9 @@ from mpsnode.consensus.params import Params
 
 from nodekit import LOCALHOST, REPO, Daemon, make_home
 
-PARAMS = Params(block_time_ms=50, reveal_blocks=400)  # a reveal phase of 20 s: time for a few CLI calls
+PARAMS = Params(
+    block_time_ms=50, reveal_blocks=2000
+)  # a reveal phase of 100 s: time for CLI calls on a loaded machine
 
 
 @pytest.fixture

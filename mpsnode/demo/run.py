@@ -399,6 +399,20 @@ async def verifier_verdict(verifier: NodeProcess, genesis: Any, outcome: DemoOut
         ), True
 
 
+def stop_all(procs: list[NodeProcess], anvil: Anvil) -> None:
+    """Stop every daemon, then anvil; a Ctrl-C meanwhile (wherever it lands) kills the one being
+    stopped and the stopping goes on, so nothing the demo started outlives it."""
+    for stop in [*(p.stop for p in reversed(procs)), anvil.stop]:
+        try:
+            stop()
+        except KeyboardInterrupt:
+            for p in procs:
+                if p.proc is not None and p.proc.poll() is None:
+                    p.proc.kill()
+                    p.proc.wait(15)
+            anvil.stop(kill=True)
+
+
 def _leaves(exc: BaseException) -> list[BaseException]:
     if isinstance(exc, BaseExceptionGroup):
         return [leaf for e in exc.exceptions for leaf in _leaves(e)]
@@ -557,9 +571,7 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
                 out(f"mpsnode demo failed: {type(e).__name__}: {reason}")
             code = 1
     finally:
-        for proc in reversed(procs):
-            proc.stop()
-        anvil.stop()
+        stop_all(procs, anvil)
     outcome.seconds = time.monotonic() - started
     if code == 130:
         out(f"  stopped; what was made so far is in {root}")
