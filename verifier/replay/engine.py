@@ -324,10 +324,8 @@ class _Settlement:
     def facts(self, pre: Prechecked, state: State) -> L1Facts | None:
         if pre.block is None or pre.block.header.l1_origin is None:
             return None
-        origin = pre.block.header.l1_origin
-        if origin > self.follower.scanned_to:
-            self.follower.refresh()
-        return self.follower.facts(origin, state.get_settlement().deposits)
+        # the follower reads L1 on by itself when the origin is past what it has read
+        return self.follower.facts(pre.block.header.l1_origin, state.get_settlement().deposits)
 
     def check_output(self, header: Header, state: State) -> None:
         posted = self.posted.get(header.height)
