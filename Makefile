@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 NODE_STAMP := node_modules/.installed
+# The [torch] extra's torch, asked for exactly first: this release's CPU build is what pip finds on
+# this kind of machine; a bare range would pull a multi-GB CUDA build instead.
+TORCH ?= 2.13.0
 
 .PHONY: demo test lint setup bench clean contracts
 
@@ -12,7 +15,8 @@ $(BIN)/python:
 
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,flower]'
+	$(BIN)/python -m pip install --quiet 'torch==$(TORCH)'
+	$(BIN)/python -m pip install --quiet -e '.[dev,flower,torch]'
 	touch $(STAMP)
 
 # The devnet L1 node (anvil) from the npm registry, at the version package-lock.json pins; the

@@ -1,12 +1,14 @@
 """A Flower NumPyClient around a scikit-learn MLPClassifier, of the kind Flower's own scikit-learn
-examples show, and nothing mpsnode-specific in it: run it on an mpsnode task with
+examples show; nothing in the client is mpsnode-specific (only its default data, a digits shard,
+comes from ``mpsnode.fl.data``). Run it on an mpsnode task with
 
     mpsnode client run --home HOME --from client-1 --task ID --flower examples/flower_sklearn_client.py:make_client
 
-Its data is its own: a shard of scikit-learn's bundled digits, chosen by the environment variable
-``SHARD=I/N`` (the same Dirichlet split the task's creator uses with ``--digits-clients N``; the
-held-back validation set is in no shard). The model must have the task's arch: 64 inputs, one
-hidden layer of 32 ReLU units, 10 outputs.
+Its data is its own: the CSV file named by the environment variable ``DATA`` (a header row, a
+``label`` column, the other columns features scaled to [0, 1]), or else a shard of scikit-learn's
+bundled digits chosen by ``SHARD=I/N`` (the same Dirichlet split the task's creator uses with
+``--digits-clients N``; the held-back validation set is in no shard). The model must have the
+task's arch: 64 inputs, one hidden layer of 32 ReLU units, 10 outputs.
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ from mpsnode.fl.data import digits_split
 CLASSES = np.arange(10)
 
 
+def load_csv(path: str, label: str = "label") -> tuple[np.ndarray, np.ndarray]:
+    with open(path) as f:
+        columns = f.readline().strip().split(",")
+    table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    at = columns.index(label)
+    return np.delete(table, at, axis=1), table[:, at].astype(np.int64)
+
+
 def shard() -> tuple[np.ndarray, np.ndarray]:
+    if "DATA" in os.environ:  # your own CSV: a header row, features scaled to [0, 1], a label column
+        return load_csv(os.environ["DATA"])
     i, n = (int(v) for v in os.environ.get("SHARD", "0/3").split("/"))
     seed = int(os.environ.get("SEED", "0"))
     alpha = os.environ.get("ALPHA", "1.0")

@@ -75,7 +75,7 @@ def test_a_client_whose_data_does_not_fit_signs_nothing(tmp_path: Path, daemons:
     node = Daemon(tmp_path)
     daemons.append(node.start())
     created = cli(
-        node, "client", "create-task", "--from", "user", "--digits-clients", "6", "--join-blocks", "50"
+        node, "client", "create-task", "--from", "user", "--digits-clients", "6", "--join-blocks", "2000"
     )
     assert created.returncode == 0, created.stderr
     task = json.loads(created.stdout)["task_id"]
@@ -94,3 +94,40 @@ def test_a_client_whose_data_does_not_fit_signs_nothing(tmp_path: Path, daemons:
     ragged = write(tmp_path / "r.csv", "a,label\n1\n")
     done = cli(node, "client", "run", "--from", "client-0", "--task", str(task), "--data", ragged)
     assert done.returncode == 2 and "line 2 has 1 fields" in done.stderr
+
+
+def test_create_task_takes_its_validation_set_from_the_users_file(tmp_path: Path, daemons: list) -> None:
+    from mpsnode.fl.data import digits_split
+
+    make_home(tmp_path, clients=3, params=PARAMS)
+    node = Daemon(tmp_path)
+    daemons.append(node.start())
+    val = digits_split(6, None, 0).validation
+    header = ",".join(f"px{i}" for i in range(64)) + ",digit\n"
+    rows = "".join(",".join(f"{v:g}" for v in x) + f",{y}\n" for x, y in zip(val.x, val.y, strict=True))
+    good = write(tmp_path / "val.csv", header + rows)
+    created = cli(node, "client", "create-task", "--from", "user", "--validation", good, "--label-column", "digit",
+                  "--min-clients", "3", "--byzantine-f", "0", "--join-blocks", "50")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    out = json.loads(created.stdout)
+    assert out["validation_samples"] == len(val)
+    assert out["validation_classes"] == np.bincount(val.y, minlength=10).tolist()
+    nonce = account(node, "user")["nonce"]
+    bad = [
+        (write(tmp_path / "ragged.csv", header + rows.splitlines()[0] + ",9\n"), "line 2 has 66 fields"),
+        (write(tmp_path / "big.csv", header + "9," + "0," * 63 + "1\n"), "beyond int16"),
+        (write(tmp_path / "narrow.csv", "a,digit\n0.5,0\n0.25,1\n"), "has 1 features, the arch expects 64"),
+        (
+            write(tmp_path / "labels.csv", header + rows.splitlines()[0].rsplit(",", 1)[0] + ",10\n"),
+            "11 classes",
+        ),
+    ]
+    for path, why in bad:
+        done = cli(node, "client", "create-task", "--from", "user", "--validation", path, "--label-column",
+                   "digit", "--min-clients", "3", "--byzantine-f", "0")  # fmt: skip
+        assert done.returncode != 0 and why in done.stderr and done.stderr.count("\n") == 1, (
+            path,
+            done.stderr,
+        )
+        assert "Traceback" not in done.stderr
+    assert account(node, "user")["nonce"] == nonce and account(node, "user")["pending_txs"] == 0

@@ -1,7 +1,9 @@
-"""Bring your own client: an unchanged Flower NumPyClient (scikit-learn MLPClassifier inside,
-examples/flower_sklearn_client.py) trains for a real task next to native clients, against a real
-sequencer on 127.0.0.1; the task completes and the Flower clients are paid by the contribution
-rule. A client whose model does not fit the task, or whose module does not import, signs nothing."""
+"""Bring your own client: unchanged Flower NumPyClients (a scikit-learn MLPClassifier inside,
+examples/flower_sklearn_client.py; a PyTorch MLP inside, examples/flower_torch_client.py) train for
+real tasks next to native clients, against a real sequencer on 127.0.0.1; the tasks complete and
+every client is paid by the contribution rule. A client whose model does not fit the task, or
+whose module does not import, signs nothing; one still training when the commit phase ends signs
+nothing for that round."""
 
 from __future__ import annotations
 
@@ -18,7 +20,9 @@ from nodekit import LOCALHOST, REPO, Daemon, make_home
 
 pytest.importorskip("flwr", reason="the [flower] extra is not installed (make setup installs it)")
 
-N = 5  # clients: three native, two Flower
+N = 6  # clients in a task
+SKLEARN = "examples/flower_sklearn_client.py:make_client"
+TORCH = "examples/flower_torch_client.py:make_client"
 
 
 def client_run(
@@ -40,44 +44,90 @@ def node(tmp_path: Path, daemons: list) -> Daemon:
     return daemon
 
 
-def test_flower_sklearn_clients_complete_a_task_beside_native_ones_and_are_paid(node: Daemon) -> None:
-    created = cli(node, "client", "create-task", "--from", "user", "--digits-clients", str(N), "--alpha", "iid",
-                  "--seed", "0", "--target", "0.5", "--max-rounds", "20", "--join-blocks", "400")  # fmt: skip
+def run_task(node: Daemon, kinds: list[str]) -> tuple[dict, dict[str, list[dict]], list[dict]]:
+    """A task of ``len(kinds)`` clients, client-i of kind ``kinds[i]`` (native, sklearn, torch),
+    run to its end: (the task as queried, each client's JSON lines, the task's events)."""
+    created = cli(node, "client", "create-task", "--from", "user", "--digits-clients", str(len(kinds)),
+                  "--alpha", "iid", "--seed", "0", "--target", "0.5", "--max-rounds", "20",
+                  "--join-blocks", "400", "--round-blocks", "150")  # fmt: skip
     assert created.returncode == 0, created.stderr
     task = json.loads(created.stdout)["task_id"]
-    flower = "examples/flower_sklearn_client.py:make_client"
     procs = {}
-    for i in range(N):
-        name = f"client-{i}"
-        if i < 3:
+    for i, kind in enumerate(kinds):
+        name, shard = f"client-{i}", f"{i}/{len(kinds)}"
+        if kind == "native":
             procs[name] = client_run(
-                node, name, task, "--digits-shard", f"{i}/{N}", "--alpha", "iid", "--seed", "0"
+                node, name, task, "--digits-shard", shard, "--alpha", "iid", "--seed", "0"
             )
         else:
-            procs[name] = client_run(node, name, task, "--flower", flower,
-                                     env={"SHARD": f"{i}/{N}", "ALPHA": "iid", "SEED": "0"})  # fmt: skip
+            procs[name] = client_run(node, name, task, "--flower", SKLEARN if kind == "sklearn" else TORCH,
+                                     env={"SHARD": shard, "ALPHA": "iid", "SEED": "0"})  # fmt: skip
     outs = {}
     try:
         for name, p in procs.items():
-            out, err = p.communicate(timeout=240)
+            out, err = p.communicate(timeout=300)
             assert p.returncode == 0, (name, err[-2000:])
             outs[name] = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     finally:
         for p in procs.values():
             if p.poll() is None:
                 p.kill()
-    done = {name: lines[-1] for name, lines in outs.items()}
     shown = json.loads(cli(node, "query", "task", str(task)).stdout)
-    assert all(d["event"] == "done" and d["status"] == "completed" for d in done.values()), (done, shown)
+    done = {name: lines[-1] for name, lines in outs.items()}
+    if not all(d["event"] == "done" and d["status"] == "completed" for d in done.values()):
+        pytest.fail(f"the task did not complete: {json.dumps({'task': shown, 'clients': done})}")
+    blocks = json.loads(cli(node, "query", "events", "--task", str(task), "--count", "100000").stdout)[
+        "blocks"
+    ]
+    return shown, outs, [e for b in blocks for e in b["events"]]
+
+
+def assert_paid_by_the_contribution_rule(
+    node: Daemon, shown: dict, events: list[dict], outs: dict[str, list[dict]], kinds: list[str]
+) -> None:
+    """Every client had every update it committed included and revealed, and was paid exactly
+    ``pool * units // (10^6 * billed_rounds)`` (nothing for a client whose updates never improved
+    the model: an honest update can, in a round or two); every kind of client earned."""
+    (completed,) = [e for e in events if e["event"] == "TaskCompleted"]
+    paid = {e["address"]: e["amount"] for e in events if e["event"] == "Rewarded"}
+    billed = shown["billed_rounds"]
+    pool = shown["fee_per_round"] * billed - completed["protocol_fee"]
     units = shown["reward_units"]
-    for name in ("client-3", "client-4"):  # the Flower clients earned by the same rule as the others
+    closed = [(e["round"], e["contributions"]) for e in events if e["event"] == "RoundClosed"]
+    earned = dict.fromkeys(kinds, 0)
+    for name, kind in zip(outs, kinds, strict=True):
+        done = outs[name][-1]
+        if not done["updates_ok"] == done["rounds_committed"] >= 1:
+            pytest.fail(f"{name}: {json.dumps(outs[name])}")
         address = json.loads(cli(node, "query", "account", name).stdout)["address"]
-        assert units.get(address, 0) > 0, (name, units)
+        owed = pool * units.get(address, 0) // (1_000_000 * billed)
+        assert paid.get(address, 0) == owed, (name, paid, units, pool)
+        earned[kind] += owed
+    assert all(v > 0 for v in earned.values()), (earned, units, closed)
+
+
+def test_flower_sklearn_clients_complete_a_task_beside_native_ones_and_are_paid(node: Daemon) -> None:
+    kinds = ["native"] * 3 + ["sklearn"] * 3
+    shown, outs, events = run_task(node, kinds)
+    assert_paid_by_the_contribution_rule(node, shown, events, outs, kinds)
+    committed = [line for line in outs["client-3"] if line["event"] == "committed"]
+    assert committed and all("accuracy" in line["metrics"] and line["train_s"] >= 0 for line in committed)
+
+
+def test_a_task_of_native_sklearn_and_torch_clients_completes_and_pays_all(node: Daemon) -> None:
+    pytest.importorskip("torch", reason="the [torch] extra is not installed (make setup installs it)")
+    kinds = ["native", "sklearn", "torch"] * 2
+    shown, outs, events = run_task(node, kinds)
+    assert_paid_by_the_contribution_rule(node, shown, events, outs, kinds)
+    for i, kind in enumerate(kinds):
+        committed = [line for line in outs[f"client-{i}"] if line["event"] == "committed"]
+        assert committed, (kind, outs[f"client-{i}"])
+        assert all(("metrics" in line) == (kind != "native") for line in committed), (kind, committed)
 
 
 def test_a_flower_client_that_does_not_fit_or_import_signs_nothing(node: Daemon, tmp_path: Path) -> None:
     created = cli(
-        node, "client", "create-task", "--from", "user", "--digits-clients", str(N), "--join-blocks", "100"
+        node, "client", "create-task", "--from", "user", "--digits-clients", str(N), "--join-blocks", "2000"
     )
     task = json.loads(created.stdout)["task_id"]
     bad = tmp_path / "small_client.py"
@@ -104,3 +154,38 @@ def test_a_flower_client_that_does_not_fit_or_import_signs_nothing(node: Daemon,
             err,
         )
     assert account(node, "client-0")["nonce"] == 0 and account(node, "client-0")["pending_txs"] == 0
+
+
+def test_a_client_still_training_when_the_commit_phase_ends_signs_nothing_for_that_round(
+    node: Daemon, tmp_path: Path
+) -> None:
+    created = cli(node, "client", "create-task", "--from", "user", "--digits-clients", "4", "--alpha", "iid",
+                  "--seed", "0", "--target", "0.99", "--max-rounds", "2", "--round-blocks", "10",
+                  "--join-blocks", "400")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    task = json.loads(created.stdout)["task_id"]
+    slow = tmp_path / "slow_client.py"
+    slow.write_text(
+        "import time\n"
+        "import numpy as np\n"
+        "class Slow:\n"
+        "    def get_parameters(self, config):\n"
+        "        return [np.zeros((32, 64)), np.zeros(32), np.zeros((10, 32)), np.zeros(10)]\n"
+        "    def fit(self, parameters, config):\n"
+        "        time.sleep(6)  # longer than the 10-block (2 s) commit phase\n"
+        "        return parameters, 1, {}\n"
+        "client = Slow()\n"
+    )
+    procs = {f"client-{i}": client_run(node, f"client-{i}", task, "--digits-shard", f"{i}/4", "--alpha", "iid",
+                                       "--seed", "0") for i in range(3)}  # fmt: skip
+    procs["client-3"] = client_run(node, "client-3", task, "--flower", f"{slow}:client")
+    try:
+        outs = {name: p.communicate(timeout=240) for name, p in procs.items()}
+    finally:
+        for p in procs.values():
+            if p.poll() is None:
+                p.kill()
+    lines = [json.loads(line) for line in outs["client-3"][0].splitlines() if line.startswith("{")]
+    late = [line for line in lines if line["event"] == "late"]
+    assert late and not [line for line in lines if line["event"] == "committed"], lines
+    assert account(node, "client-3")["nonce"] == 2, lines  # its stake and its join, no commitment

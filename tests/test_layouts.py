@@ -79,3 +79,42 @@ def test_shapes_that_are_no_chain_mlp_are_refused_by_name() -> None:
         layouts.to_arrays(np.zeros(15), (4, 3), "keras")
     with pytest.raises(layouts.LayoutError, match="weight, bias per layer"):
         layouts.arch_of([np.zeros(4), np.zeros(1)], layouts.TORCH)
+
+
+def test_a_torch_sequential_round_trips_exactly_and_computes_the_chains_network() -> None:
+    torch = pytest.importorskip("torch", reason="the [torch] extra is not installed (make setup installs it)")
+    nn = torch.nn
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3)).double()
+    arrays = layouts.torch_arrays(net)
+    assert [a.shape for a in arrays] == [tuple(v.shape) for v in net.state_dict().values()]
+    params, arch = layouts.from_arrays(arrays, layouts.TORCH)
+    assert arch == (6, 8, 5, 3)
+    x = np.random.default_rng(2).normal(size=(9, 6))
+    logits, _ = mlp.forward(params, arch, x)
+    with torch.no_grad():
+        assert np.allclose(net(torch.from_numpy(x)).numpy(), logits, rtol=0, atol=1e-12)
+    other = np.random.default_rng(3).normal(size=params.shape)
+    layouts.set_torch_arrays(net, layouts.to_arrays(other, arch, layouts.TORCH))
+    assert np.array_equal(layouts.from_arrays(layouts.torch_arrays(net), layouts.TORCH)[0], other)
+    single = nn.Sequential(nn.Linear(4, 3))  # float32, as most torch models are: loaded in its own dtype
+    layouts.set_torch_arrays(single, layouts.to_arrays(np.arange(15) / 4, (4, 3), layouts.TORCH))
+    assert single[0].weight.dtype == torch.float32
+    assert np.array_equal(
+        layouts.from_arrays(layouts.torch_arrays(single), layouts.TORCH)[0], np.arange(15) / 4
+    )
+
+
+def test_torch_models_that_are_no_chain_mlp_are_refused_by_name() -> None:
+    torch = pytest.importorskip("torch", reason="the [torch] extra is not installed (make setup installs it)")
+    nn = torch.nn
+    cases = [
+        (nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 2)), "module 1 of the nn.Sequential is Tanh"),
+        (nn.Sequential(nn.Linear(4, 4), nn.ReLU()), "ends in a ReLU"),
+        (nn.Sequential(nn.Linear(4, 2, bias=False)), "Linear \\(with bias\\)"),
+        (nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.ReLU(), nn.Linear(4, 2)), "module 2"),
+        (nn.Linear(4, 2), "got Linear"),
+    ]
+    for net, why in cases:
+        with pytest.raises(layouts.LayoutError, match=why):
+            layouts.torch_arrays(net)

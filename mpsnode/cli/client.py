@@ -14,7 +14,7 @@ A client's data, one of:
   is signed.
 
 ``create-task`` builds CREATE_TASK from the same data description (``--digits-clients N`` or
-``--val FILE.npz``), signs it with ``--from NAME``/``--key FILE`` and prints the new task id.
+``--validation FILE``), signs it with ``--from NAME``/``--key FILE`` and prints the new task id.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import trio
 
 from mpsnode import fl
@@ -91,7 +92,10 @@ def cmd_client_run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(ev.to_json()), flush=True)
             return
-        fields = "  ".join(f"{k} {v}" for k, v in ev.fields.items())
+        fields = "  ".join(
+            f"{k} {','.join(f'{mk}={mv}' for mk, mv in v.items()) if isinstance(v, dict) else v}"
+            for k, v in ev.fields.items()
+        )
         print(f"{ev.kind:<12} {fields}", flush=True)
 
     if not args.json:
@@ -164,8 +168,8 @@ def cmd_client_create_task(args: argparse.Namespace) -> int:
     genesis, node, home = resolve_node(args)
     key = signer_key(args, home)
     min_clients, max_clients, f = task_sizes(args)
-    if args.val:
-        validation = load_dataset(args.val, "--val", args.label_column, args.val_labels)
+    if args.validation:
+        validation = load_dataset(args.validation, "--validation", args.label_column, args.val_labels)
     else:
         validation = digits_split(args.digits_clients, parse_alpha(args.alpha), args.seed).validation
     arch = tuple(int(w) for w in args.arch.split(",")) if args.arch else fl.DEFAULT_ARCH
@@ -220,6 +224,8 @@ def cmd_client_create_task(args: argparse.Namespace) -> int:
                 "aggregator": args.aggregator,
                 "join_deadline": outcome.height + args.join_blocks,
                 "validation_samples": len(validation),
+                # samples per class: a user's own file shows here what the chain will judge on
+                "validation_classes": np.bincount(validation.y, minlength=arch[-1]).tolist(),
             }
 
     out = trio.run(main)

@@ -318,11 +318,13 @@ def _node(sub: Any) -> None:
 
 
 def add_data_file_arguments(
-    p: argparse.ArgumentParser, group: Any, flag: str, labels: str, what: str
+    p: argparse.ArgumentParser, group: Any, flag: str, labels: str, what: str, *aliases: str
 ) -> None:
-    """``flag FILE`` (in ``group``), the labels of an .npy ``labels`` and the CSV label column."""
+    """``flag FILE`` (in ``group``, also spelt ``aliases``), the labels of an .npy ``labels`` and
+    the CSV label column."""
     group.add_argument(
         flag,
+        *aliases,
         metavar="FILE",
         help=f"{what}: .npz (arrays x, y), .npy of samples (with {labels}), or .csv with a header "
         "(labels in --label-column)",
@@ -488,7 +490,7 @@ def _client(sub: Any) -> None:
     val.add_argument(
         "--digits-clients", type=int, metavar="N", help="validation set of the digits split for N clients"
     )
-    add_data_file_arguments(p, val, "--val", "--val-labels", "your own validation set")
+    add_data_file_arguments(p, val, "--validation", "--val-labels", "your own validation set", "--val")
     add_digits_arguments(p)
     p.add_argument(
         "--arch", default=None, help="layer widths, e.g. 64,32,10 (default: mpsnode.fl's for digits)"

@@ -100,6 +100,20 @@ class ClientConfig:
     flower_layout: str | None = None  # its parameters' layout (None: read off its parameters)
 
 
+def _loggable(metrics: dict[str, Any]) -> dict[str, Any]:
+    """A client's metrics as JSON can carry them: numbers rounded, anything else as its text."""
+    out: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            out[str(key)] = value
+        elif isinstance(value, (int, float, np.integer, np.floating)):
+            number = float(value)
+            out[str(key)] = round(number, 6) if math.isfinite(number) else str(number)
+        else:
+            out[str(key)] = str(value)[:200]
+    return out
+
+
 @dataclass(slots=True)
 class RoundRecord:
     """What the client did in one round (the journal holds each tx before it is sent)."""
@@ -462,8 +476,17 @@ class _Runner:
         if ptask.status != TaskStatus.ACTIVE or ptask.round != task.round or ptask.phase != RoundPhase.COMMIT:
             return  # the round moved on between the two reads: look again at the next block
         weights = weights_from_bytes(blob, ptask.arch)
+        started = trio.current_time()
         delta, loss, clipped = await self.compute_delta(client, blocks, ptask, weights)
         if delta is None:
+            return
+        train_s = round(trio.current_time() - started, 3)
+        metrics = getattr(self.learner, "last_metrics", None)  # a Flower client's fit and evaluate metrics
+        fresh = await self.read_task(client)
+        if fresh.status != TaskStatus.ACTIVE or fresh.round != ptask.round or fresh.phase != RoundPhase.COMMIT:
+            # the commit phase ended while this client trained: a commitment now would fail and cost
+            # its fee, so nothing is signed; the next round is trained from its own model
+            self.emit("late", round=ptask.round, train_s=train_s, deadline=ptask.round_deadline)
             return
         assert self.wallet is not None
         delta_bytes = delta.astype("<i2").tobytes()
@@ -494,6 +517,8 @@ class _Runner:
             proven_height=rec.proven_height,
             loss=None if math.isnan(rec.loss) else round(rec.loss, 4),
             clipped=rec.clipped,
+            train_s=train_s,
+            **({"metrics": _loggable(metrics)} if metrics else {}),
             **({"attack": rec.attack} if rec.attack else {}),
         )
 

@@ -242,7 +242,7 @@ async def drive(parts: DemoParts) -> None:
         limiter = trio.CapacityLimiter(2)  # training threads: the machine's cores, not one per client
 
         def on_event(ev: ClientEvent) -> None:
-            if ev.kind in ("disconnected", "reconnected", "resubmitted", "lost", "refused"):
+            if ev.kind in ("disconnected", "reconnected", "resubmitted", "lost", "refused", "late"):
                 name = progress.names.get(ev.address, ev.address.hex()[:8])
                 out(f"  {name}: {ev.kind} {json.dumps(ev.fields)}")
 

@@ -143,3 +143,43 @@ def set_sklearn_arrays(mlp: Any, arrays: Sequence[Any]) -> None:
     n = len(arrays) // 2
     mlp.coefs_ = [np.array(a, dtype=np.float64) for a in arrays[:n]]
     mlp.intercepts_ = [np.array(a, dtype=np.float64) for a in arrays[n:]]
+
+
+def torch_arrays(net: Any) -> list[np.ndarray]:
+    """A PyTorch ``nn.Sequential`` of ``Linear`` and ``ReLU`` (ReLU between the Linears, none after
+    the last) as ``TORCH``-layout arrays, float64 copies in ``state_dict`` order; ``LayoutError``
+    naming the first module that is not part of a chain MLP."""
+    import torch  # noqa: PLC0415 - the optional [torch] extra: only a torch model needs it
+
+    if not isinstance(net, torch.nn.Sequential):
+        raise LayoutError(f"the chain's MLP is an nn.Sequential of Linear and ReLU; got {type(net).__name__}")
+    modules = list(net)
+    want_linear = True
+    for i, module in enumerate(modules):
+        kind = torch.nn.Linear if want_linear else torch.nn.ReLU
+        if not isinstance(module, kind) or (want_linear and module.bias is None):
+            raise LayoutError(
+                f"module {i} of the nn.Sequential is {module!r}; the chain's MLP alternates Linear (with bias) "
+                "and ReLU, ending in a Linear"
+            )
+        want_linear = not want_linear
+    if want_linear:
+        raise LayoutError("the nn.Sequential ends in a ReLU (or is empty); the chain's MLP ends in a Linear")
+    arrays = [value.detach().cpu().numpy().astype(np.float64) for value in net.state_dict().values()]
+    arch_of(arrays, TORCH)
+    return arrays
+
+
+def set_torch_arrays(net: Any, arrays: Sequence[Any]) -> None:
+    """Load ``TORCH``-layout arrays into ``net`` (an MLP ``torch_arrays`` accepts, same shapes),
+    each in the dtype its parameter already has."""
+    import torch  # noqa: PLC0415 - the optional [torch] extra
+
+    check_arch(arrays, TORCH, arch_of(torch_arrays(net), TORCH))
+    state = net.state_dict()
+    net.load_state_dict(
+        {
+            key: torch.as_tensor(np.asarray(a), dtype=state[key].dtype)
+            for key, a in zip(state, arrays, strict=True)
+        }
+    )

@@ -42,6 +42,8 @@ def task_fields(task: Task) -> dict[str, Any]:
         # contribution units earned so far (10^6 per billed round are shared; docs/PROTOCOL.md section 8)
         "reward_units": {a.hex(): n for a, n in task.reward_units},
         "escrow": task.escrow,
+        "fee_per_round": task.fee_per_round,
+        "billed_rounds": task.billed_rounds,
         "accuracy_bps": task.accuracy_bps,
         "void_rounds": task.rounds_closed - task.billed_rounds,
         "join_deadline": task.join_deadline,
