@@ -483,7 +483,11 @@ class _Runner:
         train_s = round(trio.current_time() - started, 3)
         metrics = getattr(self.learner, "last_metrics", None)  # a Flower client's fit and evaluate metrics
         fresh = await self.read_task(client)
-        if fresh.status != TaskStatus.ACTIVE or fresh.round != ptask.round or fresh.phase != RoundPhase.COMMIT:
+        if (
+            fresh.status != TaskStatus.ACTIVE
+            or fresh.round != ptask.round
+            or fresh.phase != RoundPhase.COMMIT
+        ):
             # the commit phase ended while this client trained: a commitment now would fail and cost
             # its fee, so nothing is signed; the next round is trained from its own model
             self.emit("late", round=ptask.round, train_s=train_s, deadline=ptask.round_deadline)
