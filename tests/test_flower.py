@@ -156,29 +156,32 @@ def test_a_flower_client_that_does_not_fit_or_import_signs_nothing(node: Daemon,
     assert account(node, "client-0")["nonce"] == 0 and account(node, "client-0")["pending_txs"] == 0
 
 
-def test_a_client_still_training_when_the_commit_phase_ends_signs_nothing_for_that_round(
-    node: Daemon, tmp_path: Path
-) -> None:
-    created = cli(node, "client", "create-task", "--from", "user", "--digits-clients", "4", "--alpha", "iid",
-                  "--seed", "0", "--target", "0.99", "--max-rounds", "2", "--round-blocks", "10",
-                  "--join-blocks", "400")  # fmt: skip
-    assert created.returncode == 0, created.stderr
-    task = json.loads(created.stdout)["task_id"]
-    slow = tmp_path / "slow_client.py"
-    slow.write_text(
+def slow_client(tmp_path: Path, seconds: float) -> str:
+    """A Flower client of the task's arch whose fit takes ``seconds`` and changes nothing."""
+    path = tmp_path / "slow_client.py"
+    path.write_text(
         "import time\n"
         "import numpy as np\n"
         "class Slow:\n"
         "    def get_parameters(self, config):\n"
         "        return [np.zeros((32, 64)), np.zeros(32), np.zeros((10, 32)), np.zeros(10)]\n"
         "    def fit(self, parameters, config):\n"
-        "        time.sleep(6)  # longer than the 10-block (2 s) commit phase\n"
+        f"        time.sleep({seconds})\n"
         "        return parameters, 1, {}\n"
         "client = Slow()\n"
     )
+    return f"{path}:client"
+
+
+def run_beside_natives(node: Daemon, flower: str, *task_args: str) -> tuple[list[dict], dict]:
+    """Three native clients and the Flower client ``flower`` (client-3) in a 4-client task."""
+    created = cli(node, "client", "create-task", "--from", "user", "--digits-clients", "4", "--alpha", "iid",
+                  "--seed", "0", "--target", "0.99", "--join-blocks", "400", *task_args)  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    task = json.loads(created.stdout)["task_id"]
     procs = {f"client-{i}": client_run(node, f"client-{i}", task, "--digits-shard", f"{i}/4", "--alpha", "iid",
                                        "--seed", "0") for i in range(3)}  # fmt: skip
-    procs["client-3"] = client_run(node, "client-3", task, "--flower", f"{slow}:client")
+    procs["client-3"] = client_run(node, "client-3", task, "--flower", flower)
     try:
         outs = {name: p.communicate(timeout=240) for name, p in procs.items()}
     finally:
@@ -186,6 +189,28 @@ def test_a_client_still_training_when_the_commit_phase_ends_signs_nothing_for_th
             if p.poll() is None:
                 p.kill()
     lines = [json.loads(line) for line in outs["client-3"][0].splitlines() if line.startswith("{")]
+    return lines, account(node, "client-3")
+
+
+def test_a_client_still_training_when_the_commit_phase_ends_signs_nothing_for_that_round(
+    node: Daemon, tmp_path: Path
+) -> None:
+    # fit takes 6 s; the commit phase is 10 blocks (0.5 s at the test chain's 50 ms blocks)
+    lines, acct = run_beside_natives(
+        node, slow_client(tmp_path, 6), "--max-rounds", "2", "--round-blocks", "10"
+    )
     late = [line for line in lines if line["event"] == "late"]
     assert late and not [line for line in lines if line["event"] == "committed"], lines
-    assert account(node, "client-3")["nonce"] == 2, lines  # its stake and its join, no commitment
+    assert acct["nonce"] == 2, lines  # its stake and its join, no commitment
+
+
+def test_a_client_training_for_longer_than_its_subscription_buffers_still_commits_and_reveals(
+    node: Daemon, tmp_path: Path
+) -> None:
+    # fit takes 5 s: 100 blocks pushed meanwhile, beyond the 64 the client's subscription buffers;
+    # before lossy subscriptions its next request waited behind them for ever
+    lines, _ = run_beside_natives(
+        node, slow_client(tmp_path, 5), "--max-rounds", "1", "--round-blocks", "600"
+    )
+    done = lines[-1]
+    assert done["event"] == "done" and done["updates_ok"] == done["rounds_committed"] == 1, lines

@@ -215,6 +215,30 @@ def test_subscribe_pushes_signed_blocks_as_made(node) -> None:
     run(main)
 
 
+def test_a_lossy_subscriber_that_reads_nothing_never_holds_up_the_connections_replies(node) -> None:
+    """The client daemon's case: a round's training outlasts the subscription's buffer while the
+    chain moves on; its next request on the same connection still gets its reply at once."""
+    daemon, g, keys = node
+
+    async def main() -> None:
+        async with connect(daemon.address, genesis=g) as client, connect(daemon.address, genesis=g) as other:
+            start = (await client.status()).height + 1
+            wallet = await _wallet(other, keys["client-6"])
+            async with client.subscribe(start, buffer=2, lossy=True) as blocks:
+                for i in range(10):  # a block each, on the other connection: 5x the buffer, none read
+                    stx = await wallet.send(other, Transfer(keys["user"].address, i + 1))
+                    await other.wait_receipt(stx.tx_id, timeout=10)
+                with trio.fail_after(5):
+                    status = await client.status()
+                assert status.height >= start + 9
+                first = blocks.receive_nowait()
+                assert first.height == start  # what fit is kept, in order; the rest was dropped
+                newest = await blocks.receive()  # and new pushes arrive again once there is room
+                assert newest.height > start
+
+    run(main)
+
+
 def test_task_and_model_queries_are_proven(node) -> None:
     daemon, g, keys = node
 

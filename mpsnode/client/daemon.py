@@ -310,7 +310,9 @@ class _Runner:
                 "refused", nonce=stx.tx.nonce, tx_kind=stx.tx.kind.name, code=exc.code, reason=exc.reason
             )
         status = await client.status()
-        async with client.subscribe(from_height=status.height + 1) as blocks:
+        # lossy: a round's training may outlast the buffer, and this connection's replies must not wait
+        # behind pushes nobody reads; _next_block skips to the newest block anyway
+        async with client.subscribe(from_height=status.height + 1, lossy=True) as blocks:
             await self.ensure_joined(client, blocks)
             while True:
                 result = await self.step(client, blocks)

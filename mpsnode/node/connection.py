@@ -198,6 +198,7 @@ class Client:
         self._outbox = Outbox(1 << 62, 1e9)  # the caller's own requests: bounded by the caller
         self._waiters: dict[int, _Waiter] = {}
         self._subs: dict[int, trio.MemorySendChannel[PushedBlock]] = {}
+        self._lossy: set[int] = set()  # subscriptions whose pushes are dropped rather than waited for
         self._next_id = 1
         self._closed: BaseException | None = None
         self.hello: Hello | None = None
@@ -250,8 +251,13 @@ class Client:
                     channel = self._subs.get(req_id)
                     if channel is not None:
                         push = BlockPush.from_wire(msg)
+                        pushed = PushedBlock(push.height, push.block, push.receipts)
                         try:
-                            await channel.send(PushedBlock(push.height, push.block, push.receipts))
+                            if req_id in self._lossy:
+                                with suppress(trio.WouldBlock):  # full: the consumer has a block to wake it
+                                    channel.send_nowait(pushed)
+                            else:
+                                await channel.send(pushed)
                         except (trio.BrokenResourceError, trio.ClosedResourceError):
                             self._subs.pop(req_id, None)
                     continue
@@ -541,16 +547,22 @@ class Client:
 
     @asynccontextmanager
     async def subscribe(
-        self, from_height: int = 1, *, with_receipts: bool = False, buffer: int = 64
+        self, from_height: int = 1, *, with_receipts: bool = False, buffer: int = 64, lossy: bool = False
     ) -> AsyncIterator[trio.MemoryReceiveChannel[PushedBlock]]:
         """Blocks from ``from_height`` on, then each new one as it is made.
 
-        If this consumer falls behind, the connection stalls and the node eventually drops it.
+        If this consumer falls behind, the connection stalls (every other reply on it waits too)
+        and the node eventually drops it: right for a follower that needs every block. ``lossy``
+        is for a consumer that only needs to know the chain moved on while it makes requests of
+        its own on the same connection (the client daemon, which may train for longer than
+        ``buffer`` blocks): a push that finds the buffer full is dropped, never waited for.
         """
         send, recv = trio.open_memory_channel[PushedBlock](buffer)
         req_id = self._new_id()
         waiter = self._waiters[req_id] = _Waiter()
         self._subs[req_id] = send
+        if lossy:
+            self._lossy.add(req_id)
         try:
             self._send(Msg.SUBSCRIBE, req_id, Subscribe(from_height, with_receipts).to_obj())
             await waiter.event.wait()
@@ -562,6 +574,7 @@ class Client:
         finally:
             self._waiters.pop(req_id, None)
             self._subs.pop(req_id, None)
+            self._lossy.discard(req_id)
             send.close()
             if self._closed is None:
                 with suppress(ConnectionLost):
