@@ -60,6 +60,7 @@ from mpsnode.consensus.state import ACCOUNT, UNBONDING_QUEUE, Account, State
 from mpsnode.consensus.tx import Kind, SignedTx, decode_signed_tx, validate_transaction
 from mpsnode.node.chain import Chain
 from mpsnode.node.errors import BadRequest, NotFound, ShuttingDown, VerificationFailed
+from mpsnode.node.explorer.app import Explorer, serve_explorer
 from mpsnode.node.files import load_key, load_l1_key
 from mpsnode.node.home import Home
 from mpsnode.node.l1.client import account
@@ -89,6 +90,8 @@ class SequencerConfig:
     port: int = 7070
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None  # the explorer (--http); None: not served
     block_time_ms: int | None = None  # None: the genesis parameter
     max_block_txs: int = 20_000
     policy: AdmissionPolicy = field(default_factory=AdmissionPolicy)
@@ -157,6 +160,7 @@ class Sequencer:
         self._fresh = True  # durable txs arrived since the last selection
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
         self.metrics.height.set(self.chain.head.height)  # from the store: right at once after a restart
         self.settler: Settler | None = None
         if genesis.l1 is not None:
@@ -268,6 +272,25 @@ class Sequencer:
         event(log, "dropped by its sender", tx_id=tx_id.hex(), nonce=entry.nonce)
 
     # the service ---------------------------------------------------------------------------------
+    def explorer(self) -> Explorer:
+        """The explorer over this sequencer's store (``--http``), with its L1 view when it settles."""
+
+        def extra() -> dict[str, Any]:
+            settler = self.settler
+            if settler is None:
+                return {}
+            credited = self.chain.state().get_settlement().deposits
+            return {
+                "settlement": {
+                    "l1_head": settler.follower.head,
+                    "deposits_read": settler.follower.pending(credited) + credited,
+                    "deposits_pending": settler.follower.pending(credited),
+                    "last_output_l2_height": settler.last_posted_height,
+                }
+            }
+
+        return Explorer(self.server, block_time_ms=int(self.block_time * 1000), node_extra=extra)
+
     async def run(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; reports the bound port once listening."""
         kernel = await trio.to_thread.run_sync(warm_up)
@@ -284,6 +307,10 @@ class Sequencer:
                 if cfg.metrics_port is not None:
                     self.metrics_port = await nursery.start(
                         serve_metrics, self.metrics, cfg.metrics_host, cfg.metrics_port
+                    )
+                if cfg.http_port is not None:
+                    self.http_port = await nursery.start(
+                        serve_explorer, self.explorer(), cfg.http_host, cfg.http_port
                     )
                 self.port = await nursery.start(self.server.serve, cfg.host, cfg.port)
                 head = self.chain.head
@@ -628,6 +655,7 @@ def run_daemon(
     *,
     listen: str | None = None,
     metrics: str | None = None,
+    http: str | None = None,
     block_time_ms: int | None = None,
     server: dict[str, Any] | None = None,
     l1: L1Options | None = None,
@@ -641,7 +669,7 @@ def run_daemon(
     host, port = parse_hostport(listen or home.listen)
     settlement = (l1 or L1Options()).config(home) if genesis.l1 is not None else None
     config = SequencerConfig(host=host, port=port, block_time_ms=block_time_ms, settlement=settlement)
-    apply_node_options(config, metrics or home.metrics, server)
+    apply_node_options(config, metrics or home.metrics, server, http)
     lock = home_lock(home.path, "sequencer").acquire()
     store = LmdbStore(home.data_path, map_size=home.map_size)
     try:
@@ -655,6 +683,7 @@ def run_daemon(
                         "host": host,
                         "port": seq.port,
                         "metrics_port": seq.metrics_port,
+                        "http_port": seq.http_port,
                         "height": seq.chain.head.height,
                     }
                 ),

@@ -46,6 +46,7 @@ class Daemon:
     proc: subprocess.Popen | None = None
     port: int = 0
     metrics_port: int | None = None
+    http_port: int | None = None  # the explorer's, when started with --http
     starts: int = 0
     # what runs: ``python <command> --home H --listen 127.0.0.1:0 <args>``; ``name`` names the log file
     command: tuple[str, ...] = ("-m", "mpsnode.cli", "sequencer")
@@ -89,6 +90,7 @@ class Daemon:
                 raise RuntimeError(f"{self.name} did not get ready")
         ready = json.loads(line)
         self.port, self.metrics_port = ready["port"], ready["metrics_port"]
+        self.http_port = ready.get("http_port")
         return self
 
     def metrics_text(self) -> str:

@@ -53,6 +53,7 @@ from mpsnode.consensus.stf.transition import BlockResult
 from mpsnode.node.chain import Chain
 from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import ProtocolViolation, VerificationFailed, WrongNetwork
+from mpsnode.node.explorer.app import Explorer, serve_explorer
 from mpsnode.node.files import load_genesis, load_l1_key, save_genesis
 from mpsnode.node.home import Home
 from mpsnode.node.l1.client import L1, L1Error, account
@@ -84,6 +85,8 @@ class VerifierConfig:
     port: int = 7071
     metrics_host: str = "127.0.0.1"
     metrics_port: int | None = None
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None  # the explorer (--http); None: not served
     reports_dir: Path = Path("reports")
     exit_on_divergence: bool = False
     server: ServerConfig = field(default_factory=ServerConfig)
@@ -177,6 +180,7 @@ class Verifier:
         self._inflight: deque[tuple[dict[bytes, bytes | None], dict[bytes, bytes]]] = deque()
         self.port: int | None = None
         self.metrics_port: int | None = None
+        self.http_port: int | None = None
         self.metrics.height.set(self.chain.head.height)
         self.l1: L1Follower | None = None
         if genesis.l1 is not None:
@@ -191,6 +195,15 @@ class Verifier:
     @property
     def head(self) -> int:
         return self.watch.height
+
+    def explorer(self) -> Explorer:
+        """The explorer over this verifier's verified store (``--http``), its reports linked."""
+        return Explorer(
+            self.server,
+            block_time_ms=self.genesis.params.block_time_ms,
+            node_extra=lambda: {"l1": self.config.l1_url} if self.config.l1_url else {},
+            reports_dir=self.config.reports_dir,
+        )
 
     @property
     def lag(self) -> int:
@@ -227,6 +240,10 @@ class Verifier:
             if cfg.metrics_port is not None:
                 self.metrics_port = await nursery.start(
                     serve_metrics, self.metrics, cfg.metrics_host, cfg.metrics_port
+                )
+            if cfg.http_port is not None:
+                self.http_port = await nursery.start(
+                    serve_explorer, self.explorer(), cfg.http_host, cfg.http_port
                 )
             self.port = await nursery.start(self.server.serve, cfg.host, cfg.port)
             head = self.chain.head
@@ -648,6 +665,7 @@ def run_daemon(
     genesis_file: str | None = None,
     listen: str | None = None,
     metrics: str | None = None,
+    http: str | None = None,
     exit_on_divergence: bool = False,
     server: dict[str, Any] | None = None,
     l1: str | None = None,
@@ -677,7 +695,7 @@ def run_daemon(
         l1_confirmations=l1_confirmations,
         l1_key=account(load_l1_key(l1_key)) if l1_key else None,
     )
-    apply_node_options(config, metrics or home.metrics, server)
+    apply_node_options(config, metrics or home.metrics, server, http)
     lock = home_lock(home.path, "verifier").acquire()
     store = LmdbStore(home.data_path, map_size=home.map_size)
     try:
@@ -691,6 +709,7 @@ def run_daemon(
                         "host": host,
                         "port": v.port,
                         "metrics_port": v.metrics_port,
+                        "http_port": v.http_port,
                         "height": v.head,
                         "upstream": v.upstream,
                     }

@@ -28,11 +28,10 @@ from mpsnode.cli.common import (
 from mpsnode.cli.parsers import AGGREGATORS
 from mpsnode.client.preflight import preflight
 from mpsnode.client.wallet import Wallet
-from mpsnode.consensus.events import Event, ParticipantRemoved, Slashed, TaskExpired
+from mpsnode.consensus.events import TaskExpired
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.limits import MIN_SCORED_UPDATES
 from mpsnode.consensus.state import RoundPhase, Task, TaskStatus
-from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.stf.task import EXPIRED_NOT_ENOUGH_CLIENTS, EXPIRED_TOO_FEW_PARTICIPANTS
 from mpsnode.consensus.tx import (
     Body,
@@ -49,7 +48,7 @@ from mpsnode.fl.data import load_array, load_arrays
 from mpsnode.node.connection import Client, Proven, connect
 from mpsnode.node.errors import NotFound, WouldFail
 from mpsnode.node.home import Home
-from mpsnode.node.inspect import task_fields
+from mpsnode.node.inspect import event_json, task_fields
 from sequencer.daemon import L1Options, run_daemon
 
 # ---------------------------------------------------------------------------------------------
@@ -64,6 +63,7 @@ def cmd_sequencer(args: argparse.Namespace) -> int:
         args.home,
         listen=args.listen,
         metrics=args.metrics,
+        http=args.http,
         block_time_ms=args.block_time_ms,
         server=server_options(args),
         l1=L1Options(
@@ -252,14 +252,6 @@ async def _check_before_sending(client: Client, stx: SignedTx) -> None:
             f"the {stx.tx.kind.name} would fail: {type(problem).__name__}: {problem.reason}; nothing was sent "
             "(--force sends it anyway)"
         )
-
-
-def event_json(event: Event) -> dict[str, Any]:
-    """An event as JSON, a slash's rule by name (``krum_score``, ``direction``) beside its code."""
-    out = event.to_json()
-    if isinstance(event, (Slashed, ParticipantRemoved)):
-        out["rule"] = RemovalReason.describe(event.reason)
-    return out
 
 
 def _outcome_json(outcome: Any) -> dict[str, Any]:

@@ -175,6 +175,9 @@ def _node(sub: Any) -> None:
     sp.add_argument("--home", required=True)
     sp.add_argument("--listen", help="HOST:PORT to serve the wire protocol on (default: config.toml)")
     sp.add_argument("--metrics", help="HOST:PORT for Prometheus metrics (default: config.toml, or none)")
+    sp.add_argument(
+        "--http", metavar="HOST:PORT", help="serve the explorer, a read-only web page and JSON API, here"
+    )
     sp.add_argument("--block-time-ms", type=int, default=None, help="override the genesis block time")
     l1 = sp.add_argument_group("settlement (a chain whose genesis names an L1)")
     l1.add_argument("--l1", help="JSON-RPC URL of the L1 (default: config.toml's l1)")
@@ -386,6 +389,9 @@ def _verifier(sub: Any) -> None:
     sp.add_argument("--genesis", help="copy this genesis.json into a new --home first")
     sp.add_argument("--listen", help="HOST:PORT serving blocks onward (default: config.toml, or :7071)")
     sp.add_argument("--metrics", help="HOST:PORT for Prometheus metrics")
+    sp.add_argument(
+        "--http", metavar="HOST:PORT", help="serve the explorer, a read-only web page and JSON API, here"
+    )
     sp.add_argument(
         "--exit-on-divergence", action="store_true", help="exit (code 3) once a divergence is reported"
     )

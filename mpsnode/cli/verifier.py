@@ -41,6 +41,7 @@ def cmd_verifier(args: argparse.Namespace) -> int:
         genesis_file=args.genesis,
         listen=args.listen,
         metrics=args.metrics,
+        http=args.http,
         exit_on_divergence=args.exit_on_divergence,
         server=server_options(args),
         l1=args.l1,

@@ -6,14 +6,24 @@ from typing import Any
 
 from mpsnode.consensus import crypto
 from mpsnode.consensus.block import decode_block, decode_header
+from mpsnode.consensus.events import Event, ParticipantRemoved, Slashed
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.receipt import decode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
 from mpsnode.consensus.state import RoundPhase, State, Task, account_key, task_key
+from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.tx import Aggregator
 from mpsnode.node.files import load_key
 from mpsnode.node.home import Home
 from mpsnode.node.store import LmdbStore
+
+
+def event_json(event: Event) -> dict[str, Any]:
+    """An event as JSON, a slash's rule by name (``krum_score``, ``direction``) beside its code."""
+    out = event.to_json()
+    if isinstance(event, (Slashed, ParticipantRemoved)):
+        out["rule"] = RemovalReason.describe(event.reason)
+    return out
 
 
 def task_fields(task: Task) -> dict[str, Any]:

@@ -182,11 +182,16 @@ class ServerConfig:
 SERVER_FLAGS = ("max_connections", "handshake_timeout", "frame_timeout", "slow_peer_timeout", "outbox_bytes")
 
 
-def apply_node_options(config: Any, metrics: str | None, server: dict[str, Any] | None) -> None:
-    """Into a daemon's config (``metrics_host``, ``metrics_port``, ``server``): the metrics address
-    ``HOST:PORT`` if any, and ``ServerConfig`` overrides by field name."""
+def apply_node_options(
+    config: Any, metrics: str | None, server: dict[str, Any] | None, http: str | None = None
+) -> None:
+    """Into a daemon's config (``metrics_host``, ``metrics_port``, ``http_host``, ``http_port``,
+    ``server``): the metrics and explorer addresses ``HOST:PORT`` if any, and ``ServerConfig``
+    overrides by field name."""
     if metrics:
         config.metrics_host, config.metrics_port = parse_hostport(metrics)
+    if http:
+        config.http_host, config.http_port = parse_hostport(http)
     for name, value in (server or {}).items():
         setattr(config.server, name, value)
 
