@@ -8,7 +8,7 @@ NODE_STAMP := node_modules/.installed
 # this kind of machine; a bare range would pull a multi-GB CUDA build instead.
 TORCH ?= 2.13.0
 
-.PHONY: demo test lint setup bench clean contracts
+.PHONY: demo test lint setup bench clean contracts browser
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -38,7 +38,11 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy mpsnode sequencer verifier genesis
 
-test: lint $(NODE_STAMP)
+# Debian's chromium and chromedriver, for the explorer's browser tests (scripts/install-browser).
+browser:
+	scripts/install-browser
+
+test: lint $(NODE_STAMP) browser
 	$(BIN)/python -m pytest -q -n 2 tests
 
 demo: setup

@@ -123,5 +123,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
         byzantine_f=args.byzantine_f,
         plot=args.plot,
         dishonest_sequencer=args.dishonest_sequencer,
+        keep=args.keep,
     )
     return run_demo(opts)

@@ -162,6 +162,11 @@ def _local(sub: Any) -> None:
     )
     sp.add_argument("--no-plot", dest="plot", action="store_false", help="skip the PNG")
     sp.add_argument(
+        "--keep",
+        action="store_true",
+        help="leave the network and its explorer up after the task, until Ctrl-C",
+    )
+    sp.add_argument(
         "--dishonest-sequencer",
         action="store_true",
         help="EVALUATION ONLY: after the task the sequencer posts a forged output to L1; two committee "

@@ -19,6 +19,7 @@ class DemoOptions:
     byzantine_f: int | None = None  # None: max(1, min(malicious, (clients - 3) // 2))
     plot: bool = True
     dishonest_sequencer: bool = False  # EVALUATION ONLY: the sequencer forges an output after the task
+    keep: bool = False  # leave the network (and its explorer) up after the task, until Ctrl-C
 
     def f(self) -> int:
         if self.byzantine_f is not None:

@@ -488,6 +488,24 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
     outcome = DemoOutcome()
     procs: list[NodeProcess] = []
     code = 1
+    reported = False
+
+    def report(code: int) -> int:
+        """The summary, the settlement check and the RESULT line; the final exit code."""
+        if outcome.clients:
+            print_summary(opts, outcome, root, out)
+            if demo_l1.settlement is not None:
+                settled = print_settlement(demo_l1, out)
+            else:
+                settled = False
+                out("settlement: not checked (the run stopped before the end)")
+            if opts.dishonest_sequencer:
+                out(challenge_line(demo_l1))
+            if code == 0 and not settled:
+                code = 1
+        out("RESULT: OK" if code == 0 else "RESULT: FAILED (see above)")
+        return code
+
     try:
         procs.append(sequencer)
         sequencer.start()
@@ -510,6 +528,8 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
                 anvil.url,
                 "--l1-key",
                 str(root / "keys" / "l1" / "verifier-0.json"),
+                "--http",
+                f"{LOCALHOST}:0",
             ],
             root / "logs" / "verifier.log",
         )
@@ -520,6 +540,8 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
             f"re-executing every block of {sequencer.address} and comparing every output posted to L1 "
             "(a bonded committee member)"
         )
+        explorer = f"http://{LOCALHOST}:{verifier.ready['http_port']}/"
+        out(f"  explorer   {explorer}  (the verifier's: open it to follow the task live)")
         if opts.dishonest_sequencer:
             second = NodeProcess(
                 "verifier-1",
@@ -551,9 +573,19 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
         code = 0 if outcome.task_status == "completed" and outcome.verifier_ok else 1
         if opts.dishonest_sequencer and not demo_l1.challenge_ok:
             code = 1
+        if opts.keep:
+            outcome.seconds = time.monotonic() - started
+            code = report(code)
+            reported = True
+            out(f"--keep: the network stays up (explorer {explorer}); Ctrl-C stops it")
+            while all(p.alive() for p in procs):
+                time.sleep(0.5)
+            out("mpsnode demo: a daemon stopped; stopping the rest")
     except BaseException as exc:  # sorted below; anything unknown is re-raised
         leaves = _leaves(exc)
-        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+        if reported and any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            out("\nmpsnode demo: stopping the network (--keep)")
+        elif any(isinstance(e, KeyboardInterrupt) for e in leaves):
             out("\nmpsnode demo: interrupted; stopping the verifier and the sequencer")
             code = 130
         else:
@@ -572,20 +604,10 @@ def run_demo(opts: DemoOptions, out: Any = None) -> int:
             code = 1
     finally:
         stop_all(procs, anvil)
+    if reported:
+        return code
     outcome.seconds = time.monotonic() - started
     if code == 130:
         out(f"  stopped; what was made so far is in {root}")
         return code
-    if outcome.clients:
-        print_summary(opts, outcome, root, out)
-        if demo_l1.settlement is not None:
-            settled = print_settlement(demo_l1, out)
-        else:
-            settled = False
-            out("settlement: not checked (the run stopped before the end)")
-        if opts.dishonest_sequencer:
-            out(challenge_line(demo_l1))
-        if code == 0 and not settled:
-            code = 1
-    out("RESULT: OK" if code == 0 else "RESULT: FAILED (see above)")
-    return code
+    return report(code)

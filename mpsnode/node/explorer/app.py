@@ -62,7 +62,10 @@ class ExplorerConfig:
     max_requests: int = 64  # requests being answered at once
     max_streams: int = 16  # live event streams at once
     send_timeout: float = 10.0  # seconds a client may leave a response unread
-    read_timeout: int = 10  # seconds a connection may send nothing (hypercorn)
+    # seconds a connection may send nothing (hypercorn): ends half-sent requests, and also an event
+    # stream, whose browser sends nothing after its request; the browser reconnects by itself with
+    # the Last-Event-ID it saw, and the stream resumes after that block, so nothing is lost
+    read_timeout: int = 30
     keepalive_s: float = 15.0  # a comment on an idle stream, so proxies and browsers keep it
 
 
@@ -148,6 +151,7 @@ class Explorer:
             Route("/", self.page),
             Route("/app.js", self.asset),
             Route("/style.css", self.asset),
+            Route("/favicon.ico", lambda r: Response(status_code=204)),
             Route("/api/node", self.api(self.node)),
             Route("/api/tasks", self.api(lambda r: self.views.tasks())),
             Route("/api/tasks/{task_id:int}", self.api(lambda r: self.views.task(r.path_params["task_id"]))),
@@ -235,8 +239,8 @@ class Explorer:
 
     # live updates ----------------------------------------------------------------------------------
     async def stream(self, request: Request) -> Response:
-        since = request.query_params.get("since", "")
-        start = int(since) if since.isdigit() else self.watch.height
+        since = request.headers.get("last-event-id") or request.query_params.get("since", "")
+        start = min(int(since), self.watch.height) if since.isdigit() else self.watch.height
         return StreamingResponse(
             self._events(start),
             media_type="text/event-stream",
@@ -264,16 +268,20 @@ class Explorer:
             return []
         self._index_to_head()
         from_header = self.views.blocks(height + 1)["blocks"][:1]
-        out = [_sse("head", from_header[0] if from_header else {"height": height})]
+        out = []
         blob = self.server.store.get_events(height)
         for ev in decode_events(blob) if blob else []:
             if isinstance(ev, RoundClosed):
-                out.append(_sse("round", {"task_id": ev.task_id, **self.views._round(ev, height)}))
+                out.append(_sse("round", {"task_id": ev.task_id, **self.views.round_entry(ev, height)}))
+        # the block's head last, with its id: a browser that reconnects resumes after a block it saw whole
+        out.append(_sse("head", from_header[0] if from_header else {"height": height}, event_id=height))
         return out
 
 
-def _sse(kind: str, data: dict[str, Any]) -> bytes:
-    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+def _sse(kind: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
+    """One server-sent event; ``event_id`` (a block height) is what a reconnecting browser resumes after."""
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
 async def serve_explorer(

@@ -145,7 +145,7 @@ class Views:
             events = [e for e in decode_events(blob) if getattr(e, "task_id", None) == task_id]
             for ev in events:
                 if isinstance(ev, RoundClosed):
-                    rounds.append(self._round(ev, at))
+                    rounds.append(self.round_entry(ev, at))
                 elif isinstance(ev, Slashed):
                     slashes.append({**event_json(ev), "height": at, "round": task.round})
                 elif ev.name == "ParticipantRemoved":
@@ -171,7 +171,7 @@ class Views:
             "state_root": root,
         }
 
-    def _round(self, ev: RoundClosed, height: int) -> dict[str, Any]:
+    def round_entry(self, ev: RoundClosed, height: int) -> dict[str, Any]:
         order = [a.hex() for a in ev.participants]
         return {
             "round": ev.round,

@@ -225,13 +225,21 @@ document.getElementById("search").addEventListener("submit", (ev) => {
 function connectLive() {
   const live = document.getElementById("live");
   const source = new EventSource("/api/stream");
-  source.addEventListener("open", () => { live.textContent = "live"; live.className = "live on"; });
+  let opened = false;
+  source.addEventListener("open", () => {
+    live.textContent = "live"; live.className = "live on";
+    if (opened) scheduleRender();  // a reconnect: the stream resumes after the last block seen; redraw too
+    opened = true;
+  });
   source.addEventListener("error", () => { live.textContent = "reconnecting"; live.className = "live off"; });
+  source.addEventListener("hello", (msg) => {
+    document.getElementById("head").textContent = `block ${JSON.parse(msg.data).height}`;
+  });
   source.addEventListener("head", (msg) => {
     const b = JSON.parse(msg.data);
     headHeight = b.height;
     document.getElementById("head").textContent = `block ${b.height}`;
-    if (current.route === "tasks" || current.route === "blocks" || current.route === "node") scheduleRender();
+    if (["tasks", "task", "blocks", "node"].includes(current.route)) scheduleRender();
   });
   source.addEventListener("round", (msg) => {
     const r = JSON.parse(msg.data);
@@ -244,9 +252,9 @@ function connectLive() {
 }
 
 let pending = null;
-function scheduleRender() {  // at most one refresh a second from block heads
+function scheduleRender() {  // at most one refresh every two seconds from block heads
   if (pending) return;
-  pending = setTimeout(() => { pending = null; render(); }, 1000);
+  pending = setTimeout(() => { pending = null; render(); }, 2000);
 }
 
 window.addEventListener("hashchange", render);
