@@ -48,7 +48,7 @@ from mpsnode.fl.data import load_array, load_arrays
 from mpsnode.node.connection import Client, Proven, connect
 from mpsnode.node.errors import NotFound, WouldFail
 from mpsnode.node.home import Home
-from mpsnode.node.inspect import event_json, task_fields
+from mpsnode.node.inspect import account_fields, event_json, task_fields, tx_fields
 from sequencer.daemon import L1Options, run_daemon
 
 # ---------------------------------------------------------------------------------------------
@@ -278,13 +278,7 @@ async def _query(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         acct = proven.value
         nonce = await client.nonce(address)
         return {
-            "address": address.hex(),
-            "balance": acct.balance,
-            "nonce": acct.nonce,
-            "bonded": acct.bonded,
-            "unbonding": [[u.amount, u.release_height] for u in acct.unbonding],
-            "jailed": acct.jailed,
-            "tasks": list(acct.tasks),
+            **account_fields(address, acct),
             "pending_txs": nonce.pending,
             "next_nonce": nonce.next_nonce,
             "proven_at_height": proven.height,
@@ -310,17 +304,7 @@ async def _query(client: Client, args: argparse.Namespace) -> dict[str, Any]:
         header, block, receipts = await client.block(args.height)
         out = header.to_json()
         if block is not None:
-            out["txs"] = [
-                {
-                    "tx_id": t.tx_id.hex(),
-                    "kind": t.tx.kind.name,
-                    "sender": t.tx.sender.hex(),
-                    "nonce": t.tx.nonce,
-                    "fee": t.tx.fee,
-                    "size": t.size,
-                }
-                for t in block.txs
-            ]
+            out["txs"] = [tx_fields(t) for t in block.txs]
             out["receipts"] = [r.to_json() for r in receipts]
         return out
     if what == "receipt":

@@ -10,7 +10,7 @@ from mpsnode.consensus.events import Event, ParticipantRemoved, Slashed
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.receipt import decode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
-from mpsnode.consensus.state import RoundPhase, State, Task, account_key, task_key
+from mpsnode.consensus.state import Account, RoundPhase, State, Task, account_key, task_key
 from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.tx import Aggregator
 from mpsnode.node.files import load_key
@@ -24,6 +24,31 @@ def event_json(event: Event) -> dict[str, Any]:
     if isinstance(event, (Slashed, ParticipantRemoved)):
         out["rule"] = RemovalReason.describe(event.reason)
     return out
+
+
+def account_fields(address: bytes, acct: Account) -> dict[str, Any]:
+    """An account record as the fields ``inspect account``, ``query account`` and the explorer show."""
+    return {
+        "address": address.hex(),
+        "balance": acct.balance,
+        "nonce": acct.nonce,
+        "bonded": acct.bonded,
+        "unbonding": [[u.amount, u.release_height] for u in acct.unbonding],
+        "jailed": acct.jailed,
+        "tasks": list(acct.tasks),
+    }
+
+
+def tx_fields(stx: Any) -> dict[str, Any]:
+    """A block's signed tx as one line of ``query block`` and the explorer's block (no payload)."""
+    return {
+        "tx_id": stx.tx_id.hex(),
+        "kind": stx.tx.kind.name,
+        "sender": stx.tx.sender.hex(),
+        "nonce": stx.tx.nonce,
+        "fee": stx.tx.fee,
+        "size": stx.size,
+    }
 
 
 def task_fields(task: Task) -> dict[str, Any]:
@@ -122,16 +147,7 @@ def _inspect(store: LmdbStore, what: list[str], home: Home) -> dict[str, Any]:
             address = load_key(key_file).address
         acct = state.get_account(address)
         proof_ok = _proof_ok(store, head.state_root, account_key(address))
-        return {
-            "address": address.hex(),
-            "balance": acct.balance,
-            "nonce": acct.nonce,
-            "bonded": acct.bonded,
-            "unbonding": [[u.amount, u.release_height] for u in acct.unbonding],
-            "jailed": acct.jailed,
-            "tasks": list(acct.tasks),
-            "proof_verified": proof_ok,
-        }
+        return {**account_fields(address, acct), "proof_verified": proof_ok}
     if cmd == "task" and len(rest) == 1:
         task = state.get_task(int(rest[0]))
         if task is None:

@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from mpsnode.consensus.errors import MpsError
 from mpsnode.consensus.events import RoundClosed
 from mpsnode.node.errors import BadRequest, ListenFailed, NotFound
-from mpsnode.node.explorer.views import AccountIndex, Views, decode_events, parse_address, parse_tx_id
+from mpsnode.node.explorer.views import AccountIndex, Views, decode_events, parse_hash
 from mpsnode.node.messages import TxState
 from mpsnode.node.server import HeadWatch, NodeServer
 
@@ -210,7 +210,7 @@ class Explorer:
         return out
 
     def account(self, request: Request) -> dict[str, Any]:
-        return self.views.account(parse_address(request.path_params["address"]), self.index)
+        return self.views.account(parse_hash(request.path_params["address"], "an address"), self.index)
 
     def blocks(self, request: Request) -> dict[str, Any]:
         before = request.query_params.get("before")
@@ -219,7 +219,7 @@ class Explorer:
         return self.views.blocks(int(before) if before else None)
 
     def tx(self, request: Request) -> dict[str, Any]:
-        tx_id = parse_tx_id(request.path_params["tx_id"])
+        tx_id = parse_hash(request.path_params["tx_id"], "a tx id")
         found = self.views.tx(tx_id)
         if found is not None:
             return found

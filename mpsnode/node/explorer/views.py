@@ -32,7 +32,7 @@ from mpsnode.consensus.events import (
 from mpsnode.consensus.receipt import decode_receipts
 from mpsnode.consensus.state import State, TaskStatus
 from mpsnode.node.errors import BadRequest, NotFound
-from mpsnode.node.inspect import event_json, task_fields
+from mpsnode.node.inspect import account_fields, event_json, task_fields, tx_fields
 from mpsnode.node.store import StoreReader
 
 MAX_LIST = 200  # items in any list a view returns
@@ -42,24 +42,14 @@ ADDRESS_FIELDS = frozenset(
 )  # event fields that hold an account
 
 
-def parse_address(text: str) -> bytes:
-    """A 32-byte address from 64 hex digits; ``BadRequest`` saying what is wrong otherwise."""
+def parse_hash(text: str, what: str) -> bytes:
+    """32 bytes from 64 hex digits (``what``: "an address", "a tx id"); ``BadRequest`` otherwise."""
     try:
         raw = bytes.fromhex(text)
     except ValueError:
         raw = b""
     if len(raw) != 32:
-        raise BadRequest(f"an address is 64 hex digits; got {text[:80]!r}")
-    return raw
-
-
-def parse_tx_id(text: str) -> bytes:
-    try:
-        raw = bytes.fromhex(text)
-    except ValueError:
-        raw = b""
-    if len(raw) != 32:
-        raise BadRequest(f"a tx id is 64 hex digits; got {text[:80]!r}")
+        raise BadRequest(f"{what} is 64 hex digits; got {text[:80]!r}")
     return raw
 
 
@@ -199,13 +189,7 @@ class Views:
         height, root = self.head()
         acct = self._state().get_account(address)
         return {
-            "address": address.hex(),
-            "balance": acct.balance,
-            "nonce": acct.nonce,
-            "bonded": acct.bonded,
-            "unbonding": [[u.amount, u.release_height] for u in acct.unbonding],
-            "jailed": acct.jailed,
-            "tasks": list(acct.tasks),
+            **account_fields(address, acct),
             "proven_at_height": height,
             "state_root": root,
             "history": index.history(address),
@@ -241,21 +225,10 @@ class Views:
         block = decode_block(raw)
         receipts = decode_receipts(self.store.get_receipts(height) or b"\x90")
         out = block.header.to_json()
-        out["txs"] = [self._tx_line(t) for t in block.txs[:MAX_LIST]]
+        out["txs"] = [tx_fields(t) for t in block.txs[:MAX_LIST]]
         out["txs_total"] = len(block.txs)
         out["receipts"] = [self._receipt_json(r) for r in receipts[: MAX_LIST + 1]]
         return out
-
-    @staticmethod
-    def _tx_line(t: Any) -> dict[str, Any]:
-        return {
-            "tx_id": t.tx_id.hex(),
-            "kind": t.tx.kind.name,
-            "sender": t.tx.sender.hex(),
-            "nonce": t.tx.nonce,
-            "fee": t.tx.fee,
-            "size": t.size,
-        }
 
     @staticmethod
     def _receipt_json(r: Any) -> dict[str, Any]:
@@ -279,7 +252,7 @@ class Views:
             or len(getattr(t.tx.body, f.name)) <= 64
         }
         return {
-            **self._tx_line(t),
+            **tx_fields(t),
             "state": "included",
             "height": height,
             "index": index,
