@@ -201,8 +201,14 @@ class Explorer:
         out = self.server.status().to_json()
         out["block_time_ms"] = self.views.block_time_ms
         out["explorer"] = {"indexed_height": self.index.indexed_height}
+        if self.server.genesis.l1 is not None:  # a chain that settles on L1: what its state says of it
+            record = self.views.settlement()
+            out["l2_settlement"] = record
         if self.node_extra is not None:
-            out.update(self.node_extra())
+            extra = self.node_extra()
+            if "settlement" in extra and "l2_settlement" in out:
+                extra["settlement"] = {**out.pop("l2_settlement"), **extra["settlement"]}
+            out.update(extra)
         if self.reports_dir is not None and self.reports_dir.is_dir():
             out["reports"] = sorted(int(p.stem) for p in self.reports_dir.glob("*.json") if p.stem.isdigit())[
                 -50:

@@ -184,6 +184,21 @@ class Views:
             "slashed": [],
         }
 
+    # settlement ------------------------------------------------------------------------------------
+    def settlement(self) -> dict[str, Any]:
+        """The settlement record at the head: deposits credited and withdrawals recorded, in all."""
+        height, root = self.head()
+        record = self._state().get_settlement()
+        return {
+            "deposits_credited": record.deposits,
+            "units_deposited": record.deposited,
+            "withdrawals": record.withdrawals,
+            "units_withdrawn": record.withdrawn,
+            "withdrawals_root": record.withdrawals_root().hex(),
+            "proven_at_height": height,
+            "state_root": root,
+        }
+
     # accounts --------------------------------------------------------------------------------------
     def account(self, address: bytes, index: AccountIndex) -> dict[str, Any]:
         height, root = self.head()
