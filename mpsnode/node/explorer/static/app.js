@@ -182,7 +182,8 @@ async function pageNode() {
     if (n.verifier.diverged) out.push(el("p", { class: "error" }, "diverged at block " + n.verifier.divergence_height + ": ",
       link("/api/reports/" + n.verifier.divergence_height, "the divergence report")));
   }
-  if (n.settlement) out.push(el("h2", {}, "Settlement"), kv(Object.entries(n.settlement).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)])));
+  const settlement = n.settlement || n.l2_settlement;
+  if (settlement) out.push(el("h2", {}, "Settlement on L1"), kv(Object.entries(settlement).map(([k, v]) => [k, typeof v === "object" ? JSON.stringify(v) : String(v)])));
   return out;
 }
 
