@@ -273,14 +273,13 @@ class Explorer:
         if raw is None:
             return []
         self._index_to_head()
-        from_header = self.views.blocks(height + 1)["blocks"][:1]
         out = []
         blob = self.server.store.get_events(height)
         for ev in decode_events(blob) if blob else []:
             if isinstance(ev, RoundClosed):
                 out.append(_sse("round", {"task_id": ev.task_id, **self.views.round_entry(ev, height)}))
         # the block's head last, with its id: a browser that reconnects resumes after a block it saw whole
-        out.append(_sse("head", from_header[0] if from_header else {"height": height}, event_id=height))
+        out.append(_sse("head", self.views.block_summary(height) or {"height": height}, event_id=height))
         return out
 
 

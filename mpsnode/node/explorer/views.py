@@ -64,6 +64,7 @@ class Views:
         self.store = store
         self.block_time_ms = block_time_ms
         self._roots: OrderedDict[int, str] = OrderedDict()  # height -> state root hex (blocks never change)
+        self._summaries: OrderedDict[int, dict[str, Any]] = OrderedDict()  # height -> block_summary
 
     # helpers ---------------------------------------------------------------------------------------
     def head(self) -> tuple[int, str]:
@@ -163,6 +164,9 @@ class Views:
 
     def round_entry(self, ev: RoundClosed, height: int) -> dict[str, Any]:
         order = [a.hex() for a in ev.participants]
+        selected, flagged, excluded = (
+            {a.hex() for a in group} for group in (ev.selected, ev.flagged, ev.excluded)
+        )
         return {
             "round": ev.round,
             "height": height,
@@ -175,9 +179,9 @@ class Views:
                     "address": a,
                     "score": ev.scores[i] if i < len(ev.scores) else None,
                     "contribution": ev.contributions[i] if i < len(ev.contributions) else None,
-                    "selected": a in {s.hex() for s in ev.selected},
-                    "flagged": a in {f.hex() for f in ev.flagged},
-                    "excluded": a in {x.hex() for x in ev.excluded},
+                    "selected": a in selected,
+                    "flagged": a in flagged,
+                    "excluded": a in excluded,
                 }
                 for i, a in enumerate(order)
             ],
@@ -212,26 +216,33 @@ class Views:
         }
 
     # blocks and txs --------------------------------------------------------------------------------
+    def block_summary(self, height: int) -> dict[str, Any] | None:
+        """One line of the block list (None if the store has no block ``height``); remembered,
+        since every live stream sends the same line for each new block."""
+        line = self._summaries.get(height)
+        if line is None:
+            raw = self.store.get_block(height)
+            if raw is None:
+                return None
+            block = decode_block(raw)
+            line = {
+                "height": height,
+                "hash": block.header.hash().hex(),
+                "timestamp_ms": block.header.timestamp_ms,
+                "txs": len(block.txs),
+                "bytes": len(raw),
+                "state_root": block.header.state_root.hex(),
+            }
+            self._summaries[height] = line
+            if len(self._summaries) > 4 * RECENT_BLOCKS:
+                self._summaries.popitem(last=False)
+        return line
+
     def blocks(self, before: int | None = None) -> dict[str, Any]:
         height, _ = self.head()
         top = height if before is None else min(height, before - 1)
-        items = []
-        for h in range(top, max(0, top - RECENT_BLOCKS), -1):
-            raw = self.store.get_block(h)
-            if raw is None:
-                continue
-            block = decode_block(raw)
-            items.append(
-                {
-                    "height": h,
-                    "hash": block.header.hash().hex(),
-                    "timestamp_ms": block.header.timestamp_ms,
-                    "txs": len(block.txs),
-                    "bytes": len(raw),
-                    "state_root": block.header.state_root.hex(),
-                }
-            )
-        return {"blocks": items, "head": height}
+        lines = (self.block_summary(h) for h in range(top, max(0, top - RECENT_BLOCKS), -1))
+        return {"blocks": [line for line in lines if line is not None], "head": height}
 
     def block(self, height: int) -> dict[str, Any]:
         raw = self.store.get_block(height)
