@@ -63,6 +63,7 @@ from mpsnode import fl
 from mpsnode.consensus import krum, model, robust
 from mpsnode.consensus.events import (
     ParticipantRemoved,
+    RemovalReason,
     Rewarded,
     RoundClosed,
     Slashed,
@@ -72,7 +73,6 @@ from mpsnode.consensus.events import (
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.state import RoundPhase, TaskStatus
-from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.stf.task import EXPIRED_MAX_ROUNDS
 from mpsnode.consensus.tx import DEFAULT_AGGREGATOR, Aggregator, JoinTask, SignedTx, Stake, Tx, commit_reveal
 from mpsnode.fl import attacks

@@ -8,12 +8,15 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
+from mpsnode.cli.common import SERVER_FLAGS
 from mpsnode.cli.main import main, resolve
 from mpsnode.cli.parsers import COMMAND, build_parser
+from mpsnode.node.server import ServerConfig
 
 from nodekit import REPO, make_home
 
@@ -58,6 +61,21 @@ def test_help_does_not_load_the_heavy_modules() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert loaded == ""
+
+
+@pytest.mark.parametrize(
+    "module", ["mpsnode.cli.main", "mpsnode.cli.inspect", "mpsnode.cli.keys", "mpsnode.cli.common"]
+)
+def test_the_light_commands_load_neither_the_network_nor_the_kernels(module: str) -> None:
+    """``--help``, ``inspect`` and ``keys`` start at once (bench/startup.py): no trio, numba, web3."""
+    heavy = ("trio", "numba", "web3", "eth_account", "sequencer", "verifier", "mpsnode.consensus.stf")
+    code = f"import sys, {module}; print(','.join(m for m in {heavy!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == ""
+
+
+def test_server_flags_are_server_config_fields() -> None:
+    assert set(SERVER_FLAGS) <= {f.name for f in fields(ServerConfig)}
 
 
 def test_a_missing_key_file_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path) -> None:
@@ -317,8 +335,7 @@ def test_text_output_is_aligned_fields(capsys: pytest.CaptureFixture[str]) -> No
 
 def test_slash_rules_are_named_in_event_output() -> None:
     from mpsnode.cli.node import event_json
-    from mpsnode.consensus.events import ParticipantRemoved, Slashed
-    from mpsnode.consensus.stf.round import RemovalReason
+    from mpsnode.consensus.events import ParticipantRemoved, RemovalReason, Slashed
 
     slashed = Slashed(1, b"\x01" * 32, 500, int(RemovalReason.DIRECTION), 3)
     assert event_json(slashed)["rule"] == "direction" and event_json(slashed)["reason"] == 2

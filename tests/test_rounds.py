@@ -13,6 +13,7 @@ from mpsnode.consensus.events import (
     Jailed,
     ParticipantRemoved,
     Refunded,
+    RemovalReason,
     Rewarded,
     RoundClosed,
     Slashed,
@@ -20,7 +21,6 @@ from mpsnode.consensus.events import (
     TaskExpired,
 )
 from mpsnode.consensus.state import TaskStatus
-from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.stf.task import EXPIRED_TOO_FEW_PARTICIPANTS
 from mpsnode.consensus.tx import JoinTask, Stake, Unstake
 from mpsnode.node.inspect import task_fields

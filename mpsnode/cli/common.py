@@ -10,7 +10,10 @@ from mpsnode.consensus import crypto
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.node.files import load_genesis, load_key
 from mpsnode.node.home import DEFAULT_LISTEN, Home
-from mpsnode.node.server import SERVER_FLAGS
+
+#: The ``ServerConfig`` fields a daemon's flags override (``add_server_arguments``); kept here so that
+#: the light commands need not import the server (tests/test_cli.py holds them to ServerConfig).
+SERVER_FLAGS = ("max_connections", "handshake_timeout", "frame_timeout", "slow_peer_timeout", "outbox_bytes")
 
 
 def print_fields(obj: Any, as_json: bool) -> None:

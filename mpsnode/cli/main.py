@@ -14,8 +14,6 @@ import os
 import sys
 from collections.abc import Callable
 
-import trio
-
 from mpsnode.cli.parsers import COMMAND, build_parser
 from mpsnode.consensus.errors import MpsError
 from mpsnode.node.errors import ConnectionLost
@@ -52,7 +50,8 @@ def explain(exc: BaseException) -> tuple[int, str] | None:
         return EXIT_REFUSED, f"mpsnode: {exc.strerror}: {exc.filename}" if exc.filename else f"mpsnode: {exc}"
     if isinstance(exc, OSError):  # connection refused and the like
         return EXIT_UNREACHABLE, f"mpsnode: cannot reach the node: {exc.strerror or exc}"
-    if isinstance(exc, trio.TooSlowError):
+    trio = sys.modules.get("trio")  # a trio timeout can only come from a command that loaded trio
+    if trio is not None and isinstance(exc, trio.TooSlowError):
         return EXIT_TIMEOUT, "mpsnode: timed out waiting for the node"
     return None
 

@@ -47,7 +47,7 @@ def add_signer_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_server_arguments(p: argparse.ArgumentParser) -> None:
-    """The daemon flags that override ``mpsnode.node.server.ServerConfig`` (``SERVER_FLAGS``)."""
+    """The daemon flags that override ``mpsnode.node.server.ServerConfig`` (``cli.common.SERVER_FLAGS``)."""
     p.add_argument("--max-connections", type=int, default=None)
     p.add_argument("--handshake-timeout", type=float, default=None)
     p.add_argument("--frame-timeout", type=float, default=None)
@@ -103,7 +103,7 @@ def _local(sub: Any) -> None:
         help="L1 blocks a deposit may wait for L2 (devnet 32, else 300)",
     )
     add_json(sp)
-    _runs(sp, "local:cmd_init")
+    _runs(sp, "init:cmd_init")
 
     sp = sub.add_parser("keys", help="create or show a key file")
     ks = sp.add_subparsers(dest="keys_cmd", required=True)
@@ -113,13 +113,13 @@ def _local(sub: Any) -> None:
     kshow = ks.add_parser("show")
     kshow.add_argument("file")
     add_json(kshow)
-    _runs(sp, "local:cmd_keys")
+    _runs(sp, "keys:cmd_keys")
 
     sp = sub.add_parser("inspect", help="read a node's store: head | block H | account ADDR | task ID")
     sp.add_argument("--home", required=True)
     sp.add_argument("what", nargs="*", default=["head"])
     add_json(sp)
-    _runs(sp, "local:cmd_inspect")
+    _runs(sp, "inspect:cmd_inspect")
 
     sp = sub.add_parser("demo", help="run the end-to-end demo: a sequencer, a verifier, a task, FL clients")
     d = DemoOptions()
@@ -172,7 +172,7 @@ def _local(sub: Any) -> None:
         help="EVALUATION ONLY: after the task the sequencer posts a forged output to L1; two committee "
         "verifiers must challenge it, the challenge be upheld and the forged withdrawal refused",
     )
-    _runs(sp, "local:cmd_demo")
+    _runs(sp, "demo:cmd_demo")
 
 
 def _node(sub: Any) -> None:

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from mpsnode.client.daemon import ClientResult
+from mpsnode.consensus.events import RemovalReason
 from mpsnode.consensus.limits import MIN_SCORED_UPDATES
-from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.demo.options import DemoOptions
 from mpsnode.demo.processes import mpsnode_command
 from verifier.replay.audit import Audit

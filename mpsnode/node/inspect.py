@@ -6,12 +6,11 @@ from typing import Any
 
 from mpsnode.consensus import crypto
 from mpsnode.consensus.block import decode_block, decode_header
-from mpsnode.consensus.events import Event, ParticipantRemoved, Slashed
+from mpsnode.consensus.events import Event, ParticipantRemoved, RemovalReason, Slashed
 from mpsnode.consensus.hashing import H
 from mpsnode.consensus.receipt import decode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
 from mpsnode.consensus.state import Account, RoundPhase, State, Task, account_key, task_key
-from mpsnode.consensus.stf.round import RemovalReason
 from mpsnode.consensus.tx import Aggregator
 from mpsnode.node.files import load_key
 from mpsnode.node.home import Home

@@ -179,9 +179,6 @@ class ServerConfig:
     max_waiters: int = 64  # GET_RECEIPT waits and subscriptions, per connection
 
 
-SERVER_FLAGS = ("max_connections", "handshake_timeout", "frame_timeout", "slow_peer_timeout", "outbox_bytes")
-
-
 def apply_node_options(
     config: Any, metrics: str | None, server: dict[str, Any] | None, http: str | None = None
 ) -> None:

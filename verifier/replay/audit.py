@@ -17,6 +17,7 @@ from mpsnode.consensus.events import (
     Event,
     ParticipantRemoved,
     Refunded,
+    RemovalReason,
     Rewarded,
     RoundClosed,
     Slashed,
@@ -28,7 +29,6 @@ from mpsnode.consensus.events import (
 )
 from mpsnode.consensus.receipt import Receipt
 from mpsnode.consensus.state import Task
-from mpsnode.consensus.stf.round import RemovalReason
 
 EXPIRY_REASONS = {1: "not enough clients joined", 2: "max_rounds reached without the target"}
 

@@ -15,7 +15,6 @@ round.
 from __future__ import annotations
 
 from dataclasses import replace
-from enum import IntEnum
 
 import numpy as np
 
@@ -24,6 +23,7 @@ from mpsnode.consensus.events import (
     Event,
     Jailed,
     ParticipantRemoved,
+    RemovalReason,
     RevealOpened,
     Rewarded,
     RoundClosed,
@@ -44,22 +44,6 @@ from mpsnode.consensus.stf.task import (
     finish_task,
     refund_escrow,
 )
-
-
-class RemovalReason(IntEnum):
-    """``ParticipantRemoved.reason`` (and ``Slashed.reason`` for the first two): why a participant left."""
-
-    KRUM_SCORE = 1  # slashed: Krum score above the ratio threshold of the median score
-    DIRECTION = 2  # slashed: coherent round, its median cosine with the others below -slash_direction_bps
-    SILENT = 3  # removed without a slash: missed max_missed_rounds rounds in a row
-
-    @classmethod
-    def describe(cls, code: int) -> str:
-        """The rule's name for people and JSON (``krum_score``, ``direction``, ``silent``), or the code."""
-        try:
-            return cls(code).name.lower()
-        except ValueError:
-            return str(code)
 
 
 def is_phase_due(task: Task, height: int) -> bool:

@@ -1,18 +1,13 @@
-"""Commands that need no node: ``init``, ``keys``, ``inspect`` and ``demo``."""
+"""``mpsnode init``: write a node home (a devnet, or a chain that settles on an L1)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import genesis
 from mpsnode.cli.common import print_fields
-from mpsnode.demo.options import DemoOptions
-from mpsnode.demo.run import run_demo
-from mpsnode.fl.data import parse_alpha
-from mpsnode.node.files import generate_key, load_key, load_l1_key, save_key
-from mpsnode.node.inspect import inspect
+from mpsnode.node.files import load_l1_key
 from mpsnode.node.l1.client import L1, account
 from mpsnode.node.l1.devnet import DEVNET_CHALLENGE_PERIOD, DEVNET_DEPOSIT_WINDOW, DEVNET_L1_CHAIN_ID
 
@@ -76,53 +71,3 @@ def _init_settled(args: argparse.Namespace) -> genesis.Network:
             file=sys.stderr,
         )
     return net
-
-
-def cmd_keys(args: argparse.Namespace) -> int:
-    if args.keys_cmd == "new":
-        key = generate_key()
-        if args.out:
-            if Path(args.out).exists():
-                raise SystemExit(f"mpsnode: {args.out} exists; refusing to overwrite a key")
-            save_key(args.out, key)
-        if args.out:
-            print_fields({"address": key.address.hex(), "file": args.out}, args.json)
-        else:  # nowhere to keep it: show the secret once, and say what it is
-            print_fields({"address": key.address.hex(), "seed": key.seed.hex()}, args.json)
-            print(
-                "mpsnode: this key is not saved anywhere: the seed above is its secret; keep it safe, or use "
-                "--out FILE next time",
-                file=sys.stderr,
-            )
-    else:
-        key = load_key(args.file)
-        print_fields({"address": key.address.hex(), "file": args.file}, args.json)
-    return 0
-
-
-def cmd_inspect(args: argparse.Namespace) -> int:
-    print_fields(inspect(args.home, args.what), args.json)
-    return 0
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    try:
-        alpha = parse_alpha(args.alpha)
-    except ValueError as exc:
-        print(f"mpsnode demo: {exc}", file=sys.stderr)
-        return 2
-    opts = DemoOptions(
-        clients=args.clients,
-        malicious=args.malicious,
-        attack=args.attack,
-        alpha=alpha,
-        target=args.target,
-        max_rounds=args.max_rounds,
-        seed=args.seed,
-        home=args.home,
-        byzantine_f=args.byzantine_f,
-        plot=args.plot,
-        dishonest_sequencer=args.dishonest_sequencer,
-        keep=args.keep,
-    )
-    return run_demo(opts)

@@ -1,0 +1,109 @@
+"""Start-up time of the light commands, as whole processes: ``mpsnode --help``, ``keys``, ``inspect``.
+
+Makes a devnet home (``mpsnode init``) and a chain on it (the genesis block and a block of
+transfers, written in-process through ``Chain``), then runs each command ``--runs`` times as a
+fresh ``mpsnode`` process (the venv's console script) and reports the median wall time (target <= 0.3 s), with
+``python -c pass`` measured beside it: the interpreter's own start, which no change here can cut.
+Prints one JSON object per command.
+
+    python bench/startup.py [--runs N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+TARGET_S = 0.3
+
+
+def wall(cmd: list[str], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def make_chain(home: Path) -> str:
+    """A home with a chain of two blocks; returns an account address on it."""
+    from mpsnode.consensus.tx import Transfer, Tx
+    from mpsnode.node.chain import Chain
+    from mpsnode.node.files import load_key
+    from mpsnode.node.home import Home
+    from mpsnode.node.store import LmdbStore
+
+    subprocess.run(
+        [sys.executable, "-m", "mpsnode.cli", "init", "--home", str(home), "--devnet"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    h = Home.open(home)
+    g = h.genesis()
+    user, seq = load_key(home / "keys" / "user.json"), load_key(home / "keys" / "sequencer.json")
+    chain = Chain(LmdbStore(h.data_path, map_size=h.map_size), g)
+    txs = [Tx(g.chain_id, user.address, n, 1, Transfer(seq.address, 1)).sign(user) for n in range(20)]
+    chain.build(txs, g.genesis_time_ms + 1000, seq)
+    chain.store.close()
+    return user.address.hex()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=9)
+    ap.add_argument("--quick", action="store_true", help="3 runs each")
+    args = ap.parse_args()
+    runs = 3 if args.quick else args.runs
+    with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
+        home = Path(tmp) / "home"
+        address = make_chain(home)
+        script = Path(sys.executable).with_name("mpsnode")  # the console script a user runs
+        cli = [str(script)] if script.exists() else [sys.executable, "-m", "mpsnode.cli"]
+        interpreter = wall([sys.executable, "-c", "pass"], runs)
+        commands = {
+            "help": ["--help"],
+            "keys_new": [],  # below: a fresh --out file each run
+            "inspect_head": ["inspect", "--home", str(home), "head"],
+            "inspect_block": ["inspect", "--home", str(home), "block", "1"],
+            "inspect_account": ["inspect", "--home", str(home), "account", address],
+        }
+        for name, argv in commands.items():
+            if name == "keys_new":
+                times = []
+                for i in range(runs):  # a fresh file each run: keys new refuses to overwrite
+                    t0 = time.perf_counter()
+                    subprocess.run(
+                        [*cli, "keys", "new", "--out", str(Path(tmp) / f"k{i}.json")],
+                        check=True,
+                        stdout=subprocess.DEVNULL,
+                    )
+                    times.append(time.perf_counter() - t0)
+                median = statistics.median(times)
+            else:
+                median = wall([*cli, *argv], runs)
+            print(
+                json.dumps(
+                    {
+                        "bench": f"startup_{name}",
+                        "median_s": round(median, 3),
+                        "python_pass_s": round(interpreter, 3),
+                        "runs": runs,
+                        "target_s": TARGET_S,
+                        "meets_target": median <= TARGET_S,
+                    }
+                ),
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
