@@ -225,7 +225,11 @@ class Sequencer:
         except MpsError as exc:
             finish(exc)
             return
-        await self._verify_send.send(_Submission(stx, raw, finish))
+        submission = _Submission(stx, raw, finish)
+        try:  # no yield while the verify queue has room (the server's reader yields once per burst)
+            self._verify_send.send_nowait(submission)
+        except trio.WouldBlock:
+            await self._verify_send.send(submission)
 
     def pending(self, tx_id: bytes) -> bool:
         return tx_id in self.index

@@ -179,6 +179,10 @@ class ServerConfig:
     max_waiters: int = 64  # GET_RECEIPT waits and subscriptions, per connection
 
 
+#: Frames a connection's reader handles from its buffer before it yields to the other tasks.
+BURST_FRAMES = 64
+
+
 def apply_node_options(
     config: Any, metrics: str | None, server: dict[str, Any] | None, http: str | None = None
 ) -> None:
@@ -530,10 +534,18 @@ class _Connection:
         if msg[0] != Msg.HELLO:
             raise ProtocolViolation("the first message must be HELLO")
         self._hello(HelloRequest.from_wire(msg), msg[1])
+        burst = 0
         while True:
-            body = await self.reader.read_frame()
-            if body is None:
-                return
+            body = self.reader.next_buffered()
+            if body is None:  # waits for input (a checkpoint)
+                burst = 0
+                body = await self.reader.read_frame()
+                if body is None:
+                    return
+            elif burst >= BURST_FRAMES:  # frames already here are handled without yielding, up to a point
+                burst = 0
+                await trio.lowlevel.checkpoint()
+            burst += 1
             await self._dispatch(self._decode(body))
 
     def _decode(self, body: bytes) -> list[Any]:
@@ -590,7 +602,10 @@ class _Connection:
         gateway = self.server.gateway
         if gateway is None:
             raise NotSupported(f"this node is a {self.server.kind}: submit txs to the sequencer")
-        await self.inflight.acquire()
+        try:  # no yield while there is room: a burst of submits costs one checkpoint per burst
+            self.inflight.acquire_nowait()
+        except trio.WouldBlock:
+            await self.inflight.acquire()
         released = False
 
         def done(result: bytes | MpsError) -> None:
