@@ -20,7 +20,10 @@ class Event:
 
     def encode_obj(self) -> list[Any]:
         """The event as ``[KIND, field...]`` in declaration order (tuples as arrays)."""
-        return [self.KIND, *(_to_obj(getattr(self, f.name)) for f in fields(self))]
+        names = _FIELD_NAMES.get(type(self))
+        if names is None:
+            names = _FIELD_NAMES[type(self)] = tuple(f.name for f in fields(self))
+        return [self.KIND, *[_to_obj(getattr(self, name)) for name in names]]
 
     @property
     def name(self) -> str:
@@ -30,6 +33,9 @@ class Event:
     def to_json(self) -> dict[str, Any]:
         """The event as JSON-able fields, with its name under ``event``."""
         return {"event": self.name, **{f.name: _to_json(getattr(self, f.name)) for f in fields(self)}}
+
+
+_FIELD_NAMES: dict[type, tuple[str, ...]] = {}  # an event class's field names, in declaration order
 
 
 def _to_obj(v: Any) -> Any:

@@ -477,6 +477,25 @@ class StoreView(StoreReader):
         self._release = release
         self._errors = errors
 
+    # the STF's reads, without a context manager each (the block builder makes one per account)
+    def get_state(self, key: bytes) -> bytes | None:
+        return self._get(STATE, key)
+
+    def get_node(self, node_hash: bytes) -> bytes | None:
+        return self._get(NODES, node_hash)
+
+    def _get(self, table: str, key: bytes) -> bytes | None:
+        txn = self._txn
+        if txn is None:
+            raise StoreError("snapshot is closed")
+        if not _is_key(key):
+            return None
+        try:
+            return txn.get(table, key)
+        except lmdb.Error:  # read again where the error is turned into the store's
+            with self._reading() as t:
+                return t.get(table, key)
+
     @contextmanager
     def _reading(self) -> Iterator[_Txn]:
         if self._txn is None:

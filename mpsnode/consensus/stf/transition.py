@@ -41,7 +41,7 @@ on how that work was split.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from mpsnode.consensus import crypto
@@ -219,7 +219,7 @@ def run_transaction(state: State, env: BlockEnv, stx: SignedTx) -> tuple[Receipt
         return Receipt(stx.tx_id, 0, 0, tuple(process_deposit(state, env, tx.body))), None
     check_transaction(state, stx)
     acct = state.get_account(tx.sender)
-    state.set_account(tx.sender, replace(acct, balance=acct.balance - tx.fee, nonce=acct.nonce + 1))
+    state.set_account(tx.sender, acct.with_balance(acct.balance - tx.fee, acct.nonce + 1))
     state.increase_balance(env.config.fee_recipient, tx.fee)
     state.begin()
     try:
