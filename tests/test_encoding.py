@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 
 from mpsnode.consensus import crypto
 from mpsnode.consensus.block import Block, Header, decode_block, sign_header
-from mpsnode.consensus.encoding import decode, encode
+from mpsnode.consensus.encoding import decode, encode, encode_array
 from mpsnode.consensus.errors import BlockDecodeError, DecodeError, InvalidBlock, InvalidTransaction
 from mpsnode.consensus.events import EVENT_TYPES, decode_event
-from mpsnode.consensus.receipt import Receipt
+from mpsnode.consensus.receipt import Receipt, encode_receipts, receipts_root, root_and_encoding
 from mpsnode.consensus.tx import (
     CommitUpdate,
     CreateTask,
@@ -227,3 +227,28 @@ def test_block_decode_wraps_tx_errors() -> None:
     with pytest.raises(BlockDecodeError, match="signature"):
         decode_block(encode(obj))
     assert isinstance(decode_block(block.encode()), Block)
+
+
+@pytest.mark.parametrize("n", [0, 1, 15, 16, 255, 0xFFFF, 0x10000])
+def test_encode_array_is_the_encoding_of_the_list(n: int) -> None:
+    items = [i % 300 for i in range(n)]
+    assert encode_array([encode(x) for x in items]) == encode(items)
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.binary(max_size=40)), max_size=40))
+@settings(max_examples=50, deadline=None)
+def test_a_block_encodes_the_same_from_its_txs_own_bytes(bodies: list[tuple[int, bytes]]) -> None:
+    """A block of decoded txs (which keep their bytes) and of fresh ones encode alike; decoded txs equal fresh."""
+    key = crypto.Keypair.from_seed(bytes(32))
+    fresh = [
+        Tx("c", key.address, i, fee, Transfer(bytes(32), len(memo))).sign(key)
+        for i, (fee, memo) in enumerate(bodies)
+    ]
+    decoded = [decode_signed_tx(t.encode()) for t in fresh]
+    assert decoded == fresh and all(d.encoded == f.encode() for d, f in zip(decoded, fresh, strict=True))
+    assert [d.tx_id for d in decoded] == [f.tx_id for f in fresh]
+    header = Header("c", 1, bytes(32), 1, bytes(32), bytes(32), bytes(32))
+    a, b = Block(header, tuple(fresh), bytes(64)), Block(header, tuple(decoded), bytes(64))
+    assert a.encode() == b.encode() == encode(a.encode_obj())
+    receipts = [Receipt(t.tx_id, 0, 1, ()) for t in fresh]
+    assert root_and_encoding(receipts) == (receipts_root(receipts), encode_receipts(receipts))

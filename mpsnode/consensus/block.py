@@ -14,7 +14,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from mpsnode.consensus import crypto
-from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_str, expect_uint
+from mpsnode.consensus.encoding import (
+    decode,
+    encode,
+    encode_array,
+    expect_bytes,
+    expect_list,
+    expect_str,
+    expect_uint,
+)
 from mpsnode.consensus.errors import BlockDecodeError, InvalidBlock, MpsError
 from mpsnode.consensus.hashing import HEADER, H
 from mpsnode.consensus.merkle import list_root
@@ -128,8 +136,9 @@ class Block:
         return [self.header.encode_obj(), [t.encode_obj() for t in self.txs], self.signature]
 
     def encode(self) -> bytes:
-        """The block's canonical bytes."""
-        return encode(self.encode_obj())
+        """The block's canonical bytes (the txs' own bytes spliced in where they have them)."""
+        txs = encode_array([t.encode() for t in self.txs])
+        return encode_array([encode(self.header.encode_obj()), txs, encode(self.signature)])
 
     def verify_signature(self, sequencer: bytes) -> bool:
         """Whether ``signature`` is ``sequencer``'s signature of the block hash."""

@@ -10,6 +10,7 @@ encodings are hashes of values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import msgpack
@@ -23,6 +24,19 @@ U64_MAX = 2**64 - 1
 def encode(obj: Any) -> bytes:
     """Canonical bytes of ``obj`` (lists, ints, bytes, str)."""
     return msgpack.packb(obj, use_bin_type=True, strict_types=True)
+
+
+def encode_array(items: Sequence[bytes]) -> bytes:
+    """Canonical bytes of an array whose items' canonical bytes are ``items``: what ``encode`` gives
+    for the list of their values, without encoding them again (msgpack's array header, then them)."""
+    n = len(items)
+    if n < 16:
+        head = bytes((0x90 | n,))
+    elif n <= 0xFFFF:
+        head = b"\xdc" + n.to_bytes(2, "big")
+    else:
+        head = b"\xdd" + n.to_bytes(4, "big")
+    return head + b"".join(items)
 
 
 def decode(

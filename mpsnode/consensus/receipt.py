@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_uint
+from mpsnode.consensus.encoding import decode, encode, encode_array, expect_bytes, expect_list, expect_uint
 from mpsnode.consensus.errors import describe_code
 from mpsnode.consensus.events import Event, decode_event
 from mpsnode.consensus.hashing import RECEIPT, ZERO32, H
@@ -73,6 +73,12 @@ def receipts_root(receipts: list[Receipt]) -> bytes:
 def encode_receipts(receipts: list[Receipt]) -> bytes:
     """A block's receipts as one canonical list (how the store keeps them)."""
     return encode([r.encode_obj() for r in receipts])
+
+
+def root_and_encoding(receipts: list[Receipt]) -> tuple[bytes, bytes]:
+    """``(receipts_root(receipts), encode_receipts(receipts))``, each receipt encoded once."""
+    each = [encode(r.encode_obj()) for r in receipts]
+    return list_root([H(RECEIPT, e) for e in each]), encode_array(each)
 
 
 def decode_receipts(data: bytes) -> list[Receipt]:

@@ -12,7 +12,7 @@ L1 event, which the STF checks against the ``L1Facts`` a node read (docs/SETTLEM
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
 
@@ -451,6 +451,9 @@ class SignedTx:
     signature: bytes
     tx_id: bytes  # = tx.signing_hash(), computed once
     size: int  # length of the canonical SignedTx encoding
+    # the canonical bytes it was decoded from, kept so that a block is encoded without encoding its
+    # txs again; not part of the value (two equal txs are equal whether or not they hold them)
+    encoded: bytes | None = field(default=None, compare=False, repr=False)
 
     def encode_obj(self) -> list[Any]:
         """The signed tx as ``[tx, signature]``."""
@@ -458,7 +461,7 @@ class SignedTx:
 
     def encode(self) -> bytes:
         """The signed tx's canonical bytes."""
-        return encode(self.encode_obj())
+        return self.encoded if self.encoded is not None else encode(self.encode_obj())
 
     def leaf(self) -> bytes:
         """The item committed in a block's tx_root."""
@@ -469,22 +472,27 @@ class SignedTx:
         return crypto.verify(self.tx.sender, self.tx_id, self.signature)
 
     @classmethod
-    def from_obj(cls, obj: Any, size: int | None = None) -> SignedTx:
-        """Build from an already-decoded (canonical) object; raises DecodeError."""
+    def from_obj(cls, obj: Any, size: int | None = None, encoded: bytes | None = None) -> SignedTx:
+        """Build from an already-decoded (canonical) object; raises DecodeError. ``encoded``: the
+        canonical bytes ``obj`` was decoded from, ``[tx, signature]``: an array header byte, the tx's
+        bytes, then the 64-byte signature's 2-byte header and itself; the tx id hashes that middle."""
         tx_obj, signature = expect_list(obj, 2, "signed tx")
         tx = Tx.decode_obj(tx_obj)
         expect_bytes(signature, "signature", crypto.SIGNATURE_LEN)
-        tx_id = H(TX_SIGN, encode(tx_obj))
+        if encoded is None:
+            tx_id = H(TX_SIGN, encode(tx_obj))
+        else:
+            tx_id = H(TX_SIGN, encoded[1 : -2 - crypto.SIGNATURE_LEN])
         if size is None:
-            size = len(encode(obj))
-        return cls(tx, signature, tx_id, size)
+            size = len(encoded) if encoded is not None else len(encode(obj))
+        return cls(tx, signature, tx_id, size, encoded)
 
 
 def decode_signed_tx(data: bytes, max_bytes: int = MAX_TX_BYTES_HARD) -> SignedTx:
     """Decode a canonical SignedTx; ``InvalidTransaction`` with a reason for any bad input."""
     try:
         obj = decode(data, max_bytes=max_bytes)
-        return SignedTx.from_obj(obj, len(data))
+        return SignedTx.from_obj(obj, len(data), bytes(data))
     except InvalidTransaction:
         raise
     except Exception as exc:  # noqa: BLE001 - the contract is: never another exception type

@@ -193,7 +193,7 @@ class Chain:
                 block=block.encode(),
                 header=block.header.encode(),
                 tx_ids=tuple(t.tx_id for t in block.txs),
-                receipts=encode_receipts(list(result.receipts)),
+                receipts=result.receipts_encoded,
                 events=encode([e.encode_obj() for e in result.events]),
                 state_writes=result.state_writes,
                 node_writes=result.node_writes,

@@ -38,7 +38,7 @@ from mpsnode.consensus.errors import MpsError
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.hashing import ZERO32
 from mpsnode.consensus.invariants import SupplyTracker
-from mpsnode.consensus.receipt import decode_receipts, encode_receipts, receipts_root
+from mpsnode.consensus.receipt import decode_receipts, receipts_root
 from mpsnode.consensus.settlement import WEI_PER_UNIT, L1Facts, output_root
 from mpsnode.consensus.smt import NODE_TAG, SparseMerkleTree
 from mpsnode.consensus.state import Config, State, Task, task_key
@@ -256,7 +256,7 @@ CLAIMED_RECEIPTS = "claimed_receipts"
 def check_claimed_receipts(block: Block, result: BlockResult, claimed: bytes | None) -> None:
     """The receipts stored with ``block`` are the ones it produced (so they hash to its header's
     receipts root); else a ``claimed_receipts`` ``Divergence``: the file or store was altered."""
-    if claimed is None or claimed == encode_receipts(list(result.receipts)):
+    if claimed is None or claimed == result.receipts_encoded:
         return
     try:
         root = receipts_root(decode_receipts(claimed)).hex()

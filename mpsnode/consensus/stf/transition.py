@@ -66,7 +66,7 @@ from mpsnode.consensus.errors import (
     WrongParent,
 )
 from mpsnode.consensus.events import Event
-from mpsnode.consensus.receipt import END_OF_BLOCK_ID, Receipt, receipts_root
+from mpsnode.consensus.receipt import END_OF_BLOCK_ID, Receipt, root_and_encoding
 from mpsnode.consensus.settlement import L1Facts
 from mpsnode.consensus.smt import SparseMerkleTree
 from mpsnode.consensus.state import Config, State
@@ -146,6 +146,7 @@ class BlockResult:
     state_root: bytes
     receipts_root: bytes
     tx_root: bytes
+    receipts_encoded: bytes  # encode_receipts(receipts), made with the root (the store keeps it)
 
     @property
     def events(self) -> list[Event]:
@@ -307,7 +308,10 @@ def _finish(
     root = tree.update(writes)
     nodes = tree.pending_nodes()
     tree.clear_pending()
-    return BlockResult(tuple(receipts), writes, nodes, root, receipts_root(receipts), compute_tx_root(txs))
+    receipts_hash, receipts_encoded = root_and_encoding(receipts)
+    return BlockResult(
+        tuple(receipts), writes, nodes, root, receipts_hash, compute_tx_root(txs), receipts_encoded
+    )
 
 
 def state_transition(
