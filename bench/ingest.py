@@ -3,13 +3,18 @@
 Starts ``mpsnode sequencer`` as a separate process on a fresh devnet home (127.0.0.1, a free
 port), pre-signs ``--txs`` transfers from ``--senders`` accounts, and submits them over
 ``--connections`` client connections (each sender's txs through one connection, in nonce order,
-up to ``--inflight`` unacked per connection). A separate subscriber counts included txs per
-block. Prints one JSON object per result:
+up to ``--inflight`` unacked per connection). Each connection speaks the wire protocol itself
+(HELLO, then pre-encoded SUBMIT_TX frames written in bursts, replies matched by request id): the
+load shares the node's 2 cores, and a task per request cost it 4 s of CPU per 60k txs, a third
+of a core. A separate subscriber counts included txs per block. Prints one JSON object per result:
 
 * ``ingest_included_tps``: sustained included tx/s (between 10% and 90% of all txs included);
 * ``ingest_ack_latency``: submit -> durable ack, p50 and p99 in ms, seen by the client;
 * ``ed25519_verify_raw``: single-core verify rate (one PyNaCl call per signature, as
-  bench/stf.py), and the target ratio included / raw >= 0.35;
+  bench/stf.py), and the targets: included / raw >= 0.5 with ack p99 <= 500 ms;
+* ``ingest_bound``: what bounds the rate: the daemon's CPU per included tx beside the verify
+  it cannot skip, how busy the cores were (daemon and loader CPU over wall x cores) and how busy
+  the daemon's event-loop thread was (its CPU over wall);
 * with ``--verifier``: a ``mpsnode verifier`` process follows the sequencer during the load, and
   ``verifier_lag`` reports its lag (sequencer head minus verifier head, in blocks) when the last
   tx is included (target <= 2), the largest lag sampled during the load, and how long it took to
@@ -45,6 +50,8 @@ from mpsnode.node.messages import REPLY, HelloRequest, Msg, SubmitTx
 from mpsnode.node.wire import PROTOCOL_VERSION, FrameReader, decode_message, encode_frame, max_reply_frame
 
 REPO = Path(__file__).resolve().parent.parent
+TARGET_RATIO = 0.5  # included tx/s over the single-core verify rate of the same run
+TARGET_P99_MS = 500.0
 
 
 def start_daemon(home: Path, extra: list[str]) -> tuple[subprocess.Popen, int, int | None]:
@@ -148,8 +155,10 @@ async def load_with_verifier(
     return result
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def _cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU seconds of a process (or of one of its threads: the main thread's id is the pid)."""
+    path = f"/proc/{pid}/stat" if thread is None else f"/proc/{pid}/task/{thread}/stat"
+    fields = Path(path).read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
@@ -297,7 +306,7 @@ def main() -> None:
     if args.verifier:
         vproc, vport = start_verifier(home, port)
         vcpu0 = _cpu_seconds(vproc.pid)
-    cpu0 = _cpu_seconds(proc.pid)
+    cpu0, loop0 = _cpu_seconds(proc.pid), _cpu_seconds(proc.pid, proc.pid)
     own0 = time.process_time()
     try:
         if vproc is not None:
@@ -306,6 +315,7 @@ def main() -> None:
         else:
             result = trio.run(run_load, port, g, by_conn, args.inflight, args.txs)
         result["daemon_cpu_s"] = round(_cpu_seconds(proc.pid) - cpu0, 2)
+        result["loop_cpu_s"] = round(_cpu_seconds(proc.pid, proc.pid) - loop0, 2)
         result["loader_cpu_s"] = round(time.process_time() - own0, 2)
         if args.metrics_dump:
             import urllib.request
@@ -368,6 +378,29 @@ def main() -> None:
             )
         )
     ratio = result["sustained_tps"] / raw
+    # what bounds it: the node's CPU per tx against the verify it cannot skip, and how busy the cores were
+    wall = result["included"] / result["overall_tps"]
+    busy = (result["daemon_cpu_s"] + result["loader_cpu_s"]) / (wall * (os.cpu_count() or 1))
+    per_tx_us = result["daemon_cpu_s"] / max(result["included"], 1) * 1e6
+    loop_busy = result["loop_cpu_s"] / wall
+    print(
+        json.dumps(
+            {
+                "bench": "ingest_bound",
+                "daemon_cpu_per_tx_us": round(per_tx_us, 1),
+                "of_which_verify_us": round(1e6 / raw, 1),
+                "cores_busy": round(busy, 3),
+                "loop_thread_busy": round(loop_busy, 3),
+                "bound": (
+                    "cpu: both cores busy"
+                    if busy >= 0.9
+                    else "the event-loop thread (server, admission, block building: one core under the GIL)"
+                    if loop_busy >= 0.85
+                    else "latency: the cores had room; the pipeline's queues bound it"
+                ),
+            }
+        )
+    )
     print(
         json.dumps(
             {
@@ -375,8 +408,9 @@ def main() -> None:
                 "value": round(raw, 1),
                 "unit": "verify/s single core",
                 "included_over_raw": round(ratio, 3),
-                "target": 0.35,
-                "meets_target": ratio >= 0.35,
+                "target": TARGET_RATIO,
+                "ack_p99_target_ms": TARGET_P99_MS,
+                "meets_target": ratio >= TARGET_RATIO and (result["ack_p99_ms"] or 0) <= TARGET_P99_MS,
                 "presign_s": round(sign_s, 2),
             }
         )
