@@ -15,9 +15,9 @@ from typing import Any
 
 from mpsnode.consensus import crypto
 from mpsnode.consensus.encoding import (
+    array_header,
     decode,
     encode,
-    encode_array,
     expect_bytes,
     expect_list,
     expect_str,
@@ -137,8 +137,8 @@ class Block:
 
     def encode(self) -> bytes:
         """The block's canonical bytes (the txs' own bytes spliced in where they have them)."""
-        txs = encode_array([t.encode() for t in self.txs])
-        return encode_array([encode(self.header.encode_obj()), txs, encode(self.signature)])
+        head = [array_header(3), encode(self.header.encode_obj()), array_header(len(self.txs))]
+        return b"".join([*head, *[t.encode() for t in self.txs], encode(self.signature)])
 
     def verify_signature(self, sequencer: bytes) -> bool:
         """Whether ``signature`` is ``sequencer``'s signature of the block hash."""

@@ -26,17 +26,19 @@ def encode(obj: Any) -> bytes:
     return msgpack.packb(obj, use_bin_type=True, strict_types=True)
 
 
+def array_header(n: int) -> bytes:
+    """The canonical msgpack header of an array of ``n`` items."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n <= 0xFFFF:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
+
 def encode_array(items: Sequence[bytes]) -> bytes:
     """Canonical bytes of an array whose items' canonical bytes are ``items``: what ``encode`` gives
-    for the list of their values, without encoding them again (msgpack's array header, then them)."""
-    n = len(items)
-    if n < 16:
-        head = bytes((0x90 | n,))
-    elif n <= 0xFFFF:
-        head = b"\xdc" + n.to_bytes(2, "big")
-    else:
-        head = b"\xdd" + n.to_bytes(4, "big")
-    return head + b"".join(items)
+    for the list of their values, without encoding them again (the header, then them, one copy)."""
+    return b"".join([array_header(len(items)), *items])
 
 
 def decode(
