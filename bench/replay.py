@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import trio
-from ingest import run_load, start_daemon
+from ingest import run_load, start_daemon, submit_frames
 
 import genesis as genesis_tool
 from mpsnode.client.wallet import Wallet
@@ -206,7 +206,7 @@ def main() -> None:
                     .encode()
                 )
     paced, burst = signed[: args.paced_txs], signed[args.paced_txs :]
-    by_conn: list[list[bytes]] = [burst[i::4] for i in range(4)]
+    by_conn: list[list[bytes]] = [submit_frames(burst[i::4]) for i in range(4)]
     proc, port, metrics_port = start_daemon(
         home, ["--metrics", "127.0.0.1:0", "--block-time-ms", str(args.block_time_ms)]
     )
