@@ -29,12 +29,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mpsnode.consensus import krum, robust
+from mpsnode.consensus import krum, robust, simd
 from mpsnode.consensus.tx import Aggregator
 
 MIB = 1 << 20
 WORK_BUDGET = 64 * MIB  # beyond the input and the k x k result
-RATIO_TARGET = 2.0  # at k=100, d=10^6
+RATIO_TARGET = 0.45  # exact_s / float32_matmul_s at k=100, d=10^6, both measured in this run
 
 
 def best_of(fn: Callable[[], Any], reps: int) -> float:
@@ -147,6 +147,7 @@ def run(k: int, d: int, reps: int, compare: bool) -> dict[str, Any]:
     if (k, d) == (100, 10**6):
         out["ratio_target"] = RATIO_TARGET
         out["ratio_ok"] = out["ratio"] <= RATIO_TARGET
+        out["simd_lanes"] = simd.LANES  # int16 per step of the int32 kernel on this CPU
     return out
 
 

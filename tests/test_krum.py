@@ -9,7 +9,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from mpsnode.consensus import krum
+from mpsnode.consensus import krum, simd
 from mpsnode.consensus.krum import (
     distance_matrix,
     distance_matrix_reference,
@@ -258,3 +258,33 @@ def test_bad_arguments_refused() -> None:
         krum_scores(np.zeros((5, 5), dtype=np.int32), 1)
     with pytest.raises(ValueError):
         gram_matrix(Q, block_cols=0)
+
+
+@numba.njit
+def _madd_compiled(Q, rows, start, steps, out):  # the intrinsic runs compiled only
+    simd.madd_tile3(Q, rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], start, steps, out)
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="the intrinsic runs compiled only")
+@pytest.mark.parametrize("values", ["small", "extreme"])
+def test_the_simd_multiply_add_equals_its_reference_twin(values: str) -> None:
+    """The LLVM vector kernel and numpy agree lane for lane, also where int32 pair sums wrap
+    (-32768 * -32768 twice is 2^31): two's-complement arithmetic is defined bit for bit."""
+    rng = np.random.default_rng(11)
+    cols = simd.LANES * 40 + 5
+    if values == "extreme":
+        Q = rng.choice(np.array([-32768, 32767, -32767, 0], dtype=np.int16), size=(7, cols))
+        Q[2, : simd.LANES] = -32768
+        Q[4, : simd.LANES] = -32768
+    else:
+        Q = rng.integers(-2000, 2001, size=(7, cols), dtype=np.int16)
+    for rows, start, steps in (
+        ((0, 1, 2, 3, 4, 5), 0, 40),
+        ((2, 2, 4, 4, 6, 2), 3, 17),
+        ((6, 5, 4, 3, 2, 1), 64, 1),
+    ):
+        fast = np.zeros((9, simd.ACC_LANES), np.int32)
+        plain = np.zeros((9, simd.ACC_LANES), np.int32)
+        _madd_compiled(Q, np.array(rows, np.int64), start, steps, fast)
+        simd.madd_tile3_reference(Q, *rows, start, steps, plain)
+        assert np.array_equal(fast, plain)

@@ -23,14 +23,16 @@ or BLAS. So nothing here touches a float. The bounds that make every step exact,
 
 The fast Gram kernel (``gram_matrix``) walks the columns in blocks and the rows in 3 x 3 tiles. Within
 a block it reads each row's largest ``|q|``; for a tile whose rows have maxima ``mx`` and ``my`` every
-product is bounded by ``mx * my``, so a run ("chunk") of ``c`` columns with ``c * mx * my <= 2^31 - 1``
-sums exactly in int32, whatever the order, before being added to int64. Updates of the usual
-magnitude (``|q| <= 2000`` gives ``c = 512``) thus run at int32 SIMD width; a tile whose bound would
-allow only short chunks (one extreme row is enough) falls back to the int64 kernel, which is exact
-for every int16 input. The choice changes the speed only, never a result. A float64 BLAS product of
-column blocks (exact while every partial sum is an integer below 2^53) was measured too and is
-slower than either integer kernel on the target machine (k=100, d=10^6, 2 cores: 0.22 s against
-0.15 s for the int64 kernel and 0.09 s for the chunked int32 one), so floats are not used at all.
+product is bounded by ``mx * my``. The int32 kernel (``mpsnode.consensus.simd.madd_tile3``, LLVM
+vector IR: int16 loads, products added in adjacent pairs into int32 lanes, ``vpdpwssd`` or
+``vpmaddwd`` on x86) gives each lane two products a step, so a run of ``s`` steps with
+``2 * s * mx * my <= 2^31 - 1`` sums exactly in int32 lanes, which are then added in int64. Updates
+of the usual magnitude (``|q| <= 2000``: 268 steps, 8,576 columns) run whole blocks at full SIMD
+width; a tile whose bound would allow no whole step (one extreme row is enough) falls back to the
+int64 kernel, which is exact for every int16 input. The choice changes the speed only, never a
+result. A float64 BLAS product of column blocks (exact while every partial sum is an integer below
+2^53) was measured too and is slower than either integer kernel (bench/krum.py), so floats are not
+used at all.
 
 The round rule built on these (flags, mixing, selection) is ``mpsnode.consensus.robust``.
 
@@ -44,13 +46,14 @@ import numpy as np
 from numba import njit, prange
 
 from mpsnode.consensus.limits import MAX_DISTANCE, MAX_PARAMS, MAX_UPDATES
+from mpsnode.consensus.simd import ACC_LANES, LANES, madd_tile3
 
 # MAX_UPDATES, MAX_PARAMS: CREATE_TASK's limits (limits.py). D < 2^22 * 65535^2 < MAX_DISTANCE = 2^54;
 # krum_scores refuses anything larger so its sums stay below 2^62.
 
-GRAM_BLOCK_COLS = 8192  # k=256 rows of a block take 4 MiB: they stay in the L3 cache for all tiles
+GRAM_BLOCK_COLS = 4096  # k=256 rows of a block take 2 MiB: they stay in the L2/L3 cache for all tiles
 INT32_CHUNK_MAX = 1 << 16
-INT32_CHUNK_MIN = 64  # below this the int32 kernel's per-chunk overhead makes int64 the faster one
+INT32_CHUNK_MIN = 64  # columns: below this the int32 kernel's per-run overhead makes int64 the faster one
 
 _INT32_MAX = (1 << 31) - 1
 _TILE = 3  # 3 x 3 output tiles: 9 accumulators plus 6 row loads fit the 16 AVX2 registers
@@ -132,77 +135,58 @@ def _tile_int64(Q: np.ndarray, i0: int, j0: int, c0: int, c1: int, G: np.ndarray
 
 
 @njit(cache=True, boundscheck=False, nogil=True)
-def _tile_int32(Q: np.ndarray, i0: int, j0: int, c0: int, c1: int, chunk: int, G: np.ndarray) -> None:
-    """As ``_tile_int64``, summing runs of ``chunk`` columns in int32 before widening.
+def _tile_int32(
+    Q: np.ndarray, i0: int, j0: int, c0: int, c1: int, chunk: int, G: np.ndarray, lanes: np.ndarray
+) -> None:
+    """As ``_tile_int64``, through ``simd.madd_tile3``: runs of ``chunk`` columns (a multiple of
+    ``LANES``) summed in int32 lanes, each run's lanes then added in int64; the columns past the
+    last whole step in int64.
 
-    The caller guarantees ``chunk * max|x| * max|y| <= 2^31 - 1`` over this tile's rows and columns,
-    so every partial sum inside a run, in any order, fits an int32.
+    The caller guarantees ``2 * (chunk // LANES) * max|x| * max|y| <= 2^31 - 1`` over this tile's rows
+    and columns, so every lane's sum fits an int32 (``simd``). ``lanes``: scratch ``(9, ACC_LANES)`` int32.
     """
     last = Q.shape[0] - 1
-    x0 = Q[min(i0, last)]
-    x1 = Q[min(i0 + 1, last)]
-    x2 = Q[min(i0 + 2, last)]
-    y0 = Q[min(j0, last)]
-    y1 = Q[min(j0 + 1, last)]
-    y2 = Q[min(j0 + 2, last)]
-    t00 = t01 = t02 = t10 = t11 = t12 = t20 = t21 = t22 = np.int64(0)
+    x0, x1, x2 = min(i0, last), min(i0 + 1, last), min(i0 + 2, last)
+    y0, y1, y2 = min(j0, last), min(j0 + 1, last), min(j0 + 2, last)
+    t = np.zeros(9, np.int64)
     for s in range(c0, c1, chunk):
         e = min(s + chunk, c1)
-        u0 = x0[s:e]
-        u1 = x1[s:e]
-        u2 = x2[s:e]
-        v0 = y0[s:e]
-        v1 = y1[s:e]
-        v2 = y2[s:e]
-        # numba widens int32 arithmetic to int64; the explicit casts keep the loop in int32 lanes
-        # (8 products per AVX2 instruction instead of 4).
-        s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = np.int32(0)
-        for p in range(e - s):
-            a0 = np.int32(u0[p])
-            a1 = np.int32(u1[p])
-            a2 = np.int32(u2[p])
-            b0 = np.int32(v0[p])
-            b1 = np.int32(v1[p])
-            b2 = np.int32(v2[p])
-            s00 = np.int32(s00 + a0 * b0)
-            s01 = np.int32(s01 + a0 * b1)
-            s02 = np.int32(s02 + a0 * b2)
-            s10 = np.int32(s10 + a1 * b0)
-            s11 = np.int32(s11 + a1 * b1)
-            s12 = np.int32(s12 + a1 * b2)
-            s20 = np.int32(s20 + a2 * b0)
-            s21 = np.int32(s21 + a2 * b1)
-            s22 = np.int32(s22 + a2 * b2)
-        t00 += s00
-        t01 += s01
-        t02 += s02
-        t10 += s10
-        t11 += s11
-        t12 += s12
-        t20 += s20
-        t21 += s21
-        t22 += s22
-    G[i0, j0] += t00
-    G[i0, j0 + 1] += t01
-    G[i0, j0 + 2] += t02
-    G[i0 + 1, j0] += t10
-    G[i0 + 1, j0 + 1] += t11
-    G[i0 + 1, j0 + 2] += t12
-    G[i0 + 2, j0] += t20
-    G[i0 + 2, j0 + 1] += t21
-    G[i0 + 2, j0 + 2] += t22
+        steps = (e - s) // LANES
+        if steps > 0:
+            madd_tile3(Q, x0, x1, x2, y0, y1, y2, s, steps, lanes)
+            for a in range(9):
+                total = np.int64(0)
+                for lane in range(ACC_LANES):
+                    total += np.int64(lanes[a, lane])
+                t[a] += total
+        for p in range(s + steps * LANES, e):
+            a0, a1, a2 = np.int64(Q[x0, p]), np.int64(Q[x1, p]), np.int64(Q[x2, p])
+            b0, b1, b2 = np.int64(Q[y0, p]), np.int64(Q[y1, p]), np.int64(Q[y2, p])
+            t[0] += a0 * b0
+            t[1] += a0 * b1
+            t[2] += a0 * b2
+            t[3] += a1 * b0
+            t[4] += a1 * b1
+            t[5] += a1 * b2
+            t[6] += a2 * b0
+            t[7] += a2 * b1
+            t[8] += a2 * b2
+    for r in range(3):
+        for c in range(3):
+            G[i0 + r, j0 + c] += t[3 * r + c]
 
 
 @njit(cache=True, boundscheck=False, nogil=True)
 def _row_abs_max(Q: np.ndarray, c0: int, c1: int, out: np.ndarray) -> None:
     for r in range(Q.shape[0]):
         x = Q[r][c0:c1]
-        m = np.int64(0)
-        for p in range(c1 - c0):
-            v = np.int64(x[p])  # int64 so that |-32768| is representable
-            v = v if v >= 0 else -v
-            m = max(m, v)
-        out[r] = m
+        hi = np.int16(0)
+        lo = np.int16(0)
+        for p in range(c1 - c0):  # in int16 lanes (max and min vectorize; abs would widen first)
+            v = x[p]
+            hi = v if v > hi else hi
+            lo = v if v < lo else lo
+        out[r] = max(np.int64(hi), -np.int64(lo))  # int64 so that |-32768| is representable
 
 
 @njit(cache=True, boundscheck=False, parallel=True)
@@ -222,6 +206,7 @@ def _gram_parts(
         hi = d * (t + 1) // parts
         G = partials[t]
         mx = rowmax[t]
+        lanes = np.empty((9, ACC_LANES), np.int32)
         for c0 in range(lo, hi, block_cols):
             c1 = min(c0 + block_cols, hi)
             _row_abs_max(Q, c0, c1, mx)
@@ -230,11 +215,15 @@ def _gram_parts(
                 for j0 in range(i0, kp, _TILE):
                     bj = max(mx[min(j0, k - 1)], max(mx[min(j0 + 1, k - 1)], mx[min(j0 + 2, k - 1)]))
                     bound = bi * bj  # <= 2^30
-                    chunk = chunk_max if bound == 0 else min(chunk_max, _INT32_MAX // bound)
-                    if chunk >= 64:
-                        chunk -= chunk % 64  # whole vector iterations: no scalar tail per run
-                    if chunk >= chunk_min:
-                        _tile_int32(Q, i0, j0, c0, c1, chunk, G)
+                    # whole steps of LANES columns, each lane taking 2 products a step
+                    steps = (
+                        chunk_max // LANES
+                        if bound == 0
+                        else min(chunk_max // LANES, _INT32_MAX // (2 * bound))
+                    )
+                    chunk = steps * LANES
+                    if steps > 0 and chunk >= chunk_min:
+                        _tile_int32(Q, i0, j0, c0, c1, chunk, G, lanes)
                     else:
                         _tile_int64(Q, i0, j0, c0, c1, G)
 
