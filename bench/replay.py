@@ -19,7 +19,7 @@ first submit until nothing is pending, and the sequencer's own block build + com
 metrics), replay (timed at the phase boundaries, after the signature kernel's one-time JIT
 compile), and their ratios: ``ratio`` = production wall time / replay time, and
 ``ratio_vs_sequencer_busy`` = the sequencer's build + commit time / replay time (independent of
-how fast the load was offered). The target is replay >= 2x production.
+how fast the load was offered). The target is replay >= 8x production.
 
     python bench/replay.py [--paced-txs N] [--burst-txs N] [--rounds N] [--plot out.png] [--quick]
 """
@@ -55,6 +55,9 @@ from verifier.replay.engine import HomeSource, replay
 
 ARCH = (784, 128, 10)
 SAMPLES = 200
+
+
+TARGET = 8.0  # replay of the whole chain this many times faster than its production
 
 
 def metric_sum(port: int, name: str) -> float:
@@ -337,8 +340,8 @@ def main() -> None:
                 "replay_blocks_per_s": round(outcome.blocks / replay_total, 1),
                 "ratio": round(ratio, 2),
                 "ratio_vs_sequencer_busy": round(busy_total / replay_total, 2),
-                "target": 2.0,
-                "meets_target": ratio >= 2.0,
+                "target": TARGET,
+                "meets_target": ratio >= TARGET,
                 **common,
             }
         )

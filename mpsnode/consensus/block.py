@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 from mpsnode.consensus import crypto
 from mpsnode.consensus.encoding import (
     array_header,
@@ -155,13 +157,35 @@ def sign_header(header: Header, key: crypto.Keypair, txs: tuple[SignedTx, ...]) 
     return Block(header, tuple(txs), key.sign(header.hash()))
 
 
+def _tx_spans(data: bytes, n: int) -> list[tuple[int, int]]:
+    """Where each of the ``n`` txs of a canonical block (already decoded) lies in ``data``: so that
+    each tx keeps its own bytes and its id hashes them, instead of being encoded again."""
+    walker = msgpack.Unpacker(max_buffer_size=len(data))
+    walker.feed(data)
+    walker.read_array_header()
+    walker.skip()  # the header
+    if walker.read_array_header() != n:
+        raise BlockDecodeError(
+            "malformed block: its txs moved"
+        )  # cannot happen: the same bytes were just decoded
+    spans = []
+    for _ in range(n):
+        start = walker.tell()
+        walker.skip()
+        spans.append((start, walker.tell()))
+    return spans
+
+
 def decode_block(data: bytes, max_bytes: int = MAX_BLOCK_BYTES_HARD) -> Block:
     """Decode a canonical block; ``InvalidBlock`` with a reason for any bad input."""
     try:
         obj = decode(data, max_bytes=max_bytes, max_array_len=MAX_TXS_PER_BLOCK)
         header_obj, txs_obj, signature = expect_list(obj, 3, "block")
         header = Header.decode_obj(header_obj)
-        txs = tuple(SignedTx.from_obj(t) for t in expect_list(txs_obj, None, "block txs"))
+        tx_objs = expect_list(txs_obj, None, "block txs")
+        raw = bytes(data)
+        spans = _tx_spans(raw, len(tx_objs))
+        txs = tuple(SignedTx.from_obj(t, e - s, raw[s:e]) for t, (s, e) in zip(tx_objs, spans, strict=True))
         return Block(header, txs, expect_bytes(signature, "sequencer signature", crypto.SIGNATURE_LEN))
     except InvalidBlock:
         raise
