@@ -133,6 +133,11 @@ def test_genesis_then_blocks_every_read(store: Store) -> None:
     store.commit(b2)
 
     assert store.head() == b2.head
+    for height in (0, 1, 2):
+        block = store.get_block(height)
+        assert block is not None and store.get_block_tail(height, 66) == block[-66:]
+        assert store.get_block_tail(height, 5) == block[-5:]
+    assert store.get_block_tail(3, 66) is None and store.get_block_tail(-1, 66) is None
     for c in (g, b1, b2):
         n = c.head.height
         assert store.get_block(n) == c.block

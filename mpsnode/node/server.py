@@ -292,10 +292,10 @@ class NodeServer:
             return header, b""
         signature = self._signatures.get(height)
         if signature is None:
-            block = view.get_block(height) or b""
-            if len(block) < 66 or block[-66:-64] != SIGNATURE_TRAILER:
+            tail = view.get_block_tail(height, 66) or b""
+            if len(tail) < 66 or tail[:2] != SIGNATURE_TRAILER:
                 raise NotFound(f"block {height} is not readable")
-            signature = block[-64:]
+            signature = tail[2:]
             _remember(self._signatures, height, signature, 4096)
         return header, signature
 

@@ -397,6 +397,12 @@ class StoreReader(ABC):
         with self._reading() as t:
             return t.get(BLOCKS, u64be(height)) if 0 <= height <= U64_MAX else None
 
+    def get_block_tail(self, height: int, n: int) -> bytes | None:
+        """The last ``n`` bytes of block ``height`` (where its signature is), or None if there is no
+        such block. A store that can read them without copying the whole block does."""
+        block = self.get_block(height)
+        return None if block is None else block[-n:]
+
     def get_header(self, height: int) -> bytes | None:
         with self._reading() as t:
             return t.get(HEADERS, u64be(height)) if 0 <= height <= U64_MAX else None
@@ -870,13 +876,13 @@ class LmdbStore(Store):
         except lmdb.Error as exc:
             raise StoreError(f"LMDB error in {self._path}: {exc}") from None
 
-    def _begin(self, write: bool) -> lmdb.Transaction:
+    def _begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction:
         try:
-            return self._env.begin(write=write)
+            return self._env.begin(write=write, buffers=buffers)
         except lmdb.MapResizedError:
             # Another process grew the map: adopt its size and retry.
             self._env.set_mapsize(0)
-            return self._env.begin(write=write)
+            return self._env.begin(write=write, buffers=buffers)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -900,6 +906,19 @@ class LmdbStore(Store):
         # Transaction.__exit__ commits on success and aborts on any exception.
         with self._errors(), self._begin(write=True) as txn:
             yield _LmdbTxn(txn, self._dbs)
+
+    def get_block_tail(self, height: int, n: int) -> bytes | None:
+        # a buffer-returning read: the block (megabytes with model updates) is not copied out
+        if not 0 <= height <= U64_MAX:
+            return None
+        self._check_open()
+        with self._errors():
+            txn = self._begin(write=False, buffers=True)
+            try:
+                value = txn.get(u64be(height), db=self._dbs[BLOCKS])
+                return None if value is None else bytes(value[-n:])
+            finally:
+                txn.abort()
 
     def snapshot(self) -> StoreView:
         """One LMDB read transaction held until ``close()``.
