@@ -349,7 +349,8 @@ class State:
     """Reads fall through write layers to ``reader``; writes land in the top layer."""
 
     reader: Reader
-    _layers: list[dict[bytes, bytes | None]] = field(default_factory=lambda: [{}])
+    # a layer's value: bytes, None (deleted) or, for an account key, the Account not yet encoded
+    _layers: list[dict[bytes, Any]] = field(default_factory=lambda: [{}])
     # encoded value -> decoded account, keyed by key; valid while the stored bytes are the same object
     _accounts: dict[bytes, tuple[bytes, Account]] = field(default_factory=dict)
 
@@ -358,7 +359,8 @@ class State:
         """The value of ``key`` as this block sees it so far (None: absent)."""
         for layer in reversed(self._layers):
             if key in layer:
-                return layer[key]
+                value = layer[key]
+                return value.encode() if isinstance(value, Account) else value
         return self.reader(key)
 
     def set(self, key: bytes, value: bytes | None) -> None:
@@ -387,7 +389,7 @@ class State:
         """Everything written in the block so far (only valid with no tx layer open)."""
         if len(self._layers) != 1:
             raise RuntimeError("a tx layer is still open")
-        return dict(self._layers[0])
+        return {k: v.encode() if isinstance(v, Account) else v for k, v in self._layers[0].items()}
 
     # typed helpers ---------------------------------------------------------------------------
     def get_globals(self) -> Globals:
@@ -402,7 +404,15 @@ class State:
     def get_account(self, address: bytes) -> Account:
         """The account of ``address`` (the empty account if absent); decoded once per stored value."""
         key = account_key(address)
-        data = self.get(key)
+        for layer in reversed(self._layers):
+            if key in layer:
+                written = layer[key]
+                if isinstance(written, Account):  # set in this block and not encoded yet
+                    return written
+                data = written
+                break
+        else:
+            data = self.reader(key)
         if data is None:
             return EMPTY_ACCOUNT
         cached = self._accounts.get(key)
@@ -415,12 +425,9 @@ class State:
     def set_account(self, address: bytes, account: Account) -> None:
         """Write the account of ``address``; the empty account is deleted."""
         key = account_key(address)
-        if account.is_empty():
-            self.set(key, None)
-            return
-        data = account.encode()
-        self.set(key, data)
-        self._accounts[key] = (data, account)
+        # kept decoded: a block that moves an account many times (the fee recipient: every tx)
+        # encodes it once, when ``get`` or ``writes`` needs its bytes
+        self._layers[-1][key] = None if account.is_empty() else account
 
     def get_task(self, task_id: int) -> Task | None:
         """The task record, or None if there is no such task."""

@@ -7,6 +7,9 @@ through an optional ``TxGateway``; without one, SUBMIT_TX is refused with ``NotS
 
 Each connection is a small nursery: a reader that handles requests in order, a writer that
 drains a byte-bounded ``Outbox``, and one task per subscription or waiting receipt query. The
+reader handles the frames already in its buffer without yielding (up to ``BURST_FRAMES``, then
+one checkpoint), so a client that pipelines submits costs the loop one task switch per burst,
+not per tx. The
 first message must be HELLO (within ``handshake_timeout``); a frame must complete within
 ``frame_timeout`` once started; a length prefix above the limit, bytes that are not a message,
 or a peer that leaves ``outbox_bytes`` unread for ``slow_peer_timeout`` seconds end the
