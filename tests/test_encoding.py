@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpsnode.consensus import crypto
+from mpsnode.consensus import crypto, encoding
 from mpsnode.consensus.block import Block, Header, decode_block, sign_header
 from mpsnode.consensus.encoding import decode, encode, encode_array
 from mpsnode.consensus.errors import BlockDecodeError, DecodeError, InvalidBlock, InvalidTransaction
@@ -252,3 +252,34 @@ def test_a_block_encodes_the_same_from_its_txs_own_bytes(bodies: list[tuple[int,
     assert a.encode() == b.encode() == encode(a.encode_obj())
     receipts = [Receipt(t.tx_id, 0, 1, ()) for t in fresh]
     assert root_and_encoding(receipts) == (receipts_root(receipts), encode_receipts(receipts))
+
+
+def _check_types_plain(obj: object) -> None:
+    """The type walk as first written (an explicit stack): the twin of encoding._check_types."""
+    stack: list[tuple[object, int]] = [(obj, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if type(item) is list:
+            if depth >= 16:
+                raise DecodeError("nesting deeper than 16")
+            stack.extend((x, depth + 1) for x in item)
+        elif type(item) not in (int, bytes, str):
+            raise DecodeError(f"type {encoding._msgpack_name(item)} is not allowed")
+
+
+_leaves = st.one_of(
+    st.integers(), st.binary(max_size=3), st.text(max_size=3), st.none(), st.booleans(), st.floats()
+)
+
+
+@given(st.recursive(_leaves, lambda inner: st.lists(inner, max_size=4), max_leaves=60))
+@settings(max_examples=300, deadline=None)
+def test_the_type_walk_finds_the_same_first_fault_as_its_twin(obj: object) -> None:
+    def outcome(check) -> str:
+        try:
+            check(obj)
+        except DecodeError as exc:
+            return exc.reason
+        return "ok"
+
+    assert outcome(encoding._check_types) == outcome(_check_types_plain)

@@ -85,17 +85,23 @@ def decode(
 
 
 def _check_types(obj: Any) -> None:
-    stack: list[tuple[Any, int]] = [(obj, 0)]
-    while stack:
-        item, depth = stack.pop()
+    t = type(obj)
+    if t is list:
+        _check_list(obj, 0)
+    elif t is not int and t is not bytes and t is not str:
+        raise DecodeError(f"type {_msgpack_name(obj)} is not allowed")
+
+
+def _check_list(items: list[Any], depth: int) -> None:
+    """Every item an int, bytes, str or list of them, at most ``MAX_DEPTH`` lists deep; the last
+    item first, depth first (so the first fault found is the same whichever way it is walked)."""
+    if depth >= MAX_DEPTH:
+        raise DecodeError(f"nesting deeper than {MAX_DEPTH}")
+    for item in reversed(items):
         t = type(item)
         if t is list:
-            if depth >= MAX_DEPTH:
-                raise DecodeError(f"nesting deeper than {MAX_DEPTH}")
-            stack.extend((x, depth + 1) for x in item)
-        elif t is int or t is bytes or t is str:
-            continue
-        else:
+            _check_list(item, depth + 1)
+        elif t is not int and t is not bytes and t is not str:
             raise DecodeError(f"type {_msgpack_name(item)} is not allowed")
 
 
