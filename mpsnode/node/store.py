@@ -876,13 +876,21 @@ class LmdbStore(Store):
         except lmdb.Error as exc:
             raise StoreError(f"LMDB error in {self._path}: {exc}") from None
 
-    def _begin(self, write: bool, buffers: bool = False) -> lmdb.Transaction:
+    def _begin(self, write: bool) -> lmdb.Transaction:
         try:
-            return self._env.begin(write=write, buffers=buffers)
+            return self._env.begin(write=write)
         except lmdb.MapResizedError:
             # Another process grew the map: adopt its size and retry.
             self._env.set_mapsize(0)
-            return self._env.begin(write=write, buffers=buffers)
+            return self._env.begin(write=write)
+
+    def _begin_buffered(self) -> lmdb.Transaction[memoryview]:
+        """A read transaction whose gets return buffers into the map instead of copies."""
+        try:
+            return self._env.begin(buffers=True)
+        except lmdb.MapResizedError:
+            self._env.set_mapsize(0)
+            return self._env.begin(buffers=True)
 
     def _check_open(self) -> None:
         if self._closed:
@@ -913,7 +921,7 @@ class LmdbStore(Store):
             return None
         self._check_open()
         with self._errors():
-            txn = self._begin(write=False, buffers=True)
+            txn = self._begin_buffered()
             try:
                 value = txn.get(u64be(height), db=self._dbs[BLOCKS])
                 return None if value is None else bytes(value[-n:])
