@@ -57,7 +57,8 @@ from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.settlement import output_root
 from mpsnode.consensus.sigverify import verify_batch, warm_up
 from mpsnode.consensus.state import ACCOUNT, UNBONDING_QUEUE, Account, State
-from mpsnode.consensus.tx import Kind, SignedTx, decode_signed_tx, validate_transaction
+from mpsnode.consensus.tx import Kind, SignedTx, decode_signed_tx
+from mpsnode.consensus.validation import validate_transaction
 from mpsnode.node.chain import Chain
 from mpsnode.node.errors import BadRequest, NotFound, ShuttingDown, VerificationFailed
 from mpsnode.node.explorer.app import Explorer, serve_explorer

@@ -67,8 +67,17 @@ def test_help_does_not_load_the_heavy_modules() -> None:
     "module", ["mpsnode.cli.main", "mpsnode.cli.inspect", "mpsnode.cli.keys", "mpsnode.cli.common"]
 )
 def test_the_light_commands_load_neither_the_network_nor_the_kernels(module: str) -> None:
-    """``--help``, ``inspect`` and ``keys`` start at once (bench/startup.py): no trio, numba, web3."""
-    heavy = ("trio", "numba", "web3", "eth_account", "sequencer", "verifier", "mpsnode.consensus.stf")
+    """``--help``, ``inspect`` and ``keys`` start at once (bench/startup.py): no trio, numpy, numba, web3."""
+    heavy = (
+        "trio",
+        "numpy",
+        "numba",
+        "web3",
+        "eth_account",
+        "sequencer",
+        "verifier",
+        "mpsnode.consensus.stf",
+    )
     code = f"import sys, {module}; print(','.join(m for m in {heavy!r} if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == ""

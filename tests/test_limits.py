@@ -3,7 +3,7 @@ on a bound use this one copy of it."""
 
 from __future__ import annotations
 
-from mpsnode.consensus import contribution, krum, limits, model, tx
+from mpsnode.consensus import contribution, krum, limits, model, validation
 
 INT64_MAX = (1 << 63) - 1
 INT16_ABS_MAX = 1 << 15  # |q| of an int16 delta entry
@@ -40,7 +40,7 @@ def test_one_copy_of_each_bound() -> None:
     assert krum.MAX_DISTANCE is limits.MAX_DISTANCE
     assert model.WEIGHT_CLAMP == model.ACTIVATION_MAX == limits.MODEL_CLAMP
     assert model.MAX_FAN_IN is limits.MAX_FAN_IN and model.MAX_SCALE_BITS is limits.MAX_SCALE_BITS
-    assert tx.MAX_PARAMS is limits.MAX_PARAMS and tx.MAX_CLIENTS is limits.MAX_CLIENTS
+    assert validation.MAX_PARAMS is limits.MAX_PARAMS and validation.MAX_CLIENTS is limits.MAX_CLIENTS
 
 
 def test_contribution_sums_fit_int64() -> None:
@@ -54,4 +54,4 @@ def test_contribution_sums_fit_int64() -> None:
     gain = limits.MAX_PARAMS * (1 << limits.DIRECTION_BITS) * INT16_ABS_MAX
     assert gain <= 1 << 61
     assert contribution.DIRECTION_BITS is limits.DIRECTION_BITS
-    assert tx.MAX_VALIDATION_SAMPLES is limits.MAX_VALIDATION_SAMPLES
+    assert validation.MAX_VALIDATION_SAMPLES is limits.MAX_VALIDATION_SAMPLES

@@ -24,7 +24,8 @@ from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.invariants import compute_supply
 from mpsnode.consensus.settlement import Deposit, L1Config, L1Facts, facts_for
 from mpsnode.consensus.stf.transition import build_block
-from mpsnode.consensus.tx import DepositBody, Stake, Transfer, Withdraw, deposit_tx, validate_transaction
+from mpsnode.consensus.tx import DepositBody, Stake, Transfer, Withdraw, deposit_tx
+from mpsnode.consensus.validation import validate_transaction
 
 from chainkit import Kit
 

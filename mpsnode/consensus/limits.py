@@ -1,7 +1,7 @@
 """Every consensus bound, once, with the arithmetic that makes it necessary.
 
 Round closing computes in fixed-width integers (int16 deltas, int32 weights, int64 sums); these
-bounds are what keep every sum in range, and CREATE_TASK enforces them (``tx.validate_create_task``),
+bounds are what keep every sum in range, and CREATE_TASK enforces them (``validation.validate_create_task``),
 so no round close can overflow. ``tests/test_limits.py`` recomputes each derivation.
 
 Krum (``krum.py``): a delta entry is int16, ``|q| <= 2^15``, so a product ``q_i q_j`` is at most

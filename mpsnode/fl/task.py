@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from mpsnode.consensus import model
-from mpsnode.consensus.tx import DEFAULT_AGGREGATOR, CreateTask, validate_create_task
+from mpsnode.consensus.tx import DEFAULT_AGGREGATOR, CreateTask
+from mpsnode.consensus.validation import validate_create_task
 from mpsnode.fl import mlp, quantize
 from mpsnode.fl.data import Dataset, quantize_validation
 

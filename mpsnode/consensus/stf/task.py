@@ -1,6 +1,6 @@
 """CREATE_TASK and JOIN_TASK, and the end-of-block start or expiry of tasks that are joining.
 
-CREATE_TASK's stateless limits (``tx.validate_create_task``, bounds in ``limits.py``) keep every
+CREATE_TASK's stateless limits (``validation.validate_create_task``, bounds in ``limits.py``) keep every
 integer sum of round closing in range; a task that exists has passed them.
 """
 

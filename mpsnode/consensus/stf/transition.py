@@ -77,7 +77,8 @@ from mpsnode.consensus.stf.stake import process_stake, process_unbonding_release
 from mpsnode.consensus.stf.task import process_create_task, process_join_task, process_task_starts
 from mpsnode.consensus.stf.transfer import process_transfer
 from mpsnode.consensus.stf.update import process_commit_update, process_reveal_update
-from mpsnode.consensus.tx import DepositBody, Kind, SignedTx, deposit_tx, validate_transaction
+from mpsnode.consensus.tx import DepositBody, Kind, SignedTx, deposit_tx
+from mpsnode.consensus.validation import validate_transaction
 
 CANONICAL_ENCODING = "canonical_encoding"
 SEQUENCER_SIGNATURE = "sequencer_signature"
