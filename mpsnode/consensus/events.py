@@ -7,11 +7,11 @@ part of receipts and so of the receipts root: their encoding is consensus.
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from enum import IntEnum
 from typing import Any, ClassVar
 
 from mpsnode.consensus.encoding import expect_list, expect_uint
 from mpsnode.consensus.errors import DecodeError
+from mpsnode.consensus.records import NamedCode
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,17 +289,9 @@ def decode_event(obj: Any) -> Event:
     return cls(*(_from_obj(v) for v in items[1:]))
 
 
-class RemovalReason(IntEnum):
+class RemovalReason(NamedCode):
     """``ParticipantRemoved.reason`` (and ``Slashed.reason`` for the first two): why a participant left."""
 
     KRUM_SCORE = 1  # slashed: Krum score above the ratio threshold of the median score
     DIRECTION = 2  # slashed: coherent round, its median cosine with the others below -slash_direction_bps
     SILENT = 3  # removed without a slash: missed max_missed_rounds rounds in a row
-
-    @classmethod
-    def describe(cls, code: int) -> str:
-        """The rule's name for people and JSON (``krum_score``, ``direction``, ``silent``), or the code."""
-        try:
-            return cls(code).name.lower()
-        except ValueError:
-            return str(code)

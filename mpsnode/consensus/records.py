@@ -79,6 +79,18 @@ def pair(first: Kind, second: Kind) -> Kind:
     return Kind(lambda value: [first.encode(value[0]), second.encode(value[1])], decode)
 
 
+class NamedCode(IntEnum):
+    """A code carried as an integer on the wire and shown by name to people and in JSON."""
+
+    @classmethod
+    def describe(cls, code: int) -> str:
+        """The code's name in lower case (``krum_score``, ``nnm_multi_krum``), or the code itself."""
+        try:
+            return cls(code).name.lower()
+        except ValueError:
+            return str(code)
+
+
 def enum_of(enum: type[IntEnum]) -> Kind:
     """A field holding a member of ``enum``, encoded as its int; an unknown value is a ``DecodeError``."""
 

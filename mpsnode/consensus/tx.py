@@ -31,6 +31,7 @@ from mpsnode.consensus.errors import (
 )
 from mpsnode.consensus.hashing import COMMIT, TX_LEAF, TX_SIGN, UPDATE, H
 from mpsnode.consensus.params import Params
+from mpsnode.consensus.records import NamedCode
 from mpsnode.consensus.settlement import L1_ADDRESS_LEN
 
 TX_VERSION = 1
@@ -107,20 +108,12 @@ class Unstake:
         return cls(expect_uint(amount, "amount"))
 
 
-class Aggregator(IntEnum):
+class Aggregator(NamedCode):
     """``CreateTask.aggregator``: how a round's remaining updates are pre-aggregated before
     Multi-Krum (docs/PROTOCOL.md section 7, ``mpsnode.consensus.robust``)."""
 
     MULTI_KRUM = 1  # Multi-Krum on the raw updates
     NNM_MULTI_KRUM = 2  # nearest-neighbour mixing, then Multi-Krum
-
-    @classmethod
-    def describe(cls, code: int) -> str:
-        """The rule's name for people and JSON (``nnm_multi_krum``), or the code itself."""
-        try:
-            return cls(code).name.lower()
-        except ValueError:
-            return str(code)
 
 
 DEFAULT_AGGREGATOR = int(Aggregator.NNM_MULTI_KRUM)  # a plain int: the codec takes no enums
