@@ -49,10 +49,12 @@ def main() -> None:
     senders = [keys[f"client-{i}"] for i in range(n)]
     seq = keys["sequencer"]
 
+    scratch = tempfile.TemporaryDirectory(prefix="bench-stf-")  # both LMDB stores, removed at exit
+
     def open_store():
         if args.store == "memory":
             return MemoryStore()
-        return LmdbStore(Path(tempfile.mkdtemp(prefix="bench-stf-")))
+        return LmdbStore(Path(tempfile.mkdtemp(dir=scratch.name)))
 
     # produce the blocks once (sequencer path), then measure the verifier path on a fresh chain
     producer = Chain(open_store(), g)
