@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mpsnode.consensus import crypto, encoding
+from mpsnode.consensus import crypto, encoding, hashing
 from mpsnode.consensus.block import Block, Header, decode_block, sign_header
 from mpsnode.consensus.encoding import decode, encode, encode_array
 from mpsnode.consensus.errors import BlockDecodeError, DecodeError, InvalidBlock, InvalidTransaction
@@ -283,3 +284,11 @@ def test_the_type_walk_finds_the_same_first_fault_as_its_twin(obj: object) -> No
         return "ok"
 
     assert outcome(encoding._check_types) == outcome(_check_types_plain)
+
+
+@pytest.mark.parametrize("size", [0, 1, 96, 4096, 1 << 20])
+def test_hashing_copies_a_prepared_hasher_and_gives_plain_personalized_blake2b(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    for domain in (*hashing._PREPARED, b"not-a-domain"):
+        assert hashing.H(domain, data) == hashlib.blake2b(data, digest_size=32, person=domain).digest()
+        assert hashing.H(domain, data) == hashing.H(domain, data)  # the prepared hasher is not consumed

@@ -21,6 +21,33 @@ MODEL = b"mps-model"  # a task's model weights, for display and golden vectors (
 ZERO32 = bytes(32)
 
 
+# One personalized hasher per domain, copied for each hash: copying is 1.7x cheaper than setting
+# up blake2b's parameter block for every short input (a tx leaf, a list node, a tree node).
+_PREPARED = {
+    d: hashlib.blake2b(digest_size=32, person=d)
+    for d in (
+        TX_SIGN,
+        TX_LEAF,
+        RECEIPT,
+        HEADER,
+        LIST_LEAF,
+        LIST_NODE,
+        SMT_KEY,
+        SMT_VAL,
+        SMT_LEAF,
+        SMT_NODE,
+        UPDATE,
+        COMMIT,
+        MODEL,
+    )
+}
+
+
 def H(domain: bytes, data: bytes) -> bytes:
     """blake2b with a 32-byte digest and ``domain`` as the personalization string."""
-    return hashlib.blake2b(data, digest_size=32, person=domain).digest()
+    prepared = _PREPARED.get(domain)
+    if prepared is None:
+        return hashlib.blake2b(data, digest_size=32, person=domain).digest()
+    h = prepared.copy()
+    h.update(data)
+    return h.digest()

@@ -246,13 +246,14 @@ class Account:
         for e in expect_list(unb, None, "unbonding"):
             a, h = expect_list(e, 2, "unbonding entry")
             entries.append(Unbonding(expect_uint(a, "amount"), expect_uint(h, "release_height")))
+        task_ids = expect_list(tasks, None, "tasks")  # most accounts take part in no task: no generator
         return cls(
             expect_uint(bal, "balance"),
             expect_uint(nonce, "nonce"),
             expect_uint(bonded, "bonded"),
             tuple(entries),
             bool(expect_uint(jailed, "jailed", 1)),
-            tuple(expect_uint(t, "task") for t in expect_list(tasks, None, "tasks")),
+            tuple([expect_uint(t, "task") for t in task_ids]) if task_ids else (),
         )
 
 
