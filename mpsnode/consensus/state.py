@@ -358,10 +358,15 @@ class State:
     # raw access ------------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
         """The value of ``key`` as this block sees it so far (None: absent)."""
+        value = self._lookup(key)
+        return value.encode() if isinstance(value, Account) else value
+
+    def _lookup(self, key: bytes) -> Any:
+        """What the top-most layer holding ``key`` holds (an Account not yet encoded, for an
+        account set in this block), else the reader's bytes."""
         for layer in reversed(self._layers):
             if key in layer:
-                value = layer[key]
-                return value.encode() if isinstance(value, Account) else value
+                return layer[key]
         return self.reader(key)
 
     def set(self, key: bytes, value: bytes | None) -> None:
@@ -405,15 +410,9 @@ class State:
     def get_account(self, address: bytes) -> Account:
         """The account of ``address`` (the empty account if absent); decoded once per stored value."""
         key = account_key(address)
-        for layer in reversed(self._layers):
-            if key in layer:
-                written = layer[key]
-                if isinstance(written, Account):  # set in this block and not encoded yet
-                    return written
-                data = written
-                break
-        else:
-            data = self.reader(key)
+        data = self._lookup(key)
+        if isinstance(data, Account):  # set in this block and not encoded yet
+            return data
         if data is None:
             return EMPTY_ACCOUNT
         cached = self._accounts.get(key)
