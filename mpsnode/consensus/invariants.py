@@ -103,25 +103,22 @@ class SupplyTracker:
     def __init__(self, items: Iterable[tuple[bytes, bytes]]) -> None:
         self._totals = [0] * len(_FIELDS)
         self._genesis_supply = 0
-        # each account's last value with its (balance, bonded, unbonding) decoded, by key: an account
-        # written again is not decoded again for what it held (a value that differs is decoded anew)
-        self._accounts: dict[bytes, tuple[bytes, int, int, int]] = {}
+        # each account's last value with what it contributes, by key: an account written again is not
+        # decoded again for what it held (a value that differs is decoded anew)
+        self._accounts: dict[bytes, tuple[bytes, tuple[tuple[int, ...], int]]] = {}
         for key, value in items:
             self._add(key, value, 1)
 
     def _add(self, key: bytes, value: bytes | None, sign: int) -> None:
-        if key[:1] == ACCOUNT and value is not None:  # most writes: balances, bonded, unbonding only
-            known = self._accounts.get(key)
-            if known is None or known[0] != value:
-                a = Account.decode(value)
-                known = (value, a.balance, a.bonded, a.unbonding_total)
-                if sign > 0:
-                    self._accounts[key] = known  # what it adds now is what it takes away when next written
-            self._totals[0] += sign * known[1]
-            self._totals[1] += sign * known[2]
-            self._totals[2] += sign * known[3]
-            return
-        fields, supply = _contribution(key, value)
+        cached = value is not None and key[:1] == ACCOUNT  # most writes are accounts
+        known = self._accounts.get(key) if cached else None
+        if known is not None and known[0] == value:
+            fields, supply = known[1]
+        else:
+            fields, supply = _contribution(key, value)
+            if cached and sign > 0 and value is not None:  # (None is never cached; for the type checker)
+                # what it adds now, it takes away when next written
+                self._accounts[key] = (value, (fields, supply))
         for i, v in enumerate(fields):
             self._totals[i] += sign * v
         self._genesis_supply += sign * supply
