@@ -159,18 +159,8 @@ def _tile_int32(
                 for lane in range(ACC_LANES):
                     total += np.int64(lanes[a, lane])
                 t[a] += total
-        for p in range(s + steps * LANES, e):
-            a0, a1, a2 = np.int64(Q[x0, p]), np.int64(Q[x1, p]), np.int64(Q[x2, p])
-            b0, b1, b2 = np.int64(Q[y0, p]), np.int64(Q[y1, p]), np.int64(Q[y2, p])
-            t[0] += a0 * b0
-            t[1] += a0 * b1
-            t[2] += a0 * b2
-            t[3] += a1 * b0
-            t[4] += a1 * b1
-            t[5] += a1 * b2
-            t[6] += a2 * b0
-            t[7] += a2 * b1
-            t[8] += a2 * b2
+        if s + steps * LANES < e:  # the columns past the last whole step
+            _tile_int64(Q, i0, j0, s + steps * LANES, e, G)
     for r in range(3):
         for c in range(3):
             G[i0 + r, j0 + c] += t[3 * r + c]
