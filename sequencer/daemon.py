@@ -70,7 +70,7 @@ from mpsnode.node.log import event, setup_logging
 from mpsnode.node.messages import SEQUENCER, PendingTx, drop_pending_message
 from mpsnode.node.metrics import serve_metrics
 from mpsnode.node.server import HeadWatch, NodeServer, ServerConfig, apply_node_options
-from mpsnode.node.store import LmdbStore, Store
+from mpsnode.node.store import LmdbStore, Store, StoreView
 from mpsnode.node.wire import parse_hostport
 from mpsnode.node.writes import run_write
 from sequencer.admission import AdmissionPolicy, check_admission
@@ -393,7 +393,7 @@ class Sequencer:
         admitted = []
         # the accounts the cache misses, read in one LMDB snapshot for the batch (taken now, without
         # a checkpoint until the end: a block committing meanwhile is as if it came after the batch)
-        view = self.store.snapshot() if isinstance(self.store, LmdbStore) else None
+        view = self._snapshot()
         reader = self._reader if view is None else State(view.get_state)
         try:
             for sub, ok in zip(batch, oks, strict=True):
@@ -414,6 +414,11 @@ class Sequencer:
             if view is not None:
                 view.close()
         return admitted
+
+    def _snapshot(self) -> StoreView | None:
+        """One LMDB read view of the head for a batch of reads (None on a memory store, where a
+        snapshot copies every table and a direct read is as cheap)."""
+        return self.store.snapshot() if isinstance(self.store, LmdbStore) else None
 
     def _account(self, address: bytes, reader: State | None = None) -> Account:
         """The account at the head, cached between blocks (bypassed while a block commits)."""
@@ -527,7 +532,7 @@ class Sequencer:
             return  # only txs waiting for a nonce gap: no block until something changes
         head = chain.head
         timestamp = max(int(time.time() * 1000), head.timestamp_ms + 1)
-        view = self.store.snapshot() if isinstance(self.store, LmdbStore) else None
+        view = self._snapshot()
         try:
             block, result, rejected = chain.prepare(
                 [e.stx for e in selection.candidates],

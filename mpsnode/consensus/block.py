@@ -164,10 +164,8 @@ def _tx_spans(data: bytes, n: int) -> list[tuple[int, int]]:
     walker.feed(data)
     walker.read_array_header()
     walker.skip()  # the header
-    if walker.read_array_header() != n:
-        raise BlockDecodeError(
-            "malformed block: its txs moved"
-        )  # cannot happen: the same bytes were just decoded
+    if walker.read_array_header() != n:  # cannot happen: the same bytes were just decoded
+        raise BlockDecodeError("malformed block: its txs moved")
     spans = []
     for _ in range(n):
         start = walker.tell()
