@@ -31,6 +31,7 @@ tree; a write in progress completes first (its wait is shielded), so the store i
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -534,13 +535,18 @@ class Sequencer:
         timestamp = max(int(time.time() * 1000), head.timestamp_ms + 1)
         view = self._snapshot()
         try:
-            block, result, rejected = chain.prepare(
-                [e.stx for e in selection.candidates],
-                timestamp,
-                self.key,
-                signatures_checked=True,
-                reader=view,
-                l1=l1,
+            # Built on a worker thread: nothing commits meanwhile (this task is the only block
+            # writer), and the loop goes on reading, verifying and acknowledging submissions.
+            block, result, rejected = await trio.to_thread.run_sync(
+                functools.partial(
+                    chain.prepare,
+                    [e.stx for e in selection.candidates],
+                    timestamp,
+                    self.key,
+                    signatures_checked=True,
+                    reader=view,
+                    l1=l1,
+                )
             )
         finally:
             if view is not None:
