@@ -41,6 +41,7 @@ from mpsnode.node.connection import connect
 ARCH = (3900, 256)
 N_PARAMS = ARCH[0] * ARCH[1] + ARCH[1]
 MB = 1e6
+TARGET_MBPS = 100  # the performance issue's target
 
 
 async def setup(port: int, net, tasks: int, clients: int) -> list[int]:
@@ -200,8 +201,8 @@ def main() -> None:
                 "value": round(mbps, 1),
                 "unit": "MB/s included",
                 "overall_mbps": round(result["overall_Bps"] / MB, 1),
-                "target": 60,
-                "meets_target": mbps >= 60,
+                "target": TARGET_MBPS,
+                "meets_target": mbps >= TARGET_MBPS,
                 "updates": result["updates"],
                 "update_bytes": 2 * N_PARAMS,
                 "tasks": args.tasks,

@@ -15,8 +15,10 @@ EMPTY block: that block's time is the round close and nothing else. Its two phas
 * ``commit_s``: ``Chain.commit_prepared``, the ONE LMDB write transaction (block, receipts, events,
   the new model, the 50 pending updates deleted, tree nodes, head) with its fsync.
 
-Target: ``total_s <= 5 x krum_s``, ``krum_s = gram_s + krum_scores_s`` (what scoring the round with
-Krum alone costs), both from the fastest of ``--reps`` closes. Prints one JSON object.
+Target (the performance issue): ``total_s <= 4 x krum_s``, ``krum_s = gram_s + krum_scores_s`` (what
+scoring the round with Krum alone costs), both from the fastest of ``--reps`` closes. The kernels of
+both blocks are compiled (or loaded from numba's cache) before anything is timed. Prints one JSON
+object.
 
     python bench/round.py [--quick]
 """
@@ -49,6 +51,9 @@ from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, Tx, commit_reveal
 from mpsnode.fl import quantize
 from mpsnode.node.chain import Chain
 from mpsnode.node.store import LmdbStore
+
+
+TARGET_RATIO = 4.0  # round close <= 4 x Krum
 
 
 class Timers:
@@ -196,6 +201,22 @@ def main() -> None:
         np.zeros(4, dtype=np.uint8),
     )
     model.aggregate(np.zeros(8, dtype=np.int32), np.zeros((2, 8), dtype=np.int16))
+    # and the reveal phase's opening: the margin gradient and the projection off the basis
+    small = np.arange(2 * 64, dtype=np.int16).reshape(2, 64) % 7
+    contribution.orthogonal_direction(
+        contribution.to_direction(
+            contribution.margin_gradient(
+                np.ones(model.param_count([8, 4, 2]), dtype=np.int32),
+                [8, 4, 2],
+                8,
+                np.ones((4, 8), dtype=np.int16),
+                np.zeros(4, dtype=np.uint8),
+            )
+        ),
+        np.zeros((0, model.param_count([8, 4, 2])), dtype=np.int16),
+        np.zeros((0, 0), dtype=np.int64),
+    )
+    contribution.orthogonal_direction(np.arange(64, dtype=np.int64), small, krum.gram_matrix(small))
 
     runs = [close_once(k, arch, samples, f) for _ in range(1 if args.quick else args.reps)]
     best = min(runs, key=lambda r: r["total_s"])
@@ -211,8 +232,8 @@ def main() -> None:
                 **best,
                 "runs": len(runs),
                 "total_s_all": [r["total_s"] for r in runs],
-                "target_ratio": 8.0,
-                "met": best["ratio_total_to_krum"] <= 8.0,
+                "target_ratio": TARGET_RATIO,
+                "met": best["ratio_total_to_krum"] <= TARGET_RATIO,
                 "threads": int(os.environ.get("NUMBA_NUM_THREADS", 0)) or os.cpu_count(),
             }
         )
