@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -153,6 +154,15 @@ async def load_with_verifier(
             "diverged": bool(status.verifier and status.verifier.diverged),
         }
     return result
+
+
+def metric_sum(port: int, name: str) -> float:
+    """One value of the daemon's Prometheus endpoint (0 if it has none yet)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
 
 
 def _cpu_seconds(pid: int, thread: int | None = None) -> float:

@@ -9,6 +9,10 @@ that block), the next round's commitments once its reveals are. Every tx is sign
 starts. Prints:
 
 * ``ingest_updates_mbps``: included update bytes per second, sustained (10% to 90% of the bytes);
+* ``ingest_updates_bound``: what bounds it: the bytes the daemon wrote to disk (/proc/PID/io) per
+  included update byte, the synced write rate of a fresh LMDB store on the same disk measured
+  after the run (what a growing data file can take), the time that volume needs at that rate, the
+  sequencer's block build and commit seconds (its metrics) and how busy the cores were;
 * ``ingest_updates_ack_latency``: submit of a 2 MB tx -> durable ack, p50 and p99 in ms.
 
     python bench/ingest_updates.py [--tasks N] [--clients N] [--rounds N] [--quick]
@@ -28,9 +32,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import lmdb
 import numpy as np
 import trio
-from ingest import _cpu_seconds, percentile, start_daemon, sustained_rate
+from ingest import _cpu_seconds, metric_sum, percentile, start_daemon, sustained_rate
 
 import genesis as genesis_tool
 from mpsnode.client.wallet import Wallet
@@ -42,6 +47,38 @@ ARCH = (3900, 256)
 N_PARAMS = ARCH[0] * ARCH[1] + ARCH[1]
 MB = 1e6
 TARGET_MBPS = 100  # the performance issue's target
+
+
+def _written(pid: int) -> int:
+    """Bytes a process has caused to be written to disk (``write_bytes`` of /proc/PID/io)."""
+    for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if line.startswith("write_bytes:"):
+            return int(line.split()[1])
+    return 0
+
+
+def _builder_busy(port: int) -> tuple[float, float]:
+    """The sequencer's block build and block commit seconds so far (its metrics)."""
+    return metric_sum(port, "mps_block_build_seconds_sum"), metric_sum(port, "mps_block_commit_seconds_sum")
+
+
+def synced_growth_rate(where: Path, blocks: int = 4, values: int = 48) -> float:
+    """Bytes/s of synced LMDB commits of ``values`` 2 MB values each into a fresh store beside the
+    daemon's (the same disk): what a chain that grows its data file can write at most."""
+    rng = np.random.default_rng(2)
+    data = [rng.integers(0, 256, 2 * N_PARAMS, dtype=np.uint8).tobytes() for _ in range(values)]
+    path = where / "disk-probe"
+    env = lmdb.open(str(path), map_size=1 << 36, sync=True, metasync=True)
+    try:
+        t0 = time.perf_counter()
+        for b in range(blocks):
+            with env.begin(write=True) as txn:
+                for i, v in enumerate(data):
+                    txn.put(b"%d-%d" % (b, i), v)
+        return blocks * values * len(data[0]) / (time.perf_counter() - t0)
+    finally:
+        env.close()
+        shutil.rmtree(path, ignore_errors=True)
 
 
 async def setup(port: int, net, tasks: int, clients: int) -> list[int]:
@@ -142,7 +179,9 @@ async def run_rounds(port: int, g, signed: list[list[list[bytes]]]) -> dict:
         "wall_s": end - t0,
         "ack_p50_ms": percentile(latencies, 50) * 1000,
         "ack_p99_ms": percentile(latencies, 99) * 1000,
-        "updates": len(latencies),
+        "txs": len(latencies),
+        "reveals": sum(len(raw) > 1 << 20 for task in signed for rnd in task for raw in rnd),
+        "update_bytes": sum(len(raw) for task in signed for rnd in task for raw in rnd if len(raw) > 1 << 20),
     }
 
 
@@ -161,7 +200,8 @@ def main() -> None:
         home, clients=args.tasks * args.clients, devnet_keys=True, params=Params()
     )
     g = net.genesis
-    proc, port, _ = start_daemon(home, [])
+    proc, port, metrics_port = start_daemon(home, ["--metrics", "127.0.0.1:0"])
+    assert metrics_port is not None
     try:
         task_ids = trio.run(setup, port, net, args.tasks, args.clients)
         rng = np.random.default_rng(1)
@@ -187,12 +227,17 @@ def main() -> None:
                 phases += [commits, reveals]
             signed.append(phases)
         sign_s = time.perf_counter() - t_sign
-        cpu0 = _cpu_seconds(proc.pid)
+        cpu0, written0, busy0 = _cpu_seconds(proc.pid), _written(proc.pid), _builder_busy(metrics_port)
         result = trio.run(run_rounds, port, g, signed)
         result["daemon_cpu_s"] = _cpu_seconds(proc.pid) - cpu0
+        result["written"] = _written(proc.pid) - written0
+        result["build_s"], result["commit_s"] = (
+            after - before for after, before in zip(_builder_busy(metrics_port), busy0, strict=True)
+        )
     finally:
         proc.terminate()
         proc.wait(60)
+    disk_Bps = synced_growth_rate(home)
     mbps = result["sustained_Bps"] / MB
     print(
         json.dumps(
@@ -203,7 +248,8 @@ def main() -> None:
                 "overall_mbps": round(result["overall_Bps"] / MB, 1),
                 "target": TARGET_MBPS,
                 "meets_target": mbps >= TARGET_MBPS,
-                "updates": result["updates"],
+                "txs": result["txs"],
+                "reveals": result["reveals"],
                 "update_bytes": 2 * N_PARAMS,
                 "tasks": args.tasks,
                 "clients_per_task": args.clients,
@@ -212,6 +258,32 @@ def main() -> None:
                 "daemon_cpu_s": round(result["daemon_cpu_s"], 2),
                 "presign_s": round(sign_s, 2),
                 "cores": os.cpu_count(),
+            }
+        )
+    )
+    included = result["update_bytes"]
+    disk_s = result["written"] / disk_Bps
+    wall = result["wall_s"]
+    print(
+        json.dumps(
+            {
+                "bench": "ingest_updates_bound",
+                "written_mb": round(result["written"] / MB, 1),
+                "revealed_mb": round(included / MB, 1),
+                "written_per_update_byte": round(result["written"] / included, 2),
+                "disk_synced_growth_mbps": round(disk_Bps / MB, 1),
+                "disk_s": round(disk_s, 2),
+                "block_build_s": round(result["build_s"], 2),
+                "block_commit_s": round(result["commit_s"], 2),
+                "builder_busy": round((result["build_s"] + result["commit_s"]) / wall, 3),
+                "cores_busy": round(result["daemon_cpu_s"] / wall / (os.cpu_count() or 1), 3),
+                "bound": (
+                    "disk: writing what the daemon wrote at this disk's synced growth rate takes "
+                    f"{disk_s / wall:.0%} of the run"
+                    if disk_s > 0.5 * wall
+                    else "the one block builder: builds and commits fill "
+                    f"{(result['build_s'] + result['commit_s']) / wall:.0%} of the run"
+                ),
             }
         )
     )

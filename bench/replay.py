@@ -33,7 +33,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -41,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np
 import trio
-from ingest import run_load, start_daemon, submit_frames
+from ingest import metric_sum, run_load, start_daemon, submit_frames
 
 import genesis as genesis_tool
 from mpsnode.client.wallet import Wallet
@@ -58,14 +57,6 @@ SAMPLES = 200
 
 
 TARGET = 8.0  # replay of the whole chain this many times faster than its production
-
-
-def metric_sum(port: int, name: str) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-        for line in resp.read().decode().splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
 
 
 def task_body(rounds: int, clients: int, f: int) -> CreateTask:

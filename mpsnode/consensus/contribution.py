@@ -202,7 +202,7 @@ def to_direction(v: np.ndarray) -> np.ndarray:
         return v.astype(np.int64)
     top = max(int(v.max()), -int(v.min()))
     shift = max(0, top.bit_length() - DIRECTION_BITS)
-    return v.astype(np.int64) >> shift
+    return (v if v.dtype == np.int64 else v.astype(np.int64)) >> shift  # a new array either way
 
 
 # ---------------------------------------------------------------------------------------------

@@ -163,9 +163,10 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
 
     weights = np.frombuffer(state.get_model(task.task_id), dtype="<i4")
     new_weights = model.aggregate(weights, Q, weights=decision.weights)
-    state.set_model(task.task_id, new_weights.astype("<i4").tobytes())
-    # a mean of int16 rows, rounded, then clamped towards the old weight: it fits int16
-    change = new_weights.astype(np.int64) - weights.astype(np.int64)
+    state.set_model(task.task_id, np.asarray(new_weights, dtype="<i4").tobytes())  # no copy: it is int32
+    # a mean of int16 rows, rounded, then clamped towards the old weight: it fits int16 (and the
+    # difference of two weights within 2^24 is exact in int32)
+    change = np.subtract(new_weights, weights, dtype=np.int32)
     state.set_last_change(task.task_id, change.astype("<i2").tobytes())
     accuracy = model.accuracy_bps(new_weights, task.arch, task.scale_bits, *validation_set(state, task))
     stored = state.get_direction(task.task_id)
