@@ -52,7 +52,6 @@ from mpsnode.fl import quantize
 from mpsnode.node.chain import Chain
 from mpsnode.node.store import LmdbStore
 
-
 TARGET_RATIO = 4.0  # round close <= 4 x Krum
 
 

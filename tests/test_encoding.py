@@ -27,6 +27,7 @@ from mpsnode.consensus.tx import (
     Tx,
     Unstake,
     decode_signed_tx,
+    hash_ahead,
 )
 
 KEY = crypto.Keypair.from_seed(bytes(range(32)))
@@ -292,3 +293,25 @@ def test_hashing_copies_a_prepared_hasher_and_gives_plain_personalized_blake2b(s
     for domain in (*hashing._PREPARED, b"not-a-domain"):
         assert hashing.H(domain, data) == hashlib.blake2b(data, digest_size=32, person=domain).digest()
         assert hashing.H(domain, data) == hashing.H(domain, data)  # the prepared hasher is not consumed
+
+
+@given(st.binary(max_size=4096), st.binary(min_size=32, max_size=32))
+def test_a_reveal_keeps_its_delta_hash_which_is_the_update_hash_and_not_part_of_its_value(delta, salt):
+    body = RevealUpdate(1, 2, delta, salt)
+    fresh = RevealUpdate(1, 2, delta, salt)
+    assert body.delta_hash() == hashing.H(hashing.UPDATE, delta)
+    assert body.delta_hash() is body.delta_hash()  # hashed once
+    assert body == fresh and hash(body) == hash(fresh)  # one holds its hash, the other not yet
+    assert RevealUpdate.decode_obj(body.encode_obj()) == body
+    assert encode(body.encode_obj()) == encode(fresh.encode_obj())
+
+
+def test_hash_ahead_hashes_the_reveals_of_a_batch_and_nothing_else():
+    key = KEY
+    reveal = Tx("c", key.address, 0, 1, RevealUpdate(1, 1, b"\x01\x00" * 8, bytes(32))).sign(key)
+    transfer = Tx("c", key.address, 1, 1, Transfer(key.address, 5)).sign(key)
+    assert reveal.tx.body._delta_hash is None
+    hash_ahead([reveal, transfer])
+    assert reveal.tx.body._delta_hash == hashing.H(hashing.UPDATE, b"\x01\x00" * 8)
+    # a tx id taken over the decoded bytes (a view, no copy) is the one taken over the tx itself
+    assert decode_signed_tx(reveal.encode()).tx_id == reveal.tx_id

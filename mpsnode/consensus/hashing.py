@@ -43,7 +43,7 @@ _PREPARED = {
 }
 
 
-def H(domain: bytes, data: bytes) -> bytes:
+def H(domain: bytes, data: bytes | bytearray | memoryview) -> bytes:
     """blake2b with a 32-byte digest and ``domain`` as the personalization string."""
     prepared = _PREPARED.get(domain)
     if prepared is None:

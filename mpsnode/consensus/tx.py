@@ -12,6 +12,7 @@ L1 event, which the STF checks against the ``L1Facts`` a node read (docs/SETTLEM
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any, ClassVar
@@ -236,10 +237,21 @@ class RevealUpdate:
     round: int
     delta: bytes  # int16 little-endian, one per parameter
     salt: bytes  # 32 bytes the client chose at random when it committed
+    # H(mps-update, delta), kept once computed: not part of the value
+    _delta_hash: bytes | None = field(default=None, init=False, compare=False, repr=False)
 
     def encode_obj(self) -> list[Any]:
         """The body as ``[task_id, round, delta, salt]``."""
         return [self.task_id, self.round, self.delta, self.salt]
+
+    def delta_hash(self) -> bytes:
+        """``H(mps-update, delta)``, hashed once per body (a node may hash it ahead, on another
+        thread, so that the state transition finds it done)."""
+        h = self._delta_hash
+        if h is None:
+            h = H(UPDATE, self.delta)
+            object.__setattr__(self, "_delta_hash", h)
+        return h
 
     @classmethod
     def decode_obj(cls, obj: Any) -> RevealUpdate:
@@ -453,10 +465,20 @@ class SignedTx:
         if encoded is None:
             tx_id = H(TX_SIGN, encode(tx_obj))
         else:
-            tx_id = H(TX_SIGN, encoded[1 : -2 - crypto.SIGNATURE_LEN])
+            tx_id = H(TX_SIGN, memoryview(encoded)[1 : -2 - crypto.SIGNATURE_LEN])  # no copy of the tx
         if size is None:
             size = len(encoded) if encoded is not None else len(encode(obj))
         return cls(tx, signature, tx_id, size, encoded)
+
+
+def hash_ahead(txs: Iterable[SignedTx]) -> None:
+    """Hash every REVEAL_UPDATE's delta now (``RevealUpdate.delta_hash``): hashlib lets go of the
+    GIL for large inputs, so a node calls this on a worker thread and the state transition, on
+    another, finds the hashes done."""
+    for stx in txs:
+        body = stx.tx.body
+        if type(body) is RevealUpdate:
+            body.delta_hash()
 
 
 def decode_signed_tx(data: bytes, max_bytes: int = MAX_TX_BYTES_HARD) -> SignedTx:

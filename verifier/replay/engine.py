@@ -43,6 +43,7 @@ from mpsnode.consensus.settlement import WEI_PER_UNIT, L1Facts, output_root
 from mpsnode.consensus.smt import NODE_TAG, SparseMerkleTree
 from mpsnode.consensus.state import Config, State, Task, task_key
 from mpsnode.consensus.stf.transition import BlockResult
+from mpsnode.consensus.tx import hash_ahead
 from mpsnode.node.chain import GENESIS_HASH_META
 from mpsnode.node.errors import ExportError, StoreError, WrongGenesis
 from mpsnode.node.export import ExportReader
@@ -50,6 +51,7 @@ from mpsnode.node.home import Home
 from mpsnode.node.l1.follower import L1Follower
 from mpsnode.node.store import LmdbStore
 from verifier.checks import (
+    Decoded,
     Divergence,
     Prechecked,
     assemble,
@@ -285,12 +287,21 @@ def _prechecked(
     pending: tuple[list, list[bytes | None], Future[list[bool]]] | None = None
     for batch in _batches(source):
         decoded, triples = decode_many([(h, data) for h, data, _ in batch], config)
-        submitted = (decoded, [r for _, _, r in batch], pool.submit(verify_signatures, triples))
+        submitted = (decoded, [r for _, _, r in batch], pool.submit(_verify_and_hash, triples, decoded))
         if pending is not None:
             yield from zip(assemble(pending[0], pending[2].result()), pending[1], strict=True)
         pending = submitted
     if pending is not None:
         yield from zip(assemble(pending[0], pending[2].result()), pending[1], strict=True)
+
+
+def _verify_and_hash(triples: list[tuple[bytes, bytes, bytes]], decoded: list[Decoded]) -> list[bool]:
+    """On the pool's thread: the batch's signatures, and its deltas hashed ahead (``hash_ahead``)."""
+    oks = verify_signatures(triples)
+    for _, _, block, _ in decoded:
+        if block is not None:
+            hash_ahead(block.txs)
+    return oks
 
 
 SUPPLY = "supply"

@@ -23,7 +23,6 @@ from mpsnode.consensus.errors import (
     WrongUpdateSize,
 )
 from mpsnode.consensus.events import Event, UpdateCommitted, UpdateRevealed
-from mpsnode.consensus.hashing import UPDATE, H
 from mpsnode.consensus.model import param_count
 from mpsnode.consensus.state import RoundPhase, State, Task, TaskStatus, duplicate_key
 from mpsnode.consensus.stf.env import BlockEnv
@@ -69,7 +68,7 @@ def process_reveal_update(state: State, env: BlockEnv, sender: bytes, body: Reve
     expected = 2 * param_count(task.arch)
     if len(body.delta) != expected:
         raise WrongUpdateSize(expected, len(body.delta))
-    delta_hash = H(UPDATE, body.delta)
+    delta_hash = body.delta_hash()
     opened = commitment_of_hash(env.chain_id, task.task_id, task.round, sender, delta_hash, body.salt)
     if opened != state.get_commitment(task.task_id, sender):
         raise CommitmentMismatch()
