@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 
 from mpsnode.consensus.errors import DecodeError
+from mpsnode.consensus.tx import Transfer
+from mpsnode.node.chain import NodeCache
 from mpsnode.node.errors import StoreError, StoreFull
 from mpsnode.node.store import (
     MAX_KEY_SIZE,
@@ -26,6 +28,8 @@ from mpsnode.node.store import (
     MemoryStore,
     Store,
 )
+
+from chainkit import Kit
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -568,3 +572,33 @@ def test_lmdb_writable_open_refuses_foreign_environment(tmp_path: Path) -> None:
     env.close()
     with pytest.raises(StoreError, match="not an mpsnode store"):
         LmdbStore(tmp_path / "other")
+
+
+def test_a_node_cache_drops_its_oldest_records_when_full() -> None:
+    cache = NodeCache(limit=8)
+    cache.add({bytes([i]) * 32: bytes([i]) for i in range(6)})
+    cache.add({bytes([i]) * 32: bytes([i]) for i in range(6, 10)})
+    assert len(cache) <= 8
+    assert cache.get(bytes([9]) * 32) == bytes([9])  # the newest stay
+    assert cache.get(bytes([0]) * 32) is None  # the oldest went first
+
+
+def test_a_chain_reads_a_tree_record_from_its_store_once() -> None:
+    kit = Kit(MemoryStore(), clients=2)
+    client = kit.clients[0]
+    kit.block([kit.tx(kit.user, Transfer(client.address, 5))])
+    reads: list[bytes] = []
+    plain = kit.store.get_node
+
+    def counting(node_hash: bytes) -> bytes | None:
+        reads.append(node_hash)
+        return plain(node_hash)
+
+    kit.store.get_node = counting  # type: ignore[method-assign]
+    _, first = kit.block([kit.tx(kit.user, Transfer(client.address, 5))])
+    # the paths this block changes are the last block's: every record on them is kept
+    assert reads == []
+    _, second = kit.block([kit.tx(kit.user, Transfer(kit.clients[1].address, 5))])
+    assert reads and len(reads) == len(set(reads))  # a new path: read once each
+    assert first.state_root != second.state_root
+    kit.check_invariants()  # the roots equal the reference root of the whole state

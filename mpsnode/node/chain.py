@@ -8,8 +8,10 @@ results (block, receipts, events, state writes, tree nodes, head) in one store t
 from __future__ import annotations
 
 import json
+import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from itertools import islice
 
 from mpsnode.consensus import crypto
 from mpsnode.consensus.block import Block, Header, decode_header
@@ -27,6 +29,50 @@ from mpsnode.node.store import BlockCommit, Head, Store, StoreReader
 
 GENESIS_META = b"genesis"
 GENESIS_HASH_META = b"genesis_hash"
+NODE_CACHE_RECORDS = 1 << 17  # about 20 MB of tree records
+
+
+class NodeCache:
+    """Sparse-Merkle records by hash, kept between the blocks a chain builds.
+
+    A record is the preimage of the hash it is stored under, so a kept one can never be stale, and
+    a block's new records (every node on every path it changed, the ones the next block reads
+    first) go in as it commits. A build then reads a store only for the records it has never seen,
+    instead of every node on every path it changes. When full, the oldest quarter is dropped.
+    """
+
+    def __init__(self, limit: int = NODE_CACHE_RECORDS) -> None:
+        self._records: dict[bytes, bytes] = {}
+        self._limit = limit
+        self._lock = threading.Lock()  # builds and commits run on worker threads
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def get(self, node_hash: bytes) -> bytes | None:
+        return self._records.get(node_hash)
+
+    def add(self, records: Mapping[bytes, bytes]) -> None:
+        with self._lock:
+            self._records.update(records)
+            if len(self._records) > self._limit:
+                for old in list(islice(self._records, len(self._records) - self._limit * 3 // 4)):
+                    del self._records[old]
+
+
+class _CachedNodes:
+    """The tree's node reads through a ``NodeCache`` first, then ``reader`` (whose finds it keeps)."""
+
+    def __init__(self, reader: StoreReader, cache: NodeCache) -> None:
+        self._reader, self._cache = reader, cache
+
+    def get_node(self, node_hash: bytes) -> bytes | None:
+        record = self._cache.get(node_hash)
+        if record is None:
+            record = self._reader.get_node(node_hash)
+            if record is not None:
+                self._cache.add({node_hash: record})
+        return record
 
 
 class Chain:
@@ -46,6 +92,7 @@ class Chain:
                     f"not {self.genesis_hash.hex()}"
                 )
         self._head_header = decode_header(self._header_bytes(self.head.height))
+        self._nodes = NodeCache()
 
     def _header_bytes(self, height: int) -> bytes:
         data = self.store.get_header(height)
@@ -93,7 +140,8 @@ class Chain:
         return State(self.store.get_state)
 
     def tree(self) -> SparseMerkleTree:
-        return SparseMerkleTree(self.store, self.head.state_root)
+        """The state tree at the head, its records read through the chain's ``NodeCache``."""
+        return SparseMerkleTree(_CachedNodes(self.store, self._nodes), self.head.state_root)
 
     # writes ----------------------------------------------------------------------------------
     def apply(
@@ -141,10 +189,9 @@ class Chain:
         ``store.snapshot()`` at the head, say) serves the state and tree reads instead of the store.
         ``l1``: settlement mode, the L1 facts of the origin the block names.
         """
-        if reader is None:
-            state, tree = self.state(), self.tree()
-        else:
-            state, tree = State(reader.get_state), SparseMerkleTree(reader, self.head.state_root)
+        source = self.store if reader is None else reader
+        state = State(source.get_state)
+        tree = SparseMerkleTree(_CachedNodes(source, self._nodes), self.head.state_root)
         return build_block(
             state,
             tree,
@@ -203,4 +250,5 @@ class Chain:
             ),
             before_commit=before_commit,
         )
+        self._nodes.add(result.node_writes)
         self._head_header = block.header
