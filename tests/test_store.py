@@ -602,3 +602,29 @@ def test_a_chain_reads_a_tree_record_from_its_store_once() -> None:
     assert reads and len(reads) == len(set(reads))  # a new path: read once each
     assert first.state_root != second.state_root
     kit.check_invariants()  # the roots equal the reference root of the whole state
+
+
+GROWER = textwrap.dedent("""
+    import sys
+    from mpsnode.node.store import LmdbStore
+    from test_store import make_commit
+    with LmdbStore(sys.argv[1], map_size=64 << 20) as s:
+        s.commit(make_commit(1, state={f"big{i}".encode(): bytes(100_000) for i in range(20)}))
+""")
+
+
+def test_lmdb_reads_adopt_a_map_another_process_grew(tmp_path: Path) -> None:
+    path = tmp_path / "chain"
+    with LmdbStore(path, map_size=1 << 20) as small:
+        small.commit(make_commit(0, state={b"a": b"0"}))
+        grower = subprocess.run(
+            [sys.executable, "-c", GROWER, str(path)],
+            cwd=REPO / "tests",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert grower.returncode == 0, grower.stderr
+        # 2 MB now lie past this handle's 1 MiB map: its reads grow the map and see them
+        assert small.get_state(b"big19") == bytes(100_000)
+        assert small.get_block_tail(1, 10) is not None  # the buffered read path too

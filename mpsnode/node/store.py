@@ -48,13 +48,15 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Protocol, Self, TypeVar
 
 import lmdb
 
 from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_uint, u64be
 from mpsnode.consensus.errors import DecodeError
 from mpsnode.node.errors import StoreCorrupt, StoreError, StoreFull
+
+_T = TypeVar("_T")  # what a retried LMDB call returns
 
 GIB = 1 << 30
 DEFAULT_MAP_SIZE = 64 * GIB
@@ -877,20 +879,19 @@ class LmdbStore(Store):
             raise StoreError(f"LMDB error in {self._path}: {exc}") from None
 
     def _begin(self, write: bool) -> lmdb.Transaction:
-        try:
-            return self._env.begin(write=write)
-        except lmdb.MapResizedError:
-            # Another process grew the map: adopt its size and retry.
-            self._env.set_mapsize(0)
-            return self._env.begin(write=write)
+        return self._adopting_resize(lambda: self._env.begin(write=write))
 
     def _begin_buffered(self) -> lmdb.Transaction[memoryview]:
         """A read transaction whose gets return buffers into the map instead of copies."""
+        return self._adopting_resize(lambda: self._env.begin(buffers=True))
+
+    def _adopting_resize(self, begin: Callable[[], _T]) -> _T:
+        """``begin()``, once more if another process grew the map: its size adopted first."""
         try:
-            return self._env.begin(buffers=True)
+            return begin()
         except lmdb.MapResizedError:
             self._env.set_mapsize(0)
-            return self._env.begin(buffers=True)
+            return begin()
 
     def _check_open(self) -> None:
         if self._closed:
