@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import genesis as genesis_tool
 from mpsnode.consensus import crypto, encoding, hashing
 from mpsnode.consensus.block import Block, Header, decode_block, sign_header
 from mpsnode.consensus.encoding import decode, encode, encode_array
@@ -29,6 +30,7 @@ from mpsnode.consensus.tx import (
     decode_signed_tx,
     hash_ahead,
 )
+from verifier.checks import precheck_many
 
 KEY = crypto.Keypair.from_seed(bytes(range(32)))
 u64 = st.integers(0, 2**64 - 1)
@@ -315,3 +317,16 @@ def test_hash_ahead_hashes_the_reveals_of_a_batch_and_nothing_else():
     assert reveal.tx.body._delta_hash == hashing.H(hashing.UPDATE, b"\x01\x00" * 8)
     # a tx id taken over the decoded bytes (a view, no copy) is the one taken over the tx itself
     assert decode_signed_tx(reveal.encode()).tx_id == reveal.tx_id
+
+
+def test_a_precheck_hashes_a_blocks_revealed_deltas_on_its_own_thread() -> None:
+    g, keys = genesis_tool.devnet(clients=1)
+    key = keys["client-0"]
+    delta = b"\x02\x00" * 16
+    reveal = Tx(g.chain_id, key.address, 0, 1, RevealUpdate(1, 1, delta, bytes(32))).sign(key)
+    header = Header(g.chain_id, 1, bytes(32), 5, bytes(32), bytes(32), bytes(32))
+    data = sign_header(header, keys["sequencer"], (reveal,)).encode()
+    (pre,) = precheck_many([(1, data)], g.config())
+    assert pre.block is not None
+    body = pre.block.txs[0].tx.body
+    assert isinstance(body, RevealUpdate) and body._delta_hash == hashing.H(hashing.UPDATE, delta)

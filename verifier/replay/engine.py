@@ -43,7 +43,6 @@ from mpsnode.consensus.settlement import WEI_PER_UNIT, L1Facts, output_root
 from mpsnode.consensus.smt import NODE_TAG, SparseMerkleTree
 from mpsnode.consensus.state import Config, State, Task, task_key
 from mpsnode.consensus.stf.transition import BlockResult
-from mpsnode.consensus.tx import hash_ahead
 from mpsnode.node.chain import GENESIS_HASH_META
 from mpsnode.node.errors import ExportError, StoreError, WrongGenesis
 from mpsnode.node.export import ExportReader
@@ -56,6 +55,7 @@ from verifier.checks import (
     Prechecked,
     assemble,
     decode_many,
+    hash_deltas,
     verify_block,
     verify_signatures,
 )
@@ -296,11 +296,9 @@ def _prechecked(
 
 
 def _verify_and_hash(triples: list[tuple[bytes, bytes, bytes]], decoded: list[Decoded]) -> list[bool]:
-    """On the pool's thread: the batch's signatures, and its deltas hashed ahead (``hash_ahead``)."""
+    """On the pool's thread: the batch's signatures, and its deltas hashed ahead (``hash_deltas``)."""
     oks = verify_signatures(triples)
-    for _, _, block, _ in decoded:
-        if block is not None:
-            hash_ahead(block.txs)
+    hash_deltas(decoded)
     return oks
 
 
