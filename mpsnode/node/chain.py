@@ -53,11 +53,21 @@ class NodeCache:
         return self._records.get(node_hash)
 
     def add(self, records: Mapping[bytes, bytes]) -> None:
+        """Keep a block's new records."""
         with self._lock:
             self._records.update(records)
-            if len(self._records) > self._limit:
-                for old in list(islice(self._records, len(self._records) - self._limit * 3 // 4)):
-                    del self._records[old]
+            self._trim()
+
+    def keep(self, node_hash: bytes, record: bytes) -> None:
+        """Keep one record read from a store."""
+        with self._lock:
+            self._records[node_hash] = record
+            self._trim()
+
+    def _trim(self) -> None:
+        if len(self._records) > self._limit:
+            for old in list(islice(self._records, len(self._records) - self._limit * 3 // 4)):
+                del self._records[old]
 
 
 class _CachedNodes:
@@ -71,7 +81,7 @@ class _CachedNodes:
         if record is None:
             record = self._reader.get_node(node_hash)
             if record is not None:
-                self._cache.add({node_hash: record})
+                self._cache.keep(node_hash, record)
         return record
 
 
