@@ -200,22 +200,17 @@ def main() -> None:
         np.zeros(4, dtype=np.uint8),
     )
     model.aggregate(np.zeros(8, dtype=np.int32), np.zeros((2, 8), dtype=np.int16))
-    # and the reveal phase's opening: the margin gradient and the projection off the basis
-    small = np.arange(2 * 64, dtype=np.int16).reshape(2, 64) % 7
-    contribution.orthogonal_direction(
-        contribution.to_direction(
-            contribution.margin_gradient(
-                np.ones(model.param_count([8, 4, 2]), dtype=np.int32),
-                [8, 4, 2],
-                8,
-                np.ones((4, 8), dtype=np.int16),
-                np.zeros(4, dtype=np.uint8),
-            )
-        ),
-        np.zeros((0, model.param_count([8, 4, 2])), dtype=np.int16),
-        np.zeros((0, 0), dtype=np.int64),
+    # and the reveal phase's opening: the margin gradient and its projection off a basis
+    d_small = model.param_count([8, 4, 2])
+    g_small = contribution.margin_gradient(
+        np.ones(d_small, dtype=np.int32),
+        [8, 4, 2],
+        8,
+        np.ones((4, 8), dtype=np.int16),
+        np.zeros(4, dtype=np.uint8),
     )
-    contribution.orthogonal_direction(np.arange(64, dtype=np.int64), small, krum.gram_matrix(small))
+    basis = (np.arange(2 * d_small) % 7).astype(np.int16).reshape(2, d_small)
+    contribution.orthogonal_direction(contribution.to_direction(g_small), basis, krum.gram_matrix(basis))
 
     runs = [close_once(k, arch, samples, f) for _ in range(1 if args.quick else args.reps)]
     best = min(runs, key=lambda r: r["total_s"])
