@@ -23,6 +23,7 @@ from mpsnode.consensus.events import Deposited, Withdrawn
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.invariants import compute_supply
 from mpsnode.consensus.settlement import Deposit, L1Config, L1Facts, facts_for
+from mpsnode.consensus.state import ACCOUNT, Account, State, account_key
 from mpsnode.consensus.stf.transition import build_block
 from mpsnode.consensus.tx import DepositBody, Stake, Transfer, Withdraw, deposit_tx
 from mpsnode.consensus.validation import validate_transaction
@@ -223,11 +224,35 @@ def test_the_supply_tracker_equals_a_full_count_after_every_block() -> None:
         [kit.tx(client, Stake(1000))],
         [kit.tx(user, Withdraw(TO, 500)), kit.tx(user, Transfer(client.address, 7))],
     ]
+    fed = SupplyTracker(kit.store.iter_state())  # given the written accounts decoded, as a replay does
     for txs in plans:
         before = dict(kit.store.iter_state())
         _, result = kit.block(txs)
-        tracker.apply({k: before.get(k) for k in result.state_writes}, result.state_writes)
-        assert tracker.breakdown() == compute_supply(kit.store.iter_state())
+        old = {k: before.get(k) for k in result.state_writes}
+        tracker.apply(old, result.state_writes)
+        accounts = {k: Account.decode(v) for k, v in result.state_writes.items() if k[:1] == ACCOUNT and v}
+        assert accounts  # every block pays its fees
+        fed.apply(old, result.state_writes, accounts)
+        assert tracker.breakdown() == fed.breakdown() == compute_supply(kit.store.iter_state())
+
+
+def test_a_state_hands_out_the_accounts_it_wrote_decoded_and_each_encodes_to_its_write() -> None:
+    kit = Kit(clients=2)
+    user, client = kit.user, kit.clients[0]
+    state = State(kit.chain.state().get)
+    sender = state.get_account(user.address)
+    state.set_account(user.address, replace(sender, balance=sender.balance - 5))
+    state.set_account(client.address, replace(state.get_account(client.address), balance=0, nonce=0))
+    state.set_account(b"\x07" * 32, replace(state.get_account(b"\x07" * 32), balance=9))
+    state.set(b"z-not-an-account", b"bytes")
+    written = state.written_accounts()
+    writes = state.writes()
+    assert {k: a.encode() for k, a in written.items()} == {
+        k: v for k, v in writes.items() if k[:1] == ACCOUNT and v is not None
+    }
+    assert (
+        len(written) == 2 and writes[account_key(client.address)] is None
+    )  # emptied: deleted, not handed out
 
 
 def test_withdraw_on_a_chain_without_l1_fails_and_deposits_are_never_user_txs() -> None:

@@ -109,11 +109,13 @@ class SupplyTracker:
         for key, value in items:
             self._add(key, value, 1)
 
-    def _add(self, key: bytes, value: bytes | None, sign: int) -> None:
+    def _add(self, key: bytes, value: bytes | None, sign: int, account: Account | None = None) -> None:
         cached = value is not None and key[:1] == ACCOUNT  # most writes are accounts
         known = self._accounts.get(key) if cached else None
         if known is not None and known[0] == value:
             fields, supply = known[1]
+        elif account is not None and cached:
+            fields, supply = (account.balance, account.bonded, account.unbonding_total, 0, 0, 0, 0), 0
         else:
             fields, supply = _contribution(key, value)
             if cached and sign > 0 and value is not None:  # (None is never cached; for the type checker)
@@ -123,11 +125,19 @@ class SupplyTracker:
             self._totals[i] += sign * v
         self._genesis_supply += sign * supply
 
-    def apply(self, old: dict[bytes, bytes | None], writes: dict[bytes, bytes | None]) -> None:
-        """Account for ``writes``; ``old`` holds each written key's value before them."""
+    def apply(
+        self,
+        old: dict[bytes, bytes | None],
+        writes: dict[bytes, bytes | None],
+        accounts: dict[bytes, Account] | None = None,
+    ) -> None:
+        """Account for ``writes``; ``old`` holds each written key's value before them. ``accounts``:
+        written accounts already decoded, by key (``State.written_accounts``), each the decoding of
+        its written value, which is then not decoded again."""
+        decoded = accounts or {}
         for key, value in writes.items():
             self._add(key, old.get(key), -1)
-            self._add(key, value, 1)
+            self._add(key, value, 1, decoded.get(key))
 
     def breakdown(self) -> tuple[SupplyBreakdown, int]:
         """What ``compute_supply`` gives on the tracked state."""

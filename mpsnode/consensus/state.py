@@ -397,6 +397,11 @@ class State:
             raise RuntimeError("a tx layer is still open")
         return {k: v.encode() if isinstance(v, Account) else v for k, v in self._layers[0].items()}
 
+    def written_accounts(self) -> dict[bytes, Account]:
+        """The accounts written in the block so far, decoded, by key (those ``writes`` encodes from
+        an ``Account``; an account deleted or written as bytes is not among them)."""
+        return {k: v for k, v in self._layers[0].items() if isinstance(v, Account)}
+
     # typed helpers ---------------------------------------------------------------------------
     def get_globals(self) -> Globals:
         """The globals (defaults before the first write)."""

@@ -287,10 +287,17 @@ def validate_block(block: Block, parent: Header, config: Config, verdicts: Verdi
         raise RootMismatch(TX_ROOT, verdicts.tx_root, header.tx_root)
 
 
-def apply_body(state: State, tree: SparseMerkleTree, env: BlockEnv, txs: tuple[SignedTx, ...]) -> BlockResult:
+def apply_body(
+    state: State,
+    tree: SparseMerkleTree,
+    env: BlockEnv,
+    txs: tuple[SignedTx, ...],
+    tx_root: bytes | None = None,
+) -> BlockResult:
     """Run each tx (already validated without state) in order, then the end-of-block step.
 
-    A tx that is not valid against the state it runs on raises ``BlockHasInvalidTx``.
+    A tx that is not valid against the state it runs on raises ``BlockHasInvalidTx``. ``tx_root``:
+    ``compute_tx_root(txs)`` when the caller has it already (computed here otherwise).
     """
     receipts: list[Receipt] = []
     for index, stx in enumerate(txs):
@@ -298,11 +305,16 @@ def apply_body(state: State, tree: SparseMerkleTree, env: BlockEnv, txs: tuple[S
             receipts.append(process_transaction(state, env, stx))
         except InvalidTransaction as exc:
             raise BlockHasInvalidTx(index, exc) from None
-    return _finish(state, tree, env, receipts, txs)
+    return _finish(state, tree, env, receipts, txs, tx_root)
 
 
 def _finish(
-    state: State, tree: SparseMerkleTree, env: BlockEnv, receipts: list[Receipt], txs: tuple[SignedTx, ...]
+    state: State,
+    tree: SparseMerkleTree,
+    env: BlockEnv,
+    receipts: list[Receipt],
+    txs: tuple[SignedTx, ...],
+    tx_root: bytes | None = None,
 ) -> BlockResult:
     receipts.append(process_end_of_block(state, env))
     writes = state.writes()
@@ -311,7 +323,13 @@ def _finish(
     tree.clear_pending()
     receipts_hash, receipts_encoded = root_and_encoding(receipts)
     return BlockResult(
-        tuple(receipts), writes, nodes, root, receipts_hash, compute_tx_root(txs), receipts_encoded
+        tuple(receipts),
+        writes,
+        nodes,
+        root,
+        receipts_hash,
+        compute_tx_root(txs) if tx_root is None else tx_root,
+        receipts_encoded,
     )
 
 
@@ -340,7 +358,7 @@ def state_transition(
     header = block.header
     check_l1_facts(header, config, l1)
     env = BlockEnv(config, header.height, header.timestamp_ms, l1)
-    result = apply_body(state, tree, env, block.txs)
+    result = apply_body(state, tree, env, block.txs, header.tx_root)  # validate_block held it equal
     check_deposits_due(state, config, l1)
     if result.receipts_root != header.receipts_root:
         raise RootMismatch(RECEIPTS_ROOT, result.receipts_root, header.receipts_root, result)
