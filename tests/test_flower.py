@@ -46,10 +46,14 @@ def node(tmp_path: Path, daemons: list) -> Daemon:
 
 def run_task(node: Daemon, kinds: list[str]) -> tuple[dict, dict[str, list[dict]], list[dict]]:
     """A task of ``len(kinds)`` clients, client-i of kind ``kinds[i]`` (native, sklearn, torch),
-    run to its end: (the task as queried, each client's JSON lines, the task's events)."""
+    run to its end: (the task as queried, each client's JSON lines, the task's events).
+
+    The join window is 100 s (2000 blocks of 50 ms): six processes importing torch, flwr and
+    scikit-learn beside another test worker took over 20 s to join in CI; a full task starts at
+    once, so the long window costs nothing when they are quick."""
     created = cli(node, "client", "create-task", "--from", "user", "--digits-clients", str(len(kinds)),
                   "--alpha", "iid", "--seed", "0", "--target", "0.5", "--max-rounds", "20",
-                  "--join-blocks", "400", "--round-blocks", "150")  # fmt: skip
+                  "--join-blocks", "2000", "--round-blocks", "150")  # fmt: skip
     assert created.returncode == 0, created.stderr
     task = json.loads(created.stdout)["task_id"]
     procs = {}
@@ -176,7 +180,7 @@ def slow_client(tmp_path: Path, seconds: float) -> str:
 def run_beside_natives(node: Daemon, flower: str, *task_args: str) -> tuple[list[dict], dict]:
     """Three native clients and the Flower client ``flower`` (client-3) in a 4-client task."""
     created = cli(node, "client", "create-task", "--from", "user", "--digits-clients", "4", "--alpha", "iid",
-                  "--seed", "0", "--target", "0.99", "--join-blocks", "400", *task_args)  # fmt: skip
+                  "--seed", "0", "--target", "0.99", "--join-blocks", "2000", *task_args)  # fmt: skip
     assert created.returncode == 0, created.stderr
     task = json.loads(created.stdout)["task_id"]
     procs = {f"client-{i}": client_run(node, f"client-{i}", task, "--digits-shard", f"{i}/4", "--alpha", "iid",
