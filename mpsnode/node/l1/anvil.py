@@ -132,7 +132,6 @@ class Anvil:
             )
             self.port = port
             if self._wait_ready():
-                self.private_keys = list(json.loads(self._config.read_text())["private_keys"])
                 return self
             self.stop()
             if self.port and not self._port_taken():
@@ -146,6 +145,8 @@ class Anvil:
             return s.connect_ex((LOCALHOST, self.port)) == 0
 
     def _wait_ready(self) -> bool:
+        """True once anvil answers and its config file is whole (it is written in pieces, not
+        renamed into place: a read may catch half of it); its keys are then ``private_keys``."""
         assert self.proc is not None
         deadline = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < deadline:
@@ -154,8 +155,9 @@ class Anvil:
             try:
                 rpc(self.url, "eth_chainId", timeout=1.0)
                 if self._config is not None and self._config.exists():
+                    self.private_keys = list(json.loads(self._config.read_text())["private_keys"])
                     return True
-            except (OSError, urllib.error.URLError, AnvilError, ValueError):
+            except (OSError, urllib.error.URLError, AnvilError, ValueError, KeyError):
                 pass
             time.sleep(0.05)
         return False
