@@ -13,8 +13,10 @@ of a core. A separate subscriber counts included txs per block. Prints one JSON 
 * ``ed25519_verify_raw``: single-core verify rate (one PyNaCl call per signature, as
   bench/stf.py), and the targets: included / raw >= 0.5 with ack p99 <= 500 ms;
 * ``ingest_bound``: what bounds the rate: the daemon's CPU per included tx beside the verify
-  it cannot skip, how busy the cores were (daemon and loader CPU over wall x cores) and how busy
-  the daemon's event-loop thread was (its CPU over wall);
+  it cannot skip, how busy the cores were (daemon and loader CPU over wall x cores), how busy
+  the daemon's event-loop thread was (its CPU over wall), and the daemon's CPU outside the
+  signature kernel over wall (``outside_verify_busy``: Python under one GIL, so near 1 it bounds
+  the rate while the cores still have room);
 * with ``--verifier``: a ``mpsnode verifier`` process follows the sequencer during the load, and
   ``verifier_lag`` reports its lag (sequencer head minus verifier head, in blocks) when the last
   tx is included (target <= 2), the largest lag sampled during the load, and how long it took to
@@ -400,6 +402,11 @@ def main() -> None:
     busy = (result["daemon_cpu_s"] + result["loader_cpu_s"]) / (wall * (os.cpu_count() or 1))
     per_tx_us = result["daemon_cpu_s"] / max(result["included"], 1) * 1e6
     loop_busy = result["loop_cpu_s"] / wall
+    # The daemon's CPU outside the signature kernel (which runs without the GIL) per second of wall:
+    # that part is Python on three threads (the loop, the block builder, the LMDB writer) sharing one
+    # GIL, so near 1 it is the bound even with a core idle. An upper estimate: hashing and LMDB's own
+    # calls also let go of the GIL.
+    gil_busy = (result["daemon_cpu_s"] - result["included"] / raw) / wall
     print(
         json.dumps(
             {
@@ -408,9 +415,13 @@ def main() -> None:
                 "of_which_verify_us": round(1e6 / raw, 1),
                 "cores_busy": round(busy, 3),
                 "loop_thread_busy": round(loop_busy, 3),
+                "outside_verify_busy": round(gil_busy, 3),
                 "bound": (
                     "cpu: both cores busy"
                     if busy >= 0.9
+                    else "the GIL: the daemon's work outside the signature kernel (loop, block builder, "
+                    "LMDB writer) fills one core"
+                    if gil_busy >= 0.8
                     else "the event-loop thread (server, admission, block building: one core under the GIL)"
                     if loop_busy >= 0.85
                     else "latency: the cores had room; the pipeline's queues bound it"
