@@ -148,22 +148,19 @@ def _tile_int32(
     last = Q.shape[0] - 1
     x0, x1, x2 = min(i0, last), min(i0 + 1, last), min(i0 + 2, last)
     y0, y1, y2 = min(j0, last), min(j0 + 1, last), min(j0 + 2, last)
-    t = np.zeros(9, np.int64)
     for s in range(c0, c1, chunk):
         e = min(s + chunk, c1)
         steps = (e - s) // LANES
         if steps > 0:
             madd_tile3(Q, x0, x1, x2, y0, y1, y2, s, steps, lanes)
+            # straight into G: a scratch array here was one heap allocation per tile and block
             for a in range(9):
                 total = np.int64(0)
                 for lane in range(ACC_LANES):
                     total += np.int64(lanes[a, lane])
-                t[a] += total
+                G[i0 + a // 3, j0 + a % 3] += total
         if s + steps * LANES < e:  # the columns past the last whole step
             _tile_int64(Q, i0, j0, s + steps * LANES, e, G)
-    for r in range(3):
-        for c in range(3):
-            G[i0 + r, j0 + c] += t[3 * r + c]
 
 
 @njit(cache=True, boundscheck=False, nogil=True)
