@@ -54,6 +54,7 @@ class MempoolIndex:
         self._by_id: dict[bytes, Entry] = {}
         self._by_sender: dict[bytes, dict[int, Entry]] = {}
         self._sender_bytes: dict[bytes, int] = {}
+        self._sender_fees: dict[bytes, int] = {}  # kept as txs come and go: admission reads it per tx
         self._durable: dict[bytes, Entry] = {}  # tx id -> entry, in durable (table) order
         self.count = 0
         self.bytes = 0
@@ -80,8 +81,8 @@ class MempoolIndex:
         return self._sender_bytes.get(sender, 0)
 
     def sender_fees(self, sender: bytes) -> int:
-        nonces = self._by_sender.get(sender)
-        return 0 if nonces is None else sum(e.stx.tx.fee for e in nonces.values())
+        """The fees of ``sender``'s pending txs, summed."""
+        return self._sender_fees.get(sender, 0)
 
     def next_nonce(self, sender: bytes, state_nonce: int) -> int:
         """The first nonce at or after ``state_nonce`` that no pending tx of ``sender`` holds."""
@@ -111,6 +112,7 @@ class MempoolIndex:
         self._by_id[entry.tx_id] = entry
         self._by_sender.setdefault(entry.sender, {})[entry.nonce] = entry
         self._sender_bytes[entry.sender] = self._sender_bytes.get(entry.sender, 0) + entry.size
+        self._sender_fees[entry.sender] = self._sender_fees.get(entry.sender, 0) + entry.stx.tx.fee
         self.count += 1
         self.bytes += entry.size
 
@@ -139,6 +141,11 @@ class MempoolIndex:
                 self._sender_bytes[entry.sender] = left
             else:
                 self._sender_bytes.pop(entry.sender, None)
+            fees = self._sender_fees.get(entry.sender, 0) - entry.stx.tx.fee
+            if fees > 0:
+                self._sender_fees[entry.sender] = fees
+            else:
+                self._sender_fees.pop(entry.sender, None)
             self.count -= 1
             self.bytes -= entry.size
         return out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import genesis as genesis_tool
 from mpsnode.consensus.errors import FeeUnpayable, NonceMismatch
@@ -71,6 +73,29 @@ def test_release_and_counters() -> None:
     assert index.next_nonce(A.address, 0) == 0 and index.durable_count == 1
     index.release([e2.tx_id])
     assert index.count == 0 and index.sender_bytes(A.address) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([0, 1, 2]), st.integers(0, 5), st.integers(0, 3)), max_size=24),
+       st.lists(st.integers(0, 23), max_size=24))  # fmt: skip
+def test_a_senders_pending_fees_and_bytes_are_the_sums_over_its_pending_txs(
+    adds: list[tuple[int, int, int]], drops: list[int]
+) -> None:
+    # kept as running totals (admission reads them per tx): they must equal the sums at every step
+    index, made = MempoolIndex(), []
+    for who, nonce, fee in adds:
+        s = stx((A, B, C)[who], nonce, fee=fee)
+        e = Entry(s, s.encode())
+        if e.tx_id not in index and index.by_nonce(e.sender, nonce) is None:
+            index.reserve(e)
+            made.append(e)
+    index.make_durable(made)
+    index.release([made[i].tx_id for i in drops if i < len(made)])
+    for key in (A, B, C):
+        pending = [e for e in made if e.sender == key.address and e.tx_id in index]
+        assert index.sender_fees(key.address) == sum(e.stx.tx.fee for e in pending)
+        assert index.sender_bytes(key.address) == sum(e.size for e in pending)
+        assert index.sender_count(key.address) == len(pending)
 
 
 def test_admission_rejections() -> None:
