@@ -49,6 +49,15 @@ class Selection:
     waiting: int = 0  # durable txs left for later (nonce gap, block budget)
 
 
+def _add(totals: dict[bytes, int], sender: bytes, amount: int) -> None:
+    """Add ``amount`` to ``sender``'s running total; a total that reaches 0 is dropped."""
+    left = totals.get(sender, 0) + amount
+    if left > 0:
+        totals[sender] = left
+    else:
+        totals.pop(sender, None)
+
+
 class MempoolIndex:
     def __init__(self) -> None:
         self._by_id: dict[bytes, Entry] = {}
@@ -111,8 +120,8 @@ class MempoolIndex:
         """Admission accepted ``entry``: hold its id and nonce until it is durable or released."""
         self._by_id[entry.tx_id] = entry
         self._by_sender.setdefault(entry.sender, {})[entry.nonce] = entry
-        self._sender_bytes[entry.sender] = self._sender_bytes.get(entry.sender, 0) + entry.size
-        self._sender_fees[entry.sender] = self._sender_fees.get(entry.sender, 0) + entry.stx.tx.fee
+        _add(self._sender_bytes, entry.sender, entry.size)
+        _add(self._sender_fees, entry.sender, entry.stx.tx.fee)
         self.count += 1
         self.bytes += entry.size
 
@@ -136,16 +145,8 @@ class MempoolIndex:
                 del nonces[entry.nonce]
                 if not nonces:
                     del self._by_sender[entry.sender]
-            left = self._sender_bytes.get(entry.sender, 0) - entry.size
-            if left > 0:
-                self._sender_bytes[entry.sender] = left
-            else:
-                self._sender_bytes.pop(entry.sender, None)
-            fees = self._sender_fees.get(entry.sender, 0) - entry.stx.tx.fee
-            if fees > 0:
-                self._sender_fees[entry.sender] = fees
-            else:
-                self._sender_fees.pop(entry.sender, None)
+            _add(self._sender_bytes, entry.sender, -entry.size)
+            _add(self._sender_fees, entry.sender, -entry.stx.tx.fee)
             self.count -= 1
             self.bytes -= entry.size
         return out

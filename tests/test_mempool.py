@@ -83,19 +83,26 @@ def test_a_senders_pending_fees_and_bytes_are_the_sums_over_its_pending_txs(
 ) -> None:
     # kept as running totals (admission reads them per tx): they must equal the sums at every step
     index, made = MempoolIndex(), []
+
+    def check() -> None:
+        for key in (A, B, C):
+            pending = [e for e in made if e.sender == key.address and e.tx_id in index]
+            assert index.sender_fees(key.address) == sum(e.stx.tx.fee for e in pending)
+            assert index.sender_bytes(key.address) == sum(e.size for e in pending)
+            assert index.sender_count(key.address) == len(pending)
+
     for who, nonce, fee in adds:
         s = stx((A, B, C)[who], nonce, fee=fee)
         e = Entry(s, s.encode())
         if e.tx_id not in index and index.by_nonce(e.sender, nonce) is None:
             index.reserve(e)
             made.append(e)
+            check()
     index.make_durable(made)
-    index.release([made[i].tx_id for i in drops if i < len(made)])
-    for key in (A, B, C):
-        pending = [e for e in made if e.sender == key.address and e.tx_id in index]
-        assert index.sender_fees(key.address) == sum(e.stx.tx.fee for e in pending)
-        assert index.sender_bytes(key.address) == sum(e.size for e in pending)
-        assert index.sender_count(key.address) == len(pending)
+    for i in drops:
+        if i < len(made):
+            index.release([made[i].tx_id])
+            check()
 
 
 def test_admission_rejections() -> None:
