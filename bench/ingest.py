@@ -406,7 +406,7 @@ def main() -> None:
     # that part is Python on three threads (the loop, the block builder, the LMDB writer) sharing one
     # GIL, so near 1 it is the bound even with a core idle. An upper estimate: hashing and LMDB's own
     # calls also let go of the GIL.
-    gil_busy = (result["daemon_cpu_s"] - result["included"] / raw) / wall
+    outside_verify_busy = (result["daemon_cpu_s"] - result["included"] / raw) / wall
     print(
         json.dumps(
             {
@@ -415,13 +415,13 @@ def main() -> None:
                 "of_which_verify_us": round(1e6 / raw, 1),
                 "cores_busy": round(busy, 3),
                 "loop_thread_busy": round(loop_busy, 3),
-                "outside_verify_busy": round(gil_busy, 3),
+                "outside_verify_busy": round(outside_verify_busy, 3),
                 "bound": (
                     "cpu: both cores busy"
                     if busy >= 0.9
                     else "the GIL: the daemon's work outside the signature kernel (loop, block builder, "
                     "LMDB writer) fills one core"
-                    if gil_busy >= 0.8
+                    if outside_verify_busy >= 0.8
                     else "the event-loop thread (server, admission, block building: one core under the GIL)"
                     if loop_busy >= 0.85
                     else "latency: the cores had room; the pipeline's queues bound it"

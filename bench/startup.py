@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -39,10 +40,10 @@ def timed(cmd: list[str]) -> float:
     return time.perf_counter() - t0
 
 
-def wall(cmd: list[str], runs: int) -> tuple[float, float]:
-    """(the first run, the median of ``runs`` after it)."""
-    first = timed(cmd)
-    return first, statistics.median(timed(cmd) for _ in range(runs))
+def wall(cmd: Callable[[int], list[str]], runs: int) -> tuple[float, float]:
+    """(the first run, the median of ``runs`` after it); run ``i`` is ``cmd(i)``."""
+    times = [timed(cmd(i)) for i in range(runs + 1)]
+    return times[0], statistics.median(times[1:])
 
 
 def make_chain(home: Path) -> str:
@@ -79,23 +80,17 @@ def main() -> None:
         address = make_chain(home)
         script = Path(sys.executable).with_name("mpsnode")  # the console script a user runs
         cli = [str(script)] if script.exists() else [sys.executable, "-m", "mpsnode.cli"]
-        _, interpreter = wall([sys.executable, "-c", "pass"], runs)
-        commands = {
-            "help": ["--help"],
-            "keys_new": [],  # below: a fresh --out file each run
-            "inspect_head": ["inspect", "--home", str(home), "head"],
-            "inspect_block": ["inspect", "--home", str(home), "block", "1"],
-            "inspect_account": ["inspect", "--home", str(home), "account", address],
+        _, interpreter = wall(lambda _: [sys.executable, "-c", "pass"], runs)
+        commands: dict[str, Callable[[int], list[str]]] = {
+            "help": lambda _: ["--help"],
+            # a fresh file each run: keys new refuses to overwrite
+            "keys_new": lambda i: ["keys", "new", "--out", str(Path(tmp) / f"k{i}.json")],
+            "inspect_head": lambda _: ["inspect", "--home", str(home), "head"],
+            "inspect_block": lambda _: ["inspect", "--home", str(home), "block", "1"],
+            "inspect_account": lambda _: ["inspect", "--home", str(home), "account", address],
         }
         for name, argv in commands.items():
-            if name == "keys_new":  # a fresh file each run: keys new refuses to overwrite
-                times = [
-                    timed([*cli, "keys", "new", "--out", str(Path(tmp) / f"k{i}.json")])
-                    for i in range(runs + 1)
-                ]
-                first, median = times[0], statistics.median(times[1:])
-            else:
-                first, median = wall([*cli, *argv], runs)
+            first, median = wall(lambda i, argv=argv: [*cli, *argv(i)], runs)
             print(
                 json.dumps(
                     {
