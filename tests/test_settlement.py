@@ -255,6 +255,26 @@ def test_a_state_hands_out_the_accounts_it_wrote_decoded_and_each_encodes_to_its
     )  # emptied: deleted, not handed out
 
 
+def test_a_state_given_the_last_blocks_decoded_accounts_reads_them_without_decoding() -> None:
+    kit = Kit(clients=2)
+    user = kit.user
+    key = account_key(user.address)
+    items = dict(kit.store.iter_state())
+    decoded: dict[bytes, tuple[bytes, Account]] = {}
+    first = State(items.get, decoded)
+    before = first.get_account(user.address)
+    first.set_account(user.address, before.with_balance(before.balance - 5))
+    writes = first.writes()
+    assert decoded[key] == (writes[key], first.written_accounts()[key])
+    items.update(writes)  # a store that keeps the written bytes objects (the replay's)
+    second = State(items.get, decoded)
+    assert second.get_account(user.address) is decoded[key][1]
+    items[key] = bytes(bytearray(writes[key]))  # equal bytes, another object: decoded anew
+    cached = decoded[key][1]
+    again = State(items.get, decoded).get_account(user.address)
+    assert again is not cached and again == cached and again.balance == before.balance - 5
+
+
 def test_withdraw_on_a_chain_without_l1_fails_and_deposits_are_never_user_txs() -> None:
     kit = Kit(clients=1)
     _, result = kit.block([kit.tx(kit.user, Withdraw(TO, 5))])

@@ -4,12 +4,15 @@ independent chains (in-memory and LMDB) reaching the same roots, block by block.
 from __future__ import annotations
 
 import tempfile
+from dataclasses import FrozenInstanceError, fields
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mpsnode.consensus.model import param_count
+from mpsnode.consensus.state import ACCOUNT_SLOTS, Account, Unbonding
 from mpsnode.consensus.tx import JoinTask, Stake, Transfer, Unstake, commit_reveal
 from mpsnode.node.store import LmdbStore
 
@@ -81,3 +84,32 @@ def test_random_histories_keep_invariants_and_agree(history: list[tuple]) -> Non
         for key in [mem.user, *mem.clients]:
             assert state.get_account(key.address).nonce == mem.nonces.get(key.address, 0)
         disk.store.close()
+
+
+uints = st.integers(0, 2**64 - 1)
+
+
+@given(
+    uints,
+    uints,
+    uints,
+    st.lists(st.tuples(uints, uints), max_size=3),
+    st.booleans(),
+    st.lists(st.integers(1, 2**32), max_size=3),
+    st.one_of(st.none(), uints),
+)
+def test_accounts_built_slot_by_slot_equal_the_dataclass_ones(
+    balance, nonce, bonded, unb, jailed, tasks, new
+):
+    assert tuple(f.name for f in fields(Account)) == ACCOUNT_SLOTS  # a new field needs the fast path too
+    entries = tuple(Unbonding(a, h) for a, h in unb)
+    made = Account(balance, nonce, bonded, entries, jailed, tuple(tasks))
+    decoded = Account.decode(made.encode())  # built slot by slot
+    assert decoded == made and hash(decoded) == hash(made) and repr(decoded) == repr(made)
+    moved = made.with_balance(new if new is not None else balance, None if new is None else nonce + 1)
+    expected = Account(
+        moved.balance, nonce if new is None else nonce + 1, bonded, entries, jailed, tuple(tasks)
+    )
+    assert moved == expected and type(moved) is Account
+    with pytest.raises(FrozenInstanceError):
+        moved.balance = 1  # type: ignore[misc]

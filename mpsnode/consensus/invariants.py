@@ -114,16 +114,20 @@ class SupplyTracker:
         known = self._accounts.get(key) if cached else None
         if known is not None and known[0] == value:
             fields, supply = known[1]
-        elif account is not None and cached:
-            fields, supply = (account.balance, account.bonded, account.unbonding_total, 0, 0, 0, 0), 0
         else:
-            fields, supply = _contribution(key, value)
+            if account is not None and cached:
+                fields, supply = (account.balance, account.bonded, account.unbonding_total, 0, 0, 0, 0), 0
+            else:
+                fields, supply = _contribution(key, value)
             if cached and sign > 0 and value is not None:  # (None is never cached; for the type checker)
-                # what it adds now, it takes away when next written
+                # what it adds now, it takes away when next written: not decoded again then
                 self._accounts[key] = (value, (fields, supply))
+        totals = self._totals
         for i, v in enumerate(fields):
-            self._totals[i] += sign * v
-        self._genesis_supply += sign * supply
+            if v:
+                totals[i] += sign * v
+        if supply:
+            self._genesis_supply += sign * supply
 
     def apply(
         self,

@@ -207,7 +207,7 @@ class Account:
     def with_balance(self, balance: int, nonce: int | None = None) -> Account:
         """This account with another balance (and nonce): ``replace`` without its per-call cost,
         for the moves every tx makes."""
-        return Account(
+        return _account(
             balance,
             self.nonce if nonce is None else nonce,
             self.bonded,
@@ -247,7 +247,7 @@ class Account:
             a, h = expect_list(e, 2, "unbonding entry")
             entries.append(Unbonding(expect_uint(a, "amount"), expect_uint(h, "release_height")))
         task_ids = expect_list(tasks, None, "tasks")  # most accounts take part in no task: no generator
-        return cls(
+        return _account(
             expect_uint(bal, "balance"),
             expect_uint(nonce, "nonce"),
             expect_uint(bonded, "bonded"),
@@ -258,6 +258,34 @@ class Account:
 
 
 EMPTY_ACCOUNT = Account()
+
+# A frozen dataclass's __init__ sets each field through ``object.__setattr__`` by name; every tx
+# builds several accounts, so the two hot paths (``with_balance``, ``decode``) set the slots through
+# their descriptors instead, half the cost. ``tests/test_state.py`` holds it equal to ``Account(...)``.
+ACCOUNT_SLOTS = ("balance", "nonce", "bonded", "unbonding", "jailed", "tasks")
+_SET_BALANCE, _SET_NONCE, _SET_BONDED, _SET_UNBONDING, _SET_JAILED, _SET_TASKS = (
+    getattr(Account, name).__set__ for name in ACCOUNT_SLOTS
+)
+
+
+def _account(
+    balance: int,
+    nonce: int,
+    bonded: int,
+    unbonding: tuple[Unbonding, ...],
+    jailed: bool,
+    tasks: tuple[int, ...],
+    new: Callable[[type[Account]], Account] = object.__new__,
+) -> Account:
+    """``Account(balance, nonce, bonded, unbonding, jailed, tasks)``, built slot by slot."""
+    account = new(Account)
+    _SET_BALANCE(account, balance)
+    _SET_NONCE(account, nonce)
+    _SET_BONDED(account, bonded)
+    _SET_UNBONDING(account, unbonding)
+    _SET_JAILED(account, jailed)
+    _SET_TASKS(account, tasks)
+    return account
 
 
 def decode_settlement(data: bytes) -> Settlement:
@@ -350,10 +378,13 @@ class State:
     """Reads fall through write layers to ``reader``; writes land in the top layer."""
 
     reader: Reader
+    # decoded accounts by key, each with the value it decodes (valid while ``reader`` returns that
+    # very bytes object for the key). ``writes`` adds each account it encodes, so a caller whose
+    # store keeps the written bytes objects (a replay's in-memory state) can hand one dict to the
+    # State of each block in turn, and an account written by one block is not decoded by the next.
+    decoded: dict[bytes, tuple[bytes, Account]] = field(default_factory=dict)
     # a layer's value: bytes, None (deleted) or, for an account key, the Account not yet encoded
     _layers: list[dict[bytes, Any]] = field(default_factory=lambda: [{}])
-    # encoded value -> decoded account, keyed by key; valid while the stored bytes are the same object
-    _accounts: dict[bytes, tuple[bytes, Account]] = field(default_factory=dict)
 
     # raw access ------------------------------------------------------------------------------
     def get(self, key: bytes) -> bytes | None:
@@ -395,7 +426,16 @@ class State:
         """Everything written in the block so far (only valid with no tx layer open)."""
         if len(self._layers) != 1:
             raise RuntimeError("a tx layer is still open")
-        return {k: v.encode() if isinstance(v, Account) else v for k, v in self._layers[0].items()}
+        out: dict[bytes, bytes | None] = {}
+        decoded = self.decoded
+        for key, value in self._layers[0].items():
+            if isinstance(value, Account):
+                data = value.encode()
+                decoded[key] = (data, value)
+                out[key] = data
+            else:
+                out[key] = value
+        return out
 
     def written_accounts(self) -> dict[bytes, Account]:
         """The accounts written in the block so far, decoded, by key (those ``writes`` encodes from
@@ -420,11 +460,11 @@ class State:
             return data
         if data is None:
             return EMPTY_ACCOUNT
-        cached = self._accounts.get(key)
+        cached = self.decoded.get(key)
         if cached is not None and cached[0] is data:
             return cached[1]
         account = Account.decode(data)
-        self._accounts[key] = (data, account)
+        self.decoded[key] = (data, account)
         return account
 
     def set_account(self, address: bytes, account: Account) -> None:

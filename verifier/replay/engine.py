@@ -50,7 +50,7 @@ from mpsnode.consensus.invariants import SupplyTracker
 from mpsnode.consensus.receipt import decode_receipts, receipts_root
 from mpsnode.consensus.settlement import WEI_PER_UNIT, L1Facts, output_root
 from mpsnode.consensus.smt import NODE_TAG, SparseMerkleTree
-from mpsnode.consensus.state import Config, State, Task, task_key
+from mpsnode.consensus.state import Account, Config, State, Task, task_key
 from mpsnode.consensus.stf.transition import BlockResult
 from mpsnode.node.chain import GENESIS_HASH_META
 from mpsnode.node.errors import ExportError, StoreError, WrongGenesis
@@ -443,6 +443,7 @@ def replay(
     config = genesis.config()
     state = ReplayState(genesis)
     tracker = SupplyTracker(state.items.items())
+    accounts: dict[bytes, tuple[bytes, Account]] = {}  # decoded accounts, shared by every block's State
     settlement = _Settlement(l1) if l1 is not None and genesis.l1 is not None else None
     audit = Audit()
     parent = genesis.header()
@@ -459,7 +460,7 @@ def replay(
             for pre, claimed_receipts in _prechecked(source, config, pool):
                 try:
                     tree = SparseMerkleTree(state, state.root)
-                    view = State(state.get_state)
+                    view = State(state.get_state, accounts)
                     facts = settlement.facts(pre, view) if settlement is not None else None
                     block, result = verify_block(pre, parent, view, tree, config, facts)
                     check_claimed_receipts(block, result, claimed_receipts)
