@@ -441,6 +441,9 @@ def test_missing_nodes_are_reported() -> None:
     store = MemoryNodeStore({tree.root: b"\x07" + bytes(64)})
     with pytest.raises(TreeNodeError):
         SparseMerkleTree(store, tree.root).prove(b"key1")
+    for bad in (b"\x07" + bytes(64), b"\x01" + bytes(10)):  # a bad tag, a short record: one key's path
+        with pytest.raises(TreeNodeError, match="malformed"):
+            SparseMerkleTree(MemoryNodeStore({tree.root: bad}), tree.root).update({b"key1": b"x"})
     with pytest.raises(ValueError):
         SparseMerkleTree(store, b"short")
 

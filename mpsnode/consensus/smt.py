@@ -278,10 +278,14 @@ class SparseMerkleTree:
         """``_update`` for a single change: most of every batch's paths end this way, so no recursion."""
         siblings: list[bytes] = []
         pending = self._pending
+        get_node = self._nodes.get_node
         node = top
         d = depth
         while node != ZERO32:
-            rec = pending.get(node) or self._stored_record(node)
+            found = pending.get(node) or get_node(node)
+            if found is None or len(found) != RECORD_SIZE or found[0] > NODE_TAG:
+                found = self._stored_record(node)  # raises for a missing or malformed record
+            rec = found
             if rec[0] == LEAF_TAG:
                 break
             if d >= DEPTH:

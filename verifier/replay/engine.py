@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm import tqdm
 
@@ -56,7 +56,6 @@ from mpsnode.node.chain import GENESIS_HASH_META
 from mpsnode.node.errors import ExportError, StoreError, WrongGenesis
 from mpsnode.node.export import ExportReader
 from mpsnode.node.home import Home
-from mpsnode.node.l1.follower import L1Follower
 from mpsnode.node.store import LmdbStore
 from verifier.checks import (
     BATCH_MIN,
@@ -72,6 +71,9 @@ from verifier.checks import (
 from verifier.divergence import ClaimedProofs, Investigation, proofs_from_store
 from verifier.replay.audit import Audit
 
+if TYPE_CHECKING:  # the caller makes the follower; importing web3 and eth-account costs a second
+    from mpsnode.node.l1.follower import L1Follower
+
 PRUNE_EVERY = 512
 BATCH_BLOCKS = 16  # small batches: the executing thread starts early and never waits long
 BATCH_BYTES = 256 << 10
@@ -85,6 +87,9 @@ class ReplayState:
     def __init__(self, genesis: Genesis) -> None:
         self.items: dict[bytes, bytes] = {}
         self.nodes: dict[bytes, bytes] = {}
+        # the tree reads a node record per level of every path it updates: ``dict.get`` itself, bound
+        # (rebound when ``prune`` replaces the dict), costs no Python frame per read
+        self.get_node: Callable[[bytes], bytes | None] = self.nodes.get
         tree = SparseMerkleTree(self, ZERO32)
         items = genesis.state_items()
         root = tree.update(items)
@@ -96,9 +101,6 @@ class ReplayState:
 
     def get_state(self, key: bytes) -> bytes | None:
         return self.items.get(key)
-
-    def get_node(self, node_hash: bytes) -> bytes | None:
-        return self.nodes.get(node_hash)
 
     def apply(
         self, writes: dict[bytes, bytes | None], nodes: dict[bytes, bytes], root: bytes
@@ -127,6 +129,7 @@ class ReplayState:
                     if child != ZERO32 and child not in live:
                         stack.append(child)
         self.nodes = live
+        self.get_node = live.get
 
 
 class ChainSource(Protocol):
