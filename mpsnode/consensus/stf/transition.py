@@ -69,7 +69,7 @@ from mpsnode.consensus.events import Event
 from mpsnode.consensus.receipt import END_OF_BLOCK_ID, Receipt, root_and_encoding
 from mpsnode.consensus.settlement import L1Facts
 from mpsnode.consensus.smt import SparseMerkleTree
-from mpsnode.consensus.state import Config, State
+from mpsnode.consensus.state import Account, Config, State
 from mpsnode.consensus.stf.env import BlockEnv
 from mpsnode.consensus.stf.round import process_round_phases
 from mpsnode.consensus.stf.settlement import process_deposit, process_withdraw
@@ -199,13 +199,14 @@ def assemble_verdicts(block: Block, oks: Sequence[bool]) -> Verdicts:
 # One transaction
 
 
-def check_transaction(state: State, stx: SignedTx) -> None:
-    """Validity against state: the nonce is next and the fee is payable."""
+def check_transaction(state: State, stx: SignedTx) -> Account:
+    """Validity against state: the nonce is next and the fee is payable. The sender's account."""
     acct = state.get_account(stx.tx.sender)
     if stx.tx.nonce != acct.nonce:
         raise NonceMismatch(acct.nonce, stx.tx.nonce)
     if acct.balance < stx.tx.fee:
         raise FeeUnpayable(stx.tx.fee, acct.balance)
+    return acct
 
 
 def process_transaction(state: State, env: BlockEnv, stx: SignedTx) -> Receipt:
@@ -219,8 +220,7 @@ def run_transaction(state: State, env: BlockEnv, stx: SignedTx) -> tuple[Receipt
     tx = stx.tx
     if isinstance(tx.body, DepositBody):  # a system tx: no nonce, no fee; invalid unless it is L1's
         return Receipt(stx.tx_id, 0, 0, tuple(process_deposit(state, env, tx.body))), None
-    check_transaction(state, stx)
-    acct = state.get_account(tx.sender)
+    acct = check_transaction(state, stx)
     state.set_account(tx.sender, acct.with_balance(acct.balance - tx.fee, acct.nonce + 1))
     state.increase_balance(env.config.fee_recipient, tx.fee)
     state.begin()
