@@ -49,6 +49,7 @@ from mpsnode.consensus.params import Params
 from mpsnode.consensus.sigverify import warm_up
 from mpsnode.consensus.state import RoundPhase
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, Transfer, Tx, commit_reveal
+from mpsnode.node import collector
 from mpsnode.node.connection import Client, connect
 from verifier.replay.engine import HomeSource, replay
 
@@ -260,7 +261,8 @@ def main() -> None:
             if header.height in ends:
                 marks[header.height] = time.perf_counter() - r0
 
-        outcome = replay(source, progress=False, on_block=on_block)
+        with collector.tuned():  # the collector as `mpsnode replay` sets it (mpsnode.node.collector)
+            outcome = replay(source, progress=False, on_block=on_block)
     finally:
         source.close()
     if not outcome.ok:

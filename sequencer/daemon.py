@@ -60,6 +60,7 @@ from mpsnode.consensus.sigverify import verify_batch, warm_up
 from mpsnode.consensus.state import ACCOUNT, UNBONDING_QUEUE, Account, State
 from mpsnode.consensus.tx import Kind, SignedTx, decode_signed_tx, hash_ahead
 from mpsnode.consensus.validation import validate_transaction
+from mpsnode.node import collector
 from mpsnode.node.chain import Chain
 from mpsnode.node.errors import BadRequest, NotFound, ShuttingDown, VerificationFailed
 from mpsnode.node.explorer.app import Explorer, serve_explorer
@@ -705,6 +706,7 @@ def run_daemon(
     store = LmdbStore(home.data_path, map_size=home.map_size)
     try:
         sequencer = Sequencer(store, genesis, key, config)
+        collector.tune()
 
         def ready(seq: Sequencer) -> None:
             print(

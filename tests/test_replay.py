@@ -7,6 +7,7 @@ rounds that run out (refund), one that reaches its target (billing and payments)
 
 from __future__ import annotations
 
+import gc
 import json
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from mpsnode.consensus.hashing import H
 from mpsnode.consensus.receipt import Receipt, decode_receipts, encode_receipts
 from mpsnode.consensus.smt import SparseMerkleTree, verify_proof
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, Transfer
+from mpsnode.node import collector
 from mpsnode.node.export import BLOCK, LENGTH, MAGIC, RECEIPTS
 from mpsnode.node.store import LmdbStore
 from verifier import checks
@@ -111,6 +113,14 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
     code = main(list(argv))
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def test_the_collector_is_set_for_a_replay_and_put_back_after_it() -> None:
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    with collector.tuned():
+        assert gc.get_threshold() == (collector.YOUNG, collector.MIDDLE, collector.OLD)
+        assert gc.get_freeze_count() > frozen  # what was alive is out of every collection
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0  # and collectable again after
 
 
 def test_replay_of_a_home_checks_every_root_and_audits_every_task(chain_home, capsys, tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ from mpsnode.consensus.settlement import L1Facts
 from mpsnode.consensus.smt import Proof, SparseMerkleTree
 from mpsnode.consensus.state import State
 from mpsnode.consensus.stf.transition import BlockResult
+from mpsnode.node import collector
 from mpsnode.node.chain import Chain
 from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import ProtocolViolation, VerificationFailed, WrongNetwork
@@ -700,6 +701,7 @@ def run_daemon(
     store = LmdbStore(home.data_path, map_size=home.map_size)
     try:
         verifier = Verifier(store, genesis, config)
+        collector.tune()
 
         def ready(v: Verifier) -> None:
             print(

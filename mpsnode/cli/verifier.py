@@ -16,6 +16,7 @@ from typing import Any
 from mpsnode.cli.common import server_options
 from mpsnode.consensus.errors import DecodeError
 from mpsnode.consensus.genesis import Genesis
+from mpsnode.node import collector
 from mpsnode.node.errors import WrongGenesis
 from mpsnode.node.export import export_store, is_export
 from mpsnode.node.files import load_genesis, load_key
@@ -101,9 +102,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
                 "--genesis FILE or --genesis-hash HEX to check that it is the chain you mean",
                 file=sys.stderr,
             )
-        outcome = replay(
-            source, progress=args.progress, genesis_hash=pin, l1=_l1_follower(args, source.genesis)
-        )
+        with collector.tuned():
+            outcome = replay(
+                source, progress=args.progress, genesis_hash=pin, l1=_l1_follower(args, source.genesis)
+            )
         if not outcome.ok and args.reports and outcome.investigation is not None:
             assert outcome.report is not None
             write_report(args.reports, outcome.report, outcome.investigation.bundle(outcome.claimed))
