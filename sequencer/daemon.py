@@ -37,7 +37,7 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -57,7 +57,7 @@ from mpsnode.consensus.events import RoundClosed, Slashed
 from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.settlement import output_root
 from mpsnode.consensus.sigverify import verify_batch, warm_up
-from mpsnode.consensus.state import ACCOUNT, UNBONDING_QUEUE, Account, State
+from mpsnode.consensus.state import ACCOUNT, EMPTY_ACCOUNT, UNBONDING_QUEUE, Account, State
 from mpsnode.consensus.tx import Kind, SignedTx, decode_signed_tx, hash_ahead
 from mpsnode.consensus.validation import validate_transaction
 from mpsnode.node import collector
@@ -85,6 +85,7 @@ log = logging.getLogger("sequencer")
 
 DROPPED_PREFIX = b"seq/dropped/"  # meta: tx id -> [height, code, reason] of an admitted tx left out for good
 MIB = 1 << 20
+ACCOUNT_CACHE = 1 << 16  # head accounts kept decoded for admission and selection, emptied beyond
 
 
 @dataclass
@@ -147,7 +148,7 @@ class Sequencer:
             config=self.config.server,
             stats=self.metrics,
         )
-        self._reader = State(store.get_state)
+        self._reader = State(store.get_state, self.chain.decoded_accounts)
         self._accounts: dict[bytes, Account] = {}  # accounts at the head, read once per block
         self._committing = False
         self._write_lock = (
@@ -394,7 +395,7 @@ class Sequencer:
         # the accounts the cache misses, read in one LMDB snapshot for the batch (taken now, without
         # a checkpoint until the end: a block committing meanwhile is as if it came after the batch)
         view = self._snapshot()
-        reader = self._reader if view is None else State(view.get_state)
+        reader = self._reader if view is None else State(view.get_state, self.chain.decoded_accounts)
         try:
             for sub, ok in zip(batch, oks, strict=True):
                 if not ok:
@@ -428,6 +429,23 @@ class Sequencer:
             if not self._committing:
                 self._accounts[address] = account
         return account
+
+    def _remember_accounts(self, writes: Mapping[bytes, bytes | None]) -> None:
+        """Cache the accounts a block just committed wrote, as the head now holds them (this task
+        is the only block writer): the admissions and the selection after it read none of them
+        from the store, and decode none the block's build decoded already."""
+        if len(self._accounts) > ACCOUNT_CACHE:
+            self._accounts.clear()
+        decoded = self.chain.decoded_accounts
+        for key, value in writes.items():
+            if key[:1] != ACCOUNT:
+                continue
+            if value is None:
+                account = EMPTY_ACCOUNT
+            else:
+                known = decoded.get(key)
+                account = known[1] if known is not None and known[0] == value else Account.decode(value)
+            self._accounts[key[1:]] = account
 
     def _included_height(self, tx_id: bytes) -> int | None:
         location = self.store.get_tx_location(tx_id)
@@ -582,6 +600,7 @@ class Sequencer:
         finally:
             self._committing = False
         t2 = time.perf_counter()
+        self._remember_accounts(result.state_writes)
         index.release(included)
         index.release(tx_id for tx_id, _ in dropped)
         self.watch.advance(block.height)

@@ -164,6 +164,40 @@ def test_rejections_have_codes_and_reasons(node) -> None:
     run(main)
 
 
+def test_admission_after_a_block_sees_the_balance_and_nonce_the_block_left(node) -> None:
+    daemon, g, keys = node
+    sender, dest = keys["client-6"], keys["client-7"].address
+    fee = g.params.tx_base_fee
+    left = 2 * fee + 1  # what the block leaves the sender: its next tx's fee may be at most that
+
+    async def main() -> None:
+        async with connect(daemon.address, genesis=g) as client:
+            account = (await client.account(sender.address)).value
+            spend = Tx(
+                g.chain_id, sender.address, account.nonce, fee, Transfer(dest, account.balance - fee - left)
+            )
+            first = spend.sign(sender)
+            await client.submit(first.encode())
+            assert (await client.wait_receipt(first.tx_id, timeout=30)).ok
+            too_much = Tx(g.chain_id, sender.address, account.nonce + 1, left + 1, Transfer(dest, 1)).sign(
+                sender
+            )
+            with pytest.raises(FeeUnpayable):
+                await client.submit(too_much.encode())
+            with pytest.raises(NonceMismatch):  # the nonce the block used
+                await client.submit(
+                    Tx(g.chain_id, sender.address, account.nonce, fee, Transfer(dest, 1))
+                    .sign(sender)
+                    .encode()
+                )
+            last = Tx(g.chain_id, sender.address, account.nonce + 1, left - 1, Transfer(dest, 1)).sign(sender)
+            await client.submit(last.encode())
+            assert (await client.wait_receipt(last.tx_id, timeout=30)).ok
+            assert (await client.account(sender.address)).value.balance == 0
+
+    run(main)
+
+
 def test_nonce_ahead_waits_for_the_gap(node) -> None:
     daemon, g, keys = node
     sender = keys["client-3"]

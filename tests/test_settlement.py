@@ -266,13 +266,14 @@ def test_a_state_given_the_last_blocks_decoded_accounts_reads_them_without_decod
     first.set_account(user.address, before.with_balance(before.balance - 5))
     writes = first.writes()
     assert decoded[key] == (writes[key], first.written_accounts()[key])
-    items.update(writes)  # a store that keeps the written bytes objects (the replay's)
-    second = State(items.get, decoded)
-    assert second.get_account(user.address) is decoded[key][1]
-    items[key] = bytes(bytearray(writes[key]))  # equal bytes, another object: decoded anew
     cached = decoded[key][1]
+    items.update(writes)
+    assert State(items.get, decoded).get_account(user.address) is cached
+    items[key] = bytes(bytearray(writes[key]))  # equal bytes in another object (a store's read): the same
+    assert State(items.get, decoded).get_account(user.address) is cached
+    items[key] = cached.with_balance(7).encode()  # other bytes: decoded anew
     again = State(items.get, decoded).get_account(user.address)
-    assert again is not cached and again == cached and again.balance == before.balance - 5
+    assert again.balance == 7 and again.nonce == cached.nonce and decoded[key] == (items[key], again)
 
 
 def test_withdraw_on_a_chain_without_l1_fails_and_deposits_are_never_user_txs() -> None:

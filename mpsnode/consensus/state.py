@@ -378,10 +378,10 @@ class State:
     """Reads fall through write layers to ``reader``; writes land in the top layer."""
 
     reader: Reader
-    # decoded accounts by key, each with the value it decodes (valid while ``reader`` returns that
-    # very bytes object for the key). ``writes`` adds each account it encodes, so a caller whose
-    # store keeps the written bytes objects (a replay's in-memory state) can hand one dict to the
-    # State of each block in turn, and an account written by one block is not decoded by the next.
+    # decoded accounts by key, each with the value it is the decoding of (used while ``reader``
+    # returns those bytes for the key: decoding is a function of the bytes). ``writes`` adds each
+    # account it encodes, so a caller can hand one dict to the State of each block in turn (a chain,
+    # a replay), and an account written by one block is not decoded again by the next.
     decoded: dict[bytes, tuple[bytes, Account]] = field(default_factory=dict)
     # a layer's value: bytes, None (deleted) or, for an account key, the Account not yet encoded
     _layers: list[dict[bytes, Any]] = field(default_factory=lambda: [{}])
@@ -461,7 +461,7 @@ class State:
         if data is None:
             return EMPTY_ACCOUNT
         cached = self.decoded.get(key)
-        if cached is not None and cached[0] is data:
+        if cached is not None and cached[0] == data:
             return cached[1]
         account = Account.decode(data)
         self.decoded[key] = (data, account)

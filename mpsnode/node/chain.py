@@ -21,7 +21,7 @@ from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.receipt import encode_receipts
 from mpsnode.consensus.settlement import L1Facts
 from mpsnode.consensus.smt import SparseMerkleTree
-from mpsnode.consensus.state import State
+from mpsnode.consensus.state import Account, State
 from mpsnode.consensus.stf.transition import BlockResult, Verdicts, build_block, state_transition
 from mpsnode.consensus.tx import SignedTx
 from mpsnode.node.errors import StoreError
@@ -30,6 +30,7 @@ from mpsnode.node.store import BlockCommit, Head, Store, StoreReader
 GENESIS_META = b"genesis"
 GENESIS_HASH_META = b"genesis_hash"
 NODE_CACHE_RECORDS = 1 << 17  # about 20 MB of tree records
+DECODED_ACCOUNTS = 1 << 16  # decoded accounts kept between blocks (a few hundred bytes each)
 
 
 class NodeCache:
@@ -103,6 +104,10 @@ class Chain:
                 )
         self._head_header = decode_header(self._header_bytes(self.head.height))
         self._nodes = NodeCache()
+        # accounts decoded by this chain's States, by key with their bytes (``State.decoded``): a
+        # build or an apply decodes only the accounts the last block did not write. Emptied when
+        # it outgrows ``DECODED_ACCOUNTS``.
+        self.decoded_accounts: dict[bytes, tuple[bytes, Account]] = {}
 
     def _header_bytes(self, height: int) -> bytes:
         data = self.store.get_header(height)
@@ -147,7 +152,7 @@ class Chain:
         return self._head_header
 
     def state(self) -> State:
-        return State(self.store.get_state)
+        return State(self.store.get_state, self.decoded_accounts)
 
     def tree(self) -> SparseMerkleTree:
         """The state tree at the head, its records read through the chain's ``NodeCache``."""
@@ -200,7 +205,7 @@ class Chain:
         ``l1``: settlement mode, the L1 facts of the origin the block names.
         """
         source = self.store if reader is None else reader
-        state = State(source.get_state)
+        state = State(source.get_state, self.decoded_accounts)
         tree = SparseMerkleTree(_CachedNodes(source, self._nodes), self.head.state_root)
         return build_block(
             state,
@@ -260,5 +265,7 @@ class Chain:
             ),
             before_commit=before_commit,
         )
+        if len(self.decoded_accounts) > DECODED_ACCOUNTS:
+            self.decoded_accounts.clear()
         self._nodes.add(result.node_writes)
         self._head_header = block.header
