@@ -130,6 +130,23 @@ def wire(
 # Records and messages
 
 
+# A record class's fields as (name, kind, optional, inline), in declaration order: read once per
+# class, since ``dataclasses.fields`` builds its tuple anew on every call (most of a small record's
+# encoding, and every reply the sequencer sends is one).
+_Layout = tuple[tuple[str, Kind, bool, "type[Record] | None"], ...]
+_LAYOUTS: dict[type, _Layout] = {}
+
+
+def _layout(cls: type) -> _Layout:
+    layout = _LAYOUTS.get(cls)
+    if layout is None:
+        layout = tuple(
+            (f.name, f.metadata["wire"], f.metadata["optional"], f.metadata["inline"]) for f in fields(cls)
+        )
+        _LAYOUTS[cls] = layout
+    return layout
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """A value that travels as an array of its fields, in declaration order."""
@@ -138,14 +155,14 @@ class Record:
         """The record as the array of its fields (``optional`` ones left out when None, ``inline`` ones
         spread)."""
         out: list[Any] = []
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.metadata["optional"] and value is None:
+        for name, kind, optional, inline in _layout(type(self)):
+            value = getattr(self, name)
+            if optional and value is None:
                 continue
-            if f.metadata["inline"] is not None:
+            if inline is not None:
                 out.extend(item for v in value for item in v.to_obj())
                 continue
-            out.append(f.metadata["wire"].encode(value))
+            out.append(kind.encode(value))
         return out
 
     @classmethod
@@ -153,19 +170,17 @@ class Record:
         """From the array of its fields; ``DecodeError`` naming the first field that is wrong."""
         values: dict[str, Any] = {}
         at = 0
-        for f in fields(cls):  # type: ignore[arg-type]
-            kind: Kind = f.metadata["wire"]
-            inline: type[Record] | None = f.metadata["inline"]
+        for field_name, kind, optional, inline in _layout(cls):
             if inline is not None:
-                values[f.name] = _inline(inline, items[at:], f.name)
+                values[field_name] = _inline(inline, items[at:], field_name)
                 at = len(items)
                 continue
             if at >= len(items):
-                if f.metadata["optional"]:
-                    values[f.name] = None
+                if optional:
+                    values[field_name] = None
                     continue
-                raise DecodeError(f"{f.name}: missing ({len(items)} fields)")
-            values[f.name] = kind.decode(items[at], f.name)
+                raise DecodeError(f"{field_name}: missing ({len(items)} fields)")
+            values[field_name] = kind.decode(items[at], field_name)
             at += 1
         if at != len(items):
             raise DecodeError(f"{len(items)} fields, expected {at}")
@@ -174,7 +189,7 @@ class Record:
 
 def _inline(cls: type[Record], items: list[Any], what: str) -> tuple[Any, ...]:
     """Records of ``cls`` laid out one after another, field by field."""
-    width = len(fields(cls))  # type: ignore[arg-type]
+    width = len(_layout(cls))
     if len(items) % width:
         raise DecodeError(f"{what}: {len(items)} fields is not a whole number of {width}-field entries")
     return tuple(cls.decode_items(items[i : i + width], what) for i in range(0, len(items), width))
