@@ -166,13 +166,18 @@ def test_rejections_have_codes_and_reasons(node) -> None:
 
 def test_admission_after_a_block_sees_the_balance_and_nonce_the_block_left(node) -> None:
     daemon, g, keys = node
-    sender, dest = keys["client-6"], keys["client-7"].address
+    sender = crypto.Keypair.from_seed(b"admission-after-a-block".ljust(32, b"."))  # its own: drained below
+    dest = keys["client-7"].address
     fee = g.params.tx_base_fee
     left = 2 * fee + 1  # what the block leaves the sender: its next tx's fee may be at most that
 
     async def main() -> None:
         async with connect(daemon.address, genesis=g) as client:
+            funder = await _wallet(client, keys["client-7"])
+            funded = await funder.send(client, Transfer(sender.address, 100 * fee))
+            assert (await client.wait_receipt(funded.tx_id, timeout=30)).ok
             account = (await client.account(sender.address)).value
+            assert account.balance == 100 * fee
             spend = Tx(
                 g.chain_id, sender.address, account.nonce, fee, Transfer(dest, account.balance - fee - left)
             )
