@@ -214,8 +214,7 @@ class Sequencer:
         def finish(result: bytes | MpsError) -> None:
             if isinstance(result, MpsError):
                 metrics.rejected.labels(str(result.code)).inc()
-            else:
-                metrics.admitted.inc()
+            else:  # admitted: counted once per group commit (its one success path)
                 metrics.ack_seconds.observe(trio.current_time() - t0)
             done(result)
 
@@ -487,6 +486,7 @@ class Sequencer:
             self.metrics.group_commit_txs.observe(len(batch))
             for entry, done in batch:
                 done(entry.tx_id)
+            self.metrics.admitted.inc(len(batch))
             last_end = trio.current_time()
             await self._durable_send.send([entry for entry, _ in batch])
             self._update_gauges()

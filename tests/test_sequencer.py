@@ -337,6 +337,20 @@ def test_metrics_endpoint(node) -> None:
             with pytest.raises(BadSignature):
                 await client.submit(good[:-1] + bytes([good[-1] ^ 1]))
 
+    def admitted() -> float:
+        line = next(x for x in daemon.metrics_text().splitlines() if x.startswith("mps_txs_admitted_total "))
+        return float(line.split()[1])
+
+    before = admitted()
+
+    async def admit_two() -> None:
+        async with connect(daemon.address, genesis=g) as client:
+            wallet = await _wallet(client, sender)
+            for amount in (1, 2):
+                await wallet.send(client, Transfer(keys["user"].address, amount))
+
+    run(admit_two)
+    assert admitted() == before + 2  # counted once per group commit, one per tx acked
     run(reject_one)
     text = daemon.metrics_text()
     for name in (
