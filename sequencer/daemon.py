@@ -435,16 +435,11 @@ class Sequencer:
         from the store, and decode none the block's build decoded already."""
         if len(self._accounts) > ACCOUNT_CACHE:
             self._accounts.clear()
-        decoded = self.chain.decoded_accounts
         for key, value in writes.items():
-            if key[:1] != ACCOUNT:
-                continue
-            if value is None:
-                account = EMPTY_ACCOUNT
-            else:
-                known = decoded.get(key)
-                account = known[1] if known is not None and known[0] == value else Account.decode(value)
-            self._accounts[key[1:]] = account
+            if key[:1] == ACCOUNT:
+                self._accounts[key[1:]] = (
+                    EMPTY_ACCOUNT if value is None else self._reader.decode_account(key, value)
+                )
 
     def _included_height(self, tx_id: bytes) -> int | None:
         location = self.store.get_tx_location(tx_id)

@@ -261,7 +261,7 @@ EMPTY_ACCOUNT = Account()
 
 # A frozen dataclass's __init__ sets each field through ``object.__setattr__`` by name; every tx
 # builds several accounts, so the two hot paths (``with_balance``, ``decode``) set the slots through
-# their descriptors instead, half the cost. ``tests/test_state.py`` holds it equal to ``Account(...)``.
+# their descriptors instead, half the cost. ``tests/test_stf_properties.py`` holds it equal to ``Account(...)``.
 ACCOUNT_SLOTS = ("balance", "nonce", "bonded", "unbonding", "jailed", "tasks")
 _SET_BALANCE, _SET_NONCE, _SET_BONDED, _SET_UNBONDING, _SET_JAILED, _SET_TASKS = (
     getattr(Account, name).__set__ for name in ACCOUNT_SLOTS
@@ -458,8 +458,11 @@ class State:
         data = self._lookup(key)
         if isinstance(data, Account):  # set in this block and not encoded yet
             return data
-        if data is None:
-            return EMPTY_ACCOUNT
+        return EMPTY_ACCOUNT if data is None else self.decode_account(key, data)
+
+    def decode_account(self, key: bytes, data: bytes) -> Account:
+        """The account ``data`` holds under ``key``: from ``decoded`` when it holds those bytes,
+        else decoded now and kept there."""
         cached = self.decoded.get(key)
         if cached is not None and cached[0] == data:
             return cached[1]
