@@ -2,12 +2,13 @@
 
 Prints one JSON object per configuration. ``exact_s`` is plain Multi-Krum end to end (validation,
 Gram matrix, then ``robust.decide_round`` with the Multi-Krum aggregator: distances, scores, ranking,
-flags), best of 3 after a warm-up; ``float32_matmul_s`` is
-``X @ X.T`` of the same updates as float32 (the conversion is not timed). For comparison it also
-times the int64-only kernel and the float64-BLAS-over-column-blocks route that ``mpsnode.krum``
-decided against. Peak memory is measured in a separate untimed run, both with tracemalloc (numpy
-buffers) and as the process's peak RSS above its RSS before the call (Linux: reset with
-/proc/self/clear_refs).
+flags), best of 5 after a warm-up; ``float32_matmul_s`` is ``X @ X.T`` of the same updates as
+float32 (the conversion is not timed), timed in alternation with ``exact_s`` so that the ratio of
+the two comes from the same spells of a noisy host. For comparison it also times the int64-only
+kernel and the float64-BLAS-over-column-blocks route that ``mpsnode.krum`` decided against, and at
+k=100 the Gram matrix alone at several column blocks (``gram_s_by_block_cols``, in alternation).
+Peak memory is measured in a separate untimed run, both with tracemalloc (numpy buffers) and as the
+process's peak RSS above its RSS before the call (Linux: reset with /proc/self/clear_refs).
 
     python bench/krum.py [--quick]
 """
@@ -34,6 +35,7 @@ from mpsnode.consensus.tx import Aggregator
 
 MIB = 1 << 20
 WORK_BUDGET = 64 * MIB  # beyond the input and the k x k result
+BLOCK_SWEEP = (4096, 8192, 16384, 32768)  # column blocks timed against each other at k=100
 RATIO_TARGET = 0.45  # exact_s / float32_matmul_s at k=100, d=10^6, both measured in this run
 
 
@@ -48,6 +50,27 @@ def best_of(fn: Callable[[], Any], reps: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return min(times)
+
+
+def best_of_interleaved(fns: dict[str, Callable[[], Any]], reps: int) -> dict[str, float]:
+    """Best time of each of ``fns``, taken in alternating rounds (the order reversed every other round).
+
+    A ratio of two figures timed one after the other swings with whatever else the host runs at the
+    time (this bench's 2-core VM moved 1.5 x within a minute); timed in alternation, both figures
+    see the same spells, and the best of each is compared.
+    """
+    names = list(fns)
+    best = dict.fromkeys(names, float("inf"))
+    time.sleep(0.5)
+    for name in names:
+        fns[name]()  # warm-up: numba load from cache, BLAS thread start, page faults
+    for r in range(reps):
+        for name in names if r % 2 == 0 else names[::-1]:
+            time.sleep(0.2)  # let OpenBLAS's spinning workers fall asleep (see best_of)
+            t0 = time.perf_counter()
+            fns[name]()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return best
 
 
 def _status_kib(field: str) -> int | None:
@@ -97,10 +120,11 @@ def gram_float64_blas(Q: np.ndarray, block_cols: int = 1 << 15) -> np.ndarray:
     return G
 
 
-def time_float32_matmul(Q: np.ndarray, reps: int) -> float:
-    """The usual inexact shortcut; the float32 copy is made before timing and freed on return."""
+def time_against_float32(Q: np.ndarray, exact: Callable[[], Any], reps: int) -> dict[str, float]:
+    """Exact Krum and the usual inexact shortcut, timed in alternation so their ratio comes from one
+    spell; the float32 copy is made before timing and freed on return."""
     X = Q.astype(np.float32)
-    return best_of(lambda: X @ X.T, reps)
+    return best_of_interleaved({"exact": exact, "float32": lambda: X @ X.T}, reps)
 
 
 def run(k: int, d: int, reps: int, compare: bool) -> dict[str, Any]:
@@ -124,7 +148,8 @@ def run(k: int, d: int, reps: int, compare: bool) -> dict[str, Any]:
         "threads": numba.get_num_threads(),
         "cpus": os.cpu_count(),
     }
-    out["exact_s"] = round(best_of(exact, reps), 4)
+    pair = time_against_float32(Q, exact, reps)
+    out["exact_s"] = round(pair["exact"], 4)
     out["peak_extra_tracemalloc_bytes"] = peak_traced_extra(exact)
     out["peak_extra_rss_bytes"] = peak_rss_extra(exact)
     if compare:
@@ -137,7 +162,7 @@ def run(k: int, d: int, reps: int, compare: bool) -> dict[str, Any]:
         out["float64_blas_blocks_s"] = round(best_of(lambda: gram_float64_blas(Q), reps), 4)
         if not np.array_equal(gram_float64_blas(Q), krum.gram_matrix(Q)):
             raise SystemExit("float64 BLAS route disagrees with the integer kernel")
-    out["float32_matmul_s"] = round(time_float32_matmul(Q, reps), 4)
+    out["float32_matmul_s"] = round(pair["float32"], 4)
     out["ratio"] = round(out["exact_s"] / out["float32_matmul_s"], 3)
     budget = k * k * 8 + WORK_BUDGET  # beyond the input, which is not counted as extra
     out["memory_budget_extra_bytes"] = budget
@@ -148,6 +173,12 @@ def run(k: int, d: int, reps: int, compare: bool) -> dict[str, Any]:
         out["ratio_target"] = RATIO_TARGET
         out["ratio_ok"] = out["ratio"] <= RATIO_TARGET
         out["simd_lanes"] = simd.LANES  # int16 per step of the int32 kernel on this CPU
+        if compare:  # the Gram matrix alone at other cache blocks, to retune GRAM_BLOCK_COLS per host
+            sweep = best_of_interleaved(
+                {str(b): (lambda b=b: krum.gram_matrix(Q, block_cols=b)) for b in BLOCK_SWEEP}, reps
+            )
+            out["gram_s_by_block_cols"] = {b: round(t, 4) for b, t in sweep.items()}
+            out["block_cols"] = krum.GRAM_BLOCK_COLS
     return out
 
 
@@ -156,7 +187,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="small sizes, one timed repetition")
     args = ap.parse_args()
     configs = [(20, 10**5), (10, 10**4)] if args.quick else [(100, 10**6), (50, 10**6), (20, 10**5)]
-    reps = 1 if args.quick else 3
+    reps = 1 if args.quick else 5
     for k, d in configs:
         print(json.dumps(run(k, d, reps, compare=not args.quick)), flush=True)
 
