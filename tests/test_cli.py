@@ -67,8 +67,11 @@ def test_help_does_not_load_the_heavy_modules() -> None:
     "module", ["mpsnode.cli.main", "mpsnode.cli.inspect", "mpsnode.cli.keys", "mpsnode.cli.common"]
 )
 def test_the_light_commands_load_neither_the_network_nor_the_kernels(module: str) -> None:
-    """``--help``, ``inspect`` and ``keys`` start at once (bench/startup.py): no trio, numpy, numba, web3."""
+    """``--help``, ``inspect`` and ``keys`` start at once (bench/startup.py): no trio, numpy, numba, web3,
+    and no pycryptodome, whose cffi set-up parses C declarations at import (keccak loads on first use)."""
     heavy = (
+        "Crypto",
+        "pycparser",
         "trio",
         "numpy",
         "numba",

@@ -14,11 +14,10 @@ pure function of the block, its parent state and those facts.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
-
-from Crypto.Hash import keccak as _keccak
 
 from mpsnode.consensus.encoding import expect_bytes, expect_list, expect_uint
 from mpsnode.consensus.records import HASH, UINT, Record, list_of, wire
@@ -32,7 +31,16 @@ L1_ADDRESS_LEN = 20
 
 def keccak256(data: bytes) -> bytes:
     """Ethereum's keccak-256 (not NIST SHA3-256)."""
-    return _keccak.new(data=data, digest_bits=256).digest()
+    return _keccak().new(data=data, digest_bits=256).digest()
+
+
+@functools.cache
+def _keccak() -> Any:
+    # pycryptodome sets up its C bindings through cffi, whose declaration parser costs about 50 ms
+    # at import: the light CLI commands (inspect, keys, --help) load this module but never hash.
+    from Crypto.Hash import keccak  # noqa: PLC0415 - heavy to import, needed only by a first hash
+
+    return keccak
 
 
 def _u256(value: int) -> bytes:
@@ -163,14 +171,13 @@ def withdrawal_leaf(index: int, l1_address: bytes, amount: int, sender: bytes) -
     return keccak256(_u256(index) + bytes(12) + l1_address + _u256(amount) + sender)
 
 
-def _zero_hashes() -> tuple[bytes, ...]:
+@functools.cache
+def zero_hashes() -> tuple[bytes, ...]:
+    """``zero_hashes()[h]``: the root of an empty subtree of height ``h`` (computed on first use)."""
     zeros = [bytes(32)]
     for _ in range(TREE_DEPTH):
         zeros.append(keccak256(zeros[-1] + zeros[-1]))
     return tuple(zeros)
-
-
-ZERO_HASHES = _zero_hashes()  # ZERO_HASHES[h]: the root of an empty subtree of height h
 
 
 def incremental_append(branch: Sequence[bytes], count: int, leaf: bytes) -> tuple[bytes, ...]:
@@ -193,25 +200,23 @@ def incremental_append(branch: Sequence[bytes], count: int, leaf: bytes) -> tupl
 
 def frontier_root(branch: Sequence[bytes], count: int) -> bytes:
     """The root of a tree of ``count`` leaves from its frontier."""
-    node, size = bytes(32), count
+    node, size, zeros = bytes(32), count, zero_hashes()
     for height in range(TREE_DEPTH):
         if size & 1:
             node = keccak256(branch[height] + node)
         else:
-            node = keccak256(node + ZERO_HASHES[height])
+            node = keccak256(node + zeros[height])
         size >>= 1
     return node
 
 
 def tree_root_reference(leaves: Sequence[bytes]) -> bytes:
     """The root of the tree of ``leaves`` computed level by level (the frontier's twin)."""
-    level = list(leaves)
+    level, zeros = list(leaves), zero_hashes()
     for height in range(TREE_DEPTH):
         if len(level) % 2:
-            level.append(ZERO_HASHES[height])
-        level = [keccak256(level[i] + level[i + 1]) for i in range(0, len(level), 2)] or [
-            ZERO_HASHES[height + 1]
-        ]
+            level.append(zeros[height])
+        level = [keccak256(level[i] + level[i + 1]) for i in range(0, len(level), 2)] or [zeros[height + 1]]
     return level[0]
 
 
@@ -221,10 +226,10 @@ def tree_proof(leaves: Sequence[bytes], index: int) -> tuple[bytes, ...]:
     if not 0 <= index < len(leaves):
         raise ValueError(f"no leaf {index} in a tree of {len(leaves)}")
     proof: list[bytes] = []
-    level, position = list(leaves), index
+    level, position, zeros = list(leaves), index, zero_hashes()
     for height in range(TREE_DEPTH):
         if len(level) % 2:
-            level.append(ZERO_HASHES[height])
+            level.append(zeros[height])
         proof.append(level[position ^ 1])
         level = [keccak256(level[i] + level[i + 1]) for i in range(0, len(level), 2)]
         position >>= 1
