@@ -11,7 +11,7 @@ import trio.testing
 
 from mpsnode.consensus import crypto
 from mpsnode.consensus.errors import MpsError, NonceMismatch, error_classes
-from mpsnode.consensus.merkle import list_proof, list_root, verify_list_proof
+from mpsnode.consensus.merkle import list_proof, list_root, list_root_reference, verify_list_proof
 from mpsnode.consensus.sigverify import verify_batch
 from mpsnode.node.errors import FrameTooLarge, ProtocolViolation, SlowPeer
 from mpsnode.node.files import generate_key
@@ -123,6 +123,14 @@ def test_parse_hostport() -> None:
     assert parse_hostport(":0") == ("127.0.0.1", 0)
     with pytest.raises(ValueError):
         parse_hostport("host:http")
+
+
+def test_list_root_level_by_level_equals_the_recursive_definition() -> None:
+    rng = random.Random(11)
+    for n in [*range(0, 70), 127, 128, 129, 255, 256, 257, 1000, 1023, 1024, 1025, 2500]:
+        items = [rng.randbytes(rng.randrange(0, 48)) for _ in range(n)]
+        assert list_root(items) == list_root_reference(items), n
+    assert list_root([b"a", b"b"]) != list_root([b"b", b"a"])  # order matters: not a set root
 
 
 def test_list_proofs() -> None:

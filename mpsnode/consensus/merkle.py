@@ -2,19 +2,52 @@
 
 ``root([]) = H(mps-list-node, b"")``, ``root([d]) = H(mps-list-leaf, d)``, and for n > 1 the list
 splits at k, the largest power of two below n: ``H(mps-list-node, root(d[:k]) || root(d[k:]))``.
+
+``list_root`` computes the same tree level by level: hash adjacent pairs, carry an odd last node up
+unchanged, repeat. Splitting at the largest power of two below n makes every left subtree perfect,
+so the pairs of each level are exactly the recursion's nodes of that height, and the odd node at
+the end of a level is the root of the right-most, smaller subtree, which the recursion joins
+higher up. ``list_root_reference`` is the recursion as written above; tests/test_wire.py holds the
+two equal.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 from mpsnode.consensus.hashing import LIST_LEAF, LIST_NODE, H
 
 EMPTY_LIST_ROOT = H(LIST_NODE, b"")
+# Copied for each hash, as in ``hashing.H`` (the reference's hashes go through ``H`` itself).
+_LEAF_HASHER = hashlib.blake2b(digest_size=32, person=LIST_LEAF)
+_NODE_HASHER = hashlib.blake2b(digest_size=32, person=LIST_NODE)
 
 
 def list_root(items: Sequence[bytes]) -> bytes:
-    """The RFC 6962-shaped root of ``leaves`` (already hashed items): ``EMPTY`` for none."""
+    """The RFC 6962-shaped root of ``items`` (each hashed as a leaf here): ``EMPTY`` for none."""
+    if not items:
+        return EMPTY_LIST_ROOT
+    leaf, node = _LEAF_HASHER, _NODE_HASHER
+    level = []
+    for d in items:
+        h = leaf.copy()
+        h.update(d)
+        level.append(h.digest())
+    while len(level) > 1:
+        up = []
+        for i in range(0, len(level) - 1, 2):
+            h = node.copy()
+            h.update(level[i] + level[i + 1])
+            up.append(h.digest())
+        if len(level) % 2:
+            up.append(level[-1])
+        level = up
+    return level[0]
+
+
+def list_root_reference(items: Sequence[bytes]) -> bytes:
+    """``list_root`` by the recursive definition (the module doc)."""
     if not items:
         return EMPTY_LIST_ROOT
     return _root([H(LIST_LEAF, d) for d in items])
