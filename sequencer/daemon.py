@@ -720,7 +720,7 @@ def run_daemon(
     store = LmdbStore(home.data_path, map_size=home.map_size)
     try:
         sequencer = Sequencer(store, genesis, key, config)
-        collector.tune()
+        collector.tune_sequencer()
 
         def ready(seq: Sequencer) -> None:
             print(

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import gc
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +123,19 @@ def test_the_collector_is_set_for_a_replay_and_put_back_after_it() -> None:
         assert gc.get_threshold() == (collector.YOUNG, collector.MIDDLE, collector.OLD)
         assert gc.get_freeze_count() > frozen  # what was alive is out of every collection
     assert gc.get_threshold() == before and gc.get_freeze_count() == 0  # and collectable again after
+
+
+def test_the_sequencer_hands_the_gil_over_every_millisecond_and_replay_keeps_the_default() -> None:
+    # in a process of its own: tune_sequencer freezes the collector and sets the interval for good
+    code = (
+        "import sys; from mpsnode.node import collector; default = sys.getswitchinterval()\n"
+        "with collector.tuned(): assert sys.getswitchinterval() == default\n"
+        "collector.tune_sequencer(); print(sys.getswitchinterval(), default)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert float(out[0]) == collector.SEQUENCER_SWITCH_S < float(out[1])
 
 
 def test_replay_of_a_home_checks_every_root_and_audits_every_task(chain_home, capsys, tmp_path: Path) -> None:
