@@ -54,7 +54,8 @@ from mpsnode.consensus.simd import ACC_LANES, LANES, madd_tile3
 # Columns per cache block. A block of k=256 rows takes 8 MiB, which stays in L3 for all its tiles; the
 # tile's rows are read in runs of at most one int32 chunk, so each run's six rows fit L1/L2. Measured
 # on Zen 3 (AVX2), interleaved in one process: 16,384 took 4-7 % less time than 4,096 at k = 50, 100
-# and 256 (bench/krum.py, README); the choice changes the speed only, never a result.
+# and 256 in one sweep and 1-5 % less at k=100 in two later ones (README); the choice changes the
+# speed only, never a result.
 GRAM_BLOCK_COLS = 16384
 INT32_CHUNK_MAX = 1 << 16
 INT32_CHUNK_MIN = 64  # columns: below this the int32 kernel's per-run overhead makes int64 the faster one
