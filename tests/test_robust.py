@@ -301,6 +301,31 @@ def test_fast_equals_reference_and_invariants(data: st.DataObject) -> None:
         assert r.flagged_direction == ()
 
 
+@SETTINGS
+@given(st.data())
+def test_median_cosines_and_neighbourhoods_equal_their_reference_twins(data: st.DataObject) -> None:
+    """The pairwise-once cosines and the integer-keyed neighbourhood sort against the definitions:
+    zero rows (norm 0), opposite and equal rows (clamping, ties), distances tied on purpose."""
+    k = data.draw(st.integers(1, 14))
+    d = data.draw(st.integers(1, 6))
+    lo, hi = data.draw(st.sampled_from([(-32768, 32767), (-2, 2), (0, 1)]))
+    Q = np.array(
+        data.draw(st.lists(st.lists(st.integers(lo, hi), min_size=d, max_size=d), min_size=k, max_size=k)),
+        dtype=np.int16,
+    ).reshape(k, d)
+    G = krum.gram_matrix(Q)
+    assert robust.median_cosines(G.tolist()) == robust.median_cosines_reference(G.tolist())
+    D = krum.distance_matrix_from_gram(G).tolist()
+    if data.draw(st.booleans()):  # any integers, negative ones too: the key must order them all
+        D = data.draw(st.lists(st.lists(st.integers(-3, 3), min_size=k, max_size=k), min_size=k, max_size=k))
+    addresses = data.draw(st.lists(st.binary(min_size=32, max_size=32), min_size=k, max_size=k, unique=True))
+    rows = data.draw(st.lists(st.sampled_from(range(k)), min_size=1, max_size=k, unique=True))
+    n = data.draw(st.integers(1, len(rows)))
+    assert robust.neighbourhoods(D, rows, n, addresses) == robust.neighbourhoods_reference(
+        D, rows, n, addresses
+    )
+
+
 def test_refusals() -> None:
     Q = np.zeros((4, 3), dtype=np.int16)
     G = krum.gram_matrix(Q)

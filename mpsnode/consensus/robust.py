@@ -33,7 +33,11 @@ the task already removed), and the submitters' addresses:
 
 The mixed Gram entries can reach ``n^2 2^52 = 2^68``: ``A G`` is summed in int64 (``|.| <= 2^60``)
 and ``(A G) A^T`` in Python ints. Every function here has its reference twin in
-``decide_round_reference``, which forms the mixed vectors from the raw rows in Python ints.
+``decide_round_reference``, which forms the mixed vectors from the raw rows in Python ints. The two
+share the round's steps (``_decide``), so the two building blocks rewritten for speed, the median
+cosines (each pair once) and the neighbourhoods (one integer sort key), also keep their plain
+definitions as ``median_cosines_reference`` and ``neighbourhoods_reference``; tests/test_robust.py
+holds each pair equal.
 """
 
 from __future__ import annotations
@@ -130,6 +134,31 @@ def cosine_bps(dot: int, norm_a: int, norm_b: int) -> int:
 
 
 def median_cosines(G: Sequence[Sequence[int]]) -> tuple[int, ...]:
+    """``median_cosines_reference`` for a symmetric ``G`` (a Gram matrix): each pair's cosine is
+    computed once, for both rows, with ``cosine_bps`` written out (the square root of a product of
+    two norms is a Python-int ``isqrt`` of up to 104 bits: the most costly step of the round rule)."""
+    k = len(G)
+    norms = [G[i][i] for i in range(k)]
+    rows: list[list[int]] = [[] for _ in range(k)]
+    for i in range(k):
+        Gi, ni, row = G[i], norms[i], rows[i]
+        for j in range(i + 1, k):
+            nj = norms[j]
+            if ni == 0 or nj == 0:
+                c = 0
+            else:
+                c = COSINE_ONE * Gi[j] // isqrt(ni * nj)
+                c = -COSINE_ONE if c < -COSINE_ONE else COSINE_ONE if c > COSINE_ONE else c
+            row.append(c)
+            rows[j].append(c)
+    out = []
+    for row in rows:
+        row.sort()
+        out.append(row[(k - 2) // 2] if row else 0)
+    return tuple(out)
+
+
+def median_cosines_reference(G: Sequence[Sequence[int]]) -> tuple[int, ...]:
     """``m_i``: the lower median over ``j != i`` of ``cosine_bps(G_ij, G_ii, G_jj)``."""
     k = len(G)
     out = []
@@ -156,6 +185,23 @@ def krum_scores_of(D: Table, rows: Sequence[int], f: int) -> dict[int, int]:
 
 
 def neighbourhoods(
+    D: Sequence[Sequence[int]], rows: Sequence[int], n: int, addresses: Sequence[bytes]
+) -> dict[int, tuple[int, ...]]:
+    """``neighbourhoods_reference`` with one integer sort key per pair: ``distance * len(rows) +``
+    the row's place in address order, which orders exactly as ``(distance, address)`` does since
+    that place lies in ``0..len(rows) - 1``."""
+    width = len(rows)
+    by_place = sorted(rows, key=lambda j: bytes(addresses[j]))
+    place = {j: p for p, j in enumerate(by_place)}
+    out = {}
+    for i in rows:
+        Di = D[i]
+        keys = sorted([Di[j] * width + place[j] for j in rows if j != i])[: n - 1]
+        out[i] = (i, *[by_place[key % width] for key in keys])  # key % width: the place, for any sign
+    return out
+
+
+def neighbourhoods_reference(
     D: Sequence[Sequence[int]], rows: Sequence[int], n: int, addresses: Sequence[bytes]
 ) -> dict[int, tuple[int, ...]]:
     """Each row's ``n`` nearest among ``rows``: itself, then by ``(distance, address)``."""
