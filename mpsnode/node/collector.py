@@ -13,8 +13,8 @@ block builder, verify threads and LMDB writer share the interpreter; a thread co
 (a signature batch, an LMDB put, a commit's fsync) waits for the GIL up to the switch interval
 while another runs Python, 5 ms by default. At 1 ms, ``bench/ingest.py`` included more txs in 6
 of 7 alternating pairs of runs, 4 % more on average, with an ack p99 3 % lower (README); 0.2 ms
-was slower than 5 ms, and replay (one busy thread and two signature threads) showed no
-difference, so the rest keep CPython's interval.
+was slower than 5 ms, and replay (one busy thread and two signature threads; 3 runs each,
+interleaved) showed no clear difference, so the rest keep CPython's interval.
 
 ``tune`` (called once by each daemon when it starts, after the imports and the store are loaded):
 one full collection, then ``gc.freeze`` moves every object alive (the modules' functions and
