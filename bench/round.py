@@ -17,8 +17,9 @@ EMPTY block: that block's time is the round close and nothing else. Its two phas
 
 Target (the performance issue): ``total_s <= 4 x krum_s``, ``krum_s = gram_s + krum_scores_s`` (what
 scoring the round with Krum alone costs), both from the fastest of ``--reps`` closes. The kernels of
-both blocks are compiled (or loaded from numba's cache) before anything is timed. Prints one JSON
-object.
+both blocks are compiled (or loaded from numba's cache) before anything is timed. glibc's allocator
+is set as the nodes set it (``mpsnode.node.allocator``) unless ``--default-allocator``. Prints one
+JSON object.
 
     python bench/round.py [--quick]
 """
@@ -49,6 +50,7 @@ from mpsnode.consensus.state import RoundPhase
 from mpsnode.consensus.stf import round as stf_round
 from mpsnode.consensus.tx import CreateTask, JoinTask, Stake, Tx, commit_reveal
 from mpsnode.fl import quantize
+from mpsnode.node import allocator
 from mpsnode.node.chain import Chain
 from mpsnode.node.store import LmdbStore
 
@@ -182,7 +184,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="k=20, a 10^5-parameter model, 200 samples, one run")
     ap.add_argument("--reps", type=int, default=3, help="fresh chains closed; the fastest is reported")
+    ap.add_argument(
+        "--default-allocator",
+        action="store_true",
+        help="leave glibc's allocator as it starts (the nodes fix its thresholds: mpsnode.node.allocator)",
+    )
     args = ap.parse_args()
+    allocator_tuned = False if args.default_allocator else allocator.tune()
     if args.quick:
         k, arch, samples = 20, [128, 512, 64, 10], 200
     else:
@@ -229,6 +237,7 @@ def main() -> None:
                 "target_ratio": TARGET_RATIO,
                 "met": best["ratio_total_to_krum"] <= TARGET_RATIO,
                 "threads": int(os.environ.get("NUMBA_NUM_THREADS", 0)) or os.cpu_count(),
+                "allocator": "node (mpsnode.node.allocator)" if allocator_tuned else "default",
             }
         )
     )

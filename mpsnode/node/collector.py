@@ -16,6 +16,9 @@ of 7 alternating pairs of runs, 4 % more on average, with an ack p99 3 % lower (
 was slower than 5 ms, and replay (one busy thread and two signature threads; 3 runs each,
 interleaved) showed no clear difference, so the rest keep CPython's interval.
 
+Both also fix glibc's allocator thresholds (``mpsnode.node.allocator``), which, unlike the
+collector, stay set after a ``tuned`` block.
+
 ``tune`` (called once by each daemon when it starts, after the imports and the store are loaded):
 one full collection, then ``gc.freeze`` moves every object alive (the modules' functions and
 classes, about 200,000) out of all later collections, and the young generation is collected every
@@ -32,6 +35,8 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mpsnode.node import allocator
+
 YOUNG = 50_000  # container allocations between collections of the youngest generation (CPython: 700)
 MIDDLE = 20  # young collections between collections of the middle one (CPython: 10)
 OLD = 100  # middle collections between full ones, which CPython also defers while they would be costly
@@ -39,7 +44,8 @@ SEQUENCER_SWITCH_S = 0.001  # the sequencer's GIL switch interval (CPython: 0.00
 
 
 def tune() -> None:
-    """Set this process's collector for a node (see the module's docstring)."""
+    """Set this process's collector and allocator for a node (see the module's docstring)."""
+    allocator.tune()
     gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG, MIDDLE, OLD)
