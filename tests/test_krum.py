@@ -288,3 +288,16 @@ def test_the_simd_multiply_add_equals_its_reference_twin(values: str) -> None:
         _madd_compiled(Q, np.array(rows, np.int64), start, steps, fast)
         simd.madd_tile3_reference(Q, *rows, start, steps, plain)
         assert np.array_equal(fast, plain)
+
+
+def test_block_cols_for() -> None:
+    """256-bit lanes keep one block width; 512-bit lanes fit k int16 rows in BLOCK_BYTES_WIDE."""
+    assert all(krum.block_cols_for(k, lanes=16) == krum.GRAM_BLOCK_COLS for k in (1, 100, 256))
+    widths = {k: krum.block_cols_for(k, lanes=32) for k in (1, 50, 100, 256, 257, 4096)}
+    assert widths == {1: 16384, 50: 8192, 100: 4096, 256: 2048, 257: 1024, 4096: 1024}
+    for k, cols in widths.items():
+        assert cols & (cols - 1) == 0 and (k * cols * 2 <= krum.BLOCK_BYTES_WIDE or cols == 1024)
+    rng = np.random.default_rng(7)
+    Q = rng.integers(-2000, 2001, size=(krum.MAX_UPDATES, 5000), dtype=np.int16)
+    Q64 = Q.astype(np.int64)
+    assert np.array_equal(gram_matrix(Q), Q64 @ Q64.T)  # the default block for the most rows, exact

@@ -51,12 +51,18 @@ from mpsnode.consensus.simd import ACC_LANES, LANES, madd_tile3
 # MAX_UPDATES, MAX_PARAMS: CREATE_TASK's limits (limits.py). D < 2^22 * 65535^2 < MAX_DISTANCE = 2^54;
 # krum_scores refuses anything larger so its sums stay below 2^62.
 
-# Columns per cache block. A block of k=256 rows takes 8 MiB, which stays in L3 for all its tiles; the
-# tile's rows are read in runs of at most one int32 chunk, so each run's six rows fit L1/L2. Measured
-# on Zen 3 (AVX2), interleaved in one process: 16,384 took 4-7 % less time than 4,096 at k = 50, 100
-# and 256 in one sweep and 1-5 % less at k=100 in two later ones (README); the choice changes the
-# speed only, never a result.
+# Columns per cache block (``block_cols_for``); the choice changes the speed only, never a result.
+# With 256-bit lanes (AVX2) a block is GRAM_BLOCK_COLS wide: at k=256 it takes 8 MiB, which stays in
+# L3 for all its tiles, and the tile's rows are read in runs of at most one int32 chunk, so each
+# run's six rows fit L1/L2. Measured on Zen 3, interleaved in one process: 16,384 took 4-7 % less
+# time than 4,096 at k = 50, 100 and 256 in one sweep and 1-5 % less at k=100 in two later ones.
+# With 512-bit lanes (AVX-512) the kernel computes twice as fast and waits on memory instead, so a
+# block is cut to about BLOCK_BYTES_WIDE (k rows of int16, a power of two of columns) to stay in L2:
+# on a 2-core Xeon with 2 MiB of L2 a core, 2,048-4,096 columns took 46-48 ms at k=100 against 59 ms
+# at 16,384, and 264 ms at k=256 against 413 ms (README).
 GRAM_BLOCK_COLS = 16384
+BLOCK_BYTES_WIDE = 1 << 20
+_BLOCK_COLS_MIN = 1024
 INT32_CHUNK_MAX = 1 << 16
 INT32_CHUNK_MIN = 64  # columns: below this the int32 kernel's per-run overhead makes int64 the faster one
 
@@ -224,10 +230,22 @@ def _gram_parts(
 # Fast path
 
 
+def block_cols_for(k: int, lanes: int = LANES) -> int:
+    """The column block ``gram_matrix`` uses for ``k`` rows with ``lanes`` int16 lanes (see
+    GRAM_BLOCK_COLS): GRAM_BLOCK_COLS for 256-bit lanes; for 512-bit ones the largest power of two
+    of columns whose ``k`` int16 rows fit BLOCK_BYTES_WIDE, between 1,024 and GRAM_BLOCK_COLS."""
+    if lanes < 32 or k < 1:
+        return GRAM_BLOCK_COLS
+    cols = _BLOCK_COLS_MIN
+    while cols * 2 <= GRAM_BLOCK_COLS and 2 * k * cols * 2 <= BLOCK_BYTES_WIDE:
+        cols *= 2
+    return cols
+
+
 def gram_matrix(
     Q: np.ndarray,
     *,
-    block_cols: int = GRAM_BLOCK_COLS,
+    block_cols: int | None = None,
     int32_chunk_max: int = INT32_CHUNK_MAX,
     int32_chunk_min: int = INT32_CHUNK_MIN,
     parts: int | None = None,
@@ -236,15 +254,17 @@ def gram_matrix(
 
     The keyword arguments tune speed and never change the result (tests use them to force several
     column blocks, tiny int32 runs, the int64 kernel alone, or a given column split):
-    ``block_cols`` columns per cache block; int32 runs of at most ``int32_chunk_max`` columns, and
-    the int64 kernel wherever the overflow bound allows fewer than ``int32_chunk_min`` (so
-    ``int32_chunk_min > int32_chunk_max`` means int64 everywhere); ``parts`` contiguous column ranges
-    computed in parallel, by default numba's thread count.
+    ``block_cols`` columns per cache block (default ``block_cols_for(k)``); int32 runs of at most
+    ``int32_chunk_max`` columns, and the int64 kernel wherever the overflow bound allows fewer than
+    ``int32_chunk_min`` (so ``int32_chunk_min > int32_chunk_max`` means int64 everywhere); ``parts``
+    contiguous column ranges computed in parallel, by default numba's thread count.
 
     Working memory beyond the input and the result is ``parts * k^2`` int64 (1 MiB at k=256, 2
     threads); a non-contiguous or non-native ``Q`` is copied once first.
     """
     Q = validate_updates(Q)
+    if block_cols is None:
+        block_cols = block_cols_for(Q.shape[0])
     for name, v in (
         ("block_cols", block_cols),
         ("int32_chunk_max", int32_chunk_max),
