@@ -58,7 +58,7 @@ from mpsnode.consensus.simd import ACC_LANES, LANES, madd_tile3
 # time than 4,096 at k = 50, 100 and 256 in one sweep and 1-5 % less at k=100 in two later ones.
 # With 512-bit lanes (AVX-512) the kernel computes twice as fast and waits on memory instead, so a
 # block is cut to about BLOCK_BYTES_WIDE (k rows of int16, a power of two of columns) to stay in L2:
-# on a 2-core Xeon with 2 MiB of L2 a core, 2,048-4,096 columns took 46-48 ms at k=100 against 59 ms
+# on a 2-core Xeon with 2 MiB of L2 a core, 2,048-4,096 columns took 46-49 ms at k=100 against 59 ms
 # at 16,384, and 264 ms at k=256 against 413 ms (README).
 GRAM_BLOCK_COLS = 16384
 BLOCK_BYTES_WIDE = 1 << 20
