@@ -12,7 +12,8 @@ starts. Prints:
 * ``ingest_updates_bound``: what bounds it: the bytes the daemon wrote to disk (/proc/PID/io) per
   included update byte, the synced write rate of a fresh LMDB store on the same disk measured
   after the run (what a growing data file can take), the time that volume needs at that rate, the
-  sequencer's block build and commit seconds (its metrics) and how busy the cores were;
+  sequencer's block build and commit seconds (its metrics), how busy the cores were, and the
+  daemon's system CPU and minor page faults (mpsnode.node.allocator says why they matter);
 * ``ingest_updates_ack_latency``: submit of a 2 MB tx -> durable ack, p50 and p99 in ms.
 
     python bench/ingest_updates.py [--tasks N] [--clients N] [--rounds N] [--quick]
@@ -55,6 +56,12 @@ def _written(pid: int) -> int:
         if line.startswith("write_bytes:"):
             return int(line.split()[1])
     return 0
+
+
+def _faults_and_system(pid: int) -> tuple[int, float]:
+    """A process's minor page faults and system CPU seconds so far (``/proc/PID/stat``)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[7]), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
 
 def _builder_busy(port: int) -> tuple[float, float]:
@@ -229,8 +236,11 @@ def main() -> None:
             signed.append(phases)
         sign_s = time.perf_counter() - t_sign
         cpu0, written0, busy0 = _cpu_seconds(proc.pid), _written(proc.pid), _builder_busy(metrics_port)
+        faults0, system0 = _faults_and_system(proc.pid)
         result = trio.run(run_rounds, port, g, signed)
         result["daemon_cpu_s"] = _cpu_seconds(proc.pid) - cpu0
+        faults1, system1 = _faults_and_system(proc.pid)
+        result["faults"], result["system_s"] = faults1 - faults0, system1 - system0
         result["written"] = _written(proc.pid) - written0
         result["build_s"], result["commit_s"] = (
             after - before for after, before in zip(_builder_busy(metrics_port), busy0, strict=True)
@@ -278,6 +288,8 @@ def main() -> None:
                 "block_commit_s": round(result["commit_s"], 2),
                 "builder_busy": round((result["build_s"] + result["commit_s"]) / wall, 3),
                 "cores_busy": round(result["daemon_cpu_s"] / wall / (os.cpu_count() or 1), 3),
+                "daemon_system_cpu_s": round(result["system_s"], 2),
+                "daemon_minor_faults": result["faults"],
                 "bound": (
                     "disk: writing what the daemon wrote at this disk's synced growth rate takes "
                     f"{disk_s / wall:.0%} of the run"
