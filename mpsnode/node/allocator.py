@@ -10,16 +10,19 @@ kernel must fault in and zero, one 4 KiB page at a time. Its dynamic threshold (
 the largest chunk freed) helps only once the large chunks have come and gone, and the trim
 threshold then follows it at twice that.
 
-On the 2-core VM this project is measured on, a fresh page costs 4-9 us (a copy into fresh memory
-ran 1.7 x slower than into memory already used), and the sequencer under
-``bench/ingest_updates.py`` took about 720,000 minor faults in 13 s, with its system time close
-to its user time. ``tune`` fixes both thresholds (which also turns the dynamic adjustment off):
-allocations up to ``MMAP_THRESHOLD`` (32 MiB, the most glibc takes on 64-bit systems) come from
-the heaps, and up to ``TRIM_THRESHOLD`` of free memory at a heap's top stays there for the next
-round. The measured effect is in README's performance section. The cost is memory held: a
-process's resident size stays near its peak (one block's buffers) instead of falling back between
-blocks. Allocations above 32 MiB (a whole block of updates, encoded) are mapped and unmapped as
-before.
+On the 2-core VMs this project is measured on, a fresh page costs 4-9 us (on the Xeon, a copy into
+fresh memory ran 1.7 x slower than into memory already used), and the sequencer under
+``bench/ingest_updates.py`` took 750,000-850,000 minor faults in a 13 s run, with its system time
+close to its user time (620,000-660,000 with the thresholds below; most of the rest come from
+outside the heaps, presumably LMDB's mapped pages read for the first time and buffers above
+32 MiB, since putting every thread on one arena changed nothing).
+
+``tune`` fixes both thresholds (which also turns the dynamic adjustment off): allocations up to
+``MMAP_THRESHOLD`` (32 MiB, the most glibc takes on 64-bit systems) come from the heaps, and up to
+``TRIM_THRESHOLD`` of free memory at a heap's top stays there for the next round. The measured
+effect is in README's performance section. The cost is memory held: a process's resident size stays
+near its peak (one block's buffers) instead of falling back between blocks. Allocations above 32
+MiB (a whole block of updates, encoded) are mapped and unmapped as before.
 
 Elsewhere than glibc (musl, macOS) nothing is changed and ``tune`` returns False.
 """
