@@ -15,6 +15,9 @@ EMPTY block: that block's time is the round close and nothing else. Its two phas
 * ``commit_s``: ``Chain.commit_prepared``, the ONE LMDB write transaction (block, receipts, events,
   the new model, the 50 pending updates deleted, tree nodes, head) with its fsync.
 
+Also ``solve_gram_s_by_basis_rows``: the reveal opening's exact Gram solve alone at 51, 101 and
+257 basis rows (the most a round can leave: MAX_UPDATES updates and the global change), d = 10^5.
+
 Target (the performance issue): ``total_s <= 4 x krum_s``, ``krum_s = gram_s + krum_scores_s`` (what
 scoring the round with Krum alone costs), both from the fastest of ``--reps`` closes. The kernels of
 both blocks are compiled (or loaded from numba's cache) before anything is timed. glibc's allocator
@@ -44,6 +47,7 @@ import itertools
 import genesis as genesis_tool
 from mpsnode.consensus import contribution, krum, model, robust
 from mpsnode.consensus.events import RevealOpened, RoundClosed
+from mpsnode.consensus.limits import MAX_UPDATES
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.smt import SparseMerkleTree
 from mpsnode.consensus.state import RoundPhase
@@ -180,6 +184,26 @@ def build(k: int, arch: list[int], samples: int, f: int, home: Path) -> tuple[Ch
     return chain, seq, (reveal, t_ms[0] + 1000)
 
 
+def solve_gram_times(sizes: tuple[int, ...], d: int = 100_000) -> dict[int, float]:
+    """Seconds of ``contribution.solve_gram`` (the reveal opening's exact solve) for bases of each
+    number of rows: int16 rows uniform in +-2000 at ``d`` columns, two of them copies of others (so
+    rows are dropped), best of 3."""
+    rng = np.random.default_rng(3)
+    out = {}
+    for rows in sizes:
+        P = rng.integers(-2000, 2001, (rows, d), dtype=np.int16)
+        P[rows - 1], P[rows // 2] = P[0], P[1]
+        H = contribution.extend_gram(P, krum.gram_matrix(P[:-1])).tolist()  # as the opening builds it
+        r = contribution.gains(contribution.to_direction(rng.integers(-(1 << 23), 1 << 23, d)), P).tolist()
+        times = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            contribution.solve_gram(H, r)
+            times.append(time.perf_counter() - t0)
+        out[rows] = round(min(times), 4)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="k=20, a 10^5-parameter model, 200 samples, one run")
@@ -222,6 +246,7 @@ def main() -> None:
 
     runs = [close_once(k, arch, samples, f) for _ in range(1 if args.quick else args.reps)]
     best = min(runs, key=lambda r: r["total_s"])
+    solve = solve_gram_times((11, 51) if args.quick else (51, 101, MAX_UPDATES + 1))
     print(
         json.dumps(
             {
@@ -238,6 +263,7 @@ def main() -> None:
                 "met": best["ratio_total_to_krum"] <= TARGET_RATIO,
                 "threads": int(os.environ.get("NUMBA_NUM_THREADS", 0)) or os.cpu_count(),
                 "allocator": "node (mpsnode.node.allocator)" if allocator_tuned else "default",
+                "solve_gram_s_by_basis_rows": solve,
             }
         )
     )

@@ -134,6 +134,29 @@ def test_solve_gram_matches_reference(case: tuple[np.ndarray, np.ndarray]) -> No
         assert sum(Fraction(H[i][j]) * Fraction(Y[j], D) for j in range(len(r))) == r[i]
 
 
+def test_solve_gram_many_rows_with_dependencies() -> None:
+    """24 rows at full int16 scale, three of them combinations of earlier ones and one zero: the kept
+    rows and the exact solution are the reference's."""
+    rng = np.random.default_rng(5)
+    P = rng.integers(-32768, 32768, (24, 40)).astype(np.int16)
+    P[5] = P[2]  # a copy
+    P[0] -= P[0] % 2  # even, so that P[9] below is an exact combination
+    P[4] -= P[4] % 2
+    P[9] = P[0] // 2 - P[4] // 2
+    P[13] = 0
+    P[1] = np.clip(P[1], -32767, 32767)
+    P[17] = -P[1]  # a negation
+    g = rng.integers(-(1 << 23), 1 << 23, 40).astype(np.int64)
+    H = [[int(a) for a in row] for row in krum.gram_matrix_reference(P)]
+    r = [int(np.dot(row.astype(object), g.astype(object))) for row in P]
+    Y, D = contribution.solve_gram(H, r)
+    Yr, Dr = contribution.solve_gram_reference(H, r)
+    assert [Fraction(v, D) for v in Y] == [Fraction(v, Dr) for v in Yr]
+    assert Y[5] == Y[9] == Y[13] == Y[17] == 0  # dependent rows are not kept
+    assert contribution.solve_gram([], []) == ([], 1)
+    assert contribution.solve_gram([[0, 0], [0, 0]], [0, 0]) == ([0, 0], 1)
+
+
 def test_public_combinations_gain_next_to_nothing() -> None:
     """A copy of a previous update, the previous round's mean (a replay of the global change) and a
     zero update gain (next to) nothing; a fresh direction keeps its gain."""

@@ -19,8 +19,8 @@ section 8; the measurements behind the choice are in docs/FL.md, "Paying for con
    ``extend_gram``) are public when this round's are committed; so is anything built from them.
    ``P`` (``k' x d``) is those rows. The direction ``v`` is ``g`` with its projection
    on the span of ``P``'s rows removed: ``y`` solves ``(P P^T) y = P g`` exactly (``solve_gram``: the
-   rows taken greedily in index order, each kept if independent of those kept before it, Bareiss
-   elimination in integers), ``y_j`` is taken in fixed point ``floor(y_j 2^F)`` with
+   rows taken greedily in index order, each kept if independent of those kept before it, solved
+   exactly over the rationals), ``y_j`` is taken in fixed point ``floor(y_j 2^F)`` with
    ``F = min(20, 46 - bitlen(sum_j ceil|y_j|))`` (so that every sum below stays under 2^62; if
    ``F < 0`` no projection is made), and ``v_p = (g_p << F) - sum_j floor(y_j 2^F) P[j][p]``.
    ``g`` is first floor-shifted to magnitudes below ``2^24`` and ``v`` is floor-shifted the same way
@@ -56,6 +56,7 @@ from collections.abc import Sequence
 from fractions import Fraction
 from math import isqrt, lcm
 
+import flint
 import numpy as np
 from numba import njit, prange
 
@@ -212,38 +213,37 @@ def to_direction(v: np.ndarray) -> np.ndarray:
 def solve_gram(H: Sequence[Sequence[int]], r: Sequence[int]) -> tuple[list[int], int]:
     """An exact solution ``y = Y / D`` (``D > 0``) of ``H y = r`` for the Gram matrix ``H = P P^T``
     and ``r = P g``: rows taken greedily in index order, each kept while independent of those kept
-    before it (``y_j = 0`` for the others). Bareiss elimination in Python ints."""
+    before it (``y_j = 0`` for the others).
+
+    In FLINT's exact integer matrices: the kept rows are the pivot columns of ``H``'s reduced row
+    echelon form (column ``j`` of ``H`` is ``P p_j``, and ``P v = 0`` for a ``v`` in the span of
+    ``P``'s rows only if ``v = 0``, so ``H``'s columns depend on each other exactly as ``P``'s rows
+    do), and the kept system, nonsingular, is solved over the rationals; ``D`` is the least common
+    denominator. Only the rationals ``y_j`` are the protocol's; any exact method gives the same.
+    (Bareiss elimination in Python ints, the first version, took 1.45 s at k = 101 and 13 s at
+    k = 160 and 127 s at 257 rows, on entries of thousands of bits; this takes 0.017 s and 0.21 s.)"""
     k = len(r)
-    keep: list[int] = []
-    # Symmetric fraction-free elimination of [H | r]: a zero pivot of a positive semi-definite matrix
-    # has a zero row and column, so skipping it is the same as deleting that row.
-    M = [[int(H[i][j]) for j in range(k)] + [int(r[i])] for i in range(k)]
-    prev = 1
-    active = list(range(k))
-    for j in range(k):
-        if j not in active:
-            continue
-        pivot = M[j][j]
-        active.remove(j)
-        if pivot == 0:
-            continue
-        keep.append(j)
-        for i in active:
-            mij = M[i][j]
-            row_i, row_j = M[i], M[j]
-            for c in range(k + 1):
-                row_i[c] = (pivot * row_i[c] - mij * row_j[c]) // prev  # exact (Bareiss)
-        prev = pivot
     Y = [0] * k
+    if k == 0:
+        return Y, 1
+    R, _, rank = flint.fmpz_mat([[int(v) for v in row] for row in H]).rref()
+    keep: list[int] = []
+    col = 0
+    for row in range(rank):  # the first nonzero entry of each nonzero row is a pivot
+        while R[row, col] == 0:
+            col += 1
+        keep.append(col)
+        col += 1
     if not keep:
         return Y, 1
-    D = prev  # the determinant of H restricted to the kept rows
-    for idx in range(len(keep) - 1, -1, -1):
-        j = keep[idx]
-        acc = D * M[j][k] - sum(M[j][c] * Y[c] for c in keep[idx + 1 :])
-        Y[j] = acc // M[j][j]  # exact: D y_j is an integer (Cramer's rule)
-    if D < 0:
-        D, Y = -D, [-v for v in Y]
+    system = flint.fmpz_mat([[int(H[a][b]) for b in keep] for a in keep])
+    x = system.solve(flint.fmpz_mat([[int(r[a])] for a in keep]))
+    values = [Fraction(int(x[i, 0].p), int(x[i, 0].q)) for i in range(len(keep))]
+    D = 1
+    for v in values:
+        D = lcm(D, v.denominator)
+    for j, v in zip(keep, values, strict=True):
+        Y[j] = v.numerator * (D // v.denominator)
     return Y, D
 
 
