@@ -13,22 +13,18 @@ two equal.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
-from mpsnode.consensus.hashing import LIST_LEAF, LIST_NODE, H
+from mpsnode.consensus.hashing import LIST_LEAF, LIST_NODE, H, prepared
 
 EMPTY_LIST_ROOT = H(LIST_NODE, b"")
-# Copied for each hash, as in ``hashing.H`` (the reference's hashes go through ``H`` itself).
-_LEAF_HASHER = hashlib.blake2b(digest_size=32, person=LIST_LEAF)
-_NODE_HASHER = hashlib.blake2b(digest_size=32, person=LIST_NODE)
 
 
 def list_root(items: Sequence[bytes]) -> bytes:
     """The RFC 6962-shaped root of ``items`` (each hashed as a leaf here): ``EMPTY`` for none."""
     if not items:
         return EMPTY_LIST_ROOT
-    leaf, node = _LEAF_HASHER, _NODE_HASHER
+    leaf, node = prepared(LIST_LEAF), prepared(LIST_NODE)  # the reference hashes through ``H``
     level = []
     for d in items:
         h = leaf.copy()

@@ -20,13 +20,12 @@ same function that the tests hold the incremental tree to.
 
 from __future__ import annotations
 
-import hashlib
 from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from mpsnode.consensus.hashing import SMT_KEY, SMT_LEAF, SMT_NODE, SMT_VAL, ZERO32, H
+from mpsnode.consensus.hashing import SMT_KEY, SMT_LEAF, SMT_NODE, SMT_VAL, ZERO32, H, prepared
 
 DEPTH = 256
 MAX_SIBLINGS = DEPTH  # a path has 256 bits, so no leaf sits deeper than that
@@ -36,10 +35,10 @@ RECORD_SIZE = 65  # tag byte + two 32-byte fields
 
 # Copying a keyed hasher is about twice as fast as constructing one with a personalization string,
 # and the tree spends most of its time hashing. test_smt holds these equal to ``H``.
-_LEAF_HASHER = hashlib.blake2b(digest_size=32, person=SMT_LEAF)
-_NODE_HASHER = hashlib.blake2b(digest_size=32, person=SMT_NODE)
-_KEY_HASHER = hashlib.blake2b(digest_size=32, person=SMT_KEY)
-_VAL_HASHER = hashlib.blake2b(digest_size=32, person=SMT_VAL)
+_LEAF_HASHER = prepared(SMT_LEAF)
+_NODE_HASHER = prepared(SMT_NODE)
+_KEY_HASHER = prepared(SMT_KEY)
+_VAL_HASHER = prepared(SMT_VAL)
 
 
 def _hash_with(base: Any, data: bytes) -> bytes:
