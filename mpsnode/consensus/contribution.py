@@ -55,6 +55,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from fractions import Fraction
 from math import isqrt, lcm
+from typing import cast
 
 import flint
 import numpy as np
@@ -226,7 +227,8 @@ def solve_gram(H: Sequence[Sequence[int]], r: Sequence[int]) -> tuple[list[int],
     Y = [0] * k
     if k == 0:
         return Y, 1
-    R, _, rank = flint.fmpz_mat([[int(v) for v in row] for row in H]).rref()
+    Hi = [[int(v) for v in row] for row in H]
+    R, _, rank = flint.fmpz_mat(Hi).rref()
     keep: list[int] = []
     col = 0
     for row in range(rank):  # the first nonzero entry of each nonzero row is a pivot
@@ -236,15 +238,12 @@ def solve_gram(H: Sequence[Sequence[int]], r: Sequence[int]) -> tuple[list[int],
         col += 1
     if not keep:
         return Y, 1
-    system = flint.fmpz_mat([[int(H[a][b]) for b in keep] for a in keep])
-    x = system.solve(flint.fmpz_mat([[int(r[a])] for a in keep]))
-    values = [Fraction(int(x[i, 0].p), int(x[i, 0].q)) for i in range(len(keep))]
-    D = 1
-    for v in values:
-        D = lcm(D, v.denominator)
-    for j, v in zip(keep, values, strict=True):
-        Y[j] = v.numerator * (D // v.denominator)
-    return Y, D
+    system = flint.fmpz_mat([[Hi[a][b] for b in keep] for a in keep])
+    x = cast(flint.fmpq_mat, system.solve(flint.fmpz_mat([[int(r[a])] for a in keep])))  # rationals
+    numerators, D = x.numer_denom()  # x = numerators / D, D the least common denominator
+    for i, j in enumerate(keep):
+        Y[j] = int(numerators[i, 0])
+    return Y, int(D)
 
 
 def solve_gram_reference(H: Sequence[Sequence[int]], r: Sequence[int]) -> tuple[list[int], int]:
