@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
 import pytest
 
 from mpsnode.node import allocator
-
-GLIBC = (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")
 
 # Allocates six 8 MiB buffers (10^6-parameter int64 arrays), frees them, and counts the minor page
 # faults of 20 more such rounds: by default glibc gives the freed heap top back to the kernel (it is
@@ -46,7 +43,7 @@ def _faults(mode: str) -> int:
     return int(out.stdout)
 
 
-@pytest.mark.skipif(not GLIBC, reason="the thresholds are glibc's")
+@pytest.mark.skipif(not allocator.glibc(), reason="the thresholds are glibc's")
 def test_tuned_allocator_reuses_large_buffers() -> None:
     assert allocator.tune() and allocator.tune()  # idempotent
     pages = 20 * 6 * (8 << 20) // 4096

@@ -41,6 +41,14 @@ _M_MMAP_THRESHOLD = -3
 _done = False
 
 
+def glibc() -> bool:
+    """Whether this process runs on glibc (``os.confstr`` names it; unknown elsewhere)."""
+    try:
+        return (os.confstr("CS_GNU_LIBC_VERSION") or "").startswith("glibc")  # "glibc 2.36"
+    except (ValueError, OSError):
+        return False
+
+
 def tune() -> bool:
     """Fix glibc's mmap and trim thresholds for this process (the module's docstring); idempotent.
 
@@ -49,11 +57,7 @@ def tune() -> bool:
     global _done
     if _done:
         return True
-    try:
-        libc = os.confstr("CS_GNU_LIBC_VERSION") or ""  # "glibc 2.36"; unknown elsewhere
-    except (ValueError, OSError):
-        libc = ""
-    if not libc.startswith("glibc"):
+    if not glibc():
         return False
     mallopt = getattr(ctypes.CDLL(None), "mallopt", None)
     if mallopt is None:
