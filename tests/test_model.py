@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import pairwise
 
+import numba
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 from numba import njit
 
-from mpsnode.consensus import model
+from mpsnode.consensus import model, simd
 from mpsnode.consensus.model import (
     WEIGHT_CLAMP,
     accuracy_bps,
@@ -180,6 +181,7 @@ block_knobs = st.fixed_dictionaries(
     optional={
         "sample_block": st.integers(1, 9),
         "output_block": st.integers(1, 9),
+        "kernel": st.sampled_from([None, "limbs", "int32"]),
     },
 )
 
@@ -225,10 +227,11 @@ def _saturating_case(scale_bits: int) -> tuple[tuple[int, ...], np.ndarray, np.n
     return arch, w, x
 
 
+@pytest.mark.parametrize("kernel", [None, "limbs", "int32"])
 @pytest.mark.parametrize("scale_bits", [0, 24])
-def test_largest_sums_do_not_overflow(scale_bits: int) -> None:
+def test_largest_sums_do_not_overflow(scale_bits: int, kernel: str | None) -> None:
     arch, w, x = _saturating_case(scale_bits)
-    z = compute_logits(w, arch, scale_bits, x)
+    z = compute_logits(w, arch, scale_bits, x, kernel=kernel)
     assert z.tolist() == compute_logits_reference(w, arch, scale_bits, x)
     s = scale_bits
     # x = 32767: z1 = CLAMP * 32767 + (CLAMP << s) saturates every hidden unit at both scales.
@@ -247,7 +250,120 @@ def test_largest_input_fan_in_at_the_extremes() -> None:
     x[0] = I16_MIN
     w[: 2 * arch[0]] = -CLAMP  # row 0: the most negative input times the most negative weight
     for s in (0, 24):
-        assert compute_logits(w, arch, s, x).tolist() == compute_logits_reference(w, arch, s, x)
+        expected = compute_logits_reference(w, arch, s, x)
+        for kernel in (None, "limbs", "int32"):
+            assert compute_logits(w, arch, s, x, kernel=kernel).tolist() == expected
+
+
+@pytest.mark.parametrize("a_max", [1, 200, 32767, 32768, 1 << 17, CLAMP])
+@pytest.mark.parametrize("w_max", [1, 3000, 32767, CLAMP])
+def test_the_limb_kernel_at_every_magnitude(a_max: int, w_max: int) -> None:
+    """Fan-ins of several int16 steps, operands up to the bounds on either side: the chosen limb
+    split's runs stay exact (a run split into whole runs and a remainder included), and both
+    kernels equal plain Python ints."""
+    rng = np.random.default_rng(a_max * 7 + w_max)
+    for n, n_in, n_out in ((7, 5 * simd.LANES + 3, 8), (4, 2 * simd.LANES, 3), (3, 1, 2)):
+        A = rng.integers(-a_max if a_max <= 32768 else 0, a_max + (a_max < 32768), (n, n_in))
+        A.flat[0] = -32768 if a_max == 32768 else a_max
+        A = A.astype(np.int16 if a_max <= 32768 else np.int32)
+        W = rng.integers(-w_max, w_max + 1, (n_out, n_in)).astype(np.int32)
+        W.flat[-1] = -w_max
+        b = rng.integers(-CLAMP, CLAMP + 1, n_out).astype(np.int32)
+        plan = model._plan(model._value_range(A), model._value_range(W))
+        assert plan is not None
+        expected = [
+            [
+                sum(int(a) * int(w) for a, w in zip(A[i], W[o], strict=True)) + (int(b[o]) << 5)
+                for o in range(n_out)
+            ]
+            for i in range(n)
+        ]
+        for kernel in ("limbs", "int32"):
+            Z = np.empty((n, n_out), dtype=np.int64)
+            model._dense_fast(A, W, b, 5, kernel, Z, sample_block=3, output_block=3)
+            assert Z.tolist() == expected, kernel
+
+
+@pytest.mark.parametrize("bits", model.LIMB_WIDTHS)
+def test_limbs_add_back_up_and_keep_their_bounds(bits: int) -> None:
+    rng = np.random.default_rng(bits)
+    M = rng.integers(-CLAMP, CLAMP + 1, (5, 37)).astype(np.int32)
+    M[0, 0], M[0, 1] = -CLAMP, CLAMP
+    lo, hi = model._value_range(M)
+    bounds = model._limb_bounds(lo, hi, bits)
+    if bits == 0:
+        assert bounds is None  # 24-bit values are not one int16 limb
+        small = (M // 1024).astype(np.int16)
+        assert model._limb_bounds(*model._value_range(small), 0) == [int(np.abs(small).max())]
+        return
+    assert bounds is not None
+    L = model._limbs(M, bits, 64, len(bounds))
+    assert not L[:, :, 37:].any()
+    total = sum(L[i].astype(np.int64) << (bits * i) for i in range(len(bounds)))
+    assert np.array_equal(total[:, :37], M)
+    for limb, bound in zip(L, bounds, strict=True):
+        assert int(np.abs(limb.astype(np.int64)).max()) <= bound
+    assert all(0 <= int(v) < (1 << bits) for v in L[:-1].ravel())
+
+
+def test_no_limb_plan_where_one_step_could_overflow() -> None:
+    """-2^15 on both sides as single limbs makes a pair sum of 2^31; the plan splits one side instead."""
+    plan = model._plan((-32768, 0), (-32768, 0))
+    assert plan is not None
+    _, a_bits, w_bits, table = plan
+    assert a_bits or w_bits
+    a_bounds = model._limb_bounds(-32768, 0, a_bits)
+    w_bounds = model._limb_bounds(-32768, 0, w_bits)
+    assert a_bounds is not None and w_bounds is not None
+    for i, mx in enumerate(a_bounds):
+        for j, my in enumerate(w_bounds):
+            steps = int(table[i, j])
+            assert (steps == 0) == (mx * my == 0)
+            assert 2 * steps * mx * my <= (1 << 31) - 1
+
+
+def test_matmul_rows_kernels_agree() -> None:
+    rng = np.random.default_rng(3)
+    A = rng.integers(-(1 << 30), 1 << 30, (9, 3 * simd.LANES + 1)).astype(np.int32)
+    B = rng.integers(-(1 << 20), 1 << 20, (5, 3 * simd.LANES + 1)).astype(np.int32)
+    expected = [[sum(int(a) * int(b) for a, b in zip(r, c, strict=True)) for c in B] for r in A]
+    for kernel in (None, "limbs", "int32"):
+        assert model.matmul_rows(A, B, kernel=kernel).tolist() == expected
+    with pytest.raises(ValueError):
+        model.matmul_rows(A, B, kernel="float")
+
+
+@njit
+def _cross_compiled(X, Y, rows, start, runs, run_steps, shift, out):  # the intrinsic runs compiled only
+    simd.madd_cross3(
+        X, Y, rows[0], rows[1], rows[2], rows[3], rows[4], rows[5], start, runs, run_steps, shift, out
+    )
+
+
+@pytest.mark.skipif(numba.config.DISABLE_JIT, reason="the intrinsic runs compiled only")
+def test_the_cross_multiply_add_equals_its_reference_twin() -> None:
+    """Lane for lane, with runs that wrap int32 and shifts and sums that wrap int64."""
+    rng = np.random.default_rng(13)
+    for trial in range(40):
+        cols = simd.LANES * int(rng.integers(1, 30)) + int(rng.integers(0, 5))
+        pool = np.array([-32768, 32767, -1, 0, 5], dtype=np.int16)
+        X = (
+            rng.choice(pool, size=(5, cols))
+            if trial % 2
+            else rng.integers(-32768, 32768, (5, cols)).astype(np.int16)
+        )
+        Y = rng.integers(-32768, 32768, (4, cols)).astype(np.int16)
+        total = cols // simd.LANES
+        run_steps = int(rng.integers(1, total + 1))
+        runs = total // run_steps
+        start = int(rng.integers(0, cols - runs * run_steps * simd.LANES + 1))
+        rows = [int(r) for r in rng.integers(0, 4, 6)]
+        shift = int(rng.integers(0, 45))
+        init = rng.integers(-(1 << 62), 1 << 62, (9, simd.ACC_LANES // 2))
+        fast, plain = init.copy(), init.copy()
+        _cross_compiled(X, Y, np.array(rows, np.int64), start, runs, run_steps, shift, fast)
+        simd.madd_cross3_reference(X, Y, *rows, start, runs, run_steps, shift, plain)
+        assert np.array_equal(fast, plain), trial
 
 
 def test_forward_rejects_what_the_bounds_exclude() -> None:

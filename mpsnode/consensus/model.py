@@ -39,10 +39,23 @@ tiles of dot products along the fan-in, both operands int32 rows read contiguous
 sign-extended int32 values compiles to AVX2's ``vpmuldq`` (four exact 32 x 32 -> 64-bit products per
 instruction). Tiles are grouped into blocks of samples and of outputs that stay in the L2 cache, and
 the blocks run in parallel.
+
+A layer large enough to matter (``LIMB_MIN_PRODUCTS``) usually goes through the limb kernel instead:
+each operand is split into int16 limbs, ``x = sum_l x_l 2^(b l)`` with ``b``-bit lower limbs in
+``0..2^b - 1`` and a signed top limb (or kept whole where it fits int16), and each pair of limbs is
+multiplied with ``simd.madd_cross3`` (``vpdpwssd`` / ``vpmaddwd``: 16 or 32 int16 products per
+instruction) in int32 runs short enough that no run can overflow (``2 * steps * max|x_l| * max|w_m|
+<= 2^31 - 1``), each run then added in int64 shifted by ``b_x l + b_w m``. The split is chosen per
+layer from the operands' least and greatest entries, by a cost estimate (``_plan``: one unit per
+pair of limbs plus ``LIMB_FLUSH_COST`` per int32 run a step); where the estimate exceeds
+``LIMB_COST_MAX`` the int32 kernel runs. Either way the result is the same exact integers: the
+limbs add back up to the operands, every run is exact, and the int64 sums wrap modulo 2^64 at
+worst, which gives back the true value because the true value fits an int64 (the bound above).
 """
 
 from __future__ import annotations
 
+import math
 import operator
 from collections.abc import Sequence
 
@@ -52,6 +65,7 @@ from numba import njit, prange
 
 from mpsnode.consensus.arch import layer_slices, param_count, validate_arch
 from mpsnode.consensus.limits import MAX_FAN_IN, MAX_SCALE_BITS, MODEL_CLAMP
+from mpsnode.consensus.simd import ACC_LANES, LANES, madd_cross3
 
 WEIGHT_CLAMP = MODEL_CLAMP  # |w| <= WEIGHT_CLAMP for every model parameter (limits.py)
 ACTIVATION_MAX = MODEL_CLAMP  # hidden activations lie in 0..ACTIVATION_MAX
@@ -65,6 +79,16 @@ MAX_AGGREGATE_WEIGHT = 1 << 16  # per row; 256 rows keep W < 2^24 and every sum 
 AGGREGATE_CHUNK = 4096  # columns per accumulator run of the aggregation kernel (32 KiB of int64)
 
 _TILE = 3  # 3 x 3 output tiles: 9 accumulators plus 6 row loads fit the 16 AVX2 registers
+_INT32_MAX = (1 << 31) - 1
+# The limb kernel (speed only, module doc): the lower-limb widths tried (0: the operand whole), the
+# cost of one int32 run's flush into int64 relative to one multiply-add step, the largest estimated
+# cost (in int16 passes) at which it is used (on a 2-core AVX-512 Zen 4 it broke even with the int32
+# kernel near 4 and took half its time at 2; not measured on an AVX2 host), and the smallest layer
+# (samples x in x out products) worth splitting (below it the split costs more than it saves).
+LIMB_WIDTHS = (0, 4, 6, 8, 10, 12, 14, 15)
+LIMB_FLUSH_COST = 2.0
+LIMB_COST_MAX = 3.0
+LIMB_MIN_PRODUCTS = 1 << 24
 
 
 # ---------------------------------------------------------------------------------------------
@@ -272,8 +296,214 @@ def _aggregate(
                 out[c0 + p] = min(max(v, -WEIGHT_CLAMP), WEIGHT_CLAMP)
 
 
+@njit(cache=True, boundscheck=False, nogil=True)
+def _min_max(M: np.ndarray) -> tuple[np.int64, np.int64]:
+    lo = np.int64(0)
+    hi = np.int64(0)
+    for i in range(M.shape[0]):
+        row = M[i]
+        for p in range(M.shape[1]):
+            v = np.int64(row[p])
+            lo = v if v < lo else lo
+            hi = v if v > hi else hi
+    return lo, hi
+
+
+@njit(cache=True, boundscheck=False, parallel=True)
+def _split_limbs(M: np.ndarray, bits: int, L: np.ndarray) -> None:
+    """``L[l, i, p]`` = limb ``l`` of ``M[i, p]``, so that ``M = sum_l L[l] << (bits * l)``: the lower
+    limbs ``bits`` bits each (``0..2^bits - 1``), the top one the signed rest (the caller sizes ``L``
+    so that it fits int16); columns past ``M``'s are 0."""
+    top = L.shape[0] - 1
+    cols = M.shape[1]
+    mask = (np.int64(1) << bits) - 1
+    for i in prange(M.shape[0]):
+        row = M[i]
+        for p in range(cols):
+            v = np.int64(row[p])
+            for limb in range(top):
+                L[limb, i, p] = np.int16(v & mask)
+                v >>= bits
+            L[top, i, p] = np.int16(v)
+        for limb in range(top + 1):
+            for p in range(cols, L.shape[2]):
+                L[limb, i, p] = 0
+
+
+@njit(cache=True, boundscheck=False, parallel=True)
+def _dense_limbs(
+    AL: np.ndarray,
+    WL: np.ndarray,
+    a_bits: int,
+    w_bits: int,
+    run_steps: np.ndarray,
+    b: np.ndarray,
+    shift: int,
+    sample_block: int,
+    output_block: int,
+    Z: np.ndarray,
+) -> None:
+    """``Z = A W^T + (b << shift)`` from the int16 limbs of ``A`` (``AL``: limbs x n x cols) and of
+    ``W`` (``WL``: limbs x out x cols), ``cols`` a multiple of ``LANES``, of ``a_bits`` and ``w_bits``
+    bits: for each pair of limbs ``(i, j)`` with ``run_steps[i, j] > 0``, ``AL[i] WL[j]^T << (a_bits * i
+    + w_bits * j)`` through
+    ``simd.madd_cross3`` in int32 runs of ``run_steps[i, j]`` steps, all in int64.
+
+    The caller sets ``run_steps[i, j] <= (2^31 - 1) // (2 max|AL[i]| max|WL[j]|)`` (0 where a limb
+    is all zero), so every run is exact; int64 wraps, and the true result fits int64 (module doc),
+    so the wrapped sum is exact. Each prange iteration owns one (sample block, output block) pair.
+    """
+    n = Z.shape[0]
+    n_out = Z.shape[1]
+    steps = AL.shape[2] // LANES
+    n_sb = (n + sample_block - 1) // sample_block
+    n_ob = (n_out + output_block - 1) // output_block
+    for job in prange(n_sb * n_ob):
+        i_lo = (job // n_ob) * sample_block
+        o_lo = (job % n_ob) * output_block
+        i_hi = min(n, i_lo + sample_block)
+        o_hi = min(n_out, o_lo + output_block)
+        lanes = np.empty((9, ACC_LANES // 2), np.int64)
+        for i0 in range(i_lo, i_hi, _TILE):
+            x0, x1, x2 = min(i0, n - 1), min(i0 + 1, n - 1), min(i0 + 2, n - 1)
+            for o0 in range(o_lo, o_hi, _TILE):
+                y0, y1, y2 = min(o0, n_out - 1), min(o0 + 1, n_out - 1), min(o0 + 2, n_out - 1)
+                for t in range(9):
+                    for lane in range(ACC_LANES // 2):
+                        lanes[t, lane] = 0
+                for ia in range(AL.shape[0]):
+                    for jw in range(WL.shape[0]):
+                        rs = run_steps[ia, jw]
+                        if rs == 0:
+                            continue
+                        sh = a_bits * ia + w_bits * jw
+                        full = steps // rs
+                        if full > 0:
+                            madd_cross3(AL[ia], WL[jw], x0, x1, x2, y0, y1, y2, 0, full, rs, sh, lanes)
+                        if steps > full * rs:
+                            madd_cross3(
+                                AL[ia],
+                                WL[jw],
+                                x0,
+                                x1,
+                                x2,
+                                y0,
+                                y1,
+                                y2,
+                                full * rs * LANES,
+                                1,
+                                steps - full * rs,
+                                sh,
+                                lanes,
+                            )
+                for di in range(_TILE):
+                    i = i0 + di
+                    if i >= i_hi:
+                        break
+                    for dj in range(_TILE):
+                        o = o0 + dj
+                        if o >= o_hi:
+                            break
+                        total = np.int64(b[o]) << shift
+                        for lane in range(ACC_LANES // 2):
+                            total += lanes[3 * di + dj, lane]
+                        Z[i, o] = total
+
+
 # ---------------------------------------------------------------------------------------------
 # Fast path
+
+
+def _value_range(M: np.ndarray) -> tuple[int, int]:
+    """The least and greatest entry of ``M`` as Python ints, 0 included (an empty ``M`` gives (0, 0))."""
+    lo, hi = _min_max(M)
+    return int(lo), int(hi)
+
+
+def _limb_bounds(lo: int, hi: int, bits: int) -> list[int] | None:
+    """Magnitude bounds of the limbs of values in ``lo..hi`` split into ``bits``-bit lower limbs and a
+    signed top limb within int16 (``bits = 0``: one limb, the value itself), or None if that fails."""
+    if bits == 0:
+        return [max(-lo, hi)] if lo >= -(1 << 15) and hi < (1 << 15) else None
+    lower = 1
+    while not (lo >> (bits * lower) >= -(1 << 15) and hi >> (bits * lower) < (1 << 15)):
+        lower += 1
+    top = bits * lower
+    return [(1 << bits) - 1] * lower + [max(-(lo >> top), hi >> top)]
+
+
+def _plan(a_range: tuple[int, int], w_range: tuple[int, int]) -> tuple[float, int, int, np.ndarray] | None:
+    """The cheapest limb split of a layer whose ``A`` and ``W`` values lie in the given ranges: its
+    estimated cost (``LIMB_FLUSH_COST``), the bits of each side and the steps per int32 run of each pair
+    of limbs (0 where a limb is all zero). None where no split keeps a single step exact."""
+    best = None
+    for a_bits in LIMB_WIDTHS:
+        a_bounds = _limb_bounds(*a_range, a_bits)
+        if a_bounds is None:
+            continue
+        for w_bits in LIMB_WIDTHS:
+            w_bounds = _limb_bounds(*w_range, w_bits)
+            if w_bounds is None:
+                continue
+            table = np.zeros((len(a_bounds), len(w_bounds)), dtype=np.int64)
+            cost = 0.0
+            for i, mx in enumerate(a_bounds):
+                for j, my in enumerate(w_bounds):
+                    steps = _INT32_MAX // (2 * mx * my) if mx and my else 0
+                    if mx and my and steps == 0:
+                        cost = math.inf  # -2^15 on both sides: one step's pair sum is 2^31
+                    elif steps:
+                        table[i, j] = steps
+                        cost += 1 + LIMB_FLUSH_COST / steps
+            if best is None or cost < best[0]:
+                best = (cost, a_bits, w_bits, table)
+    return None if best is None or best[0] == math.inf else best
+
+
+def _limbs(M: np.ndarray, bits: int, cols: int, count: int) -> np.ndarray:
+    """``count`` int16 limbs of ``M`` (``_split_limbs``; ``bits = 0``: ``M`` itself), padded to ``cols``."""
+    L = np.zeros((count, M.shape[0], cols), dtype=np.int16)
+    if bits == 0:
+        L[0, :, : M.shape[1]] = M
+    elif M.size:
+        _split_limbs(M, bits, L)
+    return L
+
+
+def _dense_fast(
+    A: np.ndarray,
+    W: np.ndarray,
+    b: np.ndarray,
+    shift: int,
+    kernel: str | None,
+    Z: np.ndarray,
+    sample_block: int | None = None,
+    output_block: int | None = None,
+) -> None:
+    """``Z = A W^T + (b << shift)`` through the limb kernel or the int32 one: the one ``kernel`` names
+    or, by default, the limb kernel wherever its cost estimate is at most ``LIMB_COST_MAX``."""
+    n_in = A.shape[1]
+    big = A.shape[0] * n_in * W.shape[0] >= LIMB_MIN_PRODUCTS
+    if kernel == "limbs" or (kernel is None and big and A.size and W.size):
+        plan = _plan(_value_range(A), _value_range(W))
+        if plan is not None and (kernel == "limbs" or plan[0] <= LIMB_COST_MAX) and n_in:
+            _, a_bits, w_bits, table = plan
+            cols = -(-n_in // LANES) * LANES
+            AL = _limbs(A, a_bits, cols, table.shape[0])
+            WL = _limbs(W, w_bits, cols, table.shape[1])
+            row_bytes = 2 * cols * max(AL.shape[0], WL.shape[0])
+            sb = sample_block or _default_block(row_bytes, A_BLOCK_BYTES)
+            ob = output_block or _default_block(row_bytes, W_BLOCK_BYTES)
+            _dense_limbs(AL, WL, a_bits, w_bits, table, b, shift, sb, ob, Z)
+            return
+    sb = sample_block or _default_block(4 * n_in, A_BLOCK_BYTES)
+    ob = output_block or _default_block(4 * n_in, W_BLOCK_BYTES)
+    _dense(np.ascontiguousarray(A, dtype=np.int32), W, b, shift, sb, ob, Z)
+
+
+def _validate_kernel(kernel: str | None) -> None:
+    if kernel not in (None, "limbs", "int32"):
+        raise ValueError(f"kernel must be None, 'limbs' or 'int32', got {kernel!r}")
 
 
 def _default_block(row_bytes: int, budget: int) -> int:
@@ -289,6 +519,7 @@ def compute_logits(
     *,
     sample_block: int | None = None,
     output_block: int | None = None,
+    kernel: str | None = None,
 ) -> np.ndarray:
     """The last layer's ``z`` (int64, ``samples x out``, at scale ``2^-2s``) of the integer forward pass.
 
@@ -298,28 +529,27 @@ def compute_logits(
     widths = _validate_forward_arch(arch)
     w = validate_weights(weights, widths)
     s = validate_scale_bits(scale_bits)
-    a = validate_inputs(x, widths).astype(np.int32)  # |x| <= 2^15; int32 rows feed the same kernel
+    a = validate_inputs(x, widths)  # int16; the int32 kernel widens it
     for name, v in (("sample_block", sample_block), ("output_block", output_block)):
         if v is not None and (type(v) is not int or v < 1):
             raise ValueError(f"{name} must be a positive int, got {v!r}")
+    _validate_kernel(kernel)
     n = a.shape[0]
     slices = layer_slices(widths)
     z = np.empty((n, 0), dtype=np.int64)
     for layer, (ws, bs) in enumerate(slices):
         n_in, n_out = widths[layer], widths[layer + 1]
         W = w[ws].reshape(n_out, n_in)
-        sb = sample_block or _default_block(4 * n_in, A_BLOCK_BYTES)
-        ob = output_block or _default_block(4 * n_in, W_BLOCK_BYTES)
         z = np.empty((n, n_out), dtype=np.int64)
         if n:
-            _dense(a, W, w[bs], s, sb, ob, z)
+            _dense_fast(a, W, w[bs], s, kernel, z, sample_block, output_block)
         if layer + 1 < len(slices):
             a = np.empty((n, n_out), dtype=np.int32)
             _shift_relu(z, s, a)
     return z
 
 
-def matmul_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+def matmul_rows(A: np.ndarray, B: np.ndarray, *, kernel: str | None = None) -> np.ndarray:
     """Exact int64 ``A B^T`` of two int32 matrices with the same number of columns, with the layer
     kernel. The caller guarantees every sum of products stays below ``2^63`` (``contribution`` uses it
     for the backward pass, whose bounds are in its module docstring)."""
@@ -328,21 +558,12 @@ def matmul_rows(A: np.ndarray, B: np.ndarray) -> np.ndarray:
             raise ValueError(f"{name} must be a 2-D int32 numpy array")
     if A.shape[1] != B.shape[1]:
         raise ValueError(f"A has {A.shape[1]} columns, B has {B.shape[1]}")
+    _validate_kernel(kernel)
     A = np.ascontiguousarray(A)
     B = np.ascontiguousarray(B)
     Z = np.zeros((A.shape[0], B.shape[0]), dtype=np.int64)
     if A.shape[0] and B.shape[0] and A.shape[1]:
-        row_bytes = 4 * A.shape[1]
-        zero = np.zeros(B.shape[0], dtype=np.int32)
-        _dense(
-            A,
-            B,
-            zero,
-            0,
-            _default_block(row_bytes, A_BLOCK_BYTES),
-            _default_block(row_bytes, W_BLOCK_BYTES),
-            Z,
-        )
+        _dense_fast(A, B, np.zeros(B.shape[0], dtype=np.int32), 0, kernel, Z)
     return Z
 
 

@@ -129,3 +129,140 @@ def _madd_tile3(
 
 #: What the Gram kernel calls (typed loosely: the intrinsic's own signature starts with numba's context).
 madd_tile3: Callable[..., None] = madd_tile3_reference if numba.config.DISABLE_JIT else _madd_tile3  # type: ignore[attr-defined]
+
+
+def madd_cross3_reference(
+    X: np.ndarray,
+    Y: np.ndarray,
+    x0: int,
+    x1: int,
+    x2: int,
+    y0: int,
+    y1: int,
+    y2: int,
+    start: int,
+    runs: int,
+    run_steps: int,
+    shift: int,
+    out: np.ndarray,
+) -> None:
+    """``madd_cross3`` in numpy: each run's lanes summed exactly and wrapped to int32, their two
+    halves added in int64, and the total shifted and added to ``out`` (int64, wrapping)."""
+    width = run_steps * LANES
+    half = ACC_LANES // 2
+    for r, xr in enumerate((x0, x1, x2)):
+        for c, yc in enumerate((y0, y1, y2)):
+            total = np.zeros(half, np.int64)
+            for run in range(runs):
+                a = start + run * width
+                m = X[xr, a : a + width].astype(np.int64) * Y[yc, a : a + width].astype(np.int64)
+                lanes = (m[0::2] + m[1::2]).reshape(run_steps, ACC_LANES).sum(axis=0)
+                wrapped = (lanes + (1 << 31)) % (1 << 32) - (1 << 31)
+                total += wrapped[:half] + wrapped[half:]
+            with np.errstate(over="ignore"):
+                out[3 * r + c] += total << np.int64(shift)
+
+
+@intrinsic
+def _madd_cross3(
+    typingctx: Any,
+    X: Any,
+    Y: Any,
+    x0: Any,
+    x1: Any,
+    x2: Any,
+    y0: Any,
+    y1: Any,
+    y2: Any,
+    start: Any,
+    runs: Any,
+    run_steps: Any,
+    shift: Any,
+    out: Any,
+) -> Any:
+    """``out[3 * r + s, l] +=`` (lane ``l`` of the sum over ``runs`` runs of ``run_steps`` steps of
+    ``LANES`` columns from ``start`` of ``X[xr] * Y[ys]``) ``<< shift``: products of adjacent columns
+    added in pairs, a run summed in int32 lanes (wrapping), each run's lanes then sign-extended and
+    their two halves added into ``ACC_LANES // 2`` int64 lanes (wrapping, as the shift and the add).
+
+    ``X``, ``Y``: C-contiguous int16 matrices with the same number of columns; ``out``: a C-contiguous
+    int64 ``(9, ACC_LANES // 2)`` array. The caller keeps ``start + runs * run_steps * LANES`` within the
+    rows, and ``2 * run_steps * max|x| * max|y| <= 2^31 - 1`` so that each run's lanes are exact.
+    """
+    sig = types.void(X, Y, x0, x1, x2, y0, y1, y2, start, runs, run_steps, shift, out)
+
+    def codegen(context: Any, builder: Any, signature: Any, args: Any) -> Any:
+        xa = context.make_array(signature.args[0])(context, builder, args[0])
+        ya = context.make_array(signature.args[1])(context, builder, args[1])
+        o = context.make_array(signature.args[12])(context, builder, args[12])
+        rows = [builder.sext(a, _I64) if a.type != _I64 else a for a in args[2:8]]
+        start_v, runs_v, run_steps_v, shift_v = (
+            builder.sext(a, _I64) if a.type != _I64 else a for a in args[8:12]
+        )
+        load_t = ir.VectorType(_I16, LANES)
+        wide_t = ir.VectorType(_I32, LANES)
+        acc_t = ir.VectorType(_I32, ACC_LANES)
+        acc64_t = ir.VectorType(_I64, ACC_LANES // 2)
+        low = ir.Constant(ir.VectorType(_I32, ACC_LANES // 2), list(range(ACC_LANES // 2)))
+        high = ir.Constant(ir.VectorType(_I32, ACC_LANES // 2), list(range(ACC_LANES // 2, ACC_LANES)))
+        even = ir.Constant(ir.VectorType(_I32, ACC_LANES), [2 * i for i in range(ACC_LANES)])
+        odd = ir.Constant(ir.VectorType(_I32, ACC_LANES), [2 * i + 1 for i in range(ACC_LANES)])
+        ptrs = []
+        for arr, rs in ((xa, rows[:3]), (ya, rows[3:])):
+            base = builder.ptrtoint(arr.data, _I64)
+            row_bytes = builder.extract_value(arr.strides, 0)
+            ptrs += [builder.add(base, builder.mul(r, row_bytes)) for r in rs]
+        out_base = builder.ptrtoint(o.data, _I64)
+        out_row = builder.extract_value(o.strides, 0)
+        out_ptrs = [
+            builder.inttoptr(
+                builder.add(out_base, builder.mul(ir.Constant(_I64, t), out_row)), acc64_t.as_pointer()
+            )
+            for t in range(9)
+        ]
+        wides = [cgutils.alloca_once_value(builder, ir.Constant(acc64_t, None)) for _ in out_ptrs]
+        accs = [cgutils.alloca_once_value(builder, ir.Constant(acc_t, None)) for _ in range(9)]
+        shifts = builder.insert_element(ir.Constant(acc64_t, None), shift_v, ir.Constant(_I32, 0))
+        shifts = builder.shuffle_vector(
+            shifts, shifts, ir.Constant(ir.VectorType(_I32, ACC_LANES // 2), [0] * (ACC_LANES // 2))
+        )
+        step_cols = builder.mul(run_steps_v, ir.Constant(_I64, LANES))
+        with cgutils.for_range(builder, runs_v) as run:
+            run_start = builder.add(start_v, builder.mul(run.index, step_cols))
+            for acc in accs:
+                builder.store(ir.Constant(acc_t, None), acc)
+            with cgutils.for_range(builder, run_steps_v) as loop:
+                col = builder.add(run_start, builder.mul(loop.index, ir.Constant(_I64, LANES)))
+                offset = builder.mul(col, ir.Constant(_I64, 2))
+
+                def load(ptr: Any) -> Any:
+                    address = builder.inttoptr(builder.add(ptr, offset), load_t.as_pointer())
+                    return builder.sext(builder.load(address, align=2), wide_t)
+
+                xs = [load(p) for p in ptrs[:3]]
+                ys = [load(p) for p in ptrs[3:]]
+                for r in range(3):
+                    for s in range(3):
+                        m = builder.mul(xs[r], ys[s])
+                        pairs = builder.add(
+                            builder.shuffle_vector(m, m, even), builder.shuffle_vector(m, m, odd)
+                        )
+                        acc = accs[3 * r + s]
+                        builder.store(builder.add(builder.load(acc), pairs), acc)
+            for acc, wide in zip(accs, wides, strict=True):
+                run_sum = builder.load(acc)
+                halves = builder.add(
+                    builder.sext(builder.shuffle_vector(run_sum, run_sum, low), acc64_t),
+                    builder.sext(builder.shuffle_vector(run_sum, run_sum, high), acc64_t),
+                )
+                builder.store(builder.add(builder.load(wide), halves), wide)
+        for wide, p in zip(wides, out_ptrs, strict=True):
+            total = builder.add(builder.load(p, align=8), builder.shl(builder.load(wide), shifts))
+            builder.store(total, p, align=8)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+#: What the layer kernel calls (``model``); the reference twin where numba's JIT is disabled.
+madd_cross3: Callable[..., None] = madd_cross3_reference if numba.config.DISABLE_JIT else _madd_cross3  # type: ignore[attr-defined]
