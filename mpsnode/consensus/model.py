@@ -282,15 +282,27 @@ def _aggregate(
             width = c1 - c0
             for p in range(width):
                 a[p] = 0
-            for r in range(m):
+            r = 0
+            while r + 4 <= m:  # four rows a pass: the accumulator is read and written a quarter as often
+                q0 = Q[rows[r]][c0:c1]
+                q1 = Q[rows[r + 1]][c0:c1]
+                q2 = Q[rows[r + 2]][c0:c1]
+                q3 = Q[rows[r + 3]][c0:c1]
+                k0, k1, k2, k3 = mult[r], mult[r + 1], mult[r + 2], mult[r + 3]
+                for p in range(width):
+                    a[p] += (
+                        k0 * np.int64(q0[p])
+                        + k1 * np.int64(q1[p])
+                        + k2 * np.int64(q2[p])
+                        + k3 * np.int64(q3[p])
+                    )
+                r += 4
+            while r < m:
                 q = Q[rows[r]][c0:c1]
                 c = mult[r]
-                if c == 1:
-                    for p in range(width):
-                        a[p] += q[p]
-                else:
-                    for p in range(width):
-                        a[p] += c * np.int64(q[p])
+                for p in range(width):
+                    a[p] += c * np.int64(q[p])
+                r += 1
             for p in range(width):
                 v = np.int64(w[c0 + p]) + (a[p] + half) // total  # |sum| <= W * 2^15 < 2^48: exact
                 out[c0 + p] = min(max(v, -WEIGHT_CLAMP), WEIGHT_CLAMP)
