@@ -44,6 +44,30 @@ ACC_LANES = LANES // 2  # int32 lanes of an accumulator
 _I16, _I32, _I64 = ir.IntType(16), ir.IntType(32), ir.IntType(64)
 
 
+def _emit_step(builder: Any, ptrs: list[Any], col: Any, accs: list[Any]) -> None:
+    """One step of a 3 x 3 tile in IR: load ``LANES`` int16 from column ``col`` of each of the six
+    rows at ``ptrs`` (addresses as i64: x0..x2, then y0..y2), sign-extend to int32, multiply each x by
+    each y, add adjacent products in pairs and add them to the int32 accumulators ``accs`` (wrapping)."""
+    load_t = ir.VectorType(_I16, LANES)
+    wide_t = ir.VectorType(_I32, LANES)
+    even = ir.Constant(ir.VectorType(_I32, ACC_LANES), [2 * i for i in range(ACC_LANES)])
+    odd = ir.Constant(ir.VectorType(_I32, ACC_LANES), [2 * i + 1 for i in range(ACC_LANES)])
+    offset = builder.mul(col, ir.Constant(_I64, 2))
+
+    def load(ptr: Any) -> Any:
+        address = builder.inttoptr(builder.add(ptr, offset), load_t.as_pointer())
+        return builder.sext(builder.load(address, align=2), wide_t)
+
+    xs = [load(p) for p in ptrs[:3]]
+    ys = [load(p) for p in ptrs[3:]]
+    for r in range(3):
+        for s in range(3):
+            m = builder.mul(xs[r], ys[s])
+            pairs = builder.add(builder.shuffle_vector(m, m, even), builder.shuffle_vector(m, m, odd))
+            acc = accs[3 * r + s]
+            builder.store(builder.add(builder.load(acc), pairs), acc)
+
+
 def madd_tile3_reference(
     Q: np.ndarray,
     x0: int,
@@ -92,31 +116,15 @@ def _madd_tile3(
         o = context.make_array(signature.args[9])(context, builder, args[9])
         rows = [builder.sext(a, _I64) if a.type != _I64 else a for a in args[1:7]]
         start_v, steps_v = args[7], args[8]
-        load_t = ir.VectorType(_I16, LANES)
-        wide_t = ir.VectorType(_I32, LANES)
         acc_t = ir.VectorType(_I32, ACC_LANES)
-        even = ir.Constant(ir.VectorType(_I32, ACC_LANES), [2 * i for i in range(ACC_LANES)])
-        odd = ir.Constant(ir.VectorType(_I32, ACC_LANES), [2 * i + 1 for i in range(ACC_LANES)])
         base = builder.ptrtoint(q.data, _I64)
         row_bytes = builder.extract_value(q.strides, 0)
         ptrs = [builder.add(base, builder.mul(r, row_bytes)) for r in rows]
         accs = [cgutils.alloca_once_value(builder, ir.Constant(acc_t, None)) for _ in range(9)]
         with cgutils.for_range(builder, steps_v) as loop:
-            col = builder.add(start_v, builder.mul(loop.index, ir.Constant(_I64, LANES)))
-            offset = builder.mul(col, ir.Constant(_I64, 2))
-
-            def load(ptr: Any) -> Any:
-                address = builder.inttoptr(builder.add(ptr, offset), load_t.as_pointer())
-                return builder.sext(builder.load(address, align=2), wide_t)
-
-            xs = [load(p) for p in ptrs[:3]]
-            ys = [load(p) for p in ptrs[3:]]
-            for r in range(3):
-                for s in range(3):
-                    m = builder.mul(xs[r], ys[s])
-                    pairs = builder.add(builder.shuffle_vector(m, m, even), builder.shuffle_vector(m, m, odd))
-                    acc = accs[3 * r + s]
-                    builder.store(builder.add(builder.load(acc), pairs), acc)
+            _emit_step(
+                builder, ptrs, builder.add(start_v, builder.mul(loop.index, ir.Constant(_I64, LANES))), accs
+            )
         out_base = builder.ptrtoint(o.data, _I64)
         out_row = builder.extract_value(o.strides, 0)
         for t in range(9):
@@ -199,14 +207,10 @@ def _madd_cross3(
         start_v, runs_v, run_steps_v, shift_v = (
             builder.sext(a, _I64) if a.type != _I64 else a for a in args[8:12]
         )
-        load_t = ir.VectorType(_I16, LANES)
-        wide_t = ir.VectorType(_I32, LANES)
         acc_t = ir.VectorType(_I32, ACC_LANES)
         acc64_t = ir.VectorType(_I64, ACC_LANES // 2)
         low = ir.Constant(ir.VectorType(_I32, ACC_LANES // 2), list(range(ACC_LANES // 2)))
         high = ir.Constant(ir.VectorType(_I32, ACC_LANES // 2), list(range(ACC_LANES // 2, ACC_LANES)))
-        even = ir.Constant(ir.VectorType(_I32, ACC_LANES), [2 * i for i in range(ACC_LANES)])
-        odd = ir.Constant(ir.VectorType(_I32, ACC_LANES), [2 * i + 1 for i in range(ACC_LANES)])
         ptrs = []
         for arr, rs in ((xa, rows[:3]), (ya, rows[3:])):
             base = builder.ptrtoint(arr.data, _I64)
@@ -233,22 +237,7 @@ def _madd_cross3(
                 builder.store(ir.Constant(acc_t, None), acc)
             with cgutils.for_range(builder, run_steps_v) as loop:
                 col = builder.add(run_start, builder.mul(loop.index, ir.Constant(_I64, LANES)))
-                offset = builder.mul(col, ir.Constant(_I64, 2))
-
-                def load(ptr: Any) -> Any:
-                    address = builder.inttoptr(builder.add(ptr, offset), load_t.as_pointer())
-                    return builder.sext(builder.load(address, align=2), wide_t)
-
-                xs = [load(p) for p in ptrs[:3]]
-                ys = [load(p) for p in ptrs[3:]]
-                for r in range(3):
-                    for s in range(3):
-                        m = builder.mul(xs[r], ys[s])
-                        pairs = builder.add(
-                            builder.shuffle_vector(m, m, even), builder.shuffle_vector(m, m, odd)
-                        )
-                        acc = accs[3 * r + s]
-                        builder.store(builder.add(builder.load(acc), pairs), acc)
+                _emit_step(builder, ptrs, col, accs)
             for acc, wide in zip(accs, wides, strict=True):
                 run_sum = builder.load(acc)
                 halves = builder.add(
