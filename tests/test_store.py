@@ -14,9 +14,11 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from mpsnode.consensus.errors import DecodeError
+from mpsnode.consensus.state import State
 from mpsnode.consensus.tx import Transfer
 from mpsnode.node.chain import NodeCache
 from mpsnode.node.errors import StoreError, StoreFull
@@ -209,6 +211,44 @@ def test_iter_state_is_one_view(store: Store) -> None:
     rest = list(it)
     assert [v for _, v in [first, *rest]] == [b"old"] * 10
     assert {v for _, v in store.iter_state()} == {b"new"}
+
+
+def test_partial_reads(store: Store) -> None:
+    big = np.arange(3 << 20, dtype=np.int32).view(np.uint8)  # 12 MiB together: the threaded copies
+    values = {b"u1": b"h" * 32 + big[: 6 << 20].tobytes(), b"u2": b"g" * 32 + big[6 << 20 :].tobytes()}
+    store.commit(make_commit(0, state={**values, b"short": b"0123456789"}))
+    assert store.get_state_range(b"short", 2, 5) == b"234"
+    assert store.get_state_range(b"u1", 0, 32) == b"h" * 32
+    assert store.get_state_range(b"absent", 0, 32) is None
+    rows = np.full((4, 6 << 20), 7, dtype=np.uint8)
+    lengths = store.read_states_into(
+        [(b"u1", 32, rows[0]), (b"u2", 32, rows[1]), (b"absent", 32, rows[2]), (b"short", 0, rows[3])]
+    )
+    assert lengths == [32 + (6 << 20), 32 + (6 << 20), None, 10]
+    assert rows[0].tobytes() == values[b"u1"][32:] and rows[1].tobytes() == values[b"u2"][32:]
+    assert (rows[2] == 7).all() and (rows[3] == 7).all()  # absent, and the wrong length: untouched
+    small = np.zeros(8, dtype=np.uint8)
+    assert store.read_states_into([(b"short", 2, small)]) == [10]
+    assert small.tobytes() == b"23456789"
+    with store.snapshot() as view:  # a view reads the same way, from its own moment
+        store.commit(make_commit(1, state={b"short": b"changed"}))
+        assert view.get_state_range(b"short", 0, 4) == b"0123"
+        assert view.read_states_into([(b"short", 2, small)]) == [10]
+
+
+@pytest.mark.parametrize("parts", [True, False])
+def test_state_partial_reads_see_the_block_layers(store: Store, parts: bool) -> None:
+    store.commit(make_commit(0, state={b"a": b"stored-a", b"b": b"stored-b", b"c": b"stored-c"}))
+    state = State(store.get_state, parts=store if parts else None)
+    state.set(b"a", b"block-a!")
+    state.begin()
+    state.delete(b"b")
+    state.set(b"new", b"tx-new..")
+    out = np.zeros((5, 6), dtype=np.uint8)
+    keys = [b"a", b"b", b"c", b"new", b"absent"]
+    assert state.read_many_into([(k, 2, out[i]) for i, k in enumerate(keys)]) == [8, None, 8, 8, None]
+    assert [bytes(r) for r in out] == [b"ock-a!", bytes(6), b"ored-c", b"-new..", bytes(6)]
+    assert [state.get_range(k, 1, 3) for k in keys] == [b"lo", None, b"to", b"x-", None]
 
 
 def test_wrong_height_changes_nothing(store: Store) -> None:

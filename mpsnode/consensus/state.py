@@ -29,12 +29,13 @@ for the block and one per tx, so a failed tx is dropped whole (``begin``/``commi
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
+import numpy as np
 
 from mpsnode.consensus.encoding import encode, expect_bytes, expect_list, expect_str, expect_uint, u64be
 from mpsnode.consensus.errors import DecodeError, InsufficientBalance
@@ -373,6 +374,22 @@ Reader = Callable[[bytes], "bytes | None"]
 _DELETED = None
 
 
+class PartReader(Protocol):
+    """Reads of part of a stored value, for a store that can make them without copying the rest
+    (LMDB's map): a revealed update is 2 bytes a parameter, and a round close wants its 32-byte
+    hash or its delta in a row of a matrix, not a copy of the whole value each time."""
+
+    def get_state_range(self, key: bytes, start: int, stop: int) -> bytes | None:
+        """``value[start:stop]`` of ``key``'s value, or None if absent."""
+        ...
+
+    def read_states_into(self, reads: Sequence[tuple[bytes, int, np.ndarray]]) -> list[int | None]:
+        """For each ``(key, start, out)``: copy ``value[start:]`` into ``out`` (a writable uint8
+        array) when it is exactly ``out``'s length; the values' lengths in order (so the caller
+        can tell a mismatch), None for an absent key."""
+        ...
+
+
 @dataclass
 class State:
     """Reads fall through write layers to ``reader``; writes land in the top layer."""
@@ -383,6 +400,8 @@ class State:
     # account it encodes, so a caller can hand one dict to the State of each block in turn (a chain,
     # a replay), and an account written by one block is not decoded again by the next.
     decoded: dict[bytes, tuple[bytes, Account]] = field(default_factory=dict)
+    # the same store's reads of part of a value (None: ``reader`` and a slice of its bytes)
+    parts: PartReader | None = None
     # a layer's value: bytes, None (deleted) or, for an account key, the Account not yet encoded
     _layers: list[dict[bytes, Any]] = field(default_factory=lambda: [{}])
 
@@ -399,6 +418,38 @@ class State:
             if key in layer:
                 return layer[key]
         return self.reader(key)
+
+    def get_range(self, key: bytes, start: int, stop: int) -> bytes | None:
+        """``get(key)[start:stop]``, without copying the rest of a stored value where the store can."""
+        for layer in reversed(self._layers):
+            if key in layer:
+                value = self.get(key)
+                return None if value is None else value[start:stop]
+        if self.parts is None:
+            value = self.reader(key)
+            return None if value is None else value[start:stop]
+        return self.parts.get_state_range(key, start, stop)
+
+    def read_many_into(self, reads: Sequence[tuple[bytes, int, np.ndarray]]) -> list[int | None]:
+        """For each ``(key, start, out)``: copy ``get(key)[start:]`` into ``out`` (a writable uint8
+        array) when it is exactly ``out.nbytes`` long; the values' lengths in order, None for an
+        absent key. Keys the store serves are read in one batch (``PartReader``)."""
+        lengths: list[int | None] = [None] * len(reads)
+        batch: list[int] = []
+        for i, (key, start, out) in enumerate(reads):
+            if self.parts is not None and not any(key in layer for layer in self._layers):
+                batch.append(i)
+                continue
+            value = self.get(key)
+            if value is not None:
+                if len(value) - start == out.nbytes:
+                    np.copyto(out, np.frombuffer(value, np.uint8, offset=start))
+                lengths[i] = len(value)
+        if batch:
+            assert self.parts is not None
+            for i, n in zip(batch, self.parts.read_states_into([reads[i] for i in batch]), strict=True):
+                lengths[i] = n
+        return lengths
 
     def set(self, key: bytes, value: bytes | None) -> None:
         """Write ``value`` (None deletes) into the open layer."""
@@ -516,12 +567,18 @@ class State:
 
     def get_update_hash(self, task_id: int, address: bytes) -> bytes | None:
         """``H(mps-update, delta)`` of the pending delta, stored in front of it, or None."""
-        data = self.get(update_key(task_id, address))
-        return None if data is None else data[:32]
+        return self.get_range(update_key(task_id, address), 0, 32)
 
-    def get_update_stored(self, task_id: int, address: bytes) -> bytes | None:
-        """The stored value, ``H(mps-update, delta) || delta``, without copying the delta out."""
-        return self.get(update_key(task_id, address))
+    def read_updates_into(
+        self, task_id: int, addresses: Sequence[bytes], rows: np.ndarray
+    ) -> list[int | None]:
+        """Copy the pending delta of ``addresses[i]`` into ``rows[i]`` (a writable int16 matrix, one
+        row per address, each exactly a delta long); the deltas' stored lengths in bytes (the
+        caller checks them: a row whose length differs is left as it was), None where there is
+        none."""
+        as_bytes = rows.view(np.uint8)
+        reads = [(update_key(task_id, a), 32, as_bytes[i]) for i, a in enumerate(addresses)]
+        return [None if n is None else n - 32 for n in self.read_many_into(reads)]
 
     def set_update(self, task_id: int, address: bytes, delta_hash: bytes, delta: bytes) -> None:
         """Store a participant's pending update as ``delta_hash || delta``."""

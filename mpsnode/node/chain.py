@@ -152,7 +152,7 @@ class Chain:
         return self._head_header
 
     def state(self) -> State:
-        return State(self.store.get_state, self.decoded_accounts)
+        return State(self.store.get_state, self.decoded_accounts, self.store)
 
     def tree(self) -> SparseMerkleTree:
         """The state tree at the head, its records read through the chain's ``NodeCache``."""
@@ -205,7 +205,7 @@ class Chain:
         ``l1``: settlement mode, the L1 facts of the origin the block names.
         """
         source = self.store if reader is None else reader
-        state = State(source.get_state, self.decoded_accounts)
+        state = State(source.get_state, self.decoded_accounts, source)
         tree = SparseMerkleTree(_CachedNodes(source, self._nodes), self.head.state_root)
         return build_block(
             state,

@@ -45,12 +45,14 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Protocol, Self, TypeVar
 
 import lmdb
+import numpy as np
 
 from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_uint, u64be
 from mpsnode.consensus.errors import DecodeError
@@ -157,6 +159,11 @@ class BlockCommit:
 class _Txn(Protocol):
     def get(self, table: str, key: bytes) -> bytes | None: ...
 
+    def view(self, table: str, key: bytes) -> bytes | memoryview | None:
+        """The value without a copy where the backend can (LMDB's map): valid until the
+        transaction ends, so read what is needed of it inside."""
+        ...
+
     def put(self, table: str, key: bytes, value: bytes) -> None: ...
 
     def put_new(self, table: str, key: bytes, value: bytes) -> None:
@@ -187,6 +194,33 @@ def _read_head(t: _Txn) -> Head | None:
         return Head.decode(raw)
     except DecodeError as exc:
         raise StoreCorrupt(f"stored head is unreadable: {exc.reason}") from None
+
+
+_COPY_THREADS = min(4, os.cpu_count() or 1)
+_COPY_SPLIT_BYTES = 8 << 20  # below this much a copy runs in the calling thread
+_copy_pool: ThreadPoolExecutor | None = None
+_copy_pool_lock = threading.Lock()
+
+
+def _copy_all(copies: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """``out[:] = src`` for each pair, split over ``_COPY_THREADS`` threads when large (numpy
+    copies release the GIL); returns when every copy is done."""
+    global _copy_pool
+    if _COPY_THREADS < 2 or len(copies) < 2 or sum(src.nbytes for src, _ in copies) < _COPY_SPLIT_BYTES:
+        for src, out in copies:
+            np.copyto(out, src)
+        return
+    with _copy_pool_lock:
+        if _copy_pool is None:
+            _copy_pool = ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="store-copy")
+    pool = _copy_pool
+
+    def run(share: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        for src, out in share:
+            np.copyto(out, src)
+
+    n = min(_COPY_THREADS, len(copies))
+    list(pool.map(run, [copies[i::n] for i in range(n)]))  # raises the first copy's error
 
 
 def _is_key(key: bytes) -> bool:
@@ -389,6 +423,27 @@ class StoreReader(ABC):
             return
         with self._reading() as t:
             yield from t.scan(STATE, prefix)
+
+    def get_state_range(self, key: bytes, start: int, stop: int) -> bytes | None:
+        """``value[start:stop]`` of a state key, only that part copied out."""
+        with self._reading() as t:
+            value = t.view(STATE, key) if _is_key(key) else None
+            return None if value is None else bytes(value[start:stop])
+
+    def read_states_into(self, reads: Sequence[tuple[bytes, int, np.ndarray]]) -> list[int | None]:
+        """For each ``(key, start, out)``: copy ``value[start:]`` of the state key into ``out`` (a
+        writable uint8 array) when it is exactly ``out``'s length; the values' lengths (None:
+        absent) in order. All from one view, straight from LMDB's pages, the large copies spread
+        over a few threads (one core's memory bandwidth is a fraction of the machine's)."""
+        with self._reading() as t:
+            values = [t.view(STATE, key) if _is_key(key) else None for key, _, _ in reads]
+            copies = [
+                (np.frombuffer(value, np.uint8, offset=start), out)
+                for value, (_, start, out) in zip(values, reads, strict=True)
+                if value is not None and len(value) - start == out.nbytes
+            ]
+            _copy_all(copies)
+            return [None if value is None else len(value) for value in values]
 
     def get_node(self, node_hash: bytes) -> bytes | None:
         """Sparse-Merkle node record by hash: the store is the tree's NodeStore."""
@@ -629,6 +684,9 @@ class _MemTxn:
                 return pend[key]
         return self._tables[table].get(key)
 
+    def view(self, table: str, key: bytes) -> bytes | None:
+        return self.get(table, key)
+
     def put(self, table: str, key: bytes, value: bytes) -> None:
         if self._pending is None:
             raise StoreError("write in a read transaction")
@@ -724,6 +782,10 @@ class _LmdbTxn:
     def get(self, table: str, key: bytes) -> bytes | None:
         value = self._txn.get(key, db=self._dbs[table])
         return None if value is None else bytes(value)
+
+    def view(self, table: str, key: bytes) -> bytes | memoryview | None:
+        value: bytes | memoryview | None = self._txn.get(key, db=self._dbs[table])
+        return value
 
     def put(self, table: str, key: bytes, value: bytes) -> None:
         self._txn.put(key, value, db=self._dbs[table])
@@ -901,7 +963,7 @@ class LmdbStore(Store):
     def _reading(self) -> Iterator[_Txn]:
         self._check_open()
         with self._errors():
-            txn = self._begin(write=False)
+            txn = self._begin_buffered()  # gets copy out (``_LmdbTxn.get``); views read the map
             try:
                 yield _LmdbTxn(txn, self._dbs)
             finally:
@@ -937,7 +999,7 @@ class LmdbStore(Store):
         """
         self._check_open()
         with self._errors():
-            txn = self._begin(write=False)
+            txn = self._begin_buffered()
         return StoreView(_LmdbTxn(txn, self._dbs), txn.abort, self._errors)
 
     def sync(self) -> None:

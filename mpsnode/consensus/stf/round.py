@@ -111,16 +111,14 @@ def get_updates(state: State, task: Task, addresses: tuple[bytes, ...], spare_ro
     """The stored deltas of ``addresses`` in ``task`` as a k x d int16 matrix, rows in that order,
     with ``spare_rows`` more rows after them for the caller to fill."""
     d = model.param_count(task.arch)
-    Q = np.empty((len(addresses) + spare_rows, d), dtype=np.int16)
-    for row, address in enumerate(addresses):
-        stored = state.get_update_stored(task.task_id, address)  # H(delta) || delta: no slice copy
-        if (
-            stored is None or len(stored) != 32 + 2 * d
-        ):  # admission guarantees both; a broken store must not pass
+    Q = np.empty((len(addresses) + spare_rows, d), dtype="<i2")  # the stored byte order
+    # copied from the store's pages straight into the rows (LMDB: one copy, no bytes objects)
+    lengths = state.read_updates_into(task.task_id, addresses, Q[: len(addresses)])
+    for address, n in zip(addresses, lengths, strict=True):
+        if n != 2 * d:  # admission guarantees both; a broken store must not pass
             raise RuntimeError(
                 f"task {task.task_id}: stored update of {address.hex()} is missing or malformed"
             )
-        Q[row] = np.frombuffer(stored, dtype="<i2", offset=32)
     return Q
 
 
