@@ -15,6 +15,7 @@ from numba import njit
 
 from mpsnode.consensus import model, simd
 from mpsnode.consensus.model import (
+    MAX_AGGREGATE_WEIGHT,
     WEIGHT_CLAMP,
     accuracy_bps,
     accuracy_bps_reference,
@@ -479,6 +480,18 @@ def test_aggregate_of_selected_rows_matches_reference(
         st.permutations(range(Q.shape[0])).flatmap(lambda p: st.integers(1, len(p)).map(lambda n: p[:n]))
     )
     assert aggregate(w, Q, rows=rows, **kw).tolist() == aggregate_reference(w, Q[rows]).tolist()
+
+
+@SETTINGS
+@given(aggregate_cases(), agg_knobs, st.data())
+def test_weighted_aggregate_matches_reference(
+    case: tuple[np.ndarray, np.ndarray], kw: dict[str, int], data: st.DataObject
+) -> None:
+    w, Q = case
+    weight = st.one_of(st.integers(0, 3), st.sampled_from([MAX_AGGREGATE_WEIGHT - 1, MAX_AGGREGATE_WEIGHT]))
+    weights = data.draw(st.lists(weight, min_size=Q.shape[0], max_size=Q.shape[0]).filter(any))
+    new = aggregate(w, Q, weights=weights, **kw)
+    assert new.tolist() == aggregate_reference(w, Q, weights).tolist()
 
 
 @pytest.mark.parametrize("rows", [[], [0, 0], [-1], [2], [0.5]])

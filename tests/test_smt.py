@@ -24,6 +24,7 @@ from mpsnode.consensus.smt import (
     compute_value_hash,
     verify_proof,
 )
+from mpsnode.node import parallel
 
 
 def leaf_of(key: bytes, value: bytes) -> bytes:
@@ -506,3 +507,19 @@ def test_exclusion_leaf_must_share_the_path_prefix() -> None:
     root = fold(kh, H(SMT_LEAF, leaf[0] + leaf[1]), (sibling,))
     assert verify_proof(root, key, b"v", Proof((sibling,), leaf))
     assert not verify_proof(root, key, None, Proof((sibling,), leaf))
+
+
+def test_the_nodes_parallel_value_hashes_give_the_same_root() -> None:
+    rng = random.Random(4)
+    big = [rng.randbytes(n) for n in (parallel.HASH_MIN_BYTES, 3 << 20, (2 << 20) + 7)]
+    values = [b"small", *big, b"", bytes(100)]
+    assert parallel.smt_value_hashes(values) == [H(SMT_VAL, v) for v in values]
+    changes: dict[bytes, bytes | None] = {b"k%d" % i: v for i, v in enumerate(values)}
+    changes[b"gone"] = None
+    plain = SparseMerkleTree(MemoryNodeStore())
+    threaded = SparseMerkleTree(MemoryNodeStore(), value_hashes=parallel.smt_value_hashes)
+    assert (
+        threaded.update(changes)
+        == plain.update(changes)
+        == compute_root_reference({k: v for k, v in changes.items() if v is not None})
+    )

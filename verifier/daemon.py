@@ -35,11 +35,12 @@ import signal
 import sys
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import trio
 from eth_account.signers.local import LocalAccount
 
@@ -50,7 +51,7 @@ from mpsnode.consensus.settlement import L1Facts
 from mpsnode.consensus.smt import Proof, SparseMerkleTree
 from mpsnode.consensus.state import State
 from mpsnode.consensus.stf.transition import BlockResult
-from mpsnode.node import collector
+from mpsnode.node import collector, parallel
 from mpsnode.node.chain import Chain
 from mpsnode.node.connection import Client, ConnectionLost, connect
 from mpsnode.node.errors import ProtocolViolation, VerificationFailed, WrongNetwork
@@ -134,6 +135,34 @@ class _Overlay:
             if key in writes:
                 return writes[key]
         return self._view.get_state(key)
+
+    def _layered(self, key: bytes) -> tuple[bool, bytes | None]:
+        for writes, _ in reversed(self._layers):
+            if key in writes:
+                return True, writes[key]
+        return False, None
+
+    # the state's reads of part of a value (``PartReader``): a round's updates straight from the map
+    def get_state_range(self, key: bytes, start: int, stop: int) -> bytes | None:
+        found, value = self._layered(key)
+        if not found:
+            return self._view.get_state_range(key, start, stop)
+        return None if value is None else value[start:stop]
+
+    def read_states_into(self, reads: Sequence[tuple[bytes, int, np.ndarray]]) -> list[int | None]:
+        lengths: list[int | None] = [None] * len(reads)
+        from_view = []
+        for i, (key, start, out) in enumerate(reads):
+            found, value = self._layered(key)
+            if not found:
+                from_view.append(i)
+            elif value is not None:
+                if len(value) - start == out.nbytes:
+                    parallel.copy_all([(value, start, out)])
+                lengths[i] = len(value)
+        for i, n in zip(from_view, self._view.read_states_into([reads[i] for i in from_view]), strict=True):
+            lengths[i] = n
+        return lengths
 
     def get_node(self, node_hash: bytes) -> bytes | None:
         for _, nodes in self._layers:
@@ -508,8 +537,8 @@ class Verifier:
         view = self.store.snapshot()
         try:
             reads = _Overlay(layers, view)
-            tree = SparseMerkleTree(reads, parent.state_root)
-            state = State(reads.get_state)
+            tree = SparseMerkleTree(reads, parent.state_root, parallel.smt_value_hashes)
+            state = State(reads.get_state, parts=reads)
             block, result = verify_block(pre, parent, state, tree, self.chain_config, self._facts(pre, state))
         finally:
             view.close()

@@ -21,7 +21,7 @@ same function that the tests hold the incremental tree to.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -69,6 +69,11 @@ def compute_node_hash(left: bytes, right: bytes) -> bytes:
 
 class TreeNodeError(Exception):
     """A node record the tree needs is missing or malformed: the store does not hold this root's tree."""
+
+
+# ``[H(SMT_VAL, v) for v in values]`` by other means (the node's hashes large values on a few threads
+# at once); the tree falls back to hashing them one by one
+ValueHashes = Callable[[Sequence[bytes]], list[bytes]]
 
 
 class NodeStore(Protocol):
@@ -145,14 +150,17 @@ def _is_hash(x: Any) -> bool:
 class SparseMerkleTree:
     """The tree at ``root`` over ``nodes``, updated in place by ``update``."""
 
-    __slots__ = ("_nodes", "_pending", "_root")
+    __slots__ = ("_nodes", "_pending", "_root", "_value_hashes")
 
-    def __init__(self, nodes: NodeStore, root: bytes = ZERO32) -> None:
+    def __init__(
+        self, nodes: NodeStore, root: bytes = ZERO32, value_hashes: ValueHashes | None = None
+    ) -> None:
         if type(root) is not bytes or len(root) != 32:
             raise ValueError("a root is 32 bytes")
         self._nodes = nodes
         self._root = root
         self._pending: dict[bytes, bytes] = {}
+        self._value_hashes = value_hashes
 
     @property
     def root(self) -> bytes:
@@ -222,6 +230,9 @@ class SparseMerkleTree:
         if not changes:
             return self._root
         key_hasher, val_hasher = _KEY_HASHER, _VAL_HASHER
+        hashed = None
+        if self._value_hashes is not None:  # e.g. a round's model and global change side by side
+            hashed = iter(self._value_hashes([v for v in changes.values() if v is not None]))
         entries: list[bytes] = []
         for key, value in changes.items():
             h = key_hasher.copy()
@@ -229,6 +240,8 @@ class SparseMerkleTree:
             kh = h.digest()
             if value is None:
                 entries.append(kh)
+            elif hashed is not None:
+                entries.append(kh + next(hashed))
             else:
                 h = val_hasher.copy()
                 h.update(value)

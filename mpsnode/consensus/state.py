@@ -32,16 +32,18 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import IntEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgpack
-import numpy as np
 
 from mpsnode.consensus.encoding import encode, expect_bytes, expect_list, expect_str, expect_uint, u64be
 from mpsnode.consensus.errors import DecodeError, InsufficientBalance
 from mpsnode.consensus.params import Params
 from mpsnode.consensus.records import HASH, UINT, Record, enum_of, list_of, pair, wire
 from mpsnode.consensus.settlement import L1Config, Settlement, WithdrawalRecord
+
+if TYPE_CHECKING:  # annotations only: `inspect` and `keys` read state without loading numpy
+    import numpy as np
 
 CONFIG_KEY = b"C"
 GLOBALS_KEY = b"G"
@@ -443,7 +445,7 @@ class State:
             value = self.get(key)
             if value is not None:
                 if len(value) - start == out.nbytes:
-                    np.copyto(out, np.frombuffer(value, np.uint8, offset=start))
+                    out[:] = memoryview(value)[start:]
                 lengths[i] = len(value)
         if batch:
             assert self.parts is not None
@@ -576,7 +578,7 @@ class State:
         row per address, each exactly a delta long); the deltas' stored lengths in bytes (the
         caller checks them: a row whose length differs is left as it was), None where there is
         none."""
-        as_bytes = rows.view(np.uint8)
+        as_bytes = rows.view("u1")
         reads = [(update_key(task_id, a), 32, as_bytes[i]) for i, a in enumerate(addresses)]
         return [None if n is None else n - 32 for n in self.read_many_into(reads)]
 

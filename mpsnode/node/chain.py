@@ -24,6 +24,7 @@ from mpsnode.consensus.smt import SparseMerkleTree
 from mpsnode.consensus.state import Account, State
 from mpsnode.consensus.stf.transition import BlockResult, Verdicts, build_block, state_transition
 from mpsnode.consensus.tx import SignedTx
+from mpsnode.node import parallel
 from mpsnode.node.errors import StoreError
 from mpsnode.node.store import BlockCommit, Head, Store, StoreReader
 
@@ -156,7 +157,9 @@ class Chain:
 
     def tree(self) -> SparseMerkleTree:
         """The state tree at the head, its records read through the chain's ``NodeCache``."""
-        return SparseMerkleTree(_CachedNodes(self.store, self._nodes), self.head.state_root)
+        return SparseMerkleTree(
+            _CachedNodes(self.store, self._nodes), self.head.state_root, parallel.smt_value_hashes
+        )
 
     # writes ----------------------------------------------------------------------------------
     def apply(
@@ -206,7 +209,9 @@ class Chain:
         """
         source = self.store if reader is None else reader
         state = State(source.get_state, self.decoded_accounts, source)
-        tree = SparseMerkleTree(_CachedNodes(source, self._nodes), self.head.state_root)
+        tree = SparseMerkleTree(
+            _CachedNodes(source, self._nodes), self.head.state_root, parallel.smt_value_hashes
+        )
         return build_block(
             state,
             tree,

@@ -45,18 +45,19 @@ import threading
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, suppress
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
 
 import lmdb
-import numpy as np
 
 from mpsnode.consensus.encoding import decode, encode, expect_bytes, expect_list, expect_uint, u64be
 from mpsnode.consensus.errors import DecodeError
 from mpsnode.node.errors import StoreCorrupt, StoreError, StoreFull
+
+if TYPE_CHECKING:  # annotations only: `inspect` opens a store without loading numpy
+    import numpy as np
 
 _T = TypeVar("_T")  # what a retried LMDB call returns
 
@@ -194,33 +195,6 @@ def _read_head(t: _Txn) -> Head | None:
         return Head.decode(raw)
     except DecodeError as exc:
         raise StoreCorrupt(f"stored head is unreadable: {exc.reason}") from None
-
-
-_COPY_THREADS = min(4, os.cpu_count() or 1)
-_COPY_SPLIT_BYTES = 8 << 20  # below this much a copy runs in the calling thread
-_copy_pool: ThreadPoolExecutor | None = None
-_copy_pool_lock = threading.Lock()
-
-
-def _copy_all(copies: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    """``out[:] = src`` for each pair, split over ``_COPY_THREADS`` threads when large (numpy
-    copies release the GIL); returns when every copy is done."""
-    global _copy_pool
-    if _COPY_THREADS < 2 or len(copies) < 2 or sum(src.nbytes for src, _ in copies) < _COPY_SPLIT_BYTES:
-        for src, out in copies:
-            np.copyto(out, src)
-        return
-    with _copy_pool_lock:
-        if _copy_pool is None:
-            _copy_pool = ThreadPoolExecutor(_COPY_THREADS, thread_name_prefix="store-copy")
-    pool = _copy_pool
-
-    def run(share: list[tuple[np.ndarray, np.ndarray]]) -> None:
-        for src, out in share:
-            np.copyto(out, src)
-
-    n = min(_COPY_THREADS, len(copies))
-    list(pool.map(run, [copies[i::n] for i in range(n)]))  # raises the first copy's error
 
 
 def _is_key(key: bytes) -> bool:
@@ -435,14 +409,17 @@ class StoreReader(ABC):
         writable uint8 array) when it is exactly ``out``'s length; the values' lengths (None:
         absent) in order. All from one view, straight from LMDB's pages, the large copies spread
         over a few threads (one core's memory bandwidth is a fraction of the machine's)."""
+        # numpy and the threads: only a round close's batch read needs them, `inspect` starts without
+        from mpsnode.node import parallel  # noqa: PLC0415
+
         with self._reading() as t:
             values = [t.view(STATE, key) if _is_key(key) else None for key, _, _ in reads]
             copies = [
-                (np.frombuffer(value, np.uint8, offset=start), out)
+                (value, start, out)
                 for value, (_, start, out) in zip(values, reads, strict=True)
                 if value is not None and len(value) - start == out.nbytes
             ]
-            _copy_all(copies)
+            parallel.copy_all(copies)
             return [None if value is None else len(value) for value in values]
 
     def get_node(self, node_hash: bytes) -> bytes | None:

@@ -52,6 +52,7 @@ from mpsnode.consensus.settlement import WEI_PER_UNIT, L1Facts, output_root
 from mpsnode.consensus.smt import NODE_TAG, SparseMerkleTree
 from mpsnode.consensus.state import Account, Config, State, Task, task_key
 from mpsnode.consensus.stf.transition import BlockResult
+from mpsnode.node import parallel
 from mpsnode.node.chain import GENESIS_HASH_META
 from mpsnode.node.errors import ExportError, StoreError, WrongGenesis
 from mpsnode.node.export import ExportReader
@@ -462,7 +463,7 @@ def replay(
         ) as pool:
             for pre, claimed_receipts in _prechecked(source, config, pool):
                 try:
-                    tree = SparseMerkleTree(state, state.root)
+                    tree = SparseMerkleTree(state, state.root, parallel.smt_value_hashes)
                     view = State(state.get_state, accounts)
                     facts = settlement.facts(pre, view) if settlement is not None else None
                     block, result = verify_block(pre, parent, view, tree, config, facts)

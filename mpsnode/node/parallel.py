@@ -1,0 +1,72 @@
+"""A few threads for the node's large memory-bound steps, which one core does at a fraction of the
+machine's speed: copying a round's updates out of LMDB's map and hashing large tree values (a
+round's new model, 4 MB at 10^6 parameters, and its global change, 2 MB). numpy's copies and
+hashlib's blake2b release the GIL on inputs this large; the results do not depend on the threads.
+The consensus code stays single-threaded in Python (its kernels are numba's): the node hands it
+these as callables."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import numpy as np
+
+from mpsnode.consensus.hashing import SMT_VAL, H
+
+THREADS = min(4, os.cpu_count() or 1)
+COPY_SPLIT_BYTES = 8 << 20  # copies adding up to less than this run in the calling thread
+HASH_MIN_BYTES = 1 << 20  # values shorter than this are hashed in the calling thread
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _map(fn: Callable[[_T], _R], items: Sequence[_T]) -> list[_R]:
+    """``[fn(x) for x in items]`` on the shared threads; raises the first error."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="node-parallel")
+    return list(_pool.map(fn, items))
+
+
+Copy = tuple[bytes | memoryview, int, np.ndarray]
+
+
+def _copy(copies: Sequence[Copy]) -> None:
+    for src, start, out in copies:
+        np.copyto(out, np.frombuffer(src, np.uint8, offset=start))
+
+
+def copy_all(copies: Sequence[Copy]) -> None:
+    """For each ``(src, start, out)``: copy ``src[start:]`` (bytes or a buffer, exactly ``out``'s
+    length) into the uint8 array ``out``, dealt over the threads when large; returns when every
+    copy is done."""
+    if THREADS < 2 or len(copies) < 2 or sum(out.nbytes for _, _, out in copies) < COPY_SPLIT_BYTES:
+        _copy(copies)
+        return
+    n = min(THREADS, len(copies))
+    _map(_copy, [copies[i::n] for i in range(n)])
+
+
+def _value_hash(value: bytes) -> bytes:
+    return H(SMT_VAL, value)
+
+
+def smt_value_hashes(values: Sequence[bytes]) -> list[bytes]:
+    """``[H(SMT_VAL, v) for v in values]`` (``SparseMerkleTree``'s ``value_hashes``), two or more
+    values of at least ``HASH_MIN_BYTES`` hashed side by side."""
+    large = [i for i, v in enumerate(values) if len(v) >= HASH_MIN_BYTES]
+    if THREADS < 2 or len(large) < 2:
+        return [H(SMT_VAL, v) for v in values]
+    large.sort(key=lambda i: -len(values[i]))  # the largest first: the threads finish close together
+    out = [b"" if len(v) >= HASH_MIN_BYTES else H(SMT_VAL, v) for v in values]
+    for i, digest in zip(large, _map(_value_hash, [values[i] for i in large]), strict=True):
+        out[i] = digest
+    return out
