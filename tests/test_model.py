@@ -20,6 +20,7 @@ from mpsnode.consensus.model import (
     accuracy_bps,
     accuracy_bps_reference,
     aggregate,
+    aggregate_and_dots,
     aggregate_reference,
     compute_logits,
     compute_logits_reference,
@@ -492,6 +493,55 @@ def test_weighted_aggregate_matches_reference(
     weights = data.draw(st.lists(weight, min_size=Q.shape[0], max_size=Q.shape[0]).filter(any))
     new = aggregate(w, Q, weights=weights, **kw)
     assert new.tolist() == aggregate_reference(w, Q, weights).tolist()
+
+
+DIRECTION_MAX = (1 << 24) - 1  # |v| < 2^DIRECTION_BITS
+
+
+@SETTINGS
+@given(aggregate_cases(), agg_knobs, st.data())
+def test_aggregate_and_dots_match_the_references(
+    case: tuple[np.ndarray, np.ndarray], kw: dict[str, int], data: st.DataObject
+) -> None:
+    """The fused pass gives the weighted aggregate and every row's exact dot with ``v``, rows of
+    weight 0 included, whatever the parts and chunks."""
+    w, Q = case
+    v_entry = st.one_of(
+        st.integers(-DIRECTION_MAX, DIRECTION_MAX), st.sampled_from([-DIRECTION_MAX, DIRECTION_MAX])
+    )
+    v = data.draw(arrays(np.int32, Q.shape[1], elements=v_entry))
+    weight = st.one_of(st.integers(0, 3), st.just(MAX_AGGREGATE_WEIGHT))
+    weights = data.draw(st.none() | st.lists(weight, min_size=Q.shape[0], max_size=Q.shape[0]).filter(any))
+    new, dots = aggregate_and_dots(w, Q, v, weights=weights, **kw)
+    assert new.tolist() == aggregate_reference(w, Q, weights).tolist()
+    assert dots.dtype == np.int64
+    assert dots.tolist() == [sum(int(a) * int(b) for a, b in zip(row, v, strict=True)) for row in Q.tolist()]
+
+
+def test_aggregate_and_dots_exact_at_the_bounds() -> None:
+    """Every entry at its extreme: each dot is 2^15 (2^24 - 1) d, past int32 and exact."""
+    d = 3 * 4099
+    Q = np.full((5, d), I16_MIN, dtype=np.int16)
+    v = np.full(d, -DIRECTION_MAX, dtype=np.int32)
+    new, dots = aggregate_and_dots(np.zeros(d, dtype=np.int32), Q, v, chunk=4096)
+    assert dots.tolist() == [(1 << 15) * DIRECTION_MAX * d] * 5
+    assert new.tolist() == [I16_MIN] * d
+
+
+@pytest.mark.parametrize(
+    "v",
+    [
+        np.full(3, 1 << 24, dtype=np.int32),
+        np.full(3, -(1 << 24), dtype=np.int32),
+        np.ones(3, dtype=np.int64),
+        np.ones(4, dtype=np.int32),
+        np.ones((1, 3), dtype=np.int32),
+    ],
+)
+def test_aggregate_and_dots_refuses_a_bad_vector(v: np.ndarray) -> None:
+    w, Q = np.zeros(3, dtype=np.int32), np.ones((2, 3), dtype=np.int16)
+    with pytest.raises(ValueError):
+        aggregate_and_dots(w, Q, v)
 
 
 @pytest.mark.parametrize("rows", [[], [0, 0], [-1], [2], [0.5]])

@@ -64,7 +64,7 @@ import numpy as np
 from numba import njit, prange
 
 from mpsnode.consensus.arch import layer_slices, param_count, validate_arch
-from mpsnode.consensus.limits import MAX_FAN_IN, MAX_SCALE_BITS, MODEL_CLAMP
+from mpsnode.consensus.limits import DIRECTION_BITS, MAX_FAN_IN, MAX_SCALE_BITS, MODEL_CLAMP
 from mpsnode.consensus.simd import ACC_LANES, LANES, madd_cross3
 
 WEIGHT_CLAMP = MODEL_CLAMP  # |w| <= WEIGHT_CLAMP for every model parameter (limits.py)
@@ -263,15 +263,21 @@ def _aggregate(
     chunk: int,
     acc: np.ndarray,
     out: np.ndarray,
+    v: np.ndarray,
+    dots: np.ndarray,
 ) -> None:
     """``out = clamp(w + (sum_r mult[r] Q[rows[r]] + W // 2) // W)``, ``W = sum(mult)``, with Python
-    floor division, column chunk by chunk.
+    floor division, column chunk by chunk; with ``v`` (int32, one per column; empty: none), also
+    ``dots[t, r] = sum_p v_p Q[rows[r], p]`` over the columns of part ``t``, from the rows while
+    they are in cache.
 
-    Each prange iteration owns one accumulator row and a disjoint range of columns.
+    Each prange iteration owns one accumulator row, one row of ``dots`` and a disjoint range of
+    columns. A row of ``mult`` 0 adds nothing to ``out``.
     """
     m = rows.shape[0]
     d = Q.shape[1]
     parts = acc.shape[0]
+    with_dots = v.shape[0] > 0
     total = np.int64(0)
     for r in range(m):
         total += mult[r]
@@ -280,6 +286,8 @@ def _aggregate(
         lo = d * t // parts
         hi = d * (t + 1) // parts
         a = acc[t]
+        for r in range(m):
+            dots[t, r] = 0
         for c0 in range(lo, hi, chunk):
             c1 = min(c0 + chunk, hi)
             width = c1 - c0
@@ -292,23 +300,48 @@ def _aggregate(
                 q2 = Q[rows[r + 2]][c0:c1]
                 q3 = Q[rows[r + 3]][c0:c1]
                 k0, k1, k2, k3 = mult[r], mult[r + 1], mult[r + 2], mult[r + 3]
-                for p in range(width):
-                    a[p] += (
-                        k0 * np.int64(q0[p])
-                        + k1 * np.int64(q1[p])
-                        + k2 * np.int64(q2[p])
-                        + k3 * np.int64(q3[p])
-                    )
+                if with_dots:
+                    vc = v[c0:c1]
+                    s0 = s1 = s2 = s3 = np.int64(0)
+                    for p in range(width):
+                        x0, x1, x2, x3 = np.int64(q0[p]), np.int64(q1[p]), np.int64(q2[p]), np.int64(q3[p])
+                        a[p] += k0 * x0 + k1 * x1 + k2 * x2 + k3 * x3
+                        y = np.int64(vc[p])
+                        s0 += x0 * y
+                        s1 += x1 * y
+                        s2 += x2 * y
+                        s3 += x3 * y
+                    dots[t, r] += s0
+                    dots[t, r + 1] += s1
+                    dots[t, r + 2] += s2
+                    dots[t, r + 3] += s3
+                else:
+                    for p in range(width):
+                        a[p] += (
+                            k0 * np.int64(q0[p])
+                            + k1 * np.int64(q1[p])
+                            + k2 * np.int64(q2[p])
+                            + k3 * np.int64(q3[p])
+                        )
                 r += 4
             while r < m:
                 q = Q[rows[r]][c0:c1]
                 c = mult[r]
-                for p in range(width):
-                    a[p] += c * np.int64(q[p])
+                if with_dots:
+                    vc = v[c0:c1]
+                    s0 = np.int64(0)
+                    for p in range(width):
+                        x0 = np.int64(q[p])
+                        a[p] += c * x0
+                        s0 += x0 * np.int64(vc[p])
+                    dots[t, r] += s0
+                else:
+                    for p in range(width):
+                        a[p] += c * np.int64(q[p])
                 r += 1
             for p in range(width):
-                v = np.int64(w[c0 + p]) + (a[p] + half) // total  # |sum| <= W * 2^15 < 2^48: exact
-                out[c0 + p] = min(max(v, -WEIGHT_CLAMP), WEIGHT_CLAMP)
+                x = np.int64(w[c0 + p]) + (a[p] + half) // total  # |sum| <= W * 2^15 < 2^48: exact
+                out[c0 + p] = min(max(x, -WEIGHT_CLAMP), WEIGHT_CLAMP)
 
 
 @njit(cache=True, boundscheck=False, nogil=True)
@@ -644,17 +677,62 @@ def aggregate(
         if index.min() < 0 or index.max() >= Q.shape[0] or np.unique(index).size != index.size:
             raise ValueError(f"rows must be distinct indices below {Q.shape[0]}")
         mult = np.ones(index.size, dtype=np.int64)
+    return _run_aggregate(w, Q, index, mult, parts, chunk, np.empty(0, dtype=np.int32))[0]
+
+
+def aggregate_and_dots(
+    model: np.ndarray,
+    selected_deltas: np.ndarray,
+    v: np.ndarray,
+    *,
+    weights: Sequence[int] | None = None,
+    parts: int | None = None,
+    chunk: int = AGGREGATE_CHUNK,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``aggregate(model, selected_deltas, weights=weights)`` and, in the same pass over the rows,
+    ``dots[i] = sum_p v_p Q[i, p]`` for EVERY row ``i`` (int64, exact), those of weight 0 too.
+
+    ``v`` is int32, one per column, each ``|v_p| < 2^DIRECTION_BITS``, so every dot stays below
+    ``MAX_PARAMS * 2^15 * 2^24 = 2^61``: the round close's contribution gains
+    (``contribution.gains`` computes the same alone), read while the rows are in cache instead of
+    in a second pass over the ``k x d`` matrix, which does not fit the caches.
+    """
+    w, Q = validate_deltas(model, selected_deltas)
+    if not isinstance(v, np.ndarray) or v.ndim != 1 or v.dtype.kind != "i" or v.dtype.itemsize != 4:
+        raise ValueError("v must be a 1-D int32 numpy array")
+    if v.shape[0] != Q.shape[1]:
+        raise ValueError(f"the deltas have {Q.shape[1]} columns, v {v.shape[0]}")
+    lo, hi = _value_range(v.reshape(1, -1))
+    if max(-lo, hi) >= 1 << DIRECTION_BITS:
+        raise ValueError(f"v must lie below 2^{DIRECTION_BITS}")
+    k = Q.shape[0]
+    mult = np.ones(k, dtype=np.int64) if weights is None else _validate_weights(weights, k)
+    index = np.arange(k, dtype=np.int64)
+    return _run_aggregate(w, Q, index, mult, parts, chunk, np.ascontiguousarray(v, dtype=np.int32))
+
+
+def _run_aggregate(
+    w: np.ndarray,
+    Q: np.ndarray,
+    index: np.ndarray,
+    mult: np.ndarray,
+    parts: int | None,
+    chunk: int,
+    v: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
     d = w.shape[0]
     n_parts = numba.get_num_threads() if parts is None else parts
-    for name, v in (("parts", n_parts), ("chunk", chunk)):
-        if type(v) is not int or v < 1:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
+    for name, x in (("parts", n_parts), ("chunk", chunk)):
+        if type(x) is not int or x < 1:
+            raise ValueError(f"{name} must be a positive int, got {x!r}")
     n_parts = min(n_parts, max(d, 1))
     out = np.empty(d, dtype=np.int32)
+    dots = np.zeros((n_parts, index.size), dtype=np.int64)
     if d:
         acc = np.empty((n_parts, min(chunk, d)), dtype=np.int64)
-        _aggregate(w, Q, index, mult, acc.shape[1], acc, out)
-    return out
+        _aggregate(w, Q, index, mult, acc.shape[1], acc, out, v, dots)
+    # each part's dot is below 2^61 (the bound of the whole): their sum does not wrap
+    return out, dots.sum(axis=0, dtype=np.int64) if v.size else np.zeros(index.size, dtype=np.int64)
 
 
 def _validate_weights(weights: Sequence[int], k: int) -> np.ndarray:

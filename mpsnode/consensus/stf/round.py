@@ -159,24 +159,25 @@ def close_round(state: State, env: BlockEnv, task: Task) -> list[Event]:
         events += slash_participant(state, params, task, task.submitted[i], reason)
     task = state.get_task(task.task_id) or task  # participants changed if anyone was slashed
 
+    stored = state.get_direction(task.task_id)
+    if stored is None or len(stored) != 4 * Q.shape[1]:  # the reveal phase always wrote it
+        raise RuntimeError(f"task {task.task_id}: the round's contribution direction is missing")
+    direction = np.frombuffer(stored, dtype="<i4")
     weights = np.frombuffer(state.get_model(task.task_id), dtype="<i4")
-    new_weights = model.aggregate(weights, Q, weights=decision.weights)
+    # the aggregate and every update's gain (contribution.gains) in one pass over the k x d matrix
+    new_weights, round_gains = model.aggregate_and_dots(weights, Q, direction, weights=decision.weights)
     state.set_model(task.task_id, np.asarray(new_weights, dtype="<i4").tobytes())  # no copy: it is int32
     # a mean of int16 rows, rounded, then clamped towards the old weight: it fits int16 (and the
     # difference of two weights within 2^24 is exact in int32)
     change = np.subtract(new_weights, weights, dtype=np.int32)
     state.set_last_change(task.task_id, change.astype("<i2").tobytes())
     accuracy = model.accuracy_bps(new_weights, task.arch, task.scale_bits, *validation_set(state, task))
-    stored = state.get_direction(task.task_id)
-    if stored is None or len(stored) != 4 * Q.shape[1]:  # the reveal phase always wrote it
-        raise RuntimeError(f"task {task.task_id}: the round's contribution direction is missing")
-    direction = np.frombuffer(stored, dtype="<i4").astype(np.int64)
     # Every update neither flagged nor left out shares the round by its (significant, capped) gain.
     left_out = set(decision.flagged) | set(decision.excluded)
     units = contribution.round_contributions(
-        contribution.gains(direction, Q).tolist(),
+        round_gains.tolist(),
         G.tolist(),
-        contribution.squared_norm(direction),
+        contribution.squared_norm(direction.astype(np.int64)),
         decision.weights,
         [i not in left_out for i in range(k)],
         params,
