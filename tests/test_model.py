@@ -456,6 +456,9 @@ def aggregate_cases(draw: st.DrawFn) -> tuple[np.ndarray, np.ndarray]:
     return w, Q
 
 
+# an aggregation weight: small ones, zeros (rows left out), and the largest allowed
+agg_weight = st.one_of(st.integers(0, 3), st.sampled_from([MAX_AGGREGATE_WEIGHT - 1, MAX_AGGREGATE_WEIGHT]))
+
 agg_knobs = st.fixed_dictionaries({}, optional={"parts": st.integers(1, 5), "chunk": st.integers(1, 9)})
 
 
@@ -489,8 +492,7 @@ def test_weighted_aggregate_matches_reference(
     case: tuple[np.ndarray, np.ndarray], kw: dict[str, int], data: st.DataObject
 ) -> None:
     w, Q = case
-    weight = st.one_of(st.integers(0, 3), st.sampled_from([MAX_AGGREGATE_WEIGHT - 1, MAX_AGGREGATE_WEIGHT]))
-    weights = data.draw(st.lists(weight, min_size=Q.shape[0], max_size=Q.shape[0]).filter(any))
+    weights = data.draw(st.lists(agg_weight, min_size=Q.shape[0], max_size=Q.shape[0]).filter(any))
     new = aggregate(w, Q, weights=weights, **kw)
     assert new.tolist() == aggregate_reference(w, Q, weights).tolist()
 
@@ -510,8 +512,9 @@ def test_aggregate_and_dots_match_the_references(
         st.integers(-DIRECTION_MAX, DIRECTION_MAX), st.sampled_from([-DIRECTION_MAX, DIRECTION_MAX])
     )
     v = data.draw(arrays(np.int32, Q.shape[1], elements=v_entry))
-    weight = st.one_of(st.integers(0, 3), st.just(MAX_AGGREGATE_WEIGHT))
-    weights = data.draw(st.none() | st.lists(weight, min_size=Q.shape[0], max_size=Q.shape[0]).filter(any))
+    weights = data.draw(
+        st.none() | st.lists(agg_weight, min_size=Q.shape[0], max_size=Q.shape[0]).filter(any)
+    )
     new, dots = aggregate_and_dots(w, Q, v, weights=weights, **kw)
     assert new.tolist() == aggregate_reference(w, Q, weights).tolist()
     assert dots.dtype == np.int64

@@ -131,10 +131,8 @@ class _Overlay:
         self._view = view
 
     def get_state(self, key: bytes) -> bytes | None:
-        for writes, _ in reversed(self._layers):
-            if key in writes:
-                return writes[key]
-        return self._view.get_state(key)
+        found, value = self._layered(key)
+        return value if found else self._view.get_state(key)
 
     def _layered(self, key: bytes) -> tuple[bool, bytes | None]:
         for writes, _ in reversed(self._layers):
@@ -152,14 +150,16 @@ class _Overlay:
     def read_states_into(self, reads: Sequence[tuple[bytes, int, np.ndarray]]) -> list[int | None]:
         lengths: list[int | None] = [None] * len(reads)
         from_view = []
+        copies = []
         for i, (key, start, out) in enumerate(reads):
             found, value = self._layered(key)
             if not found:
                 from_view.append(i)
             elif value is not None:
                 if len(value) - start == out.nbytes:
-                    parallel.copy_all([(value, start, out)])
+                    copies.append((value, start, out))
                 lengths[i] = len(value)
+        parallel.copy_all(copies)  # the unflushed blocks' updates in one batch, as the view's
         for i, n in zip(from_view, self._view.read_states_into([reads[i] for i in from_view]), strict=True):
             lengths[i] = n
         return lengths

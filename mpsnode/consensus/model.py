@@ -731,8 +731,8 @@ def _run_aggregate(
     if d:
         acc = np.empty((n_parts, min(chunk, d)), dtype=np.int64)
         _aggregate(w, Q, index, mult, acc.shape[1], acc, out, v, dots)
-    # each part's dot is below 2^61 (the bound of the whole): their sum does not wrap
-    return out, dots.sum(axis=0, dtype=np.int64) if v.size else np.zeros(index.size, dtype=np.int64)
+    # each part's dot is below 2^61 (the bound of the whole): their sum does not wrap (no v: zeros)
+    return out, dots.sum(axis=0, dtype=np.int64)
 
 
 def _validate_weights(weights: Sequence[int], k: int) -> np.ndarray:
