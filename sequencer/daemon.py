@@ -58,9 +58,9 @@ from mpsnode.consensus.genesis import Genesis
 from mpsnode.consensus.settlement import output_root
 from mpsnode.consensus.sigverify import verify_batch, warm_up
 from mpsnode.consensus.state import ACCOUNT, EMPTY_ACCOUNT, UNBONDING_QUEUE, Account, State
-from mpsnode.consensus.tx import Kind, SignedTx, decode_signed_tx, hash_ahead
+from mpsnode.consensus.tx import Kind, RevealUpdate, SignedTx, decode_signed_tx, hash_ahead
 from mpsnode.consensus.validation import validate_transaction
-from mpsnode.node import collector
+from mpsnode.node import collector, parallel
 from mpsnode.node.chain import Chain
 from mpsnode.node.errors import BadRequest, NotFound, ShuttingDown, VerificationFailed
 from mpsnode.node.explorer.app import Explorer, serve_explorer
@@ -646,10 +646,16 @@ class Sequencer:
 
 
 def _verify_and_hash(stxs: list[SignedTx]) -> list[bool]:
-    """The signatures of a batch, checked on a worker thread; its deltas hashed there too, so the
-    block builder does not hash them again (``hash_ahead``)."""
+    """The signatures of a batch, checked on a worker thread; its deltas hashed there too, and the
+    tree values they will be, so the block builder does not hash them again (``hash_ahead``,
+    ``parallel.hash_update_value_ahead``)."""
     oks = verify_batch([(stx.tx.sender, stx.tx_id, stx.signature) for stx in stxs])
-    hash_ahead(stx for stx, ok in zip(stxs, oks, strict=True) if ok)
+    good = [stx for stx, ok in zip(stxs, oks, strict=True) if ok]
+    hash_ahead(good)
+    for stx in good:
+        body = stx.tx.body
+        if type(body) is RevealUpdate:
+            parallel.hash_update_value_ahead(body.delta_hash(), body.delta)
     return oks
 
 

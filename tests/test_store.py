@@ -14,12 +14,15 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import lmdb
 import numpy as np
 import pytest
 
 from mpsnode.consensus.errors import DecodeError
-from mpsnode.consensus.state import State
-from mpsnode.consensus.tx import Transfer
+from mpsnode.consensus.events import RoundClosed
+from mpsnode.consensus.model import param_count
+from mpsnode.consensus.state import RoundPhase, State, update_key
+from mpsnode.consensus.tx import JoinTask, Stake, Transfer
 from mpsnode.node.chain import NodeCache
 from mpsnode.node.errors import StoreError, StoreFull
 from mpsnode.node.store import (
@@ -31,7 +34,7 @@ from mpsnode.node.store import (
     Store,
 )
 
-from chainkit import Kit
+from chainkit import Kit, random_delta, small_task
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -249,6 +252,63 @@ def test_state_partial_reads_see_the_block_layers(store: Store, parts: bool) -> 
     assert state.read_many_into([(k, 2, out[i]) for i, k in enumerate(keys)]) == [8, None, 8, 8, None]
     assert [bytes(r) for r in out] == [b"ock-a!", bytes(6), b"ored-c", b"-new..", bytes(6)]
     assert [state.get_range(k, 1, 3) for k in keys] == [b"lo", None, b"to", b"x-", None]
+
+
+def _tailed(height: int, block: bytes, state: Mapping[bytes, bytes | None], tails: dict) -> BlockCommit:
+    c = make_commit(height, state=state)
+    return BlockCommit(
+        **{**{f: getattr(c, f) for f in c.__dataclass_fields__}, "block": block, "state_tails": tails}
+    )
+
+
+def test_state_tails_are_stored_once_and_read_whole(store: Store) -> None:
+    """A state value that ends with bytes of its block keeps only its head; every read joins the
+    two, an overwrite or a delete drops the reference, and an older view still sees the old value."""
+    store.commit(make_commit(0, state={b"plain": b"p"}))
+    delta = bytes(range(256)) * 300
+    block = b"header." + delta + b".signature"
+    value = b"H" * 32 + delta
+    store.commit(_tailed(1, block, {b"u": value, b"v": b"x" + delta[-100:]}, {b"u": (7, 7 + len(delta))}))
+    assert store.get_block(1) == block
+    if isinstance(store, LmdbStore):
+        assert store.stat()["state_tails"] == 1 and store.stat()["state"] == 3
+    assert store.get_state(b"u") == value and store.get_state(b"v") == b"x" + delta[-100:]
+    assert dict(store.iter_state()) == {b"plain": b"p", b"u": value, b"v": b"x" + delta[-100:]}
+    for start, stop in ((0, 32), (0, 40), (30, 40), (32, 99), (100, len(value)), (5, len(value) + 9)):
+        assert store.get_state_range(b"u", start, stop) == value[start:stop]
+    rows = np.zeros((2, len(delta)), dtype=np.uint8)
+    whole = np.zeros(len(value) - 3, dtype=np.uint8)
+    assert (
+        store.read_states_into([(b"u", 32, rows[0]), (b"u", 3, whole), (b"u", 31, rows[1])])
+        == [len(value)] * 3
+    )
+    assert rows[0].tobytes() == delta and whole.tobytes() == value[3:] and not rows[1].any()
+    with store.snapshot() as view:
+        store.commit(make_commit(2, state={b"u": b"raw now", b"v": None}))
+        assert view.get_state(b"u") == value and dict(view.iter_state())[b"u"] == value
+        assert store.get_state(b"u") == b"raw now" and store.get_state(b"v") is None
+    store.commit(_tailed(3, block, {b"u": value}, {b"u": (7, 7 + len(delta))}))
+    store.commit(make_commit(4, state={b"u": None}))
+    assert store.get_state(b"u") is None and list(store.iter_state()) == [(b"plain", b"p")]
+    if isinstance(store, LmdbStore):
+        assert store.stat()["state_tails"] == 0
+
+
+@pytest.mark.parametrize(
+    "tails",
+    [
+        {b"u": (0, 20)},  # the value does not end with those bytes
+        {b"u": (7, 10_000_000)},  # past the block
+        {b"w": (7, 20)},  # no such write
+        {b"u": (9, 7)},
+    ],
+)
+def test_bad_state_tails_refused_before_writing(store: Store, tails: dict) -> None:
+    store.commit(make_commit(0, state={b"a": b"0"}))
+    before = contents(store)
+    with pytest.raises(StoreError, match=r"state tail|does not end"):
+        store.commit(_tailed(1, b"header." + b"d" * 64, {b"u": b"h" + b"d" * 64}, tails))
+    assert contents(store) == before
 
 
 def test_wrong_height_changes_nothing(store: Store) -> None:
@@ -592,6 +652,23 @@ def test_lmdb_full_map(tmp_path: Path) -> None:
         assert s.get_state(b"big19") == bytes(100_000)
 
 
+def test_lmdb_layout_1_is_upgraded_by_a_writable_open(tmp_path: Path) -> None:
+    with LmdbStore(tmp_path / "chain") as s:
+        s.commit(make_commit(0, state={b"a": b"0"}))
+    env = lmdb.open(str(tmp_path / "chain"), max_dbs=20)
+    with env.begin(write=True) as txn:  # what layout 1 was: no state_tails, schema [1]
+        txn.drop(env.open_db(b"state_tails", txn=txn), delete=True)
+        txn.put(b"store:schema", b"\x91\x01", db=env.open_db(b"meta", txn=txn))
+    env.close()
+    with pytest.raises(StoreError, match="layout 1"):
+        LmdbStore(tmp_path / "chain", readonly=True)
+    with LmdbStore(tmp_path / "chain") as s:
+        assert s.get_state(b"a") == b"0"
+        s.commit(make_commit(1, state={b"a": b"1"}))
+    with LmdbStore(tmp_path / "chain", readonly=True) as s:
+        assert s.get_state(b"a") == b"1" and s.stat()["state_tails"] == 0
+
+
 def test_lmdb_refuses_foreign_environment(tmp_path: Path) -> None:
     import lmdb
 
@@ -668,3 +745,44 @@ def test_lmdb_reads_adopt_a_map_another_process_grew(tmp_path: Path) -> None:
         # 2 MB now lie past this handle's 1 MiB map: its reads grow the map and see them
         assert small.get_state(b"big19") == bytes(100_000)
         assert small.get_block_tail(1, 10) is not None  # the buffered read path too
+
+
+def test_a_chain_stores_a_revealed_update_once(tmp_path: Path) -> None:
+    """A pending update of 64 KiB or more is kept as its hash and a reference into its reveal's
+    block: the chain reads it whole (every block, the kit checks the root against the reference
+    over ``iter_state``), drops the reference when the round closes, and agrees at every height
+    with a chain in memory."""
+    arch = (256, 130)  # 33,410 parameters: a 66,820-byte delta
+    n = param_count(arch)
+    roots: list[list[bytes]] = []
+    for kit in (Kit(LmdbStore(tmp_path / "chain"), clients=4), Kit(clients=4)):
+        body = small_task(arch=arch, samples=4, min_clients=4, max_clients=4, join_blocks=1, round_blocks=5)
+        _, res = kit.block([kit.tx(kit.user, body)] + [kit.tx(c, Stake(2000)) for c in kit.clients])
+        task_id = res.receipts[0].events[0].task_id
+        kit.block([kit.tx(c, JoinTask(task_id)) for c in kit.clients])
+        pairs = [kit.pair(c, task_id, 1, random_delta(n, i)) for i, c in enumerate(kit.clients)]
+        kit.block([c for c, _ in pairs])
+        while kit.chain.state().get_task(task_id).phase == RoundPhase.COMMIT:
+            kit.block()
+        kit.block([r for _, r in pairs[:3]])
+        for client, (_, reveal) in zip(kit.clients[:3], pairs, strict=False):
+            delta = reveal.tx.body.delta
+            assert (
+                kit.store.get_state(update_key(task_id, client.address))
+                == reveal.tx.body.delta_hash() + delta
+            )
+        if isinstance(kit.store, LmdbStore):
+            assert kit.store.stat()["state_tails"] == 3
+        kit.block([pairs[3][1]])  # the last reveal: the round closes, its updates are the basis
+        assert kit.chain.state().get_task(task_id).round == 2
+        if isinstance(kit.store, LmdbStore):
+            assert kit.store.stat()["state_tails"] == 4
+        deltas = [random_delta(n, 10 + i) for i in range(4)]
+        _, res = kit.submit(task_id, 2, list(zip(kit.clients, deltas, strict=True)))
+        assert any(isinstance(e, RoundClosed) for e in res.receipts[-1].events)
+        for client, delta in zip(kit.clients, deltas, strict=True):  # round 1's basis gave way
+            assert kit.store.get_state(update_key(task_id, client.address))[32:] == delta
+        if isinstance(kit.store, LmdbStore):
+            assert kit.store.stat()["state_tails"] == 4
+        roots.append([kit.store.get_header(h) for h in range(kit.chain.head.height + 1)])
+    assert roots[0] == roots[1]

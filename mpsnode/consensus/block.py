@@ -139,8 +139,17 @@ class Block:
 
     def encode(self) -> bytes:
         """The block's canonical bytes (the txs' own bytes spliced in where they have them)."""
+        return self.encode_with_offsets()[0]
+
+    def encode_with_offsets(self) -> tuple[bytes, list[int]]:
+        """The block's canonical bytes and where each of its txs' bytes starts in them."""
         head = [array_header(3), encode(self.header.encode_obj()), array_header(len(self.txs))]
-        return b"".join([*head, *[t.encode() for t in self.txs], encode(self.signature)])
+        pieces = [t.encode() for t in self.txs]
+        offsets, at = [], sum(len(p) for p in head)
+        for piece in pieces:
+            offsets.append(at)
+            at += len(piece)
+        return b"".join([*head, *pieces, encode(self.signature)]), offsets
 
     def verify_signature(self, sequencer: bytes) -> bool:
         """Whether ``signature`` is ``sequencer``'s signature of the block hash."""

@@ -446,6 +446,17 @@ class SignedTx:
         """The signed tx's canonical bytes."""
         return self.encoded if self.encoded is not None else encode(self.encode_obj())
 
+    def delta_span(self) -> tuple[int, int] | None:
+        """Where a REVEAL_UPDATE's delta lies in ``encode()`` (None for other kinds): the body's
+        last fields, the 32-byte salt and then the 64-byte signature, follow it, 2-byte headers each."""
+        body = self.tx.body
+        if type(body) is not RevealUpdate:
+            return None
+        data = self.encode()
+        stop = len(data) - (2 + 32) - (2 + crypto.SIGNATURE_LEN)
+        start = stop - len(body.delta)
+        return (start, stop) if start >= 0 and data.startswith(body.delta, start) else None
+
     def leaf(self) -> bytes:
         """The item committed in a block's tx_root."""
         return H(TX_LEAF, self.tx_id + self.signature)

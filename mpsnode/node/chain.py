@@ -254,10 +254,11 @@ class Chain:
             task_id = getattr(event, "task_id", None)
             if task_id is not None:
                 by_task[task_id].append(event.encode_obj())
+        data, offsets = block.encode_with_offsets()
         self.store.commit(
             BlockCommit(
                 head=Head(block.height, block.hash(), result.state_root, block.header.timestamp_ms),
-                block=block.encode(),
+                block=data,
                 header=block.header.encode(),
                 tx_ids=tuple(t.tx_id for t in block.txs),
                 receipts=result.receipts_encoded,
@@ -267,6 +268,7 @@ class Chain:
                 task_events={t: encode(evs) for t, evs in by_task.items()},
                 mempool_remove=tuple(mempool_remove),
                 meta=dict(meta or {}),
+                state_tails=_state_tails(data, offsets, block.txs, result.state_writes),
             ),
             before_commit=before_commit,
         )
@@ -274,3 +276,39 @@ class Chain:
             self.decoded_accounts.clear()
         self._nodes.add(result.node_writes)
         self._head_header = block.header
+
+
+#: A state value ending with at least this many bytes of its block is stored once (in the block).
+TAIL_MIN_BYTES = 1 << 16
+_EDGE = 16  # bytes at each end of a delta that pick the candidate to compare in full
+
+
+def _state_tails(
+    data: bytes, offsets: list[int], txs: tuple[SignedTx, ...], writes: Mapping[bytes, bytes | None]
+) -> dict[bytes, tuple[int, int]]:
+    """``BlockCommit.state_tails`` of a block (``data``, its txs starting at ``offsets``): the
+    state writes that end with one of its revealed deltas (a pending update is its delta's hash
+    and the delta). Each candidate is picked by its length and edges, then compared in full."""
+    view = memoryview(data)
+    spans: dict[tuple[int, bytes, bytes], tuple[int, int]] = {}
+    for stx, at in zip(txs, offsets, strict=True):
+        span = stx.delta_span()
+        if span is not None and span[1] - span[0] >= TAIL_MIN_BYTES:
+            start, stop = at + span[0], at + span[1]
+            edges = (stop - start, bytes(view[start : start + _EDGE]), bytes(view[stop - _EDGE : stop]))
+            spans.setdefault(edges, (start, stop))
+    if not spans:
+        return {}
+    lengths = sorted({n for n, _, _ in spans})
+    tails: dict[bytes, tuple[int, int]] = {}
+    for key, value in writes.items():
+        if value is None or len(value) < TAIL_MIN_BYTES:
+            continue
+        for n in lengths:
+            if n > len(value):
+                break
+            found = spans.get((n, value[len(value) - n : len(value) - n + _EDGE], value[-_EDGE:]))
+            if found is not None and value.endswith(view[found[0] : found[1]]):
+                tails[key] = found
+                break
+    return tails

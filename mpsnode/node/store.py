@@ -69,8 +69,9 @@ MAX_KEY_SIZE = 511
 U64_MAX = 2**64 - 1
 HASH_SIZE = 32
 
-#: Layout version written at creation; a store with another version is refused.
-SCHEMA_VERSION = 1
+#: Layout version written at creation; a store with another version is refused, except layout 1
+#: (no ``state_tails``), which a writable open upgrades by adding the empty table.
+SCHEMA_VERSION = 2
 
 HEADERS = "headers"
 BLOCKS = "blocks"
@@ -80,6 +81,7 @@ RECEIPTS = "receipts"
 EVENTS = "events"
 TASK_EVENTS = "task_events"
 STATE = "state"
+STATE_TAILS = "state_tails"
 NODES = "nodes"
 META = "meta"
 MEMPOOL = "mempool"
@@ -93,6 +95,7 @@ TABLES: tuple[str, ...] = (
     EVENTS,
     TASK_EVENTS,
     STATE,
+    STATE_TAILS,
     NODES,
     META,
     MEMPOOL,
@@ -151,6 +154,11 @@ class BlockCommit:
     task_events: Mapping[int, bytes] = field(default_factory=dict)
     mempool_remove: tuple[bytes, ...] = ()
     meta: Mapping[bytes, bytes] = field(default_factory=dict)
+    # A state write whose value ends with bytes of this block: key -> (start, stop) in ``block``.
+    # The store keeps only the value's head and a reference to ``block[start:stop]``; reads put
+    # the value back together. A revealed update is in its block and in the state until its
+    # round closes: this way its megabytes are written once.
+    state_tails: Mapping[bytes, tuple[int, int]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,6 +179,10 @@ class _Txn(Protocol):
         """Put unless the key exists (content-addressed records: skip the rewrite)."""
 
     def delete(self, table: str, key: bytes) -> None: ...
+
+    def empty(self, table: str) -> bool:
+        """Whether ``table`` holds no entries."""
+        ...
 
     def scan(self, table: str, prefix: bytes = b"", start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """Items whose key starts with ``prefix`` and is >= ``start``, in key order."""
@@ -200,6 +212,36 @@ def _read_head(t: _Txn) -> Head | None:
 def _is_key(key: bytes) -> bool:
     """Whether ``key`` could be stored at all (reads of impossible keys find nothing)."""
     return 1 <= len(key) <= MAX_KEY_SIZE
+
+
+def _encode_tail(height: int, start: int, stop: int) -> bytes:
+    return u64be(height) + u64be(start) + u64be(stop)
+
+
+def _tail(t: _Txn, key: bytes) -> memoryview | None:
+    """The block bytes the state value of ``key`` ends with (``BlockCommit.state_tails``), or None."""
+    raw = t.get(STATE_TAILS, key)
+    if raw is None:
+        return None
+    if len(raw) != 24:
+        raise StoreCorrupt(f"state tail of {key.hex()}: expected 24 bytes, found {len(raw)}")
+    start, stop = int.from_bytes(raw[8:16], "big"), int.from_bytes(raw[16:], "big")
+    block = t.view(BLOCKS, raw[:8])
+    if block is None or not start <= stop <= len(block):
+        raise StoreCorrupt(f"state tail of {key.hex()} points past block {int.from_bytes(raw[:8], 'big')}")
+    return memoryview(block)[start:stop]
+
+
+def _joined(t: _Txn, key: bytes, head: bytes) -> bytes:
+    """The whole state value of ``key`` whose stored part is ``head``."""
+    tail = _tail(t, key)
+    return head if tail is None else b"".join((head, tail))
+
+
+def _state_items(t: _Txn, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+    tails = not t.empty(STATE_TAILS)
+    for key, head in t.scan(STATE, prefix):
+        yield key, (_joined(t, key, head) if tails else head)
 
 
 def _check_key(key: object, what: str) -> None:
@@ -245,6 +287,16 @@ def _check_commit(c: BlockCommit) -> None:
         _check_key(key, "state key")
         if state_value is not None:
             _check_value(state_value, f"state value of {key.hex()}")
+    for key, (start, stop) in c.state_tails.items():
+        tailed = c.state_writes.get(key)
+        if tailed is None:
+            raise StoreError(f"state tail of {key.hex()} without a state value")
+        _check_uint(start, "state tail start")
+        _check_uint(stop, "state tail stop")
+        if not start < stop <= len(c.block) or stop - start > len(tailed):
+            raise StoreError(f"state tail of {key.hex()} is not within the block and the value")
+        if not tailed.endswith(memoryview(c.block)[start:stop]):
+            raise StoreError(f"state value of {key.hex()} does not end with its tail in the block")
     for key, value in c.node_writes.items():
         _check_key(key, "node hash")
         _check_value(value, f"node record of {key.hex()}")
@@ -276,13 +328,21 @@ def _apply_commit(t: _Txn, c: BlockCommit) -> None:
     t.put(EVENTS, h, c.events)
     for task_id in sorted(c.task_events):
         t.put(TASK_EVENTS, u64be(task_id) + h, c.task_events[task_id])
-    # Key order keeps LMDB's page touches local.
+    # Key order keeps LMDB's page touches local. A key's old tail goes with its old value.
+    tails, old_tails = c.state_tails, not t.empty(STATE_TAILS)
     for key in sorted(c.state_writes):
         value = c.state_writes[key]
         if value is None:
             t.delete(STATE, key)
+        elif key in tails:
+            start, stop = tails[key]
+            t.put(STATE, key, value[: len(value) - (stop - start)])
+            t.put(STATE_TAILS, key, _encode_tail(c.head.height, start, stop))
+            continue
         else:
             t.put(STATE, key, value)
+        if old_tails:
+            t.delete(STATE_TAILS, key)
     for key in sorted(c.node_writes):
         t.put_new(NODES, key, c.node_writes[key])
     for key in sorted(c.meta):
@@ -384,8 +444,11 @@ class StoreReader(ABC):
             return _read_head(t)
 
     def get_state(self, key: bytes) -> bytes | None:
+        if not _is_key(key):
+            return None
         with self._reading() as t:
-            return t.get(STATE, key) if _is_key(key) else None
+            head = t.get(STATE, key)
+            return None if head is None else _joined(t, key, head)
 
     def iter_state(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         """State items whose key starts with ``prefix``, in key order, from one consistent view.
@@ -396,13 +459,21 @@ class StoreReader(ABC):
         if len(prefix) > MAX_KEY_SIZE:
             return
         with self._reading() as t:
-            yield from t.scan(STATE, prefix)
+            yield from _state_items(t, prefix)
 
     def get_state_range(self, key: bytes, start: int, stop: int) -> bytes | None:
         """``value[start:stop]`` of a state key, only that part copied out."""
         with self._reading() as t:
-            value = t.view(STATE, key) if _is_key(key) else None
-            return None if value is None else bytes(value[start:stop])
+            head = t.view(STATE, key) if _is_key(key) else None
+            if head is None:
+                return None
+            tail = _tail(t, key)
+            n = len(head)
+            if tail is None or 0 <= start <= stop <= n:
+                return bytes(head[start:stop])
+            if 0 <= n <= start <= stop:
+                return bytes(tail[start - n : stop - n])
+            return b"".join((head, tail))[start:stop]
 
     def read_states_into(self, reads: Sequence[tuple[bytes, int, np.ndarray]]) -> list[int | None]:
         """For each ``(key, start, out)``: copy ``value[start:]`` of the state key into ``out`` (a
@@ -413,14 +484,26 @@ class StoreReader(ABC):
         from mpsnode.node import parallel  # noqa: PLC0415
 
         with self._reading() as t:
-            values = [t.view(STATE, key) if _is_key(key) else None for key, _, _ in reads]
-            copies = [
-                (value, start, out)
-                for value, (_, start, out) in zip(values, reads, strict=True)
-                if value is not None and len(value) - start == out.nbytes
-            ]
+            lengths: list[int | None] = []
+            copies = []
+            for key, start, out in reads:
+                head = t.view(STATE, key) if _is_key(key) else None
+                if head is None:
+                    lengths.append(None)
+                    continue
+                tail = _tail(t, key)
+                n = len(head) + (0 if tail is None else len(tail))
+                lengths.append(n)
+                if n - start != out.nbytes:
+                    continue
+                if tail is None:
+                    copies.append((head, start, out))
+                elif start >= len(head):
+                    copies.append((tail, start - len(head), out))
+                else:
+                    copies.append((b"".join((head, tail)), start, out))
             parallel.copy_all(copies)
-            return [None if value is None else len(value) for value in values]
+            return lengths
 
     def get_node(self, node_hash: bytes) -> bytes | None:
         """Sparse-Merkle node record by hash: the store is the tree's NodeStore."""
@@ -516,10 +599,17 @@ class StoreView(StoreReader):
         self._txn: _Txn | None = txn
         self._release = release
         self._errors = errors
+        self._tails: bool | None = None  # whether the view holds state tails, once asked
 
     # the STF's reads, without a context manager each (the block builder makes one per account)
     def get_state(self, key: bytes) -> bytes | None:
-        return self._get(STATE, key)
+        head = self._get(STATE, key)
+        if head is None:
+            return None
+        with self._reading() as t:
+            if self._tails is None:
+                self._tails = not t.empty(STATE_TAILS)
+            return _joined(t, key, head) if self._tails else head
 
     def get_node(self, node_hash: bytes) -> bytes | None:
         return self._get(NODES, node_hash)
@@ -678,6 +768,12 @@ class _MemTxn:
             raise StoreError("write in a read transaction")
         self._pending[table][key] = None
 
+    def empty(self, table: str) -> bool:
+        # True only when sure: a pending delete may empty the table, and False is always safe
+        with self._lock:
+            pending = () if self._pending is None else self._pending[table].values()
+            return not self._tables[table] and all(v is None for v in pending)
+
     def scan(self, table: str, prefix: bytes = b"", start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         # Materialized under the lock: a concurrent commit cannot change the dict mid-iteration.
         with self._lock:
@@ -718,7 +814,7 @@ class MemoryStore(Store):
     def iter_state(self, prefix: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         # Copy out under the lock, then release it: a consumer may commit while iterating.
         with self._reading() as t:
-            items = list(t.scan(STATE, prefix))
+            items = list(_state_items(t, prefix))
         yield from items
 
     @contextmanager
@@ -772,6 +868,9 @@ class _LmdbTxn:
 
     def delete(self, table: str, key: bytes) -> None:
         self._txn.delete(key, db=self._dbs[table])
+
+    def empty(self, table: str) -> bool:
+        return int(self._txn.stat(self._dbs[table])["entries"]) == 0
 
     def scan(self, table: str, prefix: bytes = b"", start: bytes = b"") -> Iterator[tuple[bytes, bytes]]:
         with self._txn.cursor(db=self._dbs[table]) as cursor:
@@ -873,7 +972,15 @@ class LmdbStore(Store):
         try:
             if self._readonly:
                 for name in TABLES:
-                    dbs[name] = self._env.open_db(name.encode(), create=False)
+                    try:
+                        dbs[name] = self._env.open_db(name.encode(), create=False)
+                    except lmdb.NotFoundError:
+                        if name != STATE_TAILS:
+                            raise
+                        raise StoreError(
+                            f"{self._path} has store layout 1: open it once with a node that writes "
+                            "to it (it adds the table layout 2 has), then read it"
+                        ) from None
             else:
                 names = {name.encode() for name in TABLES}
                 with self._env.begin() as txn:  # the main database holds only our table names
@@ -884,7 +991,9 @@ class LmdbStore(Store):
                     for name in TABLES:
                         dbs[name] = self._env.open_db(name.encode(), txn=txn, create=True)
                     meta = dbs[META]
-                    if txn.get(META_SCHEMA, db=meta) is None and txn.get(META_HEAD, db=meta) is None:
+                    schema = txn.get(META_SCHEMA, db=meta)
+                    new = schema is None and txn.get(META_HEAD, db=meta) is None
+                    if new or schema == encode([1]):  # layout 1 is layout 2 without state tails
                         txn.put(META_SCHEMA, encode([SCHEMA_VERSION]), db=meta)
         except lmdb.NotFoundError:
             raise StoreError(f"{self._path} is not an mpsnode store (a table is missing)") from None
