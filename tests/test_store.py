@@ -254,40 +254,46 @@ def test_state_partial_reads_see_the_block_layers(store: Store, parts: bool) -> 
     assert [state.get_range(k, 1, 3) for k in keys] == [b"lo", None, b"to", b"x-", None]
 
 
-def _tailed(height: int, block: bytes, state: Mapping[bytes, bytes | None], tails: dict) -> BlockCommit:
-    c = make_commit(height, state=state)
+def _tailed(
+    height: int, txs: list[bytes], state: Mapping[bytes, bytes | None], tails: dict, **kw: object
+) -> BlockCommit:
+    """A commit of a block of ``txs`` (ids ``tx <height> <i>``), stored apart, with state tails."""
+    c = make_commit(height, state=state, tx_ids=tuple(h32(f"tx {height} {i}") for i in range(len(txs))), **kw)
+    fields = {f: getattr(c, f) for f in c.__dataclass_fields__}
     return BlockCommit(
-        **{**{f: getattr(c, f) for f in c.__dataclass_fields__}, "block": block, "state_tails": tails}
+        **{**fields, "block": b"head.", "tx_bytes": tuple(txs), "block_tail": b".tail", "state_tails": tails}
     )
 
 
 def test_state_tails_are_stored_once_and_read_whole(store: Store) -> None:
-    """A state value that ends with bytes of its block keeps only its head; every read joins the
-    two, an overwrite or a delete drops the reference, and an older view still sees the old value."""
+    """A state value that ends with bytes of a tx of its block keeps only its head; every read
+    joins the two, an overwrite or a delete drops the reference, and an older view still sees the
+    old value."""
     store.commit(make_commit(0, state={b"plain": b"p"}))
     delta = bytes(range(256)) * 300
-    block = b"header." + delta + b".signature"
+    tx = b"tx." + delta + b".signature" * 7
     value = b"H" * 32 + delta
-    store.commit(_tailed(1, block, {b"u": value, b"v": b"x" + delta[-100:]}, {b"u": (7, 7 + len(delta))}))
-    assert store.get_block(1) == block
+    other = b"x" + delta[-100:]
+    store.commit(
+        _tailed(1, [b"first tx" * 9, tx], {b"u": value, b"v": other}, {b"u": (1, 3, 3 + len(delta))})
+    )
+    assert store.get_block(1) == b"head." + b"first tx" * 9 + tx + b".tail"
     if isinstance(store, LmdbStore):
-        assert store.stat()["state_tails"] == 1 and store.stat()["state"] == 3
-    assert store.get_state(b"u") == value and store.get_state(b"v") == b"x" + delta[-100:]
-    assert dict(store.iter_state()) == {b"plain": b"p", b"u": value, b"v": b"x" + delta[-100:]}
+        assert store.stat()["state_tails"] == 1 and store.stat()["tx_bytes"] == 2
+    assert store.get_state(b"u") == value and store.get_state(b"v") == other
+    assert dict(store.iter_state()) == {b"plain": b"p", b"u": value, b"v": other}
     for start, stop in ((0, 32), (0, 40), (30, 40), (32, 99), (100, len(value)), (5, len(value) + 9)):
         assert store.get_state_range(b"u", start, stop) == value[start:stop]
     rows = np.zeros((2, len(delta)), dtype=np.uint8)
     whole = np.zeros(len(value) - 3, dtype=np.uint8)
-    assert (
-        store.read_states_into([(b"u", 32, rows[0]), (b"u", 3, whole), (b"u", 31, rows[1])])
-        == [len(value)] * 3
-    )
+    lengths = store.read_states_into([(b"u", 32, rows[0]), (b"u", 3, whole), (b"u", 31, rows[1])])
+    assert lengths == [len(value)] * 3
     assert rows[0].tobytes() == delta and whole.tobytes() == value[3:] and not rows[1].any()
     with store.snapshot() as view:
         store.commit(make_commit(2, state={b"u": b"raw now", b"v": None}))
         assert view.get_state(b"u") == value and dict(view.iter_state())[b"u"] == value
         assert store.get_state(b"u") == b"raw now" and store.get_state(b"v") is None
-    store.commit(_tailed(3, block, {b"u": value}, {b"u": (7, 7 + len(delta))}))
+    store.commit(_tailed(3, [tx], {b"u": value}, {b"u": (0, 3, 3 + len(delta))}))
     store.commit(make_commit(4, state={b"u": None}))
     assert store.get_state(b"u") is None and list(store.iter_state()) == [(b"plain", b"p")]
     if isinstance(store, LmdbStore):
@@ -297,18 +303,41 @@ def test_state_tails_are_stored_once_and_read_whole(store: Store) -> None:
 @pytest.mark.parametrize(
     "tails",
     [
-        {b"u": (0, 20)},  # the value does not end with those bytes
-        {b"u": (7, 10_000_000)},  # past the block
-        {b"w": (7, 20)},  # no such write
-        {b"u": (9, 7)},
+        {b"u": (0, 0, 20)},  # the value does not end with those bytes
+        {b"u": (0, 7, 10_000_000)},  # past the tx
+        {b"u": (1, 0, 5)},  # no such tx
+        {b"w": (0, 7, 20)},  # no such write
+        {b"u": (0, 9, 7)},
+        {b"u": (7, 20)},
     ],
 )
 def test_bad_state_tails_refused_before_writing(store: Store, tails: dict) -> None:
     store.commit(make_commit(0, state={b"a": b"0"}))
     before = contents(store)
     with pytest.raises(StoreError, match=r"state tail|does not end"):
-        store.commit(_tailed(1, b"header." + b"d" * 64, {b"u": b"h" + b"d" * 64}, tails))
+        store.commit(_tailed(1, [b"tx." + b"d" * 64], {b"u": b"h" + b"d" * 64}, tails))
     assert contents(store) == before
+
+
+def test_a_tx_is_stored_once_from_the_mempool_to_its_block(store: Store) -> None:
+    """A pending tx's bytes stay where the mempool put them when its block commits (the same
+    length and signature bytes), are written by the block when they differ or were never
+    pending, and go when the tx is dropped, not when it is included."""
+    store.commit(make_commit(0))
+    txs = [b"tx zero " * 20, b"tx one " * 20, b"tx two " * 20]
+    ids = [h32(f"tx 1 {i}") for i in range(3)]
+    store.mempool_put(
+        [(ids[0], txs[0]), (ids[1], b"tx one, signed otherwise " * 6), (h32("drop"), b"d" * 99)]
+    )
+    assert store.mempool_size() == (3, len(txs[0]) + 150 + 99)
+    store.commit(_tailed(1, txs, {}, {}, mempool_remove=(ids[0], ids[1], h32("drop"))))
+    assert store.get_block(1) == b"head." + b"".join(txs) + b".tail"
+    assert store.get_block_tail(1, 5) == b".tail" and store.get_block_tail(1, 12) == (txs[2] + b".tail")[-12:]
+    assert store.mempool_items() == [] and store.mempool_size() == (0, 0)
+    if isinstance(store, LmdbStore):
+        assert store.stat()["tx_bytes"] == 3  # the dropped tx's bytes went
+    assert store.mempool_put([(ids[2], txs[2])]) == 0  # in a block: not pending again
+    assert store.get_block(1) == b"head." + b"".join(txs) + b".tail"
 
 
 def test_wrong_height_changes_nothing(store: Store) -> None:
@@ -652,21 +681,16 @@ def test_lmdb_full_map(tmp_path: Path) -> None:
         assert s.get_state(b"big19") == bytes(100_000)
 
 
-def test_lmdb_layout_1_is_upgraded_by_a_writable_open(tmp_path: Path) -> None:
+def test_lmdb_refuses_another_layout(tmp_path: Path) -> None:
     with LmdbStore(tmp_path / "chain") as s:
         s.commit(make_commit(0, state={b"a": b"0"}))
     env = lmdb.open(str(tmp_path / "chain"), max_dbs=20)
-    with env.begin(write=True) as txn:  # what layout 1 was: no state_tails, schema [1]
-        txn.drop(env.open_db(b"state_tails", txn=txn), delete=True)
+    with env.begin(write=True) as txn:  # an older layout's schema record
         txn.put(b"store:schema", b"\x91\x01", db=env.open_db(b"meta", txn=txn))
     env.close()
-    with pytest.raises(StoreError, match="layout 1"):
-        LmdbStore(tmp_path / "chain", readonly=True)
-    with LmdbStore(tmp_path / "chain") as s:
-        assert s.get_state(b"a") == b"0"
-        s.commit(make_commit(1, state={b"a": b"1"}))
-    with LmdbStore(tmp_path / "chain", readonly=True) as s:
-        assert s.get_state(b"a") == b"1" and s.stat()["state_tails"] == 0
+    for readonly in (True, False):
+        with pytest.raises(StoreError, match=r"layout .* another version of mpsnode; start a new home"):
+            LmdbStore(tmp_path / "chain", readonly=readonly)
 
 
 def test_lmdb_refuses_foreign_environment(tmp_path: Path) -> None:

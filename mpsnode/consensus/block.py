@@ -139,17 +139,13 @@ class Block:
 
     def encode(self) -> bytes:
         """The block's canonical bytes (the txs' own bytes spliced in where they have them)."""
-        return self.encode_with_offsets()[0]
+        head, txs, tail = self.encode_parts()
+        return b"".join([head, *txs, tail])
 
-    def encode_with_offsets(self) -> tuple[bytes, list[int]]:
-        """The block's canonical bytes and where each of its txs' bytes starts in them."""
-        head = [array_header(3), encode(self.header.encode_obj()), array_header(len(self.txs))]
-        pieces = [t.encode() for t in self.txs]
-        offsets, at = [], sum(len(p) for p in head)
-        for piece in pieces:
-            offsets.append(at)
-            at += len(piece)
-        return b"".join([*head, *pieces, encode(self.signature)]), offsets
+    def encode_parts(self) -> tuple[bytes, list[bytes], bytes]:
+        """The block's canonical bytes in three parts: those before its txs, each tx's, those after."""
+        head = array_header(3) + encode(self.header.encode_obj()) + array_header(len(self.txs))
+        return head, [t.encode() for t in self.txs], encode(self.signature)
 
     def verify_signature(self, sequencer: bytes) -> bool:
         """Whether ``signature`` is ``sequencer``'s signature of the block hash."""

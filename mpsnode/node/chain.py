@@ -254,11 +254,13 @@ class Chain:
             task_id = getattr(event, "task_id", None)
             if task_id is not None:
                 by_task[task_id].append(event.encode_obj())
-        data, offsets = block.encode_with_offsets()
+        head, tx_bytes, tail = block.encode_parts()
         self.store.commit(
             BlockCommit(
                 head=Head(block.height, block.hash(), result.state_root, block.header.timestamp_ms),
-                block=data,
+                block=head,
+                tx_bytes=tuple(tx_bytes),
+                block_tail=tail,
                 header=block.header.encode(),
                 tx_ids=tuple(t.tx_id for t in block.txs),
                 receipts=result.receipts_encoded,
@@ -268,7 +270,7 @@ class Chain:
                 task_events={t: encode(evs) for t, evs in by_task.items()},
                 mempool_remove=tuple(mempool_remove),
                 meta=dict(meta or {}),
-                state_tails=_state_tails(data, offsets, block.txs, result.state_writes),
+                state_tails=_state_tails(block.txs, result.state_writes),
             ),
             before_commit=before_commit,
         )
@@ -278,29 +280,27 @@ class Chain:
         self._head_header = block.header
 
 
-#: A state value ending with at least this many bytes of its block is stored once (in the block).
+#: A state value ending with at least this many bytes of a tx of its block is stored once (in the tx).
 TAIL_MIN_BYTES = 1 << 16
 _EDGE = 16  # bytes at each end of a delta that pick the candidate to compare in full
 
 
 def _state_tails(
-    data: bytes, offsets: list[int], txs: tuple[SignedTx, ...], writes: Mapping[bytes, bytes | None]
-) -> dict[bytes, tuple[int, int]]:
-    """``BlockCommit.state_tails`` of a block (``data``, its txs starting at ``offsets``): the
-    state writes that end with one of its revealed deltas (a pending update is its delta's hash
-    and the delta). Each candidate is picked by its length and edges, then compared in full."""
-    view = memoryview(data)
-    spans: dict[tuple[int, bytes, bytes], tuple[int, int]] = {}
-    for stx, at in zip(txs, offsets, strict=True):
+    txs: tuple[SignedTx, ...], writes: Mapping[bytes, bytes | None]
+) -> dict[bytes, tuple[int, int, int]]:
+    """``BlockCommit.state_tails`` of a block's txs: the state writes that end with one of its
+    revealed deltas (a pending update is its delta's hash, then the delta). Each candidate is
+    picked by its length and edges, then compared in full."""
+    spans: dict[tuple[int, bytes, bytes], tuple[int, int, int]] = {}
+    for index, stx in enumerate(txs):
         span = stx.delta_span()
         if span is not None and span[1] - span[0] >= TAIL_MIN_BYTES:
-            start, stop = at + span[0], at + span[1]
-            edges = (stop - start, bytes(view[start : start + _EDGE]), bytes(view[stop - _EDGE : stop]))
-            spans.setdefault(edges, (start, stop))
+            delta = stx.tx.body.delta  # type: ignore[union-attr]  # delta_span: a RevealUpdate
+            spans.setdefault((len(delta), delta[:_EDGE], delta[-_EDGE:]), (index, *span))
     if not spans:
         return {}
     lengths = sorted({n for n, _, _ in spans})
-    tails: dict[bytes, tuple[int, int]] = {}
+    tails: dict[bytes, tuple[int, int, int]] = {}
     for key, value in writes.items():
         if value is None or len(value) < TAIL_MIN_BYTES:
             continue
@@ -308,7 +308,9 @@ def _state_tails(
             if n > len(value):
                 break
             found = spans.get((n, value[len(value) - n : len(value) - n + _EDGE], value[-_EDGE:]))
-            if found is not None and value.endswith(view[found[0] : found[1]]):
-                tails[key] = found
-                break
+            if found is not None:
+                index, start, stop = found
+                if value.endswith(memoryview(txs[index].encode())[start:stop]):
+                    tails[key] = found
+                    break
     return tails

@@ -18,18 +18,30 @@ transaction interface (``_Txn``); each backend only supplies transactions. Key l
 table          key                                  value
 =============  ===================================  ==========================================
 headers        height u64 BE                        canonical header bytes
-blocks         height u64 BE                        canonical block bytes (empty at genesis)
+blocks         height u64 BE                        ``[bytes before the txs, [tx id...], bytes
+                                                    after]``; no ids: the first part is the
+                                                    whole block (empty at genesis)
 hashes         block hash                           height u64 BE
 txs            tx id                                height u64 BE || index u32 BE
+tx_bytes       tx id                                the signed tx's bytes: a pending or an
+                                                    included tx, written once for both
 receipts       height u64 BE                        encoded receipts (opaque)
 events         height u64 BE                        encoded events (opaque)
 task_events    task id u64 BE || height u64 BE      encoded events of that task (opaque)
-state          state key                            value
+state          state key                            value, or its head when it has a tail
+state_tails    state key                            start u64 BE || stop u64 BE || tx id: the
+                                                    value ends with those bytes of that tx
 nodes          node hash                            node record (never deleted)
 meta           key                                  value; ``store:*`` keys are the store's own
-mempool        insertion seq u64 BE                 tx id length u16 BE || tx id || tx bytes
+mempool        insertion seq u64 BE                 tx id length u16 BE || tx id || tx length
+                                                    u64 BE || the tx's last 66 bytes
 mempool_idx    tx id                                insertion seq u64 BE
 =============  ===================================  ==========================================
+
+A block's bytes are put back together on read (``get_block``), a tailed state value too (every
+state read): a revealed update's 2 MB are written to disk once, when the mempool takes the tx,
+and neither its block nor the state copies them again (docs/ARCHITECTURE.md). Layout version 3;
+a store of another layout is refused with a message saying so.
 
 Threads: an LMDB write transaction is bound to the thread that began it, so ``commit``,
 ``mempool_put`` and ``mempool_remove`` each run whole inside the calling thread (call each one
@@ -69,14 +81,14 @@ MAX_KEY_SIZE = 511
 U64_MAX = 2**64 - 1
 HASH_SIZE = 32
 
-#: Layout version written at creation; a store with another version is refused, except layout 1
-#: (no ``state_tails``), which a writable open upgrades by adding the empty table.
-SCHEMA_VERSION = 2
+#: Layout version written at creation; a store with another version is refused.
+SCHEMA_VERSION = 3
 
 HEADERS = "headers"
 BLOCKS = "blocks"
 HASHES = "hashes"
 TXS = "txs"
+TX_BYTES = "tx_bytes"
 RECEIPTS = "receipts"
 EVENTS = "events"
 TASK_EVENTS = "task_events"
@@ -91,6 +103,7 @@ TABLES: tuple[str, ...] = (
     BLOCKS,
     HASHES,
     TXS,
+    TX_BYTES,
     RECEIPTS,
     EVENTS,
     TASK_EVENTS,
@@ -141,7 +154,13 @@ class Head:
 
 @dataclass(frozen=True, slots=True)
 class BlockCommit:
-    """Everything one block changes, written atomically by ``Store.commit``."""
+    """Everything one block changes, written atomically by ``Store.commit``.
+
+    The block's bytes are ``block``, then ``tx_bytes`` (each tx's, in ``tx_ids`` order), then
+    ``block_tail``; with ``tx_bytes`` empty, ``block`` is all of them. Each tx's bytes are stored
+    once, under its id: a tx the mempool holds is not written again (a tx id names one tx: bytes
+    of the same length that end in the same 66 bytes, its signature, are taken to be the same).
+    """
 
     head: Head
     block: bytes
@@ -154,11 +173,13 @@ class BlockCommit:
     task_events: Mapping[int, bytes] = field(default_factory=dict)
     mempool_remove: tuple[bytes, ...] = ()
     meta: Mapping[bytes, bytes] = field(default_factory=dict)
-    # A state write whose value ends with bytes of this block: key -> (start, stop) in ``block``.
-    # The store keeps only the value's head and a reference to ``block[start:stop]``; reads put
-    # the value back together. A revealed update is in its block and in the state until its
-    # round closes: this way its megabytes are written once.
-    state_tails: Mapping[bytes, tuple[int, int]] = field(default_factory=dict)
+    tx_bytes: tuple[bytes, ...] = ()
+    block_tail: bytes = b""
+    # A state write whose value ends with bytes of one of the block's txs: key -> (index in
+    # ``tx_bytes``, start, stop). The store keeps only the value's head and a reference to those
+    # bytes; reads put the value back together. A revealed update is in its tx and in the state
+    # until the next round closes: this way its megabytes are written once.
+    state_tails: Mapping[bytes, tuple[int, int, int]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -214,22 +235,49 @@ def _is_key(key: bytes) -> bool:
     return 1 <= len(key) <= MAX_KEY_SIZE
 
 
-def _encode_tail(height: int, start: int, stop: int) -> bytes:
-    return u64be(height) + u64be(start) + u64be(stop)
-
-
 def _tail(t: _Txn, key: bytes) -> memoryview | None:
-    """The block bytes the state value of ``key`` ends with (``BlockCommit.state_tails``), or None."""
+    """The tx bytes the state value of ``key`` ends with (``BlockCommit.state_tails``), or None."""
     raw = t.get(STATE_TAILS, key)
     if raw is None:
         return None
-    if len(raw) != 24:
-        raise StoreCorrupt(f"state tail of {key.hex()}: expected 24 bytes, found {len(raw)}")
-    start, stop = int.from_bytes(raw[8:16], "big"), int.from_bytes(raw[16:], "big")
-    block = t.view(BLOCKS, raw[:8])
-    if block is None or not start <= stop <= len(block):
-        raise StoreCorrupt(f"state tail of {key.hex()} points past block {int.from_bytes(raw[:8], 'big')}")
-    return memoryview(block)[start:stop]
+    if len(raw) <= 16:
+        raise StoreCorrupt(f"state tail of {key.hex()}: {len(raw)} bytes, too short")
+    start, stop, tx_id = int.from_bytes(raw[:8], "big"), int.from_bytes(raw[8:16], "big"), raw[16:]
+    tx = t.view(TX_BYTES, tx_id)
+    if tx is None or not start <= stop <= len(tx):
+        raise StoreCorrupt(f"state tail of {key.hex()} points past the bytes of tx {tx_id.hex()}")
+    return memoryview(tx)[start:stop]
+
+
+def _block_record(c: BlockCommit) -> bytes:
+    """What ``blocks`` holds for a block: its bytes around the txs, and their ids if stored apart."""
+    return encode([c.block, list(c.tx_ids) if c.tx_bytes else [], c.block_tail])
+
+
+def _block_bytes(t: _Txn, record: bytes, height: int) -> bytes:
+    head, tx_ids, tail = _read_block_record(record, height)
+    if not tx_ids:
+        return head + tail if tail else head
+    parts: list[bytes | memoryview] = [head]
+    for tx_id in tx_ids:
+        tx = t.view(TX_BYTES, tx_id)
+        if tx is None:
+            raise StoreCorrupt(f"block {height} names tx {tx_id.hex()}, whose bytes are missing")
+        parts.append(tx)
+    parts.append(tail)
+    return b"".join(parts)
+
+
+def _read_block_record(record: bytes, height: int) -> tuple[bytes, list[bytes], bytes]:
+    try:
+        head, tx_ids, tail = expect_list(decode(record, max_bytes=len(record)), 3, "block record")
+        return (
+            expect_bytes(head, "block head"),
+            [expect_bytes(i, "tx id") for i in expect_list(tx_ids, None, "tx ids")],
+            expect_bytes(tail, "block tail"),
+        )
+    except DecodeError as exc:
+        raise StoreCorrupt(f"block record {height} is malformed: {exc.reason}") from None
 
 
 def _joined(t: _Txn, key: bytes, head: bytes) -> bytes:
@@ -287,15 +335,27 @@ def _check_commit(c: BlockCommit) -> None:
         _check_key(key, "state key")
         if state_value is not None:
             _check_value(state_value, f"state value of {key.hex()}")
-    for key, (start, stop) in c.state_tails.items():
+    _check_value(c.block_tail, "block tail")
+    if c.tx_bytes and len(c.tx_bytes) != len(c.tx_ids):
+        raise StoreError(f"{len(c.tx_bytes)} tx byte strings for {len(c.tx_ids)} tx ids")
+    for raw in c.tx_bytes:
+        _check_value(raw, "tx bytes")
+    for key, ref in c.state_tails.items():
+        if type(ref) is not tuple or len(ref) != 3:
+            raise StoreError(f"state tail of {key.hex()} must be (tx index, start, stop)")
+        index, start, stop = ref
         tailed = c.state_writes.get(key)
         if tailed is None:
             raise StoreError(f"state tail of {key.hex()} without a state value")
-        _check_uint(start, "state tail start")
-        _check_uint(stop, "state tail stop")
-        if not start < stop <= len(c.block) or stop - start > len(tailed):
-            raise StoreError(f"state tail of {key.hex()} is not within the block and the value")
-        if not tailed.endswith(memoryview(c.block)[start:stop]):
+        for n, what in ((index, "tx index"), (start, "start"), (stop, "stop")):
+            _check_uint(n, f"state tail {what}")
+        if (
+            index >= len(c.tx_bytes)
+            or not start < stop <= len(c.tx_bytes[index])
+            or stop - start > len(tailed)
+        ):
+            raise StoreError(f"state tail of {key.hex()} is not within a tx of the block and the value")
+        if not tailed.endswith(memoryview(c.tx_bytes[index])[start:stop]):
             raise StoreError(f"state value of {key.hex()} does not end with its tail in the block")
     for key, value in c.node_writes.items():
         _check_key(key, "node hash")
@@ -319,11 +379,14 @@ def _apply_commit(t: _Txn, c: BlockCommit) -> None:
         now = "the store is empty" if head is None else f"the head is at height {head.height}"
         raise StoreError(f"cannot commit height {c.head.height}: {now}, the next height is {expected}")
     h = u64be(c.head.height)
-    t.put(BLOCKS, h, c.block)
+    t.put(BLOCKS, h, _block_record(c))
     t.put(HEADERS, h, c.header)
     t.put(HASHES, c.head.block_hash, h)
     for index, tx_id in enumerate(c.tx_ids):
         t.put(TXS, tx_id, h + index.to_bytes(4, "big"))
+    for tx_id, raw in zip(c.tx_ids, c.tx_bytes, strict=False):
+        if not _pending_as(t, tx_id, raw):  # a pending tx's bytes are stored already
+            t.put(TX_BYTES, tx_id, raw)
     t.put(RECEIPTS, h, c.receipts)
     t.put(EVENTS, h, c.events)
     for task_id in sorted(c.task_events):
@@ -335,9 +398,9 @@ def _apply_commit(t: _Txn, c: BlockCommit) -> None:
         if value is None:
             t.delete(STATE, key)
         elif key in tails:
-            start, stop = tails[key]
+            index, start, stop = tails[key]
             t.put(STATE, key, value[: len(value) - (stop - start)])
-            t.put(STATE_TAILS, key, _encode_tail(c.head.height, start, stop))
+            t.put(STATE_TAILS, key, u64be(start) + u64be(stop) + c.tx_ids[index])
             continue
         else:
             t.put(STATE, key, value)
@@ -351,17 +414,39 @@ def _apply_commit(t: _Txn, c: BlockCommit) -> None:
     t.put(META, META_HEAD, c.head.encode())
 
 
+SIGNED_TAIL = 66  # a signed tx's last bytes: its 64-byte signature and the signature's header
+
+
 def _pack_entry(tx_id: bytes, tx: bytes) -> bytes:
-    return len(tx_id).to_bytes(2, "big") + tx_id + tx
+    """A mempool entry: the tx id, the tx's length and last bytes (its bytes are in ``tx_bytes``)."""
+    return len(tx_id).to_bytes(2, "big") + tx_id + u64be(len(tx)) + tx[-SIGNED_TAIL:]
 
 
-def _unpack_entry(entry: bytes) -> tuple[bytes, bytes]:
+def _unpack_entry(entry: bytes) -> tuple[bytes, int, bytes]:
+    """(tx id, tx length, the tx's last bytes) of a mempool entry."""
     if len(entry) < 2:
         raise StoreCorrupt("mempool entry shorter than its length prefix")
     n = int.from_bytes(entry[:2], "big")
-    if len(entry) < 2 + n:
-        raise StoreCorrupt("mempool entry shorter than its tx id")
-    return entry[2 : 2 + n], entry[2 + n :]
+    if len(entry) < 2 + n + 8:
+        raise StoreCorrupt("mempool entry shorter than its tx id and length")
+    return entry[2 : 2 + n], int.from_bytes(entry[2 + n : 10 + n], "big"), entry[10 + n :]
+
+
+def _pending_as(t: _Txn, tx_id: bytes, tx: bytes) -> bool:
+    """Whether the mempool holds ``tx_id`` with these bytes (the same length and last bytes)."""
+    seq = t.get(MEMPOOL_IDX, tx_id)
+    entry = None if seq is None else t.get(MEMPOOL, seq)
+    if entry is None:
+        return False
+    _, size, tail = _unpack_entry(entry)
+    return size == len(tx) and tail == tx[-SIGNED_TAIL:]
+
+
+def _pending_bytes(t: _Txn, tx_id: bytes) -> bytes:
+    tx = t.get(TX_BYTES, tx_id)
+    if tx is None:
+        raise StoreCorrupt(f"mempool holds tx {tx_id.hex()}, whose bytes are missing")
+    return tx
 
 
 def _mempool_counters(t: _Txn) -> tuple[int, int, int]:
@@ -385,10 +470,11 @@ def _mempool_put(t: _Txn, items: Sequence[tuple[bytes, bytes]]) -> int:
     seq, count, size = _mempool_counters(t)
     added = 0
     for tx_id, tx in items:
-        if t.get(MEMPOOL_IDX, tx_id) is not None:
-            continue  # already pending: keep its place and bytes
+        if t.get(MEMPOOL_IDX, tx_id) is not None or t.get(TXS, tx_id) is not None:
+            continue  # already pending (keep its place and bytes) or already in a block
         t.put(MEMPOOL, u64be(seq), _pack_entry(tx_id, tx))
         t.put(MEMPOOL_IDX, tx_id, u64be(seq))
+        t.put(TX_BYTES, tx_id, tx)
         seq += 1
         count += 1
         size += len(tx)
@@ -410,8 +496,10 @@ def _mempool_remove(t: _Txn, ids: Iterable[bytes]) -> int:
             raise StoreCorrupt(f"mempool index names tx {tx_id.hex()} but its entry is missing")
         t.delete(MEMPOOL, raw_seq)
         t.delete(MEMPOOL_IDX, tx_id)
+        if t.get(TXS, tx_id) is None:  # dropped, not included: its bytes go too
+            t.delete(TX_BYTES, tx_id)
         count -= 1
-        size -= len(_unpack_entry(entry)[1])
+        size -= _unpack_entry(entry)[1]
         removed += 1
     if removed:
         if count < 0 or size < 0:
@@ -511,14 +599,25 @@ class StoreReader(ABC):
             return t.get(NODES, node_hash) if _is_key(node_hash) else None
 
     def get_block(self, height: int) -> bytes | None:
+        if not 0 <= height <= U64_MAX:
+            return None
         with self._reading() as t:
-            return t.get(BLOCKS, u64be(height)) if 0 <= height <= U64_MAX else None
+            record = t.get(BLOCKS, u64be(height))
+            return None if record is None else _block_bytes(t, record, height)
 
     def get_block_tail(self, height: int, n: int) -> bytes | None:
         """The last ``n`` bytes of block ``height`` (where its signature is), or None if there is no
-        such block. A store that can read them without copying the whole block does."""
-        block = self.get_block(height)
-        return None if block is None else block[-n:]
+        such block; the block's txs are read only when the tail is shorter than ``n``."""
+        if not 0 <= height <= U64_MAX:
+            return None
+        with self._reading() as t:
+            record = t.get(BLOCKS, u64be(height))
+            if record is None:
+                return None
+            _, tx_ids, tail = _read_block_record(record, height)
+            if tx_ids and 0 < n <= len(tail):
+                return tail[-n:]
+            return _block_bytes(t, record, height)[-n:]
 
     def get_header(self, height: int) -> bytes | None:
         with self._reading() as t:
@@ -566,7 +665,7 @@ class StoreReader(ABC):
         with self._reading() as t:
             raw_seq = t.get(MEMPOOL_IDX, tx_id) if _is_key(tx_id) else None
             entry = None if raw_seq is None else t.get(MEMPOOL, raw_seq)
-        return None if entry is None else _unpack_entry(entry)[1]
+            return None if entry is None else _pending_bytes(t, _unpack_entry(entry)[0])
 
     def mempool_items(self, limit: int | None = None) -> list[tuple[bytes, bytes]]:
         """(tx id, tx bytes) pairs in insertion order, the first ``limit`` of them if given."""
@@ -575,7 +674,8 @@ class StoreReader(ABC):
             return out
         with self._reading() as t:
             for _, entry in t.scan(MEMPOOL):
-                out.append(_unpack_entry(entry))
+                tx_id = _unpack_entry(entry)[0]
+                out.append((tx_id, _pending_bytes(t, tx_id)))
                 if limit is not None and len(out) >= limit:
                     break
         return out
@@ -971,16 +1071,10 @@ class LmdbStore(Store):
         dbs: dict[str, lmdb._Database] = {}
         try:
             if self._readonly:
+                dbs[META] = self._env.open_db(META.encode(), create=False)
+                self._check_schema(dbs[META])  # an older layout lacks tables: say so first
                 for name in TABLES:
-                    try:
-                        dbs[name] = self._env.open_db(name.encode(), create=False)
-                    except lmdb.NotFoundError:
-                        if name != STATE_TAILS:
-                            raise
-                        raise StoreError(
-                            f"{self._path} has store layout 1: open it once with a node that writes "
-                            "to it (it adds the table layout 2 has), then read it"
-                        ) from None
+                    dbs[name] = self._env.open_db(name.encode(), create=False)
             else:
                 names = {name.encode() for name in TABLES}
                 with self._env.begin() as txn:  # the main database holds only our table names
@@ -991,9 +1085,7 @@ class LmdbStore(Store):
                     for name in TABLES:
                         dbs[name] = self._env.open_db(name.encode(), txn=txn, create=True)
                     meta = dbs[META]
-                    schema = txn.get(META_SCHEMA, db=meta)
-                    new = schema is None and txn.get(META_HEAD, db=meta) is None
-                    if new or schema == encode([1]):  # layout 1 is layout 2 without state tails
+                    if txn.get(META_SCHEMA, db=meta) is None and txn.get(META_HEAD, db=meta) is None:
                         txn.put(META_SCHEMA, encode([SCHEMA_VERSION]), db=meta)
         except lmdb.NotFoundError:
             raise StoreError(f"{self._path} is not an mpsnode store (a table is missing)") from None
@@ -1001,13 +1093,18 @@ class LmdbStore(Store):
             raise StoreFull(self._full_message()) from None
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the tables of {self._path}: {exc}") from None
-        with self._env.begin(db=dbs[META]) as txn:
-            schema = txn.get(META_SCHEMA, db=dbs[META])
+        self._check_schema(dbs[META])
+        return dbs
+
+    def _check_schema(self, meta: lmdb._Database) -> None:
+        with self._env.begin(db=meta) as txn:
+            schema = txn.get(META_SCHEMA, db=meta)
         if schema != encode([SCHEMA_VERSION]):
             raise StoreCorrupt(
-                f"{self._path} has store layout {schema!r}, this build reads {encode([SCHEMA_VERSION])!r}"
+                f"{self._path} has store layout {schema!r}, this build reads {encode([SCHEMA_VERSION])!r}: "
+                "it was written by another version of mpsnode; start a new home (a verifier syncs "
+                "again from its upstream)"
             )
-        return dbs
 
     def _full_message(self) -> str:
         return (
@@ -1063,19 +1160,6 @@ class LmdbStore(Store):
         # Transaction.__exit__ commits on success and aborts on any exception.
         with self._errors(), self._begin(write=True) as txn:
             yield _LmdbTxn(txn, self._dbs)
-
-    def get_block_tail(self, height: int, n: int) -> bytes | None:
-        # a buffer-returning read: the block (megabytes with model updates) is not copied out
-        if not 0 <= height <= U64_MAX:
-            return None
-        self._check_open()
-        with self._errors():
-            txn = self._begin_buffered()
-            try:
-                value = txn.get(u64be(height), db=self._dbs[BLOCKS])
-                return None if value is None else bytes(value[-n:])
-            finally:
-                txn.abort()
 
     def snapshot(self) -> StoreView:
         """One LMDB read transaction held until ``close()``.
