@@ -11,6 +11,12 @@ The service is one nursery tree (``Sequencer.run``)::
                          transaction, then acks each (the ack means: on disk)
     block builder        the one task that builds blocks; receives durable txs through a channel
 
+Blocks follow each other ``block_time_ms`` apart, start to start. A block that takes longer than
+that is followed at once if durable txs are waiting, and otherwise up to a quarter of a slot later
+(``GRACE_OF_BLOCK_TIME``), as soon as one arrives: its receipts have just gone out, and the txs
+they prompt (a round's reveals after its commitments) should not wait a whole slot behind an
+empty block.
+
 Block order never depends on which task ran first: a block's candidates are the durable
 mempool in table order (``MempoolIndex.select``), and every block is committed with
 its mempool removals (included txs, and the admitted txs that can never be included, recorded
@@ -506,7 +512,8 @@ class Sequencer:
 
     async def _builder(self) -> None:
         recv = self._durable_recv
-        next_at = trio.current_time()
+        next_at = finished = trio.current_time()
+        grace = self.block_time * GRACE_OF_BLOCK_TIME
         while True:
             while True:  # absorb what is durable already
                 try:
@@ -521,8 +528,16 @@ class Sequencer:
                     async for entries in recv:
                         self._take_durable(entries)
                 continue
+            if not (self._fresh or self.index.durable_count) and trio.current_time() < finished + grace:
+                # The last block ran past its slot and nothing new is durable: its receipts just
+                # went out, so wait a moment for the txs they prompt rather than build an empty
+                # block now and make those txs wait a whole slot for the next.
+                with trio.move_on_at(finished + grace):
+                    self._take_durable(await recv.receive())
+                continue
             started = trio.current_time()
             await self._produce_block()
+            finished = trio.current_time()
             next_at = started + self.block_time
 
     async def _produce_block(self) -> None:
@@ -639,6 +654,11 @@ class Sequencer:
     def _update_gauges(self) -> None:
         self.metrics.mempool_txs.set(self.index.count)
         self.metrics.mempool_bytes.set(self.index.bytes)
+
+
+#: After a block that ran past its slot, the next waits up to this part of a slot after it for
+#: new durable txs, unless some are waiting already (``Sequencer._builder``).
+GRACE_OF_BLOCK_TIME = 0.25
 
 
 # ---------------------------------------------------------------------------------------------

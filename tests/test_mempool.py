@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import pytest
+import trio
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from trio.testing import MockClock
 
 import genesis as genesis_tool
 from mpsnode.consensus.errors import FeeUnpayable, NonceMismatch
 from mpsnode.consensus.state import Account
 from mpsnode.consensus.tx import SignedTx, Transfer, Tx
 from mpsnode.node.errors import AlreadyKnown, MempoolFull, NonceConflict, NonceTooFarAhead, SenderLimit
+from mpsnode.node.store import MemoryStore
 from sequencer.admission import AdmissionPolicy, check_admission
+from sequencer.daemon import GRACE_OF_BLOCK_TIME, Sequencer, SequencerConfig
 from sequencer.mempool import Entry, MempoolIndex
 
 G, KEYS = genesis_tool.devnet(clients=4)
@@ -135,3 +139,40 @@ def test_admission_rejections() -> None:
         index.reserve(entry(key, 0))
     with pytest.raises(MempoolFull):
         check(stx(KEYS["client-3"], 0))
+
+
+def _paced_builder(arrive_at: float | None) -> list[tuple[float, bool]]:
+    """The builder's block starts (time, whether durable txs were fresh) when its first block runs
+    three slots long and a durable batch arrives at ``arrive_at`` (or never)."""
+    seq = Sequencer(MemoryStore(), G, KEYS["sequencer"], SequencerConfig(block_time_ms=100))
+    seq._chain_busy = True  # a block every slot, txs or not
+    starts: list[tuple[float, bool]] = []
+
+    async def produce() -> None:
+        starts.append((round(trio.current_time(), 6), seq._fresh))
+        seq._fresh = False
+        if len(starts) == 1:
+            await trio.sleep(0.3)
+
+    seq._produce_block = produce  # type: ignore[method-assign]
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(seq._builder)
+            if arrive_at is not None:
+                await trio.sleep(arrive_at)
+                seq._durable_send.send_nowait([])
+            await trio.sleep(0.5 - (arrive_at or 0))
+            nursery.cancel_scope.cancel()
+
+    trio.run(main, clock=MockClock(autojump_threshold=0))
+    return starts
+
+
+def test_after_a_block_past_its_slot_the_next_waits_a_moment_for_new_txs() -> None:
+    grace = 0.1 * GRACE_OF_BLOCK_TIME
+    # txs made durable just after the long block are in the next one, not a slot behind it
+    assert _paced_builder(0.31)[:3] == [(0.0, True), (0.31, True), (0.41, False)]
+    # with none, the next block comes once the grace is over, and the slots go on from there
+    starts = _paced_builder(None)
+    assert starts[1] == (round(0.3 + grace, 6), False) and starts[2][0] == round(0.4 + grace, 6)
