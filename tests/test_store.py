@@ -26,6 +26,7 @@ from mpsnode.consensus.tx import JoinTask, Stake, Transfer
 from mpsnode.node.chain import NodeCache
 from mpsnode.node.errors import StoreError, StoreFull
 from mpsnode.node.store import (
+    APART_MIN_BYTES,
     MAX_KEY_SIZE,
     BlockCommit,
     Head,
@@ -279,7 +280,7 @@ def test_state_tails_are_stored_once_and_read_whole(store: Store) -> None:
     )
     assert store.get_block(1) == b"head." + b"first tx" * 9 + tx + b".tail"
     if isinstance(store, LmdbStore):
-        assert store.stat()["state_tails"] == 1 and store.stat()["tx_bytes"] == 2
+        assert store.stat()["state_tails"] == 1 and store.stat()["tx_bytes"] == 1  # the small tx: inline
     assert store.get_state(b"u") == value and store.get_state(b"v") == other
     assert dict(store.iter_state()) == {b"plain": b"p", b"u": value, b"v": other}
     for start, stop in ((0, 32), (0, 40), (30, 40), (32, 99), (100, len(value)), (5, len(value) + 9)):
@@ -305,39 +306,47 @@ def test_state_tails_are_stored_once_and_read_whole(store: Store) -> None:
     [
         {b"u": (0, 0, 20)},  # the value does not end with those bytes
         {b"u": (0, 7, 10_000_000)},  # past the tx
-        {b"u": (1, 0, 5)},  # no such tx
+        {b"u": (2, 0, 5)},  # no such tx
         {b"w": (0, 7, 20)},  # no such write
         {b"u": (0, 9, 7)},
+        {b"u": (1, 0, 5)},  # a tx kept in the block's record, not apart
         {b"u": (7, 20)},
     ],
 )
 def test_bad_state_tails_refused_before_writing(store: Store, tails: dict) -> None:
     store.commit(make_commit(0, state={b"a": b"0"}))
     before = contents(store)
+    big = b"d" * APART_MIN_BYTES
     with pytest.raises(StoreError, match=r"state tail|does not end"):
-        store.commit(_tailed(1, [b"tx." + b"d" * 64], {b"u": b"h" + b"d" * 64}, tails))
+        store.commit(_tailed(1, [b"tx." + big, b"small tx"], {b"u": b"h" + big}, tails))
     assert contents(store) == before
 
 
-def test_a_tx_is_stored_once_from_the_mempool_to_its_block(store: Store) -> None:
-    """A pending tx's bytes stay where the mempool put them when its block commits (the same
-    length and signature bytes), are written by the block when they differ or were never
-    pending, and go when the tx is dropped, not when it is included."""
+def test_a_large_tx_is_stored_once_from_the_mempool_to_its_block(store: Store) -> None:
+    """A pending large tx's bytes stay where the mempool put them when its block commits (the same
+    length and signature bytes), are written by the block when they differ or were never pending,
+    and go when the tx is dropped, not when it is included; small txs stay in their entries and
+    their block's record. Every read puts the block back together in order."""
     store.commit(make_commit(0))
-    txs = [b"tx zero " * 20, b"tx one " * 20, b"tx two " * 20]
-    ids = [h32(f"tx 1 {i}") for i in range(3)]
-    store.mempool_put(
-        [(ids[0], txs[0]), (ids[1], b"tx one, signed otherwise " * 6), (h32("drop"), b"d" * 99)]
-    )
-    assert store.mempool_size() == (3, len(txs[0]) + 150 + 99)
-    store.commit(_tailed(1, txs, {}, {}, mempool_remove=(ids[0], ids[1], h32("drop"))))
-    assert store.get_block(1) == b"head." + b"".join(txs) + b".tail"
-    assert store.get_block_tail(1, 5) == b".tail" and store.get_block_tail(1, 12) == (txs[2] + b".tail")[-12:]
+    big = APART_MIN_BYTES
+    txs = [b"0" * big, b"small one", b"2" * (big + 1), b"small three", b"4" * big, b"small five"]
+    ids = [h32(f"tx 1 {i}") for i in range(len(txs))]
+    pending = [(ids[0], txs[0]), (ids[1], txs[1]), (ids[2], b"x" + txs[2]), (h32("drop"), b"d" * big)]
+    store.mempool_put(pending)
+    assert store.mempool_size() == (4, sum(len(tx) for _, tx in pending))
+    assert store.mempool_items() == pending and store.mempool_get(ids[2]) == b"x" + txs[2]
+    if isinstance(store, LmdbStore):
+        assert store.stat()["tx_bytes"] == 3
+    store.commit(_tailed(1, txs, {}, {}, mempool_remove=(*ids[:3], h32("drop"))))
+    block = b"head." + b"".join(txs) + b".tail"
+    assert store.get_block(1) == block
+    for n in (1, 5, 11, 12, 100, len(block)):
+        assert store.get_block_tail(1, n) == block[-n:]
     assert store.mempool_items() == [] and store.mempool_size() == (0, 0)
     if isinstance(store, LmdbStore):
-        assert store.stat()["tx_bytes"] == 3  # the dropped tx's bytes went
-    assert store.mempool_put([(ids[2], txs[2])]) == 0  # in a block: not pending again
-    assert store.get_block(1) == b"head." + b"".join(txs) + b".tail"
+        assert store.stat()["tx_bytes"] == 3  # the block's three large txs; the dropped one went
+    assert store.mempool_put([(ids[2], txs[2]), (ids[3], txs[3])]) == 0  # in a block: not pending again
+    assert store.get_block(1) == block
 
 
 def test_wrong_height_changes_nothing(store: Store) -> None:

@@ -26,7 +26,7 @@ from mpsnode.consensus.stf.transition import BlockResult, Verdicts, build_block,
 from mpsnode.consensus.tx import SignedTx
 from mpsnode.node import parallel
 from mpsnode.node.errors import StoreError
-from mpsnode.node.store import BlockCommit, Head, Store, StoreReader
+from mpsnode.node.store import APART_MIN_BYTES, BlockCommit, Head, Store, StoreReader
 
 GENESIS_META = b"genesis"
 GENESIS_HASH_META = b"genesis_hash"
@@ -280,8 +280,9 @@ class Chain:
         self._head_header = block.header
 
 
-#: A state value ending with at least this many bytes of a tx of its block is stored once (in the tx).
-TAIL_MIN_BYTES = 1 << 16
+#: A state value ending with a delta this long is stored once (in its tx, which is longer, so
+#: the store keeps it apart: the tail can point there).
+TAIL_MIN_BYTES = APART_MIN_BYTES
 _EDGE = 16  # bytes at each end of a delta that pick the candidate to compare in full
 
 

@@ -249,35 +249,62 @@ def _tail(t: _Txn, key: bytes) -> memoryview | None:
     return memoryview(tx)[start:stop]
 
 
+#: A tx of at least this many bytes is stored apart, under its id (``tx_bytes``), once for the
+#: mempool and its block; a smaller one is kept in its mempool entry and in its block's record.
+APART_MIN_BYTES = 1 << 16
+
+
+def _apart(tx: bytes) -> bool:
+    return len(tx) >= APART_MIN_BYTES
+
+
 def _block_record(c: BlockCommit) -> bytes:
-    """What ``blocks`` holds for a block: its bytes around the txs, and their ids if stored apart."""
-    return encode([c.block, list(c.tx_ids) if c.tx_bytes else [], c.block_tail])
+    """What ``blocks`` holds for a block: the number of txs stored apart, then for each where its
+    bytes go (u64 BE) and its id (u16 BE length first), then the block's bytes without them."""
+    holes: list[bytes] = []
+    body: list[bytes] = [c.block]
+    at = len(c.block)
+    for tx_id, raw in zip(c.tx_ids, c.tx_bytes, strict=False):
+        if _apart(raw):
+            holes.append(u64be(at) + len(tx_id).to_bytes(2, "big") + tx_id)
+        else:
+            body.append(raw)
+            at += len(raw)
+    body.append(c.block_tail)
+    return b"".join([len(holes).to_bytes(4, "big"), *holes, *body])
 
 
-def _block_bytes(t: _Txn, record: bytes, height: int) -> bytes:
-    head, tx_ids, tail = _read_block_record(record, height)
-    if not tx_ids:
-        return head + tail if tail else head
-    parts: list[bytes | memoryview] = [head]
-    for tx_id in tx_ids:
+def _read_block_record(record: bytes | memoryview, height: int) -> tuple[list[tuple[int, bytes]], int]:
+    """The txs stored apart (where in the body, id) and where the body starts."""
+    try:
+        at, holes = 4, []
+        for _ in range(int.from_bytes(record[:4], "big")):
+            n = int.from_bytes(record[at + 8 : at + 10], "big")
+            holes.append((int.from_bytes(record[at : at + 8], "big"), bytes(record[at + 10 : at + 10 + n])))
+            at += 10 + n
+        if at > len(record) or any(not 0 <= where <= len(record) - at for where, _ in holes):
+            raise ValueError
+        return holes, at
+    except (ValueError, IndexError):
+        raise StoreCorrupt(f"block record {height} is malformed") from None
+
+
+def _block_bytes(t: _Txn, record: bytes | memoryview, height: int) -> bytes:
+    holes, start = _read_block_record(record, height)
+    if not holes:
+        return bytes(record[start:])
+    pieces: list[bytes | memoryview] = []
+    last = 0
+    body = memoryview(record)[start:]
+    for where, tx_id in holes:
+        pieces.append(body[last:where])
         tx = t.view(TX_BYTES, tx_id)
         if tx is None:
             raise StoreCorrupt(f"block {height} names tx {tx_id.hex()}, whose bytes are missing")
-        parts.append(tx)
-    parts.append(tail)
-    return b"".join(parts)
-
-
-def _read_block_record(record: bytes, height: int) -> tuple[bytes, list[bytes], bytes]:
-    try:
-        head, tx_ids, tail = expect_list(decode(record, max_bytes=len(record)), 3, "block record")
-        return (
-            expect_bytes(head, "block head"),
-            [expect_bytes(i, "tx id") for i in expect_list(tx_ids, None, "tx ids")],
-            expect_bytes(tail, "block tail"),
-        )
-    except DecodeError as exc:
-        raise StoreCorrupt(f"block record {height} is malformed: {exc.reason}") from None
+        pieces.append(tx)
+        last = where
+    pieces.append(body[last:])
+    return b"".join(pieces)
 
 
 def _joined(t: _Txn, key: bytes, head: bytes) -> bytes:
@@ -351,10 +378,11 @@ def _check_commit(c: BlockCommit) -> None:
             _check_uint(n, f"state tail {what}")
         if (
             index >= len(c.tx_bytes)
+            or not _apart(c.tx_bytes[index])
             or not start < stop <= len(c.tx_bytes[index])
             or stop - start > len(tailed)
         ):
-            raise StoreError(f"state tail of {key.hex()} is not within a tx of the block and the value")
+            raise StoreError(f"state tail of {key.hex()} is not within a tx stored apart and the value")
         if not tailed.endswith(memoryview(c.tx_bytes[index])[start:stop]):
             raise StoreError(f"state value of {key.hex()} does not end with its tail in the block")
     for key, value in c.node_writes.items():
@@ -385,7 +413,7 @@ def _apply_commit(t: _Txn, c: BlockCommit) -> None:
     for index, tx_id in enumerate(c.tx_ids):
         t.put(TXS, tx_id, h + index.to_bytes(4, "big"))
     for tx_id, raw in zip(c.tx_ids, c.tx_bytes, strict=False):
-        if not _pending_as(t, tx_id, raw):  # a pending tx's bytes are stored already
+        if _apart(raw) and not _pending_as(t, tx_id, raw):  # a pending tx's are stored already
             t.put(TX_BYTES, tx_id, raw)
     t.put(RECEIPTS, h, c.receipts)
     t.put(EVENTS, h, c.events)
@@ -418,18 +446,24 @@ SIGNED_TAIL = 66  # a signed tx's last bytes: its 64-byte signature and the sign
 
 
 def _pack_entry(tx_id: bytes, tx: bytes) -> bytes:
-    """A mempool entry: the tx id, the tx's length and last bytes (its bytes are in ``tx_bytes``)."""
-    return len(tx_id).to_bytes(2, "big") + tx_id + u64be(len(tx)) + tx[-SIGNED_TAIL:]
+    """A mempool entry: the tx id, then the tx's bytes, or for a tx stored apart (``tx_bytes``)
+    its length and last bytes."""
+    head = len(tx_id).to_bytes(2, "big") + tx_id
+    if _apart(tx):
+        return head + b"\x01" + u64be(len(tx)) + tx[-SIGNED_TAIL:]
+    return head + b"\x00" + tx
 
 
-def _unpack_entry(entry: bytes) -> tuple[bytes, int, bytes]:
-    """(tx id, tx length, the tx's last bytes) of a mempool entry."""
-    if len(entry) < 2:
-        raise StoreCorrupt("mempool entry shorter than its length prefix")
+def _unpack_entry(entry: bytes) -> tuple[bytes, bytes | None, int, bytes]:
+    """(tx id, the tx's bytes or None when stored apart, its length, its last bytes)."""
     n = int.from_bytes(entry[:2], "big")
-    if len(entry) < 2 + n + 8:
-        raise StoreCorrupt("mempool entry shorter than its tx id and length")
-    return entry[2 : 2 + n], int.from_bytes(entry[2 + n : 10 + n], "big"), entry[10 + n :]
+    if len(entry) < 3 + n or entry[2 + n] not in (0, 1) or (entry[2 + n] == 1 and len(entry) < 11 + n):
+        raise StoreCorrupt("mempool entry is malformed")
+    tx_id = entry[2 : 2 + n]
+    if entry[2 + n] == 0:
+        tx = entry[3 + n :]
+        return tx_id, tx, len(tx), tx[-SIGNED_TAIL:]
+    return tx_id, None, int.from_bytes(entry[3 + n : 11 + n], "big"), entry[11 + n :]
 
 
 def _pending_as(t: _Txn, tx_id: bytes, tx: bytes) -> bool:
@@ -438,15 +472,18 @@ def _pending_as(t: _Txn, tx_id: bytes, tx: bytes) -> bool:
     entry = None if seq is None else t.get(MEMPOOL, seq)
     if entry is None:
         return False
-    _, size, tail = _unpack_entry(entry)
+    _, _, size, tail = _unpack_entry(entry)
     return size == len(tx) and tail == tx[-SIGNED_TAIL:]
 
 
-def _pending_bytes(t: _Txn, tx_id: bytes) -> bytes:
-    tx = t.get(TX_BYTES, tx_id)
+def _entry_bytes(t: _Txn, entry: bytes) -> tuple[bytes, bytes]:
+    """(tx id, tx bytes) of a mempool entry."""
+    tx_id, tx, _, _ = _unpack_entry(entry)
     if tx is None:
-        raise StoreCorrupt(f"mempool holds tx {tx_id.hex()}, whose bytes are missing")
-    return tx
+        tx = t.get(TX_BYTES, tx_id)
+        if tx is None:
+            raise StoreCorrupt(f"mempool holds tx {tx_id.hex()}, whose bytes are missing")
+    return tx_id, tx
 
 
 def _mempool_counters(t: _Txn) -> tuple[int, int, int]:
@@ -474,7 +511,8 @@ def _mempool_put(t: _Txn, items: Sequence[tuple[bytes, bytes]]) -> int:
             continue  # already pending (keep its place and bytes) or already in a block
         t.put(MEMPOOL, u64be(seq), _pack_entry(tx_id, tx))
         t.put(MEMPOOL_IDX, tx_id, u64be(seq))
-        t.put(TX_BYTES, tx_id, tx)
+        if _apart(tx):
+            t.put(TX_BYTES, tx_id, tx)
         seq += 1
         count += 1
         size += len(tx)
@@ -496,10 +534,11 @@ def _mempool_remove(t: _Txn, ids: Iterable[bytes]) -> int:
             raise StoreCorrupt(f"mempool index names tx {tx_id.hex()} but its entry is missing")
         t.delete(MEMPOOL, raw_seq)
         t.delete(MEMPOOL_IDX, tx_id)
-        if t.get(TXS, tx_id) is None:  # dropped, not included: its bytes go too
+        _, inline, n, _ = _unpack_entry(entry)
+        if inline is None and t.get(TXS, tx_id) is None:  # dropped, not included: its bytes go
             t.delete(TX_BYTES, tx_id)
         count -= 1
-        size -= _unpack_entry(entry)[1]
+        size -= n
         removed += 1
     if removed:
         if count < 0 or size < 0:
@@ -602,7 +641,7 @@ class StoreReader(ABC):
         if not 0 <= height <= U64_MAX:
             return None
         with self._reading() as t:
-            record = t.get(BLOCKS, u64be(height))
+            record = t.view(BLOCKS, u64be(height))
             return None if record is None else _block_bytes(t, record, height)
 
     def get_block_tail(self, height: int, n: int) -> bytes | None:
@@ -611,12 +650,13 @@ class StoreReader(ABC):
         if not 0 <= height <= U64_MAX:
             return None
         with self._reading() as t:
-            record = t.get(BLOCKS, u64be(height))
+            record = t.view(BLOCKS, u64be(height))
             if record is None:
                 return None
-            _, tx_ids, tail = _read_block_record(record, height)
-            if tx_ids and 0 < n <= len(tail):
-                return tail[-n:]
+            holes, start = _read_block_record(record, height)
+            after = len(record) - start - (holes[-1][0] if holes else 0)  # body bytes after the last tx apart
+            if 0 < n <= after:
+                return bytes(record[len(record) - n :])
             return _block_bytes(t, record, height)[-n:]
 
     def get_header(self, height: int) -> bytes | None:
@@ -665,7 +705,7 @@ class StoreReader(ABC):
         with self._reading() as t:
             raw_seq = t.get(MEMPOOL_IDX, tx_id) if _is_key(tx_id) else None
             entry = None if raw_seq is None else t.get(MEMPOOL, raw_seq)
-            return None if entry is None else _pending_bytes(t, _unpack_entry(entry)[0])
+            return None if entry is None else _entry_bytes(t, entry)[1]
 
     def mempool_items(self, limit: int | None = None) -> list[tuple[bytes, bytes]]:
         """(tx id, tx bytes) pairs in insertion order, the first ``limit`` of them if given."""
@@ -674,8 +714,7 @@ class StoreReader(ABC):
             return out
         with self._reading() as t:
             for _, entry in t.scan(MEMPOOL):
-                tx_id = _unpack_entry(entry)[0]
-                out.append((tx_id, _pending_bytes(t, tx_id)))
+                out.append(_entry_bytes(t, entry))
                 if limit is not None and len(out) >= limit:
                     break
         return out
