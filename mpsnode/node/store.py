@@ -18,13 +18,14 @@ transaction interface (``_Txn``); each backend only supplies transactions. Key l
 table          key                                  value
 =============  ===================================  ==========================================
 headers        height u64 BE                        canonical header bytes
-blocks         height u64 BE                        ``[bytes before the txs, [tx id...], bytes
-                                                    after]``; no ids: the first part is the
-                                                    whole block (empty at genesis)
+blocks         height u64 BE                        n u32 BE, n x (offset u64 BE, tx id length
+                                                    u16 BE, tx id), then the block's bytes (empty
+                                                    at genesis) without the n txs kept apart;
+                                                    each goes back in at its offset
 hashes         block hash                           height u64 BE
 txs            tx id                                height u64 BE || index u32 BE
-tx_bytes       tx id                                the signed tx's bytes: a pending or an
-                                                    included tx, written once for both
+tx_bytes       tx id                                a signed tx of ``APART_MIN_BYTES`` (64 KiB)
+                                                    or more: pending or included, written once
 receipts       height u64 BE                        encoded receipts (opaque)
 events         height u64 BE                        encoded events (opaque)
 task_events    task id u64 BE || height u64 BE      encoded events of that task (opaque)
@@ -33,8 +34,9 @@ state_tails    state key                            start u64 BE || stop u64 BE 
                                                     value ends with those bytes of that tx
 nodes          node hash                            node record (never deleted)
 meta           key                                  value; ``store:*`` keys are the store's own
-mempool        insertion seq u64 BE                 tx id length u16 BE || tx id || tx length
-                                                    u64 BE || the tx's last 66 bytes
+mempool        insertion seq u64 BE                 tx id length u16 BE || tx id || 0 || tx
+                                                    bytes, or for a tx kept apart || 1 || tx
+                                                    length u64 BE || its last 66 bytes
 mempool_idx    tx id                                insertion seq u64 BE
 =============  ===================================  ==========================================
 
