@@ -9,7 +9,8 @@ that block), the next round's commitments once its reveals are. Every tx is sign
 starts. Prints:
 
 * ``ingest_updates_mbps``: included update bytes per second, sustained (10% to 90% of the bytes);
-* ``ingest_updates_bound``: what bounds it: the bytes the daemon wrote to disk (/proc/PID/io) per
+* ``ingest_updates_bound``: what bounds it (the disk, the one block builder, or the round trips
+  between a round's phases when neither is busy): the bytes the daemon wrote to disk (/proc/PID/io) per
   included update byte, the synced write rate of a fresh LMDB store on the same disk measured
   after the run (what a growing data file can take), the time that volume needs at that rate, the
   sequencer's block build and commit seconds (its metrics), how busy the cores were, and the
@@ -275,6 +276,8 @@ def main() -> None:
     included = result["revealed_bytes"]
     disk_s = result["written"] / disk_Bps
     wall = result["wall_s"]
+    builder_busy = (result["build_s"] + result["commit_s"]) / wall
+    cores_busy = result["daemon_cpu_s"] / wall / (os.cpu_count() or 1)
     print(
         json.dumps(
             {
@@ -286,16 +289,19 @@ def main() -> None:
                 "disk_s": round(disk_s, 2),
                 "block_build_s": round(result["build_s"], 2),
                 "block_commit_s": round(result["commit_s"], 2),
-                "builder_busy": round((result["build_s"] + result["commit_s"]) / wall, 3),
-                "cores_busy": round(result["daemon_cpu_s"] / wall / (os.cpu_count() or 1), 3),
+                "builder_busy": round(builder_busy, 3),
+                "cores_busy": round(cores_busy, 3),
                 "daemon_system_cpu_s": round(result["system_s"], 2),
                 "daemon_minor_faults": result["faults"],
                 "bound": (
                     "disk: writing what the daemon wrote at this disk's synced growth rate takes "
                     f"{disk_s / wall:.0%} of the run"
                     if disk_s > 0.5 * wall
-                    else "the one block builder: builds and commits fill "
-                    f"{(result['build_s'] + result['commit_s']) / wall:.0%} of the run"
+                    else f"the one block builder: builds and commits fill {builder_busy:.0%} of the run"
+                    if builder_busy > 0.75
+                    else "round trips: each phase of a round is sent once the last is included, so "
+                    f"the builder (busy {builder_busy:.0%}) and the cores (busy {cores_busy:.0%}) "
+                    "wait for a phase's txs to arrive, and its arrival for the block before"
                 ),
             }
         )

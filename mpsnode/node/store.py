@@ -1141,8 +1141,12 @@ class LmdbStore(Store):
         with self._env.begin(db=meta) as txn:
             schema = txn.get(META_SCHEMA, db=meta)
         if schema != encode([SCHEMA_VERSION]):
+            try:
+                layout = str(decode(schema or b"", max_bytes=64)[0])
+            except (DecodeError, IndexError, KeyError, TypeError):
+                layout = repr(schema)
             raise StoreCorrupt(
-                f"{self._path} has store layout {schema!r}, this build reads {encode([SCHEMA_VERSION])!r}: "
+                f"{self._path} has store layout {layout}, this build reads layout {SCHEMA_VERSION}: "
                 "it was written by another version of mpsnode; start a new home (a verifier syncs "
                 "again from its upstream)"
             )
