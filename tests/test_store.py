@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 from collections.abc import Iterator, Mapping
@@ -17,6 +18,8 @@ from pathlib import Path
 import lmdb
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mpsnode.consensus.errors import DecodeError
 from mpsnode.consensus.events import RoundClosed
@@ -819,3 +822,63 @@ def test_a_chain_stores_a_revealed_update_once(tmp_path: Path) -> None:
             assert kit.store.stat()["state_tails"] == 4
         roots.append([kit.store.get_header(h) for h in range(kit.chain.head.height + 1)])
     assert roots[0] == roots[1]
+
+
+@pytest.mark.parametrize("backend", ["memory", "lmdb"])
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_blocks_and_tailed_values_read_back_whatever_the_mix(backend: str, data: st.DataObject) -> None:
+    """Blocks of small and large txs, some pending first (with the same bytes or other ones),
+    some dropped, and state values tailed on some of them, read back byte for byte at every
+    height and after every commit; each commit applies on top of whatever the last left."""
+    with tempfile.TemporaryDirectory() as tmp:
+        store: Store = MemoryStore() if backend == "memory" else LmdbStore(Path(tmp) / "chain")
+        with store:
+            _mixed_blocks(store, data)
+
+
+def _mixed_blocks(store: Store, data: st.DataObject) -> None:
+    sizes = st.sampled_from([1, 70, APART_MIN_BYTES - 1, APART_MIN_BYTES, APART_MIN_BYTES + 7])
+    store.commit(make_commit(0))
+    blocks: dict[int, bytes] = {}
+    state: dict[bytes, bytes] = {}
+    for height in range(1, data.draw(st.integers(1, 4)) + 1):
+        txs = [
+            bytes([height, i]) * (n // 2) + bytes(n % 2)
+            for i, n in enumerate(data.draw(st.lists(sizes, min_size=0, max_size=4)))
+        ]
+        ids = [h32(f"tx {height} {i}") for i in range(len(txs))]
+        pending = [
+            (tx_id, tx if data.draw(st.booleans()) else b"other " + tx)
+            for tx_id, tx in zip(ids, txs, strict=True)
+            if data.draw(st.booleans())
+        ]
+        dropped = [(h32(f"drop {height} {n}"), b"z" * n) for n in data.draw(st.lists(sizes, max_size=2))]
+        store.mempool_put(pending + dropped)
+        writes: dict[bytes, bytes | None] = {}
+        tails: dict[bytes, tuple[int, int, int]] = {}
+        for i, tx in enumerate(txs):
+            key = b"u%d" % data.draw(st.integers(0, 3))
+            if len(tx) >= APART_MIN_BYTES and data.draw(st.booleans()):
+                start = data.draw(st.integers(0, len(tx) - 1))
+                writes[key] = b"head%d" % height + tx[start:]
+                tails[key] = (i, start, len(tx))
+            else:
+                tails.pop(key, None)
+                writes[key] = None if data.draw(st.booleans()) else b"raw %d" % height
+        remove = tuple(tx_id for tx_id, _ in pending + dropped)
+        store.commit(_tailed(height, txs, writes, tails, mempool_remove=remove))
+        blocks[height] = b"head." + b"".join(txs) + b".tail"
+        for key, value in writes.items():
+            if value is None:
+                state.pop(key, None)
+            else:
+                state[key] = value
+        assert store.mempool_items() == [] and store.mempool_size() == (0, 0)
+        for h, block in blocks.items():
+            assert store.get_block(h) == block
+            assert store.get_block_tail(h, 66) == block[-66:]
+        assert dict(store.iter_state()) == state
+        for key, value in state.items():
+            assert store.get_state(key) == value
+            assert store.get_state_range(key, 2, 70_000) == value[2:70_000]
