@@ -227,7 +227,10 @@ class Sequencer:
         try:
             if len(raw) > self.params.max_tx_bytes:
                 raise TxTooLarge(len(raw), self.params.max_tx_bytes)
-            stx = decode_signed_tx(raw, max_bytes=self.params.max_tx_bytes)
+            # a large tx's id (a hash of all of it) is hashed on a verify thread, not on the loop
+            stx = decode_signed_tx(
+                raw, max_bytes=self.params.max_tx_bytes, hash_id=len(raw) < ID_ON_THREAD_BYTES
+            )
             validate_transaction(stx, self.chain_id, self.params, check_signature=False)
             if stx.tx.kind == Kind.DEPOSIT:
                 raise SystemTxRefused()
@@ -385,7 +388,9 @@ class Sequencer:
                     except trio.WouldBlock:
                         break
                 self.metrics.verify_batch_txs.observe(len(batch))
-                oks = await trio.to_thread.run_sync(_verify_and_hash, [s.stx for s in batch])
+                oks, stxs = await trio.to_thread.run_sync(_verify_and_hash, [s.stx for s in batch])
+                for sub, stx in zip(batch, stxs, strict=True):
+                    sub.stx = stx
                 admitted = self._admit(batch, oks)
                 if admitted:
                     await self._commit_send.send(admitted)
@@ -656,6 +661,9 @@ class Sequencer:
         self.metrics.mempool_bytes.set(self.index.bytes)
 
 
+#: A submitted tx this long or longer has its id hashed on a verify thread instead of the loop.
+ID_ON_THREAD_BYTES = 1 << 16
+
 #: After a block that ran past its slot, the next waits up to this part of a slot after it for
 #: new durable txs, unless some are waiting already (``Sequencer._builder``).
 GRACE_OF_BLOCK_TIME = 0.25
@@ -665,10 +673,11 @@ GRACE_OF_BLOCK_TIME = 0.25
 # The process
 
 
-def _verify_and_hash(stxs: list[SignedTx]) -> list[bool]:
-    """The signatures of a batch, checked on a worker thread; its deltas hashed there too, and the
-    tree values they will be, so the block builder does not hash them again (``hash_ahead``,
-    ``parallel.hash_update_value_ahead``)."""
+def _verify_and_hash(stxs: list[SignedTx]) -> tuple[list[bool], list[SignedTx]]:
+    """The signatures of a batch, checked on a worker thread (with the ids ``submit`` left to hash),
+    and the txs with their ids; its deltas hashed there too, and the tree values they will be, so
+    the block builder does not hash them again (``hash_ahead``, ``parallel.hash_update_value_ahead``)."""
+    stxs = [stx.with_id() for stx in stxs]
     oks = verify_batch([(stx.tx.sender, stx.tx_id, stx.signature) for stx in stxs])
     good = [stx for stx, ok in zip(stxs, oks, strict=True) if ok]
     hash_ahead(good)
@@ -676,7 +685,7 @@ def _verify_and_hash(stxs: list[SignedTx]) -> list[bool]:
         body = stx.tx.body
         if type(body) is RevealUpdate:
             parallel.hash_update_value_ahead(body.delta_hash(), body.delta)
-    return oks
+    return oks, stxs
 
 
 async def serve(sequencer: Sequencer, on_ready: Callable[[Sequencer], None] | None = None) -> None:

@@ -75,6 +75,9 @@ def test_signed_tx_round_trip(tx: Tx) -> None:
     assert back.tx_id == tx.signing_hash()
     assert back.size == len(data)
     assert back.verify_signature()
+    later = decode_signed_tx(data, hash_id=False)  # the id left to hash, as a node does on a thread
+    assert later.tx_id == b"" and later.with_id() == stx and later.with_id().tx_id == stx.tx_id
+    assert back.with_id() is back
 
 
 @settings(max_examples=100, deadline=None)

@@ -39,6 +39,7 @@ from mpsnode.node.errors import (
     WrongNetwork,
 )
 from mpsnode.node.messages import Msg, StateReply
+from sequencer.daemon import ID_ON_THREAD_BYTES
 
 from chainkit import small_task
 from nodekit import REPO, Daemon, make_home
@@ -283,14 +284,23 @@ def test_task_and_model_queries_are_proven(node) -> None:
 
     async def main() -> None:
         async with connect(daemon.address, genesis=g) as client:
-            body = small_task(arch=(4, 3), min_clients=3, max_clients=3, join_blocks=1000, round_blocks=1000)
+            # 16,100 weights: a tx of more than 64 KiB, whose id the sequencer hashes on a verify
+            # thread and whose bytes its store keeps apart from the block's record
+            arch = (160, 100)
+            body = small_task(arch=arch, min_clients=3, max_clients=3, join_blocks=1000, round_blocks=1000)
             user = await _wallet(client, keys["user"])
+            nonce = (await client.nonce(keys["user"].address)).next_nonce
+            good = Tx(g.chain_id, keys["user"].address, nonce, g.params.tx_base_fee * 1000, body)
+            raw = good.sign(keys["user"]).encode()
+            assert len(raw) >= ID_ON_THREAD_BYTES
+            with pytest.raises(BadSignature):
+                await client.submit(raw[:-1] + bytes([raw[-1] ^ 1]))
             stx = await user.send(client, body)
             outcome = await client.wait_receipt(stx.tx_id, timeout=30)
             assert outcome.ok, outcome
             task_id = next(e.task_id for e in outcome.receipt.events if e.name == "TaskCreated")
             proven = await client.task(task_id)
-            assert proven.value.status == TaskStatus.JOINING and proven.value.arch == (4, 3)
+            assert proven.value.status == TaskStatus.JOINING and proven.value.arch == arch
             task, model = (await client.model(task_id)).value
             assert model == body.init_weights and task.task_id == task_id
             assert (await client.task(10_000)).value is None  # proven absent

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import IntEnum
 from typing import Any, ClassVar
 
@@ -457,6 +457,12 @@ class SignedTx:
         start = stop - len(body.delta)
         return (start, stop) if start >= 0 and data.startswith(body.delta, start) else None
 
+    def with_id(self) -> SignedTx:
+        """This tx with its id hashed, if ``from_obj`` left it to hash (else itself)."""
+        if self.tx_id or self.encoded is None:
+            return self
+        return replace(self, tx_id=_id_of(self.encoded))
+
     def leaf(self) -> bytes:
         """The item committed in a block's tx_root."""
         return H(TX_LEAF, self.tx_id + self.signature)
@@ -466,20 +472,32 @@ class SignedTx:
         return crypto.verify(self.tx.sender, self.tx_id, self.signature)
 
     @classmethod
-    def from_obj(cls, obj: Any, size: int | None = None, encoded: bytes | None = None) -> SignedTx:
+    def from_obj(
+        cls, obj: Any, size: int | None = None, encoded: bytes | None = None, *, hash_id: bool = True
+    ) -> SignedTx:
         """Build from an already-decoded (canonical) object; raises DecodeError. ``encoded``: the
         canonical bytes ``obj`` was decoded from, ``[tx, signature]``: an array header byte, the tx's
-        bytes, then the 64-byte signature's 2-byte header and itself; the tx id hashes that middle."""
+        bytes, then the 64-byte signature's 2-byte header and itself; the tx id hashes that middle.
+        ``hash_id=False`` (with ``encoded``) leaves the id to hash later: ``tx_id`` is empty until
+        ``with_id()`` (a node hashes a large tx's id on another thread than the one decoding it)."""
         tx_obj, signature = expect_list(obj, 2, "signed tx")
         tx = Tx.decode_obj(tx_obj)
         expect_bytes(signature, "signature", crypto.SIGNATURE_LEN)
         if encoded is None:
             tx_id = H(TX_SIGN, encode(tx_obj))
+        elif not hash_id:
+            tx_id = b""
         else:
-            tx_id = H(TX_SIGN, memoryview(encoded)[1 : -2 - crypto.SIGNATURE_LEN])  # no copy of the tx
+            tx_id = _id_of(encoded)
         if size is None:
             size = len(encoded) if encoded is not None else len(encode(obj))
         return cls(tx, signature, tx_id, size, encoded)
+
+
+def _id_of(encoded: bytes) -> bytes:
+    """The tx id of a SignedTx's canonical bytes: the hash of the tx's own, between the array header
+    and the signature (a view: no copy of the tx)."""
+    return H(TX_SIGN, memoryview(encoded)[1 : -2 - crypto.SIGNATURE_LEN])
 
 
 def hash_ahead(txs: Iterable[SignedTx]) -> None:
@@ -492,11 +510,12 @@ def hash_ahead(txs: Iterable[SignedTx]) -> None:
             body.delta_hash()
 
 
-def decode_signed_tx(data: bytes, max_bytes: int = MAX_TX_BYTES_HARD) -> SignedTx:
-    """Decode a canonical SignedTx; ``InvalidTransaction`` with a reason for any bad input."""
+def decode_signed_tx(data: bytes, max_bytes: int = MAX_TX_BYTES_HARD, *, hash_id: bool = True) -> SignedTx:
+    """Decode a canonical SignedTx; ``InvalidTransaction`` with a reason for any bad input.
+    ``hash_id=False``: the id is left to hash (``SignedTx.from_obj``)."""
     try:
         obj = decode(data, max_bytes=max_bytes)
-        return SignedTx.from_obj(obj, len(data), bytes(data))
+        return SignedTx.from_obj(obj, len(data), bytes(data), hash_id=hash_id)
     except InvalidTransaction:
         raise
     except Exception as exc:  # noqa: BLE001 - the contract is: never another exception type
