@@ -61,7 +61,7 @@ def copy_all(copies: Sequence[Copy]) -> None:
 # block that stores it is built. delta hash -> (delta, H(SMT_VAL, delta hash || delta)).
 # The deltas of reveals hashed ahead and not (yet) in a block, at most this many bytes of them
 # (the mempool holds them anyway until then): the oldest are forgotten first.
-AHEAD_BYTES = 512 << 20
+AHEAD_BYTES = 256 << 20
 _ahead: OrderedDict[bytes, tuple[bytes, bytes]] = OrderedDict()
 _ahead_bytes = 0
 _ahead_lock = threading.Lock()
