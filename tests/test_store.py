@@ -697,12 +697,15 @@ def test_lmdb_refuses_another_layout(tmp_path: Path) -> None:
     with LmdbStore(tmp_path / "chain") as s:
         s.commit(make_commit(0, state={b"a": b"0"}))
     env = lmdb.open(str(tmp_path / "chain"), max_dbs=20)
-    with env.begin(write=True) as txn:  # an older layout's schema record
+    with env.begin(write=True) as txn:  # an older layout: its schema record, a table it lacked
         txn.put(b"store:schema", b"\x91\x01", db=env.open_db(b"meta", txn=txn))
+        txn.drop(env.open_db(b"state_tails", txn=txn), delete=True)
     env.close()
+    before = (tmp_path / "chain" / "data.mdb").read_bytes()
     for readonly in (True, False):
         with pytest.raises(StoreError, match=r"layout .* another version of mpsnode; start a new home"):
             LmdbStore(tmp_path / "chain", readonly=readonly)
+    assert (tmp_path / "chain" / "data.mdb").read_bytes() == before  # refused, and left as it was
 
 
 def test_lmdb_refuses_foreign_environment(tmp_path: Path) -> None:

@@ -747,10 +747,13 @@ class StoreView(StoreReader):
         head = self._get(STATE, key)
         if head is None:
             return None
-        with self._reading() as t:
-            if self._tails is None:
+        if self._tails is None:
+            with self._reading() as t:
                 self._tails = not t.empty(STATE_TAILS)
-            return _joined(t, key, head) if self._tails else head
+        if not self._tails:  # the common case: no context manager for it
+            return head
+        with self._reading() as t:
+            return _joined(t, key, head)
 
     def get_node(self, node_hash: bytes) -> bytes | None:
         return self._get(NODES, node_hash)
@@ -1119,22 +1122,25 @@ class LmdbStore(Store):
             else:
                 names = {name.encode() for name in TABLES}
                 with self._env.begin() as txn:  # the main database holds only our table names
-                    foreign = [k for k in txn.cursor().iternext(values=False) if bytes(k) not in names]
+                    existing = [bytes(k) for k in txn.cursor().iternext(values=False)]
+                foreign = [k for k in existing if k not in names]
                 if foreign:
                     raise StoreError(f"{self._path} is not an mpsnode store (holds the key {foreign[0]!r})")
+                if META.encode() in existing:  # another layout is refused before anything is added
+                    self._check_schema(self._env.open_db(META.encode(), create=False))
                 with self._env.begin(write=True) as txn:
                     for name in TABLES:
                         dbs[name] = self._env.open_db(name.encode(), txn=txn, create=True)
                     meta = dbs[META]
                     if txn.get(META_SCHEMA, db=meta) is None and txn.get(META_HEAD, db=meta) is None:
                         txn.put(META_SCHEMA, encode([SCHEMA_VERSION]), db=meta)
+                self._check_schema(dbs[META])
         except lmdb.NotFoundError:
             raise StoreError(f"{self._path} is not an mpsnode store (a table is missing)") from None
         except lmdb.MapFullError:
             raise StoreFull(self._full_message()) from None
         except lmdb.Error as exc:
             raise StoreError(f"cannot open the tables of {self._path}: {exc}") from None
-        self._check_schema(dbs[META])
         return dbs
 
     def _check_schema(self, meta: lmdb._Database) -> None:
